@@ -1,0 +1,36 @@
+/* Host program run by userspace/build.rs: prints the C layout of xmacvlan_abi.h as Rust
+ * constants, so userspace/src/abi.rs can assert that its mirror matches, field by field. */
+#include <stddef.h>
+#include <stdio.h>
+#include "xmacvlan_abi.h"
+
+#define LAYOUT(type, name) \
+	printf("pub const %s_SIZE: usize = %zu;\npub const %s_ALIGN: usize = %zu;\n", name, \
+	       sizeof(struct type), name, _Alignof(struct type))
+#define FIELD(type, name, field) \
+	printf("pub const %s_%s: usize = %zu;\n", name, #field, offsetof(struct type, field))
+
+int main(void)
+{
+	LAYOUT(xmv_key, "KEY");
+	FIELD(xmv_key, "KEY", vid);
+	FIELD(xmv_key, "KEY", mac);
+	LAYOUT(xmv_config, "CONFIG");
+	FIELD(xmv_config, "CONFIG", demux);
+	FIELD(xmv_config, "CONFIG", queues);
+	LAYOUT(xmv_counters, "COUNTERS");
+	FIELD(xmv_counters, "COUNTERS", seen);
+	FIELD(xmv_counters, "COUNTERS", tagged);
+	FIELD(xmv_counters, "COUNTERS", hit);
+	FIELD(xmv_counters, "COUNTERS", redirected);
+	FIELD(xmv_counters, "COUNTERS", pass_no_socket);
+	FIELD(xmv_counters, "COUNTERS", pass_miss);
+	FIELD(xmv_counters, "COUNTERS", pass_bcast_mcast);
+	FIELD(xmv_counters, "COUNTERS", pass_qinq);
+	FIELD(xmv_counters, "COUNTERS", malformed);
+	printf("pub const MAX_SLOTS: u32 = %d;\npub const MAX_QUEUES: u32 = %d;\n", XMV_MAX_SLOTS,
+	       XMV_MAX_QUEUES);
+	printf("pub const DEMUX_XDP: u32 = %d;\npub const DEMUX_USER: u32 = %d;\n", XMV_DEMUX_XDP,
+	       XMV_DEMUX_USER);
+	return 0;
+}

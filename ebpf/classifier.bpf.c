@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* XDP classifier: (802.1Q VLAN id, destination MAC) -> endpoint slot -> AF_XDP socket.
+ * Anything it does not claim goes to the kernel (XDP_PASS), where the VLAN
+ * sub-interfaces and macvlan devices handle it exactly as without xmacvlan. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "xmacvlan_abi.h"
+
+#define ETH_P_8021Q_BE bpf_htons(0x8100)
+#define ETH_P_8021AD_BE bpf_htons(0x88A8)
+
+const volatile struct xmv_config xmv_config = { .demux = XMV_DEMUX_XDP, .queues = 1 };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct xmv_key);
+	__type(value, __u32);
+	__uint(max_entries, XMV_MAX_SLOTS);
+} xmv_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, XMV_MAX_SLOTS);
+} xmv_xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xmv_counters);
+	__uint(max_entries, 1);
+} xmv_counters SEC(".maps");
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 inner_proto;
+};
+
+SEC("xdp")
+int xmv_classify(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct xmv_counters *c = bpf_map_lookup_elem(&xmv_counters, &zero);
+	if (!c)
+		return XDP_PASS; /* cannot happen: a one-entry array always has entry 0 */
+	c->seen++;
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		c->malformed++;
+		return XDP_PASS;
+	}
+
+	struct xmv_key key = { .vid = 0 };
+	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
+
+	__be16 proto = eth->h_proto;
+	if (proto == ETH_P_8021AD_BE) {
+		c->pass_qinq++;
+		return XDP_PASS;
+	}
+	if (proto == ETH_P_8021Q_BE) {
+		struct vlan_tag *tag = (void *)(eth + 1);
+		if ((void *)(tag + 1) > data_end) {
+			c->malformed++;
+			return XDP_PASS;
+		}
+		c->tagged++;
+		if (tag->inner_proto == ETH_P_8021Q_BE || tag->inner_proto == ETH_P_8021AD_BE) {
+			c->pass_qinq++;
+			return XDP_PASS;
+		}
+		key.vid = bpf_ntohs(tag->tci) & 0x0fff;
+	}
+
+	if (key.mac[0] & 1) {
+		c->pass_bcast_mcast++;
+		return XDP_PASS;
+	}
+
+	__u32 *slot = bpf_map_lookup_elem(&xmv_slots, &key);
+	if (!slot) {
+		c->pass_miss++;
+		return XDP_PASS;
+	}
+	c->hit++;
+
+	__u32 index = xmv_config.demux == XMV_DEMUX_USER
+			      ? ctx->rx_queue_index
+			      : *slot * xmv_config.queues + ctx->rx_queue_index;
+	long verdict = bpf_redirect_map(&xmv_xsks, index, XDP_PASS);
+	if (verdict == XDP_REDIRECT)
+		c->redirected++;
+	else
+		c->pass_no_socket++;
+	return verdict;
+}
+
+/* The ceiling of the benchmark: what the NIC path costs with nothing done. */
+SEC("xdp")
+int xmv_drop_all(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct xmv_counters *c = bpf_map_lookup_elem(&xmv_counters, &zero);
+	if (c)
+		c->seen++;
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

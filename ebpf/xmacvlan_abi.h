@@ -1,0 +1,44 @@
+/* The one definition of everything the XDP classifier and userspace share.
+ * Mirrored by userspace/src/abi.rs; its tests compare both layouts, field by field,
+ * against what the C compiler makes of this header (see ebpf/abi_layout.c). */
+#ifndef XMACVLAN_ABI_H
+#define XMACVLAN_ABI_H
+
+#include <linux/types.h>
+
+/* Default map sizes; userspace resizes xmv_xsks at load time (slots x queues). */
+#define XMV_MAX_SLOTS 4096
+#define XMV_MAX_QUEUES 64
+
+/* How claimed frames are steered (xmv_config.demux). */
+#define XMV_DEMUX_XDP 0  /* xsks[slot * queues + rx_queue]: one socket per endpoint per queue */
+#define XMV_DEMUX_USER 1 /* xsks[rx_queue]: one socket per queue, a worker demuxes in userspace */
+
+/* Classifier key: 802.1Q VLAN id (0 = untagged or priority-tagged) and destination MAC. */
+struct xmv_key {
+	__u16 vid;
+	__u8 mac[6];
+};
+
+/* Load-time configuration, a read-only global of the program. */
+struct xmv_config {
+	__u32 demux;
+	__u32 queues;
+};
+
+/* Per-CPU counters. Every frame lands in exactly one of the verdict counters:
+ * seen = redirected + pass_no_socket + pass_miss + pass_bcast_mcast + pass_qinq + malformed.
+ * tagged and hit are classifications of seen; hit = redirected + pass_no_socket. */
+struct xmv_counters {
+	__u64 seen;
+	__u64 tagged;
+	__u64 hit;
+	__u64 redirected;
+	__u64 pass_no_socket;   /* key known, but no socket in the XSKMAP for this queue */
+	__u64 pass_miss;        /* unicast to a (vid, mac) no endpoint owns */
+	__u64 pass_bcast_mcast; /* group-bit destinations: ARP, ND, broadcast, multicast */
+	__u64 pass_qinq;        /* 802.1ad outer tag or a second tag: left to the kernel */
+	__u64 malformed;        /* shorter than its Ethernet/802.1Q header */
+};
+
+#endif

@@ -1,0 +1,11 @@
+//! xmacvlan: an AF_XDP fast path for macvlan-style container networks.
+//!
+//! The path of a frame: the XDP classifier ([`xdp`], C source in `ebpf/`) keys it by
+//! (802.1Q VLAN id, destination MAC) and redirects it into an AF_XDP socket ([`xsk`]); the
+//! [`dataplane`] hands it to the endpoint's consumer; [`telemetry`] records what happened.
+//! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
+pub mod abi;
+pub mod frame;
+pub mod netlink;
+pub mod netns;
+pub mod sys;

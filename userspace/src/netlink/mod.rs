@@ -1,0 +1,318 @@
+//! Synchronous rtnetlink: one request, one answer, errors carrying the kernel's errno.
+//!
+//! A [`Netlink`] talks to the network namespace of the thread that created it (a netlink
+//! socket is bound to its creator's namespace), so create it inside [`crate::netns::Netns::run`]
+//! to manage another namespace.
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result, anyhow};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+    MacVlanMode,
+};
+use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan};
+
+mod error;
+pub use error::{NetlinkError, errno_of};
+
+/// What xmacvlan reads back about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    pub up: bool,
+    pub promiscuous: bool,
+    /// Index of the lower device (macvlan/vlan parent, veth peer), in its own namespace.
+    pub parent_index: Option<u32>,
+    pub macvlan_mode: Option<MacVlanMode>,
+    pub vlan_id: Option<u16>,
+    /// Id of the attached XDP program, if any.
+    pub xdp_prog_id: Option<u32>,
+}
+
+pub struct Netlink {
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Connect to rtnetlink in the calling thread's network namespace.
+    pub fn new() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the netlink runtime")?;
+        let (connection, handle) = runtime.block_on(async {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("opening a NETLINK_ROUTE socket")?;
+            anyhow::Ok((connection, handle))
+        })?;
+        runtime.spawn(connection);
+        Ok(Self { runtime, handle })
+    }
+
+    fn block<T>(&self, fut: impl Future<Output = T>) -> T {
+        self.runtime.block_on(fut)
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut request = std::pin::pin!(
+            self.handle
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+        );
+        match self.block(request.try_next()) {
+            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError::new(format!("reading link `{name}`"), e).into()),
+        }
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut request = std::pin::pin!(self.handle.link().get().match_index(index).execute());
+        match self.block(request.try_next()) {
+            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetlinkError::new(format!("reading link #{index}"), e).into()),
+        }
+    }
+
+    /// The link named `name`, or an error that says it is missing.
+    pub fn require_link(&self, name: &str) -> Result<Link> {
+        self.link_by_name(name)?
+            .ok_or_else(|| anyhow!("no interface named `{name}` (check `ip link show`)"))
+    }
+
+    pub fn links(&self) -> Result<Vec<Link>> {
+        let stream = self.handle.link().get().execute();
+        let messages: Vec<LinkMessage> = self
+            .block(stream.try_collect())
+            .map_err(|e| NetlinkError::new("listing links", e))?;
+        Ok(messages.iter().map(Link::from_message).collect())
+    }
+
+    /// Create a veth pair with `queues` rx/tx queues on each end; returns the index of `name`.
+    pub fn add_veth(&self, name: &str, peer: &str, queues: u32) -> Result<u32> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+            .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(
+                rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
+            ))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+            .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+            .build();
+        self.add(msg, &format!("creating veth pair {name}/{peer}"))?;
+        self.index_of(name)
+    }
+
+    /// Create a macvlan device on `parent` (index), with an optional MAC; returns its index.
+    pub fn add_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mode: MacVlanMode,
+        mac: Option<[u8; 6]>,
+    ) -> Result<u32> {
+        let mut builder = LinkMacVlan::new(name, parent, mode);
+        if let Some(mac) = mac {
+            builder = builder.address(mac.to_vec());
+        }
+        self.add(builder.build(), &format!("creating macvlan `{name}`"))?;
+        self.index_of(name)
+    }
+
+    /// Create the 802.1Q sub-interface `name` with VLAN id `vid` on `parent`; returns its index.
+    pub fn add_vlan(&self, name: &str, parent: u32, vid: u16) -> Result<u32> {
+        let msg = LinkVlan::new(name, parent, vid).build();
+        match self.block(self.handle.link().add(msg).execute()) {
+            Ok(()) => self.index_of(name),
+            Err(e) if errno_of(&e) == Some(libc::EOPNOTSUPP) => Err(anyhow!(
+                "cannot create VLAN sub-interface `{name}`: this kernel has no 802.1Q support \
+                 (CONFIG_VLAN_8021Q is not set and module `8021q` is not loaded; try `modprobe 8021q`, \
+                 or use a kernel built with it)"
+            )),
+            Err(e) => Err(NetlinkError::new(format!("creating VLAN `{name}`"), e).into()),
+        }
+    }
+
+    fn add(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.block(self.handle.link().add(msg).execute())
+            .map_err(|e| NetlinkError::new(what.to_string(), e).into())
+    }
+
+    fn index_of(&self, name: &str) -> Result<u32> {
+        Ok(self.require_link(name)?.index)
+    }
+
+    fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.block(self.handle.link().set(msg).execute())
+            .map_err(|e| NetlinkError::new(what.to_string(), e).into())
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).up().build(),
+            &format!("setting link #{index} up"),
+        )
+    }
+
+    pub fn set_down(&self, index: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).down().build(),
+            &format!("setting link #{index} down"),
+        )
+    }
+
+    pub fn set_name(&self, index: u32, name: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .name(name.to_string())
+                .build(),
+            &format!("renaming link #{index} to `{name}`"),
+        )
+    }
+
+    pub fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            &format!("setting the MAC of link #{index}"),
+        )
+    }
+
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+            &format!("setting the MTU of link #{index}"),
+        )
+    }
+
+    /// Move link `index` into the namespace whose file is `netns`.
+    pub fn set_netns(&self, index: u32, netns: &File) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
+            &format!("moving link #{index} to another namespace"),
+        )
+    }
+
+    /// Delete link `index`. A link that is already gone counts as deleted.
+    pub fn del_link(&self, index: u32) -> Result<()> {
+        match self.block(self.handle.link().del(index).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(NetlinkError::new(format!("deleting link #{index}"), e).into()),
+        }
+    }
+
+    pub fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+        self.block(self.handle.address().add(index, addr, prefix).execute())
+            .map_err(|e| {
+                NetlinkError::new(format!("adding {addr}/{prefix} to link #{index}"), e).into()
+            })
+    }
+
+    /// Addresses (with prefix length) on link `index`.
+    pub fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<_> = self
+            .block(stream.try_collect())
+            .map_err(|e| NetlinkError::new(format!("listing addresses of link #{index}"), e))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Underlying handle, for requests this wrapper does not cover (routes).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Run a request built on [`Self::handle`].
+    pub fn run<T>(&self, fut: impl Future<Output = T>) -> T {
+        self.block(fut)
+    }
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: [0; 6],
+            up: msg.header.flags.contains(LinkFlags::Up),
+            promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
+            parent_index: None,
+            macvlan_mode: None,
+            vlan_id: None,
+            xdp_prog_id: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
+                LinkAttribute::Link(p) => link.parent_index = Some(*p),
+                LinkAttribute::Xdp(xdp) => {
+                    link.xdp_prog_id = xdp.iter().find_map(|x| match x {
+                        LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                        _ => None,
+                    })
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                            LinkInfo::Data(InfoData::MacVlan(data)) => {
+                                link.macvlan_mode = data.iter().find_map(|d| match d {
+                                    InfoMacVlan::Mode(m) => Some(*m),
+                                    _ => None,
+                                })
+                            }
+                            LinkInfo::Data(InfoData::Vlan(data)) => {
+                                link.vlan_id = data.iter().find_map(|d| match d {
+                                    rtnetlink::packet_route::link::InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    kind.to_string()
+}

@@ -1,0 +1,180 @@
+//! Named network namespaces (`ip netns` compatible: a bind mount under /run/netns) and running
+//! code inside one. Setting a namespace affects only the calling thread, so work "inside" a
+//! namespace runs on a scoped thread that enters it and ends with it.
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A named network namespace. Dropping the value does not delete it: [`NetnsGuard`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Refer to an existing namespace by name or by path (`/run/netns/x`, `/proc/PID/ns/net`).
+    pub fn open(name_or_path: &str) -> Result<Self> {
+        let ns = Self {
+            name: name_or_path.to_string(),
+        };
+        if !ns.path().exists() {
+            bail!(
+                "network namespace `{name_or_path}` does not exist (looked for {}); create it with `ip netns add {name_or_path}`",
+                ns.path().display()
+            );
+        }
+        Ok(ns)
+    }
+
+    /// Create a new, empty namespace named `name` (like `ip netns add NAME`).
+    pub fn create(name: &str) -> Result<Self> {
+        validate_name(name)?;
+        std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+        make_netns_dir_shared()?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        let path = ns.path();
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| {
+                format!(
+                    "creating {}: does the namespace already exist?",
+                    path.display()
+                )
+            })?;
+        // unshare() moves the calling thread: do it on a throw-away thread so no other thread
+        // of this process changes namespace.
+        let mounted = std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                crate::sys::unshare_net().context("unshare(CLONE_NEWNET) (needs CAP_SYS_ADMIN)")?;
+                crate::sys::bind_mount(Path::new("/proc/thread-self/ns/net"), &path).with_context(
+                    || format!("bind-mounting the new namespace on {}", path.display()),
+                )
+            })
+            .join()
+            .expect("namespace creation thread panicked")
+        });
+        if let Err(e) = mounted {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        if self.name.contains('/') {
+            PathBuf::from(&self.name)
+        } else {
+            Path::new(NETNS_DIR).join(&self.name)
+        }
+    }
+
+    pub fn file(&self) -> Result<File> {
+        File::open(self.path())
+            .with_context(|| format!("opening network namespace {}", self.path().display()))
+    }
+
+    /// Move the calling thread into this namespace for the rest of its life.
+    pub fn enter_current_thread(&self) -> Result<()> {
+        let file = self.file()?;
+        crate::sys::setns_net(file.as_fd())
+            .with_context(|| format!("setns into network namespace `{}`", self.name))
+    }
+
+    /// Run `f` on a thread inside this namespace and return its result.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let file = self.file()?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                crate::sys::setns_net(file.as_fd())
+                    .with_context(|| format!("setns into network namespace `{}`", self.name))?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Delete the namespace (like `ip netns delete`). Links inside it are destroyed by the
+    /// kernel once no process holds the namespace. Deleting a missing namespace succeeds.
+    pub fn delete(&self) -> Result<()> {
+        let path = self.path();
+        if !path.exists() {
+            return Ok(());
+        }
+        crate::sys::unmount_detach(&path)
+            .with_context(|| format!("unmounting {}", path.display()))?;
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+}
+
+/// Deletes its namespace when dropped, also while unwinding from a panic.
+#[derive(Debug)]
+pub struct NetnsGuard {
+    ns: Netns,
+}
+
+impl NetnsGuard {
+    pub fn create(name: &str) -> Result<Self> {
+        Ok(Self {
+            ns: Netns::create(name)?,
+        })
+    }
+}
+
+impl std::ops::Deref for NetnsGuard {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.ns.delete() {
+            eprintln!(
+                "warning: could not delete network namespace `{}`: {e:#}",
+                self.ns.name
+            );
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("invalid namespace name `{name}`: use 1-64 characters from [A-Za-z0-9._-]");
+    }
+    Ok(())
+}
+
+/// `ip netns` makes /run/netns a shared mount point bound on itself, so namespace mounts
+/// propagate to other mount namespaces. Do the same once.
+fn make_netns_dir_shared() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let already = mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(NETNS_DIR));
+    if !already {
+        crate::sys::bind_mount(Path::new(NETNS_DIR), Path::new(NETNS_DIR))
+            .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
+    }
+    crate::sys::make_shared(Path::new(NETNS_DIR))
+        .with_context(|| format!("making {NETNS_DIR} a shared mount"))
+}

@@ -1,0 +1,92 @@
+//! Thin, checked wrappers over the few raw syscalls the crate needs that no dependency offers.
+//! One of the crate's few `unsafe` modules: every call's invariants are stated where it is made.
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Move the calling thread into a new network namespace.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and touches no memory of ours.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) })
+}
+
+/// Move the calling thread into the network namespace `fd` refers to.
+pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor for the duration of the call (borrowed).
+    check(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) })
+}
+
+pub fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
+    let (src, dst) = (cstring(source)?, cstring(target)?);
+    // SAFETY: both strings are NUL-terminated and outlive the call; fstype and data may be null.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+}
+
+pub fn make_shared(target: &Path) -> io::Result<()> {
+    let dst = cstring(target)?;
+    // SAFETY: as for bind_mount; source and fstype are ignored for a propagation change.
+    check(unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED | libc::MS_REC,
+            std::ptr::null(),
+        )
+    })
+}
+
+pub fn unmount_detach(target: &Path) -> io::Result<()> {
+    let dst = cstring(target)?;
+    // SAFETY: `dst` is NUL-terminated and outlives the call.
+    check(unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Monotonic clock in nanoseconds (vDSO: no syscall). The generator stamps frames with it and
+/// consumers subtract it, so both sides must use this one function.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Index of interface `name` in the calling thread's namespace, or None.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
