@@ -1,0 +1,65 @@
+//! System packages: checked before every build, installed with apt when root, else the exact
+//! command is printed.
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// (package, a file whose presence proves it is installed)
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("clang", "/usr/bin/clang"),
+    ("llvm", "/usr/bin/llvm-strip"),
+    ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
+    ("libelf-dev", "/usr/include/libelf.h"),
+    ("zlib1g-dev", "/usr/include/zlib.h"),
+    ("libpcap-dev", "/usr/include/pcap/dlt.h"),
+    ("pkg-config", "/usr/bin/pkg-config"),
+    ("m4", "/usr/bin/m4"),
+    ("make", "/usr/bin/make"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("ethtool", "/usr/sbin/ethtool"),
+];
+
+pub fn missing() -> Vec<&'static str> {
+    BUILD_PACKAGES
+        .iter()
+        .filter(|(_, proof)| !Path::new(proof).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect()
+}
+
+/// Make sure the build's system packages are there: install them as root on Debian/Ubuntu,
+/// otherwise fail with the command to run. `verbose` reports when nothing is missing too.
+pub fn ensure(verbose: bool) -> Result<()> {
+    install(&missing(), verbose)
+}
+
+/// Install `packages` with apt (root, Debian/Ubuntu) or fail naming the command to run.
+pub fn install(packages: &[&str], verbose: bool) -> Result<()> {
+    if packages.is_empty() {
+        if verbose {
+            println!("xtask: all system packages present");
+        }
+        return Ok(());
+    }
+    let list = packages.join(" ");
+    let command = format!("apt-get update && apt-get install -y --no-install-recommends {list}");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        bail!("missing system packages: {list}\ninstall them with:\n  sudo sh -c '{command}'");
+    }
+    println!("xtask: installing missing system packages: {list}");
+    let status = Command::new("sh")
+        .args(["-c", &command])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("`{command}` failed ({status})");
+    }
+    Ok(())
+}
