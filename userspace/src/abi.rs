@@ -198,3 +198,17 @@ mod tests {
         assert!(parse_mac("02:0a:ff:00:10:1").is_err());
     }
 }
+
+/// Serde as the text form `02:00:00:00:00:01`.
+pub mod mac_serde {
+    use super::{Mac, MacDisplay, parse_mac};
+
+    pub fn serialize<S: serde::Serializer>(mac: &Mac, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&MacDisplay(mac))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        parse_mac(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,1 +1,283 @@
-//! Frame layouts shared by the classifier's userspace twin, the consumers and the generator.
+//! Frame layouts: the classifier's key as userspace parses it (the twin of the C code in
+//! `ebpf/classifier.bpf.c`), and the test payload the generator writes and consumers check.
+//!
+//! Test frames use EtherType 0x88B5 (IEEE "local experimental"), which no kernel protocol
+//! handler claims, so frames that reach the kernel path are seen only by packet sockets.
+use crate::abi::{Key, Mac};
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const TPID_8021Q: u16 = 0x8100;
+pub const TPID_8021AD: u16 = 0x88a8;
+pub const ETHERTYPE_TEST: u16 = 0x88b5;
+/// Shortest Ethernet frame without FCS; shorter test frames are padded to it.
+pub const MIN_FRAME: usize = 60;
+pub const BROADCAST: Mac = [0xff; 6];
+
+/// What the classifier does with a frame, mirrored from the C program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Unicast frame with this key: looked up in the slot map.
+    Unicast(Key),
+    /// Group-bit destination (broadcast, multicast): to the kernel.
+    Group,
+    /// 802.1ad outer tag or stacked tags: to the kernel.
+    Stacked,
+    /// Shorter than its own headers.
+    Malformed,
+}
+
+/// Classify a frame exactly as `xmv_classify` does (minus the map lookup).
+#[inline]
+pub fn classify(frame: &[u8]) -> Class {
+    if frame.len() < ETH_HLEN {
+        return Class::Malformed;
+    }
+    let mut key = Key {
+        vid: 0,
+        mac: [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]],
+    };
+    let proto = u16::from_be_bytes([frame[12], frame[13]]);
+    if proto == TPID_8021AD {
+        return Class::Stacked;
+    }
+    if proto == TPID_8021Q {
+        if frame.len() < ETH_HLEN + VLAN_HLEN {
+            return Class::Malformed;
+        }
+        let inner = u16::from_be_bytes([frame[16], frame[17]]);
+        if inner == TPID_8021Q || inner == TPID_8021AD {
+            return Class::Stacked;
+        }
+        key.vid = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+    }
+    if key.mac[0] & 1 != 0 {
+        return Class::Group;
+    }
+    Class::Unicast(key)
+}
+
+/// The generator's payload, right after the (optional) VLAN tag and the EtherType.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// VLAN the generator meant the frame for (survives tag stripping on the kernel path).
+    pub vid: u16,
+    /// Index of the generator's frame template (one per destination).
+    pub stream: u16,
+    /// Per-stream sequence number, from 0.
+    pub seq: u64,
+    /// `sys::monotonic_ns()` when the frame was handed to the TX ring.
+    pub tx_ns: u64,
+}
+
+pub const PAYLOAD_MAGIC: u32 = 0x584d_5631; // "XMV1"
+pub const PAYLOAD_LEN: usize = 4 + 2 + 2 + 8 + 8;
+
+impl Payload {
+    pub fn write(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&PAYLOAD_MAGIC.to_le_bytes());
+        out[4..6].copy_from_slice(&self.vid.to_le_bytes());
+        out[6..8].copy_from_slice(&self.stream.to_le_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.tx_ns.to_le_bytes());
+    }
+
+    pub fn read(bytes: &[u8]) -> Option<Payload> {
+        let b = bytes.get(..PAYLOAD_LEN)?;
+        if u32::from_le_bytes(b[0..4].try_into().unwrap()) != PAYLOAD_MAGIC {
+            return None;
+        }
+        Some(Payload {
+            vid: u16::from_le_bytes(b[4..6].try_into().unwrap()),
+            stream: u16::from_le_bytes(b[6..8].try_into().unwrap()),
+            seq: u64::from_le_bytes(b[8..16].try_into().unwrap()),
+            tx_ns: u64::from_le_bytes(b[16..24].try_into().unwrap()),
+        })
+    }
+}
+
+/// Offset of the test payload in a frame: after the tag (if any) and the EtherType.
+/// None if the frame is not a test frame.
+#[inline]
+pub fn payload_offset(frame: &[u8]) -> Option<usize> {
+    let mut off = 12;
+    let mut proto = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    if proto == TPID_8021Q {
+        off += VLAN_HLEN;
+        proto = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
+    }
+    (proto == ETHERTYPE_TEST).then_some(off + 2)
+}
+
+/// Read the test payload of a frame, if it carries one.
+#[inline]
+pub fn read_payload(frame: &[u8]) -> Option<Payload> {
+    Payload::read(&frame[payload_offset(frame)?..])
+}
+
+/// A test frame's headers: builds the bytes the generator sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestFrame {
+    pub dst: Mac,
+    pub src: Mac,
+    /// 802.1Q VLAN id; None = untagged.
+    pub vid: Option<u16>,
+    /// Outer 802.1ad tag (QinQ) before the 802.1Q one.
+    pub qinq_outer: Option<u16>,
+    /// Total frame length without FCS (padded up to `MIN_FRAME`).
+    pub len: usize,
+}
+
+impl TestFrame {
+    /// Frame bytes with payload `stream`, seq 0, tx_ns 0; `patch_payload` updates them per send.
+    pub fn build(&self, stream: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(self.len.max(MIN_FRAME));
+        f.extend_from_slice(&self.dst);
+        f.extend_from_slice(&self.src);
+        if let Some(outer) = self.qinq_outer {
+            f.extend_from_slice(&TPID_8021AD.to_be_bytes());
+            f.extend_from_slice(&(outer & 0x0fff).to_be_bytes());
+        }
+        if let Some(vid) = self.vid {
+            f.extend_from_slice(&TPID_8021Q.to_be_bytes());
+            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        f.extend_from_slice(&ETHERTYPE_TEST.to_be_bytes());
+        let mut payload = [0u8; PAYLOAD_LEN];
+        Payload {
+            vid: self.vid.unwrap_or(0),
+            stream,
+            seq: 0,
+            tx_ns: 0,
+        }
+        .write(&mut payload);
+        f.extend_from_slice(&payload);
+        f.resize(self.len.max(f.len()).max(MIN_FRAME), 0);
+        f
+    }
+}
+
+/// Overwrite seq and timestamp of a frame built by [`TestFrame::build`] (no QinQ).
+#[inline]
+pub fn patch_payload(frame: &mut [u8], payload_at: usize, seq: u64, tx_ns: u64) {
+    frame[payload_at + 8..payload_at + 16].copy_from_slice(&seq.to_le_bytes());
+    frame[payload_at + 16..payload_at + 24].copy_from_slice(&tx_ns.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EP: Mac = [0x02, 0, 0, 0, 0, 1];
+    const SRC: Mac = [0x02, 0, 0, 0, 0, 0xfe];
+
+    fn frame(vid: Option<u16>, dst: Mac) -> Vec<u8> {
+        TestFrame {
+            dst,
+            src: SRC,
+            vid,
+            qinq_outer: None,
+            len: 64,
+        }
+        .build(3)
+    }
+
+    #[test]
+    fn tagged_and_untagged_unicast() {
+        assert_eq!(
+            classify(&frame(Some(100), EP)),
+            Class::Unicast(Key { vid: 100, mac: EP })
+        );
+        assert_eq!(
+            classify(&frame(None, EP)),
+            Class::Unicast(Key { vid: 0, mac: EP })
+        );
+        // Priority bits and CFI are not part of the VLAN id.
+        let mut f = frame(Some(100), EP);
+        f[14] |= 0xf0;
+        assert_eq!(classify(&f), Class::Unicast(Key { vid: 100, mac: EP }));
+    }
+
+    #[test]
+    fn group_stacked_and_malformed() {
+        assert_eq!(classify(&frame(Some(100), BROADCAST)), Class::Group);
+        assert_eq!(
+            classify(&frame(None, [0x01, 0, 0x5e, 0, 0, 1])),
+            Class::Group
+        );
+        let qinq = TestFrame {
+            dst: EP,
+            src: SRC,
+            vid: Some(100),
+            qinq_outer: Some(7),
+            len: 64,
+        }
+        .build(0);
+        assert_eq!(classify(&qinq), Class::Stacked);
+        let mut double = frame(Some(100), EP);
+        double[16..18].copy_from_slice(&TPID_8021Q.to_be_bytes());
+        assert_eq!(classify(&double), Class::Stacked);
+        assert_eq!(classify(&[]), Class::Malformed);
+        assert_eq!(classify(&frame(None, EP)[..13]), Class::Malformed);
+        // A tag cut short is malformed; the same length untagged is fine.
+        assert_eq!(classify(&frame(Some(100), EP)[..17]), Class::Malformed);
+        assert!(matches!(
+            classify(&frame(None, EP)[..17]),
+            Class::Unicast(_)
+        ));
+    }
+
+    #[test]
+    fn payload_roundtrip_and_patch() {
+        for vid in [None, Some(200)] {
+            let mut f = frame(vid, EP);
+            assert_eq!(f.len(), 64);
+            let at = payload_offset(&f).unwrap();
+            assert_eq!(at, if vid.is_some() { 18 } else { 14 });
+            patch_payload(&mut f, at, 41, 123_456);
+            let p = read_payload(&f).unwrap();
+            assert_eq!(
+                p,
+                Payload {
+                    vid: vid.unwrap_or(0),
+                    stream: 3,
+                    seq: 41,
+                    tx_ns: 123_456
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn non_test_frames_have_no_payload() {
+        let mut f = frame(None, EP);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(read_payload(&f), None);
+        let mut f = frame(None, EP);
+        f[14] ^= 0xff; // bad magic
+        assert_eq!(read_payload(&f), None);
+        assert_eq!(read_payload(&frame(None, EP)[..20]), None);
+    }
+
+    #[test]
+    fn short_frames_are_padded_and_jumbo_kept() {
+        let small = TestFrame {
+            dst: EP,
+            src: SRC,
+            vid: None,
+            qinq_outer: None,
+            len: 0,
+        }
+        .build(0);
+        assert_eq!(small.len(), MIN_FRAME);
+        let jumbo = TestFrame {
+            dst: EP,
+            src: SRC,
+            vid: Some(1),
+            qinq_outer: None,
+            len: 9000,
+        }
+        .build(0);
+        assert_eq!(jumbo.len(), 9000);
+    }
+}

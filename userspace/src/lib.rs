@@ -6,7 +6,10 @@
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 pub mod abi;
 pub mod cli;
+pub mod dataplane;
 pub mod frame;
 pub mod netlink;
 pub mod netns;
 pub mod sys;
+pub mod xdp;
+pub mod xsk;

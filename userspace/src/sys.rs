@@ -90,3 +90,29 @@ pub fn if_index(name: &str) -> Option<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
 }
+
+/// Raise a resource limit's soft (and, if allowed, hard) value to `value`; best effort.
+pub fn raise_rlimit(resource: libc::__rlimit_resource_t, value: libc::rlim_t) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of both calls.
+    unsafe {
+        if libc::getrlimit(resource, &mut limit) != 0 {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value.max(limit.rlim_max),
+        };
+        if libc::setrlimit(resource, &wanted) != 0 {
+            // Not allowed to raise the hard limit: take the soft one up to it.
+            let capped = libc::rlimit {
+                rlim_cur: value.min(limit.rlim_max),
+                rlim_max: limit.rlim_max,
+            };
+            libc::setrlimit(resource, &capped);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! A queue's worker: the only owner of the queue's fill ring. It returns freed frames to
+//! the kernel and, in `user` demux, reads the queue's socket and hands each frame's
+//! descriptor to its endpoint's ring.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+
+use anyhow::Result;
+use crossbeam_queue::ArrayQueue;
+
+use super::DemuxMode;
+use super::endpoint::EndpointCounters;
+use super::idle::{Idle, pin};
+use super::lookup::EndpointTable;
+use crate::frame::{Class, classify};
+use crate::xsk::{QueueRings, QueueUmem, RxFrame};
+
+/// Per-queue counters (user demux steering and frame recycling).
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Frames read from the queue's own socket (user demux).
+    pub rx: AtomicU64,
+    /// Frames handed to an endpoint ring.
+    pub steered: AtomicU64,
+    /// Claimed by XDP but unknown to the userspace table (endpoint being removed).
+    pub dropped_unknown: AtomicU64,
+    /// Endpoint ring full: dropped and recycled, never waited for.
+    pub dropped_ring_full: AtomicU64,
+    /// Frames handed back to the fill ring.
+    pub refilled: AtomicU64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueSnapshot {
+    pub rx: u64,
+    pub steered: u64,
+    pub dropped_unknown: u64,
+    pub dropped_ring_full: u64,
+    pub refilled: u64,
+}
+
+impl QueueCounters {
+    pub fn snapshot(&self) -> QueueSnapshot {
+        QueueSnapshot {
+            rx: self.rx.load(Relaxed),
+            steered: self.steered.load(Relaxed),
+            dropped_unknown: self.dropped_unknown.load(Relaxed),
+            dropped_ring_full: self.dropped_ring_full.load(Relaxed),
+            refilled: self.refilled.load(Relaxed),
+        }
+    }
+}
+
+pub struct Worker {
+    pub queue: u16,
+    pub core: usize,
+    pub umem: QueueUmem,
+    pub rings: QueueRings,
+    pub free: Arc<ArrayQueue<RxFrame>>,
+    pub demux: DemuxMode,
+    pub lookup: Arc<EndpointTable>,
+    pub endpoint_rings: Vec<Arc<ArrayQueue<RxFrame>>>,
+    pub endpoint_counters: Vec<Arc<EndpointCounters>>,
+    pub counters: Arc<QueueCounters>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Batch-local counts, published once per batch.
+#[derive(Default)]
+struct Batch {
+    rx: u64,
+    steered: u64,
+    unknown: u64,
+    ring_full: u64,
+}
+
+impl Worker {
+    pub fn run(mut self) -> Result<()> {
+        pin(self.core, &format!("queue {} worker", self.queue));
+        let mut idle = Idle::default();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            let mut work = 0;
+            if self.demux == DemuxMode::User {
+                work += self.steer_batch();
+            }
+            let refilled = self.rings.refill(&self.free);
+            if refilled > 0 {
+                self.counters.refilled.fetch_add(refilled as u64, Relaxed);
+            }
+            work += refilled;
+            if work > 0 {
+                idle.worked();
+            } else if stopping {
+                return Ok(());
+            } else {
+                idle.wait();
+            }
+        }
+    }
+
+    /// Read one batch from the queue's socket and hand each frame to its endpoint's ring.
+    #[inline]
+    fn steer_batch(&mut self) -> usize {
+        let mut batch = Batch::default();
+        let Self {
+            umem,
+            rings,
+            free,
+            lookup,
+            endpoint_rings,
+            endpoint_counters,
+            ..
+        } = self;
+        let n = rings.socket.recv(|frame| {
+            batch.rx += 1;
+            let slot = match classify(umem.bytes(&frame)) {
+                Class::Unicast(key) => lookup.get(&key),
+                _ => None,
+            };
+            let Some(slot) = slot else {
+                batch.unknown += 1;
+                let _ = free.push(frame);
+                return;
+            };
+            match endpoint_rings[slot as usize].push(frame) {
+                Ok(()) => batch.steered += 1,
+                Err(frame) => {
+                    batch.ring_full += 1;
+                    endpoint_counters[slot as usize]
+                        .dropped_ring_full
+                        .fetch_add(1, Relaxed);
+                    let _ = free.push(frame);
+                }
+            }
+        });
+        if n > 0 {
+            let c = &self.counters;
+            c.rx.fetch_add(batch.rx, Relaxed);
+            c.steered.fetch_add(batch.steered, Relaxed);
+            c.dropped_unknown.fetch_add(batch.unknown, Relaxed);
+            c.dropped_ring_full.fetch_add(batch.ring_full, Relaxed);
+        }
+        n
+    }
+}

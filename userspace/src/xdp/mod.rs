@@ -1,0 +1,242 @@
+//! The XDP classifier: load the embedded C object with aya, attach it, and keep its maps.
+//! Detaching happens when the [`Classifier`] is dropped (aya detaches owned links on drop).
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::abi::{self, Config, Counters, Key};
+
+/// `--xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before any socket buffer exists (fastest; the NIC driver must support it).
+    Native,
+    /// In the kernel stack after the driver (works everywhere, slower).
+    Generic,
+    /// Native, falling back to generic if the driver refuses.
+    Auto,
+}
+
+/// How claimed frames are steered: per-endpoint sockets (`xdp`) or one per queue (`user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    PerEndpoint,
+    PerQueue,
+}
+
+/// Which program of the object to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Classify,
+    /// XDP_DROP everything: the benchmark's ceiling.
+    DropAll,
+}
+
+pub struct Classifier {
+    ebpf: Ebpf,
+    program: Program,
+    slots: HashMap<MapData, Key, u32>,
+    xsks: XskMap<MapData>,
+    counters: PerCpuArray<MapData, Counters>,
+    queues: u32,
+    steering: Steering,
+    attached: Option<(u32, AttachMode)>,
+}
+
+impl Classifier {
+    /// Load the embedded object for a NIC with `queues` receive queues.
+    pub fn load(program: Program, steering: Steering, queues: u32) -> Result<Self> {
+        if queues == 0 || queues > abi::MAX_QUEUES {
+            bail!("queue count {queues} out of range 1..={}", abi::MAX_QUEUES);
+        }
+        raise_memlock_limit();
+        let config = Config {
+            demux: match steering {
+                Steering::PerEndpoint => abi::DEMUX_XDP,
+                Steering::PerQueue => abi::DEMUX_USER,
+            },
+            queues,
+        };
+        let xsk_entries = match steering {
+            Steering::PerEndpoint => abi::MAX_SLOTS * queues,
+            Steering::PerQueue => queues,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(abi::GLOBAL_CONFIG, &config, true)
+            .map_max_entries(abi::MAP_XSKS, xsk_entries)
+            .load(abi::CLASSIFIER_OBJECT)
+            .map_err(|e| explain_load_error(e.into()))?;
+        let name = match program {
+            Program::Classify => abi::PROGRAM_CLASSIFY,
+            Program::DropAll => abi::PROGRAM_DROP_ALL,
+        };
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+            .try_into()?;
+        prog.load()
+            .map_err(|e| explain_load_error(e.into()))
+            .with_context(|| format!("loading XDP program {name} into the kernel"))?;
+        let slots = HashMap::try_from(take_map(&mut ebpf, abi::MAP_SLOTS)?)?;
+        let xsks = XskMap::try_from(take_map(&mut ebpf, abi::MAP_XSKS)?)?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, abi::MAP_COUNTERS)?)?;
+        Ok(Self {
+            ebpf,
+            program,
+            slots,
+            xsks,
+            counters,
+            queues,
+            steering,
+            attached: None,
+        })
+    }
+
+    /// Attach to interface `ifindex` (in the calling thread's namespace). Returns the mode
+    /// that worked: `Auto` resolves to `Native` or `Generic`.
+    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: AttachMode) -> Result<AttachMode> {
+        let name = match self.program {
+            Program::Classify => abi::PROGRAM_CLASSIFY,
+            Program::DropAll => abi::PROGRAM_DROP_ALL,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .expect("program present since load")
+            .try_into()?;
+        let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach_to_if_index(ifindex, m).map(|_| ());
+        let used = match mode {
+            AttachMode::Native => {
+                try_mode(prog, XdpMode::Driver).map_err(|e| {
+                    anyhow!(e).context(format!(
+                        "attaching XDP in native (driver) mode to {ifname}: the driver may not \
+                         support it; use --xdp-mode generic or auto"
+                    ))
+                })?;
+                AttachMode::Native
+            }
+            AttachMode::Generic => {
+                try_mode(prog, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP in generic mode to {ifname}"))?;
+                AttachMode::Generic
+            }
+            AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
+                Ok(()) => AttachMode::Native,
+                Err(native) => {
+                    try_mode(prog, XdpMode::Skb).with_context(|| {
+                        format!("attaching XDP to {ifname}: native failed ({native}), generic too")
+                    })?;
+                    eprintln!(
+                        "xmacvlan: {ifname}: native XDP refused ({native}); using generic XDP"
+                    );
+                    AttachMode::Generic
+                }
+            },
+        };
+        self.attached = Some((ifindex, used));
+        Ok(used)
+    }
+
+    pub fn attached(&self) -> Option<(u32, AttachMode)> {
+        self.attached
+    }
+
+    pub fn queues(&self) -> u32 {
+        self.queues
+    }
+
+    pub fn steering(&self) -> Steering {
+        self.steering
+    }
+
+    /// Claim frames with `key` for endpoint `slot`.
+    pub fn insert_key(&mut self, key: Key, slot: u32) -> Result<()> {
+        if slot >= abi::MAX_SLOTS {
+            bail!(
+                "slot {slot} out of range (at most {} endpoints)",
+                abi::MAX_SLOTS
+            );
+        }
+        self.slots
+            .insert(key, slot, 0)
+            .with_context(|| format!("adding {key:?} to the classifier"))
+    }
+
+    /// Stop claiming frames with `key`; a missing key is not an error.
+    pub fn remove_key(&mut self, key: &Key) -> Result<()> {
+        match self.slots.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("removing {key:?} from the classifier")),
+        }
+    }
+
+    /// XSKMAP index of endpoint `slot`'s socket on `queue` (per-endpoint steering), or of
+    /// the queue's socket (per-queue steering).
+    pub fn xsk_index(&self, slot: u32, queue: u32) -> u32 {
+        match self.steering {
+            Steering::PerEndpoint => slot * self.queues + queue,
+            Steering::PerQueue => queue,
+        }
+    }
+
+    pub fn set_socket(&mut self, index: u32, socket: &impl AsRawFd) -> Result<()> {
+        self.xsks
+            .set(index, socket.as_raw_fd(), 0)
+            .with_context(|| format!("inserting an AF_XDP socket at XSKMAP index {index}"))
+    }
+
+    pub fn clear_socket(&mut self, index: u32) -> Result<()> {
+        match self.xsks.unset(index) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("clearing XSKMAP index {index}")),
+        }
+    }
+
+    /// The classifier's counters, summed over all CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let per_cpu = self
+            .counters
+            .get(&0, 0)
+            .context("reading the XDP counters")?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            total.add(c);
+        }
+        Ok(total)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so loading cannot fail
+/// on its default of 64 KiB there. Harmless on newer kernels.
+fn raise_memlock_limit() {
+    crate::sys::raise_rlimit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY);
+}
+
+fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        e.context("loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON)")
+    } else {
+        e.context("loading the embedded XDP classifier")
+    }
+}

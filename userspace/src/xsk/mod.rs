@@ -1,0 +1,340 @@
+//! AF_XDP sockets and their UMEMs (xsk-rs). The only module that touches ring descriptors
+//! and UMEM memory directly.
+//!
+//! Ownership, per (NIC, queue): one UMEM; its fill and completion rings belong to the
+//! queue's worker ([`QueueRings`]); every socket on that queue shares the UMEM. Frames move
+//! as [`RxFrame`] values, which cannot be copied, so a frame is owned by exactly one party
+//! at a time: the kernel, a ring, a consumer, or a free-frame queue.
+use std::num::NonZeroU32;
+
+use anyhow::{Context, Result, anyhow, bail};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+mod tx;
+pub use tx::TxPort;
+pub use xsk_rs::socket::XdpStatistics;
+
+/// Frames handled per ring operation.
+pub const BATCH: usize = 64;
+
+/// `--bind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// The NIC DMAs straight into the UMEM (driver support needed; veth has none).
+    Zerocopy,
+    /// The kernel copies each frame into the UMEM.
+    Copy,
+    /// Zero-copy if the driver supports it, else copy (and say so).
+    Auto,
+}
+
+/// Ring and UMEM sizes for one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    pub frames: u32,
+    pub frame_size: u32,
+    /// Receive ring of each socket.
+    pub rx_ring: u32,
+    pub bind: BindMode,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            frames: 8192,
+            frame_size: 4096,
+            rx_ring: 2048,
+            bind: BindMode::Auto,
+        }
+    }
+}
+
+/// A received frame: its UMEM descriptor and the queue whose UMEM holds it.
+#[derive(Debug)]
+pub struct RxFrame {
+    desc: FrameDesc,
+    queue: u16,
+}
+
+impl RxFrame {
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    pub fn len(&self) -> usize {
+        self.desc.lengths().data()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The UMEM of one queue; cheap to clone (shared), so consumers can read frame bytes.
+#[derive(Clone)]
+pub struct QueueUmem {
+    umem: Umem,
+    ifname: Interface,
+    queue: u16,
+    rx_ring: u32,
+}
+
+/// What the queue's worker owns: the fill ring, the completion ring, and the queue's own
+/// socket (the per-queue socket of `user` demux; idle but holding the rings in `xdp` mode).
+pub struct QueueRings {
+    fill: FillQueue,
+    _comp: CompQueue,
+    pub socket: RxSocket,
+    scratch: Vec<FrameDesc>,
+}
+
+/// One AF_XDP socket's receive side.
+pub struct RxSocket {
+    rx: RxQueue,
+    _tx: TxQueue,
+    queue: u16,
+    scratch: Vec<FrameDesc>,
+}
+
+/// The binding a queue ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    Zerocopy,
+    Copy,
+}
+
+/// Create queue `queue`'s UMEM and its first socket on `ifname`, and hand every frame to the
+/// fill ring. The XDP program must already be attached (this never loads libxdp's own).
+pub fn open_queue(
+    ifname: &str,
+    queue: u32,
+    cfg: &QueueConfig,
+) -> Result<(QueueUmem, QueueRings, Bound)> {
+    let attempts: &[(BindFlags, Bound)] = match cfg.bind {
+        BindMode::Zerocopy => &[(BindFlags::XDP_ZEROCOPY, Bound::Zerocopy)],
+        BindMode::Copy => &[(BindFlags::XDP_COPY, Bound::Copy)],
+        BindMode::Auto => &[
+            (BindFlags::XDP_ZEROCOPY, Bound::Zerocopy),
+            (BindFlags::XDP_COPY, Bound::Copy),
+        ],
+    };
+    let mut last_error = None;
+    for &(flags, bound) in attempts {
+        match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
+            Ok((umem, rings)) => {
+                if last_error.is_some() {
+                    eprintln!(
+                        "xmacvlan: {ifname} queue {queue}: zero-copy bind refused ({}); using copy mode",
+                        last_error.as_ref().unwrap()
+                    );
+                }
+                return Ok((umem, rings, bound));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let e = last_error.expect("at least one attempt");
+    if cfg.bind == BindMode::Zerocopy {
+        Err(e.context(format!(
+            "binding an AF_XDP socket in zero-copy mode to {ifname} queue {queue}: the driver \
+             does not support it (veth never does); use --bind copy or auto"
+        )))
+    } else {
+        Err(e.context(format!(
+            "binding an AF_XDP socket to {ifname} queue {queue}"
+        )))
+    }
+}
+
+fn try_open_queue(
+    ifname: &str,
+    queue: u32,
+    cfg: &QueueConfig,
+    flags: BindFlags,
+) -> Result<(QueueUmem, QueueRings)> {
+    let umem_config = UmemConfig::builder()
+        .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| anyhow!("{e}"))?)
+        .fill_queue_size(ring_size(cfg.frames)?)
+        .comp_queue_size(ring_size(cfg.frames)?)
+        .build()
+        .map_err(|e| anyhow!("UMEM configuration: {e}"))?;
+    let frames = NonZeroU32::new(cfg.frames).ok_or_else(|| anyhow!("UMEM needs frames"))?;
+    let (umem, descs) =
+        Umem::new(umem_config, frames, false).map_err(|e| anyhow!("creating the UMEM: {e}"))?;
+    let queue_umem = QueueUmem {
+        umem,
+        ifname: ifname
+            .parse()
+            .map_err(|_| anyhow!("interface name {ifname:?} contains a NUL byte"))?,
+        queue: u16::try_from(queue).context("queue id")?,
+        rx_ring: cfg.rx_ring,
+    };
+    let (socket, rings) = queue_umem.create_socket(flags)?;
+    let (fill, comp) = rings
+        .ok_or_else(|| anyhow!("{ifname} queue {queue} is already bound by another AF_XDP user"))?;
+    let mut rings = QueueRings {
+        fill,
+        _comp: comp,
+        socket,
+        scratch: Vec::with_capacity(BATCH),
+    };
+    // Every frame starts in the kernel's hands.
+    let free = rings.fill.nb_free(cfg.frames) as usize;
+    if free < descs.len() {
+        bail!("fill ring has room for {free} of {} frames", descs.len());
+    }
+    // SAFETY: the descriptors are this UMEM's own, fresh from Umem::new, and owned by no
+    // other ring.
+    let produced = unsafe { rings.fill.produce(&descs) };
+    if produced != descs.len() {
+        bail!(
+            "could only hand {produced} of {} frames to the fill ring",
+            descs.len()
+        );
+    }
+    Ok((queue_umem, rings))
+}
+
+fn ring_size(n: u32) -> Result<QueueSize> {
+    QueueSize::new(n).map_err(|e| anyhow!("ring size {n}: {e} (must be a power of two)"))
+}
+
+impl QueueUmem {
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Another socket on this queue, sharing the UMEM (`XDP_SHARED_UMEM`; the kernel makes it
+    /// inherit the first socket's bind mode).
+    pub fn add_socket(&self) -> Result<RxSocket> {
+        let (socket, rings) = self.create_socket(BindFlags::empty())?;
+        if rings.is_some() {
+            bail!(
+                "a shared socket on queue {} unexpectedly got its own fill ring",
+                self.queue
+            );
+        }
+        Ok(socket)
+    }
+
+    fn create_socket(
+        &self,
+        flags: BindFlags,
+    ) -> Result<(RxSocket, Option<(FillQueue, CompQueue)>)> {
+        let config = SocketConfig::builder()
+            .rx_queue_size(ring_size(self.rx_ring)?)
+            .tx_queue_size(ring_size(64)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(flags)
+            .build();
+        // SAFETY: INHIBIT_PROG_LOAD is set, which is what Socket::new requires when the
+        // (interface, queue) pair is shared; xmacvlan attaches its own program.
+        let (tx, rx, rings) =
+            unsafe { Socket::new(config, &self.umem, &self.ifname, self.queue.into()) }.map_err(
+                |e| {
+                    let hint = match std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .and_then(|io| io.raw_os_error())
+                    {
+                        Some(libc::EPERM) => " (needs root, or CAP_NET_RAW + CAP_NET_ADMIN)",
+                        Some(libc::EBUSY) => {
+                            " (another AF_XDP socket with its own UMEM holds this queue)"
+                        }
+                        Some(libc::EINVAL) => " (queue id beyond the NIC's queue count?)",
+                        _ => "",
+                    };
+                    anyhow!(
+                        "creating an AF_XDP socket on queue {}: {e}{hint}",
+                        self.queue
+                    )
+                },
+            )?;
+        Ok((
+            RxSocket {
+                rx,
+                _tx: tx,
+                queue: self.queue,
+                scratch: vec![FrameDesc::default(); BATCH],
+            },
+            rings,
+        ))
+    }
+
+    /// The bytes of a received frame.
+    #[inline]
+    pub fn bytes<'a>(&'a self, frame: &'a RxFrame) -> &'a [u8] {
+        debug_assert_eq!(frame.queue, self.queue, "frame of another queue's UMEM");
+        // SAFETY: `frame` came from an rx ring of a socket on this UMEM (RxFrame values are
+        // only made by RxSocket::recv on this queue), and while it is held as an RxFrame no
+        // ring hands it to the kernel, so nothing writes it during the borrow.
+        unsafe { self.umem.data(&frame.desc) }.contents()
+    }
+}
+
+impl RxSocket {
+    /// Take up to [`BATCH`] received frames and hand each to `f`. No allocation, no syscall.
+    #[inline]
+    pub fn recv(&mut self, mut f: impl FnMut(RxFrame)) -> usize {
+        // SAFETY: the scratch descriptors are overwritten by consume, and the frames it
+        // returns are this socket's UMEM's, now owned by us (moved out as RxFrame below).
+        let n = unsafe { self.rx.consume(&mut self.scratch) };
+        for desc in &self.scratch[..n] {
+            f(RxFrame {
+                desc: *desc,
+                queue: self.queue,
+            });
+        }
+        n
+    }
+
+    /// The kernel's counters for this socket (`XDP_STATISTICS`); a syscall, not for hot loops.
+    pub fn statistics(&self) -> Result<XdpStatistics> {
+        self.rx
+            .fd()
+            .xdp_statistics()
+            .context("getsockopt(XDP_STATISTICS)")
+    }
+}
+
+impl std::os::fd::AsRawFd for RxSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+impl QueueRings {
+    /// Hand frames from `free` back to the kernel's fill ring, at most one batch. Wakes the
+    /// driver only when it asked to be woken (need_wakeup). Returns the frames handed back.
+    #[inline]
+    pub fn refill(&mut self, free: &crossbeam_queue::ArrayQueue<RxFrame>) -> usize {
+        let room = self.fill.nb_free(BATCH as u32) as usize;
+        self.scratch.clear();
+        while self.scratch.len() < room.min(BATCH) {
+            match free.pop() {
+                Some(frame) => self.scratch.push(frame.desc),
+                None => break,
+            }
+        }
+        self.produce_scratch()
+    }
+
+    fn produce_scratch(&mut self) -> usize {
+        if self.scratch.is_empty() {
+            return 0;
+        }
+        // SAFETY: every descriptor came from an RxFrame of this queue's UMEM that was moved
+        // in (so no one else holds it), and nb_free guaranteed room for all of them.
+        let n = unsafe { self.fill.produce(&self.scratch) };
+        debug_assert_eq!(n, self.scratch.len());
+        if self.fill.needs_wakeup() {
+            // A syscall, but only when the driver went to sleep and asked for it.
+            let _ = self.fill.wakeup(self.socket.rx.fd_mut(), 0);
+        }
+        n
+    }
+}

@@ -1,0 +1,129 @@
+//! The transmit side, for the traffic generator: a socket with its own UMEM whose frames
+//! cycle between a free list, the TX ring and the completion ring.
+use std::io::Write;
+use std::num::NonZeroU32;
+
+use anyhow::{Result, anyhow, bail};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use super::{BATCH, ring_size};
+
+pub struct TxPort {
+    umem: Umem,
+    tx: TxQueue,
+    comp: CompQueue,
+    _fill: FillQueue,
+    _rx: RxQueue,
+    free: Vec<FrameDesc>,
+    batch: Vec<FrameDesc>,
+    frame_size: usize,
+    in_flight: usize,
+}
+
+impl TxPort {
+    /// A copy-mode TX socket on `ifname` queue `queue` with `frames` frames of `frame_size`.
+    pub fn open(ifname: &str, queue: u32, frames: u32, frame_size: u32) -> Result<Self> {
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(frame_size).map_err(|e| anyhow!("{e}"))?)
+            .fill_queue_size(ring_size(64)?)
+            .comp_queue_size(ring_size(frames)?)
+            .build()
+            .map_err(|e| anyhow!("UMEM configuration: {e}"))?;
+        let count = NonZeroU32::new(frames).ok_or_else(|| anyhow!("TX UMEM needs frames"))?;
+        let (umem, free) = Umem::new(umem_config, count, false)
+            .map_err(|e| anyhow!("creating the TX UMEM: {e}"))?;
+        let config = SocketConfig::builder()
+            .rx_queue_size(ring_size(64)?)
+            .tx_queue_size(ring_size(frames)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let iface: Interface = ifname
+            .parse()
+            .map_err(|_| anyhow!("interface name {ifname:?} contains a NUL byte"))?;
+        // SAFETY: INHIBIT_PROG_LOAD is set, as Socket::new requires for shared pairs; this
+        // socket is the only one on its UMEM.
+        let (tx, rx, rings) =
+            unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| {
+                anyhow!("creating the generator's AF_XDP socket on {ifname} queue {queue}: {e}")
+            })?;
+        let Some((fill, comp)) = rings else {
+            bail!("{ifname} queue {queue}: no fill/completion rings for a fresh UMEM");
+        };
+        Ok(Self {
+            umem,
+            tx,
+            comp,
+            _fill: fill,
+            _rx: rx,
+            free,
+            batch: Vec::with_capacity(BATCH),
+            frame_size: frame_size as usize,
+            in_flight: 0,
+        })
+    }
+
+    /// Largest frame this port can send.
+    pub fn max_frame(&self) -> usize {
+        self.frame_size
+    }
+
+    /// Collect completed frames back into the free list.
+    pub fn complete(&mut self) -> usize {
+        let mut done = [FrameDesc::default(); BATCH];
+        // SAFETY: the completion ring only returns descriptors of this UMEM that we sent.
+        let n = unsafe { self.comp.consume(&mut done) };
+        self.free.extend_from_slice(&done[..n]);
+        self.in_flight -= n;
+        n
+    }
+
+    /// Frames submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Room left in the current batch (limited by free frames).
+    pub fn room(&self) -> usize {
+        (BATCH - self.batch.len()).min(self.free.len())
+    }
+
+    /// Copy one frame into a free UMEM frame and add it to the batch. False when there is no
+    /// room (flush, or complete, first).
+    pub fn stage(&mut self, bytes: &[u8]) -> Result<bool> {
+        if bytes.len() > self.frame_size {
+            bail!(
+                "frame of {} bytes exceeds the {}-byte UMEM frame",
+                bytes.len(),
+                self.frame_size
+            );
+        }
+        if self.room() == 0 {
+            return Ok(false);
+        }
+        let mut desc = self.free.pop().expect("room() counted it");
+        // SAFETY: `desc` came from this UMEM's free list: neither the TX nor the completion
+        // ring holds it, so we have exclusive access to its memory.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        cursor.set_pos(0);
+        cursor.write_all(bytes)?;
+        self.batch.push(desc);
+        Ok(true)
+    }
+
+    /// Submit the staged batch; kicks the kernel when it asks (copy mode: every time).
+    pub fn flush(&mut self) -> Result<usize> {
+        if self.batch.is_empty() {
+            return Ok(0);
+        }
+        // SAFETY: the descriptors are this UMEM's and were just written; no ring holds them.
+        let sent = unsafe { self.tx.produce_and_wakeup(&self.batch) }
+            .map_err(|e| anyhow!("kicking the TX ring: {e}"))?;
+        // Frames the ring had no room for stay staged for the next flush.
+        self.batch.drain(..sent);
+        self.in_flight += sent;
+        Ok(sent)
+    }
+}
