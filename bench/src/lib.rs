@@ -1,1 +1,4 @@
-
+//! The traffic generator, the namespace lab, and (issue 4) the demux-mode comparison.
+pub mod generator;
+pub mod lab;
+pub mod scenario;

@@ -11,5 +11,6 @@ pub mod frame;
 pub mod netlink;
 pub mod netns;
 pub mod sys;
+pub mod telemetry;
 pub mod xdp;
 pub mod xsk;

@@ -116,3 +116,25 @@ pub fn raise_rlimit(resource: libc::__rlimit_resource_t, value: libc::rlim_t) {
         }
     }
 }
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Route SIGINT and SIGTERM to a flag ([`interrupted`]) so long runs stop cleanly and remove
+/// what they created instead of dying mid-way.
+pub fn catch_interrupts() {
+    let handler: extern "C" fn(libc::c_int) = on_interrupt;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only performs an atomic store, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+/// Whether SIGINT/SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> &'static std::sync::atomic::AtomicBool {
+    &INTERRUPTED
+}

@@ -17,7 +17,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
 use crate::xdp::{AttachMode, Classifier, Program, Steering};
-use crate::xsk::{self, Bound, QueueConfig, QueueUmem, RxFrame, RxSocket};
+use crate::xsk::{self, Bound, QueueConfig, RxFrame, RxSocket};
 
 mod consumer;
 mod endpoint;
@@ -26,7 +26,7 @@ mod lookup;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use worker::QueueCounters;
+pub use worker::{QueueCounters, QueueSnapshot};
 
 /// `--demux`.
 #[derive(
@@ -60,8 +60,10 @@ pub struct Dataplane {
     classifier: Classifier,
     endpoints: Vec<(EndpointSpec, Arc<EndpointCounters>)>,
     queues: Vec<Arc<QueueCounters>>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<Result<()>>>,
+    /// Workers stop first (the user demux hands them its last frames), then consumers.
+    stop_workers: Arc<AtomicBool>,
+    stop_consumers: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Result<SocketStats>>>,
     consumers: Vec<JoinHandle<consumer::Finished>>,
     pub attached: AttachMode,
     pub bound: Bound,
@@ -174,7 +176,8 @@ impl Dataplane {
         let free: Vec<Arc<ArrayQueue<RxFrame>>> = (0..cfg.queues)
             .map(|_| Arc::new(ArrayQueue::new(frames_per_queue)))
             .collect();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop_workers = Arc::new(AtomicBool::new(false));
+        let stop_consumers = Arc::new(AtomicBool::new(false));
         let lookup = Arc::new(lookup::EndpointTable::new(
             endpoints.iter().map(|(spec, _)| spec.key()),
         ));
@@ -183,7 +186,8 @@ impl Dataplane {
             classifier,
             endpoints: endpoints.clone(),
             queues: Vec::new(),
-            stop: stop.clone(),
+            stop_workers: stop_workers.clone(),
+            stop_consumers: stop_consumers.clone(),
             workers: Vec::new(),
             consumers: Vec::new(),
             attached,
@@ -204,7 +208,7 @@ impl Dataplane {
                 endpoint_rings: rings.clone(),
                 endpoint_counters: endpoints.iter().map(|(_, c)| c.clone()).collect(),
                 counters,
-                stop: stop.clone(),
+                stop: stop_workers.clone(),
             };
             dataplane.workers.push(
                 std::thread::Builder::new()
@@ -236,7 +240,7 @@ impl Dataplane {
                 served,
                 umems: umems.clone(),
                 free: free.clone(),
-                stop: stop.clone(),
+                stop: stop_consumers.clone(),
             };
             dataplane.consumers.push(
                 std::thread::Builder::new()
@@ -263,7 +267,15 @@ impl Dataplane {
     /// Stop the threads (after they drain what is already queued) and collect the results.
     pub fn stop(mut self) -> Result<Finished> {
         let xdp = self.classifier.counters()?;
-        self.stop.store(true, Ordering::Release);
+        self.stop_workers.store(true, Ordering::Release);
+        let mut queue_sockets = Vec::new();
+        for handle in self.workers.drain(..) {
+            let stats = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+            queue_sockets.push(stats);
+        }
+        self.stop_consumers.store(true, Ordering::Release);
         let mut finished_consumers = Vec::new();
         for handle in self.consumers.drain(..) {
             finished_consumers.push(
@@ -271,11 +283,6 @@ impl Dataplane {
                     .join()
                     .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))?,
             );
-        }
-        for handle in self.workers.drain(..) {
-            handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
         }
         let mut by_name: std::collections::HashMap<String, consumer::FinishedEndpoint> =
             finished_consumers
@@ -303,7 +310,15 @@ impl Dataplane {
                 }
             })
             .collect();
-        let queues = self.queues.iter().map(|q| q.snapshot()).collect();
+        let queues = self
+            .queues
+            .iter()
+            .zip(queue_sockets)
+            .map(|(q, socket)| QueueSnapshot {
+                socket,
+                ..q.snapshot()
+            })
+            .collect();
         Ok(Finished {
             endpoints,
             queues,
@@ -314,11 +329,12 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for h in self.consumers.drain(..) {
+        self.stop_workers.store(true, Ordering::Release);
+        for h in self.workers.drain(..) {
             let _ = h.join();
         }
-        for h in self.workers.drain(..) {
+        self.stop_consumers.store(true, Ordering::Release);
+        for h in self.consumers.drain(..) {
             let _ = h.join();
         }
     }

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use anyhow::Result;
 use crossbeam_queue::ArrayQueue;
 
-use super::DemuxMode;
 use super::endpoint::EndpointCounters;
 use super::idle::{Idle, pin};
 use super::lookup::EndpointTable;
+use super::{DemuxMode, SocketStats};
 use crate::frame::{Class, classify};
 use crate::xsk::{QueueRings, QueueUmem, RxFrame};
 
@@ -29,8 +29,10 @@ pub struct QueueCounters {
     pub refilled: AtomicU64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct QueueSnapshot {
+    /// The kernel's counters for the queue's own socket (filled in when stopped).
+    pub socket: SocketStats,
     pub rx: u64,
     pub steered: u64,
     pub dropped_unknown: u64,
@@ -41,6 +43,7 @@ pub struct QueueSnapshot {
 impl QueueCounters {
     pub fn snapshot(&self) -> QueueSnapshot {
         QueueSnapshot {
+            socket: SocketStats::default(),
             rx: self.rx.load(Relaxed),
             steered: self.steered.load(Relaxed),
             dropped_unknown: self.dropped_unknown.load(Relaxed),
@@ -74,7 +77,9 @@ struct Batch {
 }
 
 impl Worker {
-    pub fn run(mut self) -> Result<()> {
+    /// Runs until `stop`, then drains its socket once more; returns the kernel's counters for
+    /// the queue's own socket (drops before the userspace demux, e.g. fill ring empty).
+    pub fn run(mut self) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
         let mut idle = Idle::default();
         loop {
@@ -91,7 +96,9 @@ impl Worker {
             if work > 0 {
                 idle.worked();
             } else if stopping {
-                return Ok(());
+                let mut stats = SocketStats::default();
+                stats.add(&self.rings.socket.statistics()?);
+                return Ok(stats);
             } else {
                 idle.wait();
             }

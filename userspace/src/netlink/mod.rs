@@ -11,11 +11,12 @@ use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
-    MacVlanMode,
 };
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan};
 
 mod error;
+/// Re-exported so callers need not depend on rtnetlink for the mode.
+pub use rtnetlink::packet_route::link::MacVlanMode;
 pub use error::{NetlinkError, errno_of};
 
 /// What xmacvlan reads back about a link.

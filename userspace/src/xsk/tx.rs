@@ -79,9 +79,9 @@ impl TxPort {
         n
     }
 
-    /// Frames submitted and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
+    /// Frames staged or submitted and not yet completed.
+    pub fn pending(&self) -> usize {
+        self.in_flight + self.batch.len()
     }
 
     /// Room left in the current batch (limited by free frames).
@@ -113,17 +113,30 @@ impl TxPort {
         Ok(true)
     }
 
-    /// Submit the staged batch; kicks the kernel when it asks (copy mode: every time).
+    /// Submit the staged batch and kick the kernel if it asks (copy mode: always, and each
+    /// kick transmits at most 32 frames, so call this every round while frames are pending).
     pub fn flush(&mut self) -> Result<usize> {
-        if self.batch.is_empty() {
-            return Ok(0);
-        }
-        // SAFETY: the descriptors are this UMEM's and were just written; no ring holds them.
-        let sent = unsafe { self.tx.produce_and_wakeup(&self.batch) }
-            .map_err(|e| anyhow!("kicking the TX ring: {e}"))?;
+        let sent = if self.batch.is_empty() {
+            0
+        } else {
+            // SAFETY: the descriptors are this UMEM's and were just written; no ring holds them.
+            unsafe { self.tx.produce(&self.batch) }
+        };
         // Frames the ring had no room for stay staged for the next flush.
         self.batch.drain(..sent);
         self.in_flight += sent;
+        if self.in_flight > 0 && self.tx.needs_wakeup() {
+            match self.tx.wakeup() {
+                Ok(()) => {}
+                // The kernel is busy or out of buffers: the next round kicks again.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                    ) => {}
+                Err(e) => return Err(anyhow!("kicking the TX ring: {e}")),
+            }
+        }
         Ok(sent)
     }
 }

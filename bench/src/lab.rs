@@ -1,0 +1,219 @@
+//! The lab: a NIC made of a veth pair, a "wire" namespace holding the generator's end, and
+//! endpoints on VLANs and untagged, each with a kernel macvlan device in its own namespace
+//! where the kernel allows it. Everything lives in namespaces created here and is removed
+//! when the [`Lab`] is dropped, also on error and on panic.
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use xmacvlan::abi::{Mac, MacDisplay};
+use xmacvlan::dataplane::{DataplaneConfig, EndpointSpec};
+use xmacvlan::netlink::MacVlanMode as Mode;
+use xmacvlan::netlink::Netlink;
+use xmacvlan::netns::NetnsGuard;
+
+/// The veth end that plays the NIC (in the host namespace) and its peer on the wire.
+pub const NIC: &str = "nic0";
+pub const WIRE: &str = "wire0";
+/// Source MAC of generated frames.
+pub const GENERATOR_MAC: Mac = [0x02, 0x58, 0x4d, 0xff, 0xff, 0xfe];
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// VLANs with endpoints; 0 stands for untagged.
+    pub vlans: Vec<u16>,
+    pub endpoints_per_vlan: usize,
+    pub queues: u32,
+    /// Create a kernel macvlan device (in its own namespace) for each endpoint.
+    pub kernel_devices: bool,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            vlans: vec![100, 200, 0],
+            endpoints_per_vlan: 2,
+            queues: 1,
+            kernel_devices: true,
+        }
+    }
+}
+
+pub struct Lab {
+    pub endpoints: Vec<EndpointSpec>,
+    /// One-line notes on what could not be built (e.g. VLAN devices without 802.1Q).
+    pub notes: Vec<String>,
+    // Fields drop in declaration order: endpoint namespaces (their macvlans) before the
+    // host namespace (the NIC they hang off), then the wire.
+    _endpoint_namespaces: Vec<NetnsGuard>,
+    pub host: NetnsGuard,
+    pub wire: NetnsGuard,
+}
+
+/// MAC of endpoint `i` on VLAN `vid`: locally administered, readable in a capture.
+pub fn endpoint_mac(vid: u16, i: usize) -> Mac {
+    [0x02, 0x58, 0x4d, (vid >> 8) as u8, vid as u8, i as u8 + 1]
+}
+
+pub fn endpoint_name(vid: u16, i: usize) -> String {
+    if vid == 0 {
+        format!("untag-{i}")
+    } else {
+        format!("v{vid}-{i}")
+    }
+}
+
+impl Lab {
+    /// Build the lab under a unique prefix (includes the pid).
+    pub fn build(topology: &Topology) -> Result<Self> {
+        let prefix = format!("xmvlab{}-{}", std::process::id(), unique_suffix());
+        let host = NetnsGuard::create(&format!("{prefix}-host"))?;
+        let wire = NetnsGuard::create(&format!("{prefix}-wire"))?;
+        let wire_file = wire.file()?;
+        let mut endpoints = Vec::new();
+        for &vid in &topology.vlans {
+            for i in 0..topology.endpoints_per_vlan {
+                endpoints.push(EndpointSpec {
+                    name: endpoint_name(vid, i),
+                    vid,
+                    mac: endpoint_mac(vid, i),
+                });
+            }
+        }
+        host.run(|| {
+            let nl = Netlink::new()?;
+            let nic = nl.add_veth(NIC, WIRE, topology.queues)?;
+            let wire_index = nl.require_link(WIRE)?.index;
+            nl.set_netns(wire_index, &wire_file)?;
+            nl.set_up(nic)?;
+            Ok(())
+        })?;
+        wire.run(|| {
+            let nl = Netlink::new()?;
+            let index = nl.require_link(WIRE)?.index;
+            nl.set_up(index)
+        })?;
+        let mut lab = Lab {
+            endpoints,
+            notes: Vec::new(),
+            _endpoint_namespaces: Vec::new(),
+            host,
+            wire,
+        };
+        if topology.kernel_devices {
+            lab.add_kernel_devices(&prefix)?;
+        }
+        Ok(lab)
+    }
+
+    /// A macvlan per endpoint, on the NIC (untagged) or on its VLAN sub-interface, moved into
+    /// a namespace of its own with an address: what Docker's macvlan driver would create.
+    fn add_kernel_devices(&mut self, prefix: &str) -> Result<()> {
+        let mut missing_vlans = Vec::new();
+        let mut vlan_error = None;
+        let mut namespaces = Vec::new();
+        let vlans: Vec<u16> = dedup(self.endpoints.iter().map(|e| e.vid));
+        for (vlan_index, &vid) in vlans.iter().enumerate() {
+            let parent = self.host.run(|| {
+                let nl = Netlink::new()?;
+                let nic = nl.require_link(NIC)?.index;
+                if vid == 0 {
+                    return Ok(Some(nic));
+                }
+                match nl.add_vlan(&format!("{NIC}.{vid}"), nic, vid) {
+                    Ok(index) => {
+                        nl.set_up(index)?;
+                        Ok(Some(index))
+                    }
+                    Err(e) => {
+                        vlan_error.get_or_insert_with(|| format!("{e:#}"));
+                        Ok(None)
+                    }
+                }
+            })?;
+            let Some(parent) = parent else {
+                missing_vlans.push(format!("{NIC}.{vid}"));
+                continue;
+            };
+            for (i, ep) in self.endpoints.iter().filter(|e| e.vid == vid).enumerate() {
+                let ns = NetnsGuard::create(&format!("{prefix}-{}", ep.name))?;
+                let ns_file = ns.file()?;
+                let temp_name = format!("mv{vlan_index}x{i}");
+                self.host.run(|| {
+                    let nl = Netlink::new()?;
+                    let index = nl.add_macvlan(&temp_name, parent, Mode::Bridge, Some(ep.mac))?;
+                    nl.set_netns(index, &ns_file)
+                })?;
+                let addr = IpAddr::V4(Ipv4Addr::new(198, 18, vlan_index as u8, 10 + i as u8));
+                ns.run(|| {
+                    let nl = Netlink::new()?;
+                    let index = nl.require_link(&temp_name)?.index;
+                    nl.set_name(index, "eth0")?;
+                    nl.add_address(index, addr, 24)?;
+                    nl.set_up(index)
+                })
+                .with_context(|| format!("configuring endpoint {}", ep.name))?;
+                namespaces.push(ns);
+            }
+        }
+        self._endpoint_namespaces = namespaces;
+        if !missing_vlans.is_empty() {
+            self.notes.push(format!(
+                "kernel VLAN objects not created: {} ({}); tagged frames are still classified by XDP, \
+                 but broadcast and ARP on those VLANs have no kernel device to reach",
+                missing_vlans.join(", "),
+                vlan_error.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn dataplane_config(&self, base: &DataplaneConfig) -> DataplaneConfig {
+        DataplaneConfig {
+            ifname: NIC.into(),
+            ..base.clone()
+        }
+    }
+}
+
+fn dedup(items: impl Iterator<Item = u16>) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Distinguishes labs built by one process (tests build several).
+fn unique_suffix() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Wait until `total()` stops changing for `quiet`, or `expected` is reached, or `limit`.
+pub fn wait_for_drain(
+    mut total: impl FnMut() -> u64,
+    expected: u64,
+    quiet: Duration,
+    limit: Duration,
+) {
+    let start = Instant::now();
+    let mut last = total();
+    let mut since = Instant::now();
+    while start.elapsed() < limit && last < expected {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = total();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+}
+
+pub fn describe_mac(mac: &Mac) -> String {
+    MacDisplay(mac).to_string()
+}

@@ -1,0 +1,233 @@
+//! A lab run: the dataplane on the lab's NIC, the generator on the wire, and the report
+//! with what every endpoint was sent next to what it received.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, EndpointSpec};
+use xmacvlan::frame::{BROADCAST, TestFrame};
+use xmacvlan::telemetry::report::{Report, SentTotals};
+
+use crate::generator::{self, GeneratorConfig, Sent, Stream, StreamKind};
+use crate::lab::{self, Lab};
+
+#[derive(Debug, Clone)]
+pub struct TrafficConfig {
+    pub duration: Duration,
+    /// Total frames per second over all generator queues; None = flat out.
+    pub rate: Option<u64>,
+    /// Exactly this many frames per stream (tests), instead of running for `duration`.
+    pub count: Option<u64>,
+    /// Frame length (bytes, without FCS).
+    pub frame_len: usize,
+    /// Also send broadcast and unknown-unicast frames on every VLAN.
+    pub background: bool,
+    pub generator_core: Option<usize>,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(3),
+            rate: None,
+            count: None,
+            frame_len: 64,
+            background: true,
+            generator_core: Some(0),
+        }
+    }
+}
+
+/// The standard streams: one per endpoint, plus broadcast and an unknown MAC per VLAN.
+pub fn lab_streams(endpoints: &[EndpointSpec], frame_len: usize, background: bool) -> Vec<Stream> {
+    let tag = |vid: u16| (vid != 0).then_some(vid);
+    let mut streams: Vec<Stream> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Stream {
+            frame: TestFrame {
+                dst: e.mac,
+                src: lab::GENERATOR_MAC,
+                vid: tag(e.vid),
+                qinq_outer: None,
+                len: frame_len,
+            },
+            kind: StreamKind::Endpoint(i),
+            truncate_to: None,
+        })
+        .collect();
+    if background {
+        let mut vlans: Vec<u16> = endpoints.iter().map(|e| e.vid).collect();
+        vlans.dedup();
+        vlans.sort_unstable();
+        vlans.dedup();
+        for vid in vlans {
+            for (dst, kind) in [
+                (BROADCAST, StreamKind::Broadcast),
+                (
+                    [0x02, 0x58, 0x4d, 0xee, 0xee, 0xee],
+                    StreamKind::UnknownUnicast,
+                ),
+            ] {
+                streams.push(Stream {
+                    frame: TestFrame {
+                        dst,
+                        src: lab::GENERATOR_MAC,
+                        vid: tag(vid),
+                        qinq_outer: None,
+                        len: frame_len,
+                    },
+                    kind,
+                    truncate_to: None,
+                });
+            }
+        }
+    }
+    streams
+}
+
+/// Run `streams` from the lab's wire into `dataplane`, one generator per queue.
+pub fn run_traffic(
+    lab: &Lab,
+    dataplane: &Dataplane,
+    queues: u32,
+    streams: &[Stream],
+    traffic: &TrafficConfig,
+) -> Result<Sent> {
+    let stop = xmacvlan::sys::interrupted();
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<Sent>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..queues)
+            .map(|q| {
+                let cfg = GeneratorConfig {
+                    ifname: lab::WIRE.into(),
+                    queue: q,
+                    duration: if traffic.count.is_some() {
+                        Duration::from_secs(120)
+                    } else {
+                        traffic.duration
+                    },
+                    rate: traffic.rate.map(|r| (r / queues as u64).max(1)),
+                    count: traffic.count,
+                    core: traffic.generator_core,
+                    frame_size: 4096,
+                };
+                let failed = &failed;
+                s.spawn(move || {
+                    let r = lab.wire.run(|| generator::run(&cfg, streams, stop));
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("generator panicked"))
+            .collect()
+    });
+    let mut total = Sent {
+        per_stream: vec![0; streams.len()],
+        elapsed: Duration::ZERO,
+    };
+    for r in results {
+        let sent = r.context("traffic generator")?;
+        for (t, n) in total.per_stream.iter_mut().zip(&sent.per_stream) {
+            *t += n;
+        }
+        total.elapsed = total.elapsed.max(sent.elapsed);
+    }
+    // Let the receive side finish what is in flight: stop when every frame sent to an
+    // endpoint is accounted for (delivered or dropped) or nothing moves for 200 ms.
+    let expected: u64 = streams
+        .iter()
+        .zip(&total.per_stream)
+        .filter(|(s, _)| matches!(s.kind, StreamKind::Endpoint(_)))
+        .map(|(_, n)| n)
+        .sum();
+    lab::wait_for_drain(
+        || {
+            dataplane
+                .endpoint_counters()
+                .iter()
+                .map(|(_, c)| c.frames.load(Ordering::Relaxed))
+                .sum()
+        },
+        expected,
+        Duration::from_millis(200),
+        Duration::from_secs(3),
+    );
+    let _ = dataplane;
+    Ok(total)
+}
+
+/// Totals by kind of stream.
+pub fn sent_totals(streams: &[Stream], sent: &Sent) -> SentTotals {
+    let mut t = SentTotals {
+        total: sent.total(),
+        duration_s: sent.elapsed.as_secs_f64(),
+        ..Default::default()
+    };
+    for (s, &n) in streams.iter().zip(&sent.per_stream) {
+        match s.kind {
+            StreamKind::Endpoint(_) => t.to_endpoints += n,
+            StreamKind::Broadcast => t.broadcast += n,
+            StreamKind::UnknownUnicast => t.unknown_unicast += n,
+            StreamKind::Other => t.other += n,
+        }
+    }
+    t.pps = if t.duration_s > 0.0 {
+        t.total as f64 / t.duration_s
+    } else {
+        0.0
+    };
+    t
+}
+
+/// Build the lab, run the dataplane and the traffic, report, tear down.
+pub fn run_lab(
+    topology: &lab::Topology,
+    dataplane: &DataplaneConfig,
+    traffic: &TrafficConfig,
+) -> Result<Report> {
+    if !xmacvlan::sys::is_root() {
+        bail!("the lab creates network namespaces and attaches XDP: run it as root (sudo)");
+    }
+    let lab = Lab::build(topology)?;
+    let cfg = lab.dataplane_config(dataplane);
+    let streams = lab_streams(&lab.endpoints, traffic.frame_len, traffic.background);
+    let report = lab.host.run(|| {
+        let started = Instant::now();
+        let dp = Dataplane::start(&cfg, &lab.endpoints)?;
+        let (attached, bound) = (dp.attached, dp.bound);
+        let sent = run_traffic(&lab, &dp, topology.queues, &streams, traffic)?;
+        let finished = dp.stop()?;
+        let duration = sent.elapsed.as_secs_f64();
+        let mut rows = Report::endpoint_rows(&finished, duration);
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.expected = Some(
+                streams
+                    .iter()
+                    .zip(&sent.per_stream)
+                    .filter(|(s, _)| s.kind == StreamKind::Endpoint(i))
+                    .map(|(_, n)| n)
+                    .sum(),
+            );
+        }
+        let _ = started;
+        Ok(Report {
+            interface: format!("{} (lab veth)", lab::NIC),
+            demux: format!("{:?}", cfg.demux).to_lowercase(),
+            xdp_mode: format!("{attached:?}").to_lowercase(),
+            bind: format!("{bound:?}").to_lowercase(),
+            duration_s: duration,
+            endpoints: rows,
+            xdp: finished.xdp,
+            queues: finished.queues,
+            sent: Some(sent_totals(&streams, &sent)),
+            notes: lab.notes.clone(),
+        })
+    })?;
+    Ok(report)
+}

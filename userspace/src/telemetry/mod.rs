@@ -1,0 +1,2 @@
+//! What the dataplane reports: run reports, latency histograms, CPU accounting, exports.
+pub mod report;

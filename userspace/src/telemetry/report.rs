@@ -1,0 +1,197 @@
+//! The run report: per-endpoint table, XDP counters and totals, as text and as JSON.
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::abi::{Counters, MacDisplay};
+use crate::dataplane::{EndpointResult, Finished, QueueSnapshot, SocketStats};
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointRow {
+    pub name: String,
+    pub vid: u16,
+    pub mac: String,
+    pub frames: u64,
+    pub bytes: u64,
+    pub mpps: f64,
+    pub dropped: u64,
+    pub misdelivered: u64,
+    /// Frames the generator sent to this endpoint, when known (the lab).
+    pub expected: Option<u64>,
+    pub latency_ns: Percentiles,
+    pub socket: SocketStats,
+}
+
+/// What the generator sent, by kind of frame.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SentTotals {
+    pub total: u64,
+    pub to_endpoints: u64,
+    pub broadcast: u64,
+    pub unknown_unicast: u64,
+    pub other: u64,
+    pub duration_s: f64,
+    pub pps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub interface: String,
+    pub demux: String,
+    pub xdp_mode: String,
+    pub bind: String,
+    pub duration_s: f64,
+    pub endpoints: Vec<EndpointRow>,
+    pub xdp: Counters,
+    pub queues: Vec<QueueSnapshot>,
+    pub sent: Option<SentTotals>,
+    /// One-line notes, e.g. kernel objects that could not be created.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn endpoint_rows(finished: &Finished, duration_s: f64) -> Vec<EndpointRow> {
+        finished
+            .endpoints
+            .iter()
+            .map(|e: &EndpointResult| EndpointRow {
+                name: e.spec.name.clone(),
+                vid: e.spec.vid,
+                mac: MacDisplay(&e.spec.mac).to_string(),
+                frames: e.frames,
+                bytes: e.bytes,
+                mpps: if duration_s > 0.0 {
+                    e.frames as f64 / duration_s / 1e6
+                } else {
+                    0.0
+                },
+                dropped: e.dropped,
+                misdelivered: e.misdelivered,
+                expected: None,
+                latency_ns: Percentiles::of(&e.latency),
+                socket: e.socket_stats,
+            })
+            .collect()
+    }
+
+    /// The human-readable form (also what `cargo xtask run` prints).
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "xmacvlan on {}: demux {}, XDP {}, AF_XDP {}, {:.2} s",
+            self.interface, self.demux, self.xdp_mode, self.bind, self.duration_s
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "ENDPOINT",
+            "VLAN",
+            "MAC",
+            "FRAMES",
+            "SENT",
+            "MPPS",
+            "DROPS",
+            "MISDLV",
+            "P50(us)",
+            "P90",
+            "P99",
+            "P99.9",
+            "MAX"
+        );
+        for e in &self.endpoints {
+            let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7.3} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+                e.name,
+                if e.vid == 0 {
+                    "-".to_string()
+                } else {
+                    e.vid.to_string()
+                },
+                e.mac,
+                e.frames,
+                e.expected
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                e.mpps,
+                e.dropped,
+                e.misdelivered,
+                us(e.latency_ns.p50),
+                us(e.latency_ns.p90),
+                us(e.latency_ns.p99),
+                us(e.latency_ns.p999),
+                us(e.latency_ns.max),
+            );
+        }
+        let x = &self.xdp;
+        let _ = writeln!(
+            out,
+            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} qinq {} malformed {} no-socket {}",
+            x.seen,
+            x.tagged,
+            x.hit,
+            x.redirected,
+            x.pass_miss,
+            x.pass_bcast_mcast,
+            x.pass_qinq,
+            x.malformed,
+            x.pass_no_socket
+        );
+        for (q, s) in self.queues.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "queue {q}: refilled {} | user demux: rx {} steered {} dropped (ring full {}, unknown {}) | queue socket: kernel drops {}",
+                s.refilled,
+                s.rx,
+                s.steered,
+                s.dropped_ring_full,
+                s.dropped_unknown,
+                s.socket.dropped()
+            );
+        }
+        if let Some(s) = &self.sent {
+            let _ = writeln!(
+                out,
+                "sent: {} frames in {:.2} s ({:.3} Mpps): {} to endpoints, {} broadcast, {} unknown unicast, {} other",
+                s.total,
+                s.duration_s,
+                s.pps / 1e6,
+                s.to_endpoints,
+                s.broadcast,
+                s.unknown_unicast,
+                s.other
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
+        out
+    }
+}
