@@ -26,6 +26,8 @@ pub struct Topology {
     pub queues: u32,
     /// Create a kernel macvlan device (in its own namespace) for each endpoint.
     pub kernel_devices: bool,
+    /// MTU of the lab NIC and its peer (veth allows XDP up to about 3500).
+    pub mtu: Option<u32>,
 }
 
 impl Default for Topology {
@@ -35,11 +37,14 @@ impl Default for Topology {
             endpoints_per_vlan: 2,
             queues: 1,
             kernel_devices: true,
+            mtu: None,
         }
     }
 }
 
 pub struct Lab {
+    /// Every namespace of this lab is named `{prefix}-…`.
+    pub prefix: String,
     pub endpoints: Vec<EndpointSpec>,
     /// One-line notes on what could not be built (e.g. VLAN devices without 802.1Q).
     pub notes: Vec<String>,
@@ -80,10 +85,20 @@ impl Lab {
                 });
             }
         }
+        // The wire carries only generated frames: no IPv6 autoconfiguration chatter from
+        // the generator's side, so XDP counters equal what the generator sent.
+        wire.run(|| {
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+                .context("disabling IPv6 in the wire namespace")
+        })?;
         host.run(|| {
             let nl = Netlink::new()?;
             let nic = nl.add_veth(NIC, WIRE, topology.queues)?;
             let wire_index = nl.require_link(WIRE)?.index;
+            if let Some(mtu) = topology.mtu {
+                nl.set_mtu(nic, mtu)?;
+                nl.set_mtu(wire_index, mtu)?;
+            }
             nl.set_netns(wire_index, &wire_file)?;
             nl.set_up(nic)?;
             Ok(())
@@ -94,6 +109,7 @@ impl Lab {
             nl.set_up(index)
         })?;
         let mut lab = Lab {
+            prefix: prefix.clone(),
             endpoints,
             notes: Vec::new(),
             _endpoint_namespaces: Vec::new(),

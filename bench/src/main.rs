@@ -94,6 +94,7 @@ fn lab(a: LabArgs) -> Result<()> {
         endpoints_per_vlan: a.per_vlan,
         queues: a.queues,
         kernel_devices: !a.no_kernel_devices,
+        mtu: None,
     };
     let dataplane = DataplaneConfig {
         ifname: String::new(),

@@ -1,1 +1,41 @@
+//! Helpers shared by the integration tests.
+use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};
+use xmacvlan::xdp::AttachMode;
+use xmacvlan::xsk::{BindMode, QueueConfig};
 
+/// Integration tests create namespaces and attach XDP: fail clearly without root.
+pub fn require_root() {
+    assert!(
+        xmacvlan::sys::is_root(),
+        "integration tests need root (namespaces, XDP, AF_XDP): run `sudo -E cargo xtask test`"
+    );
+}
+
+/// The dataplane settings the tests use (interface filled in by the lab).
+pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
+    DataplaneConfig {
+        ifname: String::new(),
+        queues,
+        demux,
+        xdp_mode: AttachMode::Native,
+        queue: QueueConfig {
+            bind: BindMode::Copy,
+            ..QueueConfig::default()
+        },
+        cores: xmacvlan::dataplane::default_cores(),
+        consumer_threads: 1,
+        endpoint_ring: 4096,
+    }
+}
+
+/// Namespaces whose name starts with `prefix` (a lab's prefix: none must outlive the lab).
+pub fn namespaces_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir(xmacvlan::netns::NETNS_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod frame;
 pub mod netlink;
 pub mod netns;
+pub mod nic;
 pub mod sys;
 pub mod telemetry;
 pub mod xdp;

@@ -2,7 +2,10 @@
 //! lives in the `xmacvlan` and `xmacvlan-bench` crates so tests can call it too.
 use std::process::ExitCode;
 
+mod cargo;
 mod deps;
+mod run;
+mod test;
 mod vm;
 
 const USAGE: &str = "\
@@ -10,7 +13,8 @@ usage: cargo xtask <command> [options] [-- program options]
 
 commands:
   run        run xmacvlan: the namespace lab by default, or `-- --iface IF --config FILE`
-  test       the test suite: unit tests, then the namespace integration tests (root)
+  test       the test suite: lints, unit and namespace integration tests (root), VM tests
+             (`--no-vm` skips the VM part)
   vm-test    integration tests inside a VM with a stock Debian kernel (802.1Q)
   deps       install the system packages the build and the tests need (Debian/Ubuntu, root)
 ";
@@ -22,6 +26,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match command.as_str() {
+        "run" => run::run(rest),
+        "test" => test::run_all(rest),
         "vm-test" => vm::run(rest),
         "deps" => deps::ensure(true),
         "-h" | "--help" | "help" => {

@@ -32,10 +32,17 @@ pub struct GlobalArgs {
     pub data_root: PathBuf,
 }
 
+mod run;
+
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
+    Run(run::RunArgs),
+}
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Run(args) => run::run(args),
+    }
 }

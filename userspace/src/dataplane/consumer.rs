@@ -47,10 +47,9 @@ impl ConsumerThread {
         let mut idle = Idle::default();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            let now = crate::sys::monotonic_ns();
             let mut work = 0;
             for served in &mut self.served {
-                work += poll(served, &self.umems, &self.free, now);
+                work += poll(served, &self.umems, &self.free);
             }
             if work > 0 {
                 idle.worked();
@@ -86,15 +85,10 @@ impl ConsumerThread {
 
 /// One batch per source of this endpoint; returns frames handled.
 #[inline]
-fn poll(
-    served: &mut Served,
-    umems: &[QueueUmem],
-    free: &[Arc<ArrayQueue<RxFrame>>],
-    now: u64,
-) -> usize {
+fn poll(served: &mut Served, umems: &[QueueUmem], free: &[Arc<ArrayQueue<RxFrame>>]) -> usize {
     let consumer = &mut served.consumer;
     let mut handled = 0;
-    let mut give_back = |frame: RxFrame| {
+    let mut give_back = |frame: RxFrame, now: u64| {
         let q = frame.queue() as usize;
         consumer.on_frame(umems[q].bytes(&frame), now);
         // Cannot fail: each free queue holds its UMEM's whole frame count.
@@ -107,11 +101,14 @@ fn poll(
             }
         }
         Source::Ring(ring) => {
+            // The clock is read after the first frame is taken: never before its send time.
+            let mut now = 0;
             while handled < BATCH {
-                match ring.pop() {
-                    Some(frame) => give_back(frame),
-                    None => break,
+                let Some(frame) = ring.pop() else { break };
+                if handled == 0 {
+                    now = crate::sys::monotonic_ns();
                 }
+                give_back(frame, now);
                 handled += 1;
             }
         }

@@ -118,7 +118,7 @@ impl Worker {
             endpoint_counters,
             ..
         } = self;
-        let n = rings.socket.recv(|frame| {
+        let n = rings.socket.recv(|frame, _| {
             batch.rx += 1;
             let slot = match classify(umem.bytes(&frame)) {
                 Class::Unicast(key) => lookup.get(&key),

@@ -277,17 +277,26 @@ impl QueueUmem {
 }
 
 impl RxSocket {
-    /// Take up to [`BATCH`] received frames and hand each to `f`. No allocation, no syscall.
+    /// Take up to [`BATCH`] received frames and hand each to `f`, with the monotonic time
+    /// read once after the batch was taken (so it is never earlier than a frame's send time).
+    /// No allocation; no syscall (the clock is vDSO).
     #[inline]
-    pub fn recv(&mut self, mut f: impl FnMut(RxFrame)) -> usize {
+    pub fn recv(&mut self, mut f: impl FnMut(RxFrame, u64)) -> usize {
         // SAFETY: the scratch descriptors are overwritten by consume, and the frames it
         // returns are this socket's UMEM's, now owned by us (moved out as RxFrame below).
         let n = unsafe { self.rx.consume(&mut self.scratch) };
+        if n == 0 {
+            return 0;
+        }
+        let now = crate::sys::monotonic_ns();
         for desc in &self.scratch[..n] {
-            f(RxFrame {
-                desc: *desc,
-                queue: self.queue,
-            });
+            f(
+                RxFrame {
+                    desc: *desc,
+                    queue: self.queue,
+                },
+                now,
+            );
         }
         n
     }

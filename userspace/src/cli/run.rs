@@ -1,0 +1,176 @@
+//! `xmacvlan run`: the dataplane on a real NIC, endpoints from a file, until Ctrl-C.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
+use crate::netlink::Netlink;
+use crate::telemetry::report::Report;
+use crate::xdp::AttachMode;
+use crate::xsk::{BindMode, QueueConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The NIC (or VLAN trunk parent) to attach to.
+    #[arg(long)]
+    pub iface: String,
+    /// Endpoints file: {"endpoints": [{"name": "c1", "vid": 100, "mac": "02:42:c6:12:00:02"}]}.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub demux: DemuxMode,
+    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
+    pub xdp_mode: AttachMode,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub bind: BindMode,
+    /// Cores for workers and consumers, comma-separated (default: all but core 0).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Replace an XDP program another tool attached to the interface.
+    #[arg(long)]
+    pub force: bool,
+    /// Turn rx VLAN offload off if the NIC strips tags before XDP.
+    #[arg(long)]
+    pub fix_offloads: bool,
+    /// Also write the final report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    endpoints: Vec<EndpointSpec>,
+}
+
+pub fn load_endpoints(path: &std::path::Path) -> Result<Vec<EndpointSpec>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading endpoints file {}", path.display()))?;
+    let file: EndpointsFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"endpoints\": [{{\"name\": \"c1\", \"vid\": 100, \"mac\": \"02:42:c6:12:00:02\"}}]}}",
+            path.display()
+        )
+    })?;
+    if file.endpoints.is_empty() {
+        bail!("{}: no endpoints listed", path.display());
+    }
+    Ok(file.endpoints)
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    if !crate::sys::is_root() {
+        bail!(
+            "xmacvlan run attaches XDP and opens AF_XDP sockets: run it as root (or with CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW)"
+        );
+    }
+    let endpoints = load_endpoints(&a.config)?;
+    let nl = Netlink::new()?;
+    let link = nl.require_link(&a.iface)?;
+    if let Some(id) = link.xdp_prog_id {
+        if !a.force {
+            bail!(
+                "{} already has an XDP program attached (id {id}); detach it (`ip link set dev {} xdp off`) or pass --force to replace it",
+                a.iface,
+                a.iface
+            );
+        }
+        crate::nic::detach_xdp(&nl, link.index)
+            .context("--force: detaching the existing XDP program")?;
+        eprintln!("xmacvlan: replaced XDP program {id} on {}", a.iface);
+    }
+    if endpoints.iter().any(|e| e.vid != 0) {
+        match crate::nic::rx_vlan_offload(&a.iface) {
+            Some(true) if a.fix_offloads => {
+                crate::nic::disable_rx_vlan_offload(&a.iface)?;
+                eprintln!("xmacvlan: turned rx VLAN offload off on {}", a.iface);
+            }
+            Some(true) => eprintln!(
+                "xmacvlan: warning: {} strips VLAN tags before XDP (rx-vlan-offload on): tagged endpoints will not match; \
+                 rerun with --fix-offloads or run `ethtool -K {} rxvlan off`",
+                a.iface, a.iface
+            ),
+            Some(false) => {}
+            None => eprintln!(
+                "xmacvlan: could not read rx-vlan-offload of {} (is ethtool installed?)",
+                a.iface
+            ),
+        }
+    }
+    crate::sys::catch_interrupts();
+    let queues = crate::nic::rx_queues(&a.iface)?;
+    let cfg = DataplaneConfig {
+        ifname: a.iface.clone(),
+        queues,
+        demux: a.demux,
+        xdp_mode: a.xdp_mode,
+        queue: QueueConfig {
+            bind: a.bind,
+            ..QueueConfig::default()
+        },
+        cores: a.cores.clone().unwrap_or_else(default_cores),
+        consumer_threads: a.cores.as_ref().map(|c| c.len()).unwrap_or(1),
+        endpoint_ring: 4096,
+    };
+    let dp = Dataplane::start(&cfg, &endpoints)?;
+    eprintln!(
+        "xmacvlan: {} endpoints on {} ({queues} queues), demux {:?}, XDP {:?}, AF_XDP {:?}; Ctrl-C to stop",
+        endpoints.len(),
+        a.iface,
+        cfg.demux,
+        dp.attached,
+        dp.bound
+    );
+    let start = Instant::now();
+    let mut last = (0u64, Instant::now());
+    let deadline = a.duration.map(Duration::from_secs_f64);
+    while !crate::sys::interrupted().load(Ordering::Relaxed)
+        && deadline.is_none_or(|d| start.elapsed() < d)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.1.elapsed() >= Duration::from_secs(1) {
+            let frames: u64 = dp
+                .endpoint_counters()
+                .iter()
+                .map(|(_, c)| c.frames.load(Ordering::Relaxed))
+                .sum();
+            let x = dp.xdp_counters()?;
+            println!(
+                "{:>8.1}s delivered {:>12} ({:>9.0} pps) | XDP seen {} redirected {} passed {}",
+                start.elapsed().as_secs_f64(),
+                frames,
+                (frames - last.0) as f64 / last.1.elapsed().as_secs_f64(),
+                x.seen,
+                x.redirected,
+                x.passed()
+            );
+            last = (frames, Instant::now());
+        }
+    }
+    let (attached, bound) = (dp.attached, dp.bound);
+    let finished = dp.stop()?;
+    let duration = start.elapsed().as_secs_f64();
+    let report = Report {
+        interface: a.iface.clone(),
+        demux: format!("{:?}", cfg.demux).to_lowercase(),
+        xdp_mode: format!("{attached:?}").to_lowercase(),
+        bind: format!("{bound:?}").to_lowercase(),
+        duration_s: duration,
+        endpoints: Report::endpoint_rows(&finished, duration),
+        xdp: finished.xdp,
+        queues: finished.queues,
+        sent: None,
+        notes: Vec::new(),
+    };
+    print!("{}", report.to_text());
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

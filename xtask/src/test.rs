@@ -1,0 +1,48 @@
+//! `cargo xtask test`: the whole suite. Lints, unit tests, the namespace integration tests
+//! (root), then the VM tests with a stock Debian kernel (802.1Q).
+use anyhow::{Result, bail};
+
+use crate::cargo::{cargo, is_root, run};
+
+pub fn run_all(args: &[String]) -> Result<()> {
+    let skip_vm = args.iter().any(|a| a == "--no-vm");
+    crate::deps::ensure(false)?;
+    run(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
+    run(
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy",
+    )?;
+    if !is_root() {
+        bail!(
+            "the integration tests create network namespaces and attach XDP: run as root (`sudo -E cargo xtask test`)"
+        );
+    }
+    // Host tests: unit tests and the namespace integration tests. Two threads: each test
+    // builds its own namespaces, and this machine has two cores.
+    run(
+        cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--",
+            "--test-threads=2",
+        ]),
+        "cargo test",
+    )?;
+    if skip_vm {
+        println!("xtask: --no-vm: skipping the VM tests");
+        return Ok(());
+    }
+    crate::vm::run(&[])
+}
