@@ -39,6 +39,9 @@ pub struct GeneratorConfig {
     pub count: Option<u64>,
     pub core: Option<usize>,
     pub frame_size: u32,
+    /// At most this many frames staged or in the TX ring. Frames are stamped when staged,
+    /// so a deep TX queue would add its own waiting time to every latency sample.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,7 +112,8 @@ pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Resu
                 due.saturating_sub(sent.iter().sum::<u64>()) as usize
             }
             None => usize::MAX,
-        };
+        }
+        .min(cfg.max_in_flight.saturating_sub(port.pending()));
         let now = xmacvlan::sys::monotonic_ns();
         while budget > 0 && port.room() > 0 {
             // Round-robin over streams that still have frames to send.

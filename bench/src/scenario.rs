@@ -111,6 +111,7 @@ pub fn run_traffic(
                     count: traffic.count,
                     core: traffic.generator_core,
                     frame_size: 4096,
+                    max_in_flight: 256,
                 };
                 let failed = &failed;
                 s.spawn(move || {

@@ -248,8 +248,11 @@ impl QueueUmem {
                         Some(libc::EINVAL) => " (queue id beyond the NIC's queue count?)",
                         _ => "",
                     };
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
                     anyhow!(
-                        "creating an AF_XDP socket on queue {}: {e}{hint}",
+                        "creating an AF_XDP socket on queue {}: {e}{cause}{hint}",
                         self.queue
                     )
                 },
