@@ -15,9 +15,9 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan};
 
 mod error;
+pub use error::{NetlinkError, errno_of};
 /// Re-exported so callers need not depend on rtnetlink for the mode.
 pub use rtnetlink::packet_route::link::MacVlanMode;
-pub use error::{NetlinkError, errno_of};
 
 /// What xmacvlan reads back about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]

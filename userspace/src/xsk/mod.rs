@@ -127,10 +127,9 @@ pub fn open_queue(
     for &(flags, bound) in attempts {
         match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
             Ok((umem, rings)) => {
-                if last_error.is_some() {
+                if let Some(refused) = &last_error {
                     eprintln!(
-                        "xmacvlan: {ifname} queue {queue}: zero-copy bind refused ({}); using copy mode",
-                        last_error.as_ref().unwrap()
+                        "xmacvlan: {ifname} queue {queue}: zero-copy bind refused ({refused:#}); using copy mode"
                     );
                 }
                 return Ok((umem, rings, bound));
