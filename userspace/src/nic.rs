@@ -1,25 +1,8 @@
 //! Facts about a real NIC that decide whether the fast path can see its frames: receive
 //! queue count, VLAN tag stripping (rx VLAN offload), and a foreign XDP program.
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-
-/// Receive queues the kernel exposes for `ifname` (calling thread's namespace).
-pub fn rx_queues(ifname: &str) -> Result<u32> {
-    let dir = Path::new("/sys/class/net").join(ifname).join("queues");
-    let entries = std::fs::read_dir(&dir).with_context(|| {
-        format!(
-            "reading {} (is `{ifname}` an interface here?)",
-            dir.display()
-        )
-    })?;
-    let n = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-        .count() as u32;
-    Ok(n.max(1))
-}
 
 /// Whether the NIC strips 802.1Q tags before XDP sees the frame (`rx-vlan-offload: on`).
 /// None when ethtool is missing or does not know the feature.

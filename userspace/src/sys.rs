@@ -138,3 +138,24 @@ pub fn catch_interrupts() {
 pub fn interrupted() -> &'static std::sync::atomic::AtomicBool {
     &INTERRUPTED
 }
+
+/// Linux capability numbers xmacvlan needs (see capabilities(7)).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_BPF: u32 = 39;
+
+/// The capabilities in `wanted` that the process does not have in its effective set.
+pub fn missing_capabilities(wanted: &[(u32, &'static str)]) -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    wanted
+        .iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}

@@ -32,7 +32,7 @@ pub struct GlobalArgs {
     pub data_root: PathBuf,
 }
 
-mod run;
+pub mod run;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -35,6 +35,8 @@ pub struct Link {
     pub vlan_id: Option<u16>,
     /// Id of the attached XDP program, if any.
     pub xdp_prog_id: Option<u32>,
+    /// Receive queues (IFLA_NUM_RX_QUEUES).
+    pub rx_queues: u32,
 }
 
 pub struct Netlink {
@@ -274,11 +276,13 @@ impl Link {
             macvlan_mode: None,
             vlan_id: None,
             xdp_prog_id: None,
+            rx_queues: 1,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::NumRxQueues(n) => link.rx_queues = (*n).max(1),
                 LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
                 LinkAttribute::Link(p) => link.parent_index = Some(*p),
                 LinkAttribute::Xdp(xdp) => {
