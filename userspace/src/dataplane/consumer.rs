@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 
 use super::SocketStats;
 use super::endpoint::Consumer;
-use super::idle::{Idle, pin};
+use super::idle::{HotLoop, Idle, pin};
 use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket};
 
 pub enum Source {
@@ -45,6 +45,7 @@ impl ConsumerThread {
     pub fn run(mut self) -> Finished {
         pin(self.core, "consumer");
         let mut idle = Idle::default();
+        let hot = HotLoop::enter();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let mut work = 0;
@@ -59,6 +60,7 @@ impl ConsumerThread {
                 idle.wait();
             }
         }
+        drop(hot);
         Finished {
             endpoints: self
                 .served

@@ -30,3 +30,29 @@ pub fn pin(core: usize, what: &str) {
         eprintln!("xmacvlan: could not pin {what} to core {core}; running unpinned");
     }
 }
+
+thread_local! {
+    static IN_HOT_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside a worker or consumer loop. Lets a test's counting
+/// global allocator prove the loops allocate nothing (reading it allocates nothing).
+pub fn in_hot_loop() -> bool {
+    IN_HOT_LOOP.with(|f| f.get())
+}
+
+/// Marks the calling thread as inside its hot loop until dropped.
+pub struct HotLoop;
+
+impl HotLoop {
+    pub fn enter() -> Self {
+        IN_HOT_LOOP.with(|f| f.set(true));
+        HotLoop
+    }
+}
+
+impl Drop for HotLoop {
+    fn drop(&mut self) {
+        IN_HOT_LOOP.with(|f| f.set(false));
+    }
+}

@@ -26,6 +26,7 @@ mod lookup;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
+pub use idle::{HotLoop, in_hot_loop};
 pub use worker::{QueueCounters, QueueSnapshot};
 
 /// `--demux`.

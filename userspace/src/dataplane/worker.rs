@@ -8,7 +8,7 @@ use anyhow::Result;
 use crossbeam_queue::ArrayQueue;
 
 use super::endpoint::EndpointCounters;
-use super::idle::{Idle, pin};
+use super::idle::{HotLoop, Idle, pin};
 use super::lookup::EndpointTable;
 use super::{DemuxMode, SocketStats};
 use crate::frame::{Class, classify};
@@ -82,6 +82,7 @@ impl Worker {
     pub fn run(mut self) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
         let mut idle = Idle::default();
+        let hot = HotLoop::enter();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             let mut work = 0;
@@ -96,6 +97,7 @@ impl Worker {
             if work > 0 {
                 idle.worked();
             } else if stopping {
+                drop(hot);
                 let mut stats = SocketStats::default();
                 stats.add(&self.rings.socket.statistics()?);
                 return Ok(stats);
