@@ -1,5 +1,295 @@
-//! `cargo xtask vm-test`: the integration tests inside a stock Debian kernel under qemu.
+//! `cargo xtask vm-test`: the integration tests that need a full kernel (802.1Q) run inside a
+//! stock Debian kernel under qemu. The host's `/` is the guest's root (read-only 9p plus a
+//! tmpfs overlay), so the test binaries built here run there unchanged, as root.
+//!
+//! Layout: [`kernel`] fetches and caches the kernel, [`initramfs`] builds the guest's PID 1
+//! (`init.sh`), [`qemu`] boots it, streams the console and decides pass/fail from the lines the
+//! guest prints (never from qemu's exit code).
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("vm-test is being built (issue 5)")
+use anyhow::{Context, Result, bail};
+
+use crate::cargo::{cargo, is_root, workspace_root};
+
+mod initramfs;
+mod kernel;
+mod qemu;
+
+/// Integration test binaries (`[[test]]` names in `tests/Cargo.toml`, crate `xmacvlan-tests`)
+/// that run inside the VM. To add one: add its name here. Its VM-only tests should be
+/// `#[ignore = "..."]` on the host: the guest runs every binary with `--include-ignored`,
+/// `--test-threads=1` and `XMACVLAN_IN_VM=1`. Each binary costs ~1 s of startup plus its tests
+/// at ~10x the host's CPU time: keep this list short.
+pub const VM_TESTS: &[&str] = &["vm_vlan"];
+
+/// Per test binary, inside the guest (TCG is slow: generous).
+const DEFAULT_BINARY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Boot, module loading and shutdown, on top of the binaries' time.
+const BOOT_BUDGET: Duration = Duration::from_secs(120);
+
+/// System packages the VM needs: (package, a file proving it is installed).
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/usr/share/doc/busybox-static"),
+    ("cpio", "/usr/bin/cpio"),
+    ("kmod", "/usr/sbin/depmod"),
+    ("xz-utils", "/usr/bin/xz"),
+    ("iputils-ping", "/usr/bin/ping"),
+    ("iproute2", "/usr/sbin/ip"),
+];
+
+const USAGE: &str = "\
+usage: cargo xtask vm-test [-- OPTIONS]
+
+Boots a stock Debian 6.1 kernel (802.1Q, macvlan, veth as modules) under qemu with the host's /
+as a read-only root plus a tmpfs overlay, and runs the VM test binaries inside as root.
+
+options:
+  --shell          a root shell in the VM instead of the tests (Ctrl-D powers off; Ctrl-A X quits qemu)
+  --test NAME      run only this test binary (repeatable; default: all of the VM list)
+  --timeout SECS   per test binary, inside the guest (default 300)
+  --kvm            use KVM instead of TCG (only where KVM can boot a stock kernel)
+";
+
+struct Options {
+    shell: bool,
+    kvm: bool,
+    tests: Vec<String>,
+    timeout: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        shell: false,
+        kvm: false,
+        tests: Vec::new(),
+        timeout: DEFAULT_BINARY_TIMEOUT,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => {}
+            "--shell" => o.shell = true,
+            "--kvm" => o.kvm = true,
+            "--test" => o.tests.push(
+                it.next()
+                    .context("--test needs a test binary name")?
+                    .clone(),
+            ),
+            "--timeout" => {
+                let secs: u64 = it
+                    .next()
+                    .context("--timeout needs seconds")?
+                    .parse()
+                    .context("--timeout needs a whole number of seconds")?;
+                o.timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("vm-test: unknown option `{other}`\n\n{USAGE}"),
+        }
+    }
+    if o.tests.is_empty() {
+        o.tests = VM_TESTS.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(o)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let opts = parse(args)?;
+    let started = Instant::now();
+    if !is_root() {
+        bail!(
+            "vm-test fetches a kernel with apt and runs the tests as root inside the VM: \
+             run it as root (`sudo -E cargo xtask vm-test`)"
+        );
+    }
+    crate::deps::ensure(false)?;
+    let missing: Vec<&str> = VM_PACKAGES
+        .iter()
+        .filter(|(_, proof)| !Path::new(proof).exists())
+        .map(|(p, _)| *p)
+        .collect();
+    crate::deps::install(&missing, false)?;
+
+    let root = workspace_root();
+    let vm_dir = root.join("target/vm");
+    std::fs::create_dir_all(&vm_dir)?;
+    let kernel = kernel::ensure(&vm_dir)?;
+    let initrd = initramfs::ensure(&kernel)?;
+    println!(
+        "xtask: vm: kernel {} ({}), image {}",
+        kernel.release,
+        kernel.id,
+        kernel.image.display()
+    );
+
+    let binaries = build_tests(&opts.tests)?;
+    let nonce = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let script_path = vm_dir.join(format!("guest-{}.sh", std::process::id()));
+    let script = guest_script(&root, &nonce, &binaries, &opts);
+    std::fs::write(&script_path, script)
+        .with_context(|| format!("writing {}", script_path.display()))?;
+    let boot = qemu::Boot {
+        kernel: &kernel,
+        initrd: &initrd,
+        script: &script_path,
+        nonce: &nonce,
+        kvm: opts.kvm,
+    };
+    let result = if opts.shell {
+        qemu::shell(&boot)
+    } else {
+        let deadline = BOOT_BUDGET + opts.timeout * binaries.len() as u32;
+        qemu::run_tests(&boot, &binaries, deadline)
+    };
+    let _ = std::fs::remove_file(&script_path);
+    println!(
+        "xtask: vm: done in {:.1} s (including builds)",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+/// A test binary built on the host: its `[[test]]` name and executable.
+pub struct TestBinary {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// `cargo test --no-run` for the VM binaries; their paths from cargo's JSON messages.
+fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+        "-p",
+        "xmacvlan-tests",
+    ]);
+    for n in names {
+        cmd.args(["--test", n]);
+    }
+    println!(
+        "xtask: vm: building the VM test binaries: {}",
+        names.join(" ")
+    );
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the VM test binaries failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut binaries = Vec::new();
+    for line in text.lines() {
+        if !line.contains("\"reason\":\"compiler-artifact\"") {
+            continue;
+        }
+        let (Some(target), Some(exe)) = (json_str(line, "\"target\":{", "name"), exe_of(line))
+        else {
+            continue;
+        };
+        if names.contains(&target) {
+            binaries.push(TestBinary {
+                name: target,
+                path: PathBuf::from(exe),
+            });
+        }
+    }
+    for n in names {
+        if !binaries.iter().any(|b| &b.name == n) {
+            bail!(
+                "no test binary `{n}` in crate xmacvlan-tests: add a `[[test]] name = \"{n}\"` \
+                 block to tests/Cargo.toml, or fix VM_TESTS in xtask/src/vm/mod.rs"
+            );
+        }
+    }
+    Ok(binaries)
+}
+
+/// The string value of `key` in the first JSON object that starts at `after` in `line`.
+fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
+    let rest = &line[line.find(after)? + after.len()..];
+    let needle = format!("\"{key}\":\"");
+    let rest = &rest[rest.find(&needle)? + needle.len()..];
+    let value = &rest[..rest.find('"')?];
+    (!value.contains('\\')).then(|| value.to_string())
+}
+
+fn exe_of(line: &str) -> Option<String> {
+    let needle = "\"executable\":\"";
+    let rest = &line[line.find(needle)? + needle.len()..];
+    let value = &rest[..rest.find('"')?];
+    (!value.contains('\\')).then(|| value.to_string())
+}
+
+/// Single-quote for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script the guest runs after chroot (as /bin/sh, i.e. the host's dash).
+fn guest_script(root: &Path, nonce: &str, binaries: &[TestBinary], opts: &Options) -> String {
+    let mut s = String::new();
+    let term = std::env::var("TERM").unwrap_or_else(|_| "vt100".into());
+    let _ = writeln!(s, "# generated by `cargo xtask vm-test`");
+    let _ = writeln!(
+        s,
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+         XMACVLAN_IN_VM=1 RUST_BACKTRACE=1 TERM={}",
+        quote(&term)
+    );
+    let _ = writeln!(
+        s,
+        "cd {} || exit 126",
+        quote(&root.join("tests").to_string_lossy())
+    );
+    let _ = writeln!(s, "echo \"XMVM:{nonce}:kernel $(uname -r)\"");
+    let _ = writeln!(
+        s,
+        "echo \"XMVM:{nonce}:modules $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')\""
+    );
+    if opts.shell {
+        let _ = writeln!(
+            s,
+            "echo; echo \"xmacvlan VM: kernel $(uname -r), host / read-only + tmpfs overlay, \
+             XMACVLAN_IN_VM=1.\"; echo \"Test binaries (run with --include-ignored --test-threads=1):\""
+        );
+        for b in binaries {
+            let _ = writeln!(s, "echo \"  {}\"", b.path.display());
+        }
+        let _ = writeln!(
+            s,
+            "echo \"Ctrl-D or 'exit' powers the VM off; Ctrl-A X kills qemu.\"; echo"
+        );
+        let _ = writeln!(s, "setsid -c /bin/bash -i </dev/ttyS0 >/dev/ttyS0 2>&1");
+        return s;
+    }
+    let secs = opts.timeout.as_secs();
+    for b in binaries {
+        let _ = writeln!(s, "echo \"==> vm-test: {} (timeout {secs} s)\"", b.name);
+        let _ = writeln!(
+            s,
+            "timeout -k 10 {secs} {} --include-ignored --test-threads=1 --nocapture",
+            quote(&b.path.to_string_lossy())
+        );
+        let _ = writeln!(s, "echo \"XMVM:{nonce}:result {} $?\"", b.name);
+    }
+    let _ = writeln!(s, "exit 0");
+    s
 }

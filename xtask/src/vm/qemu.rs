@@ -1,0 +1,268 @@
+//! Booting the guest and judging the run from its console. qemu's exit code says nothing about
+//! the tests (it is 0 after any poweroff, panic or not): a run passes only if the guest printed
+//! a `result` line with code 0 for every binary and an `exit 0` line, with no kernel panic, in
+//! time.
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::TestBinary;
+use super::kernel::Kernel;
+
+pub struct Boot<'a> {
+    pub kernel: &'a Kernel,
+    pub initrd: &'a Path,
+    pub script: &'a Path,
+    pub nonce: &'a str,
+    pub kvm: bool,
+}
+
+impl Boot<'_> {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        if self.kvm {
+            cmd.args(["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            cmd.args(["-accel", "tcg", "-cpu", "max"]);
+        }
+        let append = format!(
+            "console=ttyS0 quiet panic=-1 mitigations=off xmvm_script={} xmvm_nonce={}",
+            self.script.display(),
+            self.nonce
+        );
+        cmd.args([
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&self.kernel.image)
+        .arg("-initrd")
+        .arg(self.initrd)
+        .arg("-append")
+        .arg(append)
+        // The host's / as the guest's lower root. multidevs=remap keeps inode numbers of
+        // different host filesystems apart (without it /proc breaks inside the chroot).
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]);
+        cmd
+    }
+}
+
+/// An interactive root shell in the guest, on this terminal.
+pub fn shell(boot: &Boot) -> Result<()> {
+    let status = boot
+        .command()
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .status()
+        .context("starting qemu-system-x86_64")?;
+    println!("xtask: vm: qemu exited ({status})");
+    Ok(())
+}
+
+/// What the guest said.
+#[derive(Default)]
+struct Outcome {
+    kernel: Option<String>,
+    modules: Option<String>,
+    results: BTreeMap<String, i32>,
+    exit: Option<String>,
+    panic: Option<String>,
+}
+
+impl Outcome {
+    fn take(&mut self, line: &str, prefix: &str) {
+        if line.contains("Kernel panic") && self.panic.is_none() {
+            self.panic = Some(line.to_string());
+        }
+        let Some(msg) = line.find(prefix).map(|i| &line[i + prefix.len()..]) else {
+            return;
+        };
+        let (what, rest) = msg.split_once(' ').unwrap_or((msg, ""));
+        match what {
+            "kernel" => self.kernel = Some(rest.trim().to_string()),
+            "modules" => self.modules = Some(rest.trim().to_string()),
+            "result" => {
+                if let Some((name, code)) = rest.trim().rsplit_once(' ') {
+                    let code = code.parse().unwrap_or(-1);
+                    self.results.insert(name.to_string(), code);
+                }
+            }
+            "exit" => self.exit = Some(rest.trim().to_string()),
+            _ => {}
+        }
+    }
+}
+
+/// Boot, run the tests, stream the console live, and judge.
+pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<()> {
+    let accel = if boot.kvm { "KVM" } else { "TCG" };
+    println!(
+        "xtask: vm: booting {} under qemu ({accel}, 2 CPUs, 1 GiB); deadline {} s",
+        boot.kernel.release,
+        deadline.as_secs()
+    );
+    let started = Instant::now();
+    let mut child = boot
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || stream_lines(stdout, tx));
+
+    let prefix = format!("XMVM:{}:", boot.nonce);
+    let mut outcome = Outcome::default();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                outcome.take(&line, &prefix);
+                if outcome.exit.is_some() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // After the exit line the guest powers off by itself; give it a moment, then stop it.
+    finish(
+        &mut child,
+        if timed_out {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(30)
+        },
+    );
+    while let Ok(line) = rx.try_recv() {
+        outcome.take(&line, &prefix);
+    }
+    let _ = reader.join();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    println!();
+    println!("xtask: vm: ---- summary ----");
+    match &outcome.kernel {
+        Some(k) => println!("xtask: vm: guest kernel (uname -r): {k}"),
+        None => {
+            println!("xtask: vm: guest kernel: never reported (the guest did not start the tests)")
+        }
+    }
+    if let Some(m) = &outcome.modules {
+        println!("xtask: vm: guest modules: {m}");
+    }
+    let mut failures = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for b in binaries {
+        match outcome.results.get(&b.name) {
+            Some(0) => {
+                passed += 1;
+                println!("xtask: vm: {:<20} ok", b.name);
+            }
+            Some(124) | Some(137) => {
+                failed += 1;
+                println!("xtask: vm: {:<20} TIMED OUT inside the guest", b.name);
+                failures.push(format!("{} timed out (raise --timeout)", b.name));
+            }
+            Some(code) => {
+                failed += 1;
+                println!("xtask: vm: {:<20} FAILED (exit code {code})", b.name);
+                failures.push(format!("{} failed (exit code {code})", b.name));
+            }
+            None => {
+                failed += 1;
+                println!("xtask: vm: {:<20} NO RESULT", b.name);
+                failures.push(format!("{} printed no result line", b.name));
+            }
+        }
+    }
+    if let Some(p) = &outcome.panic {
+        failures.push(format!("the guest kernel panicked: {p}"));
+    }
+    if timed_out {
+        failures.push(format!(
+            "the VM did not finish within {} s and was killed",
+            deadline.as_secs()
+        ));
+    }
+    match outcome.exit.as_deref() {
+        Some("0") => {}
+        Some(other) => failures.push(format!("the guest script ended with `exit {other}`")),
+        None if !timed_out => failures.push("the guest never printed its exit line".into()),
+        None => {}
+    }
+    println!("xtask: vm: VM ran {elapsed:.1} s");
+    println!("vm-test: {passed} passed, {failed} failed");
+    if !failures.is_empty() {
+        bail!("vm-test failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Copy qemu's output to our stdout as it comes, and hand complete lines to the judge.
+fn stream_lines(mut from: impl Read, tx: mpsc::Sender<String>) {
+    let mut buf = [0u8; 8192];
+    let mut line = Vec::new();
+    let stdout = std::io::stdout();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        {
+            let mut out = stdout.lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                line.clear();
+                if tx.send(text).is_err() {
+                    return;
+                }
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    if !line.is_empty() {
+        let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+    }
+}
+
+/// Wait up to `grace` for qemu to exit, then kill it.
+fn finish(child: &mut Child, grace: Duration) {
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
