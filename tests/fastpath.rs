@@ -6,7 +6,7 @@ use std::time::Duration;
 use xmacvlan::dataplane::{Dataplane, DemuxMode, Finished};
 use xmacvlan::frame::{BROADCAST, TestFrame};
 use xmacvlan_bench::generator::{Stream, StreamKind};
-use xmacvlan_bench::lab::{self, Lab, Topology};
+use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
@@ -81,7 +81,7 @@ fn adversarial_streams(lab: &Lab) -> Vec<Stream> {
 fn run_exact(demux: DemuxMode, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>) {
     let topology = Topology {
         queues,
-        kernel_devices: false,
+        kernel_devices: KernelDevices::None,
         mtu: Some(3400),
         ..Topology::default()
     };

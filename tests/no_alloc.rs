@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, in_hot_loop};
-use xmacvlan_bench::lab::{Lab, Topology};
+use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, require_root};
 
@@ -60,7 +60,7 @@ fn hot_loops_allocate_nothing_per_frame() {
         let topology = Topology {
             vlans: vec![100, 0],
             endpoints_per_vlan: 4,
-            kernel_devices: false,
+            kernel_devices: KernelDevices::None,
             ..Topology::default()
         };
         let lab = Lab::build(&topology).unwrap();

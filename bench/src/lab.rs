@@ -24,8 +24,8 @@ pub struct Topology {
     pub vlans: Vec<u16>,
     pub endpoints_per_vlan: usize,
     pub queues: u32,
-    /// Create a kernel macvlan device (in its own namespace) for each endpoint.
-    pub kernel_devices: bool,
+    /// Where each endpoint's kernel macvlan device goes.
+    pub kernel_devices: KernelDevices,
     /// MTU of the lab NIC and its peer (veth allows XDP up to about 3500).
     pub mtu: Option<u32>,
 }
@@ -36,16 +36,29 @@ impl Default for Topology {
             vlans: vec![100, 200, 0],
             endpoints_per_vlan: 2,
             queues: 1,
-            kernel_devices: true,
+            kernel_devices: KernelDevices::OwnNamespace,
             mtu: None,
         }
     }
+}
+
+/// Kernel macvlan devices for the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelDevices {
+    None,
+    /// Each in a namespace of its own with an address, as Docker's macvlan driver does.
+    OwnNamespace,
+    /// All in the host namespace, named `mv<i>` (the benchmark's kernel baseline reads them;
+    /// a thousand namespaces would only slow the setup).
+    Host,
 }
 
 pub struct Lab {
     /// Every namespace of this lab is named `{prefix}-…`.
     pub prefix: String,
     pub endpoints: Vec<EndpointSpec>,
+    /// Per endpoint, the name of its macvlan device in the host namespace (`Host` placement).
+    pub host_devices: Vec<Option<String>>,
     /// One-line notes on what could not be built (e.g. VLAN devices without 802.1Q).
     pub notes: Vec<String>,
     // Fields drop in declaration order: endpoint namespaces (their macvlans) before the
@@ -55,9 +68,17 @@ pub struct Lab {
     pub wire: NetnsGuard,
 }
 
-/// MAC of endpoint `i` on VLAN `vid`: locally administered, readable in a capture.
+/// MAC of endpoint `i` on VLAN `vid`: locally administered, `02:58:<vid>:<i + 1>`.
 pub fn endpoint_mac(vid: u16, i: usize) -> Mac {
-    [0x02, 0x58, 0x4d, (vid >> 8) as u8, vid as u8, i as u8 + 1]
+    let n = (i + 1) as u16;
+    [
+        0x02,
+        0x58,
+        (vid >> 8) as u8,
+        vid as u8,
+        (n >> 8) as u8,
+        n as u8,
+    ]
 }
 
 pub fn endpoint_name(vid: u16, i: usize) -> String {
@@ -110,14 +131,17 @@ impl Lab {
         })?;
         let mut lab = Lab {
             prefix: prefix.clone(),
+            host_devices: vec![None; endpoints.len()],
             endpoints,
             notes: Vec::new(),
             _endpoint_namespaces: Vec::new(),
             host,
             wire,
         };
-        if topology.kernel_devices {
-            lab.add_kernel_devices(&prefix)?;
+        match topology.kernel_devices {
+            KernelDevices::None => {}
+            KernelDevices::OwnNamespace => lab.add_kernel_devices(&prefix)?,
+            KernelDevices::Host => lab.add_host_devices()?,
         }
         Ok(lab)
     }
@@ -181,6 +205,33 @@ impl Lab {
                 vlan_error.unwrap_or_default()
             ));
         }
+        Ok(())
+    }
+
+    /// Untagged endpoints' macvlans in the host namespace, up, named `mv<i>`.
+    fn add_host_devices(&mut self) -> Result<()> {
+        let endpoints = self.endpoints.clone();
+        let names = self.host.run(|| {
+            let nl = Netlink::new()?;
+            let nic = nl.require_link(NIC)?.index;
+            let mut names = Vec::new();
+            for (i, ep) in endpoints.iter().enumerate() {
+                if ep.vid != 0 {
+                    names.push(None);
+                    continue;
+                }
+                let name = format!("mv{i}");
+                let index = nl.add_macvlan(&name, nic, Mode::Bridge, Some(ep.mac))?;
+                nl.set_up(index)?;
+                names.push(Some(name));
+            }
+            Ok(names)
+        })?;
+        if endpoints.iter().any(|e| e.vid != 0) {
+            self.notes
+                .push("host-namespace macvlans are made for untagged endpoints only".to_string());
+        }
+        self.host_devices = names;
         Ok(())
     }
 

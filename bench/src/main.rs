@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use xmacvlan::dataplane::{DataplaneConfig, DemuxMode, default_cores};
 use xmacvlan::xdp::AttachMode;
 use xmacvlan::xsk::{BindMode, QueueConfig};
-use xmacvlan_bench::lab::Topology;
+use xmacvlan_bench::lab::{KernelDevices, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, run_lab};
 
 #[derive(Parser)]
@@ -93,7 +93,11 @@ fn lab(a: LabArgs) -> Result<()> {
         vlans: a.vlans,
         endpoints_per_vlan: a.per_vlan,
         queues: a.queues,
-        kernel_devices: !a.no_kernel_devices,
+        kernel_devices: if a.no_kernel_devices {
+            KernelDevices::None
+        } else {
+            KernelDevices::OwnNamespace
+        },
         mtu: None,
     };
     let dataplane = DataplaneConfig {

@@ -1,7 +1,7 @@
 //! A lab run: the dataplane on the lab's NIC, the generator on the wire, and the report
 //! with what every endpoint was sent next to what it received.
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use xmacvlan::dataplane::{Dataplane, DataplaneConfig, EndpointSpec};
@@ -86,13 +86,32 @@ pub fn lab_streams(endpoints: &[EndpointSpec], frame_len: usize, background: boo
     streams
 }
 
-/// Run `streams` from the lab's wire into `dataplane`, one generator per queue.
+/// Run `streams` from the lab's wire into `dataplane`, one generator per queue, and wait
+/// until what was sent to endpoints has arrived (or stopped arriving).
 pub fn run_traffic(
     lab: &Lab,
     dataplane: &Dataplane,
     queues: u32,
     streams: &[Stream],
     traffic: &TrafficConfig,
+) -> Result<Sent> {
+    let delivered = || {
+        dataplane
+            .endpoint_counters()
+            .iter()
+            .map(|(_, c)| c.frames.load(Ordering::Relaxed))
+            .sum()
+    };
+    run_traffic_until(lab, queues, streams, traffic, &delivered)
+}
+
+/// [`run_traffic`] for any receiver: `delivered()` counts what it has received so far.
+pub fn run_traffic_until(
+    lab: &Lab,
+    queues: u32,
+    streams: &[Stream],
+    traffic: &TrafficConfig,
+    delivered: &dyn Fn() -> u64,
 ) -> Result<Sent> {
     let stop = xmacvlan::sys::interrupted();
     let failed = AtomicBool::new(false);
@@ -148,18 +167,11 @@ pub fn run_traffic(
         .map(|(_, n)| n)
         .sum();
     lab::wait_for_drain(
-        || {
-            dataplane
-                .endpoint_counters()
-                .iter()
-                .map(|(_, c)| c.frames.load(Ordering::Relaxed))
-                .sum()
-        },
+        delivered,
         expected,
         Duration::from_millis(200),
         Duration::from_secs(3),
     );
-    let _ = dataplane;
     Ok(total)
 }
 
@@ -199,7 +211,6 @@ pub fn run_lab(
     let cfg = lab.dataplane_config(dataplane);
     let streams = lab_streams(&lab.endpoints, traffic.frame_len, traffic.background);
     let report = lab.host.run(|| {
-        let started = Instant::now();
         let dp = Dataplane::start(&cfg, &lab.endpoints)?;
         let (attached, bound) = (dp.attached, dp.bound);
         let sent = run_traffic(&lab, &dp, topology.queues, &streams, traffic)?;
@@ -216,7 +227,6 @@ pub fn run_lab(
                     .sum(),
             );
         }
-        let _ = started;
         Ok(Report {
             interface: format!("{} (lab veth)", lab::NIC),
             demux: format!("{:?}", cfg.demux).to_lowercase(),

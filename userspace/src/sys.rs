@@ -159,3 +159,19 @@ pub fn missing_capabilities(wanted: &[(u32, &'static str)]) -> Vec<&'static str>
         .map(|(_, name)| *name)
         .collect()
 }
+
+/// Pin another task (e.g. a NAPI kernel thread) to `core`.
+pub fn set_task_affinity(pid: i32, core: usize) -> std::io::Result<()> {
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "core out of range",
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, filled with CPU_SET below.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `core` is below CPU_SETSIZE (checked above), so CPU_SET stays in bounds.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    check(unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) })
+}
