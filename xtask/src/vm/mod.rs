@@ -139,6 +139,13 @@ pub fn run(args: &[String]) -> Result<()> {
             .unwrap_or(0)
     );
     let script_path = vm_dir.join(format!("guest-{}.sh", std::process::id()));
+    if script_path.to_string_lossy().contains(char::is_whitespace) {
+        bail!(
+            "the guest finds its script through the kernel command line, which splits at spaces: \
+             move the checkout to a path without whitespace (now {})",
+            root.display()
+        );
+    }
     let script = guest_script(&root, &nonce, &binaries, &opts);
     std::fs::write(&script_path, script)
         .with_context(|| format!("writing {}", script_path.display()))?;
@@ -292,4 +299,45 @@ fn guest_script(root: &Path, nonce: &str, binaries: &[TestBinary], opts: &Option
     }
     let _ = writeln!(s, "exit 0");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_test_executables_in_cargo_json() {
+        let line = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#xmacvlan-tests@0.1.0","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"crate_types":["bin"],"name":"vm_vlan","src_path":"/w/tests/vm_vlan.rs","edition":"2024","doc":false,"doctest":false,"test":true},"profile":{},"features":[],"filenames":["/w/target/debug/deps/vm_vlan-1234"],"executable":"/w/target/debug/deps/vm_vlan-1234","fresh":true}"#;
+        assert_eq!(
+            json_str(line, "\"target\":{", "name").as_deref(),
+            Some("vm_vlan")
+        );
+        assert_eq!(
+            exe_of(line).as_deref(),
+            Some("/w/target/debug/deps/vm_vlan-1234")
+        );
+        assert_eq!(exe_of(r#"{"executable":null}"#), None);
+    }
+
+    #[test]
+    fn guest_script_runs_every_binary_and_reports_it() {
+        let opts = Options {
+            shell: false,
+            kvm: false,
+            tests: vec!["vm_vlan".into()],
+            timeout: Duration::from_secs(300),
+        };
+        let bins = [TestBinary {
+            name: "vm_vlan".into(),
+            path: PathBuf::from("/w/target/debug/deps/vm_vlan-1234"),
+        }];
+        let s = guest_script(Path::new("/w"), "n0", &bins, &opts);
+        assert!(s.contains("XMACVLAN_IN_VM=1"));
+        assert!(s.contains(
+            "timeout -k 10 300 '/w/target/debug/deps/vm_vlan-1234' --include-ignored --test-threads=1"
+        ));
+        assert!(s.contains("echo \"XMVM:n0:result vm_vlan $?\""));
+        assert!(s.contains("XMVM:n0:kernel $(uname -r)"));
+        assert_eq!(quote("it's"), r#"'it'\''s'"#);
+    }
 }

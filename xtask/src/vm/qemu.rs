@@ -81,12 +81,19 @@ struct Outcome {
     results: BTreeMap<String, i32>,
     exit: Option<String>,
     panic: Option<String>,
+    /// qemu could not run the guest (e.g. `KVM internal error`): no point waiting.
+    fatal: Option<String>,
 }
 
 impl Outcome {
     fn take(&mut self, line: &str, prefix: &str) {
         if line.contains("Kernel panic") && self.panic.is_none() {
             self.panic = Some(line.to_string());
+        }
+        if line.contains("KVM internal error") && self.fatal.is_none() {
+            self.fatal = Some(format!(
+                "{line} (KVM cannot run this kernel here: drop --kvm)"
+            ));
         }
         let Some(msg) = line.find(prefix).map(|i| &line[i + prefix.len()..]) else {
             return;
@@ -120,12 +127,17 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
     let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || stream_lines(stdout, tx));
+    let tx_err = tx.clone();
+    let readers = [
+        std::thread::spawn(move || stream_lines(stdout, tx, false)),
+        std::thread::spawn(move || stream_lines(stderr, tx_err, true)),
+    ];
 
     let prefix = format!("XMVM:{}:", boot.nonce);
     let mut outcome = Outcome::default();
@@ -135,7 +147,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
         match rx.recv_timeout(left) {
             Ok(line) => {
                 outcome.take(&line, &prefix);
-                if outcome.exit.is_some() {
+                if outcome.exit.is_some() || outcome.fatal.is_some() {
                     break;
                 }
             }
@@ -147,18 +159,18 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
         }
     }
     // After the exit line the guest powers off by itself; give it a moment, then stop it.
-    finish(
-        &mut child,
-        if timed_out {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(30)
-        },
-    );
+    let grace = if timed_out || outcome.fatal.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(30)
+    };
+    finish(&mut child, grace);
+    for reader in readers {
+        let _ = reader.join();
+    }
     while let Ok(line) = rx.try_recv() {
         outcome.take(&line, &prefix);
     }
-    let _ = reader.join();
     let elapsed = started.elapsed().as_secs_f64();
 
     println!();
@@ -197,6 +209,9 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
             }
         }
     }
+    if let Some(f) = &outcome.fatal {
+        failures.push(format!("qemu failed: {f}"));
+    }
     if let Some(p) = &outcome.panic {
         failures.push(format!("the guest kernel panicked: {p}"));
     }
@@ -209,7 +224,9 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     match outcome.exit.as_deref() {
         Some("0") => {}
         Some(other) => failures.push(format!("the guest script ended with `exit {other}`")),
-        None if !timed_out => failures.push("the guest never printed its exit line".into()),
+        None if !timed_out && outcome.fatal.is_none() => {
+            failures.push("the guest never printed its exit line".into())
+        }
         None => {}
     }
     println!("xtask: vm: VM ran {elapsed:.1} s");
@@ -220,18 +237,22 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     Ok(())
 }
 
-/// Copy qemu's output to our stdout as it comes, and hand complete lines to the judge.
-fn stream_lines(mut from: impl Read, tx: mpsc::Sender<String>) {
+/// Copy qemu's output (its stdout: the serial console; or its stderr) to ours as it comes,
+/// and hand complete lines to the judge.
+fn stream_lines(mut from: impl Read, tx: mpsc::Sender<String>, is_stderr: bool) {
     let mut buf = [0u8; 8192];
     let mut line = Vec::new();
-    let stdout = std::io::stdout();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        {
-            let mut out = stdout.lock();
+        if is_stderr {
+            let mut out = std::io::stderr().lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+        } else {
+            let mut out = std::io::stdout().lock();
             let _ = out.write_all(&buf[..n]);
             let _ = out.flush();
         }
@@ -265,4 +286,57 @@ fn finish(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    const P: &str = "XMVM:abc:";
+
+    fn feed(lines: &[&str]) -> Outcome {
+        let mut o = Outcome::default();
+        for l in lines {
+            o.take(l, P);
+        }
+        o
+    }
+
+    #[test]
+    fn reads_kernel_results_and_exit() {
+        let o = feed(&[
+            "Booting from ROM..XMVM:abc:kernel 6.1.0-56-amd64",
+            "XMVM:abc:result vm_vlan 0",
+            "XMVM:abc:result control_vlan 101",
+            "XMVM:abc:exit 0",
+        ]);
+        assert_eq!(o.kernel.as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!(o.results.get("vm_vlan"), Some(&0));
+        assert_eq!(o.results.get("control_vlan"), Some(&101));
+        assert_eq!(o.exit.as_deref(), Some("0"));
+        assert!(o.panic.is_none() && o.fatal.is_none());
+    }
+
+    #[test]
+    fn ignores_lines_with_another_nonce() {
+        // A test printing a look-alike line cannot forge a result.
+        let o = feed(&["XMVM:zzz:result vm_vlan 0", "XMVM:zzz:exit 0"]);
+        assert!(o.results.is_empty());
+        assert!(o.exit.is_none());
+    }
+
+    #[test]
+    fn notices_panics_and_kvm_errors() {
+        let o = feed(&[
+            "[    1.2] Kernel panic - not syncing: Attempted to kill init!",
+            "KVM internal error. Suberror: 1",
+        ]);
+        assert!(
+            o.panic
+                .as_deref()
+                .unwrap()
+                .contains("Attempted to kill init")
+        );
+        assert!(o.fatal.as_deref().unwrap().contains("drop --kvm"));
+    }
 }
