@@ -82,6 +82,7 @@ pub fn ensure(vm_dir: &Path) -> Result<Kernel> {
     fs::rename(&work, &dir)
         .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
     let _ = fs::remove_dir_all(&old);
+    prune(vm_dir, &id);
     let kernel =
         load(&dir).with_context(|| format!("kernel cache {} is incomplete", dir.display()))?;
     println!(
@@ -289,6 +290,29 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     }
     let _ = fs::remove_file(out);
     bail!("no XZ-compressed ELF kernel found in {}", bzimage.display())
+}
+
+/// Remove kernels other than `keep` (superseded by a newer package) and the work folders of
+/// runs that died.
+fn prune(vm_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(vm_dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("linux-image-") || name == keep {
+            continue;
+        }
+        let dead_work = name
+            .rsplit_once(".tmp")
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        let old_kernel = !name.contains(".tmp") && !name.ends_with(".old");
+        if dead_work || old_kernel {
+            println!("xtask: vm: removing {}", e.path().display());
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A complete cache entry, or None.

@@ -105,7 +105,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
     if !is_root() {
         bail!(
-            "vm-test fetches a kernel with apt and runs the tests as root inside the VM: \
+            "vm-test installs its system packages and fetches its kernel with apt: \
              run it as root (`sudo -E cargo xtask vm-test`)"
         );
     }
