@@ -235,6 +235,7 @@ fn prepare(package: &str, work: &Path) -> Result<()> {
         list.push('\n');
     }
     fs::write(modules_dir.join("modules.list"), list)?;
+    fs::write(modules_dir.join("wanted"), MODULES.join(" "))?;
 
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     fs::copy(&vmlinuz, work.join("vmlinuz"))
@@ -330,6 +331,10 @@ fn load(dir: &Path) -> Option<Kernel> {
         .iter()
         .any(|m| !dir.join("modules").join(m).exists())
     {
+        return None;
+    }
+    // Made for another module list (MODULES changed): prepare it again.
+    if fs::read_to_string(dir.join("modules/wanted")).ok()? != MODULES.join(" ") {
         return None;
     }
     let image = [dir.join("vmlinux"), dir.join("vmlinuz")]
