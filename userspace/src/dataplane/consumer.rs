@@ -1,7 +1,9 @@
 //! Consumer threads: each serves a set of endpoints, reading their sockets (`xdp` demux)
 //! or their descriptor rings (`user` demux), and gives every frame back to its queue.
+//! Endpoints join and leave through a command queue checked once per loop, never per frame.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -19,69 +21,104 @@ pub enum Source {
 }
 
 pub struct Served {
+    pub slot: u32,
     pub consumer: Consumer,
     pub source: Source,
+}
+
+pub enum Command {
+    Add(Box<Served>),
+    /// Drain the endpoint, close its sockets, and report its final numbers.
+    Remove {
+        slot: u32,
+        reply: SyncSender<FinishedEndpoint>,
+    },
+    /// Copy of the endpoint's latency histogram (for live stats).
+    Histogram {
+        slot: u32,
+        reply: SyncSender<Histogram<u64>>,
+    },
+}
+
+pub struct FinishedEndpoint {
+    pub slot: u32,
+    pub latency: Histogram<u64>,
+    pub socket_stats: SocketStats,
 }
 
 pub struct ConsumerThread {
     pub core: usize,
     pub served: Vec<Served>,
+    pub commands: Arc<ArrayQueue<Command>>,
     pub umems: Vec<QueueUmem>,
     pub free: Vec<Arc<ArrayQueue<RxFrame>>>,
     pub stop: Arc<AtomicBool>,
 }
 
-pub struct FinishedEndpoint {
-    pub name: String,
-    pub latency: Histogram<u64>,
-    pub socket_stats: SocketStats,
-}
-
-pub struct Finished {
-    pub endpoints: Vec<FinishedEndpoint>,
-}
-
 impl ConsumerThread {
-    pub fn run(mut self) -> Finished {
+    /// Runs until `stop` and no work is left; returns the final numbers of the endpoints
+    /// still served.
+    pub fn run(mut self) -> Vec<FinishedEndpoint> {
         pin(self.core, "consumer");
         let mut idle = Idle::default();
-        let hot = HotLoop::enter();
+        let mut hot = Some(HotLoop::enter());
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            if let Some(command) = self.commands.pop() {
+                // Commands allocate (histogram copies, socket teardown): outside the hot loop.
+                drop(hot.take());
+                self.apply(command);
+                hot = Some(HotLoop::enter());
+            }
             let mut work = 0;
             for served in &mut self.served {
                 work += poll(served, &self.umems, &self.free);
             }
             if work > 0 {
                 idle.worked();
-            } else if stopping {
+            } else if stopping && self.commands.is_empty() {
                 break;
             } else {
                 idle.wait();
             }
         }
         drop(hot);
-        Finished {
-            endpoints: self
-                .served
-                .into_iter()
-                .map(|s| {
-                    let mut socket_stats = SocketStats::default();
-                    if let Source::Sockets(sockets) = &s.source {
-                        for socket in sockets {
-                            if let Ok(st) = socket.statistics() {
-                                socket_stats.add(&st);
-                            }
-                        }
-                    }
-                    FinishedEndpoint {
-                        name: s.consumer.name().to_string(),
-                        latency: s.consumer.latency,
-                        socket_stats,
-                    }
-                })
-                .collect(),
+        self.served.drain(..).map(finish).collect()
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Add(served) => self.served.push(*served),
+            Command::Remove { slot, reply } => {
+                if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
+                    let mut served = self.served.swap_remove(i);
+                    // Its frames already queued are its own: account for them first.
+                    while poll(&mut served, &self.umems, &self.free) > 0 {}
+                    let _ = reply.send(finish(served));
+                }
+            }
+            Command::Histogram { slot, reply } => {
+                if let Some(s) = self.served.iter().find(|s| s.slot == slot) {
+                    let _ = reply.send(s.consumer.latency.clone());
+                }
+            }
         }
+    }
+}
+
+fn finish(served: Served) -> FinishedEndpoint {
+    let mut socket_stats = SocketStats::default();
+    if let Source::Sockets(sockets) = &served.source {
+        for socket in sockets {
+            if let Ok(st) = socket.statistics() {
+                socket_stats.add(&st);
+            }
+        }
+    }
+    FinishedEndpoint {
+        slot: served.slot,
+        latency: served.consumer.latency,
+        socket_stats,
     }
 }
 

@@ -5,6 +5,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::abi::Key;
 
+#[derive(Default)]
 pub struct EndpointTable {
     map: HashMap<Key, u32, BuildHasherDefault<KeyHasher>>,
 }

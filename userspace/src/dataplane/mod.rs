@@ -8,21 +8,24 @@
 //! a copy) to that endpoint's ring; consumers read the rings.
 //! Either way consumers give frames back through the queue's lock-free free-frame queue,
 //! and only the queue's worker touches its fill ring.
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
 use crate::xdp::{AttachMode, Classifier, Program, Steering};
-use crate::xsk::{self, Bound, QueueConfig, RxFrame, RxSocket};
+use crate::xsk::{self, Bound, QueueConfig, QueueUmem, RxFrame};
 
 mod consumer;
 mod endpoint;
 mod idle;
 mod lookup;
+mod slots;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
@@ -56,25 +59,55 @@ pub struct DataplaneConfig {
     pub endpoint_ring: usize,
 }
 
-/// A running dataplane. Dropping it stops the threads, closes the sockets and detaches XDP.
+/// A running dataplane. Endpoints can join and leave while it runs. Dropping it stops the
+/// threads, closes the sockets and detaches XDP.
 pub struct Dataplane {
+    cfg: DataplaneConfig,
     classifier: Classifier,
-    endpoints: Vec<(EndpointSpec, Arc<EndpointCounters>)>,
+    umems: Vec<QueueUmem>,
+    endpoints: BTreeMap<String, Attached>,
+    slots: slots::Slots,
     queues: Vec<Arc<QueueCounters>>,
+    workers: Vec<WorkerHandle>,
+    consumers: Vec<ConsumerHandle>,
     /// Workers stop first (the user demux hands them its last frames), then consumers.
     stop_workers: Arc<AtomicBool>,
     stop_consumers: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<Result<SocketStats>>>,
-    consumers: Vec<JoinHandle<consumer::Finished>>,
+    /// Tables published to each worker so far (user demux).
+    tables_published: u64,
+    attached_so_far: u64,
     pub attached: AttachMode,
     pub bound: Bound,
+}
+
+struct Attached {
+    spec: EndpointSpec,
+    /// Attach order: reports list endpoints in it.
+    seq: u64,
+    slot: u32,
+    counters: Arc<EndpointCounters>,
+    consumer: usize,
+    /// The endpoint's descriptor ring (user demux).
+    ring: Option<Arc<ArrayQueue<RxFrame>>>,
+}
+
+struct WorkerHandle {
+    thread: Option<JoinHandle<Result<SocketStats>>>,
+    updates: Arc<ArrayQueue<Arc<worker::SteerTable>>>,
+    applied: Arc<AtomicU64>,
+}
+
+struct ConsumerHandle {
+    thread: Option<JoinHandle<Vec<consumer::FinishedEndpoint>>>,
+    commands: Arc<ArrayQueue<consumer::Command>>,
+    endpoints: usize,
 }
 
 /// What the dataplane reports when stopped.
 #[derive(Debug)]
 pub struct Finished {
     pub endpoints: Vec<EndpointResult>,
-    pub queues: Vec<worker::QueueSnapshot>,
+    pub queues: Vec<QueueSnapshot>,
     pub xdp: Counters,
 }
 
@@ -119,10 +152,11 @@ impl SocketStats {
 }
 
 impl Dataplane {
-    /// Attach the classifier to `cfg.ifname` (calling thread's namespace), open the sockets
-    /// and start the threads. On error everything made so far is released.
+    /// Attach the classifier to `cfg.ifname` (calling thread's namespace), open the queues,
+    /// start the threads and add `endpoints`. On error everything made so far is released.
     pub fn start(cfg: &DataplaneConfig, endpoints: &[EndpointSpec]) -> Result<Self> {
-        validate(cfg, endpoints)?;
+        validate_config(cfg)?;
+        validate_endpoints(endpoints)?;
         let ifindex = crate::sys::if_index(&cfg.ifname).with_context(|| {
             format!("no interface named `{}` (check `ip link show`)", cfg.ifname)
         })?;
@@ -134,131 +168,291 @@ impl Dataplane {
         let mut classifier = Classifier::load(Program::Classify, steering, cfg.queues)?;
         let attached = classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode)?;
 
-        let endpoints: Vec<(EndpointSpec, Arc<EndpointCounters>)> = endpoints
-            .iter()
-            .map(|e| (e.clone(), Arc::default()))
-            .collect();
-        let rings: Vec<Arc<ArrayQueue<RxFrame>>> = match cfg.demux {
-            DemuxMode::User => endpoints
-                .iter()
-                .map(|_| Arc::new(ArrayQueue::new(cfg.endpoint_ring)))
-                .collect(),
-            DemuxMode::Xdp => Vec::new(),
-        };
-
-        // Per queue: UMEM, the worker's rings, and (xdp demux) one socket per endpoint.
-        let mut umems = Vec::new();
-        let mut queue_rings = Vec::new();
-        let mut endpoint_sockets: Vec<Vec<RxSocket>> =
-            endpoints.iter().map(|_| Vec::new()).collect();
-        let mut bound = Bound::Copy;
-        for q in 0..cfg.queues {
-            let (umem, qr, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
-            bound = b;
-            match cfg.demux {
-                DemuxMode::User => classifier.set_socket(classifier.xsk_index(0, q), &qr.socket)?,
-                DemuxMode::Xdp => {
-                    for (slot, sockets) in endpoint_sockets.iter_mut().enumerate() {
-                        let socket = umem.add_socket()?;
-                        classifier.set_socket(classifier.xsk_index(slot as u32, q), &socket)?;
-                        sockets.push(socket);
-                    }
-                }
-            }
-            umems.push(umem);
-            queue_rings.push(qr);
-        }
-        // Claim the endpoints' frames only once their sockets are in place.
-        for (slot, (spec, _)) in endpoints.iter().enumerate() {
-            classifier.insert_key(spec.key(), slot as u32)?;
-        }
-
-        let frames_per_queue = cfg.queue.frames as usize;
-        let free: Vec<Arc<ArrayQueue<RxFrame>>> = (0..cfg.queues)
-            .map(|_| Arc::new(ArrayQueue::new(frames_per_queue)))
-            .collect();
         let stop_workers = Arc::new(AtomicBool::new(false));
         let stop_consumers = Arc::new(AtomicBool::new(false));
-        let lookup = Arc::new(lookup::EndpointTable::new(
-            endpoints.iter().map(|(spec, _)| spec.key()),
-        ));
-
+        let mut umems = Vec::new();
+        let mut free = Vec::new();
+        let mut queue_counters = Vec::new();
+        let mut workers = Vec::new();
+        let mut bound = Bound::Copy;
+        let mut pending_threads = Vec::new();
+        for q in 0..cfg.queues {
+            let (umem, rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
+            bound = b;
+            if cfg.demux == DemuxMode::User {
+                classifier.set_socket(classifier.xsk_index(0, q), &rings.socket)?;
+            }
+            let free_q = Arc::new(ArrayQueue::new(cfg.queue.frames as usize));
+            let counters = Arc::new(QueueCounters::default());
+            let updates = Arc::new(ArrayQueue::new(16));
+            let applied = Arc::new(AtomicU64::new(0));
+            pending_threads.push(worker::Worker {
+                queue: q as u16,
+                core: cfg.cores[q as usize % cfg.cores.len()],
+                umem: umem.clone(),
+                rings,
+                free: free_q.clone(),
+                demux: cfg.demux,
+                table: Arc::default(),
+                updates: updates.clone(),
+                applied: applied.clone(),
+                counters: counters.clone(),
+                stop: stop_workers.clone(),
+            });
+            workers.push(WorkerHandle {
+                thread: None,
+                updates,
+                applied,
+            });
+            umems.push(umem);
+            free.push(free_q);
+            queue_counters.push(counters);
+        }
+        let threads = cfg.consumer_threads.max(1);
+        let mut consumers = Vec::new();
+        let mut dataplane_consumers = Vec::new();
+        for t in 0..threads {
+            let commands = Arc::new(ArrayQueue::new(64));
+            dataplane_consumers.push(consumer::ConsumerThread {
+                core: cfg.cores[t % cfg.cores.len()],
+                served: Vec::new(),
+                commands: commands.clone(),
+                umems: umems.clone(),
+                free: free.clone(),
+                stop: stop_consumers.clone(),
+            });
+            consumers.push(ConsumerHandle {
+                thread: None,
+                commands,
+                endpoints: 0,
+            });
+        }
         let mut dataplane = Self {
+            cfg: cfg.clone(),
             classifier,
-            endpoints: endpoints.clone(),
-            queues: Vec::new(),
-            stop_workers: stop_workers.clone(),
-            stop_consumers: stop_consumers.clone(),
-            workers: Vec::new(),
-            consumers: Vec::new(),
+            umems,
+            endpoints: BTreeMap::new(),
+            slots: slots::Slots::new(abi::MAX_SLOTS),
+            queues: queue_counters,
+            workers,
+            consumers,
+            stop_workers,
+            stop_consumers,
+            tables_published: 0,
+            attached_so_far: 0,
             attached,
             bound,
         };
-
-        for (q, rings_of_queue) in queue_rings.into_iter().enumerate() {
-            let counters = Arc::new(QueueCounters::default());
-            dataplane.queues.push(counters.clone());
-            let w = worker::Worker {
-                queue: q as u16,
-                core: cfg.cores[q % cfg.cores.len()],
-                umem: umems[q].clone(),
-                rings: rings_of_queue,
-                free: free[q].clone(),
-                demux: cfg.demux,
-                lookup: lookup.clone(),
-                endpoint_rings: rings.clone(),
-                endpoint_counters: endpoints.iter().map(|(_, c)| c.clone()).collect(),
-                counters,
-                stop: stop_workers.clone(),
-            };
-            dataplane.workers.push(
+        for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
+            let name = format!("xmv-worker-q{}", w.queue);
+            handle.thread = Some(
                 std::thread::Builder::new()
-                    .name(format!("xmv-worker-q{q}"))
+                    .name(name)
                     .spawn(move || w.run())
                     .context("spawning a queue worker")?,
             );
         }
-
-        // Spread endpoints over consumer threads.
-        let threads = cfg.consumer_threads.clamp(1, endpoints.len().max(1));
-        let mut groups: Vec<Vec<consumer::Served>> = (0..threads).map(|_| Vec::new()).collect();
-        let mut sockets_iter = endpoint_sockets.into_iter();
-        for (i, (spec, counters)) in endpoints.iter().enumerate() {
-            let source = match cfg.demux {
-                DemuxMode::Xdp => {
-                    consumer::Source::Sockets(sockets_iter.next().unwrap_or_default())
-                }
-                DemuxMode::User => consumer::Source::Ring(rings[i].clone()),
-            };
-            groups[i % threads].push(consumer::Served {
-                consumer: Consumer::new(spec, counters.clone()),
-                source,
-            });
-        }
-        for (t, served) in groups.into_iter().enumerate() {
-            let c = consumer::ConsumerThread {
-                core: cfg.cores[t % cfg.cores.len()],
-                served,
-                umems: umems.clone(),
-                free: free.clone(),
-                stop: stop_consumers.clone(),
-            };
-            dataplane.consumers.push(
+        for (t, (handle, c)) in dataplane
+            .consumers
+            .iter_mut()
+            .zip(dataplane_consumers)
+            .enumerate()
+        {
+            handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("xmv-consumer-{t}"))
                     .spawn(move || c.run())
                     .context("spawning a consumer thread")?,
             );
         }
+        for spec in endpoints {
+            dataplane.add_endpoint(spec.clone())?;
+        }
         Ok(dataplane)
+    }
+
+    /// Start serving an endpoint while running: sockets (xdp demux) or ring (user demux)
+    /// first, the classifier's claim on its key last, so no claimed frame finds no home.
+    pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<()> {
+        validate_endpoints(std::slice::from_ref(&spec))?;
+        if self.endpoints.contains_key(&spec.name) {
+            bail!("an endpoint named `{}` is already attached", spec.name);
+        }
+        if let Some(other) = self.endpoints.values().find(|a| a.spec.key() == spec.key()) {
+            bail!(
+                "endpoint {} has the same VLAN {} and MAC {} as endpoint {}",
+                spec.name,
+                spec.vid,
+                abi::MacDisplay(&spec.mac),
+                other.spec.name
+            );
+        }
+        let slot = self.slots.take()?;
+        match self.attach_endpoint(&spec, slot) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Undo whatever part was made; the slot was never claimed by the classifier.
+                self.clear_sockets(slot);
+                self.slots.give_back(slot);
+                Err(e.context(format!("adding endpoint {}", spec.name)))
+            }
+        }
+    }
+
+    fn attach_endpoint(&mut self, spec: &EndpointSpec, slot: u32) -> Result<()> {
+        let counters: Arc<EndpointCounters> = Arc::default();
+        let (source, ring) = match self.cfg.demux {
+            DemuxMode::Xdp => {
+                let mut sockets = Vec::new();
+                for (q, umem) in self.umems.iter().enumerate() {
+                    let socket = umem.add_socket()?;
+                    self.classifier
+                        .set_socket(self.classifier.xsk_index(slot, q as u32), &socket)?;
+                    sockets.push(socket);
+                }
+                (consumer::Source::Sockets(sockets), None)
+            }
+            DemuxMode::User => {
+                let ring = Arc::new(ArrayQueue::new(self.cfg.endpoint_ring));
+                (consumer::Source::Ring(ring.clone()), Some(ring))
+            }
+        };
+        let consumer_index = (0..self.consumers.len())
+            .min_by_key(|&i| self.consumers[i].endpoints)
+            .expect("at least one consumer thread");
+        let served = consumer::Served {
+            slot,
+            consumer: Consumer::new(spec, counters.clone()),
+            source,
+        };
+        send(
+            &self.consumers[consumer_index].commands,
+            consumer::Command::Add(Box::new(served)),
+        )?;
+        self.consumers[consumer_index].endpoints += 1;
+        self.attached_so_far += 1;
+        self.endpoints.insert(
+            spec.name.clone(),
+            Attached {
+                spec: spec.clone(),
+                seq: self.attached_so_far,
+                slot,
+                counters,
+                consumer: consumer_index,
+                ring,
+            },
+        );
+        if self.cfg.demux == DemuxMode::User {
+            self.publish_tables()?;
+        }
+        self.classifier.insert_key(spec.key(), slot)
+    }
+
+    /// Stop serving an endpoint while running. Its classifier key goes first; frames
+    /// already on their way to it are still counted as its own; then its sockets close and
+    /// its slot is free for reuse. Returns its final numbers.
+    pub fn remove_endpoint(&mut self, name: &str) -> Result<EndpointResult> {
+        let attached = self
+            .endpoints
+            .remove(name)
+            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
+        self.classifier.remove_key(&attached.spec.key())?;
+        if self.cfg.demux == DemuxMode::User {
+            // Workers must stop pushing to its ring before the consumer drains it.
+            self.publish_tables()?;
+        } else {
+            self.clear_sockets(attached.slot);
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let handle = &mut self.consumers[attached.consumer];
+        send(
+            &handle.commands,
+            consumer::Command::Remove {
+                slot: attached.slot,
+                reply,
+            },
+        )?;
+        handle.endpoints -= 1;
+        let finished = answer
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the consumer of endpoint {name} did not answer"))?;
+        self.slots.give_back(attached.slot);
+        Ok(result(&attached, finished))
+    }
+
+    /// A copy of an endpoint's latency histogram, taken by its consumer thread.
+    pub fn latency_histogram(&self, name: &str) -> Result<hdrhistogram::Histogram<u64>> {
+        let attached = self
+            .endpoints
+            .get(name)
+            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        send(
+            &self.consumers[attached.consumer].commands,
+            consumer::Command::Histogram {
+                slot: attached.slot,
+                reply,
+            },
+        )?;
+        answer
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the consumer of endpoint {name} did not answer"))
+    }
+
+    fn clear_sockets(&mut self, slot: u32) {
+        if self.cfg.demux == DemuxMode::Xdp {
+            for q in 0..self.cfg.queues {
+                let _ = self
+                    .classifier
+                    .clear_socket(self.classifier.xsk_index(slot, q));
+            }
+        }
+    }
+
+    /// Give every worker a fresh steering table and wait until each has switched to it.
+    fn publish_tables(&mut self) -> Result<()> {
+        let entries: Vec<&Attached> = self.endpoints.values().collect();
+        let table = Arc::new(worker::SteerTable {
+            lookup: lookup::EndpointTable::new(entries.iter().map(|a| a.spec.key())),
+            rings: entries
+                .iter()
+                .map(|a| a.ring.clone().expect("user demux ring"))
+                .collect(),
+            counters: entries.iter().map(|a| a.counters.clone()).collect(),
+        });
+        self.tables_published += 1;
+        for w in &self.workers {
+            send(&w.updates, table.clone())?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for w in &self.workers {
+            while w.applied.load(Ordering::Acquire) < self.tables_published {
+                if Instant::now() > deadline {
+                    bail!("a queue worker did not take the new endpoint table");
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Ok(())
     }
 
     pub fn xdp_counters(&self) -> Result<Counters> {
         self.classifier.counters()
     }
 
-    pub fn endpoint_counters(&self) -> &[(EndpointSpec, Arc<EndpointCounters>)] {
-        &self.endpoints
+    /// Attached endpoints in the order they were attached.
+    fn in_attach_order(&self) -> Vec<&Attached> {
+        let mut list: Vec<&Attached> = self.endpoints.values().collect();
+        list.sort_by_key(|a| a.seq);
+        list
+    }
+
+    /// Live counters of every attached endpoint, in attach order.
+    pub fn endpoint_counters(&self) -> Vec<(EndpointSpec, Arc<EndpointCounters>)> {
+        self.in_attach_order()
+            .into_iter()
+            .map(|a| (a.spec.clone(), a.counters.clone()))
+            .collect()
     }
 
     pub fn queue_counters(&self) -> &[Arc<QueueCounters>] {
@@ -270,45 +464,32 @@ impl Dataplane {
         let xdp = self.classifier.counters()?;
         self.stop_workers.store(true, Ordering::Release);
         let mut queue_sockets = Vec::new();
-        for handle in self.workers.drain(..) {
-            let stats = handle
+        for w in &mut self.workers {
+            let thread = w.thread.take().expect("worker running");
+            let stats = thread
                 .join()
-                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+                .map_err(|_| anyhow!("a worker thread panicked"))??;
             queue_sockets.push(stats);
         }
         self.stop_consumers.store(true, Ordering::Release);
-        let mut finished_consumers = Vec::new();
-        for handle in self.consumers.drain(..) {
-            finished_consumers.push(
-                handle
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))?,
-            );
+        let mut by_slot = std::collections::HashMap::new();
+        for c in &mut self.consumers {
+            let thread = c.thread.take().expect("consumer running");
+            for f in thread
+                .join()
+                .map_err(|_| anyhow!("a consumer thread panicked"))?
+            {
+                by_slot.insert(f.slot, f);
+            }
         }
-        let mut by_name: std::collections::HashMap<String, consumer::FinishedEndpoint> =
-            finished_consumers
-                .into_iter()
-                .flat_map(|f| f.endpoints)
-                .map(|e| (e.name.clone(), e))
-                .collect();
         let endpoints = self
-            .endpoints
-            .iter()
-            .map(|(spec, c)| {
-                let f = by_name
-                    .remove(&spec.name)
+            .in_attach_order()
+            .into_iter()
+            .map(|a| {
+                let f = by_slot
+                    .remove(&a.slot)
                     .expect("every endpoint has a consumer");
-                let ring_full = c.dropped_ring_full.load(Ordering::Relaxed);
-                EndpointResult {
-                    spec: spec.clone(),
-                    frames: c.frames.load(Ordering::Relaxed),
-                    bytes: c.bytes.load(Ordering::Relaxed),
-                    misdelivered: c.misdelivered.load(Ordering::Relaxed),
-                    untimed: c.untimed.load(Ordering::Relaxed),
-                    dropped: ring_full + f.socket_stats.dropped(),
-                    socket_stats: f.socket_stats,
-                    latency: f.latency,
-                }
+                result(a, f)
             })
             .collect();
         let queues = self
@@ -328,20 +509,53 @@ impl Dataplane {
     }
 }
 
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        self.stop_workers.store(true, Ordering::Release);
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        self.stop_consumers.store(true, Ordering::Release);
-        for h in self.consumers.drain(..) {
-            let _ = h.join();
+fn result(a: &Attached, f: consumer::FinishedEndpoint) -> EndpointResult {
+    let c = &a.counters;
+    EndpointResult {
+        spec: a.spec.clone(),
+        frames: c.frames.load(Ordering::Relaxed),
+        bytes: c.bytes.load(Ordering::Relaxed),
+        misdelivered: c.misdelivered.load(Ordering::Relaxed),
+        untimed: c.untimed.load(Ordering::Relaxed),
+        dropped: c.dropped_ring_full.load(Ordering::Relaxed) + f.socket_stats.dropped(),
+        socket_stats: f.socket_stats,
+        latency: f.latency,
+    }
+}
+
+/// Push a command to a thread's queue, waiting briefly if it is full (commands are rare).
+fn send<T>(queue: &ArrayQueue<T>, mut item: T) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match queue.push(item) {
+            Ok(()) => return Ok(()),
+            Err(back) if Instant::now() < deadline => {
+                item = back;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Err(_) => bail!("a dataplane thread is not taking commands"),
         }
     }
 }
 
-fn validate(cfg: &DataplaneConfig, endpoints: &[EndpointSpec]) -> Result<()> {
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop_workers.store(true, Ordering::Release);
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.stop_consumers.store(true, Ordering::Release);
+        for c in &mut self.consumers {
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn validate_config(cfg: &DataplaneConfig) -> Result<()> {
     if cfg.cores.is_empty() {
         bail!("no cores given for the dataplane threads");
     }
@@ -352,6 +566,17 @@ fn validate(cfg: &DataplaneConfig, endpoints: &[EndpointSpec]) -> Result<()> {
             available - 1
         );
     }
+    if cfg.queues == 0 || cfg.queues > abi::MAX_QUEUES {
+        bail!(
+            "{} queues: between 1 and {} are supported",
+            cfg.queues,
+            abi::MAX_QUEUES
+        );
+    }
+    Ok(())
+}
+
+fn validate_endpoints(endpoints: &[EndpointSpec]) -> Result<()> {
     if endpoints.len() > abi::MAX_SLOTS as usize {
         bail!(
             "{} endpoints: at most {} are supported",

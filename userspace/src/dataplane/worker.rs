@@ -53,6 +53,15 @@ impl QueueCounters {
     }
 }
 
+/// The user demux's view of the endpoints: replaced whole (never edited in place) when an
+/// endpoint joins or leaves, so the worker reads it without locks.
+#[derive(Default)]
+pub struct SteerTable {
+    pub lookup: EndpointTable,
+    pub rings: Vec<Arc<ArrayQueue<RxFrame>>>,
+    pub counters: Vec<Arc<EndpointCounters>>,
+}
+
 pub struct Worker {
     pub queue: u16,
     pub core: usize,
@@ -60,9 +69,11 @@ pub struct Worker {
     pub rings: QueueRings,
     pub free: Arc<ArrayQueue<RxFrame>>,
     pub demux: DemuxMode,
-    pub lookup: Arc<EndpointTable>,
-    pub endpoint_rings: Vec<Arc<ArrayQueue<RxFrame>>>,
-    pub endpoint_counters: Vec<Arc<EndpointCounters>>,
+    pub table: Arc<SteerTable>,
+    /// New tables from the control side; checked once per loop.
+    pub updates: Arc<ArrayQueue<Arc<SteerTable>>>,
+    /// Tables applied so far: the control side waits on it before retiring an endpoint.
+    pub applied: Arc<AtomicU64>,
     pub counters: Arc<QueueCounters>,
     pub stop: Arc<AtomicBool>,
 }
@@ -85,6 +96,11 @@ impl Worker {
         let hot = HotLoop::enter();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            while let Some(table) = self.updates.pop() {
+                // Dropping the old table frees memory but allocates nothing.
+                self.table = table;
+                self.applied.fetch_add(1, Ordering::Release);
+            }
             let mut work = 0;
             if self.demux == DemuxMode::User {
                 work += self.steer_batch();
@@ -115,15 +131,14 @@ impl Worker {
             umem,
             rings,
             free,
-            lookup,
-            endpoint_rings,
-            endpoint_counters,
+            table,
             ..
         } = self;
+        let table: &SteerTable = table;
         let n = rings.socket.recv(|frame, _| {
             batch.rx += 1;
             let slot = match classify(umem.bytes(&frame)) {
-                Class::Unicast(key) => lookup.get(&key),
+                Class::Unicast(key) => table.lookup.get(&key),
                 _ => None,
             };
             let Some(slot) = slot else {
@@ -131,11 +146,11 @@ impl Worker {
                 let _ = free.push(frame);
                 return;
             };
-            match endpoint_rings[slot as usize].push(frame) {
+            match table.rings[slot as usize].push(frame) {
                 Ok(()) => batch.steered += 1,
                 Err(frame) => {
                     batch.ring_full += 1;
-                    endpoint_counters[slot as usize]
+                    table.counters[slot as usize]
                         .dropped_ring_full
                         .fetch_add(1, Relaxed);
                     let _ = free.push(frame);
