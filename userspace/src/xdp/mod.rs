@@ -207,6 +207,31 @@ impl Classifier {
         }
     }
 
+    /// Run the loaded program once on `frame` with `BPF_PROG_TEST_RUN` (no interface needed)
+    /// and return its verdict (`XDP_PASS` = 2, `XDP_REDIRECT` = 4, …). The kernel refuses
+    /// frames shorter than an Ethernet header or longer than a page's worth (EINVAL).
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, std::io::Error> {
+        use aya::programs::{ProgramError, TestRun, TestRunOptions};
+        let name = match self.program {
+            Program::Classify => abi::PROGRAM_CLASSIFY,
+            Program::DropAll => abi::PROGRAM_DROP_ALL,
+        };
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("program present since load");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        match prog.test_run(opts) {
+            Ok(result) => Ok(result.return_value),
+            Err(ProgramError::SyscallError(e)) => Err(e.io_error),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+
     /// The classifier's counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let per_cpu = self
