@@ -77,11 +77,11 @@ impl Rng {
 fn random_frame(rng: &mut Rng, endpoints: &[Key]) -> Vec<u8> {
     let ep = rng.pick(endpoints);
     let dst: [u8; 6] = match rng.below(6) {
-        0 | 1 | 2 => ep.mac,
+        0..=2 => ep.mac,
         3 => [0xff; 6],
         4 => [0x01, 0x00, 0x5e, rng.next() as u8, 1, 2],
         _ => {
-            let mut m = (rng.next() as u64).to_be_bytes();
+            let mut m = rng.next().to_be_bytes();
             m[0] &= !1; // unicast, unknown
             [m[0], m[1], m[2], m[3], m[4], m[5]]
         }
