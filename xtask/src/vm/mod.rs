@@ -52,11 +52,13 @@ options:
   --test NAME      run only this test binary (repeatable; default: all of the VM list)
   --timeout SECS   per test binary, inside the guest (default 300)
   --kvm            use KVM instead of TCG (only where KVM can boot a stock kernel)
+  --append ARGS    extra kernel command-line arguments (e.g. `loglevel=7`)
 ";
 
 struct Options {
     shell: bool,
     kvm: bool,
+    append: String,
     tests: Vec<String>,
     timeout: Duration,
 }
@@ -65,6 +67,7 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         shell: false,
         kvm: false,
+        append: String::new(),
         tests: Vec::new(),
         timeout: DEFAULT_BINARY_TIMEOUT,
     };
@@ -74,6 +77,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "--" => {}
             "--shell" => o.shell = true,
             "--kvm" => o.kvm = true,
+            "--append" => {
+                let extra = it.next().context("--append needs kernel arguments")?;
+                o.append = format!("{} {extra}", o.append).trim().to_string();
+            }
             "--test" => o.tests.push(
                 it.next()
                     .context("--test needs a test binary name")?
@@ -155,6 +162,7 @@ pub fn run(args: &[String]) -> Result<()> {
         script: &script_path,
         nonce: &nonce,
         kvm: opts.kvm,
+        append: &opts.append,
     };
     let result = if opts.shell {
         qemu::shell(&boot)
@@ -324,6 +332,7 @@ mod tests {
         let opts = Options {
             shell: false,
             kvm: false,
+            append: String::new(),
             tests: vec!["vm_vlan".into()],
             timeout: Duration::from_secs(300),
         };

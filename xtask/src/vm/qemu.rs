@@ -20,6 +20,8 @@ pub struct Boot<'a> {
     pub script: &'a Path,
     pub nonce: &'a str,
     pub kvm: bool,
+    /// Extra kernel command-line arguments.
+    pub append: &'a str,
 }
 
 impl Boot<'_> {
@@ -31,9 +33,10 @@ impl Boot<'_> {
             cmd.args(["-accel", "tcg", "-cpu", "max"]);
         }
         let append = format!(
-            "console=ttyS0 quiet panic=-1 mitigations=off xmvm_script={} xmvm_nonce={}",
+            "console=ttyS0 quiet panic=-1 mitigations=off xmvm_script={} xmvm_nonce={} {}",
             self.script.display(),
-            self.nonce
+            self.nonce,
+            self.append
         );
         cmd.args([
             "-smp",
