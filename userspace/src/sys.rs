@@ -175,3 +175,37 @@ pub fn set_task_affinity(pid: i32, core: usize) -> std::io::Result<()> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
     check(unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) })
 }
+
+/// Credentials of the process at the other end of a Unix socket (SO_PEERCRED), taken when
+/// it connected: (pid, uid, gid).
+pub fn peer_credentials(socket: &impl AsRawFd) -> std::io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid and writable, and `len` holds cred's size.
+    check(unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((cred.pid, cred.uid, cred.gid))
+}
+
+/// Change the calling *thread's* user id (raw setresuid, which unlike libc's wrapper does not
+/// broadcast to the other threads). Tests use it to act as an unprivileged peer.
+pub fn set_thread_uid(uid: u32) -> std::io::Result<()> {
+    // SAFETY: the raw syscall takes three integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! The daemon's control socket: a Unix stream socket (mode 0600), one JSON request per line
+//! and one JSON response per line. Only root peers are served (SO_PEERCRED), requests are
+//! size-limited, and a malformed request gets an error response, never a crash.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub const DEFAULT_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
+/// Largest request accepted, newline included.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The response envelope: `{"ok": true, "data": …}` or `{"ok": false, "error": "…"}`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Response<T> {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Bind `path` (creating its directory), refusing if another daemon answers there;
+    /// a stale socket file left by a crash is replaced.
+    pub fn bind(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another xmacvlan daemon is listening on {}; stop it first",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serve connections waiting right now; `handle` turns a request into a response.
+    /// Returns the number of requests served.
+    pub fn serve_pending<Q: DeserializeOwned, A: Serialize>(
+        &self,
+        mut handle: impl FnMut(Q) -> Result<A>,
+    ) -> usize {
+        let mut served = 0;
+        while let Ok((stream, _)) = self.listener.accept() {
+            if let Err(e) = serve_one(stream, &mut handle) {
+                eprintln!("xmacvlan: control socket: {e:#}");
+            }
+            served += 1;
+        }
+        served
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_one<Q: DeserializeOwned, A: Serialize>(
+    mut stream: UnixStream,
+    handle: &mut impl FnMut(Q) -> Result<A>,
+) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let (pid, uid, _) = crate::sys::peer_credentials(&stream)?;
+    let reply: Response<A> = if uid != 0 {
+        error(format!(
+            "permission denied: the control socket serves root only (peer pid {pid} uid {uid})"
+        ))
+    } else {
+        match read_request(&stream) {
+            Err(e) => error(format!("{e:#}")),
+            Ok(line) => match serde_json::from_str::<Q>(&line) {
+                Err(e) => error(format!("malformed request: {e}")),
+                Ok(request) => match handle(request) {
+                    Ok(data) => Response {
+                        ok: true,
+                        data: Some(data),
+                        error: None,
+                    },
+                    Err(e) => error(format!("{e:#}")),
+                },
+            },
+        }
+    };
+    let mut text = serde_json::to_string(&reply)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn error<A>(message: String) -> Response<A> {
+    Response {
+        ok: false,
+        data: None,
+        error: Some(message),
+    }
+}
+
+fn read_request(stream: &UnixStream) -> Result<String> {
+    let mut line = String::new();
+    let mut limited = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    limited
+        .read_line(&mut line)
+        .context("reading the request")?;
+    if line.len() > MAX_REQUEST {
+        bail!("request larger than {MAX_REQUEST} bytes");
+    }
+    if !line.ends_with('\n') {
+        bail!("request must be one line of JSON ending in a newline");
+    }
+    Ok(line)
+}
+
+/// Send one request to the daemon at `path` and return its data, or its error as an error.
+pub fn request<Q: Serialize, A: DeserializeOwned>(path: &Path, request: &Q) -> Result<A> {
+    let mut stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to the xmacvlan daemon at {} (is `xmacvlan daemon` running?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("reading the daemon's answer")?;
+    let response: Response<A> =
+        serde_json::from_str(&line).with_context(|| format!("malformed answer: {line}"))?;
+    match (response.ok, response.data, response.error) {
+        (true, Some(data), _) => Ok(data),
+        (_, _, Some(e)) => bail!("daemon: {e}"),
+        _ => bail!("daemon: empty answer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    #[serde(tag = "op", rename_all = "kebab-case")]
+    enum Q {
+        Echo { text: String },
+        Fail,
+    }
+
+    fn serve_in_background(sock: ControlSocket, requests: usize) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut done = 0;
+            while done < requests {
+                done += sock.serve_pending(|q: Q| match q {
+                    Q::Echo { text } => Ok(text),
+                    Q::Fail => bail!("asked to fail"),
+                });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    }
+
+    fn temp_socket(name: &str) -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("xmv-{name}-{}", std::process::id()))
+            .join("ctl.sock")
+    }
+
+    #[test]
+    fn answers_root_refuses_others_and_survives_garbage() {
+        assert!(
+            crate::sys::is_root(),
+            "needs root, to act as both a root and a non-root peer: run `sudo -E cargo xtask test`"
+        );
+        let path = temp_socket("ctl");
+        let sock = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let server = serve_in_background(sock, 5);
+
+        let echoed: String = request(&path, &Q::Echo { text: "hi".into() }).unwrap();
+        assert_eq!(echoed, "hi");
+        let err = request::<_, String>(&path, &Q::Fail).unwrap_err();
+        assert!(format!("{err:#}").contains("asked to fail"));
+
+        // Garbage, then an oversized line: error answers, and the server keeps serving.
+        let raw = |bytes: &[u8]| -> String {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.write_all(bytes).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            line
+        };
+        assert!(raw(b"{not json\n").contains("malformed request"));
+        let mut big = vec![b'x'; MAX_REQUEST + 10];
+        big.push(b'\n');
+        assert!(raw(&big).contains("larger than"));
+
+        // A non-root peer (this thread only drops to uid 65534): mode 0600 stops it at
+        // connect; with the mode loosened, the SO_PEERCRED check still refuses it.
+        let as_nobody = || {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    crate::sys::set_thread_uid(65534).unwrap();
+                    request::<_, String>(&path, &Q::Echo { text: "x".into() }).unwrap_err()
+                })
+                .join()
+                .unwrap()
+            })
+        };
+        let refused = as_nobody();
+        assert!(
+            format!("{refused:#}").contains("Permission denied (os error 13)"),
+            "{refused:#}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let refused = as_nobody();
+        assert!(
+            format!("{refused:#}").contains("serves root only"),
+            "{refused:#}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refuses_to_steal_a_live_socket_and_replaces_a_stale_one() {
+        let path = temp_socket("live");
+        let first = ControlSocket::bind(&path).unwrap();
+        let err = ControlSocket::bind(&path)
+            .err()
+            .expect("second daemon refused");
+        assert!(format!("{err:#}").contains("another xmacvlan daemon"));
+        drop(first);
+        assert!(!path.exists(), "socket file removed on drop");
+
+        // A crash leaves the file behind with nobody listening: it is replaced.
+        let stale = temp_socket("stale");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        drop(ControlSocket::bind(&stale).unwrap());
+    }
+}
