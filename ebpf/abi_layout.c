@@ -28,6 +28,7 @@ int main(void)
 	FIELD(xmv_counters, "COUNTERS", pass_bcast_mcast);
 	FIELD(xmv_counters, "COUNTERS", pass_qinq);
 	FIELD(xmv_counters, "COUNTERS", malformed);
+	FIELD(xmv_counters, "COUNTERS", pass_control);
 	printf("pub const MAX_SLOTS: u32 = %d;\npub const MAX_QUEUES: u32 = %d;\n", XMV_MAX_SLOTS,
 	       XMV_MAX_QUEUES);
 	printf("pub const DEMUX_XDP: u32 = %d;\npub const DEMUX_USER: u32 = %d;\n", XMV_DEMUX_XDP,

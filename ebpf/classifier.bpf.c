@@ -11,6 +11,11 @@
 
 #define ETH_P_8021Q_BE bpf_htons(0x8100)
 #define ETH_P_8021AD_BE bpf_htons(0x88A8)
+#define ETH_P_ARP_BE bpf_htons(0x0806)
+#define ETH_P_IP_BE bpf_htons(0x0800)
+#define ETH_P_IPV6_BE bpf_htons(0x86DD)
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_ICMPV6_ 58
 
 const volatile struct xmv_config xmv_config = { .demux = XMV_DEMUX_XDP, .queues = 1 };
 
@@ -40,6 +45,28 @@ struct vlan_tag {
 	__be16 inner_proto;
 };
 
+/* Traffic the endpoint's kernel device must see for its addresses to work: ARP, ICMP and
+ * ICMPv6 (neighbour discovery lives there). An IP header too short to tell counts too: the
+ * kernel decides what to do with it. `l3` points right after the EtherType. */
+static __always_inline int is_control(__be16 proto, void *l3, void *data_end)
+{
+	if (proto == ETH_P_ARP_BE)
+		return 1;
+	if (proto == ETH_P_IP_BE) {
+		__u8 *ip = l3;
+		if ((void *)(ip + 10) > data_end)
+			return 1;
+		return ip[9] == IPPROTO_ICMP_;
+	}
+	if (proto == ETH_P_IPV6_BE) {
+		__u8 *ip6 = l3;
+		if ((void *)(ip6 + 7) > data_end)
+			return 1;
+		return ip6[6] == IPPROTO_ICMPV6_;
+	}
+	return 0;
+}
+
 SEC("xdp")
 int xmv_classify(struct xdp_md *ctx)
 {
@@ -61,6 +88,7 @@ int xmv_classify(struct xdp_md *ctx)
 	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 
 	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
 	if (proto == ETH_P_8021AD_BE) {
 		c->pass_qinq++;
 		return XDP_PASS;
@@ -77,6 +105,8 @@ int xmv_classify(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 		key.vid = bpf_ntohs(tag->tci) & 0x0fff;
+		proto = tag->inner_proto;
+		l3 = tag + 1;
 	}
 
 	if (key.mac[0] & 1) {
@@ -87,6 +117,10 @@ int xmv_classify(struct xdp_md *ctx)
 	__u32 *slot = bpf_map_lookup_elem(&xmv_slots, &key);
 	if (!slot) {
 		c->pass_miss++;
+		return XDP_PASS;
+	}
+	if (is_control(proto, l3, data_end)) {
+		c->pass_control++;
 		return XDP_PASS;
 	}
 	c->hit++;

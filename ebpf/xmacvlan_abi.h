@@ -27,7 +27,8 @@ struct xmv_config {
 };
 
 /* Per-CPU counters. Every frame lands in exactly one of the verdict counters:
- * seen = redirected + pass_no_socket + pass_miss + pass_bcast_mcast + pass_qinq + malformed.
+ * seen = redirected + pass_no_socket + pass_miss + pass_bcast_mcast + pass_qinq + malformed
+ *        + pass_control.
  * tagged and hit are classifications of seen; hit = redirected + pass_no_socket. */
 struct xmv_counters {
 	__u64 seen;
@@ -39,6 +40,7 @@ struct xmv_counters {
 	__u64 pass_bcast_mcast; /* group-bit destinations: ARP, ND, broadcast, multicast */
 	__u64 pass_qinq;        /* 802.1ad outer tag or a second tag: left to the kernel */
 	__u64 malformed;        /* shorter than its Ethernet/802.1Q header */
+	__u64 pass_control;     /* an endpoint's ARP, ICMP, ICMPv6 (ND): its kernel device answers */
 };
 
 #endif

@@ -15,6 +15,7 @@ const FRAMES: usize = 120_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Verdict {
     Hit,
+    Control,
     Miss,
     Group,
     Stacked,
@@ -31,6 +32,7 @@ fn kernel_verdict(before: &Counters, after: &Counters) -> Verdict {
         ),
         (after.pass_qinq - before.pass_qinq, Verdict::Stacked),
         (after.malformed - before.malformed, Verdict::Malformed),
+        (after.pass_control - before.pass_control, Verdict::Control),
     ];
     assert_eq!(after.seen - before.seen, 1, "one frame, one run");
     let hits: Vec<Verdict> = moved
@@ -50,6 +52,8 @@ fn user_verdict(frame: &[u8], table: &HashMap<Key, u32>) -> Verdict {
     match classify(frame) {
         Class::Unicast(key) if table.contains_key(&key) => Verdict::Hit,
         Class::Unicast(_) => Verdict::Miss,
+        Class::Control(key) if table.contains_key(&key) => Verdict::Control,
+        Class::Control(_) => Verdict::Miss,
         Class::Group => Verdict::Group,
         Class::Stacked => Verdict::Stacked,
         Class::Malformed => Verdict::Malformed,
@@ -125,6 +129,13 @@ fn random_frame(rng: &mut Rng, endpoints: &[Key]) -> Vec<u8> {
         }
     }
     f.extend_from_slice(&rng.pick(&[0x0800u16, 0x86dd, 0x0806, 0x88b5]).to_be_bytes());
+    // An IP header's protocol byte: ICMP, ICMPv6, UDP, TCP or noise.
+    let mut l3 = [0u8; 10];
+    let noise = rng.next() as u8;
+    let proto = rng.pick(&[1u8, 58, 17, 6, noise]);
+    l3[9] = proto; // IPv4 protocol
+    l3[6] = proto; // IPv6 next header
+    f.extend_from_slice(&l3);
     let len = match rng.below(10) {
         0 => rng.below(14) as usize,          // shorter than an Ethernet header
         1 => 14 + rng.below(5) as usize,      // cut inside the tag

@@ -15,11 +15,7 @@ const PER_STREAM: u64 = 500;
 /// Frames the classifier must hand to the kernel, by reason, on top of the lab streams.
 fn adversarial_streams(lab: &Lab) -> Vec<Stream> {
     let ep = &lab.endpoints[0]; // VLAN 100
-    let other = |frame: TestFrame, truncate_to: Option<usize>| Stream {
-        frame,
-        kind: StreamKind::Other,
-        truncate_to,
-    };
+    let other = |frame: TestFrame| Stream::new(frame, StreamKind::Other);
     let base = TestFrame {
         dst: ep.mac,
         src: lab::GENERATOR_MAC,
@@ -29,50 +25,41 @@ fn adversarial_streams(lab: &Lab) -> Vec<Stream> {
     };
     vec![
         // QinQ (802.1ad outer tag) to an endpoint's MAC: left to the kernel.
-        other(
-            TestFrame {
-                qinq_outer: Some(7),
-                ..base.clone()
-            },
-            None,
-        ),
+        other(TestFrame {
+            qinq_outer: Some(7),
+            ..base.clone()
+        }),
         // The right MAC on the wrong VLAN: not that endpoint's frame (isolation).
-        other(
-            TestFrame {
-                vid: Some(200),
-                ..base.clone()
-            },
-            None,
-        ),
+        other(TestFrame {
+            vid: Some(200),
+            ..base.clone()
+        }),
         // Cut inside the 802.1Q tag: malformed.
-        other(base.clone(), Some(16)),
+        other(base.clone()).truncated(16),
         // Multicast destination.
-        other(
-            TestFrame {
-                dst: [0x01, 0x00, 0x5e, 0, 0, 1],
-                ..base.clone()
-            },
-            None,
-        ),
+        other(TestFrame {
+            dst: [0x01, 0x00, 0x5e, 0, 0, 1],
+            ..base.clone()
+        }),
+        // ARP to the endpoint: its kernel device must answer, so it goes to the kernel.
+        other(base.clone()).with_ethertype(xmacvlan::frame::ETHERTYPE_ARP),
         // Larger than a standard MTU, to an endpoint: must be delivered whole.
-        Stream {
-            frame: TestFrame {
+        Stream::new(
+            TestFrame {
                 len: 3000,
                 ..base.clone()
             },
-            kind: StreamKind::Endpoint(0),
-            truncate_to: None,
-        },
+            StreamKind::Endpoint(0),
+        ),
         // Untagged broadcast.
-        Stream {
-            frame: TestFrame {
+        Stream::new(
+            TestFrame {
                 dst: BROADCAST,
                 vid: None,
                 ..base
             },
-            kind: StreamKind::Broadcast,
-            truncate_to: None,
-        },
+            StreamKind::Broadcast,
+        ),
     ]
 }
 
@@ -161,13 +148,17 @@ fn check_exact(finished: &Finished, streams: &[Stream], sent: &[u64], queues: u3
     assert_eq!(x.pass_no_socket, 0, "{x:?}");
     assert_eq!(x.pass_qinq, per, "{x:?}");
     assert_eq!(x.malformed, per, "{x:?}");
+    assert_eq!(
+        x.pass_control, per,
+        "ARP to an endpoint goes to its kernel device: {x:?}"
+    );
     // Unknown MAC on each VLAN, plus the right MAC on the wrong VLAN.
     assert_eq!(x.pass_miss, per * vlans + per, "{x:?}");
     // Broadcast on each VLAN, the untagged broadcast, and the multicast frame.
     assert_eq!(x.pass_bcast_mcast, per * vlans + 2 * per, "{x:?}");
     // Tagged: the VLAN 100/200 endpoint, broadcast and unknown streams (4 endpoints + 2x2),
-    // wrong-VLAN, multicast and the 3000-byte frame; QinQ and the cut tag never count.
-    assert_eq!(x.tagged, per * (4 + 4 + 3), "{x:?}");
+    // wrong-VLAN, multicast, ARP and the 3000-byte frame; QinQ and the cut tag never count.
+    assert_eq!(x.tagged, per * (4 + 4 + 4), "{x:?}");
     for q in &finished.queues {
         assert_eq!(q.socket.dropped(), 0, "queue socket drops: {q:?}");
         assert_eq!(q.dropped_ring_full + q.dropped_unknown, 0, "{q:?}");

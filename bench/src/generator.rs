@@ -25,6 +25,47 @@ pub struct Stream {
     pub kind: StreamKind,
     /// Cut the built frame to this many bytes (truncated-frame tests).
     pub truncate_to: Option<usize>,
+    /// Replace the test EtherType (e.g. ARP), making the frame a non-test frame.
+    pub ethertype: Option<u16>,
+}
+
+impl Stream {
+    pub fn new(frame: TestFrame, kind: StreamKind) -> Self {
+        Self {
+            frame,
+            kind,
+            truncate_to: None,
+            ethertype: None,
+        }
+    }
+
+    pub fn truncated(self, len: usize) -> Self {
+        Self {
+            truncate_to: Some(len),
+            ..self
+        }
+    }
+
+    pub fn with_ethertype(self, ethertype: u16) -> Self {
+        Self {
+            ethertype: Some(ethertype),
+            ..self
+        }
+    }
+
+    /// The frame bytes this stream sends (before per-send seq/timestamp patching).
+    pub fn bytes(&self, stream: u16) -> Vec<u8> {
+        let mut bytes = self.frame.build(stream);
+        if let Some(ethertype) = self.ethertype {
+            let tags = self.frame.vid.is_some() as usize + self.frame.qinq_outer.is_some() as usize;
+            let at = 12 + 4 * tags;
+            bytes[at..at + 2].copy_from_slice(&ethertype.to_be_bytes());
+        }
+        if let Some(n) = self.truncate_to {
+            bytes.truncate(n);
+        }
+        bytes
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,10 +117,7 @@ pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Resu
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut bytes = s.frame.build(i as u16);
-            if let Some(n) = s.truncate_to {
-                bytes.truncate(n);
-            }
+            let bytes = s.bytes(i as u16);
             let payload_at =
                 frame::payload_offset(&bytes).filter(|at| at + frame::PAYLOAD_LEN <= bytes.len());
             Template {

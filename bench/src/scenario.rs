@@ -44,16 +44,17 @@ pub fn lab_streams(endpoints: &[EndpointSpec], frame_len: usize, background: boo
     let mut streams: Vec<Stream> = endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| Stream {
-            frame: TestFrame {
-                dst: e.mac,
-                src: lab::GENERATOR_MAC,
-                vid: tag(e.vid),
-                qinq_outer: None,
-                len: frame_len,
-            },
-            kind: StreamKind::Endpoint(i),
-            truncate_to: None,
+        .map(|(i, e)| {
+            Stream::new(
+                TestFrame {
+                    dst: e.mac,
+                    src: lab::GENERATOR_MAC,
+                    vid: tag(e.vid),
+                    qinq_outer: None,
+                    len: frame_len,
+                },
+                StreamKind::Endpoint(i),
+            )
         })
         .collect();
     if background {
@@ -69,8 +70,8 @@ pub fn lab_streams(endpoints: &[EndpointSpec], frame_len: usize, background: boo
                     StreamKind::UnknownUnicast,
                 ),
             ] {
-                streams.push(Stream {
-                    frame: TestFrame {
+                streams.push(Stream::new(
+                    TestFrame {
                         dst,
                         src: lab::GENERATOR_MAC,
                         vid: tag(vid),
@@ -78,8 +79,7 @@ pub fn lab_streams(endpoints: &[EndpointSpec], frame_len: usize, background: boo
                         len: frame_len,
                     },
                     kind,
-                    truncate_to: None,
-                });
+                ));
             }
         }
     }

@@ -93,6 +93,7 @@ pub struct Counters {
     pub pass_bcast_mcast: u64,
     pub pass_qinq: u64,
     pub malformed: u64,
+    pub pass_control: u64,
 }
 
 impl Counters {
@@ -106,6 +107,7 @@ impl Counters {
         self.pass_bcast_mcast += o.pass_bcast_mcast;
         self.pass_qinq += o.pass_qinq;
         self.malformed += o.malformed;
+        self.pass_control += o.pass_control;
     }
 
     /// Frames that got a verdict; equals `seen` when the program's accounting is right.
@@ -116,6 +118,7 @@ impl Counters {
             + self.pass_bcast_mcast
             + self.pass_qinq
             + self.malformed
+            + self.pass_control
     }
 
     pub fn passed(&self) -> u64 {
@@ -124,6 +127,7 @@ impl Counters {
             + self.pass_bcast_mcast
             + self.pass_qinq
             + self.malformed
+            + self.pass_control
     }
 }
 
@@ -161,7 +165,7 @@ mod tests {
     fn counters_layout_matches_c() {
         assert_eq!(size_of::<Counters>(), c::COUNTERS_SIZE);
         assert_eq!(align_of::<Counters>(), c::COUNTERS_ALIGN);
-        assert_eq!(size_of::<Counters>(), 9 * 8, "no padding");
+        assert_eq!(size_of::<Counters>(), 10 * 8, "no padding");
         assert_eq!(offset_of!(Counters, seen), c::COUNTERS_seen);
         assert_eq!(offset_of!(Counters, tagged), c::COUNTERS_tagged);
         assert_eq!(offset_of!(Counters, hit), c::COUNTERS_hit);
@@ -177,6 +181,7 @@ mod tests {
         );
         assert_eq!(offset_of!(Counters, pass_qinq), c::COUNTERS_pass_qinq);
         assert_eq!(offset_of!(Counters, malformed), c::COUNTERS_malformed);
+        assert_eq!(offset_of!(Counters, pass_control), c::COUNTERS_pass_control);
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub const BROADCAST: Mac = [0xff; 6];
 /// What the classifier does with a frame, mirrored from the C program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Unicast frame with this key: looked up in the slot map.
+    /// Unicast data frame with this key: looked up in the slot map.
     Unicast(Key),
+    /// Unicast ARP, ICMP or ICMPv6 (or an IP header too short to tell) with this key: an
+    /// endpoint's own such frames go to its kernel device, so its addresses keep working.
+    Control(Key),
     /// Group-bit destination (broadcast, multicast): to the kernel.
     Group,
     /// 802.1ad outer tag or stacked tags: to the kernel.
@@ -37,7 +40,8 @@ pub fn classify(frame: &[u8]) -> Class {
         vid: 0,
         mac: [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]],
     };
-    let proto = u16::from_be_bytes([frame[12], frame[13]]);
+    let mut proto = u16::from_be_bytes([frame[12], frame[13]]);
+    let mut l3 = ETH_HLEN;
     if proto == TPID_8021AD {
         return Class::Stacked;
     }
@@ -50,11 +54,32 @@ pub fn classify(frame: &[u8]) -> Class {
             return Class::Stacked;
         }
         key.vid = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+        proto = inner;
+        l3 += VLAN_HLEN;
     }
     if key.mac[0] & 1 != 0 {
         return Class::Group;
     }
-    Class::Unicast(key)
+    if is_control(proto, &frame[l3..]) {
+        Class::Control(key)
+    } else {
+        Class::Unicast(key)
+    }
+}
+
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// ARP, ICMP, ICMPv6, or an IP header too short to tell (the C program's `is_control`).
+#[inline]
+fn is_control(proto: u16, l3: &[u8]) -> bool {
+    match proto {
+        ETHERTYPE_ARP => true,
+        ETHERTYPE_IPV4 => l3.get(9).is_none_or(|&p| p == 1),
+        ETHERTYPE_IPV6 => l3.get(6).is_none_or(|&p| p == 58),
+        _ => false,
+    }
 }
 
 /// The generator's payload, right after the (optional) VLAN tag and the EtherType.
@@ -225,6 +250,33 @@ mod tests {
             classify(&frame(None, EP)[..17]),
             Class::Unicast(_)
         ));
+    }
+
+    #[test]
+    fn control_protocols_are_told_apart() {
+        let mut f = frame(Some(100), EP);
+        let key = Key { vid: 100, mac: EP };
+        f[16..18].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        assert_eq!(classify(&f), Class::Control(key));
+        f[16..18].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        f[18 + 9] = 1; // ICMP
+        assert_eq!(classify(&f), Class::Control(key));
+        f[18 + 9] = 17; // UDP
+        assert_eq!(classify(&f), Class::Unicast(key));
+        assert_eq!(
+            classify(&f[..18 + 9]),
+            Class::Control(key),
+            "too short to tell"
+        );
+        f[16..18].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        f[18 + 6] = 58; // ICMPv6
+        assert_eq!(classify(&f), Class::Control(key));
+        f[18 + 6] = 6; // TCP
+        assert_eq!(classify(&f), Class::Unicast(key));
+        // Untagged too.
+        let mut u = frame(None, EP);
+        u[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        assert_eq!(classify(&u), Class::Control(Key { vid: 0, mac: EP }));
     }
 
     #[test]

@@ -153,13 +153,14 @@ impl Report {
         let x = &self.xdp;
         let _ = writeln!(
             out,
-            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} qinq {} malformed {} no-socket {}",
+            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} arp/icmp {} qinq {} malformed {} no-socket {}",
             x.seen,
             x.tagged,
             x.hit,
             x.redirected,
             x.pass_miss,
             x.pass_bcast_mcast,
+            x.pass_control,
             x.pass_qinq,
             x.malformed,
             x.pass_no_socket
