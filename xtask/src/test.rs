@@ -30,14 +30,7 @@ pub fn run_all(args: &[String]) -> Result<()> {
     // Host tests: unit tests and the namespace integration tests. Two threads: each test
     // builds its own namespaces, and this machine has two cores.
     run(
-        cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--",
-            "--test-threads=2",
-        ]),
+        cargo().args(["test", "--workspace", "--", "--test-threads=2"]),
         "cargo test",
     )?;
     if skip_vm {
