@@ -87,7 +87,18 @@ fn run_exact(demux: DemuxMode, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>)
         .run(|| {
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             let sent = run_traffic(&lab, &dp, queues, &streams, &traffic)?;
-            Ok((dp.stop()?, sent))
+            let live = dp.snapshot()?;
+            let finished = dp.stop()?;
+            // Live numbers taken after the burst equal the final ones.
+            assert_eq!(live.xdp, finished.xdp);
+            for (l, f) in live.endpoints.iter().zip(&finished.endpoints) {
+                assert_eq!(
+                    (&l.name, l.frames, l.bytes),
+                    (&f.spec.name, f.frames, f.bytes)
+                );
+                assert_eq!(l.socket, f.socket_stats, "{}", l.name);
+            }
+            Ok((finished, sent))
         })
         .expect("running the lab");
     let prefix = lab.prefix.clone();

@@ -82,7 +82,7 @@ pub const DEMUX_USER: u32 = c::DEMUX_USER;
 
 /// `struct xmv_counters`, one per CPU in the map; see the header for how they add up.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub seen: u64,
     pub tagged: u64,

@@ -19,6 +19,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
 use crate::xdp::{AttachMode, Classifier, Program, Steering};
+pub use crate::xsk::SocketStats;
 use crate::xsk::{self, Bound, QueueConfig, QueueUmem, RxFrame};
 
 mod consumer;
@@ -26,10 +27,12 @@ mod endpoint;
 mod idle;
 mod lookup;
 mod slots;
+mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
 pub use idle::{HotLoop, in_hot_loop};
+pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
 
 /// `--demux`.
@@ -89,10 +92,14 @@ struct Attached {
     consumer: usize,
     /// The endpoint's descriptor ring (user demux).
     ring: Option<Arc<ArrayQueue<RxFrame>>>,
+    /// Its sockets' kernel counters (xdp demux), readable from here.
+    sockets: Vec<xsk::StatsHandle>,
 }
 
 struct WorkerHandle {
     thread: Option<JoinHandle<Result<SocketStats>>>,
+    /// The queue socket's kernel counters, readable from here.
+    socket: xsk::StatsHandle,
     updates: Arc<ArrayQueue<Arc<worker::SteerTable>>>,
     applied: Arc<AtomicU64>,
 }
@@ -122,33 +129,6 @@ pub struct EndpointResult {
     pub dropped: u64,
     pub socket_stats: SocketStats,
     pub latency: hdrhistogram::Histogram<u64>,
-}
-
-/// Sum of the kernel's `XDP_STATISTICS` over sockets.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct SocketStats {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub tx_ring_empty_descs: u64,
-}
-
-impl SocketStats {
-    pub fn add(&mut self, s: &xsk::XdpStatistics) {
-        self.rx_dropped += s.rx_dropped();
-        self.rx_invalid_descs += s.rx_invalid_descs();
-        self.rx_ring_full += s.rx_ring_full();
-        self.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs();
-        self.tx_invalid_descs += s.tx_invalid_descs();
-        self.tx_ring_empty_descs += s.tx_ring_empty_descs();
-    }
-
-    /// Frames the kernel redirected to the socket but could not place in it.
-    pub fn dropped(&self) -> u64 {
-        self.rx_dropped + self.rx_ring_full
-    }
 }
 
 impl Dataplane {
@@ -186,6 +166,7 @@ impl Dataplane {
             let counters = Arc::new(QueueCounters::default());
             let updates = Arc::new(ArrayQueue::new(16));
             let applied = Arc::new(AtomicU64::new(0));
+            let socket = rings.socket.stats_handle();
             pending_threads.push(worker::Worker {
                 queue: q as u16,
                 core: cfg.cores[q as usize % cfg.cores.len()],
@@ -201,6 +182,7 @@ impl Dataplane {
             });
             workers.push(WorkerHandle {
                 thread: None,
+                socket,
                 updates,
                 applied,
             });
@@ -301,6 +283,7 @@ impl Dataplane {
 
     fn attach_endpoint(&mut self, spec: &EndpointSpec, slot: u32) -> Result<()> {
         let counters: Arc<EndpointCounters> = Arc::default();
+        let mut handles = Vec::new();
         let (source, ring) = match self.cfg.demux {
             DemuxMode::Xdp => {
                 let mut sockets = Vec::new();
@@ -308,6 +291,7 @@ impl Dataplane {
                     let socket = umem.add_socket()?;
                     self.classifier
                         .set_socket(self.classifier.xsk_index(slot, q as u32), &socket)?;
+                    handles.push(socket.stats_handle());
                     sockets.push(socket);
                 }
                 (consumer::Source::Sockets(sockets), None)
@@ -340,6 +324,7 @@ impl Dataplane {
                 counters,
                 consumer: consumer_index,
                 ring,
+                sockets: handles,
             },
         );
         if self.cfg.demux == DemuxMode::User {
@@ -457,6 +442,58 @@ impl Dataplane {
 
     pub fn queue_counters(&self) -> &[Arc<QueueCounters>] {
         &self.queues
+    }
+
+    /// Everything countable, read now while the dataplane runs (a few syscalls per socket:
+    /// for stats commands, not for hot loops).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let endpoints = self
+            .in_attach_order()
+            .into_iter()
+            .map(|a| {
+                let mut socket = SocketStats::default();
+                for h in &a.sockets {
+                    socket.add(&h.statistics()?);
+                }
+                Ok(snapshot::EndpointSnapshot::read(
+                    &a.spec,
+                    &a.counters,
+                    socket,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let queues = self
+            .queues
+            .iter()
+            .zip(&self.workers)
+            .map(|(q, w)| {
+                Ok(QueueSnapshot {
+                    socket: w.socket.statistics()?,
+                    ..q.snapshot()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Snapshot {
+            interface: self.cfg.ifname.clone(),
+            demux: self.cfg.demux,
+            xdp_mode: self.attached,
+            bind: self.bound,
+            xdp: self.classifier.counters()?,
+            queues,
+            endpoints,
+        })
+    }
+
+    /// Attached endpoints, in attach order.
+    pub fn endpoints(&self) -> Vec<EndpointSpec> {
+        self.in_attach_order()
+            .into_iter()
+            .map(|a| a.spec.clone())
+            .collect()
+    }
+
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
     }
 
     /// Stop the threads (after they drain what is already queued) and collect the results.

@@ -29,7 +29,7 @@ pub struct QueueCounters {
     pub refilled: AtomicU64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueSnapshot {
     /// The kernel's counters for the queue's own socket (filled in when stopped).
     pub socket: SocketStats,

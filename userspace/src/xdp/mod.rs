@@ -10,7 +10,9 @@ use aya::{Ebpf, EbpfLoader};
 use crate::abi::{self, Config, Counters, Key};
 
 /// `--xdp-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// In the driver, before any socket buffer exists (fastest; the NIC driver must support it).

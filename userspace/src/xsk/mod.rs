@@ -15,13 +15,14 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 mod tx;
 pub use tx::TxPort;
-pub use xsk_rs::socket::XdpStatistics;
 
 /// Frames handled per ring operation.
 pub const BATCH: usize = 64;
 
 /// `--bind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BindMode {
     /// The NIC DMAs straight into the UMEM (driver support needed; veth has none).
@@ -101,7 +102,7 @@ pub struct RxSocket {
 }
 
 /// The binding a queue ended up with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Bound {
     Zerocopy,
@@ -304,12 +305,82 @@ impl RxSocket {
     }
 
     /// The kernel's counters for this socket (`XDP_STATISTICS`); a syscall, not for hot loops.
-    pub fn statistics(&self) -> Result<XdpStatistics> {
-        self.rx
-            .fd()
-            .xdp_statistics()
-            .context("getsockopt(XDP_STATISTICS)")
+    pub fn statistics(&self) -> Result<SocketStats> {
+        self.stats_handle().statistics()
     }
+}
+
+impl RxSocket {
+    /// A handle that reads this socket's kernel counters from another thread. It must not
+    /// be used after the socket is closed (the fd number could be reused).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(std::os::fd::AsRawFd::as_raw_fd(self))
+    }
+}
+
+/// Reads `XDP_STATISTICS` of a socket owned by another thread (getsockopt is thread-safe).
+#[derive(Debug, Clone, Copy)]
+pub struct StatsHandle(std::os::fd::RawFd);
+
+impl StatsHandle {
+    pub fn statistics(&self) -> Result<SocketStats> {
+        socket_statistics(self.0)
+    }
+}
+
+/// The kernel's counters of one AF_XDP socket (`XDP_STATISTICS`), or a sum over sockets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl SocketStats {
+    pub fn add(&mut self, s: &SocketStats) {
+        self.rx_dropped += s.rx_dropped;
+        self.rx_invalid_descs += s.rx_invalid_descs;
+        self.rx_ring_full += s.rx_ring_full;
+        self.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+        self.tx_invalid_descs += s.tx_invalid_descs;
+        self.tx_ring_empty_descs += s.tx_ring_empty_descs;
+    }
+
+    /// Frames the kernel redirected to the socket but could not place in it.
+    pub fn dropped(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full
+    }
+}
+
+fn socket_statistics(fd: std::os::fd::RawFd) -> Result<SocketStats> {
+    // SAFETY: xdp_statistics is plain data; all-zero is a valid value.
+    let mut raw: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: `raw` and `len` are valid and writable and `len` holds raw's size; a stale or
+    // wrong fd only makes the call fail.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            (&mut raw as *mut libc::xdp_statistics).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(XDP_STATISTICS)");
+    }
+    Ok(SocketStats {
+        rx_dropped: raw.rx_dropped,
+        rx_invalid_descs: raw.rx_invalid_descs,
+        rx_ring_full: raw.rx_ring_full,
+        rx_fill_ring_empty_descs: raw.rx_fill_ring_empty_descs,
+        tx_invalid_descs: raw.tx_invalid_descs,
+        tx_ring_empty_descs: raw.tx_ring_empty_descs,
+    })
 }
 
 impl std::os::fd::AsRawFd for RxSocket {
