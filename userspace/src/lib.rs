@@ -6,6 +6,7 @@
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 pub mod abi;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod frame;

@@ -1,0 +1,533 @@
+//! Checking `daemon.json` key by key, so every error names its key and the accepted values
+//! (serde's `deny_unknown_fields` would only say "unknown field" with a position).
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::error::{ConfigError, ErrorKind, suggest};
+use super::*;
+
+/// The largest CPU id accepted in `cores` (Linux's default CPU_SETSIZE is 1024).
+const MAX_CORE: usize = 1023;
+/// `stats-interval` bounds.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ConfigError::file(
+            source,
+            ErrorKind::Syntax {
+                line: e.line(),
+                column: e.column(),
+                message: syntax_message(&e),
+            },
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ConfigError::file(
+            source,
+            ErrorKind::NotAnObject {
+                found: describe(&value),
+            },
+        ));
+    };
+    let p = Parser { source };
+    for key in map.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::key(
+                source,
+                key,
+                ErrorKind::UnknownKey {
+                    suggestion: suggest(key, KEYS),
+                    allowed: KEYS,
+                },
+            ));
+        }
+    }
+    let mut cfg = DaemonConfig::default();
+    if let Some(v) = map.get("debug") {
+        cfg.debug = p.bool("debug", v)?;
+    }
+    if let Some(v) = map.get("log-level") {
+        cfg.log_level = p.choice("log-level", v, LogLevel::NAMES, LogLevel::from_name)?;
+    }
+    if let Some(v) = map.get("log-format") {
+        cfg.log_format = p.choice("log-format", v, LogFormat::NAMES, LogFormat::from_name)?;
+    }
+    let driver = match map.get("log-driver") {
+        Some(v) => p.choice(
+            "log-driver",
+            v,
+            LogDriverKind::NAMES,
+            LogDriverKind::from_name,
+        )?,
+        None => LogDriverKind::Stderr,
+    };
+    cfg.log_driver = p.log_driver(driver, map.get("log-opts"))?;
+    if let Some(v) = map.get("data-root") {
+        cfg.data_root = p.absolute_path("data-root", v)?;
+    }
+    if let Some(v) = map.get("cores") {
+        cfg.cores = p.cores(v)?;
+    }
+    if let Some(v) = map.get("demux-mode") {
+        cfg.demux_mode = p.choice("demux-mode", v, DemuxMode::NAMES, DemuxMode::from_name)?;
+    }
+    if let Some(v) = map.get("xdp-mode") {
+        cfg.xdp_mode = p.choice("xdp-mode", v, XdpMode::NAMES, XdpMode::from_name)?;
+    }
+    if let Some(v) = map.get("bind-mode") {
+        cfg.bind_mode = p.choice("bind-mode", v, BindMode::NAMES, BindMode::from_name)?;
+    }
+    if let Some(v) = map.get("stats-interval") {
+        cfg.stats_interval = p.interval(v)?;
+    }
+    if let Some(v) = map.get("metrics-addr") {
+        cfg.metrics_addr = p.metrics_addr(v)?;
+    }
+    if let Some(v) = map.get("control-socket") {
+        cfg.control_socket = p.absolute_path("control-socket", v)?;
+    }
+    Ok(cfg)
+}
+
+/// serde_json's message without its trailing " at line L column C" (we print those ourselves).
+fn syntax_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A JSON value described for an error message: `a string ("yes")`, `a number (3)`.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => format!("a number ({n})"),
+        Value::String(s) => format!("a string (\"{s}\")"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+struct Parser<'a> {
+    source: &'a str,
+}
+
+impl Parser<'_> {
+    fn err(&self, key: &str, kind: ErrorKind) -> ConfigError {
+        ConfigError::key(self.source, key, kind)
+    }
+
+    fn wrong_type(&self, key: &str, expected: &'static str, v: &Value) -> ConfigError {
+        self.err(
+            key,
+            ErrorKind::WrongType {
+                expected,
+                found: describe(v),
+            },
+        )
+    }
+
+    fn invalid(&self, key: &str, v: &Value, reason: String) -> ConfigError {
+        let value = match v {
+            Value::String(s) => format!("\"{s}\""),
+            other => other.to_string(),
+        };
+        self.err(key, ErrorKind::Invalid { value, reason })
+    }
+
+    fn bool(&self, key: &str, v: &Value) -> Result<bool, ConfigError> {
+        v.as_bool()
+            .ok_or_else(|| self.wrong_type(key, "true or false", v))
+    }
+
+    fn string<'v>(
+        &self,
+        key: &str,
+        v: &'v Value,
+        expected: &'static str,
+    ) -> Result<&'v str, ConfigError> {
+        v.as_str().ok_or_else(|| self.wrong_type(key, expected, v))
+    }
+
+    fn choice<T>(
+        &self,
+        key: &str,
+        v: &Value,
+        allowed: &'static [&'static str],
+        from_name: fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let Some(word) = v.as_str() else {
+            return Err(self.err(
+                key,
+                ErrorKind::WrongType {
+                    expected: "a string",
+                    found: format!("{} (use one of {})", describe(v), allowed.join(", ")),
+                },
+            ));
+        };
+        from_name(word).ok_or_else(|| {
+            self.err(
+                key,
+                ErrorKind::NotOneOf {
+                    value: word.to_string(),
+                    allowed,
+                },
+            )
+        })
+    }
+
+    fn absolute_path(&self, key: &str, v: &Value) -> Result<PathBuf, ConfigError> {
+        let s = self.string(key, v, "a path (string)")?;
+        if !s.starts_with('/') {
+            return Err(self.invalid(key, v, "must be an absolute path".into()));
+        }
+        Ok(PathBuf::from(s))
+    }
+
+    fn log_driver(
+        &self,
+        kind: LogDriverKind,
+        opts: Option<&Value>,
+    ) -> Result<LogDriver, ConfigError> {
+        let mut driver = LogDriver::with_defaults(kind);
+        let Some(opts) = opts else {
+            return Ok(driver);
+        };
+        let Value::Object(opts) = opts else {
+            return Err(self.wrong_type("log-opts", "an object of strings", opts));
+        };
+        let allowed = LogDriver::option_names(kind);
+        for name in opts.keys() {
+            if !allowed.contains(&name.as_str()) {
+                return Err(self.err(
+                    &format!("log-opts.{name}"),
+                    ErrorKind::UnknownKey {
+                        suggestion: suggest(name, allowed),
+                        allowed,
+                    },
+                ));
+            }
+        }
+        match &mut driver {
+            LogDriver::Stderr => {}
+            LogDriver::JsonFile(o) => self.json_file_opts(o, opts)?,
+            LogDriver::Journald { tag } | LogDriver::Syslog { tag } => {
+                if let Some(v) = opts.get("tag") {
+                    *tag = self.tag(v)?;
+                }
+            }
+        }
+        Ok(driver)
+    }
+
+    fn json_file_opts(
+        &self,
+        o: &mut JsonFileOpts,
+        opts: &Map<String, Value>,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = opts.get("max-size") {
+            let key = "log-opts.max-size";
+            o.max_size = match v {
+                Value::String(s) => parse_size(s).map_err(|reason| {
+                    self.err(
+                        key,
+                        ErrorKind::BadSize {
+                            value: s.clone(),
+                            reason,
+                        },
+                    )
+                })?,
+                Value::Number(n) => match n.as_u64() {
+                    Some(b) if b > 0 => b,
+                    _ => {
+                        return Err(self.err(
+                            key,
+                            ErrorKind::BadSize {
+                                value: n.to_string(),
+                                reason: "must be a whole number of bytes above 0".into(),
+                            },
+                        ));
+                    }
+                },
+                other => return Err(self.wrong_type(key, "a size such as \"10m\"", other)),
+            };
+        }
+        if let Some(v) = opts.get("max-file") {
+            let key = "log-opts.max-file";
+            let n = match v {
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                Value::Number(n) => n.as_u64(),
+                other => {
+                    return Err(self.wrong_type(key, "a number of files such as \"3\"", other));
+                }
+            };
+            o.max_file = match n {
+                Some(n @ 1..=1000) => n as u32,
+                _ => {
+                    return Err(self.invalid(
+                        key,
+                        v,
+                        "must be a whole number of files from 1 to 1000".into(),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = opts.get("path") {
+            o.path = self.absolute_path("log-opts.path", v)?;
+        }
+        Ok(())
+    }
+
+    fn tag(&self, v: &Value) -> Result<String, ConfigError> {
+        let s = self.string("log-opts.tag", v, "a string")?;
+        let ok = !s.is_empty()
+            && s.len() <= 48
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(self.invalid(
+                "log-opts.tag",
+                v,
+                "use 1-48 characters from [A-Za-z0-9._-]".into(),
+            ));
+        }
+        Ok(s.to_string())
+    }
+
+    fn cores(&self, v: &Value) -> Result<Option<Vec<usize>>, ConfigError> {
+        let cores = match v {
+            Value::Null => return Ok(None),
+            Value::String(s) => {
+                parse_cores(s).map_err(|reason| self.invalid("cores", v, reason))?
+            }
+            Value::Array(items) => {
+                let mut cores = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_u64() {
+                        Some(c) if c as usize <= MAX_CORE => cores.push(c as usize),
+                        _ => {
+                            return Err(self.invalid(
+                                "cores",
+                                item,
+                                format!("CPU ids are whole numbers from 0 to {MAX_CORE}"),
+                            ));
+                        }
+                    }
+                }
+                check_cores(cores).map_err(|reason| self.invalid("cores", v, reason))?
+            }
+            other => {
+                return Err(self.wrong_type(
+                    "cores",
+                    "a list of CPU ids ([1, 2]) or a range string (\"1-3\")",
+                    other,
+                ));
+            }
+        };
+        Ok(Some(cores))
+    }
+
+    fn interval(&self, v: &Value) -> Result<Duration, ConfigError> {
+        let d = match v {
+            Value::Number(n) => {
+                let secs = n.as_f64().unwrap_or(-1.0);
+                if !(secs.is_finite() && secs > 0.0) {
+                    return Err(self.invalid(
+                        "stats-interval",
+                        v,
+                        "must be a positive number of seconds".into(),
+                    ));
+                }
+                Duration::from_secs_f64(secs)
+            }
+            Value::String(s) => {
+                parse_duration(s).map_err(|reason| self.invalid("stats-interval", v, reason))?
+            }
+            other => {
+                return Err(self.wrong_type(
+                    "stats-interval",
+                    "seconds (1) or a duration string (\"1s\", \"500ms\")",
+                    other,
+                ));
+            }
+        };
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
+            return Err(self.invalid("stats-interval", v, "must be between 100ms and 1h".into()));
+        }
+        Ok(d)
+    }
+
+    fn metrics_addr(&self, v: &Value) -> Result<Option<MetricsAddr>, ConfigError> {
+        let s = match v {
+            Value::Null => return Ok(None),
+            Value::String(s) => s,
+            other => {
+                return Err(self.wrong_type(
+                    "metrics-addr",
+                    "an address string (\"127.0.0.1:9100\" or \"unix:/run/xmacvlan/metrics.sock\")",
+                    other,
+                ));
+            }
+        };
+        parse_metrics_addr(s).map_err(|e| match e {
+            MetricsAddrError::NonLoopback => {
+                self.err("metrics-addr", ErrorKind::NonLoopback { value: s.clone() })
+            }
+            MetricsAddrError::Invalid(reason) => self.invalid("metrics-addr", v, reason),
+        })
+    }
+}
+
+/// A size: bytes, or a number with a binary unit `k`, `m`, `g` (`kb`, `kib`, ... also work,
+/// any case), as dockerd's `max-size`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "it does not start with a number".to_string())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit \"{other}\"")),
+    };
+    let bytes = number * multiplier as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(bytes as u64)
+}
+
+/// A duration: `250ms`, `1s`, `1.5s`, `2m`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "not a duration: use \"1s\", \"500ms\" or \"2m\"".to_string())?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit \"{other}\": use ms, s or m (\"500ms\", \"1s\", \"2m\")"
+            ));
+        }
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err("must be longer than zero".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// CPU ids from a list such as `1`, `0-1` or `1,3-4`.
+pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let id = |s: &str| -> Result<usize, String> {
+            match s.trim().parse::<usize>() {
+                Ok(c) if c <= MAX_CORE => Ok(c),
+                _ => Err(format!(
+                    "\"{part}\" is not a CPU id or range; write ids from 0 to {MAX_CORE} like \"0-1\" or \"1,3-4\""
+                )),
+            }
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (id(a)?, id(b)?);
+                if a > b {
+                    return Err(format!("range \"{part}\" runs backwards"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(id(part)?),
+        }
+    }
+    check_cores(cores)
+}
+
+fn check_cores(cores: Vec<usize>) -> Result<Vec<usize>, String> {
+    if cores.is_empty() {
+        return Err("lists no CPU; leave the key out to use the default cores".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &cores {
+        if !seen.insert(*c) {
+            return Err(format!("CPU {c} is listed twice"));
+        }
+    }
+    Ok(cores)
+}
+
+/// Why a metrics address was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddrError {
+    NonLoopback,
+    Invalid(String),
+}
+
+impl std::fmt::Display for MetricsAddrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NonLoopback => f.write_str(
+                "not a loopback address: metrics are only served on loopback or a Unix socket",
+            ),
+            Self::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100` or `unix:/absolute/path`; anything that
+/// is not loopback is refused.
+pub fn parse_metrics_addr(text: &str) -> Result<Option<MetricsAddr>, MetricsAddrError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if let Some(path) = t.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err(MetricsAddrError::Invalid(
+                "a Unix socket needs an absolute path: unix:/run/xmacvlan/metrics.sock".into(),
+            ));
+        }
+        return Ok(Some(MetricsAddr::Unix(PathBuf::from(path))));
+    }
+    let addr = match t.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+        None => t.parse::<SocketAddr>().ok(),
+    };
+    let Some(addr) = addr else {
+        return Err(MetricsAddrError::Invalid(
+            "not an address: use 127.0.0.1:9100, [::1]:9100 or unix:/run/xmacvlan/metrics.sock"
+                .into(),
+        ));
+    };
+    if !addr.ip().is_loopback() {
+        return Err(MetricsAddrError::NonLoopback);
+    }
+    if addr.port() == 0 {
+        return Err(MetricsAddrError::Invalid(
+            "port 0 would pick a random port: choose one, e.g. 127.0.0.1:9100".into(),
+        ));
+    }
+    Ok(Some(MetricsAddr::Tcp(addr)))
+}
