@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod frame;
+pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod nic;

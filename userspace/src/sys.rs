@@ -209,3 +209,26 @@ pub fn set_thread_uid(uid: u32) -> std::io::Result<()> {
         Ok(())
     }
 }
+
+/// Local wall-clock time of `unix_secs`, broken down (syslog's RFC 3164 timestamps are local).
+pub fn local_time(unix_secs: i64) -> Option<libc::tm> {
+    let t: libc::time_t = unix_secs;
+    // SAFETY: tm is plain data; zeroed is a valid value that localtime_r overwrites.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    ok.then_some(tm)
+}
+
+/// Whether this kernel offers AF_XDP sockets: open one (and close it at once).
+/// `EAFNOSUPPORT` means CONFIG_XDP_SOCKETS is off; `EPERM` means the caller lacks CAP_NET_RAW.
+pub fn probe_af_xdp() -> io::Result<()> {
+    // SAFETY: socket takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    Ok(())
+}
