@@ -1,2 +1,3 @@
 //! What the dataplane reports: run reports, latency histograms, CPU accounting, exports.
+pub mod hgrm;
 pub mod report;
