@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod doctor;
 pub mod frame;
 pub mod logging;
 pub mod netlink;

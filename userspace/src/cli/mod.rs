@@ -38,11 +38,14 @@ pub mod run;
 pub enum Command {
     /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
     Run(run::RunArgs),
+    /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Doctor(args) => crate::doctor::main(args),
     }
 }

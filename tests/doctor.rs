@@ -1,0 +1,120 @@
+//! `xmacvlan doctor` on a lab veth inside a throw-away namespace: the interface checks see
+//! what the kernel really reports (driver, promiscuity, attached XDP program).
+use std::path::PathBuf;
+
+use xmacvlan::doctor::{DoctorArgs, Finding, Severity, check_interface, examine, interface_facts};
+use xmacvlan::netlink::Netlink;
+use xmacvlan::netns::NetnsGuard;
+use xmacvlan::xdp::{AttachMode, Classifier, Program, Steering};
+use xmacvlan_tests::require_root;
+
+fn finding<'a>(findings: &'a [Finding], check: &str) -> &'a Finding {
+    findings
+        .iter()
+        .find(|f| f.check == check)
+        .unwrap_or_else(|| panic!("no `{check}` finding in {findings:#?}"))
+}
+
+fn severity(findings: &[Finding], check: &str) -> Severity {
+    finding(findings, check).severity
+}
+
+#[test]
+fn doctor_reports_the_expected_findings_on_a_lab_veth() {
+    require_root();
+    let ns = NetnsGuard::create(&format!("xmvdoc{}", std::process::id())).unwrap();
+    ns.run(|| {
+        let nl = Netlink::new()?;
+        let index = nl.add_veth("xdoc0", "xdoc1", 1)?;
+        let peer = nl.require_link("xdoc1")?.index;
+        nl.set_up(index)?;
+        nl.set_up(peer)?;
+
+        // A fresh veth: native XDP yes, zero-copy no, nothing attached, not promiscuous.
+        let facts = interface_facts(&nl, "xdoc0")?;
+        let link = facts.link.as_ref().expect("xdoc0 exists");
+        assert_eq!(link.driver.as_deref(), Some("veth"));
+        let f = check_interface(&facts, false);
+        assert_eq!(severity(&f, "exists"), Severity::Ok);
+        assert_eq!(severity(&f, "link-up"), Severity::Ok);
+        assert_eq!(severity(&f, "native-xdp"), Severity::Ok);
+        assert_eq!(severity(&f, "zero-copy"), Severity::Warn);
+        assert_eq!(severity(&f, "xdp-program"), Severity::Ok);
+        let promisc = finding(&f, "promiscuous");
+        assert_eq!(promisc.severity, Severity::Warn);
+        assert!(
+            promisc
+                .fix
+                .as_deref()
+                .unwrap()
+                .starts_with("ip link set xdoc0 promisc on")
+        );
+        // ethtool is a package the project installs; its verdict on veth is "on".
+        if link.ethtool_features.is_ok() {
+            let vlan = finding(&f, "rx-vlan-offload");
+            assert_eq!(vlan.fix.as_deref(), Some("ethtool -K xdoc0 rxvlan off"));
+        }
+
+        // The whole doctor, as the CLI runs it, sees the same interface.
+        let args = DoctorArgs {
+            ifaces: vec!["xdoc0".into(), "nope0".into()],
+            json: false,
+            strict: false,
+            pid_file: PathBuf::from("/nonexistent/xmacvlan.pid"),
+            control_socket: PathBuf::from("/nonexistent/xmacvlan.sock"),
+        };
+        let report = examine(&args)?;
+        let on_veth: Vec<Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.subject.as_deref() == Some("xdoc0"))
+            .cloned()
+            .collect();
+        assert_eq!(severity(&on_veth, "promiscuous"), Severity::Warn);
+        let missing = report
+            .findings
+            .iter()
+            .find(|f| f.subject.as_deref() == Some("nope0"))
+            .unwrap();
+        assert_eq!(missing.severity, Severity::Error);
+        assert_eq!(
+            report.exit_code(false),
+            1,
+            "a missing interface is an error"
+        );
+        assert!(report.render_text().contains("\ninterface xdoc0\n"));
+
+        // Promiscuous mode on: the warning goes away.
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "xdoc0", "promisc", "on"])
+            .status()?;
+        assert!(status.success());
+        let f = check_interface(&interface_facts(&nl, "xdoc0")?, false);
+        assert_eq!(severity(&f, "promiscuous"), Severity::Ok);
+
+        // xmacvlan's own classifier attached with no daemon: left behind by a crash.
+        let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1)?;
+        classifier.attach(index, "xdoc0", AttachMode::Native)?;
+        let facts = interface_facts(&nl, "xdoc0")?;
+        let link = facts.link.as_ref().unwrap();
+        assert!(link.xdp_prog_id.is_some());
+        assert_eq!(link.xdp_prog_name.as_deref(), Some("xmv_classify"));
+        let stale = check_interface(&facts, false);
+        let prog = finding(&stale, "xdp-program");
+        assert_eq!(prog.severity, Severity::Warn);
+        assert!(prog.what.contains("no daemon is running"), "{}", prog.what);
+        assert_eq!(prog.fix.as_deref(), Some("ip link set dev xdoc0 xdp off"));
+        let live = check_interface(&facts, true);
+        assert_eq!(severity(&live, "xdp-program"), Severity::Ok);
+
+        drop(classifier);
+        let f = check_interface(&interface_facts(&nl, "xdoc0")?, false);
+        assert_eq!(
+            severity(&f, "xdp-program"),
+            Severity::Ok,
+            "detached on drop"
+        );
+        Ok(())
+    })
+    .unwrap();
+}

@@ -1,0 +1,185 @@
+//! `xmacvlan doctor [--iface IF]`: finds out why frames do not reach the fast path.
+//!
+//! Each check produces a [`Finding`]: a severity, what was found, why it matters and the
+//! command that fixes it. Facts are gathered first ([`facts`]), then judged by pure functions
+//! ([`checks`]) that the tests feed with made-up facts.
+//!
+//! Exit status: 0 when no finding is an error (warnings included unless `--strict`), 1 when
+//! something is wrong.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+pub mod checks;
+pub mod facts;
+
+pub use checks::{check_daemon_state, check_interface, check_system};
+pub use facts::{
+    DaemonFacts, InterfaceFacts, LinkFacts, SystemFacts, daemon_facts, interface_facts,
+    system_facts,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Check this interface too (the parent NIC); repeat for several.
+    #[arg(long = "iface", value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 on warnings too, not only on errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// The daemon's pid file (checked for a crashed daemon).
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_PID_FILE)]
+    pub pid_file: PathBuf,
+    /// The daemon's control socket (checked for a crashed daemon).
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    Warn,
+    Error,
+}
+
+impl Severity {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One thing the doctor found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Short id of the check: `privileges`, `af-xdp`, `promiscuous`, ...
+    pub check: &'static str,
+    /// The interface a per-interface finding is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub severity: Severity,
+    pub what: String,
+    /// Why it matters (for warnings and errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The command or setting that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// All findings of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+
+    /// 1 when something is wrong (an error, or with `strict` a warning), else 0.
+    pub fn exit_code(&self, strict: bool) -> i32 {
+        let worst = self
+            .findings
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Severity::Ok);
+        match worst {
+            Severity::Error => 1,
+            Severity::Warn if strict => 1,
+            _ => 0,
+        }
+    }
+
+    /// The human-readable report: one line per finding, `why` and `fix` under problems.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let mut subject: Option<&str> = None;
+        let _ = writeln!(out, "system");
+        for f in &self.findings {
+            if f.subject.as_deref() != subject {
+                subject = f.subject.as_deref();
+                let _ = writeln!(out, "\ninterface {}", subject.unwrap_or("?"));
+            }
+            let _ = writeln!(
+                out,
+                "  {:<5}  {:<15}  {}",
+                f.severity.label(),
+                f.check,
+                f.what
+            );
+            if let Some(why) = &f.why {
+                let _ = writeln!(out, "  {:<5}  {:<15}  why: {why}", "", "");
+            }
+            if let Some(fix) = &f.fix {
+                let _ = writeln!(out, "  {:<5}  {:<15}  fix: {fix}", "", "");
+            }
+        }
+        let (errors, warnings) = (self.count(Severity::Error), self.count(Severity::Warn));
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let _ = writeln!(
+            out,
+            "\n{}, {}, {} ok",
+            plural(errors, "error"),
+            plural(warnings, "warning"),
+            self.count(Severity::Ok)
+        );
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "findings": self.findings,
+            "errors": self.count(Severity::Error),
+            "warnings": self.count(Severity::Warn),
+        })
+    }
+}
+
+/// Gather every fact and run every check (system, daemon state, each interface).
+pub fn examine(args: &DoctorArgs) -> Result<Report> {
+    let system = system_facts();
+    let daemon = daemon_facts(&args.pid_file, &args.control_socket);
+    let mut findings = check_system(&system);
+    findings.extend(check_daemon_state(&daemon));
+    if !args.ifaces.is_empty() {
+        let nl = crate::netlink::Netlink::new()?;
+        for name in &args.ifaces {
+            let facts = interface_facts(&nl, name)?;
+            findings.extend(check_interface(&facts, daemon.daemon_running()));
+        }
+    }
+    Ok(Report { findings })
+}
+
+/// `xmacvlan doctor`: print the report and exit 1 if something is wrong.
+pub fn main(args: DoctorArgs) -> Result<()> {
+    let report = examine(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    let code = report.exit_code(args.strict);
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

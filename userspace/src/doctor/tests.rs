@@ -1,0 +1,404 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::checks::*;
+use super::facts::*;
+use super::*;
+
+const ALL_CAPS: u64 = 0x000001ffffffffff;
+
+fn system() -> SystemFacts {
+    SystemFacts {
+        euid: 0,
+        cap_eff: Some(ALL_CAPS),
+        af_xdp: Ok(()),
+        bpf_jit_enable: Some("1\n".into()),
+        kernel_release: "6.18.0".into(),
+        kernel_config: None,
+        kernel_config_source: None,
+        vlan_loaded: true,
+        macvlan_loaded: true,
+        mounts: "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid,nodev,noexec,relatime,mode=700 0 0\n"
+            .into(),
+    }
+}
+
+fn config(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn by_check<'a>(findings: &'a [Finding], check: &str) -> &'a Finding {
+    findings
+        .iter()
+        .find(|f| f.check == check)
+        .unwrap_or_else(|| panic!("no `{check}` finding in {findings:#?}"))
+}
+
+#[test]
+fn a_healthy_system_is_all_ok() {
+    let findings = check_system(&system());
+    assert!(
+        findings.iter().all(|f| f.severity == Severity::Ok),
+        "{findings:#?}"
+    );
+    let report = Report { findings };
+    assert_eq!(report.exit_code(true), 0);
+}
+
+#[test]
+fn privileges_need_the_three_capabilities() {
+    let caps = |bits: &[u32]| bits.iter().map(|b| 1u64 << b).sum::<u64>();
+    assert_eq!(
+        check_privileges(1000, Some(caps(&[12, 13, 39]))).severity,
+        Severity::Ok
+    );
+    // CAP_SYS_ADMIN stands in for CAP_BPF on its own.
+    assert_eq!(
+        check_privileges(1000, Some(caps(&[12, 13, 21]))).severity,
+        Severity::Ok
+    );
+    let f = check_privileges(1000, Some(0));
+    assert_eq!(f.severity, Severity::Error);
+    assert!(
+        f.what.contains("CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF"),
+        "{}",
+        f.what
+    );
+    assert!(f.fix.unwrap().contains("setcap"));
+    let f = check_privileges(0, Some(caps(&[12])));
+    assert_eq!(f.severity, Severity::Error);
+    assert!(
+        f.what
+            .starts_with("running as root but without CAP_NET_RAW, CAP_BPF")
+    );
+}
+
+#[test]
+fn cap_eff_is_read_from_proc_status() {
+    let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
+    assert_eq!(parse_cap_eff(status), Some(ALL_CAPS));
+    assert_eq!(parse_cap_eff("Name: x\n"), None);
+}
+
+#[test]
+fn af_xdp_probe_results() {
+    assert_eq!(check_af_xdp(Ok(())).severity, Severity::Ok);
+    let f = check_af_xdp(Err(libc::EAFNOSUPPORT));
+    assert_eq!(f.severity, Severity::Error);
+    assert!(f.what.contains("CONFIG_XDP_SOCKETS"));
+    assert_eq!(check_af_xdp(Err(libc::EPERM)).severity, Severity::Warn);
+}
+
+#[test]
+fn bpf_jit_values() {
+    assert_eq!(check_bpf_jit(Some("1\n")).severity, Severity::Ok);
+    for v in [Some("0\n"), Some("2"), None] {
+        let f = check_bpf_jit(v);
+        assert_eq!(f.severity, Severity::Warn, "{v:?}");
+        assert!(f.fix.is_some());
+    }
+    assert_eq!(
+        check_bpf_jit(Some("0")).fix.unwrap(),
+        "sysctl -w net.core.bpf_jit_enable=1"
+    );
+}
+
+#[test]
+fn vlan_and_macvlan_from_modules_or_kernel_config() {
+    assert_eq!(check_vlan(true, None).severity, Severity::Ok);
+    assert_eq!(
+        check_vlan(false, config(&[("CONFIG_VLAN_8021Q", "m")]).as_ref()).severity,
+        Severity::Ok
+    );
+    // This project's VM: a config without CONFIG_VLAN_8021Q.
+    let f = check_vlan(false, config(&[("CONFIG_MACVLAN", "y")]).as_ref());
+    assert_eq!(f.severity, Severity::Warn);
+    assert!(f.what.contains("no 802.1Q"), "{}", f.what);
+    assert!(f.fix.unwrap().contains("modprobe 8021q"));
+    let f = check_vlan(false, None);
+    assert!(f.what.starts_with("could not tell"), "{}", f.what);
+
+    assert_eq!(
+        check_macvlan(false, config(&[("CONFIG_MACVLAN", "y")]).as_ref()).severity,
+        Severity::Ok
+    );
+    assert_eq!(
+        check_macvlan(false, config(&[]).as_ref()).severity,
+        Severity::Error
+    );
+    assert_eq!(check_macvlan(false, None).severity, Severity::Warn);
+}
+
+#[test]
+fn kernel_config_lines_are_parsed() {
+    let text = "#\n# CONFIG_VLAN_8021Q is not set\nCONFIG_MACVLAN=y\nCONFIG_X=\"a b\"\n";
+    let c = parse_kernel_config(text);
+    assert_eq!(c.get("CONFIG_MACVLAN").map(String::as_str), Some("y"));
+    assert_eq!(c.get("CONFIG_X").map(String::as_str), Some("a b"));
+    assert!(!c.contains_key("CONFIG_VLAN_8021Q"));
+}
+
+#[test]
+fn bpffs_from_proc_mounts() {
+    assert_eq!(check_bpffs(&system().mounts).severity, Severity::Ok);
+    let f = check_bpffs("sysfs /sys sysfs rw 0 0\ntmpfs /sys/fs/bpf tmpfs rw 0 0\n");
+    assert_eq!(f.severity, Severity::Warn);
+    assert_eq!(f.fix.unwrap(), "mount -t bpf bpf /sys/fs/bpf");
+}
+
+fn daemon() -> DaemonFacts {
+    DaemonFacts {
+        pid_file: PathBuf::from("/run/xmacvlan/xmacvlan.pid"),
+        socket: PathBuf::from("/run/xmacvlan/xmacvlan.sock"),
+        ..DaemonFacts::default()
+    }
+}
+
+#[test]
+fn daemon_state_finds_leftovers_of_a_crash() {
+    let none = check_daemon_state(&daemon());
+    assert_eq!(none.len(), 1);
+    assert_eq!(none[0].severity, Severity::Ok);
+
+    let running = DaemonFacts {
+        pid_file_content: Some("4242\n".into()),
+        pid: Some(4242),
+        pid_comm: Some("xmacvlan".into()),
+        socket_connect: Some(Ok(())),
+        ..daemon()
+    };
+    assert!(running.daemon_running());
+    assert!(
+        check_daemon_state(&running)
+            .iter()
+            .all(|f| f.severity == Severity::Ok)
+    );
+
+    let crashed = DaemonFacts {
+        pid_file_content: Some("4242\n".into()),
+        pid: Some(4242),
+        pid_comm: None,
+        socket_connect: Some(Err(libc::ECONNREFUSED)),
+        ..daemon()
+    };
+    assert!(!crashed.daemon_running());
+    let f = check_daemon_state(&crashed);
+    assert_eq!(f.len(), 2);
+    assert!(
+        f[0].what
+            .contains("stale pid file /run/xmacvlan/xmacvlan.pid"),
+        "{}",
+        f[0].what
+    );
+    assert!(
+        f[0].fix
+            .as_ref()
+            .unwrap()
+            .starts_with("rm /run/xmacvlan/xmacvlan.pid")
+    );
+    assert!(f[1].what.contains("stale control socket"), "{}", f[1].what);
+    assert_eq!(f[1].fix.as_deref(), Some("rm /run/xmacvlan/xmacvlan.sock"));
+
+    let reused = DaemonFacts {
+        pid_file_content: Some("1".into()),
+        pid: Some(1),
+        pid_comm: Some("systemd".into()),
+        ..daemon()
+    };
+    let f = check_daemon_state(&reused);
+    assert_eq!(f[0].severity, Severity::Warn);
+    assert!(
+        f[0].what.contains("`systemd`, not xmacvlan"),
+        "{}",
+        f[0].what
+    );
+}
+
+#[test]
+fn daemon_facts_read_a_dead_pid_file() {
+    let dir = std::env::temp_dir().join(format!("xmv-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("xmacvlan.pid");
+    // A child that has exited and been reaped: its pid is free.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id() as i32;
+    child.wait().unwrap();
+    std::fs::write(&pid_file, format!("{dead}\n")).unwrap();
+    let socket = dir.join("xmacvlan.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap()); // closed: refuses
+    let facts = daemon_facts(&pid_file, &socket);
+    assert_eq!(facts.pid, Some(dead));
+    assert_eq!(facts.pid_comm, None);
+    assert_eq!(facts.socket_connect, Some(Err(libc::ECONNREFUSED)));
+    let findings = check_daemon_state(&facts);
+    assert!(
+        findings.iter().all(|f| f.severity == Severity::Warn),
+        "{findings:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const VETH_ETHTOOL_K: &str = "Features for v0:\nrx-checksumming: on\nrx-vlan-offload: on\ntx-vlan-offload: on\nrx-vlan-filter: off [fixed]\n";
+
+fn link(driver: &str) -> LinkFacts {
+    LinkFacts {
+        index: 7,
+        kind: Some("veth".into()),
+        up: true,
+        promiscuous: false,
+        rx_queues: 1,
+        xdp_prog_id: None,
+        xdp_prog_name: None,
+        driver: Some(driver.into()),
+        ethtool_features: Ok(VETH_ETHTOOL_K.into()),
+    }
+}
+
+fn iface(link: LinkFacts) -> InterfaceFacts {
+    InterfaceFacts {
+        name: "v0".into(),
+        link: Some(link),
+    }
+}
+
+#[test]
+fn veth_interface_findings() {
+    let f = check_interface(&iface(link("veth")), false);
+    assert!(f.iter().all(|x| x.subject.as_deref() == Some("v0")));
+    assert_eq!(by_check(&f, "exists").severity, Severity::Ok);
+    assert_eq!(by_check(&f, "link-up").severity, Severity::Ok);
+    assert_eq!(by_check(&f, "native-xdp").severity, Severity::Ok);
+    assert_eq!(by_check(&f, "zero-copy").severity, Severity::Warn);
+    assert_eq!(by_check(&f, "xdp-program").severity, Severity::Ok);
+    let promisc = by_check(&f, "promiscuous");
+    assert_eq!(promisc.severity, Severity::Warn);
+    assert!(
+        promisc
+            .fix
+            .as_ref()
+            .unwrap()
+            .starts_with("ip link set v0 promisc on")
+    );
+    let vlan = by_check(&f, "rx-vlan-offload");
+    assert_eq!(vlan.severity, Severity::Warn);
+    assert_eq!(vlan.fix.as_deref(), Some("ethtool -K v0 rxvlan off"));
+    assert_eq!(Report { findings: f }.exit_code(false), 0);
+}
+
+#[test]
+fn zero_copy_nic_and_unknown_driver() {
+    let f = check_interface(&iface(link("ice")), false);
+    assert_eq!(by_check(&f, "native-xdp").severity, Severity::Ok);
+    assert_eq!(by_check(&f, "zero-copy").severity, Severity::Ok);
+    let f = check_interface(&iface(link("r8169")), false);
+    let native = by_check(&f, "native-xdp");
+    assert_eq!(native.severity, Severity::Warn);
+    assert!(native.what.contains("generic (skb) mode only"));
+    let mut unknown = link("x");
+    unknown.driver = None;
+    let f = check_interface(&iface(unknown), false);
+    assert_eq!(by_check(&f, "driver").severity, Severity::Warn);
+}
+
+#[test]
+fn missing_or_down_interface_is_an_error() {
+    let f = check_interface(
+        &InterfaceFacts {
+            name: "nope0".into(),
+            link: None,
+        },
+        false,
+    );
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Error);
+    assert!(f[0].what.contains("no interface named nope0"));
+    let mut down = link("veth");
+    down.up = false;
+    let f = check_interface(&iface(down), false);
+    let up = by_check(&f, "link-up");
+    assert_eq!(up.severity, Severity::Error);
+    assert_eq!(up.fix.as_deref(), Some("ip link set v0 up"));
+    assert_eq!(Report { findings: f }.exit_code(false), 1);
+}
+
+#[test]
+fn vlan_offload_off_fixed_and_unreadable() {
+    let off = Ok("rx-vlan-offload: off\n".to_string());
+    assert_eq!(check_rx_vlan_offload("v0", &off).severity, Severity::Ok);
+    let fixed = Ok("rx-vlan-offload: on [fixed]\n".to_string());
+    let f = check_rx_vlan_offload("v0", &fixed);
+    assert_eq!(f.severity, Severity::Warn);
+    assert!(f.fix.unwrap().contains("does not let it be turned off"));
+    let missing = Err("the ethtool program is not installed".to_string());
+    let f = check_rx_vlan_offload("v0", &missing);
+    assert!(f.what.contains("ethtool program is not installed"));
+    assert!(f.fix.unwrap().contains("apt-get install -y ethtool"));
+}
+
+#[test]
+fn xdp_programs_ours_or_foreign() {
+    assert_eq!(
+        check_xdp_program("v0", None, None, false).severity,
+        Severity::Ok
+    );
+    let f = check_xdp_program("v0", Some(12), Some("xmv_classify"), true);
+    assert_eq!(f.severity, Severity::Ok);
+    let f = check_xdp_program("v0", Some(12), Some("xmv_classify"), false);
+    assert_eq!(f.severity, Severity::Warn);
+    assert!(f.what.contains("no daemon is running"));
+    assert_eq!(f.fix.as_deref(), Some("ip link set dev v0 xdp off"));
+    let f = check_xdp_program("v0", Some(99), Some("xdp_dispatcher"), true);
+    assert_eq!(f.severity, Severity::Error);
+    assert!(f.what.contains("id 99, `xdp_dispatcher`"), "{}", f.what);
+    assert!(f.fix.unwrap().contains("bpftool prog show id 99"));
+}
+
+#[test]
+fn ethtool_driver_line() {
+    assert_eq!(
+        parse_ethtool_driver("driver: veth\nversion: 1.0\n").as_deref(),
+        Some("veth")
+    );
+    assert_eq!(parse_ethtool_driver("driver: \n"), None);
+}
+
+#[test]
+fn report_text_json_and_exit_codes() {
+    let mut findings = check_system(&system());
+    findings.extend(check_interface(&iface(link("veth")), false));
+    let report = Report { findings };
+    assert_eq!(report.exit_code(false), 0);
+    assert_eq!(report.exit_code(true), 1, "--strict counts warnings");
+    let text = report.render_text();
+    assert!(text.starts_with("system\n"), "{text}");
+    assert!(text.contains("\ninterface v0\n"), "{text}");
+    assert!(
+        text.contains("  warn   promiscuous      v0 is not promiscuous\n"),
+        "{text}"
+    );
+    assert!(text.contains("fix: ip link set v0 promisc on"), "{text}");
+    assert!(
+        text.trim_end().ends_with("0 errors, 3 warnings, 11 ok"),
+        "{text}"
+    );
+    let json = report.to_json();
+    assert_eq!(json["warnings"], 3);
+    assert_eq!(json["errors"], 0);
+    let promisc = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "promiscuous")
+        .unwrap();
+    assert_eq!(promisc["severity"], "warn");
+    assert_eq!(promisc["subject"], "v0");
+    assert!(
+        json["findings"][0].get("why").is_none(),
+        "ok findings have no why"
+    );
+}
