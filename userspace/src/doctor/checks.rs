@@ -85,7 +85,7 @@ pub fn check_system(f: &SystemFacts) -> Vec<Finding> {
     vec![
         check_privileges(f.euid, f.cap_eff),
         check_af_xdp(f.af_xdp),
-        check_bpf_jit(f.bpf_jit_enable.as_deref()),
+        check_bpf_jit(f.bpf_jit_enable.as_deref(), f.kernel_config.as_ref()),
         check_vlan(f.vlan_loaded, f.kernel_config.as_ref()),
         check_macvlan(f.macvlan_loaded, f.kernel_config.as_ref()),
         check_bpffs(&f.mounts),
@@ -176,9 +176,11 @@ pub fn check_af_xdp(probe: Result<(), i32>) -> Finding {
     }
 }
 
-/// `/proc/sys/net/core/bpf_jit_enable`: None when the file is missing.
-pub fn check_bpf_jit(value: Option<&str>) -> Finding {
+/// `/proc/sys/net/core/bpf_jit_enable` (None when the file is missing: it only exists in the
+/// host's network namespace) and the kernel config, for when the file cannot be read.
+pub fn check_bpf_jit(value: Option<&str>, config: Option<&HashMap<String, String>>) -> Finding {
     let fix = Some("sysctl -w net.core.bpf_jit_enable=1".to_string());
+    let slow = "interpreted XDP costs several times more CPU per frame";
     match value.map(str::trim) {
         Some("1") => ok("bpf-jit", "the BPF JIT compiler is on".into()),
         Some("2") => problem(
@@ -192,7 +194,7 @@ pub fn check_bpf_jit(value: Option<&str>) -> Finding {
             "bpf-jit",
             Severity::Warn,
             "the BPF JIT is off: the classifier runs in the interpreter".into(),
-            "interpreted XDP costs several times more CPU per frame",
+            slow,
             fix,
         ),
         Some(other) => problem(
@@ -202,13 +204,40 @@ pub fn check_bpf_jit(value: Option<&str>) -> Finding {
             "the classifier should run JIT-compiled",
             fix,
         ),
-        None => problem(
-            "bpf-jit",
-            Severity::Warn,
-            "this kernel has no BPF JIT (/proc/sys/net/core/bpf_jit_enable is missing)".into(),
-            "interpreted XDP costs several times more CPU per frame",
-            Some("boot a kernel built with CONFIG_BPF_JIT=y".into()),
-        ),
+        None => match (
+            kconfig(config, "CONFIG_BPF_JIT_ALWAYS_ON"),
+            kconfig(config, "CONFIG_BPF_JIT"),
+        ) {
+            (Some("y"), _) => ok(
+                "bpf-jit",
+                "the BPF JIT is always on (CONFIG_BPF_JIT_ALWAYS_ON)".into(),
+            ),
+            (_, Some("y")) => problem(
+                "bpf-jit",
+                Severity::Warn,
+                "the kernel has a BPF JIT but net.core.bpf_jit_enable cannot be read here \
+                 (it is only visible in the host's network namespace)"
+                    .into(),
+                slow,
+                Some("on the host: sysctl net.core.bpf_jit_enable (1 = on)".into()),
+            ),
+            _ if config.is_some() => problem(
+                "bpf-jit",
+                Severity::Warn,
+                "this kernel has no BPF JIT (CONFIG_BPF_JIT is not set)".into(),
+                slow,
+                Some("boot a kernel built with CONFIG_BPF_JIT=y".into()),
+            ),
+            _ => problem(
+                "bpf-jit",
+                Severity::Warn,
+                "could not tell whether the BPF JIT is on (no net.core.bpf_jit_enable here, \
+                 no kernel config found)"
+                    .into(),
+                slow,
+                Some("on the host: sysctl net.core.bpf_jit_enable (1 = on)".into()),
+            ),
+        },
     }
 }
 

@@ -96,16 +96,25 @@ fn af_xdp_probe_results() {
 
 #[test]
 fn bpf_jit_values() {
-    assert_eq!(check_bpf_jit(Some("1\n")).severity, Severity::Ok);
+    assert_eq!(check_bpf_jit(Some("1\n"), None).severity, Severity::Ok);
     for v in [Some("0\n"), Some("2"), None] {
-        let f = check_bpf_jit(v);
+        let f = check_bpf_jit(v, None);
         assert_eq!(f.severity, Severity::Warn, "{v:?}");
         assert!(f.fix.is_some());
     }
     assert_eq!(
-        check_bpf_jit(Some("0")).fix.unwrap(),
+        check_bpf_jit(Some("0"), None).fix.unwrap(),
         "sysctl -w net.core.bpf_jit_enable=1"
     );
+    // Inside a network namespace the sysctl is absent: fall back to the kernel config.
+    let always = config(&[("CONFIG_BPF_JIT", "y"), ("CONFIG_BPF_JIT_ALWAYS_ON", "y")]);
+    assert_eq!(check_bpf_jit(None, always.as_ref()).severity, Severity::Ok);
+    let jit = config(&[("CONFIG_BPF_JIT", "y")]);
+    let f = check_bpf_jit(None, jit.as_ref());
+    assert_eq!(f.severity, Severity::Warn);
+    assert!(f.what.contains("host's network namespace"), "{}", f.what);
+    let f = check_bpf_jit(None, config(&[]).as_ref());
+    assert!(f.what.contains("CONFIG_BPF_JIT is not set"), "{}", f.what);
 }
 
 #[test]
