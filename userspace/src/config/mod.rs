@@ -19,10 +19,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 mod error;
+mod flags;
 mod parse;
 mod reload;
 
 pub use error::{ConfigError, ErrorKind};
+pub use flags::{ConfigFlags, CoresFlag, MetricsFlag};
 pub use parse::{MetricsAddrError, parse_cores, parse_duration, parse_metrics_addr, parse_size};
 pub use reload::{Change, ReloadPlan, diff_for_reload};
 
@@ -207,7 +209,7 @@ impl LogDriver {
         }
     }
 
-    fn options_json(&self) -> Value {
+    pub(crate) fn options_json(&self) -> Value {
         match self {
             Self::Stderr => json!({}),
             Self::JsonFile(o) => json!({
