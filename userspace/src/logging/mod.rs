@@ -27,9 +27,11 @@ use tracing_subscriber::reload;
 
 use crate::config::{DaemonConfig, LogDriver, LogFormat, LogLevel};
 
+mod bridge;
 mod datagram;
 mod rotate;
 
+pub use bridge::{BRIDGE_MAX_LEVEL, LogBridge};
 pub use datagram::{
     DatagramSink, JOURNALD_SOCKET, SYSLOG_SOCKET, journald_datagram, priority, syslog_datagram,
 };
@@ -195,12 +197,14 @@ pub fn build(cfg: &LogConfig) -> Result<(Dispatch, LogHandle)> {
     })
 }
 
-/// Install the logger `cfg` describes for the whole process. Call once, early.
+/// Install the logger `cfg` describes for the whole process, and route the `log` records of
+/// dependencies (aya, netlink) into it. Call once, early.
 pub fn init(cfg: &LogConfig) -> Result<LogHandle> {
     let (dispatch, handle) = build(cfg)?;
     tracing::dispatcher::set_global_default(dispatch)
         .map_err(|_| anyhow!("a logger is already installed in this process"))?;
     INSTALLED.store(true, Ordering::SeqCst);
+    bridge::install();
     Ok(handle)
 }
 

@@ -299,6 +299,40 @@ fn json_file_error_names_the_path_and_the_fix() {
     );
 }
 
+#[test]
+fn dependency_log_records_reach_the_driver() {
+    use log::Log;
+    let buf = Buffer::default();
+    let writer = buf.clone();
+    let (dispatch, _handle) =
+        build_to_writer(LogLevel::Debug, LogFormat::Text, move || writer.clone());
+    tracing::dispatcher::with_default(&dispatch, || {
+        let bridge = LogBridge;
+        bridge.log(
+            &log::Record::builder()
+                .level(log::Level::Warn)
+                .target("aya::bpf")
+                .args(format_args!("BTF is missing: {}", 7))
+                .build(),
+        );
+        bridge.log(
+            &log::Record::builder()
+                .level(log::Level::Debug)
+                .target("netlink_proto::connection")
+                .args(format_args!("per-message chatter"))
+                .build(),
+        );
+    });
+    let text = buf.text();
+    assert!(text.contains(" WARN "), "{text}");
+    assert!(text.contains("BTF is missing: 7"), "{text}");
+    assert!(text.contains("log.target=\"aya::bpf\""), "{text}");
+    assert!(
+        !text.contains("chatter"),
+        "dependency debug records stay out: {text}"
+    );
+}
+
 /// The child half of `fatal_logs_and_exits_1`: does nothing unless that test started it.
 #[test]
 fn fatal_child() {
