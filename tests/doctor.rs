@@ -61,7 +61,8 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             json: false,
             strict: false,
             pid_file: PathBuf::from("/nonexistent/xmacvlan.pid"),
-            control_socket: PathBuf::from("/nonexistent/xmacvlan.sock"),
+            control_socket: Some(PathBuf::from("/nonexistent/xmacvlan.sock")),
+            config: None,
         };
         let report = examine(&args)?;
         let on_veth: Vec<Finding> = report

@@ -331,6 +331,32 @@ pub fn check_bpffs(proc_mounts: &str) -> Finding {
     )
 }
 
+/// The daemon's configuration file: valid, absent (defaults), or refused with the reason.
+pub fn check_config(
+    path: &std::path::Path,
+    exists: bool,
+    loaded: &Result<crate::config::DaemonConfig, crate::config::ConfigError>,
+) -> Finding {
+    let shown = path.display();
+    match loaded {
+        Ok(_) if exists => ok("config", format!("{shown} is valid")),
+        Ok(_) => ok(
+            "config",
+            format!("no {shown}: the daemon runs with the defaults"),
+        ),
+        Err(e) => problem(
+            "config",
+            Severity::Error,
+            e.to_string(),
+            "the daemon refuses to start with this file, and a reload (SIGHUP) keeps the old settings",
+            Some(format!(
+                "edit {shown} as the message says (every key and its values: docs/operations.md, \
+                 sample: packaging/daemon.json)"
+            )),
+        ),
+    }
+}
+
 /// Whether a daemon is running, and leftovers of one that is not.
 pub fn check_daemon_state(d: &DaemonFacts) -> Vec<Finding> {
     let mut out = Vec::new();

@@ -35,9 +35,14 @@ pub struct DoctorArgs {
     /// The daemon's pid file (checked for a crashed daemon).
     #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_PID_FILE)]
     pub pid_file: PathBuf,
-    /// The daemon's control socket (checked for a crashed daemon).
-    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    /// The daemon's control socket (checked for a crashed daemon) [default: control-socket
+    /// from the configuration file, else /run/xmacvlan/xmacvlan.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// The daemon's configuration file, checked too [default: /etc/xmacvlan/daemon.json,
+    /// which may be absent].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -152,9 +157,25 @@ impl Report {
 
 /// Gather every fact and run every check (system, daemon state, each interface).
 pub fn examine(args: &DoctorArgs) -> Result<Report> {
+    let (config_path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(crate::config::DEFAULT_PATH), false),
+    };
+    let exists = config_path.exists();
+    let config = if required || exists {
+        crate::config::DaemonConfig::load(&config_path)
+    } else {
+        Ok(crate::config::DaemonConfig::default())
+    };
+    let socket = match (&args.control_socket, &config) {
+        (Some(s), _) => s.clone(),
+        (None, Ok(c)) => c.control_socket.clone(),
+        (None, Err(_)) => PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET),
+    };
     let system = system_facts();
-    let daemon = daemon_facts(&args.pid_file, &args.control_socket);
+    let daemon = daemon_facts(&args.pid_file, &socket);
     let mut findings = check_system(&system);
+    findings.push(checks::check_config(&config_path, exists, &config));
     findings.extend(check_daemon_state(&daemon));
     if !args.ifaces.is_empty() {
         let nl = crate::netlink::Netlink::new()?;

@@ -368,6 +368,26 @@ fn xdp_programs_ours_or_foreign() {
 }
 
 #[test]
+fn config_file_findings() {
+    use crate::config::DaemonConfig;
+    let path = std::path::Path::new("/etc/xmacvlan/daemon.json");
+    let absent = check_config(path, false, &Ok(DaemonConfig::default()));
+    assert_eq!(absent.severity, Severity::Ok);
+    assert!(absent.what.contains("defaults"), "{}", absent.what);
+    assert_eq!(
+        check_config(path, true, &Ok(DaemonConfig::default())).what,
+        "/etc/xmacvlan/daemon.json is valid"
+    );
+    let bad = DaemonConfig::from_json_str(r#"{"log-level": "loud"}"#, "/etc/xmacvlan/daemon.json");
+    let f = check_config(path, true, &bad);
+    assert_eq!(f.severity, Severity::Error);
+    assert_eq!(
+        f.what,
+        r#"/etc/xmacvlan/daemon.json: key "log-level": "loud" is not one of debug, info, warn, error, fatal"#
+    );
+}
+
+#[test]
 fn ethtool_driver_line() {
     assert_eq!(
         parse_ethtool_driver("driver: veth\nversion: 1.0\n").as_deref(),
