@@ -129,6 +129,14 @@ impl LogHandle {
             .map_err(|e| anyhow!("changing the log level to {level}: {e}"))
     }
 
+    /// Apply what a SIGHUP reload changed: switch level if the level in force changed.
+    pub fn apply_reload(&self, plan: &crate::config::ReloadPlan) -> Result<()> {
+        match plan.new_log_level {
+            Some(level) => self.set_level(level),
+            None => Ok(()),
+        }
+    }
+
     pub fn level(&self) -> LogLevel {
         self.gate.with_current(|g| g.0).unwrap_or(LogLevel::DEFAULT)
     }

@@ -74,6 +74,33 @@ fn level_changes_take_effect_at_once() {
 }
 
 #[test]
+fn a_reloaded_file_changes_the_level_live() {
+    let old = DaemonConfig::from_json_str(r#"{"log-level": "warn"}"#, "daemon.json").unwrap();
+    let new = DaemonConfig::from_json_str(
+        r#"{"log-level": "warn", "debug": true, "cores": [1]}"#,
+        "daemon.json",
+    )
+    .unwrap();
+    let buf = Buffer::default();
+    let writer = buf.clone();
+    let cfg = LogConfig::from_daemon(&old);
+    let (dispatch, handle) = build_to_writer(cfg.level, cfg.format, move || writer.clone());
+    tracing::dispatcher::with_default(&dispatch, || {
+        info!("before-reload");
+        let plan = crate::config::diff_for_reload(&old, &new);
+        handle.apply_reload(&plan).unwrap();
+        debug!("after-reload");
+        // Reloading the same file again changes nothing.
+        let again = crate::config::diff_for_reload(&plan.apply_live(&old, &new), &new);
+        handle.apply_reload(&again).unwrap();
+    });
+    assert_eq!(handle.level(), LogLevel::Debug);
+    let text = buf.text();
+    assert!(!text.contains("before-reload"), "{text}");
+    assert!(text.contains("after-reload"), "{text}");
+}
+
+#[test]
 fn fatal_level_shows_only_fatal_events() {
     let buf = Buffer::default();
     let writer = buf.clone();
