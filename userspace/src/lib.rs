@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod doctor;

@@ -40,6 +40,12 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
     Doctor(crate::doctor::DoctorArgs),
+    /// Manage macvlan networks (Docker's `network create|ls|inspect|rm`).
+    #[command(subcommand)]
+    Network(crate::control::cli::NetworkCommand),
+    /// Manage endpoints: a container namespace's macvlan on a network.
+    #[command(subcommand)]
+    Endpoint(crate::control::cli::EndpointCommand),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -47,5 +53,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Doctor(args) => crate::doctor::main(args),
+        Command::Network(cmd) => crate::control::cli::run_network(&cli.global, cmd),
+        Command::Endpoint(cmd) => crate::control::cli::run_endpoint(&cli.global, cmd),
     }
 }

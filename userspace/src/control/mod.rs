@@ -1,0 +1,46 @@
+//! The control path: Docker-compatible macvlan networks and endpoints.
+//!
+//! - [`model`]: what a network and an endpoint are (plain serde data) and their value types;
+//! - [`ipam`]: address allocation; [`network`], [`endpoint`]: create/rm with validation;
+//! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
+//! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
+//! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`.
+//!
+//! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
+//! network, VLAN id (0 = untagged), MAC, addresses, namespace and interface name.
+use std::io::Read;
+
+pub mod cli;
+pub mod drift;
+pub mod endpoint;
+pub mod ipam;
+pub mod model;
+pub mod network;
+pub mod provision;
+pub mod state;
+
+pub use endpoint::EndpointCreate;
+pub use model::{Cidr, Endpoint, Mode, Network, Subnet};
+pub use network::NetworkCreate;
+pub use state::State;
+
+/// Random bytes from the kernel (ids, MACs of IPv6-only endpoints).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes
+}
+
+/// A random MAC in Docker's locally administered `02:42:…` space.
+fn random_mac() -> crate::abi::Mac {
+    let r = random_bytes::<4>();
+    [0x02, 0x42, r[0], r[1], r[2], r[3]]
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
