@@ -133,6 +133,18 @@ pub fn run_endpoint(global: &GlobalArgs, cmd: EndpointCommand) -> Result<()> {
     execute_endpoint(&global.data_root, cmd, &mut std::io::stdout().lock())
 }
 
+/// Parse a whole command line (`xmacvlan [--data-root DIR] network|endpoint …`) with the real
+/// CLI and run it, writing to `out`: what tests use to type commands as a user would.
+pub fn execute_args(argv: &[&str], out: &mut dyn Write) -> Result<()> {
+    use clap::Parser;
+    let cli = crate::cli::Cli::try_parse_from(argv)?;
+    match cli.command {
+        crate::cli::Command::Network(c) => execute_network(&cli.global.data_root, c, out),
+        crate::cli::Command::Endpoint(c) => execute_endpoint(&cli.global.data_root, c, out),
+        _ => bail!("not a `network` or `endpoint` command: {}", argv.join(" ")),
+    }
+}
+
 /// [`run_network`] writing to `out` (tests read what a user would see).
 pub fn execute_network(root: &Path, cmd: NetworkCommand, out: &mut dyn Write) -> Result<()> {
     match cmd {

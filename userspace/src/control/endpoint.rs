@@ -164,7 +164,7 @@ fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result
 /// Create an endpoint: plan, make the device in its namespace, record it.
 pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
     let (store, mut state) = Store::lock(data_root)?;
-    let ep = plan(req, &state).map_err(|e| anyhow!(e))?;
+    let mut ep = plan(req, &state).map_err(|e| anyhow!(e))?;
     Netns::open(&ep.netns)?;
     let net = state
         .network(&ep.network)
@@ -180,7 +180,7 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
             net.name
         );
     };
-    provision::create_endpoint(&nl, parent.index, net.mode, &ep)?;
+    provision::create_endpoint(&nl, parent.index, net.mode, &mut ep)?;
     state.endpoints.push(ep.clone());
     if let Err(e) = store.save(&state) {
         let _ = provision::remove_endpoint(&ep);

@@ -119,7 +119,11 @@ pub fn remove_shim(nl: &Netlink, shim: &HostShim) -> Result<()> {
 
 /// The endpoint's macvlan: created straight into its namespace under its final name, then
 /// up, addresses, default routes. On error the device is deleted again.
-pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &Endpoint) -> Result<()> {
+///
+/// A namespace that already has a default route of a family (another network's endpoint
+/// got there first) keeps it, as in Docker, where one network provides the default gateway:
+/// that gateway is dropped from `ep.gateways`, so the record says which routes are ours.
+pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint) -> Result<()> {
     let ns = Netns::open(&ep.netns)?;
     let taken = ns.run(|| Ok(Netlink::new()?.link_by_name(&ep.ifname)?.is_some()))?;
     if taken {
@@ -136,29 +140,36 @@ pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &Endpoint) -> 
         Some(ep.mac),
         &ns.file()?,
     )?;
+    let (ifname, netns) = (ep.ifname.clone(), ep.netns.clone());
     ns.run(|| {
         let nl = Netlink::new()?;
         let index = nl.require_link(&ep.ifname)?.index;
-        let configure = || -> Result<()> {
+        let mut configure = || -> Result<()> {
             nl.set_up(index)?;
             for addr in &ep.addresses {
                 nl.add_address(index, addr.addr, addr.prefix)?;
             }
+            let mut installed = Vec::new();
             for gw in &ep.gateways {
+                if nl.routes(gw.is_ipv6())?.iter().any(|r| r.is_default()) {
+                    continue;
+                }
                 let any = if gw.is_ipv4() {
                     IpAddr::from([0u8; 4])
                 } else {
                     IpAddr::from([0u8; 16])
                 };
                 nl.add_route(any, 0, Some(*gw), index)?;
+                installed.push(*gw);
             }
+            ep.gateways = installed;
             Ok(())
         };
         configure().inspect_err(|_| {
             let _ = nl.del_link(index);
         })
     })
-    .with_context(|| format!("configuring `{}` in namespace `{}`", ep.ifname, ep.netns))
+    .with_context(|| format!("configuring `{ifname}` in namespace `{netns}`"))
 }
 
 /// What `endpoint rm` found in the kernel.
