@@ -4,7 +4,7 @@
 //! - [`ipam`]: address allocation; [`network`], [`endpoint`]: create/rm with validation;
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
-//! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`.
+//! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`; [`view`]: what they print.
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
 //! network, VLAN id (0 = untagged), MAC, addresses, namespace and interface name.
@@ -18,6 +18,7 @@ pub mod model;
 pub mod network;
 pub mod provision;
 pub mod state;
+pub mod view;
 
 pub use endpoint::EndpointCreate;
 pub use model::{Cidr, Endpoint, Mode, Network, Subnet};
