@@ -1025,3 +1025,37 @@ fn finished_labs_leave_no_namespaces() {
         namespaces_named(&prefix)
     );
 }
+
+#[test]
+fn a_failure_after_provisioning_rolls_back() {
+    let lab = Lab::new("rb", 1, 0, 1500);
+    // The host already routes the range elsewhere: the shim's route cannot be added, after
+    // the shim device itself was made. The shim must go again, and nothing be recorded.
+    lab.host
+        .run(|| {
+            let nl = Netlink::new()?;
+            let v0p = nl.require_link("v0p")?.index;
+            nl.add_route("198.18.0.128".parse()?, 25, None, v0p)
+        })
+        .unwrap();
+    let before = lab.snapshot();
+    let e = lab.cli_err(&[
+        "network",
+        "create",
+        "--subnet",
+        "198.18.0.0/24",
+        "--ip-range",
+        "198.18.0.128/25",
+        "-o",
+        "parent=v0",
+        "--host-shim",
+        "n",
+    ]);
+    assert!(
+        e.contains("198.18.0.128/25") && e.contains("already exists"),
+        "{e}"
+    );
+    assert!(e.contains("nothing was left behind"), "{e}");
+    assert_eq!(lab.snapshot(), before);
+    assert!(lab.state().networks.is_empty());
+}
