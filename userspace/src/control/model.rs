@@ -208,6 +208,13 @@ impl Mode {
         }
     }
 
+    /// The mode of a device read back from the kernel (None for modes Docker has no name for).
+    pub fn from_netlink(mode: MacVlanMode) -> Option<Mode> {
+        [Mode::Bridge, Mode::Private, Mode::Vepa, Mode::Passthru]
+            .into_iter()
+            .find(|m| m.netlink() == mode)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Bridge => "bridge",

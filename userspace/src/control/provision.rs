@@ -165,11 +165,13 @@ pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint)
             ep.gateways = installed;
             Ok(())
         };
-        configure().inspect_err(|_| {
-            let _ = nl.del_link(index);
-        })
+        configure()
     })
     .with_context(|| format!("configuring `{ifname}` in namespace `{netns}`"))
+    .inspect_err(|_| {
+        // Whatever step failed, the device goes again (only if it is still ours).
+        let _ = remove_endpoint(ep);
+    })
 }
 
 /// What `endpoint rm` found in the kernel.

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::cli::Format;
-use super::model::{Endpoint, Network};
+use super::model::{Endpoint, Mode, Network};
 use super::provision::read_endpoint;
 use super::{State, drift};
 use crate::abi::MacDisplay;
@@ -166,7 +166,7 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
     let device = read_endpoint(ep)?.map(|d| {
         json!({
             "Kind": d.link.kind,
-            "MacvlanMode": d.link.macvlan_mode.map(|m| format!("{m:?}").to_lowercase()),
+            "MacvlanMode": d.link.macvlan_mode.and_then(Mode::from_netlink).map(Mode::as_str),
             "MacAddress": MacDisplay(&d.link.mac).to_string(),
             "Mtu": d.link.mtu,
             "Up": d.link.up,
