@@ -43,6 +43,7 @@ pub enum NetworkCommand {
 
 #[derive(Args, Debug)]
 pub struct NetworkCreateArgs {
+    /// Network name (letters, digits, `_.-`).
     pub name: String,
     /// Driver: only `macvlan`.
     #[arg(short = 'd', long, default_value = "macvlan")]
@@ -104,7 +105,9 @@ pub enum EndpointCommand {
 
 #[derive(Args, Debug)]
 pub struct EndpointCreateArgs {
+    /// Endpoint name (letters, digits, `_.-`), e.g. the container's.
     pub name: String,
+    /// Network name or id.
     #[arg(long)]
     pub network: String,
     /// Network namespace: a name under /run/netns (`ip netns add NAME`) or a path.
