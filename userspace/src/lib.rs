@@ -5,6 +5,7 @@
 //! [`dataplane`] hands it to the endpoint's consumer; [`telemetry`] records what happened.
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 pub mod abi;
+pub mod afpacket;
 pub mod cli;
 pub mod config;
 pub mod control;
