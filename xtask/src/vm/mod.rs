@@ -23,7 +23,7 @@ mod qemu;
 /// `#[ignore = "..."]` on the host: the guest runs every binary with `--include-ignored`,
 /// `--test-threads=1` and `XMACVLAN_IN_VM=1`. Each binary costs ~1 s of startup plus its tests
 /// at ~10x the host's CPU time: keep this list short.
-pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath"];
+pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan"];
 
 /// Per test binary, inside the guest (TCG is slow: generous).
 const DEFAULT_BINARY_TIMEOUT: Duration = Duration::from_secs(300);
