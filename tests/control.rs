@@ -78,6 +78,11 @@ impl Lab {
         })
     }
 
+    /// `cli` with the arguments written as one line, split at whitespace.
+    fn cli_line(&self, line: &str) -> Result<String> {
+        self.cli(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// The error text of a command that must fail.
     fn cli_err(&self, args: &[&str]) -> String {
         match self.cli(args) {
@@ -238,21 +243,7 @@ fn network_and_endpoints_round_trip_through_the_kernel() {
     let (a, b) = (lab.ep(0).to_string(), lab.ep(1).to_string());
     lab.cli(&["endpoint", "create", "--network", "n1", "--netns", &a, "a"])
         .unwrap();
-    lab.cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "n1",
-        "--netns",
-        &b,
-        "--ifname",
-        "ens5",
-        "--mac-address",
-        "02:aa:00:00:00:0b",
-        "--ip",
-        "198.18.0.200",
-        "b",
-    ])
+    lab.cli_line(&format!("endpoint create --network n1 --netns {b} --ifname ens5 --mac-address 02:aa:00:00:00:0b --ip 198.18.0.200 b"))
     .unwrap();
 
     // Endpoint a: Docker's derived MAC, the first addresses of the ranges, default routes.
@@ -338,18 +329,8 @@ fn network_and_endpoints_round_trip_through_the_kernel() {
 #[test]
 fn private_mode_and_ipv4_only() {
     let lab = Lab::new("pm", 1, 1, 1500);
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.4.0/24",
-        "-o",
-        "parent=v0",
-        "-o",
-        "macvlan_mode=private",
-        "n",
-    ])
-    .unwrap();
+    lab.cli_line("network create --subnet 198.18.4.0/24 -o parent=v0 -o macvlan_mode=private n")
+        .unwrap();
     let ns = lab.ep(0).to_string();
     lab.cli(&["endpoint", "create", "--network", "n", "--netns", &ns, "e"])
         .unwrap();
@@ -370,33 +351,13 @@ fn private_mode_and_ipv4_only() {
 #[test]
 fn ipam_exhaustion_and_reuse_after_rm() {
     let lab = Lab::new("ipam", 1, 1, 1500);
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.0.0/24",
-        "--ip-range",
-        "198.18.0.4/30",
-        "--aux-address",
-        "r=198.18.0.5",
-        "-o",
-        "parent=v0",
-        "n",
-    ])
+    lab.cli_line("network create --subnet 198.18.0.0/24 --ip-range 198.18.0.4/30 --aux-address r=198.18.0.5 -o parent=v0 n")
     .unwrap();
     let ns = lab.ep(0).to_string();
     let create = |name: &str, ifname: &str| {
-        lab.cli(&[
-            "endpoint",
-            "create",
-            "--network",
-            "n",
-            "--netns",
-            &ns,
-            "--ifname",
-            ifname,
-            name,
-        ])
+        lab.cli_line(&format!(
+            "endpoint create --network n --netns {ns} --ifname {ifname} {name}"
+        ))
     };
     for i in 0..3 {
         create(&format!("e{i}"), &format!("eth{i}")).unwrap();
@@ -440,18 +401,8 @@ fn ipam_exhaustion_and_reuse_after_rm() {
 fn parallel_creates_get_distinct_addresses() {
     const N: usize = 8;
     let lab = Arc::new(Lab::new("par", 1, N, 1500));
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.8.0/24",
-        "--subnet",
-        "2001:db8:8::/64",
-        "-o",
-        "parent=v0",
-        "n",
-    ])
-    .unwrap();
+    lab.cli_line("network create --subnet 198.18.8.0/24 --subnet 2001:db8:8::/64 -o parent=v0 n")
+        .unwrap();
     // Each thread runs the CLI on its own: its own lock file descriptor, its own netlink.
     let barrier = Arc::new(Barrier::new(N));
     let threads: Vec<_> = (0..N)
@@ -504,16 +455,8 @@ fn parallel_creates_get_distinct_addresses() {
 #[test]
 fn every_validation_error_is_clear_and_creates_nothing() {
     let lab = Lab::new("val", 3, 2, 1500);
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.0.0/24",
-        "-o",
-        "parent=v0",
-        "n1",
-    ])
-    .unwrap();
+    lab.cli_line("network create --subnet 198.18.0.0/24 -o parent=v0 n1")
+        .unwrap();
     let (a, b) = (lab.ep(0).to_string(), lab.ep(1).to_string());
     lab.cli(&["endpoint", "create", "--network", "n1", "--netns", &a, "e1"])
         .unwrap();
@@ -771,17 +714,8 @@ fn every_validation_error_is_clear_and_creates_nothing() {
 #[test]
 fn drift_is_reported_and_endpoint_rm_is_idempotent() {
     let lab = Lab::new("drift", 1, 2, 1500);
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.0.0/24",
-        "-o",
-        "parent=v0",
-        "--host-shim",
-        "n",
-    ])
-    .unwrap();
+    lab.cli_line("network create --subnet 198.18.0.0/24 -o parent=v0 --host-shim n")
+        .unwrap();
     let (a, b) = (lab.ep(0).to_string(), lab.ep(1).to_string());
     lab.cli(&["endpoint", "create", "--network", "n", "--netns", &a, "a"])
         .unwrap();
@@ -850,15 +784,7 @@ fn drift_is_reported_and_endpoint_rm_is_idempotent() {
 fn vlan_parent_is_created_or_the_missing_8021q_is_named() {
     let lab = Lab::new("vlan", 1, 1, 1500);
     let before = lab.snapshot();
-    match lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.0.0/24",
-        "-o",
-        "parent=v0.100",
-        "n",
-    ]) {
+    match lab.cli_line("network create --subnet 198.18.0.0/24 -o parent=v0.100 n") {
         Err(e) => {
             // This machine's kernel: no 802.1Q. The error names it, and nothing is left.
             let e = format!("{e:#}");
@@ -969,21 +895,7 @@ fn devices_match_the_cni_reference_plugin() {
     })
     .to_string();
     cni(&lab, "ADD", &lab.endpoints[1], &config).unwrap();
-    lab.cli(&[
-        "network",
-        "create",
-        "--subnet",
-        "198.18.0.0/24",
-        "--gateway",
-        "198.18.0.1",
-        "--subnet",
-        "2001:db8:1::/64",
-        "--gateway",
-        "2001:db8:1::1",
-        "-o",
-        "parent=v0",
-        "n",
-    ])
+    lab.cli_line("network create --subnet 198.18.0.0/24 --gateway 198.18.0.1 --subnet 2001:db8:1::/64 --gateway 2001:db8:1::1 -o parent=v0 n")
     .unwrap();
     let ns = lab.ep(0).to_string();
     lab.cli(&["endpoint", "create", "--network", "n", "--netns", &ns, "e"])
