@@ -8,6 +8,7 @@ use xmacvlan::frame::{BROADCAST, TestFrame};
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_tests::exact::check_endpoints;
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
 const PER_STREAM: u64 = 500;
@@ -121,25 +122,7 @@ fn check_exact(finished: &Finished, streams: &[Stream], sent: &[u64], queues: u3
         );
     }
     let total: u64 = sent.iter().sum();
-    let expected_for = |i: usize| -> u64 {
-        streams
-            .iter()
-            .zip(sent)
-            .filter(|(s, _)| s.kind == StreamKind::Endpoint(i))
-            .map(|(_, n)| n)
-            .sum()
-    };
-    for (i, e) in finished.endpoints.iter().enumerate() {
-        assert_eq!(e.frames, expected_for(i), "endpoint {} frames", e.spec.name);
-        assert_eq!(e.misdelivered, 0, "endpoint {} misdelivered", e.spec.name);
-        assert_eq!(e.dropped, 0, "endpoint {} dropped", e.spec.name);
-        assert_eq!(
-            e.latency.len(),
-            e.frames,
-            "endpoint {}: every frame timed",
-            e.spec.name
-        );
-    }
+    let delivered = check_endpoints(finished, streams, sent);
     // Endpoint 0 also got the 3000-byte frames, whole.
     let big = &finished.endpoints[0];
     assert_eq!(big.bytes, PER_STREAM * q * (64 + 3000));
@@ -153,7 +136,6 @@ fn check_exact(finished: &Finished, streams: &[Stream], sent: &[u64], queues: u3
         x.seen,
         "every frame got exactly one verdict: {x:?}"
     );
-    let delivered: u64 = finished.endpoints.iter().map(|e| e.frames).sum();
     assert_eq!(x.redirected, delivered, "{x:?}");
     assert_eq!(x.hit, x.redirected, "{x:?}");
     assert_eq!(x.pass_no_socket, 0, "{x:?}");

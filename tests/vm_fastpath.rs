@@ -41,6 +41,7 @@ use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_tests::exact::{check_endpoints, require_8021q, sent_where};
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
 /// The router's gateway address on VLAN 100 (on `wire0.100` in the wire namespace).
@@ -51,17 +52,6 @@ const EP_100: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
 const DECOY: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 99);
 const ROUTER_DEV: &str = "wire0.100";
 const UNKNOWN_MAC: [u8; 6] = [0x02, 0x58, 0x4d, 0xee, 0xee, 0xee];
-
-/// True inside the VM harness; elsewhere the test prints why it does nothing.
-fn in_vm(test: &str) -> bool {
-    if std::env::var_os("XMACVLAN_IN_VM").is_some_and(|v| v == "1") {
-        return true;
-    }
-    eprintln!(
-        "{test}: skipped: needs a kernel with 802.1Q; runs inside the VM (`sudo -E cargo xtask vm-test`)"
-    );
-    false
-}
 
 fn print_kernel() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -363,40 +353,6 @@ fn inet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Frames sent, summed over the streams `keep` selects.
-fn sent_where(streams: &[Stream], sent: &[u64], keep: impl Fn(&Stream) -> bool) -> u64 {
-    streams
-        .iter()
-        .zip(sent)
-        .filter(|(s, _)| keep(s))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-/// Every endpoint got exactly what was sent to it, whole, timed, nothing misdelivered or
-/// dropped; returns the total delivered.
-fn check_endpoints(finished: &Finished, streams: &[Stream], sent: &[u64]) -> u64 {
-    let mut delivered = 0;
-    for (i, e) in finished.endpoints.iter().enumerate() {
-        let expected = sent_where(streams, sent, |s| s.kind == StreamKind::Endpoint(i));
-        assert_eq!(
-            e.frames, expected,
-            "endpoint {} fast-path frames",
-            e.spec.name
-        );
-        assert_eq!(e.misdelivered, 0, "endpoint {} misdelivered", e.spec.name);
-        assert_eq!(e.dropped, 0, "endpoint {} dropped", e.spec.name);
-        assert_eq!(
-            e.latency.len(),
-            e.frames,
-            "endpoint {}: every frame timed",
-            e.spec.name
-        );
-        delivered += e.frames;
-    }
-    delivered
-}
-
 fn check_adds_up(x: &Counters, delivered: u64) {
     assert_eq!(
         x.verdicts(),
@@ -422,9 +378,7 @@ fn assert_nothing_left(lab: Lab) {
 #[test]
 #[ignore = "needs 802.1Q: runs inside the VM (`sudo -E cargo xtask vm-test`)"]
 fn default_lab_has_its_kernel_vlan_objects_and_delivers_exactly() {
-    if !in_vm("vm_fastpath") {
-        return;
-    }
+    require_8021q("vm_fastpath");
     require_root();
     print_kernel();
     const PER_STREAM: u64 = 200;
@@ -662,9 +616,7 @@ fn run_with_side_job<T: Send>(
 #[test]
 #[ignore = "needs 802.1Q: runs inside the VM (`sudo -E cargo xtask vm-test`)"]
 fn endpoint_pings_its_gateway_through_the_kernel_while_its_data_takes_the_fast_path() {
-    if !in_vm("vm_fastpath") {
-        return;
-    }
+    require_8021q("vm_fastpath");
     require_root();
     print_kernel();
     const PER_STREAM: u64 = 1000;
@@ -765,9 +717,7 @@ fn endpoint_pings_its_gateway_through_the_kernel_while_its_data_takes_the_fast_p
 #[test]
 #[ignore = "needs 802.1Q: runs inside the VM (`sudo -E cargo xtask vm-test`)"]
 fn vlan100_never_reaches_vlan200_on_the_fast_path_or_the_kernel_path() {
-    if !in_vm("vm_fastpath") {
-        return;
-    }
+    require_8021q("vm_fastpath");
     require_root();
     print_kernel();
     const PER_STREAM: u64 = 600;

@@ -27,6 +27,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail, ensure};
 use xmacvlan::netlink::{MacVlanMode, Netlink};
 use xmacvlan::netns::{Netns, NetnsGuard};
+use xmacvlan_tests::exact::require_8021q;
 use xmacvlan_tests::require_root;
 
 const ROUTER_100: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -35,17 +36,6 @@ const EP_100: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const DECOY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
 const ROUTER_200: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const EP_200: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
-
-/// True inside the VM harness; elsewhere the test prints why it does nothing.
-fn in_vm(test: &str) -> bool {
-    if std::env::var_os("XMACVLAN_IN_VM").is_some_and(|v| v == "1") {
-        return true;
-    }
-    eprintln!(
-        "{test}: skipped: needs a kernel with 802.1Q; runs inside the VM (`sudo -E cargo xtask vm-test`)"
-    );
-    false
-}
 
 /// Namespaces of one topology; all deleted on drop (also on panic), which destroys every
 /// link created in them.
@@ -240,9 +230,7 @@ fn rx_packets(ns: &Netns, dev: &str) -> Result<u64> {
 #[test]
 #[ignore = "needs 802.1Q: runs inside the VM (`sudo -E cargo xtask vm-test`)"]
 fn vlan_endpoints_reach_their_gateway_and_vlan100_never_reaches_vlan200() -> Result<()> {
-    if !in_vm("vm_vlan") {
-        return Ok(());
-    }
+    require_8021q("vm_vlan");
     require_root();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel: {}", release.trim());

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+pub mod exact;
 use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};
 use xmacvlan::xdp::AttachMode;
 use xmacvlan::xsk::{BindMode, QueueConfig};
