@@ -20,8 +20,19 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
 ];
 
+/// What the integration tests use besides the build: ping for reachability checks, and the
+/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iputils-ping", "/usr/bin/ping"),
+    ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
+];
+
 pub fn missing() -> Vec<&'static str> {
-    BUILD_PACKAGES
+    missing_of(BUILD_PACKAGES)
+}
+
+fn missing_of(packages: &[(&'static str, &str)]) -> Vec<&'static str> {
+    packages
         .iter()
         .filter(|(_, proof)| !Path::new(proof).exists())
         .map(|(pkg, _)| *pkg)
@@ -32,6 +43,13 @@ pub fn missing() -> Vec<&'static str> {
 /// otherwise fail with the command to run. `verbose` reports when nothing is missing too.
 pub fn ensure(verbose: bool) -> Result<()> {
     install(&missing(), verbose)
+}
+
+/// The build's packages and the tests' (see [`TEST_PACKAGES`]).
+pub fn ensure_for_tests() -> Result<()> {
+    let mut all = missing();
+    all.extend(missing_of(TEST_PACKAGES));
+    install(&all, false)
 }
 
 /// Install `packages` with apt (root, Debian/Ubuntu) or fail naming the command to run.

@@ -6,7 +6,7 @@ use crate::cargo::{cargo, is_root, run};
 
 pub fn run_all(args: &[String]) -> Result<()> {
     let skip_vm = args.iter().any(|a| a == "--no-vm");
-    crate::deps::ensure(false)?;
+    crate::deps::ensure_for_tests()?;
     run(
         cargo().args(["fmt", "--all", "--check"]),
         "cargo fmt --check",
