@@ -103,7 +103,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
     }
     crate::sys::catch_interrupts();
-    let queues = link.rx_queues;
+    let queues = link.active_rx_queues();
     let cfg = DataplaneConfig {
         ifname: a.iface.clone(),
         queues,

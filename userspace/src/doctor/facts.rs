@@ -211,13 +211,6 @@ fn driver_of(name: &str, index: u32, kind: Option<&str>) -> Option<String> {
 }
 
 /// Name of the loaded BPF program with id `id` (None without CAP_BPF or when gone).
-fn program_name(id: u32) -> Option<String> {
-    aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == id)
-        .and_then(|p| p.name_as_str().map(str::to_string))
-}
-
 /// Gather the facts about interface `name` in the namespace `nl` talks to (call from a thread
 /// in that namespace: ethtool runs there too).
 pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
@@ -233,6 +226,7 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
     {
         features = Err("ethtool printed nothing".into());
     }
+    let rx_queues = link.active_rx_queues();
     Ok(InterfaceFacts {
         name: name.to_string(),
         link: Some(LinkFacts {
@@ -241,8 +235,8 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
             kind: link.kind,
             up: link.up,
             promiscuous: link.promiscuous,
-            rx_queues: link.rx_queues,
-            xdp_prog_name: link.xdp_prog_id.and_then(program_name),
+            rx_queues,
+            xdp_prog_name: link.xdp_prog_id.and_then(crate::xdp::program_name),
             xdp_prog_id: link.xdp_prog_id,
             ethtool_features: features,
         }),

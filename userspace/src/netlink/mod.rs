@@ -37,8 +37,19 @@ pub struct Link {
     pub vlan_id: Option<u16>,
     /// Id of the attached XDP program, if any.
     pub xdp_prog_id: Option<u32>,
-    /// Receive queues (IFLA_NUM_RX_QUEUES).
+    /// Receive queues allocated (IFLA_NUM_RX_QUEUES); see [`Link::active_rx_queues`].
     pub rx_queues: u32,
+}
+
+impl Link {
+    /// Receive queues in use, the ones AF_XDP can bind to (ethtool's channel count; the
+    /// allocated count when the driver does not report channels). Call in the link's
+    /// namespace.
+    pub fn active_rx_queues(&self) -> u32 {
+        crate::sys::active_rx_queues(&self.name)
+            .map(|n| n.min(self.rx_queues))
+            .unwrap_or(self.rx_queues)
+    }
 }
 
 pub struct Netlink {
