@@ -67,10 +67,18 @@ impl Lab {
     /// Run `xmacvlan --data-root ROOT ARGS…` inside the host namespace; its stdout or error.
     fn cli(&self, args: &[&str]) -> Result<String> {
         let root = self.root.display().to_string();
-        let argv: Vec<&str> = ["xmacvlan", "--data-root", &root]
-            .into_iter()
-            .chain(args.iter().copied())
-            .collect();
+        // A socket no daemon listens on: these tests never reach a daemon of the machine.
+        let socket = self.root.join("ctl.sock").display().to_string();
+        let argv: Vec<&str> = [
+            "xmacvlan",
+            "--data-root",
+            &root,
+            "--control-socket",
+            &socket,
+        ]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
         self.host.run(|| {
             let mut out = Vec::new();
             execute_args(&argv, &mut out)?;

@@ -60,7 +60,7 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             ifaces: vec!["xdoc0".into(), "nope0".into()],
             json: false,
             strict: false,
-            pid_file: PathBuf::from("/nonexistent/xmacvlan.pid"),
+            pid_file: Some(PathBuf::from("/nonexistent/xmacvlan.pid")),
             control_socket: Some(PathBuf::from("/nonexistent/xmacvlan.sock")),
             config: None,
         };

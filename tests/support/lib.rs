@@ -29,6 +29,27 @@ pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
     }
 }
 
+/// The `xmacvlan` binary the CLI tests run: `XMACVLAN_BIN`, else the one built beside the
+/// test binary (`cargo xtask test` builds it first; by hand: `cargo build -p xmacvlan`).
+pub fn xmacvlan_bin() -> std::path::PathBuf {
+    let path = std::env::var_os("XMACVLAN_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/<test> -> target/<profile>/xmacvlan
+            exe.parent()
+                .and_then(|d| d.parent())
+                .expect("target dir")
+                .join("xmacvlan")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p xmacvlan` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
 /// Namespaces whose name starts with `prefix` (a lab's prefix: none must outlive the lab).
 pub fn namespaces_named(prefix: &str) -> Vec<String> {
     std::fs::read_dir(xmacvlan::netns::NETNS_DIR)

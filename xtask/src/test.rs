@@ -27,6 +27,12 @@ pub fn run_all(args: &[String]) -> Result<()> {
             "the integration tests create network namespaces and attach XDP: run as root (`sudo -E cargo xtask test`)"
         );
     }
+    // The daemon and CLI tests run the real `xmacvlan` binary, which `cargo test` builds
+    // only for the package's own tests.
+    run(
+        cargo().args(["build", "-p", "xmacvlan", "--bin", "xmacvlan"]),
+        "cargo build -p xmacvlan",
+    )?;
     // Host tests: unit tests and the namespace integration tests. Two threads: each test
     // builds its own namespaces, and this machine has two cores.
     run(

@@ -30,6 +30,15 @@ pub struct GlobalArgs {
         env = "XMACVLAN_DATA_ROOT"
     )]
     pub data_root: PathBuf,
+    /// The daemon's control socket (for `stats`, and so `endpoint create|rm` reach a running
+    /// daemon).
+    #[arg(
+        long = "control-socket",
+        global = true,
+        default_value = crate::config::DEFAULT_CONTROL_SOCKET,
+        env = "XMACVLAN_CONTROL_SOCKET"
+    )]
+    pub control_socket: PathBuf,
 }
 
 pub mod run;
@@ -46,14 +55,50 @@ pub enum Command {
     /// Manage endpoints: a container namespace's macvlan on a network.
     #[command(subcommand)]
     Endpoint(crate::control::cli::EndpointCommand),
+    /// Run the daemon: serve the recorded endpoints on the fast path, answer the CLI, until SIGTERM.
+    Daemon(crate::daemon::run::DaemonArgs),
+    /// Show the running daemon's counters, rates (--watch) or an endpoint's latency histogram.
+    Stats(crate::daemon::stats::StatsArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The daemon's config file names a data root and a socket too: only values given on the
+    // command line (or in the environment) beat the file.
+    let explicit = |id: &str| {
+        let given = |m: &clap::ArgMatches| {
+            matches!(
+                m.value_source(id),
+                Some(
+                    clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+                )
+            )
+        };
+        given(&matches) || matches.subcommand().is_some_and(|(_, sub)| given(sub))
+    };
+    let data_root_given = explicit("data_root");
+    let socket_given = explicit("control_socket");
     match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Doctor(args) => crate::doctor::main(args),
+        Command::Doctor(mut args) => {
+            if socket_given {
+                args.control_socket = Some(cli.global.control_socket.clone());
+            }
+            crate::doctor::main(args)
+        }
         Command::Network(cmd) => crate::control::cli::run_network(&cli.global, cmd),
         Command::Endpoint(cmd) => crate::control::cli::run_endpoint(&cli.global, cmd),
+        Command::Daemon(mut args) => {
+            if socket_given {
+                args.flags.control_socket = Some(cli.global.control_socket.clone());
+            }
+            crate::daemon::run::main(args, data_root_given.then(|| cli.global.data_root.clone()))
+        }
+        Command::Stats(args) => crate::daemon::stats::main(&cli.global.control_socket, args),
     }
 }

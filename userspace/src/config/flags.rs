@@ -51,8 +51,9 @@ pub struct ConfigFlags {
     /// Prometheus endpoint on loopback or unix:/path; "" turns it off.
     #[arg(long = "metrics-addr", value_name = "ADDR", value_parser = metrics_flag)]
     pub metrics_addr: Option<MetricsFlag>,
-    /// The control socket's path.
-    #[arg(long = "control-socket", value_name = "PATH")]
+    /// The control socket's path: the CLI's global `--control-socket`, passed on by the
+    /// daemon command when given explicitly (like `data-root`).
+    #[arg(skip)]
     pub control_socket: Option<PathBuf>,
 }
 

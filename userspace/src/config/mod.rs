@@ -32,8 +32,6 @@ pub use reload::{Change, ReloadPlan, diff_for_reload};
 pub const DEFAULT_PATH: &str = "/etc/xmacvlan/daemon.json";
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
-/// The daemon writes its pid here while it runs (`doctor` checks it for stale state).
-pub const DEFAULT_PID_FILE: &str = "/run/xmacvlan/xmacvlan.pid";
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.

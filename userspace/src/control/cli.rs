@@ -15,6 +15,8 @@ use super::network::{self, NetworkCreate};
 use super::provision::Removal;
 use super::view::{endpoint_row, endpoint_view, network_row, network_view, print_rows};
 use crate::cli::GlobalArgs;
+use crate::daemon::Notified;
+use crate::daemon::protocol::{Answer, Request};
 use crate::netlink::Netlink;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -128,11 +130,11 @@ pub struct EndpointCreateArgs {
 }
 
 pub fn run_network(global: &GlobalArgs, cmd: NetworkCommand) -> Result<()> {
-    execute_network(&global.data_root, cmd, &mut std::io::stdout().lock())
+    execute_network(global, cmd, &mut std::io::stdout().lock())
 }
 
 pub fn run_endpoint(global: &GlobalArgs, cmd: EndpointCommand) -> Result<()> {
-    execute_endpoint(&global.data_root, cmd, &mut std::io::stdout().lock())
+    execute_endpoint(global, cmd, &mut std::io::stdout().lock())
 }
 
 /// Parse a whole command line (`xmacvlan [--data-root DIR] network|endpoint …`) with the real
@@ -141,14 +143,19 @@ pub fn execute_args(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     use clap::Parser;
     let cli = crate::cli::Cli::try_parse_from(argv)?;
     match cli.command {
-        crate::cli::Command::Network(c) => execute_network(&cli.global.data_root, c, out),
-        crate::cli::Command::Endpoint(c) => execute_endpoint(&cli.global.data_root, c, out),
+        crate::cli::Command::Network(c) => execute_network(&cli.global, c, out),
+        crate::cli::Command::Endpoint(c) => execute_endpoint(&cli.global, c, out),
         _ => bail!("not a `network` or `endpoint` command: {}", argv.join(" ")),
     }
 }
 
 /// [`run_network`] writing to `out` (tests read what a user would see).
-pub fn execute_network(root: &Path, cmd: NetworkCommand, out: &mut dyn Write) -> Result<()> {
+pub fn execute_network(
+    global: &GlobalArgs,
+    cmd: NetworkCommand,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let root = global.data_root.as_path();
     match cmd {
         NetworkCommand::Create(a) => {
             if a.ipv6 && !a.subnet.iter().any(|s| s.contains(':')) {
@@ -214,7 +221,12 @@ pub fn execute_network(root: &Path, cmd: NetworkCommand, out: &mut dyn Write) ->
 }
 
 /// [`run_endpoint`] writing to `out`.
-pub fn execute_endpoint(root: &Path, cmd: EndpointCommand, out: &mut dyn Write) -> Result<()> {
+pub fn execute_endpoint(
+    global: &GlobalArgs,
+    cmd: EndpointCommand,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let root = global.data_root.as_path();
     match cmd {
         EndpointCommand::Create(a) => {
             let ep = endpoint::create(
@@ -229,6 +241,18 @@ pub fn execute_endpoint(root: &Path, cmd: EndpointCommand, out: &mut dyn Write) 
                     mac: a.mac_address,
                 },
             )?;
+            let link = State::load(root)?
+                .network(&ep.network)
+                .map(|n| n.link.clone())
+                .unwrap_or_default();
+            tell_daemon(
+                &global.control_socket,
+                &Request::Attach {
+                    iface: link,
+                    endpoint: ep.spec(),
+                },
+                &ep.name,
+            );
             writeln!(out, "{}", ep.name)?;
         }
         EndpointCommand::Ls(a) => {
@@ -263,6 +287,14 @@ pub fn execute_endpoint(root: &Path, cmd: EndpointCommand, out: &mut dyn Write) 
         }
         EndpointCommand::Rm { names } => {
             for name in names {
+                // The fast path lets go first, so no frame is steered to a socket being closed.
+                tell_daemon(
+                    &global.control_socket,
+                    &Request::Detach {
+                        endpoint: name.clone(),
+                    },
+                    &name,
+                );
                 match endpoint::remove(root, &name)? {
                     Removed::Unknown => {
                         eprintln!("endpoint `{name}` does not exist: nothing to remove");
@@ -275,6 +307,24 @@ pub fn execute_endpoint(root: &Path, cmd: EndpointCommand, out: &mut dyn Write) 
         }
     }
     Ok(())
+}
+
+/// Tell a running daemon about an endpoint change. Without a daemon there is nothing to do (it
+/// reads the state when it starts); a daemon that refuses is reported, and the kernel's macvlan
+/// device keeps serving the endpoint.
+fn tell_daemon(socket: &Path, request: &Request, endpoint: &str) {
+    match crate::daemon::notify(socket, request) {
+        Ok(Notified::NoDaemon) => {}
+        Ok(Notified::Answered(Answer::Attached {
+            fast_path: false, ..
+        })) => eprintln!("{endpoint}: the daemon runs in demux-mode kernel: no fast path"),
+        Ok(Notified::Answered(_)) => {}
+        Err(e) => eprintln!(
+            "warning: {endpoint}: the daemon at {} did not take the change: {e:#}; the endpoint \
+             works through its kernel macvlan meanwhile (`xmacvlan doctor` explains why)",
+            socket.display()
+        ),
+    }
 }
 
 fn json_only(format: Format) -> Result<()> {

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub const DEFAULT_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
 /// Largest request accepted, newline included.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -67,7 +66,7 @@ impl ControlSocket {
         let mut served = 0;
         while let Ok((stream, _)) = self.listener.accept() {
             if let Err(e) = serve_one(stream, &mut handle) {
-                eprintln!("xmacvlan: control socket: {e:#}");
+                tracing::warn!("control socket: {e:#}");
             }
             served += 1;
         }
@@ -140,12 +139,20 @@ fn read_request(stream: &UnixStream) -> Result<String> {
 
 /// Send one request to the daemon at `path` and return its data, or its error as an error.
 pub fn request<Q: Serialize, A: DeserializeOwned>(path: &Path, request: &Q) -> Result<A> {
-    let mut stream = UnixStream::connect(path).with_context(|| {
+    let stream = UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to the xmacvlan daemon at {} (is `xmacvlan daemon` running?)",
             path.display()
         )
     })?;
+    request_on(stream, request)
+}
+
+/// [`request`] over a connected stream.
+pub fn request_on<Q: Serialize, A: DeserializeOwned>(
+    mut stream: UnixStream,
+    request: &Q,
+) -> Result<A> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut text = serde_json::to_string(request)?;
     text.push('\n');

@@ -50,8 +50,6 @@ pub const ZEROCOPY_DRIVERS: &[&str] = &[
     "tsnep",
 ];
 
-const XMACVLAN_PROGRAMS: &[&str] = &[crate::abi::PROGRAM_CLASSIFY, crate::abi::PROGRAM_DROP_ALL];
-
 fn ok(check: &'static str, what: String) -> Finding {
     Finding {
         check,
@@ -628,7 +626,7 @@ pub fn check_xdp_program(
             format!("no XDP program is attached to {name}"),
         );
     };
-    let ours = prog_name.is_some_and(|n| XMACVLAN_PROGRAMS.contains(&n));
+    let ours = prog_name.is_some_and(|n| crate::abi::PROGRAMS.contains(&n));
     let label = match prog_name {
         Some(n) => format!("id {id}, `{n}`"),
         None => format!("id {id}"),

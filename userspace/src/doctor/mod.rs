@@ -32,12 +32,14 @@ pub struct DoctorArgs {
     /// Exit with status 1 on warnings too, not only on errors.
     #[arg(long)]
     pub strict: bool,
-    /// The daemon's pid file (checked for a crashed daemon).
-    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_PID_FILE)]
-    pub pid_file: PathBuf,
-    /// The daemon's control socket (checked for a crashed daemon) [default: control-socket
-    /// from the configuration file, else /run/xmacvlan/xmacvlan.sock].
+    /// The daemon's pid file (checked for a crashed daemon) [default: beside the control
+    /// socket, /run/xmacvlan/xmacvlan.pid].
     #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// The daemon's control socket (checked for a crashed daemon): the global
+    /// `--control-socket` when given explicitly, else control-socket from the configuration
+    /// file, else /run/xmacvlan/xmacvlan.sock.
+    #[arg(skip)]
     pub control_socket: Option<PathBuf>,
     /// The daemon's configuration file, checked too [default: /etc/xmacvlan/daemon.json,
     /// which may be absent].
@@ -173,7 +175,11 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
         (None, Err(_)) => PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET),
     };
     let system = system_facts();
-    let daemon = daemon_facts(&args.pid_file, &socket);
+    let pid_file = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| crate::daemon::run::pid_path(&socket));
+    let daemon = daemon_facts(&pid_file, &socket);
     let mut findings = check_system(&system);
     findings.push(checks::check_config(&config_path, exists, &config));
     findings.extend(check_daemon_state(&daemon));

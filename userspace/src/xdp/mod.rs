@@ -248,6 +248,14 @@ impl Classifier {
     }
 }
 
+/// The name of loaded BPF program `id`, if it is still loaded.
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))

@@ -1,0 +1,526 @@
+//! `xmacvlan daemon` as an operator runs it: the real binary in a namespace with a veth
+//! parent, driven by the real CLI. Endpoints attach live, stats and `.hgrm` histograms match a
+//! known burst, SIGHUP changes the log level, SIGTERM leaves within a second and cleanly, and
+//! a `kill -9` under traffic is recovered by a restart with nothing leaked. Needs root and
+//! the `xmacvlan` binary (`cargo xtask test` builds it).
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xmacvlan::control::State;
+use xmacvlan::daemon::protocol::{Answer, Request};
+use xmacvlan::daemon::socket::request;
+use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+use xmacvlan::netlink::Netlink;
+use xmacvlan::netns::NetnsGuard;
+use xmacvlan::telemetry::hgrm::parse_hgrm;
+use xmacvlan_bench::generator::{self, GeneratorConfig, Sent};
+use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::{require_root, xmacvlan_bin};
+
+/// The tests count the machine's BPF objects before and after: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A host namespace with the veth parent `v0` (frames are injected on its peer `v0p`), two
+/// endpoint namespaces, a data root, a socket path and a config file, all removed on drop.
+struct Lab {
+    host: NetnsGuard,
+    endpoints: Vec<NetnsGuard>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        require_root();
+        let prefix = format!("xmvd{}{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            host: NetnsGuard::create(&format!("{prefix}-h")).unwrap(),
+            endpoints: (0..2)
+                .map(|i| NetnsGuard::create(&format!("{prefix}-e{i}")).unwrap())
+                .collect(),
+            dir,
+        };
+        lab.host
+            .run(|| {
+                let nl = Netlink::new()?;
+                let v0 = nl.add_veth("v0", "v0p", 1)?;
+                nl.set_up(v0)?;
+                nl.set_up(nl.require_link("v0p")?.index)?;
+                Ok(())
+            })
+            .unwrap();
+        lab.write_config("info");
+        lab
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("daemon.json")
+    }
+
+    fn write_config(&self, level: &str) {
+        let config = serde_json::json!({
+            "log-level": level,
+            "log-format": "json",
+            "stats-interval": "200ms",
+            "demux-mode": "xdp",
+            "xdp-mode": "native",
+            "bind-mode": "copy",
+            "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
+        });
+        std::fs::write(self.config(), config.to_string()).unwrap();
+    }
+
+    /// `ip netns exec HOST xmacvlan --data-root … --control-socket … ARGS`.
+    fn command(&self, args: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.host.name()])
+            .arg(xmacvlan_bin())
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--control-socket")
+            .arg(self.socket())
+            .args(args.split_whitespace());
+        cmd
+    }
+
+    /// Run a CLI command to success; its stdout.
+    fn cli(&self, args: &str) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`xmacvlan {args}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn create_network(&self) {
+        self.cli("network create -d macvlan --subnet 198.18.20.0/24 -o parent=v0 n1");
+    }
+
+    fn create_endpoint(&self, i: usize) -> EndpointSpec {
+        self.cli(&format!(
+            "endpoint create --network n1 --netns {} c{i}",
+            self.endpoints[i].name()
+        ));
+        let state = State::load(&self.dir.join("data")).unwrap();
+        state.endpoint(&format!("c{i}")).unwrap().spec()
+    }
+
+    fn start_daemon(&self) -> Daemon {
+        let log = self.dir.join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let child = self
+            .command(&format!("daemon --config {}", self.config().display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            log,
+            socket: self.socket(),
+        };
+        daemon.wait_for_log("daemon started", Duration::from_secs(10));
+        daemon
+    }
+
+    /// Send `count` frames to each of `endpoints` from the wire side of `v0`.
+    fn burst(&self, endpoints: &[EndpointSpec], count: u64) -> Sent {
+        let streams = lab_streams(endpoints, 64, false);
+        let cfg = GeneratorConfig {
+            ifname: "v0p".into(),
+            queue: 0,
+            duration: Duration::from_secs(20),
+            rate: Some(20_000),
+            count: Some(count),
+            core: None,
+            frame_size: 2048,
+            max_in_flight: 256,
+        };
+        self.host
+            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
+            .unwrap()
+    }
+
+    fn xdp_on_v0(&self) -> Option<u32> {
+        self.host
+            .run(|| Ok(Netlink::new()?.require_link("v0")?.xdp_prog_id))
+            .unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The daemon process; killed on drop if a test fails half-way.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn log_lines(&self) -> Vec<Value> {
+        let file = std::fs::File::open(&self.log).unwrap();
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// The first JSON log line whose message contains `needle`.
+    fn wait_for_log(&self, needle: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log_lines()
+                .into_iter()
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with `{needle}` within {timeout:?}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The start line says how many recorded endpoints are on the fast path.
+    fn assert_started_serving(&self, what: &str) {
+        let started = self.wait_for_log("daemon started", Duration::from_secs(1));
+        let message = started["message"].as_str().unwrap();
+        assert!(message.contains(what), "{message}");
+    }
+
+    fn stats(&self) -> Vec<Snapshot> {
+        match request(&self.socket, &Request::Stats).unwrap() {
+            Answer::Stats { interfaces, .. } => interfaces,
+            other => panic!("stats answered {other:?}"),
+        }
+    }
+
+    /// Wait until the endpoints' frame counters reach `want` (delivery is asynchronous).
+    fn wait_for_frames(&self, want: &[(&str, u64)]) -> Vec<Snapshot> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.stats();
+            let frames = |name: &str| {
+                stats
+                    .iter()
+                    .flat_map(|s| &s.endpoints)
+                    .find(|e| e.name == name)
+                    .map_or(0, |e| e.frames)
+            };
+            if want.iter().all(|(n, f)| frames(n) >= *f) || Instant::now() > deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait; returns how long the daemon took to exit, and its status.
+    fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        self.signal("TERM");
+        let deadline = start + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (start.elapsed(), status);
+            }
+            assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn open_fds(&self) -> usize {
+        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// xmacvlan's BPF programs and maps loaded on this machine, and BPF links: what a leak shows in.
+/// The kernel frees a dead process's objects asynchronously: give it a moment to match `want`.
+fn bpf_objects_settled(want: (usize, usize, usize)) -> (usize, usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = bpf_objects();
+        if now == want || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bpf_objects() -> (usize, usize, usize) {
+    let programs = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| xmacvlan::abi::PROGRAMS.contains(&n))
+        })
+        .count();
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|m| m.name_as_str().is_some_and(|n| n.starts_with("xmv_")))
+        .count();
+    let links = aya::programs::loaded_links().filter_map(Result::ok).count();
+    (programs, maps, links)
+}
+
+/// One test at a time; a lab with network `n1` on `v0` and endpoint `c0`; the BPF objects
+/// before the daemon (no other test here loads xmacvlan's: none should exist, links may).
+fn setup(
+    tag: &str,
+) -> (
+    MutexGuard<'static, ()>,
+    Lab,
+    (usize, usize, usize),
+    EndpointSpec,
+) {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new(tag);
+    let before = bpf_objects_settled((0, 0, bpf_objects().2));
+    lab.create_network();
+    let c0 = lab.create_endpoint(0);
+    (serial, lab, before, c0)
+}
+
+/// GET the metrics page over its Unix socket.
+fn scrape(socket: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page
+}
+
+fn endpoint_frames(stats: &[Snapshot], name: &str) -> u64 {
+    stats
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("endpoint {name} not in stats: {stats:?}"))
+        .frames
+}
+
+#[test]
+fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
+    let (_serial, lab, before, c0) = setup("live");
+
+    // Started after c0 exists: it serves what the state records.
+    let daemon = lab.start_daemon();
+    daemon.assert_started_serving("1 of 1 recorded endpoints");
+    assert!(lab.xdp_on_v0().is_some(), "XDP attached to the parent");
+
+    // Created while it runs: attached live, without a restart.
+    let c1 = lab.create_endpoint(1);
+    let stats = daemon.stats();
+    assert_eq!(stats.len(), 1, "one dataplane, on v0");
+    let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["c0", "c1"]);
+
+    // A known burst: the JSON stats of the CLI count exactly it.
+    const BURST: u64 = 2000;
+    let sent = lab.burst(&[c0.clone(), c1.clone()], BURST);
+    assert_eq!(sent.per_stream, [BURST, BURST]);
+    daemon.wait_for_frames(&[("c0", BURST), ("c1", BURST)]);
+    let json: Value = serde_json::from_str(&lab.cli("stats --json")).unwrap();
+    let iface = &json["stats"]["interfaces"][0];
+    assert_eq!(iface["interface"], "v0");
+    assert_eq!(iface["xdp"]["redirected"], 2 * BURST, "{iface}");
+    for (i, e) in iface["endpoints"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(e["name"], format!("c{i}"));
+        assert_eq!(e["frames"], BURST, "{e}");
+        assert_eq!(e["bytes"], BURST * 64, "{e}");
+        assert_eq!(e["misdelivered"], 0, "{e}");
+        assert_eq!(e["dropped_ring_full"], 0, "{e}");
+    }
+
+    // The Prometheus page counts the same, once a stats interval has passed.
+    std::thread::sleep(Duration::from_millis(500));
+    let page = scrape(&lab.dir.join("metrics.sock"));
+    assert!(page.starts_with("HTTP/1.0 200 OK\r\n"), "{page}");
+    for i in 0..2 {
+        let sample = format!(
+            "xmacvlan_endpoint_frames_total{{interface=\"v0\",endpoint=\"c{i}\",vlan=\"0\"}} {BURST}\n"
+        );
+        assert!(page.contains(&sample), "{sample} missing from\n{page}");
+    }
+
+    // The .hgrm export parses and counts every timed frame.
+    let hgrm_path = lab.dir.join("c0.hgrm");
+    lab.cli(&format!(
+        "stats --histogram c0 --out {}",
+        hgrm_path.display()
+    ));
+    let hgrm = parse_hgrm(&std::fs::read_to_string(&hgrm_path).unwrap()).unwrap();
+    assert_eq!(hgrm.total_count, BURST);
+    assert_eq!(hgrm.rows.last().unwrap().total_count, BURST);
+    assert!(hgrm.max > 0.0);
+    // The interval histogram covers at most what arrived since the last tick.
+    let interval = parse_hgrm(&lab.cli("stats --histogram c0 --interval")).unwrap();
+    assert!(interval.total_count <= BURST);
+
+    // SIGHUP: debug comes on live; a restart-only key is reported, not applied.
+    assert!(daemon.log_lines().iter().all(|l| l["level"] != "DEBUG"));
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.config()).unwrap()).unwrap();
+    config["log-level"] = "debug".into();
+    config["demux-mode"] = "user".into();
+    std::fs::write(lab.config(), config.to_string()).unwrap();
+    daemon.signal("HUP");
+    let reload = daemon.wait_for_log("SIGHUP", Duration::from_secs(5));
+    let message = reload["message"].as_str().unwrap();
+    assert!(message.contains("log-level"), "{message}");
+    assert!(
+        message.contains("needs a restart") && message.contains("demux-mode"),
+        "{message}"
+    );
+    let _ = daemon.stats();
+    let request = daemon.wait_for_log("control request", Duration::from_secs(5));
+    assert_eq!(request["level"], "DEBUG", "{request}");
+
+    // Removed while it runs: detached live, the other endpoint stays.
+    lab.cli("endpoint rm c1");
+    let stats = daemon.stats();
+    let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["c0"]);
+    assert_eq!(endpoint_frames(&stats, "c0"), BURST);
+
+    // SIGTERM: out within a second, XDP detached, socket and pid file gone, nothing left.
+    let pid_file = lab.socket().with_extension("pid");
+    assert!(pid_file.exists());
+    let (took, status) = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    assert_eq!(lab.xdp_on_v0(), None);
+    assert!(!lab.socket().exists() && !pid_file.exists());
+    assert_eq!(
+        bpf_objects_settled(before),
+        before,
+        "BPF programs, maps, links as before"
+    );
+    lab.cli("endpoint rm c0");
+    lab.cli("network rm n1");
+}
+
+#[test]
+fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
+    let (_serial, lab, before, c0) = setup("crash");
+    let state_file = lab.dir.join("data/state.json");
+    let state_before = std::fs::read(&state_file).unwrap();
+
+    let first = lab.start_daemon();
+    let fds_first = first.open_fds();
+    // Traffic runs while the daemon dies.
+    std::thread::scope(|s| {
+        let traffic = s.spawn(|| lab.burst(std::slice::from_ref(&c0), 20_000));
+        first.wait_for_frames(&[("c0", 1000)]);
+        first.signal("KILL");
+        traffic.join().unwrap();
+    });
+    drop(first);
+
+    // What a kill -9 leaves: the state, byte for byte; the kernel objects of the endpoint.
+    assert_eq!(std::fs::read(&state_file).unwrap(), state_before);
+    assert!(
+        lab.socket().exists(),
+        "a killed daemon leaves its socket file"
+    );
+
+    // The restart takes over: stale socket and pid file replaced, any XDP program of ours
+    // replaced, the endpoint served again, and exact delivery.
+    let second = lab.start_daemon();
+    second.assert_started_serving("1 of 1 recorded endpoints");
+    assert_eq!(
+        second.open_fds(),
+        fds_first,
+        "the restarted daemon holds what the first did"
+    );
+    assert_eq!(
+        bpf_objects().0,
+        before.0 + 1,
+        "exactly one classifier loaded"
+    );
+    lab.burst(std::slice::from_ref(&c0), 1000);
+    let stats = second.wait_for_frames(&[("c0", 1000)]);
+    assert_eq!(endpoint_frames(&stats, "c0"), 1000);
+
+    let (took, status) = second.terminate();
+    assert!(
+        status.success() && took < Duration::from_secs(1),
+        "{status} after {took:?}"
+    );
+    assert_eq!(lab.xdp_on_v0(), None);
+    assert_eq!(
+        bpf_objects_settled(before),
+        before,
+        "nothing leaked: programs, maps, links"
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), state_before);
+    lab.cli("endpoint rm c0");
+    lab.cli("network rm n1");
+}
+
+/// Bad configuration stops the daemon before it touches anything, naming the key.
+#[test]
+fn a_bad_config_file_is_refused_with_the_key_named() {
+    let lab_dir = std::env::temp_dir().join(format!("xmvd{}-badcfg", std::process::id()));
+    std::fs::create_dir_all(&lab_dir).unwrap();
+    let config = lab_dir.join("daemon.json");
+    std::fs::write(&config, r#"{"log-level": "loud"}"#).unwrap();
+    let out = Command::new(xmacvlan_bin())
+        .arg("--control-socket")
+        .arg(lab_dir.join("ctl.sock"))
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&lab_dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("log-level") && stderr.contains("debug, info, warn, error, fatal"),
+        "{stderr}"
+    );
+    assert!(!lab_dir.join("ctl.sock").exists());
+}

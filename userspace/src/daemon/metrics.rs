@@ -1,0 +1,338 @@
+//! Opt-in Prometheus metrics (`metrics-addr`): the text exposition format over HTTP on a
+//! loopback address or a Unix socket. The daemon renders the page once per stats interval;
+//! a thread of its own serves it, so a slow scraper never stalls the daemon.
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+
+use crate::config::MetricsAddr;
+use crate::dataplane::{EndpointSnapshot, QueueSnapshot, Snapshot};
+
+/// How long a scraper may take to send its request or read the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The page the server thread hands out, replaced each stats interval.
+pub struct Metrics {
+    page: Arc<Mutex<String>>,
+    unix_path: Option<PathBuf>,
+}
+
+impl Metrics {
+    /// Bind `addr` and start serving (an empty page until the first [`Metrics::publish`]).
+    pub fn serve(addr: &MetricsAddr) -> Result<Self> {
+        let page = Arc::new(Mutex::new(String::new()));
+        let shared = page.clone();
+        let unix_path = match addr {
+            MetricsAddr::Tcp(a) => {
+                let listener = TcpListener::bind(a)
+                    .with_context(|| format!("binding the metrics address {a} (metrics-addr)"))?;
+                spawn(move || {
+                    listener
+                        .incoming()
+                        .flatten()
+                        .for_each(|s| answer(s, &shared))
+                })?;
+                None
+            }
+            MetricsAddr::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let _ = std::fs::remove_file(path);
+                let listener = UnixListener::bind(path).with_context(|| {
+                    format!(
+                        "binding the metrics socket {} (metrics-addr)",
+                        path.display()
+                    )
+                })?;
+                spawn(move || {
+                    listener
+                        .incoming()
+                        .flatten()
+                        .for_each(|s| answer(s, &shared))
+                })?;
+                Some(path.clone())
+            }
+        };
+        Ok(Self { page, unix_path })
+    }
+
+    pub fn publish(&self, page: String) {
+        if let Ok(mut current) = self.page.lock() {
+            *current = page;
+        }
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn spawn(serve: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("xmv-metrics".into())
+        .spawn(serve)
+        .context("starting the metrics thread")?;
+    Ok(())
+}
+
+/// A scraper's connection.
+trait Scrape: Read + Write {
+    fn limit_time(&self, timeout: Duration);
+}
+
+impl Scrape for std::net::TcpStream {
+    fn limit_time(&self, timeout: Duration) {
+        let _ = self.set_read_timeout(Some(timeout));
+        let _ = self.set_write_timeout(Some(timeout));
+    }
+}
+
+impl Scrape for std::os::unix::net::UnixStream {
+    fn limit_time(&self, timeout: Duration) {
+        let _ = self.set_read_timeout(Some(timeout));
+        let _ = self.set_write_timeout(Some(timeout));
+    }
+}
+
+/// Read the request head (whatever it asks, the answer is the page) and answer HTTP/1.0.
+fn answer(mut stream: impl Scrape, page: &Mutex<String>) {
+    stream.limit_time(SCRAPE_TIMEOUT);
+    let mut head = [0u8; 4096];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+        if head[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let body = page.lock().map(|p| p.clone()).unwrap_or_default();
+    let _ = write!(
+        stream,
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// The exposition text of the interfaces' counters; `latency(endpoint)` gives the last
+/// interval's histogram for the latency quantiles.
+pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogram<u64>>) -> String {
+    let mut page = Page::default();
+    let name = "xmacvlan_xdp_frames_total";
+    page.family(
+        name,
+        "counter",
+        "Frames the XDP classifier saw, by verdict.",
+    );
+    for s in interfaces {
+        let x = &s.xdp;
+        for (verdict, v) in [
+            ("redirected", x.redirected),
+            ("pass_no_socket", x.pass_no_socket),
+            ("pass_miss", x.pass_miss),
+            ("pass_bcast_mcast", x.pass_bcast_mcast),
+            ("pass_qinq", x.pass_qinq),
+            ("pass_control", x.pass_control),
+            ("malformed", x.malformed),
+        ] {
+            page.sample(
+                name,
+                &format!("interface=\"{}\",verdict=\"{verdict}\"", s.interface),
+                v,
+            );
+        }
+    }
+    let queue_families: [(&str, &str, &str, QueueValues); 2] = [
+        (
+            "xmacvlan_queue_frames_total",
+            "Frames per receive queue's worker, by outcome.",
+            "outcome",
+            |q| {
+                vec![
+                    ("rx", q.rx),
+                    ("steered", q.steered),
+                    ("dropped_unknown", q.dropped_unknown),
+                    ("dropped_ring_full", q.dropped_ring_full),
+                ]
+            },
+        ),
+        (
+            "xmacvlan_xsk_stat_total",
+            "The kernel's AF_XDP socket statistics (XDP_STATISTICS) of each queue's socket.",
+            "stat",
+            |q| {
+                let k = &q.socket;
+                vec![
+                    ("rx_dropped", k.rx_dropped),
+                    ("rx_invalid_descs", k.rx_invalid_descs),
+                    ("rx_ring_full", k.rx_ring_full),
+                    ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
+                    ("tx_invalid_descs", k.tx_invalid_descs),
+                    ("tx_ring_empty_descs", k.tx_ring_empty_descs),
+                ]
+            },
+        ),
+    ];
+    for (name, help, label, values) in queue_families {
+        page.family(name, "counter", help);
+        for s in interfaces {
+            for (i, q) in s.queues.iter().enumerate() {
+                for (what, v) in values(q) {
+                    let labels = format!(
+                        "interface=\"{}\",queue=\"{i}\",{label}=\"{what}\"",
+                        s.interface
+                    );
+                    page.sample(name, &labels, v);
+                }
+            }
+        }
+    }
+    let endpoint_families: [(&str, &str, EndpointValues); 3] = [
+        (
+            "xmacvlan_endpoint_frames_total",
+            "Frames delivered to the endpoint.",
+            |e| vec![(None, e.frames)],
+        ),
+        (
+            "xmacvlan_endpoint_bytes_total",
+            "Bytes delivered to the endpoint.",
+            |e| vec![(None, e.bytes)],
+        ),
+        (
+            "xmacvlan_endpoint_dropped_total",
+            "Frames for the endpoint that were dropped or misdelivered, by reason.",
+            |e| {
+                vec![
+                    (Some("ring_full"), e.dropped_ring_full),
+                    (Some("socket_rx_dropped"), e.socket.rx_dropped),
+                    (Some("socket_rx_ring_full"), e.socket.rx_ring_full),
+                    (Some("misdelivered"), e.misdelivered),
+                ]
+            },
+        ),
+    ];
+    for (name, help, values) in endpoint_families {
+        page.family(name, "counter", help);
+        for s in interfaces {
+            for e in &s.endpoints {
+                for (reason, v) in values(e) {
+                    let reason = reason
+                        .map(|r| format!(",reason=\"{r}\""))
+                        .unwrap_or_default();
+                    page.sample(name, &format!("{}{reason}", endpoint_labels(s, e)), v);
+                }
+            }
+        }
+    }
+    let name = "xmacvlan_endpoint_latency_seconds";
+    page.family(
+        name,
+        "gauge",
+        "Generator-to-consumer latency over the last stats interval (frames carrying a timestamp).",
+    );
+    for s in interfaces {
+        for e in &s.endpoints {
+            let Some(h) = latency(&e.name).filter(|h| !h.is_empty()) else {
+                continue;
+            };
+            for q in [0.5, 0.99, 0.999] {
+                let seconds = h.value_at_quantile(q) as f64 / 1e9;
+                page.sample(
+                    name,
+                    &format!("{},quantile=\"{q}\"", endpoint_labels(s, e)),
+                    seconds,
+                );
+            }
+        }
+    }
+    page.0
+}
+
+type QueueValues = fn(&QueueSnapshot) -> Vec<(&'static str, u64)>;
+type EndpointValues = fn(&EndpointSnapshot) -> Vec<(Option<&'static str>, u64)>;
+
+fn endpoint_labels(s: &Snapshot, e: &EndpointSnapshot) -> String {
+    format!(
+        "interface=\"{}\",endpoint=\"{}\",vlan=\"{}\"",
+        s.interface, e.name, e.vid
+    )
+}
+
+#[derive(Default)]
+struct Page(String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_families_once_with_labelled_samples() {
+        let mut snap: Snapshot = serde_json::from_value(serde_json::json!({
+            "interface": "v0", "demux": "xdp", "xdp_mode": "native", "bind": "copy",
+            "xdp": {"seen": 10, "tagged": 0, "hit": 9, "redirected": 9, "pass_no_socket": 0,
+                    "pass_miss": 1, "pass_bcast_mcast": 0, "pass_qinq": 0, "malformed": 0,
+                    "pass_control": 0},
+            "queues": [], "endpoints": []
+        }))
+        .unwrap();
+        snap.endpoints.push(EndpointSnapshot {
+            name: "c0".into(),
+            vid: 100,
+            mac: "02:42:c6:12:00:02".into(),
+            frames: 9,
+            bytes: 576,
+            misdelivered: 0,
+            untimed: 0,
+            dropped_ring_full: 2,
+            socket: Default::default(),
+        });
+        let mut h = crate::dataplane::latency_histogram();
+        h.record(1500).unwrap();
+        let text = render(&[snap], &|_| Some(h.clone()));
+        assert_eq!(
+            text.matches("# TYPE xmacvlan_endpoint_frames_total counter")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains("xmacvlan_xdp_frames_total{interface=\"v0\",verdict=\"redirected\"} 9\n")
+        );
+        assert!(text.contains(
+            "xmacvlan_endpoint_frames_total{interface=\"v0\",endpoint=\"c0\",vlan=\"100\"} 9\n"
+        ));
+        assert!(text.contains(
+            "xmacvlan_endpoint_dropped_total{interface=\"v0\",endpoint=\"c0\",vlan=\"100\",reason=\"ring_full\"} 2\n"
+        ));
+        assert!(text.contains("quantile=\"0.99\"} 0.0000015"), "{text}");
+        // Every sample line is `name{labels} value` with a number.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

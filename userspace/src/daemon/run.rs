@@ -1,0 +1,162 @@
+//! `xmacvlan daemon`: read the config, start logging, serve the endpoints in the control
+//! state, then loop: answer the control socket, reload on SIGHUP, tick the stats, and on
+//! SIGTERM/SIGINT detach everything and leave.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::metrics::{self, Metrics};
+use super::protocol::{Answer, Request};
+use super::server::{Daemon, Settings};
+use super::socket::ControlSocket;
+use crate::config::{ConfigFlags, DaemonConfig, diff_for_reload};
+use crate::logging::{LogConfig, LogHandle};
+
+#[derive(clap::Args, Debug)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// How often the loop looks at the socket and the signals: bounds how long SIGTERM waits.
+const POLL: Duration = Duration::from_millis(20);
+
+/// `data_root`: the global `--data-root` when it was given explicitly (it then beats the file).
+pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
+    let mut cfg = args.flags.resolve()?;
+    if let Some(root) = data_root {
+        cfg.data_root = root;
+    }
+    if !crate::sys::is_root() {
+        bail!(
+            "the daemon attaches XDP programs and opens AF_XDP sockets: run it as root \
+             (`sudo xmacvlan daemon`, or the systemd unit in packaging/)"
+        );
+    }
+    let log = crate::logging::init(&LogConfig::from_daemon(&cfg))?;
+    crate::sys::catch_interrupts();
+    crate::sys::catch_hangups();
+    match serve(&args.flags, cfg, &log) {
+        Ok(()) => Ok(()),
+        Err(e) => crate::logging::fatal(format_args!("{e:#}")),
+    }
+}
+
+fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
+    let pid_file = PidFile::create(&pid_path(&cfg.control_socket))?;
+    let socket = ControlSocket::bind(&cfg.control_socket)?;
+    let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
+    let state = crate::control::State::load(&cfg.data_root)?;
+    let mut daemon = Daemon::new(Settings::from_config(&cfg));
+    let served = daemon.restore(&state);
+    tracing::info!(
+        pid = std::process::id(),
+        socket = %cfg.control_socket.display(),
+        data_root = %cfg.data_root.display(),
+        demux = Settings::from_config(&cfg).demux_name(),
+        log_level = %log.level(),
+        metrics = %cfg.metrics_addr.as_ref().map(ToString::to_string).unwrap_or_else(|| "off".into()),
+        "daemon started: {served} of {} recorded endpoints on the fast path",
+        state.endpoints.len()
+    );
+    let mut hangups_seen = crate::sys::hangups();
+    let mut next_tick = Instant::now() + cfg.stats_interval;
+    while !crate::sys::interrupted().load(Ordering::SeqCst) {
+        let hangups = crate::sys::hangups();
+        if hangups != hangups_seen {
+            hangups_seen = hangups;
+            cfg = reload(flags, cfg, log);
+        }
+        socket.serve_pending(|request: Request| -> Result<Answer> {
+            tracing::debug!(?request, "control request");
+            daemon
+                .handle(request)
+                .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
+        });
+        if Instant::now() >= next_tick {
+            next_tick += cfg.stats_interval;
+            daemon.tick();
+            if let Some(m) = &metrics {
+                m.publish(metrics::render(&daemon.snapshots(), &|ep| {
+                    daemon.interval_histogram(ep)
+                }));
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    tracing::info!("signal received: stopping");
+    let stopped = daemon.shutdown();
+    drop(socket);
+    drop(pid_file);
+    stopped?;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// SIGHUP: read the file again (flags still win), apply `debug` and `log-level` now, and say
+/// what else changed and needs a restart. A broken file changes nothing.
+fn reload(flags: &ConfigFlags, running: DaemonConfig, log: &LogHandle) -> DaemonConfig {
+    let new = match flags.resolve() {
+        Ok(mut new) => {
+            new.data_root = running.data_root.clone();
+            new
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {e}");
+            return running;
+        }
+    };
+    let plan = diff_for_reload(&running, &new);
+    if let Err(e) = log.apply_reload(&plan) {
+        tracing::error!("SIGHUP: {e:#}");
+        return running;
+    }
+    if plan.restart.is_empty() {
+        tracing::info!("SIGHUP: {plan}");
+    } else {
+        tracing::warn!("SIGHUP: {plan}");
+    }
+    plan.apply_live(&running, &new)
+}
+
+/// The pid file sits beside the control socket: `/run/xmacvlan/xmacvlan.pid` by default.
+pub fn pid_path(control_socket: &Path) -> PathBuf {
+    control_socket.with_extension("pid")
+}
+
+/// The daemon's pid, written at start and removed at a clean stop. One left by a daemon that
+/// died is replaced; one of a live daemon stops this one from starting.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse::<u32>()
+            && pid != std::process::id()
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "xmacvlan" {
+                bail!(
+                    "another xmacvlan daemon is running (pid {pid}, {}); stop it first \
+                     (`kill {pid}` or `systemctl stop xmacvlan`)",
+                    path.display()
+                );
+            }
+            tracing::warn!(pid, file = %path.display(), "replacing the pid file of a daemon that is gone (crashed or killed)");
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the pid file {}", path.display()))?;
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

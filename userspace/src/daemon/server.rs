@@ -1,0 +1,347 @@
+//! The daemon's state: one dataplane per trunk interface, created when its first endpoint
+//! attaches and stopped (XDP detached) when its last one leaves.
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+
+use super::protocol::{Answer, Request};
+use crate::config::DaemonConfig;
+use crate::control::State;
+use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
+use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
+use crate::xdp::AttachMode;
+use crate::xsk::{BindMode, QueueConfig};
+
+/// How the daemon builds each interface's dataplane (from daemon.json and flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// None: `demux-mode kernel`, no fast path (endpoints work through their macvlan devices).
+    pub demux: Option<DemuxMode>,
+    pub xdp_mode: AttachMode,
+    pub bind: BindMode,
+    pub cores: Vec<usize>,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &DaemonConfig) -> Self {
+        use crate::config::DemuxMode as Configured;
+        Self {
+            demux: match cfg.demux_mode {
+                Configured::Xdp => Some(DemuxMode::Xdp),
+                Configured::User => Some(DemuxMode::User),
+                Configured::Kernel => None,
+            },
+            xdp_mode: cfg.xdp_mode.into(),
+            bind: cfg.bind_mode.into(),
+            cores: cfg.cores.clone().unwrap_or_else(default_cores),
+        }
+    }
+
+    pub fn demux_name(&self) -> &'static str {
+        match self.demux {
+            Some(DemuxMode::Xdp) => "xdp",
+            Some(DemuxMode::User) => "user",
+            None => "kernel",
+        }
+    }
+}
+
+/// An endpoint's latency over the last stats interval: the total at the last tick, and the
+/// difference between the last two totals.
+struct Interval {
+    total_at_tick: Histogram<u64>,
+    last: Histogram<u64>,
+    dropped_at_tick: u64,
+}
+
+pub struct Daemon {
+    settings: Settings,
+    planes: BTreeMap<String, Dataplane>,
+    intervals: HashMap<String, Interval>,
+    started: Instant,
+}
+
+impl Daemon {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            planes: BTreeMap::new(),
+            intervals: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn handle(&mut self, request: Request) -> Result<Answer> {
+        match request {
+            Request::Ping => Ok(Answer::Pong {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                demux: self.settings.demux_name().to_string(),
+                uptime_s: self.started.elapsed().as_secs_f64(),
+            }),
+            Request::Attach { iface, endpoint } => {
+                let fast_path = self.attach(&iface, endpoint)?;
+                Ok(Answer::Attached { iface, fast_path })
+            }
+            Request::Detach { endpoint } => Ok(Answer::Detached {
+                attached: self.detach(&endpoint)?,
+            }),
+            Request::Stats => Ok(Answer::Stats {
+                demux: self.settings.demux_name().to_string(),
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                interfaces: self
+                    .planes
+                    .values()
+                    .map(|p| p.snapshot())
+                    .collect::<Result<_>>()?,
+            }),
+            Request::Histogram { endpoint, interval } => {
+                let histogram = if interval {
+                    self.plane_of(&endpoint)?;
+                    match self.intervals.get(&endpoint) {
+                        Some(i) => i.last.clone(),
+                        None => crate::dataplane::latency_histogram(),
+                    }
+                } else {
+                    self.plane_of(&endpoint)?.latency_histogram(&endpoint)?
+                };
+                Ok(Answer::Histogram {
+                    hgrm: to_hgrm(&histogram, &HgrmOptions::NS_TO_US),
+                    samples: histogram.len(),
+                })
+            }
+        }
+    }
+
+    fn plane_of(&self, endpoint: &str) -> Result<&Dataplane> {
+        self.planes
+            .values()
+            .find(|p| p.endpoints().iter().any(|e| e.name == endpoint))
+            .with_context(|| format!("no endpoint named `{endpoint}` is attached to the fast path"))
+    }
+
+    /// Serve the endpoints recorded in the control state (at startup). Endpoints whose kernel
+    /// objects drifted away are reported and skipped; one failing endpoint does not stop the
+    /// others. Returns how many are served.
+    pub fn restore(&mut self, state: &State) -> usize {
+        let drifted: Vec<String> = match crate::control::drift::check(state) {
+            Ok(found) => {
+                for d in &found {
+                    tracing::warn!(subject = %d.subject, "drift from the kernel: {}", d.problem);
+                }
+                found.into_iter().map(|d| d.subject).collect()
+            }
+            Err(e) => {
+                tracing::warn!("comparing the state with the kernel: {e:#}");
+                Vec::new()
+            }
+        };
+        let mut served = 0;
+        for ep in &state.endpoints {
+            if drifted.contains(&format!("endpoint {}", ep.name)) {
+                continue;
+            }
+            let Some(net) = state.network(&ep.network) else {
+                tracing::error!(endpoint = %ep.name, network = %ep.network, "endpoint of an unknown network: skipped");
+                continue;
+            };
+            match self.attach(&net.link, ep.spec()) {
+                Ok(_) => served += 1,
+                Err(e) => {
+                    tracing::error!(endpoint = %ep.name, "not served by the fast path: {e:#}")
+                }
+            }
+        }
+        served
+    }
+
+    /// Returns whether the endpoint is on the fast path (false in `kernel` demux mode).
+    /// Attaching the same endpoint again to the same interface is a no-op (idempotent).
+    pub fn attach(&mut self, iface: &str, endpoint: EndpointSpec) -> Result<bool> {
+        let Some(demux) = self.settings.demux else {
+            tracing::info!(iface, endpoint = %endpoint.name, "demux-mode kernel: endpoint left to its macvlan device");
+            return Ok(false);
+        };
+        for (name, plane) in &self.planes {
+            if let Some(existing) = plane
+                .endpoints()
+                .into_iter()
+                .find(|e| e.name == endpoint.name)
+            {
+                if name == iface && existing == endpoint {
+                    return Ok(true);
+                }
+                bail!(
+                    "endpoint `{}` is already attached on {name} with VLAN {} MAC {}",
+                    endpoint.name,
+                    existing.vid,
+                    crate::abi::MacDisplay(&existing.mac)
+                );
+            }
+        }
+        match self.planes.get_mut(iface) {
+            Some(plane) => plane.add_endpoint(endpoint.clone())?,
+            None => {
+                let cfg = self.config_for(iface, demux)?;
+                let plane = Dataplane::start(&cfg, std::slice::from_ref(&endpoint))?;
+                tracing::info!(
+                    iface,
+                    demux = ?demux,
+                    xdp = ?plane.attached,
+                    bind = ?plane.bound,
+                    queues = cfg.queues,
+                    "dataplane started"
+                );
+                self.planes.insert(iface.to_string(), plane);
+            }
+        }
+        tracing::info!(iface, endpoint = %endpoint.name, vid = endpoint.vid,
+            mac = %crate::abi::MacDisplay(&endpoint.mac), "endpoint attached");
+        Ok(true)
+    }
+
+    /// Returns whether the endpoint was attached.
+    pub fn detach(&mut self, endpoint: &str) -> Result<bool> {
+        let Some(iface) = self
+            .planes
+            .iter()
+            .find(|(_, p)| p.endpoints().iter().any(|e| e.name == endpoint))
+            .map(|(i, _)| i.clone())
+        else {
+            return Ok(false);
+        };
+        let plane = self.planes.get_mut(&iface).expect("found above");
+        let result = plane.remove_endpoint(endpoint)?;
+        self.intervals.remove(endpoint);
+        tracing::info!(
+            iface,
+            endpoint,
+            frames = result.frames,
+            dropped = result.dropped,
+            "endpoint detached"
+        );
+        if plane.endpoints().is_empty() {
+            let plane = self.planes.remove(&iface).expect("present");
+            plane.stop()?;
+            tracing::info!(iface, "last endpoint gone: dataplane stopped, XDP detached");
+        }
+        Ok(true)
+    }
+
+    /// The dataplane for `iface`. An XDP program a crashed xmacvlan left behind is replaced;
+    /// anyone else's is not.
+    fn config_for(&self, iface: &str, demux: DemuxMode) -> Result<DataplaneConfig> {
+        let nl = crate::netlink::Netlink::new()?;
+        let link = nl.require_link(iface)?;
+        if let Some(id) = link.xdp_prog_id {
+            match crate::xdp::program_name(id) {
+                Some(name) if crate::abi::PROGRAMS.contains(&name.as_str()) => {
+                    tracing::warn!(
+                        iface,
+                        id,
+                        "replacing the XDP program a previous xmacvlan left behind (crashed or killed)"
+                    );
+                    crate::nic::detach_xdp(&nl, link.index)?;
+                }
+                other => bail!(
+                    "{iface} already has another XDP program attached (id {id}{}); xmacvlan will \
+                     not replace it: see it with `bpftool prog show id {id}`, detach it with \
+                     `ip link set dev {iface} xdp off`",
+                    other.map(|n| format!(", `{n}`")).unwrap_or_default()
+                ),
+            }
+        }
+        Ok(DataplaneConfig {
+            ifname: iface.to_string(),
+            queues: link.active_rx_queues(),
+            demux,
+            xdp_mode: self.settings.xdp_mode,
+            queue: QueueConfig {
+                bind: self.settings.bind,
+                ..QueueConfig::default()
+            },
+            cores: self.settings.cores.clone(),
+            consumer_threads: 1,
+            endpoint_ring: 4096,
+        })
+    }
+
+    /// Once per stats interval: close the interval histograms, log the totals at debug and
+    /// warn about endpoints that dropped frames in the interval.
+    pub fn tick(&mut self) {
+        for plane in self.planes.values() {
+            let snapshot = match plane.snapshot() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(iface = %plane.config().ifname, "reading counters: {e:#}");
+                    continue;
+                }
+            };
+            tracing::debug!(target: "xmacvlan::stats", "{}", super::stats::summary_line(&snapshot));
+            for ep in &snapshot.endpoints {
+                let Ok(total) = plane.latency_histogram(&ep.name) else {
+                    continue;
+                };
+                let dropped = ep.dropped();
+                let entry = self
+                    .intervals
+                    .entry(ep.name.clone())
+                    .or_insert_with(|| Interval {
+                        total_at_tick: crate::dataplane::latency_histogram(),
+                        last: crate::dataplane::latency_histogram(),
+                        dropped_at_tick: 0,
+                    });
+                let mut last = total.clone();
+                // The total only grows, so the previous total is a sub-histogram of it.
+                if last.subtract(&entry.total_at_tick).is_err() {
+                    last.reset();
+                }
+                if dropped > entry.dropped_at_tick {
+                    tracing::warn!(
+                        endpoint = %ep.name,
+                        dropped = dropped - entry.dropped_at_tick,
+                        ring_full = ep.dropped_ring_full,
+                        socket_rx_ring_full = ep.socket.rx_ring_full,
+                        socket_dropped = ep.socket.rx_dropped,
+                        "endpoint dropped frames in the last interval (its consumer is not keeping up)"
+                    );
+                }
+                *entry = Interval {
+                    total_at_tick: total,
+                    last,
+                    dropped_at_tick: dropped,
+                };
+            }
+        }
+    }
+
+    /// The endpoint's latency over the last stats interval.
+    pub fn interval_histogram(&self, endpoint: &str) -> Option<Histogram<u64>> {
+        self.intervals.get(endpoint).map(|i| i.last.clone())
+    }
+
+    /// Every interface's snapshot (for the metrics endpoint); unreadable ones are skipped.
+    pub fn snapshots(&self) -> Vec<crate::dataplane::Snapshot> {
+        self.planes
+            .values()
+            .filter_map(|p| p.snapshot().ok())
+            .collect()
+    }
+
+    /// Stop every dataplane (detaching XDP, closing sockets).
+    pub fn shutdown(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for (iface, plane) in std::mem::take(&mut self.planes) {
+            match plane.stop() {
+                Ok(_) => tracing::info!(iface, "dataplane stopped, XDP detached"),
+                Err(e) => {
+                    tracing::error!(iface, "stopping the dataplane: {e:#}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,288 @@
+//! `xmacvlan stats`: the running daemon's counters as tables, JSON, a per-second watch line
+//! (in the spirit of `xdp-bench`), or an endpoint's latency histogram as `.hgrm`.
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::protocol::{Answer, Request};
+use super::socket::request;
+use crate::dataplane::Snapshot;
+
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// Print one line per second with rates (Ctrl-C stops).
+    #[arg(long)]
+    pub watch: bool,
+    /// Print JSON (with --watch: one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop --watch after this many lines.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
+    /// Write ENDPOINT's latency histogram in HdrHistogram's .hgrm form (microseconds).
+    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["watch", "json"])]
+    pub histogram: Option<String>,
+    /// With --histogram: write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE", requires = "histogram")]
+    pub out: Option<PathBuf>,
+    /// With --histogram: the last stats interval only, not the total since attach.
+    #[arg(long, requires = "histogram")]
+    pub interval: bool,
+}
+
+pub fn main(socket: &Path, args: StatsArgs) -> Result<()> {
+    if let Some(endpoint) = args.histogram {
+        return histogram(socket, endpoint, args.interval, args.out.as_deref());
+    }
+    let mut stdout = std::io::stdout().lock();
+    if !args.watch {
+        let answer: Answer = request(socket, &Request::Stats)?;
+        if args.json {
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&answer)?)?;
+        } else if let Answer::Stats {
+            demux,
+            uptime_s,
+            interfaces,
+        } = &answer
+        {
+            write!(stdout, "{}", tables(demux, *uptime_s, interfaces))?;
+        }
+        return Ok(());
+    }
+    crate::sys::catch_interrupts();
+    let mut previous: Option<(Instant, Vec<Snapshot>)> = None;
+    let mut lines = 0;
+    while !crate::sys::interrupted().load(std::sync::atomic::Ordering::Relaxed) {
+        let Answer::Stats { interfaces, .. } = request(socket, &Request::Stats)? else {
+            bail!("the daemon answered a stats request with something else");
+        };
+        let now = Instant::now();
+        if let Some((then, before)) = &previous {
+            let secs = now.duration_since(*then).as_secs_f64();
+            for snap in &interfaces {
+                let old = before.iter().find(|b| b.interface == snap.interface);
+                let rates = Rates::between(old, snap, secs);
+                if args.json {
+                    writeln!(stdout, "{}", serde_json::to_string(&rates)?)?;
+                } else {
+                    writeln!(stdout, "{}", rates.line())?;
+                }
+            }
+            if interfaces.is_empty() {
+                writeln!(stdout, "no endpoints attached to the fast path")?;
+            }
+            lines += 1;
+            if args.count.is_some_and(|c| lines >= c) {
+                break;
+            }
+        }
+        previous = Some((now, interfaces));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(now.elapsed()));
+    }
+    Ok(())
+}
+
+fn histogram(socket: &Path, endpoint: String, interval: bool, out: Option<&Path>) -> Result<()> {
+    let Answer::Histogram { hgrm, samples } = request(
+        socket,
+        &Request::Histogram {
+            endpoint: endpoint.clone(),
+            interval,
+        },
+    )?
+    else {
+        bail!("the daemon answered a histogram request with something else");
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, &hgrm).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "{endpoint}: {samples} latency samples written to {}",
+                path.display()
+            );
+        }
+        None => print!("{hgrm}"),
+    }
+    Ok(())
+}
+
+/// Per-second rates of one interface between two snapshots.
+#[derive(Debug, serde::Serialize)]
+pub struct Rates {
+    pub interface: String,
+    pub seen_pps: f64,
+    pub redirected_pps: f64,
+    pub passed_pps: f64,
+    pub delivered_pps: f64,
+    pub delivered_bps: f64,
+    pub dropped_pps: f64,
+    pub endpoints: usize,
+}
+
+impl Rates {
+    fn between(old: Option<&Snapshot>, new: &Snapshot, secs: f64) -> Self {
+        let per_s =
+            |now: u64, then: Option<u64>| (now.saturating_sub(then.unwrap_or(0))) as f64 / secs;
+        let totals = |s: &Snapshot| {
+            let frames: u64 = s.endpoints.iter().map(|e| e.frames).sum();
+            let bytes: u64 = s.endpoints.iter().map(|e| e.bytes).sum();
+            let dropped: u64 = s.endpoints.iter().map(|e| e.dropped()).sum::<u64>()
+                + s.queues
+                    .iter()
+                    .map(|q| q.dropped_unknown + q.dropped_ring_full)
+                    .sum::<u64>();
+            (frames, bytes, dropped)
+        };
+        let (frames, bytes, dropped) = totals(new);
+        let before = old.map(totals);
+        Self {
+            interface: new.interface.clone(),
+            seen_pps: per_s(new.xdp.seen, old.map(|o| o.xdp.seen)),
+            redirected_pps: per_s(new.xdp.redirected, old.map(|o| o.xdp.redirected)),
+            passed_pps: per_s(new.xdp.passed(), old.map(|o| o.xdp.passed())),
+            delivered_pps: per_s(frames, before.map(|b| b.0)),
+            delivered_bps: per_s(bytes, before.map(|b| b.1)) * 8.0,
+            dropped_pps: per_s(dropped, before.map(|b| b.2)),
+            endpoints: new.endpoints.len(),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<12} seen {:>12} pps | redirected {:>12} pps | passed to kernel {:>10} pps | delivered {:>12} pps {:>9.1} Mbit/s | dropped {:>8} pps | {} endpoints",
+            self.interface,
+            group(self.seen_pps),
+            group(self.redirected_pps),
+            group(self.passed_pps),
+            group(self.delivered_pps),
+            self.delivered_bps / 1e6,
+            group(self.dropped_pps),
+            self.endpoints
+        )
+    }
+}
+
+/// `1234567.8` as `1,234,568`.
+fn group(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One line per interface for the daemon's debug log.
+pub fn summary_line(s: &Snapshot) -> String {
+    let frames: u64 = s.endpoints.iter().map(|e| e.frames).sum();
+    let dropped: u64 = s.endpoints.iter().map(|e| e.dropped()).sum();
+    format!(
+        "{}: {} endpoints, {frames} frames delivered, {dropped} dropped | XDP seen {} redirected {} passed {} malformed {}",
+        s.interface,
+        s.endpoints.len(),
+        s.xdp.seen,
+        s.xdp.redirected,
+        s.xdp.passed(),
+        s.xdp.malformed
+    )
+}
+
+/// The full picture, for a person: per interface the XDP verdicts, per queue the worker and
+/// socket counters, per endpoint frames, bytes and drops by reason.
+pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "demux mode {demux}, daemon up {uptime_s:.0} s");
+    if interfaces.is_empty() {
+        let _ = writeln!(
+            s,
+            "no endpoints attached to the fast path (create one: xmacvlan endpoint create …)"
+        );
+    }
+    for snap in interfaces {
+        let x = &snap.xdp;
+        let _ = writeln!(
+            s,
+            "\n{} (demux {:?}, XDP {:?}, bind {:?})",
+            snap.interface, snap.demux, snap.xdp_mode, snap.bind
+        );
+        let _ = writeln!(
+            s,
+            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} malformed {}",
+            x.seen,
+            x.tagged,
+            x.hit,
+            x.redirected,
+            x.pass_no_socket,
+            x.pass_miss,
+            x.pass_bcast_mcast,
+            x.pass_qinq,
+            x.pass_control,
+            x.malformed
+        );
+        for (i, q) in snap.queues.iter().enumerate() {
+            let k = &q.socket;
+            let _ = writeln!(
+                s,
+                "  queue {i}: rx {} steered {} dropped: unknown {} ring-full {} | socket rx_dropped {} rx_invalid_descs {} rx_ring_full {} rx_fill_ring_empty_descs {} tx_invalid_descs {} tx_ring_empty_descs {}",
+                q.rx,
+                q.steered,
+                q.dropped_unknown,
+                q.dropped_ring_full,
+                k.rx_dropped,
+                k.rx_invalid_descs,
+                k.rx_ring_full,
+                k.rx_fill_ring_empty_descs,
+                k.tx_invalid_descs,
+                k.tx_ring_empty_descs
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+            "ENDPOINT",
+            "VLAN",
+            "MAC",
+            "FRAMES",
+            "BYTES",
+            "RING-FULL",
+            "SOCK-DROP",
+            "SOCK-FULL",
+            "MISDELIVERED"
+        );
+        for e in &snap.endpoints {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+                e.name,
+                e.vid,
+                e.mac,
+                e.frames,
+                e.bytes,
+                e.dropped_ring_full,
+                e.socket.rx_dropped,
+                e.socket.rx_ring_full,
+                e.misdelivered
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_digits() {
+        assert_eq!(group(0.0), "0");
+        assert_eq!(group(999.4), "999");
+        assert_eq!(group(1000.0), "1,000");
+        assert_eq!(group(1234567.8), "1,234,568");
+    }
+}
