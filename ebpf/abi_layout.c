@@ -29,6 +29,16 @@ int main(void)
 	FIELD(xmv_counters, "COUNTERS", pass_qinq);
 	FIELD(xmv_counters, "COUNTERS", malformed);
 	FIELD(xmv_counters, "COUNTERS", pass_control);
+	LAYOUT(xmv_event, "EVENT");
+	FIELD(xmv_event, "EVENT", kind);
+	FIELD(xmv_event, "EVENT", len);
+	FIELD(xmv_event, "EVENT", queue);
+	FIELD(xmv_event, "EVENT", suppressed);
+	FIELD(xmv_event, "EVENT", vid);
+	FIELD(xmv_event, "EVENT", mac);
+	printf("pub const EVENT_MALFORMED: u32 = %d;\npub const EVENT_REDIRECT_FAILED: u32 = %d;\n"
+	       "pub const EVENTS_PER_SEC: u32 = %d;\n",
+	       XMV_EVENT_MALFORMED, XMV_EVENT_REDIRECT_FAILED, XMV_EVENTS_PER_SEC);
 	printf("pub const MAX_SLOTS: u32 = %d;\npub const MAX_QUEUES: u32 = %d;\n", XMV_MAX_SLOTS,
 	       XMV_MAX_QUEUES);
 	printf("pub const DEMUX_XDP: u32 = %d;\npub const DEMUX_USER: u32 = %d;\n", XMV_DEMUX_XDP,

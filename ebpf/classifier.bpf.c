@@ -40,6 +40,52 @@ struct {
 	__uint(max_entries, 1);
 } xmv_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} xmv_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct xmv_event_budget);
+	__uint(max_entries, 1);
+} xmv_event_budget SEC(".maps");
+
+/* Tell userspace about a frame worth a debug line, within this CPU's budget: a flood of bad
+ * frames costs a counter increment each, not a ring buffer write. Off the hot path: only
+ * malformed frames and failed redirects get here. */
+static __always_inline void report(__u32 kind, struct xdp_md *ctx, const struct xmv_key *key)
+{
+	__u32 zero = 0;
+	struct xmv_event_budget *b = bpf_map_lookup_elem(&xmv_event_budget, &zero);
+	if (!b)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - b->window_start >= 1000000000ULL) {
+		b->window_start = now;
+		b->sent = 0;
+	}
+	if (b->sent >= XMV_EVENTS_PER_SEC) {
+		b->suppressed++;
+		return;
+	}
+	struct xmv_event ev = {
+		.kind = kind,
+		.len = ctx->data_end - ctx->data,
+		.queue = ctx->rx_queue_index,
+		.suppressed = b->suppressed,
+		.vid = key->vid,
+	};
+	__builtin_memcpy(ev.mac, key->mac, ETH_ALEN);
+	if (bpf_ringbuf_output(&xmv_events, &ev, sizeof(ev), 0) == 0) {
+		b->sent++;
+		b->suppressed = 0;
+	} else {
+		b->suppressed++;
+	}
+}
+
 struct vlan_tag {
 	__be16 tci;
 	__be16 inner_proto;
@@ -78,13 +124,14 @@ int xmv_classify(struct xdp_md *ctx)
 		return XDP_PASS; /* cannot happen: a one-entry array always has entry 0 */
 	c->seen++;
 
+	struct xmv_key key = { .vid = 0 };
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end) {
 		c->malformed++;
+		report(XMV_EVENT_MALFORMED, ctx, &key);
 		return XDP_PASS;
 	}
 
-	struct xmv_key key = { .vid = 0 };
 	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 
 	__be16 proto = eth->h_proto;
@@ -97,6 +144,7 @@ int xmv_classify(struct xdp_md *ctx)
 		struct vlan_tag *tag = (void *)(eth + 1);
 		if ((void *)(tag + 1) > data_end) {
 			c->malformed++;
+			report(XMV_EVENT_MALFORMED, ctx, &key);
 			return XDP_PASS;
 		}
 		c->tagged++;
@@ -131,8 +179,10 @@ int xmv_classify(struct xdp_md *ctx)
 	long verdict = bpf_redirect_map(&xmv_xsks, index, XDP_PASS);
 	if (verdict == XDP_REDIRECT)
 		c->redirected++;
-	else
+	else {
 		c->pass_no_socket++;
+		report(XMV_EVENT_REDIRECT_FAILED, ctx, &key);
+	}
 	return verdict;
 }
 

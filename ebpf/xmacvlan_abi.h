@@ -43,4 +43,26 @@ struct xmv_counters {
 	__u64 pass_control;     /* an endpoint's ARP, ICMP, ICMPv6 (ND): its kernel device answers */
 };
 
+/* Kernel-side events for the daemon's debug log, through the ring buffer xmv_events. At most
+ * XMV_EVENTS_PER_SEC per CPU are sent; the rest are counted in the next event's `suppressed`. */
+#define XMV_EVENT_MALFORMED 1       /* shorter than its Ethernet/802.1Q header */
+#define XMV_EVENT_REDIRECT_FAILED 2 /* an endpoint's frame no socket took (pass_no_socket) */
+#define XMV_EVENTS_PER_SEC 16
+
+struct xmv_event {
+	__u32 kind;
+	__u32 len;        /* frame length */
+	__u32 queue;      /* receive queue */
+	__u32 suppressed; /* events this CPU held back (rate limit, full ring) since its last one */
+	__u16 vid;
+	__u8 mac[6];      /* destination MAC; zero when the frame is too short to hold one */
+};
+
+/* Per-CPU state of the event rate limit. */
+struct xmv_event_budget {
+	__u64 window_start;
+	__u32 sent;
+	__u32 suppressed;
+};
+
 #endif

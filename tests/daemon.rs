@@ -18,7 +18,7 @@ use xmacvlan::dataplane::{EndpointSpec, Snapshot};
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan::telemetry::hgrm::parse_hgrm;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Sent};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Sent, Stream};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
@@ -140,7 +140,10 @@ impl Lab {
 
     /// Send `count` frames to each of `endpoints` from the wire side of `v0`.
     fn burst(&self, endpoints: &[EndpointSpec], count: u64) -> Sent {
-        let streams = lab_streams(endpoints, 64, false);
+        self.send(&lab_streams(endpoints, 64, false), count)
+    }
+
+    fn send(&self, streams: &[Stream], count: u64) -> Sent {
         let cfg = GeneratorConfig {
             ifname: "v0p".into(),
             queue: 0,
@@ -152,7 +155,7 @@ impl Lab {
             max_in_flight: 256,
         };
         self.host
-            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
+            .run(|| generator::run(&cfg, streams, &AtomicBool::new(false)))
             .unwrap()
     }
 
@@ -418,6 +421,26 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     let _ = daemon.stats();
     let request = daemon.wait_for_log("control request", Duration::from_secs(5));
     assert_eq!(request["level"], "DEBUG", "{request}");
+
+    // Kernel events reach the debug log: frames cut inside their 802.1Q tag.
+    let tagged = EndpointSpec {
+        vid: 100,
+        ..c0.clone()
+    };
+    let cut: Vec<Stream> = lab_streams(&[tagged], 64, false)
+        .into_iter()
+        .map(|s| s.truncated(16))
+        .collect();
+    lab.send(&cut, 3);
+    let event = daemon.wait_for_log("malformed frame", Duration::from_secs(5));
+    assert_eq!(event["level"], "DEBUG", "{event}");
+    assert_eq!(event["target"], "xmacvlan::kernel", "{event}");
+    assert_eq!(event["len"], 16, "{event}");
+    assert_eq!(
+        event["mac"],
+        xmacvlan::abi::MacDisplay(&c0.mac).to_string(),
+        "{event}"
+    );
 
     // Removed while it runs: detached live, the other endpoint stays.
     lab.cli("endpoint rm c1");

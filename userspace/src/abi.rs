@@ -21,6 +21,7 @@ pub const PROGRAMS: &[&str] = &[PROGRAM_CLASSIFY, PROGRAM_DROP_ALL];
 pub const MAP_SLOTS: &str = "xmv_slots";
 pub const MAP_XSKS: &str = "xmv_xsks";
 pub const MAP_COUNTERS: &str = "xmv_counters";
+pub const MAP_EVENTS: &str = "xmv_events";
 pub const GLOBAL_CONFIG: &str = "xmv_config";
 
 pub type Mac = [u8; 6];
@@ -133,6 +134,54 @@ impl Counters {
     }
 }
 
+/// What a kernel event is about (`XMV_EVENT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Malformed,
+    RedirectFailed,
+    /// A kind this build does not know (a newer classifier).
+    Other(u32),
+}
+
+/// `struct xmv_event`: a frame the classifier found worth a debug line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    pub len: u32,
+    pub queue: u32,
+    pub suppressed: u32,
+    pub vid: u16,
+    pub mac: Mac,
+}
+
+impl Event {
+    /// Decode a ring buffer record; None if it is not an event's size.
+    pub fn parse(bytes: &[u8]) -> Option<Event> {
+        if bytes.len() != std::mem::size_of::<Event>() {
+            return None;
+        }
+        let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        Some(Event {
+            kind: u32_at(0),
+            len: u32_at(4),
+            queue: u32_at(8),
+            suppressed: u32_at(12),
+            vid: u16::from_ne_bytes([bytes[16], bytes[17]]),
+            mac: bytes[18..24].try_into().unwrap(),
+        })
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self.kind {
+            c::EVENT_MALFORMED => EventKind::Malformed,
+            c::EVENT_REDIRECT_FAILED => EventKind::RedirectFailed,
+            other => EventKind::Other(other),
+        }
+    }
+}
+
 // SAFETY: plain-old-data, repr(C), no padding (the layout tests check size = sum of fields),
 // every bit pattern valid.
 unsafe impl aya::Pod for Key {}
@@ -184,6 +233,30 @@ mod tests {
         assert_eq!(offset_of!(Counters, pass_qinq), c::COUNTERS_pass_qinq);
         assert_eq!(offset_of!(Counters, malformed), c::COUNTERS_malformed);
         assert_eq!(offset_of!(Counters, pass_control), c::COUNTERS_pass_control);
+    }
+
+    #[test]
+    fn event_layout_matches_c_and_parses() {
+        assert_eq!(size_of::<Event>(), c::EVENT_SIZE);
+        assert_eq!(align_of::<Event>(), c::EVENT_ALIGN);
+        assert_eq!(size_of::<Event>(), 4 * 4 + 2 + 6, "no padding");
+        assert_eq!(offset_of!(Event, kind), c::EVENT_kind);
+        assert_eq!(offset_of!(Event, len), c::EVENT_len);
+        assert_eq!(offset_of!(Event, queue), c::EVENT_queue);
+        assert_eq!(offset_of!(Event, suppressed), c::EVENT_suppressed);
+        assert_eq!(offset_of!(Event, vid), c::EVENT_vid);
+        assert_eq!(offset_of!(Event, mac), c::EVENT_mac);
+        let mut bytes = Vec::new();
+        for v in [c::EVENT_REDIRECT_FAILED, 60, 3, 7] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&100u16.to_ne_bytes());
+        bytes.extend_from_slice(&[2, 0, 0, 0, 0, 9]);
+        let ev = Event::parse(&bytes).unwrap();
+        assert_eq!(ev.kind(), EventKind::RedirectFailed);
+        assert_eq!((ev.len, ev.queue, ev.suppressed, ev.vid), (60, 3, 7, 100));
+        assert_eq!(ev.mac, [2, 0, 0, 0, 0, 9]);
+        assert_eq!(Event::parse(&bytes[1..]), None);
     }
 
     #[test]

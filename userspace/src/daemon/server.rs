@@ -322,6 +322,33 @@ impl Daemon {
         self.intervals.get(endpoint).map(|i| i.last.clone())
     }
 
+    /// Log what the classifiers reported from the kernel (malformed frames, failed
+    /// redirects) at debug level; the kernel side already rate-limits them.
+    pub fn log_kernel_events(&mut self) {
+        for (iface, plane) in &mut self.planes {
+            plane.drain_kernel_events(|ev| {
+                tracing::debug!(
+                    target: "xmacvlan::kernel",
+                    iface = %iface,
+                    kind = ?ev.kind(),
+                    len = ev.len,
+                    queue = ev.queue,
+                    vid = ev.vid,
+                    mac = %crate::abi::MacDisplay(&ev.mac),
+                    suppressed = ev.suppressed,
+                    "{}",
+                    match ev.kind() {
+                        crate::abi::EventKind::Malformed =>
+                            "malformed frame: shorter than its Ethernet/802.1Q header; passed to the kernel",
+                        crate::abi::EventKind::RedirectFailed =>
+                            "an endpoint's frame found no AF_XDP socket for its queue; passed to the kernel",
+                        crate::abi::EventKind::Other(_) => "unknown kernel event",
+                    }
+                );
+            });
+        }
+    }
+
     /// Every interface's snapshot (for the metrics endpoint); unreadable ones are skipped.
     pub fn snapshots(&self) -> Vec<crate::dataplane::Snapshot> {
         self.planes

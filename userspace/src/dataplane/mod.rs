@@ -421,6 +421,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The classifier's kernel events since the last call (see [`Classifier::drain_events`]).
+    pub fn drain_kernel_events(&mut self, f: impl FnMut(crate::abi::Event)) -> usize {
+        self.classifier.drain_events(f)
+    }
+
     pub fn xdp_counters(&self) -> Result<Counters> {
         self.classifier.counters()
     }

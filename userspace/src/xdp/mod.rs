@@ -3,11 +3,11 @@
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::abi::{self, Config, Counters, Key};
+use crate::abi::{self, Config, Counters, Event, Key};
 
 /// `--xdp-mode`.
 #[derive(
@@ -44,6 +44,7 @@ pub struct Classifier {
     slots: HashMap<MapData, Key, u32>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, Counters>,
+    events: RingBuf<MapData>,
     queues: u32,
     steering: Steering,
     attached: Option<(u32, AttachMode)>,
@@ -86,12 +87,14 @@ impl Classifier {
         let slots = HashMap::try_from(take_map(&mut ebpf, abi::MAP_SLOTS)?)?;
         let xsks = XskMap::try_from(take_map(&mut ebpf, abi::MAP_XSKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, abi::MAP_COUNTERS)?)?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, abi::MAP_EVENTS)?)?;
         Ok(Self {
             ebpf,
             program,
             slots,
             xsks,
             counters,
+            events,
             queues,
             steering,
             attached: None,
@@ -234,6 +237,19 @@ impl Classifier {
         }
     }
 
+    /// Hand every kernel event waiting in the ring buffer to `f` (no syscall: the ring is
+    /// mapped). Call regularly, so the ring does not fill and hold events back.
+    pub fn drain_events(&mut self, mut f: impl FnMut(Event)) -> usize {
+        let mut drained = 0;
+        while let Some(record) = self.events.next() {
+            if let Some(event) = Event::parse(&record) {
+                f(event);
+            }
+            drained += 1;
+        }
+        drained
+    }
+
     /// The classifier's counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let per_cpu = self
@@ -273,5 +289,72 @@ fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
         e.context("loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON)")
     } else {
         e.context("loading the embedded XDP classifier")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::EventKind;
+
+    /// A frame to `mac` on VLAN 100 carrying UDP (not control traffic), `len` bytes long.
+    fn tagged_udp(mac: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(&mac);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
+        f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        f[14..16].copy_from_slice(&100u16.to_be_bytes());
+        f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[18] = 0x45;
+        f[18 + 9] = 17;
+        f.truncate(len);
+        f
+    }
+
+    #[test]
+    fn kernel_events_report_malformed_frames_and_failed_redirects_within_budget() {
+        assert!(crate::sys::is_root(), "loads BPF: run as root");
+        // One CPU, so one per-CPU budget is in play.
+        core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
+        let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1).unwrap();
+        let mac = [2, 0x42, 0, 0, 0, 1];
+        classifier.insert_key(Key { vid: 100, mac }, 0).unwrap();
+
+        // Claimed but no socket: passed on, and reported.
+        assert_eq!(classifier.test_run(&tagged_udp(mac, 64)).unwrap(), 2);
+        let mut events = Vec::new();
+        classifier.drain_events(|e| events.push(e));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind(), EventKind::RedirectFailed);
+        assert_eq!(
+            (events[0].vid, events[0].mac, events[0].len),
+            (100, mac, 64)
+        );
+
+        // A flood of frames cut inside their tag: the budget's worth of events in this second
+        // (one already spent), the rest counted as suppressed in the next second's first event.
+        for _ in 0..100 {
+            assert_eq!(classifier.test_run(&tagged_udp(mac, 16)).unwrap(), 2);
+        }
+        events.clear();
+        classifier.drain_events(|e| events.push(e));
+        let budget = crate::abi::c::EVENTS_PER_SEC as usize;
+        assert_eq!(events.len(), budget - 1);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.kind() == EventKind::Malformed && e.len == 16)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        classifier.test_run(&tagged_udp(mac, 16)).unwrap();
+        events.clear();
+        classifier.drain_events(|e| events.push(e));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].suppressed as usize, 100 - (budget - 1));
+        assert_eq!(
+            classifier.counters().unwrap().malformed,
+            101,
+            "every frame still counted"
+        );
     }
 }
