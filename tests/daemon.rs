@@ -422,6 +422,17 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     let request = daemon.wait_for_log("control request", Duration::from_secs(5));
     assert_eq!(request["level"], "DEBUG", "{request}");
 
+    // --watch: one line per second per interface, rates included.
+    let watch = lab.cli("stats --watch --count 2");
+    let lines: Vec<&str> = watch.lines().collect();
+    assert_eq!(lines.len(), 2, "{watch}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("v0") && l.contains("pps")),
+        "{watch}"
+    );
+
     // Kernel events reach the debug log: frames cut inside their 802.1Q tag.
     let tagged = EndpointSpec {
         vid: 100,
