@@ -106,6 +106,12 @@ fn histogram(socket: &Path, endpoint: String, interval: bool, out: Option<&Path>
         }
         None => print!("{hgrm}"),
     }
+    if samples == 0 {
+        eprintln!(
+            "note: latency is measured on frames that carry xmacvlan's timestamp (the lab's and \
+             the benchmark's generator send them); other frames count as UNTIMED in `xmacvlan stats`"
+        );
+    }
     Ok(())
 }
 
@@ -244,12 +250,13 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+            "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10} {:>12}",
             "ENDPOINT",
             "VLAN",
             "MAC",
             "FRAMES",
             "BYTES",
+            "UNTIMED",
             "RING-FULL",
             "SOCK-DROP",
             "SOCK-FULL",
@@ -258,12 +265,13 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         for e in &snap.endpoints {
             let _ = writeln!(
                 s,
-                "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+                "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10} {:>12}",
                 e.name,
                 e.vid,
                 e.mac,
                 e.frames,
                 e.bytes,
+                e.untimed,
                 e.dropped_ring_full,
                 e.socket.rx_dropped,
                 e.socket.rx_ring_full,

@@ -27,7 +27,9 @@ impl Idle {
 /// Pin the calling thread to `core`; failure is reported, not fatal (containers may forbid it).
 pub fn pin(core: usize, what: &str) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        eprintln!("xmacvlan: could not pin {what} to core {core}; running unpinned");
+        crate::logging::warn(format_args!(
+            "could not pin {what} to core {core}; running unpinned"
+        ));
     }
 }
 

@@ -224,6 +224,16 @@ pub fn log_fatal(message: &dyn fmt::Display) {
     tracing::error!(fatal = true, "{message}");
 }
 
+/// A warning from library code that runs both in the daemon (logger installed: a `warn`
+/// event) and in one-shot commands (no logger: a line on stderr, so it is not lost).
+pub fn warn(message: impl fmt::Display) {
+    if INSTALLED.load(Ordering::SeqCst) {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("xmacvlan: {message}");
+    }
+}
+
 /// Log `message` as fatal and exit with status 1. Without an installed logger the message
 /// goes to stderr, so it is never lost.
 pub fn fatal(message: impl fmt::Display) -> ! {

@@ -135,9 +135,9 @@ impl Classifier {
                     try_mode(prog, XdpMode::Skb).with_context(|| {
                         format!("attaching XDP to {ifname}: native failed ({native}), generic too")
                     })?;
-                    eprintln!(
-                        "xmacvlan: {ifname}: native XDP refused ({native}); using generic XDP"
-                    );
+                    crate::logging::warn(format_args!(
+                        "{ifname}: native XDP refused ({native}); using generic XDP"
+                    ));
                     AttachMode::Generic
                 }
             },

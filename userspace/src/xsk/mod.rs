@@ -129,9 +129,9 @@ pub fn open_queue(
         match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
             Ok((umem, rings)) => {
                 if let Some(refused) = &last_error {
-                    eprintln!(
-                        "xmacvlan: {ifname} queue {queue}: zero-copy bind refused ({refused:#}); using copy mode"
-                    );
+                    crate::logging::warn(format_args!(
+                        "{ifname} queue {queue}: zero-copy bind refused ({refused:#}); using copy mode"
+                    ));
                 }
                 return Ok((umem, rings, bound));
             }
