@@ -65,10 +65,17 @@ impl Trunk {
 
     fn cli(&self, args: &[&str]) -> Result<String> {
         let root = self.root.display().to_string();
-        let argv: Vec<&str> = ["xmacvlan", "--data-root", &root]
-            .into_iter()
-            .chain(args.iter().copied())
-            .collect();
+        let socket = self.root.join("ctl.sock").display().to_string();
+        let argv: Vec<&str> = [
+            "xmacvlan",
+            "--data-root",
+            &root,
+            "--control-socket",
+            &socket,
+        ]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
         self.host.run(|| {
             let mut out = Vec::new();
             execute_args(&argv, &mut out)?;
@@ -229,4 +236,162 @@ fn an_existing_vlan_parent_is_used_and_kept() {
         still.index, v300,
         "a parent xmacvlan did not create is left in place"
     );
+}
+
+/// The fast path takes its endpoints from the control state: networks on two VLANs of one
+/// trunk, endpoints made by the CLI, the daemon's dataplane serving both, exact delivery of
+/// tagged frames (the same MAC on the wrong VLAN is not claimed), ARP/ICMP still answered by the
+/// kernel devices, one endpoint detached live while the other keeps its frames.
+#[test]
+#[ignore = "needs a kernel with 802.1Q: runs inside `cargo xtask vm-test`"]
+fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+    use xmacvlan::daemon::protocol::{Answer, Request};
+    use xmacvlan::daemon::server::{Daemon, Settings};
+    use xmacvlan::dataplane::{DemuxMode, EndpointSpec, Snapshot};
+    use xmacvlan_bench::generator::{self, GeneratorConfig};
+    use xmacvlan_bench::scenario::lab_streams;
+
+    let t = Trunk::new("daemon");
+    for (vid, net) in [(100, 1), (200, 2)] {
+        let subnet = format!("198.18.{net}.0/24");
+        let parent = format!("parent=v0.{vid}");
+        t.cli(&[
+            "network",
+            "create",
+            "--subnet",
+            &subnet,
+            "-o",
+            &parent,
+            &format!("n{vid}"),
+        ])
+        .unwrap_or_else(|e| panic!("creating the VLAN {vid} network: {e:#}"));
+    }
+    for (ns, vid) in [(&t.e100, 100), (&t.e200, 200)] {
+        let network = format!("n{vid}");
+        t.cli(&[
+            "endpoint",
+            "create",
+            "--network",
+            &network,
+            "--netns",
+            ns.name(),
+            &format!("e{vid}"),
+        ])
+        .unwrap();
+    }
+    let state = State::load(&t.root).unwrap();
+    let e100 = state.endpoint("e100").unwrap().spec();
+    let e200 = state.endpoint("e200").unwrap().spec();
+    let wrong_vlan = EndpointSpec {
+        vid: 200,
+        ..e100.clone()
+    };
+    const COUNT: u64 = 300;
+    let streams = lab_streams(&[e100.clone(), e200.clone(), wrong_vlan], 64, false);
+    let send = || {
+        let cfg = GeneratorConfig {
+            ifname: "v0p".into(),
+            queue: 0,
+            duration: Duration::from_secs(60),
+            rate: Some(5_000),
+            count: Some(COUNT),
+            core: None,
+            frame_size: 2048,
+            max_in_flight: 64,
+        };
+        t.router
+            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
+            .unwrap()
+    };
+    let stats = |daemon: &mut Daemon| -> Snapshot {
+        match daemon.handle(Request::Stats).unwrap() {
+            Answer::Stats { mut interfaces, .. } => {
+                assert_eq!(
+                    interfaces.len(),
+                    1,
+                    "one dataplane: both VLANs share trunk v0"
+                );
+                interfaces.remove(0)
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let frames = |s: &Snapshot, name: &str| {
+        s.endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.frames)
+    };
+    let wait_for = |daemon: &mut Daemon, want: &[(&str, u64)]| -> Snapshot {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = stats(daemon);
+            if want.iter().all(|(n, f)| frames(&s, n) >= Some(*f)) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    t.host
+        .run(|| {
+            let mut daemon = Daemon::new(Settings {
+                demux: Some(DemuxMode::Xdp),
+                xdp_mode: xmacvlan::xdp::AttachMode::Auto,
+                bind: xmacvlan::xsk::BindMode::Copy,
+                cores: xmacvlan::dataplane::default_cores(),
+            });
+            assert_eq!(
+                daemon.restore(&state),
+                2,
+                "both endpoints served from the state"
+            );
+            let sent = send();
+            assert_eq!(sent.per_stream, [COUNT; 3]);
+            let s = wait_for(&mut daemon, &[("e100", COUNT), ("e200", COUNT)]);
+            assert_eq!(s.interface, "v0");
+            for e in &s.endpoints {
+                assert_eq!(
+                    (e.frames, e.misdelivered, e.dropped()),
+                    (COUNT, 0, 0),
+                    "{e:?}"
+                );
+            }
+            assert_eq!(s.xdp.redirected, 2 * COUNT);
+            assert_eq!(s.xdp.pass_miss, COUNT, "e100's MAC on VLAN 200 is nobody's");
+            // The router's own untagged chatter (IPv6 ND on v0p) may cross the trunk too.
+            assert!(s.xdp.tagged >= 3 * COUNT, "{:?}", s.xdp);
+            assert_eq!(s.xdp.verdicts(), s.xdp.seen, "every frame got one verdict");
+
+            // The kernel devices still answer for their addresses while the daemon runs.
+            assert!(
+                ping(&t.e100, "198.18.1.1"),
+                "VLAN 100 gateway unreachable with the daemon"
+            );
+            assert!(
+                ping(&t.e200, "198.18.2.1"),
+                "VLAN 200 gateway unreachable with the daemon"
+            );
+
+            // e100 leaves live; e200 keeps every frame of the next burst.
+            daemon.handle(Request::Detach {
+                endpoint: "e100".into(),
+            })?;
+            send();
+            let s = wait_for(&mut daemon, &[("e200", 2 * COUNT)]);
+            assert_eq!(frames(&s, "e100"), None);
+            assert_eq!(frames(&s, "e200"), Some(2 * COUNT));
+            daemon.shutdown()?;
+            assert_eq!(
+                Netlink::new()?.require_link("v0")?.xdp_prog_id,
+                None,
+                "XDP detached"
+            );
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    t.cli(&["endpoint", "rm", "e100", "e200"]).unwrap();
+    t.cli(&["network", "rm", "n100", "n200"]).unwrap();
 }
