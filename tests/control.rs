@@ -13,7 +13,6 @@ use std::sync::{Arc, Barrier};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use xmacvlan::control::cli::execute_args;
 use xmacvlan::control::{State, drift};
 use xmacvlan::netlink::{Link, MacVlanMode, Netlink, Route};
 use xmacvlan::netns::{Netns, NetnsGuard};
@@ -66,24 +65,7 @@ impl Lab {
 
     /// Run `xmacvlan --data-root ROOT ARGS…` inside the host namespace; its stdout or error.
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let root = self.root.display().to_string();
-        // A socket no daemon listens on: these tests never reach a daemon of the machine.
-        let socket = self.root.join("ctl.sock").display().to_string();
-        let argv: Vec<&str> = [
-            "xmacvlan",
-            "--data-root",
-            &root,
-            "--control-socket",
-            &socket,
-        ]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-        self.host.run(|| {
-            let mut out = Vec::new();
-            execute_args(&argv, &mut out)?;
-            Ok(String::from_utf8(out)?)
-        })
+        xmacvlan_tests::cli_in(&self.host, &self.root, args)
     }
 
     /// `cli` with the arguments written as one line, split at whitespace.

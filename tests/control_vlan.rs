@@ -13,7 +13,6 @@ use std::process::Command;
 
 use anyhow::Result;
 use xmacvlan::control::State;
-use xmacvlan::control::cli::execute_args;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::{Netns, NetnsGuard};
 use xmacvlan_tests::require_root;
@@ -64,23 +63,7 @@ impl Trunk {
     }
 
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let root = self.root.display().to_string();
-        let socket = self.root.join("ctl.sock").display().to_string();
-        let argv: Vec<&str> = [
-            "xmacvlan",
-            "--data-root",
-            &root,
-            "--control-socket",
-            &socket,
-        ]
-        .into_iter()
-        .chain(args.iter().copied())
-        .collect();
-        self.host.run(|| {
-            let mut out = Vec::new();
-            execute_args(&argv, &mut out)?;
-            Ok(String::from_utf8(out)?)
-        })
+        xmacvlan_tests::cli_in(&self.host, &self.root, args)
     }
 
     fn host_links(&self) -> Vec<String> {

@@ -50,6 +50,33 @@ pub fn xmacvlan_bin() -> std::path::PathBuf {
     path
 }
 
+/// Run `xmacvlan --data-root ROOT ARGS…` in-process inside `ns`, as a user would type it;
+/// its stdout or error. The control socket is `ROOT/ctl.sock`, where no daemon listens: a
+/// test never reaches a daemon of the machine.
+pub fn cli_in(
+    ns: &xmacvlan::netns::NetnsGuard,
+    root: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let root_arg = root.display().to_string();
+    let socket = root.join("ctl.sock").display().to_string();
+    let argv: Vec<&str> = [
+        "xmacvlan",
+        "--data-root",
+        &root_arg,
+        "--control-socket",
+        &socket,
+    ]
+    .into_iter()
+    .chain(args.iter().copied())
+    .collect();
+    ns.run(|| {
+        let mut out = Vec::new();
+        xmacvlan::control::cli::execute_args(&argv, &mut out)?;
+        Ok(String::from_utf8(out)?)
+    })
+}
+
 /// Namespaces whose name starts with `prefix` (a lab's prefix: none must outlive the lab).
 pub fn namespaces_named(prefix: &str) -> Vec<String> {
     std::fs::read_dir(xmacvlan::netns::NETNS_DIR)
