@@ -558,3 +558,55 @@ fn a_bad_config_file_is_refused_with_the_key_named() {
     );
     assert!(!lab_dir.join("ctl.sock").exists());
 }
+
+/// A damaged state file stops the daemon with the file named, and stays as it was: it is
+/// never reset behind the operator's back.
+#[test]
+fn a_corrupted_state_file_stops_the_daemon_and_is_kept() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("xmvd{}-badstate", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let state = dir.join("data/state.json");
+    let garbage = b"{\"version\": 1, \"networks\": [{\"name\": \"n1\", \0\xff";
+    std::fs::write(&state, garbage).unwrap();
+    let out = Command::new(xmacvlan_bin())
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .args(["daemon", "--config", "/nonexistent-is-an-error"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-is-an-error"));
+
+    let config = dir.join("daemon.json");
+    std::fs::write(&config, "{}").unwrap();
+    let out = Command::new(xmacvlan_bin())
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let kept = std::fs::read(&state).unwrap();
+    let leftovers = (dir.join("ctl.sock").exists(), dir.join("ctl.pid").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !out.status.success(),
+        "the daemon must not run on a damaged state"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fatal") && stderr.contains("state.json") && stderr.contains("corrupted"),
+        "{stderr}"
+    );
+    assert_eq!(kept, garbage, "the state file is kept byte for byte");
+    assert_eq!(
+        leftovers,
+        (false, false),
+        "socket and pid file removed on the way out"
+    );
+}

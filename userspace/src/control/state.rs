@@ -31,8 +31,8 @@ impl State {
     /// Read the state under `data_root`; an absent state file is an empty state.
     pub fn load(data_root: &Path) -> Result<State> {
         let path = data_root.join(STATE_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(State {
                     version: VERSION,
@@ -41,7 +41,7 @@ impl State {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let state: State = serde_json::from_str(&text).map_err(|e| {
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "state file {} is corrupted ({e}); it was left as it is: repair it, or move it \
                  away to start from an empty state (the kernel objects it listed stay in place)",
