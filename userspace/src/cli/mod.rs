@@ -45,10 +45,6 @@ pub mod run;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
-    Run(run::RunArgs),
-    /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
-    Doctor(crate::doctor::DoctorArgs),
     /// Manage macvlan networks (Docker's `network create|ls|inspect|rm`).
     #[command(subcommand)]
     Network(crate::control::cli::NetworkCommand),
@@ -59,6 +55,10 @@ pub enum Command {
     Daemon(crate::daemon::run::DaemonArgs),
     /// Show the running daemon's counters, rates (--watch) or an endpoint's latency histogram.
     Stats(crate::daemon::stats::StatsArgs),
+    /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
+    Doctor(crate::doctor::DoctorArgs),
+    /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
+    Run(run::RunArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
