@@ -79,7 +79,13 @@ impl fmt::Display for ConfigError {
         } = &self.kind
         {
             let key = self.key.as_deref().unwrap_or_default();
-            return match key.split_once('.') {
+            // A top-level key may itself contain a dot: only an option's key is `parent.child`.
+            let option = if *allowed == super::KEYS {
+                None
+            } else {
+                key.split_once('.')
+            };
+            return match option {
                 Some((parent, child)) => {
                     write!(f, "key \"{parent}\": unknown option \"{child}\"")?;
                     if let Some(s) = suggestion {
