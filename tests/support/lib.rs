@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
+pub mod accounting;
+pub mod bare_lab;
 pub mod exact;
+pub mod rng;
 use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};
 use xmacvlan::xdp::AttachMode;
 use xmacvlan::xsk::{BindMode, QueueConfig};
