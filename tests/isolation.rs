@@ -10,7 +10,7 @@ use std::time::Duration;
 use xmacvlan::abi::Mac;
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
-use xmacvlan_bench::generator::{self, GeneratorConfig, Stream, StreamKind};
+use xmacvlan_bench::generator::{self, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{TrafficConfig, run_traffic};
 use xmacvlan_tests::accounting::Ledger;
@@ -279,16 +279,7 @@ fn slot_reuse(demux: DemuxMode) {
     }
     let lab = bare_lab::build();
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
-    let gen_cfg = GeneratorConfig {
-        ifname: lab::WIRE.into(),
-        queue: 0,
-        duration: Duration::from_secs(60),
-        rate: Some(100_000),
-        count: None,
-        core: Some(0),
-        frame_size: 4096,
-        max_in_flight: 256,
-    };
+    let gen_cfg = bare_lab::generator_until_stopped(Some(100_000));
     let stop = AtomicBool::new(false);
     let mut first = steady.clone();
     first.push(turn(0));

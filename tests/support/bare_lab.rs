@@ -1,6 +1,7 @@
 //! A lab of just a NIC and its wire, for tests that bring their own endpoint specs, and its
 //! teardown that proves no namespace outlived it.
-use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
+use xmacvlan_bench::generator::GeneratorConfig;
+use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 
 use crate::namespaces_named;
 
@@ -20,4 +21,19 @@ pub fn tear_down(lab: Lab) {
     drop(lab);
     let left = namespaces_named(&prefix);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The lab's generator on queue 0, running until its stop flag (or ten minutes): for tests
+/// that change things while traffic flows. `rate` in frames/s; None = as fast as it can.
+pub fn generator_until_stopped(rate: Option<u64>) -> GeneratorConfig {
+    GeneratorConfig {
+        ifname: lab::WIRE.into(),
+        queue: 0,
+        duration: std::time::Duration::from_secs(600),
+        rate,
+        count: None,
+        core: Some(0),
+        frame_size: 4096,
+        max_in_flight: 256,
+    }
 }
