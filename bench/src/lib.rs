@@ -1,4 +1,5 @@
 //! The traffic generator, the namespace lab, and (issue 4) the demux-mode comparison.
+pub mod compare;
 pub mod generator;
 pub mod lab;
 pub mod scenario;

@@ -25,6 +25,36 @@ struct Cli {
 enum Command {
     /// Build a lab of namespaces and veths, run the dataplane and the generator, report.
     Lab(LabArgs),
+    /// Compare the XDP_DROP ceiling and the xdp, user and kernel demux modes (`cargo xtask bench`).
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Under a minute: 1 and 16 endpoints, 64-byte frames, one fixed load, one repetition.
+    #[arg(long)]
+    quick: bool,
+    /// Where bench-results.json, bench-results.md and the SVG plots go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Seconds of traffic per run (default: 1.5, --quick 1).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Repetitions of every run, interleaved across modes (default: 3, --quick 1).
+    #[arg(long)]
+    repetitions: Option<usize>,
+    /// Endpoint counts to sweep, comma-separated (default: 1,16,256,1024).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<usize>>,
+    /// Only these modes, comma-separated (ceiling, xdp, user, kernel).
+    #[arg(long, value_delimiter = ',')]
+    modes: Option<Vec<String>>,
+    /// The core that does all receive work (NAPI, XDP, workers, consumers).
+    #[arg(long, default_value_t = 1)]
+    rx_core: usize,
+    /// The generator's core.
+    #[arg(long, default_value_t = 0)]
+    generator_core: usize,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +109,7 @@ fn run() -> Result<()> {
     xmacvlan::sys::catch_interrupts();
     match cli.command {
         Command::Lab(args) => lab(args),
+        Command::Compare(args) => compare(args),
     }
 }
 
@@ -128,4 +159,74 @@ fn lab(a: LabArgs) -> Result<()> {
         println!("report written to {}", path.display());
     }
     Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    use xmacvlan_bench::compare::{self, ALL_MODES, BenchConfig};
+    let mut cfg = if a.quick {
+        BenchConfig::quick(a.out.clone())
+    } else {
+        BenchConfig::standard(a.out.clone())
+    };
+    if let Some(d) = a.duration {
+        if !(0.1..=60.0).contains(&d) {
+            anyhow::bail!("--duration {d} must be between 0.1 and 60 seconds");
+        }
+        cfg.duration = Duration::from_secs_f64(d);
+    }
+    if let Some(r) = a.repetitions {
+        if r == 0 {
+            anyhow::bail!("--repetitions must be at least 1");
+        }
+        cfg.repetitions = r;
+    }
+    if let Some(e) = a.endpoints {
+        if e.iter().any(|&n| n == 0 || n > 4000) {
+            anyhow::bail!("--endpoints: each count must be between 1 and 4000");
+        }
+        cfg.endpoint_counts = e;
+    }
+    if let Some(names) = a.modes {
+        cfg.modes = names
+            .iter()
+            .map(|n| {
+                ALL_MODES
+                    .into_iter()
+                    .find(|m| m.name() == n)
+                    .with_context(|| {
+                        format!("--modes: unknown mode `{n}` (ceiling, xdp, user, kernel)")
+                    })
+            })
+            .collect::<Result<_>>()?;
+    }
+    cfg.rx_core = a.rx_core;
+    cfg.generator_core = a.generator_core;
+    let started = std::time::Instant::now();
+    let results = compare::run(&cfg, &mut |done, total, what| {
+        progress_bar(done, total, what, started.elapsed());
+    })?;
+    eprintln!();
+    let written = compare::write_outputs(&results, &cfg.out_dir)?;
+    print!("{}", compare::markdown(&results));
+    println!("\nresults: {}", written.json.display());
+    println!("table:   {}", written.table.display());
+    for plot in &written.plots {
+        println!("plot:    {}", plot.display());
+    }
+    Ok(())
+}
+
+/// `[#######.............]  7/20  1m02s  xdp endpoints=16 frame=64B load=flat-out` on stderr,
+/// redrawn in place.
+fn progress_bar(done: usize, total: usize, what: &str, elapsed: Duration) {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let secs = elapsed.as_secs();
+    eprint!(
+        "\r\x1b[2K[{}{}] {done:>3}/{total}  {}m{:02}s  {what}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        secs / 60,
+        secs % 60
+    );
 }

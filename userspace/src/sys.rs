@@ -195,6 +195,12 @@ pub fn set_task_affinity(pid: i32, core: usize) -> std::io::Result<()> {
     check(unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) })
 }
 
+/// Set the nice value of task (thread) `tid`: higher is a smaller share of a contended core.
+pub fn set_task_nice(tid: i32, nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) })
+}
+
 /// Credentials of the process at the other end of a Unix socket (SO_PEERCRED), taken when
 /// it connected: (pid, uid, gid).
 pub fn peer_credentials(socket: &impl AsRawFd) -> std::io::Result<(i32, u32, u32)> {

@@ -2,6 +2,7 @@
 //! lives in the `xmacvlan` and `xmacvlan-bench` crates so tests can call it too.
 use std::process::ExitCode;
 
+mod bench;
 mod cargo;
 mod deps;
 mod run;
@@ -15,6 +16,8 @@ commands:
   run        run xmacvlan: the namespace lab by default, or `-- --iface IF --config FILE`
   test       the test suite: lints, unit and namespace integration tests (root), VM tests
              (`--no-vm` skips the VM part)
+  bench      compare the XDP_DROP ceiling and the xdp, user and kernel demux modes in the
+             lab (about 5 minutes; `--quick` under one); results under target/bench/
   vm-test    integration tests inside a VM with a stock Debian kernel (802.1Q)
   deps       install the system packages the build and the tests need (Debian/Ubuntu, root)
 ";
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "run" => run::run(rest),
         "test" => test::run_all(rest),
+        "bench" => bench::run(rest),
         "vm-test" => vm::run(rest),
         "deps" => deps::ensure(true),
         "-h" | "--help" | "help" => {

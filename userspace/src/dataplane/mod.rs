@@ -31,7 +31,7 @@ mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use idle::{HotLoop, in_hot_loop};
+pub use idle::{HotLoop, Idle, in_hot_loop, pin};
 pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
 

@@ -1,0 +1,199 @@
+//! One measurement: one mode, one lab, one offered load, the same generator and pinning.
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, DemuxMode, latency_histogram};
+use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
+use xmacvlan::xdp::{AttachMode, Classifier, Program, Steering};
+use xmacvlan::xsk::{BindMode, QueueConfig};
+
+use super::kernel_path::KernelPath;
+use super::placement;
+use crate::generator::Stream;
+use crate::lab::{Lab, NIC};
+use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP_DROP on the NIC: the most any mode could deliver.
+    Ceiling,
+    Xdp,
+    User,
+    /// Plain kernel macvlan read with AF_PACKET TPACKET_V3: what Docker gives today.
+    Kernel,
+}
+
+pub const ALL_MODES: [Mode; 4] = [Mode::Ceiling, Mode::Xdp, Mode::User, Mode::Kernel];
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ceiling => "ceiling",
+            Mode::Xdp => "xdp",
+            Mode::User => "user",
+            Mode::Kernel => "kernel",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// One run's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub mode: Mode,
+    pub endpoints: usize,
+    pub frame_size: usize,
+    /// The offered load: the requested rate, or what the generator achieved flat out.
+    pub offered_pps: f64,
+    /// What the generator actually sent per second (a generator-bound run shows here).
+    pub generator_pps: f64,
+    pub delivered_pps: f64,
+    /// Fraction of frames sent to endpoints that were not delivered.
+    pub loss: f64,
+    /// Busy time of the receive core (user + system + irq + softirq) per delivered frame.
+    pub cpu_ns_per_frame: f64,
+    pub latency_ns: Latency,
+    pub sent: u64,
+    pub delivered: u64,
+}
+
+pub struct Setup<'a> {
+    pub lab: &'a Lab,
+    pub streams: &'a [Stream],
+    pub rx_core: usize,
+    pub generator_core: usize,
+    pub frame_size: usize,
+}
+
+pub fn measure(
+    setup: &Setup,
+    mode: Mode,
+    rate: Option<u64>,
+    duration: Duration,
+) -> Result<Measurement> {
+    let traffic = TrafficConfig {
+        duration,
+        rate,
+        count: None,
+        frame_len: setup.frame_size,
+        background: false,
+        generator_core: Some(setup.generator_core),
+    };
+    let lab = setup.lab;
+    let cores = [setup.rx_core];
+    let (sent, delivered, busy_ns, histogram) = lab.host.run(|| match mode {
+        Mode::Ceiling => {
+            let index = xmacvlan::sys::if_index(NIC).context("lab NIC missing")?;
+            let mut drop_all = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
+            drop_all.attach(index, NIC, AttachMode::Native)?;
+            placement::pin_napi_threads(lab, setup.rx_core)?;
+            let seen = || drop_all.counters().map(|c| c.seen).unwrap_or(0);
+            let before = CpuSample::read(&cores)?;
+            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &seen)?;
+            let after = CpuSample::read(&cores)?;
+            Ok((
+                sent,
+                seen(),
+                busy_ns_between(&before, &after)?,
+                latency_histogram(),
+            ))
+        }
+        Mode::Xdp | Mode::User => {
+            let cfg = DataplaneConfig {
+                ifname: NIC.into(),
+                queues: 1,
+                demux: if mode == Mode::Xdp {
+                    DemuxMode::Xdp
+                } else {
+                    DemuxMode::User
+                },
+                xdp_mode: AttachMode::Native,
+                queue: QueueConfig {
+                    bind: BindMode::Copy,
+                    ..QueueConfig::default()
+                },
+                cores: cores.to_vec(),
+                consumer_threads: 1,
+                endpoint_ring: 4096,
+            };
+            let dp = Dataplane::start(&cfg, &lab.endpoints)?;
+            placement::pin_napi_threads(lab, setup.rx_core)?;
+            placement::renice_receive_threads()?;
+            let before = CpuSample::read(&cores)?;
+            let sent = run_traffic(lab, &dp, 1, setup.streams, &traffic)?;
+            let after = CpuSample::read(&cores)?;
+            let finished = dp.stop()?;
+            let mut histogram = latency_histogram();
+            for e in &finished.endpoints {
+                histogram
+                    .add(&e.latency)
+                    .context("merging latency histograms")?;
+            }
+            let delivered = finished.endpoints.iter().map(|e| e.frames).sum();
+            Ok((
+                sent,
+                delivered,
+                busy_ns_between(&before, &after)?,
+                histogram,
+            ))
+        }
+        Mode::Kernel => {
+            let kernel = KernelPath::start(lab, setup.rx_core)?;
+            placement::renice_receive_threads()?;
+            let delivered = || kernel.frames.load(Ordering::Relaxed);
+            let before = CpuSample::read(&cores)?;
+            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &delivered)?;
+            let after = CpuSample::read(&cores)?;
+            let finished = kernel.stop()?;
+            Ok((
+                sent,
+                finished.frames,
+                busy_ns_between(&before, &after)?,
+                finished.latency,
+            ))
+        }
+    })?;
+    let secs = sent.elapsed.as_secs_f64().max(1e-9);
+    let sent_total = sent.total();
+    let generator_pps = sent_total as f64 / secs;
+    Ok(Measurement {
+        mode,
+        endpoints: lab.endpoints.len(),
+        frame_size: setup.frame_size,
+        offered_pps: rate.map(|r| r as f64).unwrap_or(generator_pps),
+        generator_pps,
+        delivered_pps: delivered as f64 / secs,
+        loss: if sent_total == 0 {
+            0.0
+        } else {
+            1.0 - (delivered.min(sent_total) as f64 / sent_total as f64)
+        },
+        cpu_ns_per_frame: if delivered == 0 {
+            0.0
+        } else {
+            busy_ns as f64 / delivered as f64
+        },
+        latency_ns: if histogram.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                p50: histogram.value_at_quantile(0.5),
+                p99: histogram.value_at_quantile(0.99),
+                p999: histogram.value_at_quantile(0.999),
+                max: histogram.max(),
+            }
+        },
+        sent: sent_total,
+        delivered,
+    })
+}

@@ -1,0 +1,256 @@
+//! `cargo xtask bench`: the ceiling and the three demux modes compared in one invocation,
+//! with the same generator and the same pinning (generator on one core, all receive work
+//! on another), repetitions interleaved (A B C D A B C D …) and medians reported.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+pub mod kernel_path;
+mod measure;
+mod output;
+mod placement;
+
+pub use measure::{ALL_MODES, Latency, Measurement, Mode};
+
+use crate::lab::{KernelDevices, Lab, Topology};
+use crate::scenario::lab_streams;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub endpoint_counts: Vec<usize>,
+    pub frame_sizes: Vec<usize>,
+    /// Fixed loads as fractions of the measured ceiling, besides flat out.
+    pub load_fractions: Vec<f64>,
+    pub repetitions: usize,
+    pub duration: Duration,
+    pub modes: Vec<Mode>,
+    pub rx_core: usize,
+    pub generator_core: usize,
+    pub out_dir: PathBuf,
+}
+
+impl BenchConfig {
+    /// The full sweep: about five minutes on the 2-core development VM.
+    pub fn standard(out_dir: PathBuf) -> Self {
+        Self {
+            endpoint_counts: vec![1, 16, 256, 1024],
+            frame_sizes: vec![64, 512, 1500],
+            load_fractions: vec![0.1, 0.5, 0.9],
+            repetitions: 3,
+            duration: Duration::from_millis(1500),
+            modes: ALL_MODES.to_vec(),
+            rx_core: 1,
+            generator_core: 0,
+            out_dir,
+        }
+    }
+
+    /// Under a minute: two endpoint counts, 64-byte frames, one load point, one repetition.
+    pub fn quick(out_dir: PathBuf) -> Self {
+        Self {
+            endpoint_counts: vec![1, 16],
+            frame_sizes: vec![64],
+            load_fractions: vec![0.5],
+            repetitions: 1,
+            duration: Duration::from_millis(1000),
+            ..Self::standard(out_dir)
+        }
+    }
+}
+
+/// One row of the results: the median over repetitions of one (mode, setting).
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub median: Measurement,
+    /// `flat-out` or the fraction of the ceiling offered, e.g. `0.50`.
+    pub load: String,
+    pub repetitions: usize,
+    /// Delivered frames/s relative to the ceiling and to the kernel path of the same setting.
+    pub vs_ceiling: Option<f64>,
+    pub vs_kernel: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub rx_core: usize,
+    pub generator_core: usize,
+    pub duration_s: f64,
+    pub runs: Vec<Row>,
+}
+
+/// What one sweep point is.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    endpoints: usize,
+    frame_size: usize,
+    /// None = flat out; Some(f) = f x the ceiling's flat-out rate at this point.
+    fraction: Option<f64>,
+}
+
+fn plan(cfg: &BenchConfig) -> Vec<Point> {
+    let mut points = Vec::new();
+    // Endpoint sweep: 64-byte frames, flat out.
+    for &endpoints in &cfg.endpoint_counts {
+        points.push(Point {
+            endpoints,
+            frame_size: 64,
+            fraction: None,
+        });
+    }
+    // Frame-size sweep and load sweep at 16 endpoints (or the nearest count configured).
+    let base = if cfg.endpoint_counts.contains(&16) {
+        16
+    } else {
+        cfg.endpoint_counts[0]
+    };
+    for &frame_size in cfg.frame_sizes.iter().filter(|&&s| s != 64) {
+        points.push(Point {
+            endpoints: base,
+            frame_size,
+            fraction: None,
+        });
+    }
+    for &f in &cfg.load_fractions {
+        points.push(Point {
+            endpoints: base,
+            frame_size: 64,
+            fraction: Some(f),
+        });
+    }
+    points
+}
+
+/// Run the whole comparison. `progress(done, total, what)` is called before each run.
+pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<Results> {
+    if !xmacvlan::sys::is_root() {
+        bail!("the benchmark builds namespaces and attaches XDP: run it as root");
+    }
+    let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
+    if cfg.rx_core >= cores || cfg.generator_core >= cores || cfg.rx_core == cfg.generator_core {
+        bail!(
+            "the benchmark needs two distinct cores (receive {}, generator {}); this machine has {cores}",
+            cfg.rx_core,
+            cfg.generator_core
+        );
+    }
+    let points = plan(cfg);
+    let total = points.len() * cfg.modes.len() * cfg.repetitions;
+    let mut done = 0;
+    let mut rows: Vec<Row> = Vec::new();
+    // Points sharing an endpoint count share one lab.
+    let mut counts: Vec<usize> = points.iter().map(|p| p.endpoints).collect();
+    counts.dedup();
+    counts.sort_unstable();
+    counts.dedup();
+    for endpoints in counts {
+        let lab = Lab::build(&Topology {
+            vlans: vec![0],
+            endpoints_per_vlan: endpoints,
+            queues: 1,
+            kernel_devices: KernelDevices::Host,
+            mtu: None,
+        })?;
+        placement::prepare(&lab, cfg.rx_core)?;
+        // The ceiling's flat-out rate at this endpoint count anchors the fixed loads.
+        let mut ceiling_pps = None;
+        for point in points.iter().filter(|p| p.endpoints == endpoints) {
+            let streams = lab_streams(&lab.endpoints, point.frame_size, false);
+            let setup = measure::Setup {
+                lab: &lab,
+                streams: &streams,
+                rx_core: cfg.rx_core,
+                generator_core: cfg.generator_core,
+                frame_size: point.frame_size,
+            };
+            let rate = match point.fraction {
+                None => None,
+                Some(f) => match ceiling_pps {
+                    Some(c) => Some(((c * f) as u64).max(1)),
+                    None => bail!("fixed loads need a flat-out ceiling run first"),
+                },
+            };
+            let load = point
+                .fraction
+                .map(|f| format!("{f:.2}"))
+                .unwrap_or_else(|| "flat-out".into());
+            let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); cfg.modes.len()];
+            for _ in 0..cfg.repetitions {
+                for (m, &mode) in cfg.modes.iter().enumerate() {
+                    progress(
+                        done,
+                        total,
+                        &format!(
+                            "{} endpoints={endpoints} frame={}B load={load}",
+                            mode.name(),
+                            point.frame_size
+                        ),
+                    );
+                    samples[m].push(measure::measure(&setup, mode, rate, cfg.duration)?);
+                    done += 1;
+                }
+            }
+            let medians: Vec<Measurement> = samples.into_iter().map(median).collect();
+            let of = |mode: Mode| {
+                medians
+                    .iter()
+                    .find(|m| m.mode == mode)
+                    .map(|m| m.delivered_pps)
+            };
+            if point.fraction.is_none() && point.frame_size == 64 {
+                ceiling_pps = of(Mode::Ceiling).or(ceiling_pps);
+            }
+            for m in &medians {
+                rows.push(Row {
+                    vs_ceiling: of(Mode::Ceiling)
+                        .filter(|&c| c > 0.0)
+                        .map(|c| m.delivered_pps / c),
+                    vs_kernel: of(Mode::Kernel)
+                        .filter(|&k| k > 0.0)
+                        .map(|k| m.delivered_pps / k),
+                    median: m.clone(),
+                    load: load.clone(),
+                    repetitions: cfg.repetitions,
+                });
+            }
+        }
+        if xmacvlan::sys::interrupted().load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+    }
+    progress(done, total, "done");
+    Ok(Results {
+        machine: machine_description(),
+        rx_core: cfg.rx_core,
+        generator_core: cfg.generator_core,
+        duration_s: cfg.duration.as_secs_f64(),
+        runs: rows,
+    })
+}
+
+/// The median run by delivered frames/s (its other numbers come with it, so one row is one
+/// real run, not a mix of runs).
+fn median(mut runs: Vec<Measurement>) -> Measurement {
+    runs.sort_by(|a, b| a.delivered_pps.total_cmp(&b.delivered_pps));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+pub use output::{Written, markdown, write_outputs};

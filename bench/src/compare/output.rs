@@ -1,0 +1,349 @@
+//! Writing the results: `bench-results.json`, a Markdown table, and SVG plots.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{Mode, Results, Row};
+
+pub struct Written {
+    pub json: PathBuf,
+    pub table: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+pub fn write_outputs(results: &Results, dir: &Path) -> Result<Written> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join("bench-results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(results)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let table = dir.join("bench-results.md");
+    std::fs::write(&table, markdown(results))
+        .with_context(|| format!("writing {}", table.display()))?;
+    let mut plots = Vec::new();
+    let flat64 = |r: &&Row| r.load == "flat-out" && r.median.frame_size == 64;
+    let by_endpoints = |metric: fn(&Row) -> f64| -> Vec<(Mode, Vec<(f64, f64)>)> {
+        series(results, flat64, |r| r.median.endpoints as f64, metric)
+    };
+    for (file, title, y_label, data) in [
+        (
+            "throughput-vs-endpoints.svg",
+            "Delivered frames/s vs endpoints (64 B, flat out)",
+            "Mpps",
+            by_endpoints(|r| r.median.delivered_pps / 1e6),
+        ),
+        (
+            "cpu-vs-endpoints.svg",
+            "Receive-core CPU per frame vs endpoints (64 B, flat out)",
+            "ns/frame",
+            by_endpoints(|r| r.median.cpu_ns_per_frame),
+        ),
+        (
+            "latency-vs-load.svg",
+            "p99 latency vs offered load (64 B, fixed loads)",
+            "p99 us",
+            series(
+                results,
+                |r| r.load != "flat-out" && r.median.mode != Mode::Ceiling,
+                |r| r.median.offered_pps / 1e6,
+                |r| r.median.latency_ns.p99 as f64 / 1e3,
+            ),
+        ),
+    ] {
+        if data.iter().all(|(_, points)| points.is_empty()) {
+            continue;
+        }
+        let log_x = file.contains("endpoints");
+        let path = dir.join(file);
+        let x_label = if log_x {
+            "endpoints (log scale)"
+        } else {
+            "offered Mpps"
+        };
+        std::fs::write(&path, svg(title, x_label, y_label, &data, log_x))
+            .with_context(|| format!("writing {}", path.display()))?;
+        plots.push(path);
+    }
+    Ok(Written { json, table, plots })
+}
+
+fn series(
+    results: &Results,
+    keep: impl Fn(&&Row) -> bool,
+    x: impl Fn(&Row) -> f64,
+    y: impl Fn(&Row) -> f64,
+) -> Vec<(Mode, Vec<(f64, f64)>)> {
+    let mut out: Vec<(Mode, Vec<(f64, f64)>)> = Vec::new();
+    for row in results.runs.iter().filter(keep) {
+        let entry = match out.iter_mut().position(|(m, _)| *m == row.median.mode) {
+            Some(i) => &mut out[i].1,
+            None => {
+                out.push((row.median.mode, Vec::new()));
+                &mut out.last_mut().unwrap().1
+            }
+        };
+        entry.push((x(row), y(row)));
+    }
+    for (_, points) in &mut out {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Machine: {}. Generator on core {}, receive work on core {}; {:.1} s per run, median of repetitions.\n",
+        results.machine, results.generator_core, results.rx_core, results.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | loss | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &results.runs {
+        let m = &r.median;
+        let us = |ns: u64| {
+            if m.mode == Mode::Ceiling {
+                "–".to_string()
+            } else {
+                format!("{:.1}", ns as f64 / 1e3)
+            }
+        };
+        let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
+            m.mode.name(),
+            m.endpoints,
+            m.frame_size,
+            r.load,
+            m.offered_pps / 1e6,
+            m.generator_pps / 1e6,
+            m.delivered_pps / 1e6,
+            m.loss * 100.0,
+            m.cpu_ns_per_frame,
+            us(m.latency_ns.p50),
+            us(m.latency_ns.p99),
+            us(m.latency_ns.p999),
+            us(m.latency_ns.max),
+            ratio(r.vs_ceiling),
+            ratio(r.vs_kernel),
+        );
+    }
+    s
+}
+
+const COLORS: [(Mode, &str); 4] = [
+    (Mode::Ceiling, "#888888"),
+    (Mode::Xdp, "#1f77b4"),
+    (Mode::User, "#2ca02c"),
+    (Mode::Kernel, "#d62728"),
+];
+
+/// A plain line chart: one polyline per mode, axes with a few ticks, a legend.
+fn svg(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    data: &[(Mode, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 150.0, 40.0, 50.0);
+    let tx = |x: f64| if log_x { x.max(1.0).log2() } else { x };
+    let points = data.iter().flat_map(|(_, p)| p.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in points {
+        x0 = x0.min(tx(x));
+        x1 = x1.max(tx(x));
+        y1 = y1.max(y);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let y1 = if y1 > 0.0 { y1 * 1.1 } else { 1.0 };
+    let px = |x: f64| left + (tx(x) - x0) / (x1 - x0) * (w - left - right);
+    let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#,
+        w / 2.0
+    );
+    let (ax0, ay0, ax1, ay1) = (left, h - bottom, w - right, top);
+    let _ = writeln!(
+        s,
+        r#"<path d="M{ax0},{ay1} L{ax0},{ay0} L{ax1},{ay0}" stroke="black" fill="none"/>"#
+    );
+    for i in 0..=4 {
+        let y = y1 * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{ax0}" x2="{ax1}" y1="{0}" y2="{0}" stroke="#eeeeee"/><text x="{1}" y="{2}" text-anchor="end">{3}</text>"##,
+            py(y),
+            ax0 - 6.0,
+            py(y) + 4.0,
+            tick(y)
+        );
+    }
+    let mut xs: Vec<f64> = data
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(x, _)| x))
+        .collect();
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.dedup();
+    for x in xs {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            px(x),
+            ay0 + 16.0,
+            tick(x)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+        (ax0 + ax1) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{0}" text-anchor="middle" transform="rotate(-90 16 {0})">{y_label}</text>"#,
+        (ay0 + ay1) / 2.0
+    );
+    for (n, (mode, pts)) in data.iter().enumerate() {
+        let color = COLORS
+            .iter()
+            .find(|(m, _)| m == mode)
+            .map(|(_, c)| *c)
+            .unwrap_or("black");
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for &(x, y) in pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                px(x),
+                py(y)
+            );
+        }
+        let ly = top + 10.0 + n as f64 * 20.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#,
+            ax1 + 15.0,
+            ax1 + 40.0,
+            ax1 + 46.0,
+            ly + 4.0,
+            mode.name()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::{Latency, Measurement};
+
+    fn row(mode: Mode, endpoints: usize, pps: f64) -> Row {
+        Row {
+            median: Measurement {
+                mode,
+                endpoints,
+                frame_size: 64,
+                offered_pps: pps,
+                generator_pps: pps,
+                delivered_pps: pps,
+                loss: 0.0,
+                cpu_ns_per_frame: 1e9 / pps,
+                latency_ns: Latency {
+                    p50: 1000,
+                    p99: 2000,
+                    p999: 3000,
+                    max: 4000,
+                },
+                sent: 10,
+                delivered: 10,
+            },
+            load: "flat-out".into(),
+            repetitions: 1,
+            vs_ceiling: Some(0.5),
+            vs_kernel: None,
+        }
+    }
+
+    #[test]
+    fn writes_json_table_and_plots() {
+        let results = Results {
+            machine: "test".into(),
+            rx_core: 1,
+            generator_core: 0,
+            duration_s: 1.0,
+            runs: vec![
+                row(Mode::Ceiling, 1, 2e6),
+                row(Mode::Xdp, 1, 1e6),
+                row(Mode::Ceiling, 16, 2e6),
+                row(Mode::Xdp, 16, 0.9e6),
+            ],
+        };
+        let dir = std::env::temp_dir().join(format!("xmv-bench-out-{}", std::process::id()));
+        let written = write_outputs(&results, &dir).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap()).unwrap();
+        let first = &json["runs"][0];
+        for key in [
+            "mode",
+            "endpoints",
+            "frame_size",
+            "offered_pps",
+            "delivered_pps",
+            "cpu_ns_per_frame",
+            "loss",
+        ] {
+            assert!(!first[key].is_null(), "{key} missing from {first}");
+        }
+        assert_eq!(first["mode"], "ceiling");
+        assert_eq!(first["latency_ns"]["p999"], 3000);
+        let table = std::fs::read_to_string(&written.table).unwrap();
+        assert_eq!(table.lines().filter(|l| l.starts_with("| xdp")).count(), 2);
+        assert_eq!(
+            written.plots.len(),
+            2,
+            "no fixed-load rows: no latency plot"
+        );
+        let svg = std::fs::read_to_string(&written.plots[0]).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains(">xdp<"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask bench [--quick] [-- compare options]`: build in release mode, then compare the
+//! XDP_DROP ceiling and the xdp, user and kernel demux modes in the namespace lab.
+use anyhow::{Result, bail};
+
+use crate::cargo::{cargo, is_root, run as run_cmd, workspace_root};
+
+pub fn run(args: &[String]) -> Result<()> {
+    crate::deps::ensure(false)?;
+    let (ours, program_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let mut compare_args: Vec<String> = Vec::new();
+    for a in ours {
+        match a.as_str() {
+            "--quick" => compare_args.push(a.clone()),
+            other => bail!(
+                "bench: unknown option `{other}` (use --quick; pass the benchmark's own options \
+                 after `--`, e.g. `cargo xtask bench -- --endpoints 1,16 --modes xdp,kernel`)"
+            ),
+        }
+    }
+    compare_args.extend(program_args.iter().cloned());
+    run_cmd(
+        cargo().args(["build", "--release", "-p", "xmacvlan-bench"]),
+        "cargo build --release",
+    )?;
+    if !is_root() {
+        bail!(
+            "the benchmark builds namespaces and attaches XDP: rerun as root, e.g. `sudo -E cargo xtask bench`"
+        );
+    }
+    let root = workspace_root();
+    let mut cmd = std::process::Command::new(root.join("target/release/xmacvlan-bench"));
+    cmd.arg("compare")
+        .arg("--out")
+        .arg(root.join("target/bench"))
+        .args(&compare_args);
+    run_cmd(&mut cmd, "the benchmark")
+}
