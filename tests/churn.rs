@@ -5,7 +5,7 @@
 //! within a small bound. After stopping, it holds what it held before starting. One test runs
 //! both demux modes in turn: the counts are per process, so nothing else may run beside it.
 //! Needs root.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec, SocketStats};
@@ -86,6 +86,7 @@ fn churn(demux: DemuxMode) -> Outcome {
                 let mut socket = SocketStats::default();
                 let mut warm = (Held::default(), 0);
                 let mut rss = Vec::new();
+                let stopper = bare_lab::StopOnDrop(&stop);
                 dp.add_endpoint(churned(0))?;
                 // Each cycle adds the next endpoint, then removes the previous one: one or two
                 // churned endpoints are attached at any time, and slots are reused constantly.
@@ -113,7 +114,7 @@ fn churn(demux: DemuxMode) -> Outcome {
                     steady.len(),
                     "{demux:?}: the key map holds exactly the attached endpoints"
                 );
-                stop.store(true, Ordering::Relaxed);
+                drop(stopper);
                 let sent = generator.join().expect("generator panicked")?;
                 anyhow::Ok((sent, frames, socket, warm, end, rss))
             })?;

@@ -15,6 +15,7 @@ use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{TrafficConfig, run_traffic};
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::{check_endpoints, sent_where};
+use xmacvlan_tests::resources::slot_of;
 use xmacvlan_tests::rng::Rng;
 use xmacvlan_tests::{bare_lab, dataplane_config, require_root};
 
@@ -250,8 +251,8 @@ fn user_demux_isolates_64_endpoints_on_4_vlans() {
 const REUSE_CYCLES: usize = 20;
 
 /// Endpoint "a" (one MAC) and "b" (another) take turns in one slot while frames to both
-/// flow: each removal leaves "a"'s frames in flight, and the next add takes the freed slot
-/// (slots are reused lowest first and only that one is free).
+/// flow: each removal leaves the holder's frames in flight, and the next add takes the freed
+/// slot (read back from the classifier's key map).
 fn slot_reuse(demux: DemuxMode) {
     let steady: Vec<EndpointSpec> = (0..6)
         .map(|i| EndpointSpec {
@@ -291,13 +292,21 @@ fn slot_reuse(demux: DemuxMode) {
             std::thread::scope(|s| {
                 let generator =
                     s.spawn(|| lab.wire.run(|| generator::run(&gen_cfg, &streams, &stop)));
+                let stopper = bare_lab::StopOnDrop(&stop);
                 for n in 0..REUSE_CYCLES {
                     std::thread::sleep(Duration::from_millis(40));
+                    let slot = slot_of(turn(n).key()).expect("an attached endpoint has a slot");
                     removed.push(dp.remove_endpoint(&turn(n).name)?);
+                    assert_eq!(slot_of(turn(n).key()), None, "the old key is gone");
                     dp.add_endpoint(turn(n + 1))?;
+                    assert_eq!(
+                        slot_of(turn(n + 1).key()),
+                        Some(slot),
+                        "{demux:?}: the newcomer took the freed slot"
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(40));
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(stopper);
                 let sent = generator.join().expect("generator panicked")?;
                 std::thread::sleep(Duration::from_millis(200));
                 anyhow::Ok((sent, dp.stop()?, removed))

@@ -37,3 +37,13 @@ pub fn generator_until_stopped(rate: Option<u64>) -> GeneratorConfig {
         max_in_flight: 256,
     }
 }
+
+/// Sets a generator's stop flag when dropped, so a failing assertion inside a thread scope
+/// stops the traffic instead of waiting out the generator's duration.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -4,6 +4,8 @@
 //! namespace, threads, and resident memory. Leak tests compare two readings.
 use std::os::fd::RawFd;
 
+use xmacvlan::abi::Key;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
     pub fds: usize,
@@ -34,30 +36,17 @@ pub fn held() -> Held {
             .len(),
         ..Held::default()
     };
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        // The directory listing's own fd is gone by now: skip fds that vanished.
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
-            continue;
-        };
+    for (fd, info) in fds_with_info() {
         h.fds += 1;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-        };
-        if field("prog_type:").is_some() {
+        if field(&info, "prog_type:").is_some() {
             h.bpf_programs += 1;
-        } else if let Some(map_type) = field("map_type:") {
+        } else if let Some(map_type) = field(&info, "map_type:") {
             h.bpf_maps += 1;
             if map_type.parse() == Ok(BPF_MAP_TYPE_HASH) {
-                let key_size = field("key_size:").and_then(|k| k.parse().ok()).unwrap_or(0);
-                h.hash_map_entries += map_keys(fd, key_size);
+                let key_size = field(&info, "key_size:").and_then(|k| k.parse().ok());
+                h.hash_map_entries += map_keys(fd, key_size.unwrap_or(0)).len();
             }
-        } else if field("link_type:").is_some() {
+        } else if field(&info, "link_type:").is_some() {
             h.bpf_links += 1;
         } else if std::fs::read_link(format!("/proc/self/fd/{fd}"))
             .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
@@ -80,6 +69,26 @@ pub fn rss_bytes() -> u64 {
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
 }
 
+/// This process's open fds with their /proc fdinfo text.
+fn fds_with_info() -> impl Iterator<Item = (RawFd, String)> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The directory listing's own fd is gone by now: fds that vanished are skipped.
+    fds.into_iter().filter_map(|fd| {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        Some((fd, info))
+    })
+}
+
+/// A `name:\tvalue` line of an fdinfo text.
+fn field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+}
+
 fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map_or(0, |d| d.count())
 }
@@ -93,32 +102,57 @@ fn xdp_sockets_in_netns() -> usize {
         .expect("an XDP row in /proc/net/protocols (CONFIG_XDP_SOCKETS)")
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// One `bpf(2)` map-element command: union bpf_attr's map_fd (u32), pad, key and
+/// value/next_key pointers. Returns whether it succeeded.
+fn map_call(cmd: libc::c_long, fd: RawFd, key: Option<&[u8]>, out: &mut [u8]) -> bool {
+    let mut attr = [0u64; 8];
+    attr[0] = fd as u32 as u64;
+    attr[1] = key.map_or(0, |k| k.as_ptr() as u64);
+    attr[2] = out.as_mut_ptr() as u64;
+    // SAFETY: attr is a valid bpf_attr for the command; the buffers are the map's key and
+    // value sizes (checked by the callers against its fdinfo) and outlive the call; a bad fd
+    // only makes the call fail.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    r == 0
+}
+
 /// Keys of a BPF map, walked with BPF_MAP_GET_NEXT_KEY.
-fn map_keys(fd: RawFd, key_size: usize) -> usize {
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    let mut key = vec![0u8; key_size.max(1)];
-    let mut next = vec![0u8; key_size.max(1)];
-    let mut count = 0;
+fn map_keys(fd: RawFd, key_size: usize) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     loop {
-        // union bpf_attr for MAP_*_ELEM: map_fd (u32), pad, key (u64 ptr), next_key (u64 ptr).
-        let mut attr = [0u64; 8];
-        attr[0] = fd as u32 as u64;
-        attr[1] = if count == 0 { 0 } else { key.as_ptr() as u64 };
-        attr[2] = next.as_mut_ptr() as u64;
-        // SAFETY: attr is a valid bpf_attr for this command, the key buffers are key_size
-        // bytes and outlive the call; a bad fd only makes the call fail.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if r < 0 || count > 1 << 20 {
-            return count;
+        let mut next = vec![0u8; key_size.max(1)];
+        let previous = keys.last().map(Vec::as_slice);
+        if !map_call(BPF_MAP_GET_NEXT_KEY, fd, previous, &mut next) || keys.len() > 1 << 20 {
+            return keys;
         }
-        count += 1;
-        key.copy_from_slice(&next);
+        keys.push(next);
     }
+}
+
+/// The slot the classifier's key map (the process's BPF hash map from `struct xmv_key` to a
+/// u32 slot) holds for `key`, if any: how a test sees which slot an endpoint got.
+pub fn slot_of(key: Key) -> Option<u32> {
+    let mut wanted = key.vid.to_ne_bytes().to_vec();
+    wanted.extend_from_slice(&key.mac);
+    fds_with_info()
+        .filter(|(_, info)| {
+            field(info, "map_type:") == Some(BPF_MAP_TYPE_HASH.to_string())
+                && field(info, "key_size:").as_deref() == Some("8")
+                && field(info, "value_size:").as_deref() == Some("4")
+        })
+        .find_map(|(fd, _)| {
+            let mut slot = [0u8; 4];
+            map_call(BPF_MAP_LOOKUP_ELEM, fd, Some(&wanted), &mut slot)
+                .then(|| u32::from_ne_bytes(slot))
+        })
 }
