@@ -6,7 +6,7 @@
 //! both demux modes in turn: the counts are per process, so nothing else may run beside it.
 //! Needs root.
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec, SocketStats};
 use xmacvlan::frame::TestFrame;
@@ -119,7 +119,7 @@ fn churn(demux: DemuxMode) -> Outcome {
                 anyhow::Ok((sent, frames, socket, warm, end, rss))
             })?;
             let seconds = started.elapsed().as_secs_f64();
-            std::thread::sleep(Duration::from_millis(200));
+            bare_lab::drain(&dp);
             let finished = dp.stop()?;
             let after = held();
             assert_eq!(
@@ -133,6 +133,13 @@ fn churn(demux: DemuxMode) -> Outcome {
                 "{demux:?}: resident memory grew {rss_drift} bytes over {} cycles; per 100: {rss:?}",
                 CYCLES - WARMUP
             );
+            let endpoints = finished
+                .endpoints
+                .iter()
+                .map(|e| (e.frames, e.socket_stats))
+                .chain([(churn_frames, churn_socket)]);
+            let ledger = Ledger::new(sent.total(), finished.xdp, endpoints, &finished.queues);
+            ledger.assert_balanced(&format!("{demux:?} churn"));
             // The steady endpoints got everything sent to them, and only that.
             for (i, e) in finished.endpoints.iter().enumerate() {
                 let expected = sent_where(&streams, &sent.per_stream, |s| {
@@ -141,13 +148,6 @@ fn churn(demux: DemuxMode) -> Outcome {
                 assert_eq!(e.frames, expected, "{demux:?} {}: lost frames", e.spec.name);
                 assert_eq!((e.misdelivered, e.dropped), (0, 0), "{demux:?} {}", e.spec.name);
             }
-            let endpoints = finished
-                .endpoints
-                .iter()
-                .map(|e| (e.frames, e.socket_stats))
-                .chain([(churn_frames, churn_socket)]);
-            let ledger = Ledger::new(sent.total(), finished.xdp, endpoints, &finished.queues);
-            ledger.assert_balanced(&format!("{demux:?} churn"));
             println!(
                 "churn {demux:?}: {CYCLES} cycles in {seconds:.1} s, {} frames sent, held {:?}, \
                  RSS {} KiB at warm-up, drift {rss_drift} B; {ledger:?}",

@@ -295,6 +295,7 @@ fn slot_reuse(demux: DemuxMode) {
                 let stopper = bare_lab::StopOnDrop(&stop);
                 for n in 0..REUSE_CYCLES {
                     std::thread::sleep(Duration::from_millis(40));
+                    wait_for_frames(&dp, &turn(n).name);
                     let slot = slot_of(turn(n).key()).expect("an attached endpoint has a slot");
                     removed.push(dp.remove_endpoint(&turn(n).name)?);
                     assert_eq!(slot_of(turn(n).key()), None, "the old key is gone");
@@ -305,10 +306,10 @@ fn slot_reuse(demux: DemuxMode) {
                         "{demux:?}: the newcomer took the freed slot"
                     );
                 }
-                std::thread::sleep(Duration::from_millis(40));
+                wait_for_frames(&dp, &turn(REUSE_CYCLES).name);
                 drop(stopper);
                 let sent = generator.join().expect("generator panicked")?;
-                std::thread::sleep(Duration::from_millis(200));
+                bare_lab::drain(&dp);
                 anyhow::Ok((sent, dp.stop()?, removed))
             })
         })
@@ -318,6 +319,23 @@ fn slot_reuse(demux: DemuxMode) {
     let ledger = Ledger::finished(sent.total(), &finished, &removed);
     ledger.assert_balanced(&format!("{demux:?}"));
     println!("slot reuse {demux:?}: {ledger:?}");
+}
+
+/// Wait (up to 5 s: a loaded machine may start the generator late) until the endpoint has
+/// received a frame, so it is removed with its traffic flowing.
+fn wait_for_frames(dp: &Dataplane, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let counters = dp.endpoint_counters();
+        let (_, c) = counters
+            .iter()
+            .find(|(e, _)| e.name == name)
+            .expect("attached");
+        if c.frames.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn check_reuse(

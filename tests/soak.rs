@@ -78,19 +78,7 @@ fn soak(demux: DemuxMode, secs: u64) -> Outcome {
                 let sent = generator.join().expect("generator panicked")?;
                 anyhow::Ok((sent, samples))
             })?;
-            // Let the receive side finish: nothing moves for 300 ms.
-            let delivered = || {
-                dp.endpoint_counters()
-                    .iter()
-                    .map(|(_, c)| c.frames.load(std::sync::atomic::Ordering::Relaxed))
-                    .sum()
-            };
-            lab::wait_for_drain(
-                delivered,
-                u64::MAX,
-                Duration::from_millis(300),
-                Duration::from_secs(5),
-            );
+            bare_lab::drain(&dp);
             let live = dp.snapshot()?;
             let endpoints = live.endpoints.iter().map(|e| (e.frames, e.socket));
             let from_snapshot = Ledger::new(sent.total(), live.xdp, endpoints, &live.queues);

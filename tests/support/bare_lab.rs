@@ -47,3 +47,20 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// After the generator stopped: wait until the dataplane's endpoints stop receiving (no change
+/// for 300 ms, at most 5 s), so the final numbers include every frame still on its way.
+pub fn drain(dp: &xmacvlan::dataplane::Dataplane) {
+    let delivered = || {
+        dp.endpoint_counters()
+            .iter()
+            .map(|(_, c)| c.frames.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    lab::wait_for_drain(
+        delivered,
+        u64::MAX,
+        std::time::Duration::from_millis(300),
+        std::time::Duration::from_secs(5),
+    );
+}
