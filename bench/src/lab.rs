@@ -212,6 +212,11 @@ impl Lab {
     fn add_host_devices(&mut self) -> Result<()> {
         let endpoints = self.endpoints.clone();
         let names = self.host.run(|| {
+            // Without this, every macvlan sends IPv6 DAD, router solicitations and MLD
+            // reports, which bridge mode hands to every other macvlan: with a thousand
+            // endpoints that storm alone fills the namespace's cores and the readers' rings.
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+                .context("disabling IPv6 for the host-namespace macvlans")?;
             let nl = Netlink::new()?;
             let nic = nl.require_link(NIC)?.index;
             let mut names = Vec::new();

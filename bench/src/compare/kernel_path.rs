@@ -13,14 +13,26 @@ use xmacvlan::dataplane::{Consumer, EndpointCounters, HotLoop, Idle, latency_his
 
 use crate::lab::Lab;
 
-/// Rings small enough for a thousand endpoints (256 KiB each: ~1,800 minimum-size frames),
-/// with the shortest retire timeout so a half-full block waits at most 1 ms.
-const RING: RingConfig = RingConfig {
-    block_size: 64 * 1024,
-    block_count: 4,
-    retire_timeout_ms: 1,
-    ignore_outgoing: true,
-};
+/// Ring memory for all endpoints together, split evenly: one endpoint gets a 16 MiB ring (as
+/// `RingConfig::default()`), a thousand get 256 KiB each (~1,800 minimum-size frames).
+const RING_BUDGET: u32 = 16 << 20;
+const BLOCK_SIZE: u32 = 64 * 1024;
+const MIN_BLOCKS: u32 = 4;
+
+/// Every TPACKET_V3 socket runs a block-retire timer at its timeout, busy or idle: a thousand
+/// sockets at 1 ms are a million timer expiries a second, which alone saturate a core. The
+/// timeout grows with the endpoint count (1 ms up to 16 endpoints, 64 ms at 1024), keeping the
+/// timers at about 16,000 a second, at the price of latency at low load: a frame can wait that
+/// long in a half-filled block. That is a cost of this baseline, reported as measured.
+fn ring_config(endpoints: usize) -> RingConfig {
+    let endpoints = endpoints.max(1) as u32;
+    RingConfig {
+        block_size: BLOCK_SIZE,
+        block_count: (RING_BUDGET / BLOCK_SIZE / endpoints).max(MIN_BLOCKS),
+        retire_timeout_ms: endpoints.div_ceil(16),
+        ignore_outgoing: true,
+    }
+}
 
 pub struct KernelPath {
     /// Frames delivered so far, all endpoints (published once per block).
@@ -32,10 +44,22 @@ pub struct KernelPath {
 #[derive(Debug)]
 pub struct KernelFinished {
     pub frames: u64,
+    /// Per endpoint, in the lab's order: (frames, misdelivered, ring drops).
+    pub per_endpoint: Vec<(u64, u64, u64)>,
     pub misdelivered: u64,
     /// Frames the kernel could not place in a ring (`tp_drops`), all endpoints.
     pub drops: u64,
     pub latency: Histogram<u64>,
+    /// Per endpoint, in the lab's order.
+    pub endpoints: Vec<KernelEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEndpoint {
+    pub name: String,
+    pub frames: u64,
+    pub misdelivered: u64,
+    pub drops: u64,
 }
 
 impl KernelPath {
@@ -54,7 +78,7 @@ impl KernelPath {
             let index = xmacvlan::sys::if_index(device).with_context(|| {
                 format!("macvlan {device} of endpoint {} is missing", spec.name)
             })?;
-            let ring = PacketRing::open(index, RING)
+            let ring = PacketRing::open(index, ring_config(lab.endpoints.len()))
                 .with_context(|| format!("opening an AF_PACKET ring on {device}"))?;
             let consumer = Consumer::new(spec, Arc::new(EndpointCounters::default()));
             readers.push((ring, consumer));
@@ -130,18 +154,27 @@ fn read_until_stopped(
     }
     let mut finished = KernelFinished {
         frames: 0,
+        per_endpoint: Vec::with_capacity(readers.len()),
         misdelivered: 0,
         drops: 0,
         latency: latency_histogram(),
+        endpoints: Vec::with_capacity(readers.len()),
     };
     for (mut ring, consumer) in readers {
-        finished.frames += consumer.counters.frames.load(Ordering::Relaxed);
-        finished.misdelivered += consumer.counters.misdelivered.load(Ordering::Relaxed);
-        finished.drops += ring.stats()?.drops;
+        let endpoint = KernelEndpoint {
+            name: consumer.name().to_string(),
+            frames: consumer.counters.frames.load(Ordering::Relaxed),
+            misdelivered: consumer.counters.misdelivered.load(Ordering::Relaxed),
+            drops: ring.stats()?.drops,
+        };
+        finished.frames += endpoint.frames;
+        finished.misdelivered += endpoint.misdelivered;
+        finished.drops += endpoint.drops;
         finished
             .latency
             .add(&consumer.latency)
             .context("merging latency histograms")?;
+        finished.endpoints.push(endpoint);
     }
     Ok(finished)
 }

@@ -65,6 +65,13 @@ pub struct Measurement {
     pub latency_ns: Latency,
     pub sent: u64,
     pub delivered: u64,
+    /// Sent but never seen by the receive path: the NIC (veth) queue overflowed because the
+    /// receive core did not drain it in time.
+    pub lost_before_receive: u64,
+    /// Seen by the receive path, then dropped by the mode (a full socket, ring or block).
+    pub dropped_after_receive: u64,
+    /// Frames an endpoint received that were not its own. Must be 0.
+    pub misdelivered: u64,
 }
 
 pub struct Setup<'a> {
@@ -73,6 +80,19 @@ pub struct Setup<'a> {
     pub rx_core: usize,
     pub generator_core: usize,
     pub frame_size: usize,
+}
+
+/// What one run saw, before it becomes rates.
+struct Observed {
+    sent: crate::generator::Sent,
+    delivered: u64,
+    /// Frames the receive path saw at all (XDP's `seen`; the kernel path: delivered + ring drops).
+    received: u64,
+    /// Frames received and then dropped by the mode (full sockets or rings), all reasons.
+    dropped: u64,
+    misdelivered: u64,
+    busy_ns: u64,
+    latency: hdrhistogram::Histogram<u64>,
 }
 
 pub fn measure(
@@ -91,7 +111,15 @@ pub fn measure(
     };
     let lab = setup.lab;
     let cores = [setup.rx_core];
-    let (sent, delivered, busy_ns, histogram) = lab.host.run(|| match mode {
+    let Observed {
+        sent,
+        delivered,
+        received,
+        dropped,
+        misdelivered,
+        busy_ns,
+        latency: histogram,
+    } = lab.host.run(|| match mode {
         Mode::Ceiling => {
             let index = xmacvlan::sys::if_index(NIC).context("lab NIC missing")?;
             let mut drop_all = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
@@ -101,12 +129,15 @@ pub fn measure(
             let before = CpuSample::read(&cores)?;
             let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &seen)?;
             let after = CpuSample::read(&cores)?;
-            Ok((
+            Ok(Observed {
                 sent,
-                seen(),
-                busy_ns_between(&before, &after)?,
-                latency_histogram(),
-            ))
+                delivered: seen(),
+                received: seen(),
+                dropped: 0,
+                misdelivered: 0,
+                busy_ns: busy_ns_between(&before, &after)?,
+                latency: latency_histogram(),
+            })
         }
         Mode::Xdp | Mode::User => {
             let cfg = DataplaneConfig {
@@ -132,6 +163,7 @@ pub fn measure(
             let before = CpuSample::read(&cores)?;
             let sent = run_traffic(lab, &dp, 1, setup.streams, &traffic)?;
             let after = CpuSample::read(&cores)?;
+            let snapshot = dp.snapshot()?;
             let finished = dp.stop()?;
             let mut histogram = latency_histogram();
             for e in &finished.endpoints {
@@ -139,13 +171,24 @@ pub fn measure(
                     .add(&e.latency)
                     .context("merging latency histograms")?;
             }
-            let delivered = finished.endpoints.iter().map(|e| e.frames).sum();
-            Ok((
+            // After the classifier: sockets that were full, the user demux's full rings,
+            // claimed frames with no socket.
+            let dropped = snapshot.xdp.pass_no_socket
+                + snapshot.endpoints.iter().map(|e| e.dropped()).sum::<u64>()
+                + snapshot
+                    .queues
+                    .iter()
+                    .map(|q| q.socket.dropped() + q.dropped_ring_full + q.dropped_unknown)
+                    .sum::<u64>();
+            Ok(Observed {
                 sent,
-                delivered,
-                busy_ns_between(&before, &after)?,
-                histogram,
-            ))
+                delivered: finished.endpoints.iter().map(|e| e.frames).sum(),
+                received: snapshot.xdp.seen,
+                dropped,
+                misdelivered: finished.endpoints.iter().map(|e| e.misdelivered).sum(),
+                busy_ns: busy_ns_between(&before, &after)?,
+                latency: histogram,
+            })
         }
         Mode::Kernel => {
             let kernel = KernelPath::start(lab, setup.rx_core)?;
@@ -155,12 +198,15 @@ pub fn measure(
             let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &delivered)?;
             let after = CpuSample::read(&cores)?;
             let finished = kernel.stop()?;
-            Ok((
+            Ok(Observed {
                 sent,
-                finished.frames,
-                busy_ns_between(&before, &after)?,
-                finished.latency,
-            ))
+                delivered: finished.frames,
+                received: finished.frames + finished.drops,
+                dropped: finished.drops,
+                misdelivered: finished.misdelivered,
+                busy_ns: busy_ns_between(&before, &after)?,
+                latency: finished.latency,
+            })
         }
     })?;
     let secs = sent.elapsed.as_secs_f64().max(1e-9);
@@ -195,5 +241,8 @@ pub fn measure(
         },
         sent: sent_total,
         delivered,
+        lost_before_receive: sent_total.saturating_sub(received),
+        dropped_after_receive: dropped,
+        misdelivered,
     })
 }

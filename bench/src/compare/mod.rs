@@ -10,7 +10,7 @@ use serde::Serialize;
 pub mod kernel_path;
 mod measure;
 mod output;
-mod placement;
+pub mod placement;
 
 pub use measure::{ALL_MODES, Latency, Measurement, Mode};
 
@@ -68,6 +68,10 @@ pub struct Row {
     /// `flat-out` or the fraction of the ceiling offered, e.g. `0.50`.
     pub load: String,
     pub repetitions: usize,
+    /// What set the delivered rate: `receiver` (frames were lost: the receive core's limit),
+    /// `generator` (flat out, nothing lost: the receiver could take more; its CPU ns/frame
+    /// then includes idle busy-polling), or `offered` (a fixed load, delivered in full).
+    pub limited_by: &'static str,
     /// Delivered frames/s relative to the ceiling and to the kernel path of the same setting.
     pub vs_ceiling: Option<f64>,
     pub vs_kernel: Option<f64>,
@@ -211,6 +215,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                     vs_kernel: of(Mode::Kernel)
                         .filter(|&k| k > 0.0)
                         .map(|k| m.delivered_pps / k),
+                    limited_by: limited_by(m, rate),
                     median: m.clone(),
                     load: load.clone(),
                     repetitions: cfg.repetitions,
@@ -229,6 +234,19 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         duration_s: cfg.duration.as_secs_f64(),
         runs: rows,
     })
+}
+
+/// Loss above this means the receiver, not the generator, set the rate.
+const LOSS_LIMIT: f64 = 0.01;
+
+fn limited_by(m: &Measurement, rate: Option<u64>) -> &'static str {
+    if m.loss > LOSS_LIMIT {
+        "receiver"
+    } else if rate.is_some_and(|r| m.generator_pps >= 0.98 * r as f64) {
+        "offered"
+    } else {
+        "generator"
+    }
 }
 
 /// The median run by delivered frames/s (its other numbers come with it, so one row is one

@@ -90,6 +90,15 @@ fn series(
     out
 }
 
+/// `part` as a percentage of `whole`.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
 pub fn markdown(results: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -99,11 +108,11 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | loss | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
+        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.runs {
         let m = &r.median;
@@ -117,7 +126,7 @@ pub fn markdown(results: &Results) -> String {
         let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
             m.mode.name(),
             m.endpoints,
             m.frame_size,
@@ -125,7 +134,10 @@ pub fn markdown(results: &Results) -> String {
             m.offered_pps / 1e6,
             m.generator_pps / 1e6,
             m.delivered_pps / 1e6,
+            r.limited_by,
             m.loss * 100.0,
+            share(m.lost_before_receive, m.sent),
+            share(m.dropped_after_receive, m.sent),
             m.cpu_ns_per_frame,
             us(m.latency_ns.p50),
             us(m.latency_ns.p99),
@@ -295,9 +307,13 @@ mod tests {
                 },
                 sent: 10,
                 delivered: 10,
+                lost_before_receive: 0,
+                dropped_after_receive: 0,
+                misdelivered: 0,
             },
             load: "flat-out".into(),
             repetitions: 1,
+            limited_by: "generator",
             vs_ceiling: Some(0.5),
             vs_kernel: None,
         }

@@ -40,19 +40,12 @@ pub fn prepare(lab: &Lab, core: usize) -> Result<()> {
 pub fn pin_napi_threads(lab: &Lab, core: usize) -> Result<usize> {
     write_sysfs(lab, &format!("echo 1 > /sys/class/net/{NIC}/threaded"))?;
     let prefix = format!("napi/{NIC}-");
-    let mut pinned = 0;
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with(&prefix) {
-            xmacvlan::sys::set_task_affinity(pid, core)
-                .with_context(|| format!("pinning NAPI thread {pid} to core {core}"))?;
-            pinned += 1;
-        }
+    let threads = tasks_named("/proc", |comm| comm.starts_with(&prefix))?;
+    for (pid, _) in &threads {
+        xmacvlan::sys::set_task_affinity(*pid, core)
+            .with_context(|| format!("pinning NAPI thread {pid} to core {core}"))?;
     }
+    let pinned = threads.len();
     if pinned == 0 {
         bail!(
             "no NAPI thread of {NIC} found after making its NAPI threaded: the receive work would stay on the generator's core"
@@ -70,22 +63,33 @@ pub const RECEIVE_THREAD_NICE: i32 = 10;
 /// Renice this process's receive threads (named `xmv-worker-…`, `xmv-consumer-…`,
 /// `xmv-kernel-rx`). Call after they started. Returns how many were reniced.
 pub fn renice_receive_threads() -> Result<usize> {
-    let mut reniced = 0;
-    for entry in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
-        let Ok(entry) = entry else { continue };
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let comm = comm.trim_end();
-        if ["xmv-worker", "xmv-consumer", "xmv-kernel-rx"]
+    let threads = tasks_named("/proc/self/task", |comm| {
+        ["xmv-worker", "xmv-consumer", "xmv-kernel-rx"]
             .iter()
             .any(|p| comm.starts_with(p))
-        {
-            xmacvlan::sys::set_task_nice(tid, RECEIVE_THREAD_NICE)
-                .with_context(|| format!("renicing thread {tid} ({comm})"))?;
-            reniced += 1;
+    })?;
+    for (tid, comm) in &threads {
+        xmacvlan::sys::set_task_nice(*tid, RECEIVE_THREAD_NICE)
+            .with_context(|| format!("renicing thread {tid} ({comm})"))?;
+    }
+    Ok(threads.len())
+}
+
+/// The tasks (`/proc`: processes, `/proc/self/task`: this process's threads) whose name
+/// (`comm`) `keep` accepts, with their names.
+pub fn tasks_named(dir: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<(i32, String)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        let Ok(id) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // A task may exit between the listing and this read.
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        if keep(comm) {
+            found.push((id, comm.to_string()));
         }
     }
-    Ok(reniced)
+    Ok(found)
 }
