@@ -178,7 +178,8 @@ pub fn measure(
                 + snapshot
                     .queues
                     .iter()
-                    .map(|q| q.socket.dropped() + q.dropped_ring_full + q.dropped_unknown)
+                    // Ring-full drops are already in the endpoints' `dropped()`.
+                    .map(|q| q.socket.dropped() + q.dropped_unknown)
                     .sum::<u64>();
             Ok(Observed {
                 sent,
