@@ -1,0 +1,127 @@
+//! `cargo xtask bench` in miniature: the comparison driver end to end (every mode, a fixed
+//! load, JSON, table, plots) with two endpoints and short runs. Checks the shape and the
+//! sanity of what it writes, never its speed: numbers on a shared 2-core VM are not a test.
+//! Needs root and two cores.
+use std::time::Duration;
+
+use serde_json::Value;
+use xmacvlan_bench::compare::{self, ALL_MODES, BenchConfig};
+use xmacvlan_tests::{namespaces_named, require_root};
+
+#[test]
+fn compare_writes_every_field_of_every_run() {
+    require_root();
+    let out = std::env::temp_dir().join(format!("xmv-bench-smoke-{}", std::process::id()));
+    let cfg = BenchConfig {
+        endpoint_counts: vec![2],
+        frame_sizes: vec![64],
+        load_fractions: vec![0.5],
+        repetitions: 1,
+        duration: Duration::from_millis(300),
+        ..BenchConfig::quick(out.clone())
+    };
+    let mut calls = Vec::new();
+    let results = compare::run(&cfg, &mut |done, total, _| calls.push((done, total)))
+        .expect("running the comparison");
+    let written = compare::write_outputs(&results, &out).expect("writing the results");
+
+    // Progress: from 0 to the total, never backwards.
+    let total = 2 * ALL_MODES.len(); // flat out and one fixed load, each mode once
+    assert_eq!(calls.first(), Some(&(0, total)));
+    assert_eq!(calls.last(), Some(&(total, total)));
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap())
+        .expect("bench-results.json is JSON");
+    let runs = json["runs"].as_array().expect("a `runs` array");
+    assert_eq!(runs.len(), total, "one row per mode and load: {json:#}");
+    let mut modes: Vec<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    assert_eq!(modes, ["ceiling", "kernel", "user", "xdp"]);
+    for run in runs {
+        check_run(run);
+    }
+    // The fixed load is half the ceiling's flat-out rate.
+    let ceiling = |load: &str| {
+        runs.iter()
+            .find(|r| r["mode"] == "ceiling" && r["load"] == load)
+            .unwrap_or_else(|| panic!("no ceiling row at load {load}"))
+    };
+    let flat = ceiling("flat-out")["delivered_pps"].as_f64().unwrap();
+    let half = ceiling("0.50")["offered_pps"].as_f64().unwrap();
+    assert!(
+        (half - flat / 2.0).abs() <= 1.0,
+        "offered {half} for half of {flat}"
+    );
+
+    let table = std::fs::read_to_string(&written.table).unwrap();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        total + 1,
+        "a header and a line per run:\n{table}"
+    );
+    assert!(!written.plots.is_empty());
+    for plot in &written.plots {
+        let svg = std::fs::read_to_string(plot).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+    let prefix = format!("xmvlab{}-", std::process::id());
+    assert!(
+        namespaces_named(&prefix).is_empty(),
+        "the benchmark left namespaces behind: {:?}",
+        namespaces_named(&prefix)
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// One run's fields are all there and consistent with each other.
+fn check_run(run: &Value) {
+    let num = |key: &str| {
+        run[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a number in {run:#}"))
+    };
+    let count = |key: &str| {
+        run[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a count in {run:#}"))
+    };
+    assert_eq!(count("endpoints"), 2, "{run:#}");
+    assert_eq!(count("frame_size"), 64, "{run:#}");
+    let (sent, delivered) = (count("sent"), count("delivered"));
+    assert!(sent > 0, "the generator sent nothing: {run:#}");
+    assert!(delivered <= sent, "delivered more than sent: {run:#}");
+    let loss = num("loss");
+    assert!((0.0..=1.0).contains(&loss), "loss {loss}: {run:#}");
+    let expected_loss = 1.0 - delivered as f64 / sent as f64;
+    assert!((loss - expected_loss).abs() < 1e-9, "{run:#}");
+    for key in ["offered_pps", "generator_pps", "delivered_pps"] {
+        let v = num(key);
+        assert!(v.is_finite() && v >= 0.0, "{key} = {v}: {run:#}");
+    }
+    assert!(num("delivered_pps") <= num("generator_pps") * (1.0 + 1e-9));
+    let cpu = num("cpu_ns_per_frame");
+    assert!(cpu.is_finite() && cpu >= 0.0, "{run:#}");
+    assert_eq!(count("misdelivered"), 0, "{run:#}");
+    assert!(count("lost_before_receive") + count("dropped_after_receive") <= sent);
+    assert!(
+        ["receiver", "generator", "offered"].contains(&run["limited_by"].as_str().unwrap()),
+        "{run:#}"
+    );
+    let latency = &run["latency_ns"];
+    let p = |key: &str| {
+        latency[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("latency_ns.{key} missing in {run:#}"))
+    };
+    let (p50, p99, p999, max) = (p("p50"), p("p99"), p("p999"), p("max"));
+    assert!(p50 <= p99 && p99 <= p999 && p999 <= max, "{run:#}");
+    if run["mode"] == "ceiling" {
+        // XDP_DROP delivers nothing to time.
+        assert_eq!(max, 0, "{run:#}");
+        assert!(run["vs_ceiling"].as_f64().is_some_and(|r| r == 1.0));
+    } else if delivered > 0 {
+        assert!(p50 > 0, "delivered frames are timed: {run:#}");
+    }
+}
