@@ -3,6 +3,7 @@
 //! known burst, SIGHUP changes the log level, SIGTERM leaves within a second and cleanly, and
 //! a `kill -9` under traffic is recovered by a restart with nothing leaked. Needs root and
 //! the `xmacvlan` binary (`cargo xtask test` builds it).
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +23,7 @@ use xmacvlan_bench::generator::{self, GeneratorConfig, Sent, Stream};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
-/// The tests count the machine's BPF objects before and after: one at a time.
+/// One daemon at a time: the tests compare what daemons hold.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A host namespace with the veth parent `v0` (frames are injected on its peer `v0p`), two
@@ -56,7 +57,7 @@ impl Lab {
                 Ok(())
             })
             .unwrap();
-        lab.write_config("info");
+        lab.write_config("info", "xdp");
         lab
     }
 
@@ -68,12 +69,12 @@ impl Lab {
         self.dir.join("daemon.json")
     }
 
-    fn write_config(&self, level: &str) {
+    fn write_config(&self, level: &str, demux: &str) {
         let config = serde_json::json!({
             "log-level": level,
             "log-format": "json",
             "stats-interval": "200ms",
-            "demux-mode": "xdp",
+            "demux-mode": demux,
             "xdp-mode": "native",
             "bind-mode": "copy",
             "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
@@ -279,51 +280,78 @@ impl Drop for Daemon {
     }
 }
 
-/// xmacvlan's BPF programs and maps loaded on this machine, and BPF links: what a leak shows in.
-/// The kernel frees a dead process's objects asynchronously: give it a moment to match `want`.
-fn bpf_objects_settled(want: (usize, usize, usize)) -> (usize, usize, usize) {
+/// IDs of the BPF programs, maps and links a process holds open (from its fdinfo): what
+/// must be gone once it exited, or it leaked.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct BpfIds {
+    programs: BTreeSet<u32>,
+    maps: BTreeSet<u32>,
+    links: BTreeSet<u32>,
+}
+
+fn bpf_held_by(pid: u32) -> BpfIds {
+    let mut ids = BpfIds::default();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in info.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(id) = value.parse() else { continue };
+            match key {
+                "prog_id:" => ids.programs.insert(id),
+                "map_id:" => ids.maps.insert(id),
+                "link_id:" => ids.links.insert(id),
+                _ => false,
+            };
+        }
+    }
+    ids
+}
+
+/// Which of `ids` still exist on this machine. The kernel frees a dead process's objects
+/// asynchronously: give it a moment to drop them all.
+fn still_loaded(ids: &BpfIds) -> BpfIds {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = bpf_objects();
-        if now == want || Instant::now() > deadline {
-            return now;
+        let programs = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.programs.contains(id))
+            .collect();
+        let maps = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .map(|m| m.id())
+            .filter(|id| ids.maps.contains(id))
+            .collect();
+        let links = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .map(|l| l.id())
+            .filter(|id| ids.links.contains(id))
+            .collect();
+        let left = BpfIds {
+            programs,
+            maps,
+            links,
+        };
+        if left == BpfIds::default() || Instant::now() > deadline {
+            return left;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn bpf_objects() -> (usize, usize, usize) {
-    let programs = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| xmacvlan::abi::PROGRAMS.contains(&n))
-        })
-        .count();
-    let maps = aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter(|m| m.name_as_str().is_some_and(|n| n.starts_with("xmv_")))
-        .count();
-    let links = aya::programs::loaded_links().filter_map(Result::ok).count();
-    (programs, maps, links)
-}
-
-/// One test at a time; a lab with network `n1` on `v0` and endpoint `c0`; the BPF objects
-/// before the daemon (no other test here loads xmacvlan's: none should exist, links may).
-fn setup(
-    tag: &str,
-) -> (
-    MutexGuard<'static, ()>,
-    Lab,
-    (usize, usize, usize),
-    EndpointSpec,
-) {
+/// One test at a time; a lab with network `n1` on `v0` and endpoint `c0`.
+fn setup(tag: &str) -> (MutexGuard<'static, ()>, Lab, EndpointSpec) {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new(tag);
-    let before = bpf_objects_settled((0, 0, bpf_objects().2));
     lab.create_network();
     let c0 = lab.create_endpoint(0);
-    (serial, lab, before, c0)
+    (serial, lab, c0)
 }
 
 /// GET the metrics page over its Unix socket.
@@ -347,7 +375,7 @@ fn endpoint_frames(stats: &[Snapshot], name: &str) -> u64 {
 
 #[test]
 fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
-    let (_serial, lab, before, c0) = setup("live");
+    let (_serial, lab, c0) = setup("live");
 
     // Started after c0 exists: it serves what the state records.
     let daemon = lab.start_daemon();
@@ -463,15 +491,21 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     // SIGTERM: out within a second, XDP detached, socket and pid file gone, nothing left.
     let pid_file = lab.socket().with_extension("pid");
     assert!(pid_file.exists());
+    let held = bpf_held_by(daemon.child.id());
+    assert_eq!(
+        held.programs.len(),
+        1,
+        "the daemon holds its classifier: {held:?}"
+    );
     let (took, status) = daemon.terminate();
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
     assert_eq!(lab.xdp_on_v0(), None);
     assert!(!lab.socket().exists() && !pid_file.exists());
     assert_eq!(
-        bpf_objects_settled(before),
-        before,
-        "BPF programs, maps, links as before"
+        still_loaded(&held),
+        BpfIds::default(),
+        "the daemon's BPF programs, maps and links are gone with it"
     );
     lab.cli("endpoint rm c0");
     lab.cli("network rm n1");
@@ -479,12 +513,15 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
 
 #[test]
 fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
-    let (_serial, lab, before, c0) = setup("crash");
+    let (_serial, lab, c0) = setup("crash");
+    // This daemon demuxes in userspace (the other test covers the xdp mode).
+    lab.write_config("info", "user");
     let state_file = lab.dir.join("data/state.json");
     let state_before = std::fs::read(&state_file).unwrap();
 
     let first = lab.start_daemon();
     let fds_first = first.open_fds();
+    let held_first = bpf_held_by(first.child.id());
     // Traffic runs while the daemon dies.
     std::thread::scope(|s| {
         let traffic = s.spawn(|| lab.burst(std::slice::from_ref(&c0), 20_000));
@@ -493,6 +530,11 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         traffic.join().unwrap();
     });
     drop(first);
+    assert_eq!(
+        still_loaded(&held_first),
+        BpfIds::default(),
+        "a killed daemon's BPF objects die with it (nothing pinned, XDP attached by a link)"
+    );
 
     // What a kill -9 leaves: the state, byte for byte; the kernel objects of the endpoint.
     assert_eq!(std::fs::read(&state_file).unwrap(), state_before);
@@ -510,11 +552,13 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         fds_first,
         "the restarted daemon holds what the first did"
     );
+    let held_second = bpf_held_by(second.child.id());
     assert_eq!(
-        bpf_objects().0,
-        before.0 + 1,
-        "exactly one classifier loaded"
+        held_second.programs.len(),
+        1,
+        "one classifier: {held_second:?}"
     );
+    assert_eq!(held_second.maps.len(), held_first.maps.len());
     lab.burst(std::slice::from_ref(&c0), 1000);
     let stats = second.wait_for_frames(&[("c0", 1000)]);
     assert_eq!(endpoint_frames(&stats, "c0"), 1000);
@@ -526,8 +570,8 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
     );
     assert_eq!(lab.xdp_on_v0(), None);
     assert_eq!(
-        bpf_objects_settled(before),
-        before,
+        still_loaded(&held_second),
+        BpfIds::default(),
         "nothing leaked: programs, maps, links"
     );
     assert_eq!(std::fs::read(&state_file).unwrap(), state_before);
