@@ -39,9 +39,11 @@ pub struct EndpointCounters {
     pub dropped_ring_full: AtomicU64,
 }
 
-/// Nanosecond latency histogram: 1 ns to 60 s, 3 significant digits.
+/// Nanosecond latency histogram: 1 ns to 60 s, 2 significant digits (values within 1%).
+/// Every endpoint has one and the daemon keeps two more for its intervals: at 3 digits each
+/// would take 221 KB, at 2 they take 30 KB, which is what a thousand endpoints can afford.
 pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds are valid")
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("static bounds are valid")
 }
 
 /// Per-frame work of an endpoint. Counts accumulate locally and are published once per
@@ -168,8 +170,9 @@ mod tests {
         assert_eq!(c.counters.bytes.load(Relaxed), 128);
         assert_eq!(c.counters.misdelivered.load(Relaxed), 0);
         assert_eq!(c.latency.len(), 2);
-        assert_eq!(c.latency.min(), 500);
-        assert!(c.latency.max() >= 1_999 && c.latency.max() <= 2_001);
+        // Two significant digits: values come back within 1%.
+        assert!(c.latency.min().abs_diff(500) <= 5, "{}", c.latency.min());
+        assert!(c.latency.max().abs_diff(2_000) <= 20, "{}", c.latency.max());
     }
 
     #[test]
