@@ -71,7 +71,7 @@ fn churn(demux: DemuxMode) -> Outcome {
     streams.extend((0..4).map(|n| Stream::new(to(&churned(n)), StreamKind::Other)));
     let lab = bare_lab::build();
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
-    let gen_cfg = bare_lab::generator_until_stopped(Some(50_000));
+    let gen_cfg = bare_lab::generator_until_stopped(Some(30_000));
     let stop = AtomicBool::new(false);
     let outcome = lab
         .host
@@ -145,7 +145,11 @@ fn churn(demux: DemuxMode) -> Outcome {
                 let expected = sent_where(&streams, &sent.per_stream, |s| {
                     s.kind == StreamKind::Endpoint(i)
                 });
-                assert_eq!(e.frames, expected, "{demux:?} {}: lost frames", e.spec.name);
+                assert_eq!(
+                    e.frames, expected,
+                    "{demux:?} {}: lost frames (its drops: {}); {ledger:?}",
+                    e.spec.name, e.dropped
+                );
                 assert_eq!((e.misdelivered, e.dropped), (0, 0), "{demux:?} {}", e.spec.name);
             }
             println!(

@@ -44,6 +44,9 @@ pub struct FinishedEndpoint {
     pub slot: u32,
     pub latency: Histogram<u64>,
     pub socket_stats: SocketStats,
+    /// The endpoint's sockets (xdp demux), closed wherever this is dropped: closing one waits
+    /// for an RCU grace period, which must not stall the consumer serving other endpoints.
+    pub sockets: Vec<RxSocket>,
 }
 
 pub struct ConsumerThread {
@@ -108,17 +111,20 @@ impl ConsumerThread {
 
 fn finish(served: Served) -> FinishedEndpoint {
     let mut socket_stats = SocketStats::default();
-    if let Source::Sockets(sockets) = &served.source {
-        for socket in sockets {
-            if let Ok(st) = socket.statistics() {
-                socket_stats.add(&st);
-            }
+    let sockets = match served.source {
+        Source::Sockets(sockets) => sockets,
+        Source::Ring(_) => Vec::new(),
+    };
+    for socket in &sockets {
+        if let Ok(st) = socket.statistics() {
+            socket_stats.add(&st);
         }
     }
     FinishedEndpoint {
         slot: served.slot,
         latency: served.consumer.latency,
         socket_stats,
+        sockets,
     }
 }
 

@@ -552,6 +552,8 @@ impl Dataplane {
 }
 
 fn result(a: &Attached, f: consumer::FinishedEndpoint) -> EndpointResult {
+    // The endpoint's sockets close here, on the control thread, not on its consumer's.
+    drop(f.sockets);
     let c = &a.counters;
     EndpointResult {
         spec: a.spec.clone(),
