@@ -80,6 +80,9 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub machine: String,
+    /// 1-minute load average when the benchmark started and ended: anything else running on
+    /// the two cores shows here (a quiet machine reads near 1, the generator's core).
+    pub load_average: [f64; 2],
     pub rx_core: usize,
     pub generator_core: usize,
     pub duration_s: f64,
@@ -141,6 +144,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
             cfg.generator_core
         );
     }
+    let load_at_start = load_average();
     let points = plan(cfg);
     let total = points.len() * cfg.modes.len() * cfg.repetitions;
     let mut done = 0;
@@ -229,6 +233,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
     progress(done, total, "done");
     Ok(Results {
         machine: machine_description(),
+        load_average: [load_at_start, load_average()],
         rx_core: cfg.rx_core,
         generator_core: cfg.generator_core,
         duration_s: cfg.duration.as_secs_f64(),
@@ -254,6 +259,13 @@ fn limited_by(m: &Measurement, rate: Option<u64>) -> &'static str {
 fn median(mut runs: Vec<Measurement>) -> Measurement {
     runs.sort_by(|a, b| a.delivered_pps.total_cmp(&b.delivered_pps));
     runs.swap_remove(runs.len() / 2)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn machine_description() -> String {

@@ -103,8 +103,13 @@ pub fn markdown(results: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Machine: {}. Generator on core {}, receive work on core {}; {:.1} s per run, median of repetitions.\n",
-        results.machine, results.generator_core, results.rx_core, results.duration_s
+        "Machine: {}. Generator on core {}, receive work on core {}; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
+        results.machine,
+        results.generator_core,
+        results.rx_core,
+        results.duration_s,
+        results.load_average[0],
+        results.load_average[1]
     );
     let _ = writeln!(
         s,
@@ -323,6 +328,7 @@ mod tests {
     fn writes_json_table_and_plots() {
         let results = Results {
             machine: "test".into(),
+            load_average: [1.0, 1.0],
             rx_core: 1,
             generator_core: 0,
             duration_s: 1.0,
