@@ -83,6 +83,13 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The kernel's USER_HZ, the unit of /proc/stat's CPU times; 0 if unknown.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    hz.max(0) as u64
+}
+
 /// Index of interface `name` in the calling thread's namespace, or None.
 pub fn if_index(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;

@@ -91,12 +91,10 @@ fn parse_line(core: usize, line: &str) -> Result<CoreTimes> {
 }
 
 fn user_hz() -> Result<u64> {
-    // SAFETY: sysconf reads a constant and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
+    match crate::sys::clock_ticks_per_second() {
+        0 => bail!("sysconf(_SC_CLK_TCK) failed"),
+        hz => Ok(hz),
     }
-    Ok(hz as u64)
 }
 
 /// Busy nanoseconds (user, nice, system, irq, softirq) between two samples of the same cores,
