@@ -27,6 +27,37 @@ enum Command {
     Lab(LabArgs),
     /// Compare the XDP_DROP ceiling and the xdp, user and kernel demux modes (`cargo xtask bench`).
     Compare(CompareArgs),
+    /// Send the lab's timestamped test frames out of any interface, e.g. one port of a real
+    /// NIC towards `xmacvlan run` on another port or host: one stream per destination MAC.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Interface to send from (AF_XDP copy-mode TX; no XDP program is attached).
+    #[arg(long)]
+    iface: String,
+    /// Destination MACs, comma-separated (the endpoints' MACs): sent round-robin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    dst: Vec<String>,
+    /// 802.1Q VLAN id of every frame; default: untagged.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    vlan: Option<u16>,
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Frames per second, all streams together; default: as fast as possible.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Frame length in bytes (without FCS), 60-3000.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
+    frame_len: u16,
+    /// Transmit queue of the interface.
+    #[arg(long, default_value_t = 0)]
+    queue: u32,
+    /// Core for the generator.
+    #[arg(long, default_value_t = 0)]
+    core: usize,
 }
 
 #[derive(clap::Args)]
@@ -110,7 +141,58 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Lab(args) => lab(args),
         Command::Compare(args) => compare(args),
+        Command::Generate(args) => generate(args),
     }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    use xmacvlan_bench::generator::{self, GeneratorConfig, Stream, StreamKind};
+    if !(a.duration > 0.0 && a.duration <= 3600.0) {
+        anyhow::bail!(
+            "--duration {} must be between 0 and 3600 seconds",
+            a.duration
+        );
+    }
+    let streams = a
+        .dst
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| {
+            let dst = xmacvlan::abi::parse_mac(mac).map_err(|e| anyhow::anyhow!("--dst: {e}"))?;
+            let frame = xmacvlan::frame::TestFrame {
+                dst,
+                src: xmacvlan_bench::lab::GENERATOR_MAC,
+                vid: a.vlan,
+                qinq_outer: None,
+                len: a.frame_len as usize,
+            };
+            Ok(Stream::new(frame, StreamKind::Endpoint(i)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = GeneratorConfig {
+        ifname: a.iface.clone(),
+        queue: a.queue,
+        duration: Duration::from_secs_f64(a.duration),
+        rate: a.rate,
+        count: None,
+        core: Some(a.core),
+        frame_size: 4096,
+        max_in_flight: 256,
+    };
+    let sent = generator::run(&cfg, &streams, xmacvlan::sys::interrupted())
+        .with_context(|| format!("sending from {}", a.iface))?;
+    let secs = sent.elapsed.as_secs_f64().max(1e-9);
+    for (mac, n) in a.dst.iter().zip(&sent.per_stream) {
+        println!("{mac}  {n} frames");
+    }
+    println!(
+        "sent {} frames in {secs:.2} s: {:.3} Mpps from {} queue {}",
+        sent.total(),
+        sent.total() as f64 / secs / 1e6,
+        a.iface,
+        a.queue
+    );
+    Ok(())
 }
 
 fn lab(a: LabArgs) -> Result<()> {
