@@ -32,9 +32,14 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let root = workspace_root();
     let mut cmd = std::process::Command::new(root.join("target/release/xmacvlan-bench"));
-    cmd.arg("compare")
-        .arg("--out")
-        .arg(root.join("target/bench"))
-        .args(&compare_args);
+    cmd.arg("compare");
+    // The default output directory is the workspace's, wherever this was started from.
+    if !compare_args
+        .iter()
+        .any(|a| a == "--out" || a.starts_with("--out="))
+    {
+        cmd.arg("--out").arg(root.join("target/bench"));
+    }
+    cmd.args(&compare_args);
     run_cmd(&mut cmd, "the benchmark")
 }
