@@ -77,7 +77,8 @@ struct CompareArgs {
     /// Endpoint counts to sweep, comma-separated (default: 1,16,256,1024).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
-    /// Only these modes, comma-separated (ceiling, xdp, user, kernel).
+    /// Only these modes, comma-separated (ceiling, xdp, user, kernel); the fixed loads are
+    /// fractions of the ceiling's rate, so without `ceiling` only flat-out runs are made.
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// The core that does all receive work (NAPI, XDP, workers, consumers).

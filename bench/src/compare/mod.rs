@@ -121,7 +121,13 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             fraction: None,
         });
     }
-    for &f in &cfg.load_fractions {
+    // Fixed loads are fractions of the ceiling's rate: without the ceiling there are none.
+    let loads: &[f64] = if cfg.modes.contains(&Mode::Ceiling) {
+        &cfg.load_fractions
+    } else {
+        &[]
+    };
+    for &f in loads {
         points.push(Point {
             endpoints: base,
             frame_size: 64,
