@@ -95,6 +95,33 @@ struct Observed {
     latency: hdrhistogram::Histogram<u64>,
 }
 
+/// UMEM frames per queue in the XDP modes: with 2 KiB frames, 64 MiB, about what the kernel
+/// path's 16 MiB of TPACKET blocks hold in 64-byte frames. The library's default (8192 frames,
+/// 2048-descriptor rings) leaves a lone socket too little room to ride out the moments its
+/// consumer waits for the shared core.
+const UMEM_FRAMES: u32 = 32768;
+
+/// Deep buffers for the XDP modes, as the kernel path gets: the sockets' receive rings share
+/// the UMEM's frames (one socket per endpoint in `xdp`, one per queue in `user`), 2048 to 8192
+/// descriptors each.
+fn queue_config(mode: Mode, endpoints: usize, frame_len: usize) -> QueueConfig {
+    let sockets = if mode == Mode::Xdp {
+        endpoints.max(1)
+    } else {
+        1
+    };
+    let rx_ring = (UMEM_FRAMES / sockets as u32)
+        .next_power_of_two()
+        .clamp(2048, 8192);
+    QueueConfig {
+        bind: BindMode::Copy,
+        frames: UMEM_FRAMES,
+        // 2 KiB holds the sweep's frames (up to 1500 bytes) after the 256-byte XDP headroom.
+        frame_size: if frame_len <= 1536 { 2048 } else { 4096 },
+        rx_ring,
+    }
+}
+
 pub fn measure(
     setup: &Setup,
     mode: Mode,
@@ -149,10 +176,7 @@ pub fn measure(
                     DemuxMode::User
                 },
                 xdp_mode: AttachMode::Native,
-                queue: QueueConfig {
-                    bind: BindMode::Copy,
-                    ..QueueConfig::default()
-                },
+                queue: queue_config(mode, lab.endpoints.len(), setup.frame_size),
                 cores: cores.to_vec(),
                 consumer_threads: 1,
                 endpoint_ring: 4096,
