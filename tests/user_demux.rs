@@ -6,6 +6,7 @@
 //!   the ring-full drops are the endpoints' own and nothing lands at the wrong endpoint.
 //! - The kernel baseline (macvlan + AF_PACKET TPACKET_V3) delivers exactly what was sent to
 //!   each endpoint.
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ const RING: usize = 8;
 const FAST_CORE: usize = 0;
 /// ...and the starved consumer sits on this one, under a hog.
 const SLOW_CORE: usize = 1;
+
+/// The two tests run one at a time: the first one's hog would starve the kernel-path reader,
+/// which runs on the same core.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn traffic(rate: u64) -> TrafficConfig {
     TrafficConfig {
@@ -61,6 +66,7 @@ fn hog(core: usize, started: &AtomicBool, stop: &AtomicBool) {
 #[test]
 fn full_endpoint_rings_drop_and_count_never_stall() {
     require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&Topology {
         vlans: vec![100, 0],
         endpoints_per_vlan: 2,
@@ -166,6 +172,7 @@ fn full_endpoint_rings_drop_and_count_never_stall() {
 #[test]
 fn kernel_baseline_delivers_exactly_what_each_endpoint_was_sent() {
     require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&Topology {
         vlans: vec![0],
         endpoints_per_vlan: 6,

@@ -44,8 +44,6 @@ pub struct KernelPath {
 #[derive(Debug)]
 pub struct KernelFinished {
     pub frames: u64,
-    /// Per endpoint, in the lab's order: (frames, misdelivered, ring drops).
-    pub per_endpoint: Vec<(u64, u64, u64)>,
     pub misdelivered: u64,
     /// Frames the kernel could not place in a ring (`tp_drops`), all endpoints.
     pub drops: u64,
@@ -99,7 +97,8 @@ impl KernelPath {
         })
     }
 
-    /// Stop reading (after draining what is ready) and collect the totals.
+    /// Stop reading (once nothing has come for twice the block-retire timeout) and collect
+    /// the totals.
     pub fn stop(mut self) -> Result<KernelFinished> {
         self.stop.store(true, Ordering::Release);
         self.thread
@@ -127,11 +126,23 @@ fn read_until_stopped(
     stop: &AtomicBool,
 ) -> Result<KernelFinished> {
     pin(core, "the kernel-path reader");
+    // A block is handed over when full or when its retire timer fires: once asked to stop,
+    // keep reading until nothing came for longer than that, or the frames of the last,
+    // half-filled blocks would go uncounted.
+    let retire_ns = readers
+        .first()
+        .map_or(0, |(r, _)| r.config().retire_timeout_ms as u64);
+    let quiet_ns = retire_ns * 2_000_000 + 10_000_000;
     let mut idle = Idle::default();
     {
         let _hot = HotLoop::enter();
+        // When the reader last read frames or was asked to stop, whichever is later.
+        let mut last = 0;
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            if stopping && last == 0 {
+                last = xmacvlan::sys::monotonic_ns();
+            }
             let mut pass = 0;
             for (ring, consumer) in &mut readers {
                 if !ring.block_ready() {
@@ -145,7 +156,10 @@ fn read_until_stopped(
             if pass > 0 {
                 frames.fetch_add(pass as u64, Ordering::Relaxed);
                 idle.worked();
-            } else if stopping {
+                if stopping {
+                    last = xmacvlan::sys::monotonic_ns();
+                }
+            } else if stopping && xmacvlan::sys::monotonic_ns() - last >= quiet_ns {
                 break;
             } else {
                 idle.wait();
@@ -154,7 +168,6 @@ fn read_until_stopped(
     }
     let mut finished = KernelFinished {
         frames: 0,
-        per_endpoint: Vec::with_capacity(readers.len()),
         misdelivered: 0,
         drops: 0,
         latency: latency_histogram(),
