@@ -21,15 +21,16 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     compare_args.extend(program_args.iter().cloned());
-    run_cmd(
-        cargo().args(["build", "--release", "-p", "xmacvlan-bench"]),
-        "cargo build --release",
-    )?;
+    // Before the build: a release build is wasted if the run cannot start.
     if !is_root() {
         bail!(
             "the benchmark builds namespaces and attaches XDP: rerun as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
+    run_cmd(
+        cargo().args(["build", "--release", "-p", "xmacvlan-bench"]),
+        "cargo build --release",
+    )?;
     let root = workspace_root();
     let mut cmd = std::process::Command::new(root.join("target/release/xmacvlan-bench"));
     cmd.arg("compare");
