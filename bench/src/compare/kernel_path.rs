@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
-use xmacvlan::dataplane::{Consumer, EndpointCounters, HotLoop, Idle, latency_histogram, pin};
+use xmacvlan::dataplane::{
+    Consumer, EndpointCounters, HotLoop, Idle, close_in_parallel, latency_histogram, pin,
+};
 
 use crate::lab::Lab;
 
@@ -193,17 +195,4 @@ fn read_until_stopped(
     }
     close_in_parallel(rings);
     Ok(finished)
-}
-
-/// Closing an AF_PACKET socket waits for an RCU grace period: one by one, a thousand rings
-/// take tens of seconds on the 2-core VM; closed from several threads, the waits overlap.
-fn close_in_parallel(rings: Vec<PacketRing>) {
-    const PER_THREAD: usize = 32;
-    let mut rings = rings;
-    std::thread::scope(|s| {
-        while !rings.is_empty() {
-            let chunk: Vec<PacketRing> = rings.drain(..PER_THREAD.min(rings.len())).collect();
-            s.spawn(move || drop(chunk));
-        }
-    });
 }

@@ -524,16 +524,19 @@ impl Dataplane {
                 by_slot.insert(f.slot, f);
             }
         }
+        let mut sockets = Vec::new();
         let endpoints = self
             .in_attach_order()
             .into_iter()
             .map(|a| {
-                let f = by_slot
+                let mut f = by_slot
                     .remove(&a.slot)
                     .expect("every endpoint has a consumer");
+                sockets.append(&mut f.sockets);
                 result(a, f)
             })
             .collect();
+        close_in_parallel(sockets);
         let queues = self
             .queues
             .iter()
@@ -552,8 +555,6 @@ impl Dataplane {
 }
 
 fn result(a: &Attached, f: consumer::FinishedEndpoint) -> EndpointResult {
-    // The endpoint's sockets close here, on the control thread, not on its consumer's.
-    drop(f.sockets);
     let c = &a.counters;
     EndpointResult {
         spec: a.spec.clone(),
@@ -591,12 +592,27 @@ impl Drop for Dataplane {
             }
         }
         self.stop_consumers.store(true, Ordering::Release);
+        let mut sockets = Vec::new();
         for c in &mut self.consumers {
-            if let Some(t) = c.thread.take() {
-                let _ = t.join();
+            if let Some(Ok(finished)) = c.thread.take().map(|t| t.join()) {
+                sockets.extend(finished.into_iter().flat_map(|f| f.sockets));
             }
         }
+        close_in_parallel(sockets);
     }
+}
+
+/// Drop `items` from several threads at once. Closing an AF_XDP or AF_PACKET socket waits for
+/// an RCU grace period (milliseconds): one by one, a thousand endpoints' sockets took ~10 s to
+/// close on the 2-core VM; from parallel threads the waits overlap.
+pub fn close_in_parallel<T: Send>(mut items: Vec<T>) {
+    const PER_THREAD: usize = 32;
+    std::thread::scope(|s| {
+        while !items.is_empty() {
+            let chunk: Vec<T> = items.drain(..PER_THREAD.min(items.len())).collect();
+            s.spawn(move || drop(chunk));
+        }
+    });
 }
 
 fn validate_config(cfg: &DataplaneConfig) -> Result<()> {
