@@ -153,7 +153,7 @@ impl Lab {
             count: Some(count),
             core: None,
             frame_size: 2048,
-            max_in_flight: 256,
+            max_in_flight: generator::MAX_IN_FLIGHT,
         };
         self.host
             .run(|| generator::run(&cfg, streams, &AtomicBool::new(false)))

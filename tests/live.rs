@@ -32,8 +32,8 @@ fn churn_under_traffic(demux: DemuxMode) {
         rate: Some(50_000),
         count: None,
         core: Some(0),
-        frame_size: 4096,
-        max_in_flight: 256,
+        frame_size: generator::FRAME_SIZE,
+        max_in_flight: generator::MAX_IN_FLIGHT,
     };
     let stop = AtomicBool::new(false);
     let (sent, finished, removed) = lab

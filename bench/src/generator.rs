@@ -68,6 +68,12 @@ impl Stream {
     }
 }
 
+/// UMEM frame size of a generator: room for the largest test frame (3000 bytes).
+pub const FRAME_SIZE: u32 = 4096;
+/// Frames staged or in flight per generator: deep enough to keep the TX ring busy, shallow
+/// enough that waiting in it adds little to the latency samples.
+pub const MAX_IN_FLIGHT: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct GeneratorConfig {
     pub ifname: String,

@@ -148,12 +148,7 @@ fn run() -> Result<()> {
 
 fn generate(a: GenerateArgs) -> Result<()> {
     use xmacvlan_bench::generator::{self, GeneratorConfig, Stream, StreamKind};
-    if !(a.duration > 0.0 && a.duration <= 3600.0) {
-        anyhow::bail!(
-            "--duration {} must be between 0 and 3600 seconds",
-            a.duration
-        );
-    }
+    let duration = traffic_duration(a.duration)?;
     let streams = a
         .dst
         .iter()
@@ -173,12 +168,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let cfg = GeneratorConfig {
         ifname: a.iface.clone(),
         queue: a.queue,
-        duration: Duration::from_secs_f64(a.duration),
+        duration,
         rate: a.rate,
         count: None,
         core: Some(a.core),
-        frame_size: 4096,
-        max_in_flight: 256,
+        frame_size: generator::FRAME_SIZE,
+        max_in_flight: generator::MAX_IN_FLIGHT,
     };
     let sent = generator::run(&cfg, &streams, xmacvlan::sys::interrupted())
         .with_context(|| format!("sending from {}", a.iface))?;
@@ -196,13 +191,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn lab(a: LabArgs) -> Result<()> {
-    if !(a.duration > 0.0 && a.duration <= 3600.0) {
-        anyhow::bail!(
-            "--duration {} must be between 0 and 3600 seconds",
-            a.duration
-        );
+/// `--duration` of `lab` and `generate`.
+fn traffic_duration(secs: f64) -> Result<Duration> {
+    if !(secs > 0.0 && secs <= 3600.0) {
+        anyhow::bail!("--duration {secs} must be more than 0 and at most 3600 seconds");
     }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn lab(a: LabArgs) -> Result<()> {
+    let duration = traffic_duration(a.duration)?;
     let topology = Topology {
         vlans: a.vlans,
         endpoints_per_vlan: a.per_vlan,
@@ -228,7 +226,7 @@ fn lab(a: LabArgs) -> Result<()> {
         endpoint_ring: 4096,
     };
     let traffic = TrafficConfig {
-        duration: Duration::from_secs_f64(a.duration),
+        duration,
         rate: a.rate,
         frame_len: a.frame_len as usize,
         generator_core: Some(a.generator_core),

@@ -129,8 +129,8 @@ pub fn run_traffic_until(
                     rate: traffic.rate.map(|r| (r / queues as u64).max(1)),
                     count: traffic.count,
                     core: traffic.generator_core,
-                    frame_size: 4096,
-                    max_in_flight: 256,
+                    frame_size: generator::FRAME_SIZE,
+                    max_in_flight: generator::MAX_IN_FLIGHT,
                 };
                 let failed = &failed;
                 s.spawn(move || {

@@ -131,19 +131,19 @@ fn read_until_stopped(
     // A block is handed over when full or when its retire timer fires: once asked to stop,
     // keep reading until nothing came for longer than that, or the frames of the last,
     // half-filled blocks would go uncounted.
-    let retire_ns = readers
+    let retire_ms = readers
         .first()
-        .map_or(0, |(r, _)| r.config().retire_timeout_ms as u64);
-    let quiet_ns = retire_ns * 2_000_000 + 10_000_000;
+        .map_or(0, |(r, _)| u64::from(r.config().retire_timeout_ms));
+    let quiet_ns = retire_ms * 2_000_000 + 10_000_000;
     let mut idle = Idle::default();
     {
         let _hot = HotLoop::enter();
-        // When the reader last read frames or was asked to stop, whichever is later.
-        let mut last = 0;
+        // Since when nothing has come, counted from the request to stop.
+        let mut quiet_since: Option<u64> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            if stopping && last == 0 {
-                last = xmacvlan::sys::monotonic_ns();
+            if stopping && quiet_since.is_none() {
+                quiet_since = Some(xmacvlan::sys::monotonic_ns());
             }
             let mut pass = 0;
             for (ring, consumer) in &mut readers {
@@ -159,9 +159,9 @@ fn read_until_stopped(
                 frames.fetch_add(pass as u64, Ordering::Relaxed);
                 idle.worked();
                 if stopping {
-                    last = xmacvlan::sys::monotonic_ns();
+                    quiet_since = Some(xmacvlan::sys::monotonic_ns());
                 }
-            } else if stopping && xmacvlan::sys::monotonic_ns() - last >= quiet_ns {
+            } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
             } else {
                 idle.wait();
