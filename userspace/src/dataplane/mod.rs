@@ -26,12 +26,14 @@ mod consumer;
 mod endpoint;
 mod idle;
 mod lookup;
+pub mod port;
 mod slots;
 mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
 pub use idle::{HotLoop, Idle, in_hot_loop, pin};
+pub use port::{AppPort, PortInfo};
 pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
 
