@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::cargo::{cargo, is_root, workspace_root};
+use crate::test::Tally;
 
 mod initramfs;
 mod kernel;
@@ -107,8 +108,33 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
+/// `cargo xtask vm-test`: fails unless every binary passed.
 pub fn run(args: &[String]) -> Result<()> {
-    let opts = parse(args)?;
+    let tallies = run_with(&parse(args)?)?;
+    let broken: Vec<String> = tallies
+        .iter()
+        .filter(|t| !t.ok())
+        .map(|t| {
+            format!(
+                "{}: {}",
+                t.name,
+                t.error.as_deref().unwrap_or("tests failed")
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        bail!("vm-test failed:\n  {}", broken.join("\n  "));
+    }
+    Ok(())
+}
+
+/// The VM part of `cargo xtask test`: every VM binary's tally (an error only when the VM
+/// could not be prepared).
+pub fn run_for_suite() -> Result<Vec<Tally>> {
+    run_with(&parse(&[])?)
+}
+
+fn run_with(opts: &Options) -> Result<Vec<Tally>> {
     let started = Instant::now();
     if !is_root() {
         bail!(
@@ -146,11 +172,23 @@ pub fn run(args: &[String]) -> Result<()> {
             .unwrap_or(0)
     );
     let script_path = vm_dir.join(format!("guest-{}.sh", std::process::id()));
-    if script_path.to_string_lossy().contains(char::is_whitespace) {
+    // The guest mounts fresh filesystems on /tmp and /run: the checkout and the binaries'
+    // directories are bound back on top, so any checkout path works.
+    let mut keep = vec![root.clone()];
+    for dir in binaries.iter().filter_map(|b| b.path.parent()) {
+        if !keep.iter().any(|k| dir.starts_with(k)) {
+            keep.push(dir.to_path_buf());
+        }
+    }
+    if let Some(p) = keep
+        .iter()
+        .find(|p| p.to_string_lossy().contains(char::is_whitespace))
+    {
         bail!(
-            "the guest finds its script through the kernel command line, which splits at spaces: \
-             move the checkout to a path without whitespace (now {})",
-            root.display()
+            "the guest finds its script and binaries through the kernel command line, which \
+             splits at spaces: move the checkout (and CARGO_TARGET_DIR) to a path without \
+             whitespace (now {})",
+            p.display()
         );
     }
     let script = guest_script(&root, &nonce, &binaries, &opts);
@@ -163,9 +201,10 @@ pub fn run(args: &[String]) -> Result<()> {
         nonce: &nonce,
         kvm: opts.kvm,
         append: &opts.append,
+        keep: &keep,
     };
     let result = if opts.shell {
-        qemu::shell(&boot)
+        qemu::shell(&boot).map(|()| Vec::new())
     } else {
         let deadline = BOOT_BUDGET + opts.timeout * binaries.len() as u32;
         qemu::run_tests(&boot, &binaries, deadline)
@@ -238,7 +277,7 @@ fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
 }
 
 /// The string value of `key` in the first JSON object that starts at `after` in `line`.
-fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
+pub(crate) fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
     let rest = &line[line.find(after)? + after.len()..];
     let needle = format!("\"{key}\":\"");
     let rest = &rest[rest.find(&needle)? + needle.len()..];
@@ -246,7 +285,7 @@ fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
     (!value.contains('\\')).then(|| value.to_string())
 }
 
-fn exe_of(line: &str) -> Option<String> {
+pub(crate) fn exe_of(line: &str) -> Option<String> {
     let needle = "\"executable\":\"";
     let rest = &line[line.find(needle)? + needle.len()..];
     let value = &rest[..rest.find('"')?];

@@ -9,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::TestBinary;
 use super::kernel::Kernel;
+use crate::test::Tally;
 
 pub struct Boot<'a> {
     pub kernel: &'a Kernel,
@@ -22,6 +23,8 @@ pub struct Boot<'a> {
     pub kvm: bool,
     /// Extra kernel command-line arguments.
     pub append: &'a str,
+    /// Host directories the guest must see even under its own /tmp or /run (checkout, binaries).
+    pub keep: &'a [std::path::PathBuf],
 }
 
 impl Boot<'_> {
@@ -32,8 +35,13 @@ impl Boot<'_> {
         } else {
             cmd.args(["-accel", "tcg", "-cpu", "max"]);
         }
+        let keep: String = self
+            .keep
+            .iter()
+            .map(|k| format!(" xmvm_keep={}", k.display()))
+            .collect();
         let append = format!(
-            "console=ttyS0 quiet panic=-1 mitigations=off xmvm_script={} xmvm_nonce={} {}",
+            "console=ttyS0 quiet panic=-1 mitigations=off xmvm_script={} xmvm_nonce={}{keep} {}",
             self.script.display(),
             self.nonce,
             self.append
@@ -86,6 +94,9 @@ struct Outcome {
     panic: Option<String>,
     /// qemu could not run the guest (e.g. `KVM internal error`): no point waiting.
     fatal: Option<String>,
+    /// libtest's counts per binary, from its output after the guest's `==> vm-test: NAME`.
+    counts: BTreeMap<String, Tally>,
+    current: Option<String>,
 }
 
 impl Outcome {
@@ -97,6 +108,11 @@ impl Outcome {
             self.fatal = Some(format!(
                 "{line} (KVM cannot run this kernel here: drop --kvm)"
             ));
+        }
+        if let Some(name) = line.split_once("==> vm-test: ").map(|(_, r)| r) {
+            self.current = name.split_whitespace().next().map(str::to_string);
+        } else if let Some(name) = &self.current {
+            self.counts.entry(name.clone()).or_default().take(line);
         }
         let Some(msg) = line.find(prefix).map(|i| &line[i + prefix.len()..]) else {
             return;
@@ -117,8 +133,9 @@ impl Outcome {
     }
 }
 
-/// Boot, run the tests, stream the console live, and judge.
-pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<()> {
+/// Boot, run the tests, stream the console live, and judge: one tally per binary, and one
+/// named `vm` for what went wrong with the VM itself (panic, timeout, no exit line).
+pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<Vec<Tally>> {
     let accel = if boot.kvm { "KVM" } else { "TCG" };
     println!(
         "xtask: vm: booting {} under qemu ({accel}, 2 CPUs, 1 GiB); deadline {} s",
@@ -187,30 +204,28 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     if let Some(m) = &outcome.modules {
         println!("xtask: vm: guest modules: {m}");
     }
+    let mut tallies = Vec::new();
     let mut failures = Vec::new();
-    let (mut passed, mut failed) = (0, 0);
     for b in binaries {
-        match outcome.results.get(&b.name) {
-            Some(0) => {
-                passed += 1;
-                println!("xtask: vm: {:<20} ok", b.name);
-            }
+        let mut t = outcome.counts.remove(&b.name).unwrap_or_default();
+        t.name = format!("vm/{}", b.name);
+        let verdict = match outcome.results.get(&b.name) {
+            Some(0) => "ok".to_string(),
             Some(124) | Some(137) => {
-                failed += 1;
-                println!("xtask: vm: {:<20} TIMED OUT inside the guest", b.name);
-                failures.push(format!("{} timed out (raise --timeout)", b.name));
+                t.error = Some("timed out inside the guest (raise --timeout)".into());
+                "TIMED OUT inside the guest".into()
             }
             Some(code) => {
-                failed += 1;
-                println!("xtask: vm: {:<20} FAILED (exit code {code})", b.name);
-                failures.push(format!("{} failed (exit code {code})", b.name));
+                t.error = Some(format!("exit code {code}"));
+                format!("FAILED (exit code {code})")
             }
             None => {
-                failed += 1;
-                println!("xtask: vm: {:<20} NO RESULT", b.name);
-                failures.push(format!("{} printed no result line", b.name));
+                t.error = Some("printed no result line".into());
+                "NO RESULT".into()
             }
-        }
+        };
+        println!("xtask: vm: {:<20} {verdict}", b.name);
+        tallies.push(t);
     }
     if let Some(f) = &outcome.fatal {
         failures.push(format!("qemu failed: {f}"));
@@ -233,11 +248,23 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
         None => {}
     }
     println!("xtask: vm: VM ran {elapsed:.1} s");
-    println!("vm-test: {passed} passed, {failed} failed");
-    if !failures.is_empty() {
-        bail!("vm-test failed:\n  {}", failures.join("\n  "));
+    let passed = tallies.iter().filter(|t| t.ok()).count();
+    println!(
+        "vm-test: {passed} binaries passed, {} failed",
+        tallies.len() - passed
+    );
+    for t in &mut tallies {
+        t.seconds = elapsed / binaries.len().max(1) as f64;
     }
-    Ok(())
+    if !failures.is_empty() {
+        tallies.push(Tally {
+            name: "vm".into(),
+            error: Some(failures.join("; ")),
+            seconds: elapsed,
+            ..Tally::default()
+        });
+    }
+    Ok(tallies)
 }
 
 /// Copy qemu's output (its stdout: the serial console; or its stderr) to ours as it comes,
@@ -318,6 +345,20 @@ mod tests {
         assert_eq!(o.results.get("control_vlan"), Some(&101));
         assert_eq!(o.exit.as_deref(), Some("0"));
         assert!(o.panic.is_none() && o.fatal.is_none());
+    }
+
+    #[test]
+    fn counts_each_binarys_tests() {
+        let o = feed(&[
+            "==> vm-test: vm_vlan (timeout 300 s)",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "==> vm-test: control_vlan (timeout 300 s)",
+            "test a ... FAILED",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        ]);
+        assert_eq!(o.counts["vm_vlan"].passed, 3);
+        assert_eq!(o.counts["control_vlan"].failed, 1);
+        assert_eq!(o.counts["control_vlan"].failures, ["a"]);
     }
 
     #[test]
