@@ -191,7 +191,7 @@ fn run_with(opts: &Options) -> Result<Vec<Tally>> {
             p.display()
         );
     }
-    let script = guest_script(&root, &nonce, &binaries, &opts);
+    let script = guest_script(&root, &nonce, &binaries, opts);
     std::fs::write(&script_path, script)
         .with_context(|| format!("writing {}", script_path.display()))?;
     let boot = qemu::Boot {
