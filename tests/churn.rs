@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec, SocketStats};
 use xmacvlan::frame::TestFrame;
-use xmacvlan_bench::generator::{self, Stream, StreamKind};
+use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::sent_where;
+use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::resources::{Held, held, rss_bytes};
 use xmacvlan_tests::{bare_lab, dataplane_config, require_root};
 
@@ -79,9 +80,17 @@ fn churn(demux: DemuxMode) -> Outcome {
             let before = held();
             let mut dp = Dataplane::start(&cfg, &steady)?;
             let started = Instant::now();
+            // Paced on the steady endpoints: nothing is lost to a busy CPU, so they get every
+            // frame sent to them.
+            let steady_frames = Delivered::of(&dp, |_| true);
+            let delivered = || steady_frames.frames();
+            let pace_sent = PaceSent::default();
+            let pace = Pace::delivered(&pace_sent, &delivered, pace::WINDOW);
             let (sent, churn_frames, churn_socket, warm, end, rss) = std::thread::scope(|s| {
-                let generator =
-                    s.spawn(|| lab.wire.run(|| generator::run(&gen_cfg, &streams, &stop)));
+                let generator = s.spawn(|| {
+                    lab.wire
+                        .run(|| generator::run_paced(&gen_cfg, &streams, &stop, Some(pace)))
+                });
                 let mut frames = 0;
                 let mut socket = SocketStats::default();
                 let mut warm = (Held::default(), 0);

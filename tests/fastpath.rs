@@ -80,6 +80,7 @@ fn run_exact(demux: DemuxMode, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>)
         count: Some(PER_STREAM),
         rate: Some(100_000),
         duration: Duration::from_secs(60),
+        paced: true,
         ..TrafficConfig::default()
     };
     let cfg = lab.dataplane_config(&dataplane_config(demux, queues));

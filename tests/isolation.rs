@@ -10,11 +10,12 @@ use std::time::Duration;
 use xmacvlan::abi::Mac;
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
-use xmacvlan_bench::generator::{self, Stream, StreamKind};
+use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{TrafficConfig, run_traffic};
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::{check_endpoints, sent_where};
+use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::resources::slot_of;
 use xmacvlan_tests::rng::Rng;
 use xmacvlan_tests::{bare_lab, dataplane_config, require_root};
@@ -173,6 +174,7 @@ fn isolation(demux: DemuxMode) {
     let config = TrafficConfig {
         count: Some(PER_STREAM),
         rate: Some(100_000),
+        paced: true,
         ..TrafficConfig::default()
     };
     let (finished, sent) = lab
@@ -289,9 +291,16 @@ fn slot_reuse(demux: DemuxMode) {
         .run(|| {
             let mut dp = Dataplane::start(&cfg, &first)?;
             let mut removed = Vec::new();
+            // Paced on the steady endpoints, which stay attached throughout.
+            let steady_frames = Delivered::of(&dp, |n| n.starts_with("steady-"));
+            let delivered = || steady_frames.frames();
+            let pace_sent = PaceSent::default();
+            let pace = Pace::delivered(&pace_sent, &delivered, pace::WINDOW);
             std::thread::scope(|s| {
-                let generator =
-                    s.spawn(|| lab.wire.run(|| generator::run(&gen_cfg, &streams, &stop)));
+                let generator = s.spawn(|| {
+                    lab.wire
+                        .run(|| generator::run_paced(&gen_cfg, &streams, &stop, Some(pace)))
+                });
                 let stopper = bare_lab::StopOnDrop(&stop);
                 for n in 0..REUSE_CYCLES {
                     std::thread::sleep(Duration::from_millis(40));

@@ -4,9 +4,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec};
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::{dataplane_config, require_root};
 
 fn churn_under_traffic(demux: DemuxMode) {
@@ -40,9 +41,18 @@ fn churn_under_traffic(demux: DemuxMode) {
         .host
         .run(|| {
             let mut dp = Dataplane::start(&cfg, &all[..3])?;
+            // Paced on the endpoints that stay attached (0 and 2).
+            let untouched = [&all[0].name, &all[2].name];
+            let frames = Delivered::of(&dp, |n| untouched.iter().any(|u| *u == n));
+            let delivered = || frames.frames();
+            let counted: Vec<bool> = (0..streams.len()).map(|i| i == 0 || i == 2).collect();
+            let pace_sent = PaceSent::default();
+            let pace = Pace::delivered(&pace_sent, &delivered, pace::WINDOW).counting(&counted);
             std::thread::scope(|s| {
-                let generator =
-                    s.spawn(|| lab.wire.run(|| generator::run(&gen_cfg, &streams, &stop)));
+                let generator = s.spawn(|| {
+                    lab.wire
+                        .run(|| generator::run_paced(&gen_cfg, &streams, &stop, Some(pace)))
+                });
                 std::thread::sleep(Duration::from_millis(300));
                 dp.add_endpoint(all[3].clone())?;
                 std::thread::sleep(Duration::from_millis(300));

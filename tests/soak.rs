@@ -7,10 +7,11 @@
 use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec};
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::accounting::Ledger;
+use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::resources::rss_bytes;
 use xmacvlan_tests::{bare_lab, dataplane_config, require_root};
 
@@ -58,9 +59,17 @@ fn soak(demux: DemuxMode, secs: u64) -> Outcome {
         .host
         .run(|| {
             let dp = Dataplane::start(&cfg, &endpoints)?;
+            // As fast as the receive path takes them: flow control instead of a fixed rate, so
+            // a busy CPU slows the soak down instead of losing frames before XDP.
+            let frames = Delivered::of(&dp, |_| true);
+            let delivered = || frames.frames();
+            let pace_sent = PaceSent::default();
+            let pace = Pace::delivered(&pace_sent, &delivered, pace::WINDOW);
             let (sent, samples) = std::thread::scope(|s| {
-                let generator =
-                    s.spawn(|| lab.wire.run(|| generator::run(&gen_cfg, &streams, &never)));
+                let generator = s.spawn(|| {
+                    lab.wire
+                        .run(|| generator::run_paced(&gen_cfg, &streams, &never, Some(pace)))
+                });
                 let start = Instant::now();
                 let mut samples = Vec::new();
                 let mut tick = 1;

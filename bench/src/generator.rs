@@ -1,10 +1,10 @@
 //! The traffic generator: AF_XDP copy-mode TX from a namespace into the lab's wire.
 //! Streams are frame templates sent round-robin; each frame carries its stream, a
 //! per-stream sequence number and the send time (monotonic ns, stamped once per batch).
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use xmacvlan::frame::{self, TestFrame};
 use xmacvlan::xsk::TxPort;
 
@@ -109,9 +109,143 @@ struct Template {
     seq: u64,
 }
 
+/// Flow control for tests that count every frame: the generator never has more frames in
+/// flight than the rings between it and the receiver hold, so a busy CPU slows the traffic
+/// down instead of overflowing a ring. (The bench sends unpaced: there, loss is the result.)
+#[derive(Clone, Copy)]
+pub struct Pace<'a> {
+    /// At most this many frames sent but not yet taken by the wire's veth peer (the lab NIC,
+    /// whose XDP runs on them) or dropped by it: the kernel's own counters of the wire,
+    /// `tx_packets` (the peer's XDP receive count) and `tx_dropped`. A veth ring holds 256.
+    pub before_xdp: u64,
+    /// `(delivered, window)`: at most `window` frames sent to the counted streams and not yet
+    /// counted by `delivered()` (frames the receiver got or counted as dropped).
+    pub delivered: Option<(&'a (dyn Fn() -> u64 + Sync), u64)>,
+    /// Which streams `delivered()` counts: by default every [`StreamKind::Endpoint`] stream.
+    pub counted: Option<&'a [bool]>,
+    /// What every generator sharing the wire has sent: the windows are over all of them.
+    pub sent: &'a PaceSent,
+    /// Fail when the window stays shut this long: frames went missing where nothing counts.
+    pub stall: Duration,
+}
+
+/// Frames sent by the generators sharing a pace: in all, and to endpoint streams.
+#[derive(Debug, Default)]
+pub struct PaceSent {
+    total: AtomicU64,
+    to_endpoints: AtomicU64,
+    /// The wire's counters when the first generator started (they never reset).
+    base: std::sync::OnceLock<u64>,
+}
+
+impl<'a> Pace<'a> {
+    /// The veth ring alone (tests whose receiver may drop on purpose, or is another process).
+    pub fn wire(sent: &'a PaceSent) -> Self {
+        Pace {
+            before_xdp: 128,
+            delivered: None,
+            counted: None,
+            sent,
+            stall: Duration::from_secs(10),
+        }
+    }
+
+    /// The veth ring and the receiver's rings (`window` below the smallest of them).
+    pub fn delivered(
+        sent: &'a PaceSent,
+        delivered: &'a (dyn Fn() -> u64 + Sync),
+        window: u64,
+    ) -> Self {
+        Pace {
+            delivered: Some((delivered, window)),
+            ..Pace::wire(sent)
+        }
+    }
+
+    /// Count only the streams marked true (e.g. the endpoints that stay attached).
+    pub fn counting(self, counted: &'a [bool]) -> Self {
+        Pace {
+            counted: Some(counted),
+            ..self
+        }
+    }
+}
+
+/// `/proc/thread-self/net/dev`: the interface's tx_packets + tx_dropped in the calling
+/// thread's namespace (where the generator runs).
+fn wire_taken(ifname: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(ifname)?.strip_prefix(':'))
+        .with_context(|| format!("no {ifname} in /proc/thread-self/net/dev"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // rx: bytes packets errs drop fifo frame compressed multicast | tx: bytes packets errs drop
+    Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
+}
+
+/// How many more frames the pace allows now; an error once it has been shut for too long.
+struct Window<'a> {
+    pace: Pace<'a>,
+    ifname: String,
+    base: u64,
+    to_endpoint: Vec<bool>,
+    shut_since: Option<Instant>,
+}
+
+impl Window<'_> {
+    fn room(&mut self) -> Result<usize> {
+        let total = self.pace.sent.total.load(Ordering::Relaxed);
+        let taken = wire_taken(&self.ifname)?.saturating_sub(self.base);
+        let before_xdp = total.saturating_sub(taken);
+        let mut room = self.pace.before_xdp.saturating_sub(before_xdp);
+        let mut outstanding = 0;
+        if let Some((delivered, window)) = self.pace.delivered {
+            let to_endpoints = self.pace.sent.to_endpoints.load(Ordering::Relaxed);
+            outstanding = to_endpoints.saturating_sub(delivered());
+            room = room.min(window.saturating_sub(outstanding));
+        }
+        if room > 0 {
+            self.shut_since = None;
+        } else {
+            let since = *self.shut_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > self.pace.stall {
+                bail!(
+                    "flow control: no progress for {:?}: {before_xdp} of {total} frames sent \
+                     never reached {}'s peer (its tx_packets + tx_dropped), {outstanding} sent \
+                     to endpoints never delivered: frames went missing where no counter sees them",
+                    self.pace.stall,
+                    self.ifname
+                );
+            }
+        }
+        Ok(room as usize)
+    }
+
+    fn sent(&self, stream: usize) {
+        self.pace.sent.total.fetch_add(1, Ordering::Relaxed);
+        if self.to_endpoint[stream] {
+            self.pace.sent.to_endpoints.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Send `streams` until the duration, the count, or `stop`. Returns the frames handed to
 /// the kernel (submitted to TX and completed) per stream.
 pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Result<Sent> {
+    run_paced(cfg, streams, stop, None)
+}
+
+/// [`run`], and with `pace` never more in flight than it allows.
+pub fn run_paced(
+    cfg: &GeneratorConfig,
+    streams: &[Stream],
+    stop: &AtomicBool,
+    pace: Option<Pace>,
+) -> Result<Sent> {
     if streams.is_empty() {
         bail!("the generator needs at least one stream");
     }
@@ -140,6 +274,26 @@ pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Resu
             port.max_frame()
         );
     }
+    let mut window = match pace {
+        Some(pace) => Some(Window {
+            pace,
+            base: {
+                let now = wire_taken(&cfg.ifname)?;
+                *pace.sent.base.get_or_init(|| now)
+            },
+            ifname: cfg.ifname.clone(),
+            to_endpoint: match pace.counted {
+                Some(c) if c.len() == streams.len() => c.to_vec(),
+                Some(c) => bail!("the pace counts {} streams of {}", c.len(), streams.len()),
+                None => streams
+                    .iter()
+                    .map(|s| matches!(s.kind, StreamKind::Endpoint(_)))
+                    .collect(),
+            },
+            shut_since: None,
+        }),
+        None => None,
+    };
     let mut sent = vec![0u64; streams.len()];
     let mut next = 0usize;
     let start = Instant::now();
@@ -158,6 +312,17 @@ pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Resu
             None => usize::MAX,
         }
         .min(cfg.max_in_flight.saturating_sub(port.pending()));
+        if let Some(w) = &mut window
+            && budget > 0
+        {
+            budget = budget.min(w.room()?);
+            if budget == 0 {
+                // The receiver is behind: give it the CPU rather than spin.
+                port.flush()?;
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+        }
         let now = xmacvlan::sys::monotonic_ns();
         while budget > 0 && port.room() > 0 {
             // Round-robin over streams that still have frames to send.
@@ -174,6 +339,9 @@ pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Resu
             }
             t.seq += 1;
             sent[s] += 1;
+            if let Some(w) = &window {
+                w.sent(s);
+            }
             budget -= 1;
         }
         if port.flush()? == 0 && port.complete() == 0 {

@@ -23,7 +23,15 @@ pub struct TrafficConfig {
     /// Also send broadcast and unknown-unicast frames on every VLAN.
     pub background: bool,
     pub generator_core: Option<usize>,
+    /// Flow control ([`generator::Pace`]): never more frames in flight than the veth ring and
+    /// the receiver's rings hold, so exact counts do not depend on an idle CPU. Tests set it;
+    /// the bench measures loss and does not.
+    pub paced: bool,
 }
+
+/// Paced traffic: frames to endpoints not yet delivered, at most (half the default 2048-entry
+/// AF_XDP RX ring; the user demux's endpoint rings hold 4096).
+pub const PACE_WINDOW: u64 = 1024;
 
 impl Default for TrafficConfig {
     fn default() -> Self {
@@ -34,6 +42,7 @@ impl Default for TrafficConfig {
             frame_len: 64,
             background: true,
             generator_core: Some(0),
+            paced: false,
         }
     }
 }
@@ -95,9 +104,9 @@ pub fn run_traffic(
     streams: &[Stream],
     traffic: &TrafficConfig,
 ) -> Result<Sent> {
+    let counters = dataplane.endpoint_counters();
     let delivered = || {
-        dataplane
-            .endpoint_counters()
+        counters
             .iter()
             .map(|(_, c)| c.frames.load(Ordering::Relaxed))
             .sum()
@@ -105,14 +114,19 @@ pub fn run_traffic(
     run_traffic_until(lab, queues, streams, traffic, &delivered)
 }
 
-/// [`run_traffic`] for any receiver: `delivered()` counts what it has received so far.
+/// [`run_traffic`] for any receiver: `delivered()` counts what it has received so far (with
+/// `traffic.paced`, also what it counted as dropped, or the pace waits for those frames).
 pub fn run_traffic_until(
     lab: &Lab,
     queues: u32,
     streams: &[Stream],
     traffic: &TrafficConfig,
-    delivered: &dyn Fn() -> u64,
+    delivered: &(dyn Fn() -> u64 + Sync),
 ) -> Result<Sent> {
+    let pace_sent = generator::PaceSent::default();
+    let pace = traffic
+        .paced
+        .then(|| generator::Pace::delivered(&pace_sent, delivered, PACE_WINDOW));
     let stop = xmacvlan::sys::interrupted();
     let failed = AtomicBool::new(false);
     let results: Vec<Result<Sent>> = std::thread::scope(|s| {
@@ -134,7 +148,9 @@ pub fn run_traffic_until(
                 };
                 let failed = &failed;
                 s.spawn(move || {
-                    let r = lab.wire.run(|| generator::run(&cfg, streams, stop));
+                    let r = lab
+                        .wire
+                        .run(|| generator::run_paced(&cfg, streams, stop, pace));
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }

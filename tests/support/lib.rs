@@ -2,6 +2,7 @@
 pub mod accounting;
 pub mod bare_lab;
 pub mod exact;
+pub mod pace;
 pub mod resources;
 pub mod rng;
 use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};
