@@ -15,7 +15,7 @@ use xmacvlan_bench::lab;
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::sent_where;
 use xmacvlan_tests::pace::{self, Delivered};
-use xmacvlan_tests::resources::{Held, held, rss_bytes};
+use xmacvlan_tests::resources::{Held, held, rss_bytes, settle_to, stable};
 use xmacvlan_tests::{bare_lab, dataplane_config, require_root};
 
 const CYCLES: usize = 1000;
@@ -27,6 +27,21 @@ const WARMUP: usize = 100;
 /// even a small part of it over 900 cycles would exceed this.
 const RSS_SLACK: u64 = 2 << 20;
 const CHURN_VLAN: u16 = 200;
+/// How long a resource reading may take to reach the expected one: closes of sockets and
+/// threads finish asynchronously, and a busy machine delays them.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait (bounded) until the steady endpoints receive: the generator is running.
+fn wait_until_delivering(frames: &Delivered) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while frames.frames() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the generator sent nothing to the steady endpoints within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
 
 struct Outcome {
     seconds: f64,
@@ -77,7 +92,7 @@ fn churn(demux: DemuxMode) -> Outcome {
     let outcome = lab
         .host
         .run(|| {
-            let before = held();
+            let before = stable(SETTLE);
             let mut dp = Dataplane::start(&cfg, &steady)?;
             let started = Instant::now();
             // Paced on the steady endpoints: nothing is lost to a busy CPU, so they get every
@@ -96,6 +111,10 @@ fn churn(demux: DemuxMode) -> Outcome {
                 let mut warm = (Held::default(), 0);
                 let mut rss = Vec::new();
                 let stopper = bare_lab::StopOnDrop(&stop);
+                // The generator (a thread of this process) holds an AF_XDP socket: it must be
+                // open before the warm-up reading, or a busy machine that starts it late
+                // shows its socket as growth (`fds: 18, sockets: 2` vs `17, 1`).
+                wait_until_delivering(&steady_frames);
                 dp.add_endpoint(churned(0))?;
                 // Each cycle adds the next endpoint, then removes the previous one: one or two
                 // churned endpoints are attached at any time, and slots are reused constantly.
@@ -106,14 +125,15 @@ fn churn(demux: DemuxMode) -> Outcome {
                     frames += gone.frames;
                     socket.add(&gone.socket_stats);
                     if n == WARMUP {
-                        warm = (held(), rss_bytes());
+                        warm = (stable(SETTLE), rss_bytes());
                     }
                     if n % 100 == 0 {
                         rss.push(rss_bytes());
                     }
                 }
                 // Same point in the cycle as the warm-up reading: one churned endpoint attached.
-                let end = (held(), rss_bytes());
+                // The last removal's socket closes asynchronously: wait for it (bounded).
+                let end = (settle_to(&warm.0, SETTLE), rss_bytes());
                 let last = dp.remove_endpoint(&churned(CYCLES).name)?;
                 frames += last.frames;
                 socket.add(&last.socket_stats);
@@ -130,12 +150,20 @@ fn churn(demux: DemuxMode) -> Outcome {
             let seconds = started.elapsed().as_secs_f64();
             bare_lab::drain(&dp);
             let finished = dp.stop()?;
-            let after = held();
-            assert_eq!(
-                after, before,
-                "{demux:?}: a stopped dataplane holds nothing"
-            );
-            assert_eq!(end.0, warm.0, "{demux:?}: grew during churn");
+            if let Err(after) = settle_to(&before, SETTLE) {
+                panic!(
+                    "{demux:?}: a stopped dataplane holds nothing: still held {SETTLE:?} after \
+                     stopping {after:?}, before starting {before:?}"
+                );
+            }
+            let end = match end {
+                (Ok(held), rss) => (held, rss),
+                (Err(end), _) => panic!(
+                    "{demux:?}: grew during churn: {end:?} after {CYCLES} cycles (and {SETTLE:?} \
+                     for closes to finish), {:?} at warm-up",
+                    warm.0
+                ),
+            };
             let rss_drift = end.1 as i64 - warm.1 as i64;
             assert!(
                 rss_drift <= RSS_SLACK as i64,

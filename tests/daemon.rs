@@ -19,7 +19,7 @@ use xmacvlan::dataplane::{EndpointSpec, Snapshot};
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan::telemetry::hgrm::parse_hgrm;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Sent, Stream};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent, Stream};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
@@ -156,7 +156,17 @@ impl Lab {
             max_in_flight: generator::MAX_IN_FLIGHT,
         };
         self.host
-            .run(|| generator::run(&cfg, streams, &AtomicBool::new(false)))
+            // Paced by the wire: nothing lost before XDP on a busy machine (the daemon is
+            // another process: its delivery is read from its stats).
+            .run(|| {
+                let sent = PaceSent::default();
+                generator::run_paced(
+                    &cfg,
+                    streams,
+                    &AtomicBool::new(false),
+                    Some(Pace::wire(&sent)),
+                )
+            })
             .unwrap()
     }
 
@@ -270,6 +280,25 @@ impl Daemon {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .unwrap()
             .count()
+    }
+
+    /// Open fds once start-up work has finished: the same count twice 100 ms apart, or
+    /// `want` (at most 10 s, then the last count). One reading can catch a netlink socket or
+    /// a control connection that is about to close.
+    fn settled_fds(&self, want: Option<usize>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.open_fds();
+        loop {
+            if want == Some(last) || Instant::now() >= deadline {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.open_fds();
+            if want.is_none() && now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 
@@ -520,7 +549,7 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
     let state_before = std::fs::read(&state_file).unwrap();
 
     let first = lab.start_daemon();
-    let fds_first = first.open_fds();
+    let fds_first = first.settled_fds(None);
     let held_first = bpf_held_by(first.child.id());
     // Traffic runs while the daemon dies.
     std::thread::scope(|s| {
@@ -548,9 +577,9 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
     let second = lab.start_daemon();
     second.assert_started_serving("1 of 1 recorded endpoints");
     assert_eq!(
-        second.open_fds(),
+        second.settled_fds(Some(fds_first)),
         fds_first,
-        "the restarted daemon holds what the first did"
+        "the restarted daemon holds what the first did (waited up to 10 s for its start-up)"
     );
     let held_second = bpf_held_by(second.child.id());
     assert_eq!(

@@ -7,7 +7,7 @@ use xmacvlan::dataplane::{Dataplane, DemuxMode, Finished};
 use xmacvlan::frame::{BROADCAST, TestFrame};
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::exact::check_endpoints;
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
@@ -80,7 +80,7 @@ fn run_exact(demux: DemuxMode, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>)
         count: Some(PER_STREAM),
         rate: Some(100_000),
         duration: Duration::from_secs(60),
-        paced: true,
+        pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
     let cfg = lab.dataplane_config(&dataplane_config(demux, queues));

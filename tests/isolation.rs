@@ -12,7 +12,7 @@ use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec, Fi
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
-use xmacvlan_bench::scenario::{TrafficConfig, run_traffic};
+use xmacvlan_bench::scenario::{Pacing, TrafficConfig, run_traffic};
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::{check_endpoints, sent_where};
 use xmacvlan_tests::pace::{self, Delivered};
@@ -174,7 +174,7 @@ fn isolation(demux: DemuxMode) {
     let config = TrafficConfig {
         count: Some(PER_STREAM),
         rate: Some(100_000),
-        paced: true,
+        pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
     let (finished, sent) = lab

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, DemuxMode, in_hot_loop};
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, require_root};
 
 struct Counting;
@@ -72,7 +72,7 @@ fn hot_loops_allocate_nothing_per_frame() {
             duration: Duration::from_secs(60),
             // Flow control: a busy CPU slows the frames down instead of dropping them before
             // XDP, so all 120k still pass through the loops.
-            paced: true,
+            pace: Pacing::Delivered,
             ..TrafficConfig::default()
         };
         let cfg = lab.dataplane_config(&dataplane_config(demux, 1));

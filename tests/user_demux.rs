@@ -15,7 +15,9 @@ use xmacvlan_bench::compare::kernel_path::KernelPath;
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::StreamKind;
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic, run_traffic_until};
+use xmacvlan_bench::scenario::{
+    Pacing, TrafficConfig, lab_streams, run_traffic, run_traffic_until,
+};
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::sent_where;
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
@@ -32,10 +34,13 @@ const SLOW_CORE: usize = 1;
 /// which runs on the same core.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn traffic(rate: u64) -> TrafficConfig {
+/// `pace`: the starved-consumer test paces by the wire only (nothing lost before XDP, the
+/// rings after it may fill: that is what it tests); the baseline by delivery.
+fn traffic(rate: u64, pace: Pacing) -> TrafficConfig {
     TrafficConfig {
         count: Some(PER_STREAM),
         rate: Some(rate),
+        pace,
         duration: Duration::from_secs(60),
         background: false,
         generator_core: Some(FAST_CORE),
@@ -97,7 +102,7 @@ fn full_endpoint_rings_drop_and_count_never_stall() {
                 let tid = consumers[0].0;
                 xmacvlan::sys::set_task_affinity(tid, SLOW_CORE)?;
                 xmacvlan::sys::set_task_nice(tid, 19)?;
-                let sent = run_traffic(&lab, &dp, 1, &streams, &traffic(200_000));
+                let sent = run_traffic(&lab, &dp, 1, &streams, &traffic(200_000, Pacing::Wire));
                 stop.store(true, Ordering::Relaxed);
                 sent
             })?;
@@ -187,7 +192,13 @@ fn kernel_baseline_delivers_exactly_what_each_endpoint_was_sent() {
         .run(|| {
             let kernel = KernelPath::start(&lab, SLOW_CORE)?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
-            let sent = run_traffic_until(&lab, 1, &streams, &traffic(100_000), &delivered)?;
+            let sent = run_traffic_until(
+                &lab,
+                1,
+                &streams,
+                &traffic(100_000, Pacing::Delivered),
+                &delivered,
+            )?;
             Ok((sent, kernel.stop()?))
         })
         .expect("running the kernel baseline");

@@ -40,7 +40,7 @@ use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::exact::{check_endpoints, require_8021q, sent_where};
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
@@ -487,6 +487,7 @@ fn default_lab_has_its_kernel_vlan_objects_and_delivers_exactly() {
         count: Some(PER_STREAM),
         rate: Some(10_000),
         duration: Duration::from_secs(60),
+        pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
     let cfg = lab.dataplane_config(&dataplane_config(DemuxMode::Xdp, 1));
@@ -639,6 +640,7 @@ fn endpoint_pings_its_gateway_through_the_kernel_while_its_data_takes_the_fast_p
         count: Some(PER_STREAM),
         rate: Some(4_000),
         duration: Duration::from_secs(60),
+        pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
     let (finished, sent, (pinged, frames_at_start, frames_at_end, took), router_tx) =
@@ -781,6 +783,7 @@ fn vlan100_never_reaches_vlan200_on_the_fast_path_or_the_kernel_path() {
         count: Some(PER_STREAM),
         rate: Some(2_000),
         duration: Duration::from_secs(60),
+        pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
     let watch = lab::endpoint_name(100, 0);

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use xmacvlan::dataplane::{Dataplane, EndpointCounters};
 
 /// Frames to the counted endpoints not yet delivered, at most: a quarter of the 2048-entry
-/// AF_XDP RX ring, so even with the uncounted streams (sent round-robin beside them, at most
-/// as many again) everything in flight fits the smallest ring after XDP.
-pub const WINDOW: u64 = 512;
+/// AF_XDP RX ring, so with the uncounted streams sent round-robin beside them (at most 1.5
+/// times as many in these tests) everything in flight still fits the smallest ring.
+pub use xmacvlan_bench::scenario::PACE_WINDOW as WINDOW;
 
 /// Live delivery counters of endpoints that stay attached while the generator runs.
 pub struct Delivered(Vec<Arc<EndpointCounters>>);

@@ -57,6 +57,39 @@ pub fn held() -> Held {
     h
 }
 
+/// Read [`held`] until it equals `want` or `limit` passes: closes finish asynchronously (an
+/// AF_XDP socket's release waits for an RCU grace period, a stopped thread for its exit), so
+/// one reading right after a close can see what is about to go. The last reading is the
+/// error.
+pub fn settle_to(want: &Held, limit: std::time::Duration) -> Result<Held, Held> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let now = held();
+        if &now == want {
+            return Ok(now);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A reading that no longer changes: the same twice 50 ms apart (at most `limit`, then the
+/// last one), for a baseline taken while closes may still be finishing.
+pub fn stable(limit: std::time::Duration) -> Held {
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = held();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = held();
+        if now == last || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Resident set size of this process, bytes.
 pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");

@@ -135,7 +135,7 @@ pub fn measure(
         frame_len: setup.frame_size,
         background: false,
         generator_core: Some(setup.generator_core),
-        paced: false,
+        pace: crate::scenario::Pacing::Off,
     };
     let lab = setup.lab;
     let cores = [setup.rx_core];
