@@ -47,6 +47,7 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
 fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
     let pid_file = PidFile::create(&pid_path(&cfg.control_socket))?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
+    let plugin = crate::plugin::docker::start_for(&cfg)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
     let mut daemon = Daemon::new(Settings::from_config(&cfg));
@@ -88,6 +89,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         std::thread::sleep(POLL);
     }
     tracing::info!("signal received: stopping");
+    drop(plugin);
     let stopped = daemon.shutdown();
     drop(socket);
     drop(pid_file);
