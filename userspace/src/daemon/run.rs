@@ -47,11 +47,11 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
 fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
     let pid_file = PidFile::create(&pid_path(&cfg.control_socket))?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
-    let plugin = crate::plugin::docker::start_for(&cfg)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
     let mut daemon = Daemon::new(Settings::from_config(&cfg));
     let served = daemon.restore(&state);
+    let plugin = crate::plugin::docker::start_for(&cfg)?;
     tracing::info!(
         pid = std::process::id(),
         socket = %cfg.control_socket.display(),
