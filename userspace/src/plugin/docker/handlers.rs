@@ -234,3 +234,78 @@ fn tell_daemon(ctx: &Context, request: &Request, endpoint: &str) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(tag: &str) -> (Context, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("xmv-plugin-{tag}-{}", std::process::id()));
+        let ctx = Context {
+            data_root: dir.join("data"),
+            control_socket: dir.join("none.sock"),
+        };
+        (ctx, dir)
+    }
+
+    fn err(outcome: &Outcome) -> String {
+        outcome.body["Err"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn activation_capabilities_and_unknown_methods() {
+        let (ctx, dir) = ctx("basic");
+        let o = handle(&ctx, "/Plugin.Activate", b"");
+        assert_eq!(o.body, json!({"Implements": ["NetworkDriver"]}));
+        let o = handle(&ctx, "/NetworkDriver.GetCapabilities", b"{}");
+        assert_eq!(o.body["Scope"], "local");
+        let o = handle(&ctx, "/NetworkDriver.AllocateNetwork", b"{}");
+        assert_eq!(o.status, 404);
+        assert!(err(&o).contains("unknown plugin method"), "{}", err(&o));
+        let o = handle(&ctx, "/NetworkDriver.Join", b"{not json");
+        assert!(err(&o).contains("malformed request body"), "{}", err(&o));
+        let o = handle(&ctx, "/NetworkDriver.Join", br#"{"EndpointID": "../x"}"#);
+        assert!(err(&o).contains("not a Docker id"), "{}", err(&o));
+        assert!(!dir.exists(), "refused calls touch nothing");
+    }
+
+    /// Docker's own IPAM refuses a gateway outside the subnet before calling a driver; a
+    /// client speaking the protocol directly gets `xmacvlan network create`'s messages, and
+    /// nothing is made.
+    #[test]
+    fn create_network_checks_what_network_create_checks() {
+        let (ctx, dir) = ctx("create");
+        let call = |gateway: &str, generic: Value| {
+            let body = json!({
+                "NetworkID": "ab".repeat(32),
+                "Options": {"com.docker.network.generic": generic},
+                "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "198.18.0.0/24", "Gateway": gateway}],
+                "IPv6Data": [],
+            });
+            err(&handle(
+                &ctx,
+                "/NetworkDriver.CreateNetwork",
+                body.to_string().as_bytes(),
+            ))
+        };
+        let e = call("198.18.9.1/24", json!({"parent": "xmv-none0"}));
+        assert!(
+            e.contains("--gateway 198.18.9.1 is outside every --subnet"),
+            "{e}"
+        );
+        let e = call(
+            "198.18.0.1/24",
+            json!({"parent": "xmv-none0", "macvlan_mode": "x"}),
+        );
+        assert!(e.contains("unknown macvlan mode `x`"), "{e}");
+        let e = call("198.18.0.1/24", json!({}));
+        assert!(e.contains("-o parent=IF is required"), "{e}");
+        let e = call("198.18.0.1/24", json!({"parent": 7}));
+        assert!(e.contains("not a string"), "{e}");
+        let e = call("nonsense", json!({"parent": "v0"}));
+        assert!(e.contains("not an IP address"), "{e}");
+        let state = crate::control::State::load(&ctx.data_root).unwrap();
+        assert!(state.networks.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
