@@ -507,6 +507,55 @@ fn route_to(docker: &Dockerd, container: &str, subnet: &str) {
         .unwrap();
 }
 
+/// One raw HTTP exchange on the plugin socket: the whole answer.
+fn raw_call(plugin: &Path, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(plugin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// The plugin socket treats its peer as hostile: unknown methods, oversized or chunked bodies
+/// and a peer that sends nothing get an HTTP error, and the next caller is served.
+fn hostile_peers(plugin: &Path) {
+    let a = raw_call(
+        plugin,
+        b"POST /NetworkDriver.Nope HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert!(
+        a.starts_with("HTTP/1.1 404 ") && a.contains("unknown plugin method"),
+        "{a}"
+    );
+    let a = raw_call(
+        plugin,
+        b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    assert!(a.starts_with("HTTP/1.1 413 "), "{a}");
+    let a = raw_call(
+        plugin,
+        b"POST /Plugin.Activate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert!(a.starts_with("HTTP/1.1 411 "), "{a}");
+    let _silent = std::os::unix::net::UnixStream::connect(plugin).unwrap();
+    let started = Instant::now();
+    let a = raw_call(
+        plugin,
+        b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(
+        a.starts_with("HTTP/1.1 200 ") && a.contains("NetworkDriver"),
+        "{a}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a silent peer held the plugin for {:?}",
+        started.elapsed()
+    );
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -547,6 +596,7 @@ fn docker_xmacvlan_beside_docker_macvlan() {
     let mut xmv = Xmacvlan::new(&dir);
     let mut docker = Dockerd::new(&dir);
     xmv.start("xdp");
+    hostile_peers(&xmv.plugin);
     docker.start();
     docker.import_busybox();
     let driver = xmv.driver();
