@@ -29,6 +29,9 @@ const DOCKERD: &str = "/usr/sbin/dockerd";
 /// routes the test adds (see [`route_to`]).
 const MV: (&str, &str, &str) = ("198.18.0.0/24", "198.18.0.128/26", "198.18.0.1");
 const XV: (&str, &str, &str) = ("198.18.1.0/24", "198.18.1.128/26", "198.18.1.1");
+/// Both networks are dual-stack: (IPv6 subnet, gateway).
+const MV6: (&str, &str) = ("2001:db8:1::/64", "2001:db8:1::1");
+const XV6: (&str, &str) = ("2001:db8:2::/64", "2001:db8:2::1");
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -421,6 +424,9 @@ struct Readback {
     mac: [u8; 6],
     address: (IpAddr, u8),
     default_via: Option<IpAddr>,
+    /// The global IPv6 address and the IPv6 default route's gateway.
+    address6: (IpAddr, u8),
+    default_via6: Option<IpAddr>,
     mtu: u32,
 }
 
@@ -444,17 +450,27 @@ fn read_back(docker: &Dockerd, container: &str) -> Readback {
             "{container}: {link:?}"
         );
         let addresses = nl.addresses(link.index)?;
-        let v4: Vec<_> = addresses.into_iter().filter(|a| a.0.is_ipv4()).collect();
-        assert_eq!(v4.len(), 1, "{container}: {v4:?}");
+        let v4: Vec<_> = addresses.iter().filter(|a| a.0.is_ipv4()).collect();
+        assert_eq!(v4.len(), 1, "{container}: {addresses:?}");
+        let v6: Vec<_> = addresses
+            .iter()
+            .filter(|a| matches!(a.0, IpAddr::V6(ip) if (ip.segments()[0] & 0xffc0) != 0xfe80))
+            .collect();
+        assert_eq!(v6.len(), 1, "{container}: {addresses:?}");
         let routes = nl.routes_of(link.index)?;
+        let default_via = |v6: bool| {
+            routes
+                .iter()
+                .find(|r| r.is_default() && r.destination.is_ipv6() == v6)
+                .and_then(|r| r.gateway)
+        };
         Ok(Readback {
             mode: link.macvlan_mode,
             mac: link.mac,
-            address: v4[0],
-            default_via: routes
-                .iter()
-                .find(|r| r.is_default())
-                .and_then(|r| r.gateway),
+            address: *v4[0],
+            default_via: default_via(false),
+            address6: *v6[0],
+            default_via6: default_via(true),
             mtu: link.mtu,
         })
     })
@@ -600,27 +616,33 @@ fn docker_xmacvlan_beside_docker_macvlan() {
     docker.start();
     docker.import_busybox();
     let driver = xmv.driver();
-    let net_args = |driver: &str, net: (&str, &str, &str), parent: &str, name: &str| {
-        [
-            "network",
-            "create",
-            "-d",
-            driver,
-            "--subnet",
-            net.0,
-            "--ip-range",
-            net.1,
-            "--gateway",
-            net.2,
-            "-o",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("parent={parent}"), name.to_string()])
-        .collect::<Vec<String>>()
-    };
-    docker.ok(&strs(&net_args("macvlan", MV, &parents.a, "mv")));
-    docker.ok(&strs(&net_args(&driver, XV, &parents.b, "xv")));
+    let net_args =
+        |driver: &str, net: (&str, &str, &str), v6: (&str, &str), parent: &str, name: &str| {
+            [
+                "network",
+                "create",
+                "-d",
+                driver,
+                "--subnet",
+                net.0,
+                "--ip-range",
+                net.1,
+                "--gateway",
+                net.2,
+                "--ipv6",
+                "--subnet",
+                v6.0,
+                "--gateway",
+                v6.1,
+                "-o",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("parent={parent}"), name.to_string()])
+            .collect::<Vec<String>>()
+        };
+    docker.ok(&strs(&net_args("macvlan", MV, MV6, &parents.a, "mv")));
+    docker.ok(&strs(&net_args(&driver, XV, XV6, &parents.b, "xv")));
     let xv_id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "xv"]);
     let state = xmv.state();
     assert_eq!(state.networks.len(), 1);
@@ -715,6 +737,18 @@ fn docker_xmacvlan_beside_docker_macvlan() {
         );
         assert_eq!(rb.default_via, Some(ip(net.2)), "{rb:?}");
     }
+    for (rb, net) in [(&a, MV6), (&b, XV6)] {
+        let subnet: xmacvlan::control::Cidr = net.0.parse().unwrap();
+        assert!(subnet.contains_ip(rb.address6.0), "{rb:?}");
+        assert_eq!(rb.address6.1, 64, "{rb:?}");
+        assert_eq!(rb.default_via6, Some(ip(net.1)), "{rb:?}");
+    }
+    // Docker's IPAM hands out the same host part in either network.
+    let host6 = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6.segments()[4..].to_vec(),
+        IpAddr::V4(_) => unreachable!(),
+    };
+    assert_eq!(host6(a.address6.0), host6(b.address6.0));
     assert_eq!(a.mode, b.mode, "macvlan mode");
     assert_eq!(a.mode, Some(MacVlanMode::Bridge));
     assert_eq!(a.mtu, b.mtu, "MTU");
