@@ -76,8 +76,12 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.0.join("xmv.log")).unwrap_or_default();
-            eprintln!("--- xmacvlan daemon log ---\n{log}");
+            for (name, file) in [("xmacvlan daemon", "xmv.log"), ("dockerd", "dockerd.log")] {
+                let log = std::fs::read_to_string(self.0.join(file)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!("--- {name} log (last 40 lines) ---\n{}", tail.join("\n"));
+            }
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -286,7 +290,7 @@ impl Dockerd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("dockerd.log"))
+            .open(self.dir.parent().unwrap().join("dockerd.log"))
             .unwrap();
         let child = Command::new(DOCKERD)
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
@@ -572,6 +576,25 @@ fn hostile_peers(plugin: &Path) {
     );
 }
 
+/// xmacvlan's endpoints are exactly the ones Docker has on `xv`: no orphan, no duplicate.
+fn assert_same_endpoints(docker: &Dockerd, xmv: &Xmacvlan) {
+    let docker_ids = docker.ok(&[
+        "network",
+        "inspect",
+        "xv",
+        "-f",
+        "{{range $id, $c := .Containers}}{{$c.EndpointID}} {{end}}",
+    ]);
+    let mut from_docker: Vec<String> = docker_ids
+        .split_whitespace()
+        .map(xmacvlan::control::docker::name_of)
+        .collect();
+    let mut ours: Vec<String> = xmv.state().endpoints.into_iter().map(|e| e.name).collect();
+    from_docker.sort();
+    ours.sort();
+    assert_eq!(ours, from_docker, "xmacvlan's endpoints vs Docker's");
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -797,6 +820,8 @@ fn docker_xmacvlan_beside_docker_macvlan() {
     route_to(&docker, "ca", XV.0);
     route_to(&docker, "cb", MV.0);
     ping(&docker, "ca", &b.address.0.to_string());
+    assert_same_endpoints(&docker, &xmv);
+
     let ep_name = {
         let now = xmv.state().endpoints[0].name.clone();
         assert_ne!(now, ep_name, "Docker made a new endpoint");
