@@ -64,13 +64,30 @@ pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result
     super::network::create_with_id(data_root, req, id.to_string())
 }
 
-/// DeleteNetwork: as `xmacvlan network rm`; an unknown id is already gone.
+/// DeleteNetwork: as `xmacvlan network rm`; an unknown id is already gone. Docker deletes a
+/// network only once it has no endpoints on it, so endpoints still recorded are orphans (a
+/// DeleteEndpoint that found no daemon): they go first, links included.
 pub fn delete_network(data_root: &Path, id: &str) -> Result<Option<Network>> {
     check_id(id, "NetworkID")?;
     let Some(net) = network_by_id(&State::load(data_root)?, id).cloned() else {
         return Ok(None);
     };
+    for name in orphans(data_root, id)? {
+        delete_endpoint_named(data_root, &name)?;
+    }
     super::network::remove(data_root, &net.name).map(Some)
+}
+
+/// The endpoints still recorded on the Docker network `id` (see [`delete_network`]).
+pub fn orphans(data_root: &Path, id: &str) -> Result<Vec<String>> {
+    let state = State::load(data_root)?;
+    let Some(net) = network_by_id(&state, id) else {
+        return Ok(Vec::new());
+    };
+    Ok(state
+        .endpoints_of(&net.name)
+        .map(|e| e.name.clone())
+        .collect())
 }
 
 fn network_by_id<'a>(state: &'a State, id: &str) -> Option<&'a Network> {
@@ -253,14 +270,18 @@ pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
 /// the host namespace (Docker moved it back); then the record goes. Unknown ids are gone.
 pub fn delete_endpoint(data_root: &Path, endpoint_id: &str) -> Result<Option<Endpoint>> {
     check_id(endpoint_id, "EndpointID")?;
+    delete_endpoint_named(data_root, &name_of(endpoint_id))
+}
+
+fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint>> {
     let (store, mut state) = Store::lock(data_root)?;
-    let name = name_of(endpoint_id);
-    let Some(ep) = state.endpoint(&name).cloned() else {
+    let Some(ep) = state.endpoint(name).cloned() else {
         return Ok(None);
     };
+    // `docker-` + 12 digits → `xmv` + the same 12 digits.
     let at_host = Endpoint {
         netns: HOST_NETNS.into(),
-        ifname: host_ifname(endpoint_id),
+        ifname: host_ifname(name.strip_prefix("docker-").unwrap_or(name)),
         ..ep.clone()
     };
     for place in [&ep, &at_host] {
@@ -278,6 +299,56 @@ pub fn delete_endpoint(data_root: &Path, endpoint_id: &str) -> Result<Option<End
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Docker deletes a network only when it has no endpoints on it: records it still has
+    /// (a DeleteEndpoint that found no daemon) go with it.
+    #[test]
+    fn delete_network_takes_orphans_with_it() {
+        let root = std::env::temp_dir().join(format!("xmv-dk-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (net_id, ep_id) = ("ab".repeat(32), "cd".repeat(32));
+        let (store, mut state) = Store::lock(&root).unwrap();
+        state.networks.push(Network {
+            id: net_id.clone(),
+            name: name_of(&net_id),
+            driver: "macvlan".into(),
+            parent: "xmv-gone0".into(),
+            link: "xmv-gone0".into(),
+            vlan: 0,
+            created_parent: false,
+            mode: Default::default(),
+            subnets: vec![],
+            host_shim: None,
+            options: Default::default(),
+            created: 0,
+        });
+        state.endpoints.push(Endpoint {
+            name: name_of(&ep_id),
+            network: name_of(&net_id),
+            vlan: 0,
+            mac: [2, 0x42, 198, 18, 0, 2],
+            addresses: vec![],
+            gateways: vec![],
+            netns: "/nonexistent/netns/gone".into(),
+            ifname: "eth0".into(),
+            created: 0,
+        });
+        store.save(&state).unwrap();
+        drop(store);
+        assert_eq!(orphans(&root, &net_id).unwrap(), [name_of(&ep_id)]);
+        let removed = delete_network(&root, &net_id).unwrap().unwrap();
+        assert_eq!(removed.id, net_id);
+        let state = State::load(&root).unwrap();
+        assert!(
+            state.networks.is_empty() && state.endpoints.is_empty(),
+            "{state:?}"
+        );
+        assert!(
+            delete_network(&root, &net_id).unwrap().is_none(),
+            "gone is gone"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn ids_and_names() {

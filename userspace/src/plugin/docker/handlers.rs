@@ -127,6 +127,17 @@ fn create_network(ctx: &Context, r: api::CreateNetwork) -> Result<Outcome> {
 }
 
 fn delete_network(ctx: &Context, r: api::NetworkOnly) -> Result<Outcome> {
+    ctl::check_id(&r.network_id, "NetworkID")?;
+    for name in ctl::orphans(&ctx.data_root, &r.network_id)? {
+        tracing::warn!(endpoint = %name, "docker: removing an endpoint Docker no longer has (its DeleteEndpoint found no daemon)");
+        tell_daemon(
+            ctx,
+            &Request::Detach {
+                endpoint: name.clone(),
+            },
+            &name,
+        );
+    }
     if let Some(net) = ctl::delete_network(&ctx.data_root, &r.network_id)? {
         tracing::info!(network = %net.name, "docker: network removed");
     }
