@@ -189,17 +189,17 @@ pub fn join(data_root: &Path, endpoint_id: &str, sandbox: &str) -> Result<(Endpo
         bail!("SandboxKey `{sandbox}` is not an absolute path to a network namespace");
     }
     let (store, mut state) = Store::lock(data_root)?;
-    let ifname = match Netns::open(sandbox) {
-        Ok(ns) => ns.run(|| next_ifname(&Netlink::new()?))?,
-        Err(_) => format!(
-            "{DST_PREFIX}{}",
-            state
+    // Not there yet (or a file with no namespace mounted on it yet): count what is recorded.
+    let ifname = Netns::open(sandbox)
+        .and_then(|ns| ns.run(|| next_ifname(&Netlink::new()?)))
+        .unwrap_or_else(|_| {
+            let here = state
                 .endpoints
                 .iter()
                 .filter(|e| e.netns == sandbox)
-                .count()
-        ),
-    };
+                .count();
+            format!("{DST_PREFIX}{here}")
+        });
     let ep = endpoint_mut(&mut state, endpoint_id)?;
     ep.netns = sandbox.to_string();
     ep.ifname = ifname;
@@ -245,13 +245,16 @@ pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
     let Ok(ns) = Netns::open(&ep.netns) else {
         return Ok(None);
     };
-    let found = ns.run(|| {
+    // A sandbox file with no namespace mounted on it yet fails setns: not there yet.
+    let Ok(found) = ns.run(|| {
         Ok(Netlink::new()?
             .links()?
             .into_iter()
             .find(|l| l.mac == ep.mac && l.kind.as_deref() == Some("macvlan"))
             .map(|l| l.name))
-    })?;
+    }) else {
+        return Ok(None);
+    };
     // Docker moves the link in under its host name, then renames it.
     let found = found.filter(|name| name.starts_with(DST_PREFIX));
     let Some(found) = found else { return Ok(None) };
@@ -285,10 +288,16 @@ fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint
         ..ep.clone()
     };
     for place in [&ep, &at_host] {
-        match provision::remove_endpoint(place)? {
-            Removal::Deleted => break,
-            Removal::AlreadyGone => {}
-            Removal::NotOurs(why) => tracing::warn!(endpoint = %ep.name, "{why}"),
+        match provision::remove_endpoint(place) {
+            Ok(Removal::Deleted) => break,
+            Ok(Removal::AlreadyGone) => {}
+            Ok(Removal::NotOurs(why)) => tracing::warn!(endpoint = %ep.name, "{why}"),
+            // A sandbox Docker tore down can leave its file behind with no namespace on it
+            // (setns: EINVAL); the link went with the namespace.
+            Err(e) if place.netns != HOST_NETNS => {
+                tracing::debug!(endpoint = %ep.name, "sandbox gone: {e:#}")
+            }
+            Err(e) => return Err(e),
         }
     }
     state.endpoints.retain(|e| e.name != name);
