@@ -8,7 +8,7 @@
 //! a unique name (`xmvt<pid>`), removed at the end like everything else.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use xmacvlan::control::State;
@@ -18,11 +18,9 @@ use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::Snapshot;
 use xmacvlan::netlink::{MacVlanMode, Netlink};
 use xmacvlan::netns::Netns;
+use xmacvlan_tests::dockerd::{Dockerd, IMAGE, signal, text, wait_exit};
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
-/// The engine's API (docker.io 20.10): its own client speaks it.
-const DOCKER: &str = "/usr/bin/docker";
-const DOCKERD: &str = "/usr/sbin/dockerd";
 /// (subnet, ip-range, gateway): the same flags for both drivers, one /24 apart (Docker's IPAM
 /// shares one pool between networks with the same subnet, so the second could not have the
 /// same gateway). The two containers reach each other over one L2 segment through on-link
@@ -32,33 +30,6 @@ const XV: (&str, &str, &str) = ("198.18.1.0/24", "198.18.1.128/26", "198.18.1.1"
 /// Both networks are dual-stack: (IPv6 subnet, gateway).
 const MV6: (&str, &str) = ("2001:db8:1::/64", "2001:db8:1::1");
 const XV6: (&str, &str) = ("2001:db8:2::/64", "2001:db8:2::1");
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
 
 /// The test's directory (logs, state, dockerd's roots); on failure the daemon's log is
 /// printed before it goes.
@@ -266,161 +237,6 @@ impl Drop for Xmacvlan {
     }
 }
 
-/// A private dockerd; dropped: stopped by its pid, its shims waited for, its mounts and
-/// directories removed.
-struct Dockerd {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Dockerd {
-    fn new(dir: &Path) -> Self {
-        Dockerd {
-            dir: dir.join("docker"),
-            child: None,
-        }
-    }
-
-    fn sock(&self) -> String {
-        format!("unix://{}", self.dir.join("d.sock").display())
-    }
-
-    fn start(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.parent().unwrap().join("dockerd.log"))
-            .unwrap();
-        let child = Command::new(DOCKERD)
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .arg("--data-root")
-            .arg(self.dir.join("data"))
-            .arg("--exec-root")
-            .arg(self.dir.join("exec"))
-            .arg("--pidfile")
-            .arg(self.dir.join("dockerd.pid"))
-            .args(["-H", &self.sock()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.cli(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not answer");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        run(Command::new(DOCKER).args(["-H", &self.sock()]).args(args))
-    }
-
-    /// A command that must work: its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "docker {}: {}",
-            args.join(" "),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    /// A command that must fail: its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            !out.status.success(),
-            "docker {} succeeded: {}",
-            args.join(" "),
-            text(&out.stdout)
-        );
-        text(&out.stderr)
-    }
-
-    /// An image with no registry: a busybox root filesystem, imported.
-    fn import_busybox(&self) {
-        let root = self.dir.join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for cmd in ["sh", "ip", "ping", "sleep", "cat", "nc"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(cmd)).unwrap();
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = run(Command::new(DOCKER)
-            .args(["-H", &self.sock(), "import", "-", "xmvt-busybox:1"])
-            .stdin(tar.stdout.take().unwrap()));
-        assert!(tar.wait().unwrap().success(), "tar of the busybox root");
-        assert!(out.status.success(), "docker import: {}", text(&out.stderr));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            if !wait_exit(&mut child, Duration::from_secs(60)) {
-                signal(child.id(), "KILL");
-                wait_exit(&mut child, Duration::from_secs(10));
-            }
-        }
-    }
-
-    /// Processes started for this dockerd (containerd, shims): their command lines name its
-    /// directory.
-    fn leftovers(&self) -> Vec<u32> {
-        let needle = self.dir.display().to_string();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let left = self.leftovers();
-            if left.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                for pid in left {
-                    signal(pid, "KILL");
-                }
-                std::thread::sleep(Duration::from_millis(200));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let prefix = self.dir.display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = xmacvlan::sys::unmount_detach(Path::new(&m));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// What a container's interface looks like from inside, read over netlink in its sandbox.
 #[derive(Debug)]
 struct Readback {
@@ -618,7 +434,7 @@ fn run_container(docker: &Dockerd, name: &str, network: &str) {
         network,
         "--stop-timeout",
         "1",
-        "xmvt-busybox:1",
+        IMAGE,
         "sleep",
         "600",
     ]);
