@@ -78,6 +78,8 @@ impl Lab {
             "xdp-mode": "native",
             "bind-mode": "copy",
             "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
+            // The host's /run is shared: never serve Docker's default plugin from a test.
+            "docker-plugin": "",
         });
         std::fs::write(self.config(), config.to_string()).unwrap();
     }

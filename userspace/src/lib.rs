@@ -17,6 +17,7 @@ pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod nic;
+pub mod plugin;
 pub mod sys;
 pub mod telemetry;
 pub mod xdp;

@@ -20,11 +20,14 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
 ];
 
-/// What the integration tests use besides the build: ping for reachability checks, and the
-/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against.
+/// What the integration tests use besides the build: ping for reachability checks, the
+/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against, and
+/// a Docker engine with a busybox to make its image from (tests/docker.rs).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
+    ("docker.io", "/usr/sbin/dockerd"),
+    ("busybox-static", "/bin/busybox"),
 ];
 
 pub fn missing() -> Vec<&'static str> {

@@ -55,6 +55,18 @@ pub struct ConfigFlags {
     /// daemon command when given explicitly (like `data-root`).
     #[arg(skip)]
     pub control_socket: Option<PathBuf>,
+    /// The Docker network plugin's socket (/run/docker/plugins/NAME.sock: NAME is the driver
+    /// name for `docker network create -d`); "" turns the plugin off.
+    #[arg(long = "docker-plugin", value_name = "PATH", value_parser = docker_plugin_flag)]
+    pub docker_plugin: Option<DockerPluginFlag>,
+}
+
+/// A parsed `--docker-plugin` (None = turned off with "").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerPluginFlag(pub Option<PathBuf>);
+
+fn docker_plugin_flag(text: &str) -> Result<DockerPluginFlag, String> {
+    parse_docker_plugin(text).map(DockerPluginFlag)
 }
 
 /// A parsed `--cores` (a newtype: clap would read `Option<Vec<_>>` as a repeated flag).
@@ -111,6 +123,7 @@ impl ConfigFlags {
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),
+            docker_plugin: self.docker_plugin.clone().map(|d| d.0),
         })
     }
 

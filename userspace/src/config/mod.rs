@@ -24,14 +24,19 @@ mod parse;
 mod reload;
 
 pub use error::{ConfigError, ErrorKind};
-pub use flags::{ConfigFlags, CoresFlag, MetricsFlag};
-pub use parse::{MetricsAddrError, parse_cores, parse_duration, parse_metrics_addr, parse_size};
+pub use flags::{ConfigFlags, CoresFlag, DockerPluginFlag, MetricsFlag};
+pub use parse::{
+    MetricsAddrError, parse_cores, parse_docker_plugin, parse_duration, parse_metrics_addr,
+    parse_size,
+};
 pub use reload::{Change, ReloadPlan, diff_for_reload};
 
 /// Where the daemon looks for its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/xmacvlan/daemon.json";
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
+/// Where Docker finds the `xmacvlan` network plugin (the file name is the driver's name).
+pub const DEFAULT_DOCKER_PLUGIN: &str = "/run/docker/plugins/xmacvlan.sock";
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.
@@ -55,6 +60,7 @@ pub const KEYS: &[&str] = &[
     "stats-interval",
     "metrics-addr",
     "control-socket",
+    "docker-plugin",
 ];
 
 /// Keys a SIGHUP applies to the running daemon; every other change needs a restart.
@@ -253,6 +259,8 @@ pub struct DaemonConfig {
     /// None = no metrics endpoint (the default).
     pub metrics_addr: Option<MetricsAddr>,
     pub control_socket: PathBuf,
+    /// The Docker network plugin's socket; None = no plugin.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -270,6 +278,7 @@ impl Default for DaemonConfig {
             stats_interval: Duration::from_secs(1),
             metrics_addr: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            docker_plugin: Some(PathBuf::from(DEFAULT_DOCKER_PLUGIN)),
         }
     }
 }
@@ -347,6 +356,9 @@ impl DaemonConfig {
         if let Some(v) = &flags.control_socket {
             self.control_socket = v.clone();
         }
+        if let Some(v) = &flags.docker_plugin {
+            self.docker_plugin = v.clone();
+        }
         self
     }
 
@@ -377,6 +389,14 @@ impl DaemonConfig {
             ),
             ("metrics-addr", metrics),
             ("control-socket", json!(self.control_socket)),
+            (
+                "docker-plugin",
+                json!(
+                    self.docker_plugin
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                ),
+            ),
         ]
     }
 
@@ -408,6 +428,8 @@ pub struct Overrides {
     /// `Some(None)` turns metrics off.
     pub metrics_addr: Option<Option<MetricsAddr>>,
     pub control_socket: Option<PathBuf>,
+    /// `Some(None)` turns the Docker plugin off.
+    pub docker_plugin: Option<Option<PathBuf>>,
 }
 
 /// Bytes as `daemon.json` writes them: `10m`, `512k`, or plain bytes.

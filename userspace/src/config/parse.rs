@@ -91,7 +91,27 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     if let Some(v) = map.get("control-socket") {
         cfg.control_socket = p.absolute_path("control-socket", v)?;
     }
+    if let Some(v) = map.get("docker-plugin") {
+        let s = p.string("docker-plugin", v, "a path (string)")?;
+        cfg.docker_plugin = parse_docker_plugin(s).map_err(|e| p.invalid("docker-plugin", v, e))?;
+    }
     Ok(cfg)
+}
+
+/// `docker-plugin`: "" = off, else an absolute path to a `.sock` file (Docker discovers
+/// plugins by that suffix).
+pub fn parse_docker_plugin(text: &str) -> Result<Option<PathBuf>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(text);
+    if !text.starts_with('/') || path.extension().is_none_or(|e| e != "sock") {
+        return Err(
+            "must be an absolute path ending in .sock (Docker looks for /run/docker/plugins/NAME.sock),              or \"\" to turn the plugin off"
+                .into(),
+        );
+    }
+    Ok(Some(path))
 }
 
 /// serde_json's message without its trailing " at line L column C" (we print those ourselves).

@@ -408,3 +408,37 @@ fn reload_of_debug_changes_the_level_and_same_file_changes_nothing() {
     let keys: Vec<&str> = plan.restart.iter().map(|c| c.key).collect();
     assert_eq!(keys, vec!["log-driver", "log-opts"]);
 }
+
+#[test]
+fn docker_plugin_defaults_on_and_turns_off_with_an_empty_string() {
+    assert_eq!(
+        parse("{}").unwrap().docker_plugin.as_deref(),
+        Some(Path::new(DEFAULT_DOCKER_PLUGIN))
+    );
+    assert_eq!(
+        parse(r#"{"docker-plugin": ""}"#).unwrap().docker_plugin,
+        None
+    );
+    let cfg = parse(r#"{"docker-plugin": "/run/docker/plugins/xmv2.sock"}"#).unwrap();
+    assert_eq!(
+        cfg.docker_plugin.as_deref(),
+        Some(Path::new("/run/docker/plugins/xmv2.sock"))
+    );
+    for bad in ["relative.sock", "/run/docker/plugins/xmv"] {
+        let e = parse(&format!(r#"{{"docker-plugin": "{bad}"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(r#"key "docker-plugin""#) && e.contains("ending in .sock"),
+            "{e}"
+        );
+    }
+    let e = parse(r#"{"docker-plugin": false}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("docker-plugin"), "{e}");
+    // A SIGHUP that changes it says it needs a restart.
+    let plan = diff_for_reload(&parse("{}").unwrap(), &cfg);
+    let keys: Vec<&str> = plan.restart.iter().map(|c| c.key).collect();
+    assert_eq!(keys, vec!["docker-plugin"]);
+}

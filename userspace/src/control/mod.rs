@@ -4,6 +4,7 @@
 //! - [`ipam`]: address allocation; [`network`], [`endpoint`]: create/rm with validation;
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
+//! - [`docker`]: the same, as the Docker network plugin drives it (Docker's ids, its link life cycle);
 //! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`; [`view`]: what they print.
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
@@ -11,6 +12,7 @@
 use std::io::Read;
 
 pub mod cli;
+pub mod docker;
 pub mod drift;
 pub mod endpoint;
 pub mod ipam;

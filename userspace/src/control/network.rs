@@ -284,13 +284,18 @@ pub fn assign_shim_addresses(subnets: &mut [Subnet]) -> Result<Vec<Cidr>, String
 
 /// Create a network: validate, provision parent and shim, record it.
 pub fn create(data_root: &Path, req: &NetworkCreate) -> Result<Network> {
-    let mut plan = plan(req).map_err(|e| anyhow!(e))?;
-    let (store, mut state) = Store::lock(data_root)?;
-    check_against(&plan, &state).map_err(|e| anyhow!(e))?;
     let id: String = random_bytes::<32>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    create_with_id(data_root, req, id)
+}
+
+/// [`create`] with the id given (Docker's NetworkID for networks made through the plugin).
+pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Result<Network> {
+    let mut plan = plan(req).map_err(|e| anyhow!(e))?;
+    let (store, mut state) = Store::lock(data_root)?;
+    check_against(&plan, &state).map_err(|e| anyhow!(e))?;
     let shim = if plan.host_shim {
         let addresses = assign_shim_addresses(&mut plan.subnets).map_err(|e| anyhow!(e))?;
         let mac = match addresses.iter().find_map(|a| match a.addr {

@@ -54,6 +54,13 @@ pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent> {
 }
 
 fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent> {
+    if link.loopback {
+        bail!(
+            "parent interface `{}` is the loopback device: macvlans need an Ethernet parent \
+             (a NIC, bond, veth or VLAN sub-interface): give another -o parent",
+            link.name
+        );
+    }
     if link.kind.as_deref() == Some("vlan") {
         let trunk = link
             .parent_index

@@ -51,6 +51,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
     let state = crate::control::State::load(&cfg.data_root)?;
     let mut daemon = Daemon::new(Settings::from_config(&cfg));
     let served = daemon.restore(&state);
+    let plugin = crate::plugin::docker::start_for(&cfg)?;
     tracing::info!(
         pid = std::process::id(),
         socket = %cfg.control_socket.display(),
@@ -88,6 +89,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         std::thread::sleep(POLL);
     }
     tracing::info!("signal received: stopping");
+    drop(plugin);
     let stopped = daemon.shutdown();
     drop(socket);
     drop(pid_file);

@@ -31,6 +31,8 @@ pub struct Link {
     pub mac: [u8; 6],
     pub up: bool,
     pub promiscuous: bool,
+    /// IFF_LOOPBACK: `lo` (no macvlan can hang off it).
+    pub loopback: bool,
     /// Index of the lower device (macvlan/vlan parent, veth peer), in its own namespace.
     pub parent_index: Option<u32>,
     pub macvlan_mode: Option<MacVlanMode>,
@@ -315,6 +317,7 @@ impl Link {
             mac: [0; 6],
             up: msg.header.flags.contains(LinkFlags::Up),
             promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
+            loopback: msg.header.flags.contains(LinkFlags::Loopback),
             parent_index: None,
             macvlan_mode: None,
             vlan_id: None,

@@ -1,0 +1,385 @@
+//! The control path as Docker's network plugin drives it (see `plugin::docker`). Same state,
+//! same validations and messages as `xmacvlan network|endpoint`; what differs is Docker's
+//! life cycle of an endpoint's link:
+//!
+//! - CreateEndpoint: the macvlan is made in the host namespace under [`host_ifname`] with the
+//!   endpoint's MAC, down and unaddressed, and recorded with `netns` = [`HOST_NETNS`];
+//! - Join: Docker moves it into the sandbox (`SandboxKey`), renames it `ethN`, sets its
+//!   addresses and the default route: the record is updated to where it will be;
+//! - Leave: Docker moves it back to the host under its host name: so is the record;
+//! - DeleteEndpoint: the link is deleted wherever it is, and the record goes.
+//!
+//! Networks and endpoints are named `docker-` + the first 12 digits of Docker's id (the id
+//! `docker network ls` shows); the network's `id` is Docker's NetworkID.
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::endpoint::EndpointCreate;
+use super::model::{Cidr, Endpoint, Network};
+use super::network::NetworkCreate;
+use super::provision::{self, Removal};
+use super::state::{State, Store};
+use crate::abi::{Mac, MacDisplay};
+use crate::netlink::Netlink;
+use crate::netns::Netns;
+
+/// The namespace an endpoint's link is in while no container holds it: the host's, where
+/// the daemon (and dockerd, and the CLI) run.
+pub const HOST_NETNS: &str = "/proc/self/ns/net";
+/// What Docker prefixes the interface's name with inside the container (`eth0`, `eth1`…).
+pub const DST_PREFIX: &str = "eth";
+
+/// Docker's ids are 64 hex digits; anything else is refused before it names a file or link.
+pub fn check_id(id: &str, what: &str) -> Result<()> {
+    if id.len() < 12 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{what} `{id}` is not a Docker id (12-64 hex digits)");
+    }
+    Ok(())
+}
+
+/// The xmacvlan name of a network or endpoint Docker made.
+pub fn name_of(id: &str) -> String {
+    format!("docker-{}", &id[..id.len().min(12)])
+}
+
+/// The endpoint's link name in the host namespace (15 bytes, Linux's limit).
+pub fn host_ifname(endpoint_id: &str) -> String {
+    format!("xmv{}", &endpoint_id[..endpoint_id.len().min(12)])
+}
+
+/// CreateNetwork: `xmacvlan network create`'s validation and provisioning with Docker's id.
+/// A network already recorded under that id is returned as it is (dockerd replays its
+/// networks after a restart).
+pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result<Network> {
+    check_id(id, "NetworkID")?;
+    if let Some(net) = State::load(data_root)?
+        .networks
+        .into_iter()
+        .find(|n| n.id == id)
+    {
+        return Ok(net);
+    }
+    super::network::create_with_id(data_root, req, id.to_string())
+}
+
+/// DeleteNetwork: as `xmacvlan network rm`; an unknown id is already gone. Docker deletes a
+/// network only once it has no endpoints on it, so endpoints still recorded are orphans (a
+/// DeleteEndpoint that found no daemon): they go first, links included.
+pub fn delete_network(data_root: &Path, id: &str) -> Result<Option<Network>> {
+    check_id(id, "NetworkID")?;
+    let Some(net) = network_by_id(&State::load(data_root)?, id).cloned() else {
+        return Ok(None);
+    };
+    for name in orphans(data_root, id)? {
+        delete_endpoint_named(data_root, &name)?;
+    }
+    super::network::remove(data_root, &net.name).map(Some)
+}
+
+/// The endpoints still recorded on the Docker network `id` (see [`delete_network`]).
+pub fn orphans(data_root: &Path, id: &str) -> Result<Vec<String>> {
+    let state = State::load(data_root)?;
+    let Some(net) = network_by_id(&state, id) else {
+        return Ok(Vec::new());
+    };
+    Ok(state
+        .endpoints_of(&net.name)
+        .map(|e| e.name.clone())
+        .collect())
+}
+
+fn network_by_id<'a>(state: &'a State, id: &str) -> Option<&'a Network> {
+    state.networks.iter().find(|n| n.id == id)
+}
+
+fn no_network(id: &str) -> anyhow::Error {
+    anyhow!(
+        "network {id} is not an xmacvlan network (not in the state: was it removed with \
+         `xmacvlan network rm`?); remove it with `docker network rm` and create it again"
+    )
+}
+
+/// What Docker's IPAM gave the endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct DockerEndpoint {
+    pub network_id: String,
+    pub endpoint_id: String,
+    pub address: Option<Cidr>,
+    pub address6: Option<Cidr>,
+    pub mac: Option<Mac>,
+}
+
+/// CreateEndpoint: checked by `endpoint create`'s planner (addresses inside the subnets and
+/// free, MAC unicast and free), then the macvlan is made in the host namespace and recorded.
+/// Docker's addresses are recorded as given, never allocated again. Idempotent per id.
+pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoint, Network)> {
+    check_id(&req.network_id, "NetworkID")?;
+    check_id(&req.endpoint_id, "EndpointID")?;
+    let (store, mut state) = Store::lock(data_root)?;
+    let net = network_by_id(&state, &req.network_id)
+        .cloned()
+        .ok_or_else(|| no_network(&req.network_id))?;
+    let name = name_of(&req.endpoint_id);
+    if let Some(ep) = state.endpoint(&name) {
+        return Ok((ep.clone(), net));
+    }
+    let v4 = |c: &Option<Cidr>| match c.map(|c| c.addr) {
+        Some(IpAddr::V4(ip)) => Ok(Some(ip)),
+        Some(IpAddr::V6(ip)) => Err(anyhow!("Interface.Address {ip} is not IPv4")),
+        None => Ok(None),
+    };
+    let v6 = match req.address6.map(|c| c.addr) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        Some(IpAddr::V4(ip)) => bail!("Interface.AddressIPv6 {ip} is not IPv6"),
+        None => None,
+    };
+    let create = EndpointCreate {
+        name,
+        network: net.name.clone(),
+        netns: HOST_NETNS.into(),
+        ifname: host_ifname(&req.endpoint_id),
+        ip: v4(&req.address)?,
+        ip6: v6,
+        mac: req.mac.map(|m| MacDisplay(&m).to_string()),
+    };
+    let ep = super::endpoint::plan(&create, &state).map_err(|e| anyhow!(e))?;
+    let nl = Netlink::new()?;
+    let parent = nl.link_by_name(&net.parent)?.ok_or_else(|| {
+        anyhow!(
+            "parent `{}` of network `{}` is gone: recreate it, or remove the network",
+            net.parent,
+            net.name
+        )
+    })?;
+    if nl.link_by_name(&ep.ifname)?.is_some() {
+        bail!(
+            "interface `{}` already exists in the host namespace: remove it (a leftover?)",
+            ep.ifname
+        );
+    }
+    let index = nl.add_macvlan(&ep.ifname, parent.index, net.mode.netlink(), Some(ep.mac))?;
+    state.endpoints.push(ep.clone());
+    if let Err(e) = store.save(&state) {
+        let _ = nl.del_link(index);
+        return Err(e.context(format!(
+            "recording endpoint `{}` (its device was removed again)",
+            ep.name
+        )));
+    }
+    Ok((ep, net))
+}
+
+fn endpoint_mut<'a>(state: &'a mut State, endpoint_id: &str) -> Result<&'a mut Endpoint> {
+    let name = name_of(endpoint_id);
+    state
+        .endpoints
+        .iter_mut()
+        .find(|e| e.name == name)
+        .ok_or_else(|| anyhow!("endpoint {endpoint_id} is not in xmacvlan's state"))
+}
+
+/// Join: the sandbox the link goes to and the name Docker will give it there. Docker makes
+/// the sandbox's namespace after Join, so the name is a prediction (`eth0`, or the next `ethN`
+/// after the ones there) that [`settle`] corrects once the link has arrived.
+pub fn join(data_root: &Path, endpoint_id: &str, sandbox: &str) -> Result<(Endpoint, Network)> {
+    check_id(endpoint_id, "EndpointID")?;
+    if !sandbox.starts_with('/') || sandbox.len() > 256 || sandbox.split('/').any(|c| c == "..") {
+        bail!("SandboxKey `{sandbox}` is not an absolute path to a network namespace");
+    }
+    let (store, mut state) = Store::lock(data_root)?;
+    // Not there yet (or a file with no namespace mounted on it yet): count what is recorded.
+    let ifname = Netns::open(sandbox)
+        .and_then(|ns| ns.run(|| next_ifname(&Netlink::new()?)))
+        .unwrap_or_else(|_| {
+            let here = state
+                .endpoints
+                .iter()
+                .filter(|e| e.netns == sandbox)
+                .count();
+            format!("{DST_PREFIX}{here}")
+        });
+    let ep = endpoint_mut(&mut state, endpoint_id)?;
+    ep.netns = sandbox.to_string();
+    ep.ifname = ifname;
+    let ep = ep.clone();
+    let net = state
+        .network(&ep.network)
+        .cloned()
+        .ok_or_else(|| anyhow!("network `{}` of the endpoint is gone", ep.network))?;
+    store.save(&state)?;
+    Ok((ep, net))
+}
+
+/// One past the highest `ethN` in the calling thread's namespace (`eth0` when none).
+fn next_ifname(nl: &Netlink) -> Result<String> {
+    let next = nl
+        .links()?
+        .iter()
+        .filter_map(|l| l.name.strip_prefix(DST_PREFIX)?.parse::<u32>().ok())
+        .max()
+        .map_or(0, |n| n + 1);
+    Ok(format!("{DST_PREFIX}{next}"))
+}
+
+/// Leave: Docker moves the link back to the host under its host name.
+pub fn leave(data_root: &Path, endpoint_id: &str) -> Result<Endpoint> {
+    check_id(endpoint_id, "EndpointID")?;
+    let (store, mut state) = Store::lock(data_root)?;
+    let ep = endpoint_mut(&mut state, endpoint_id)?;
+    ep.netns = HOST_NETNS.into();
+    ep.ifname = host_ifname(endpoint_id);
+    let ep = ep.clone();
+    store.save(&state)?;
+    Ok(ep)
+}
+
+/// After Join: the name the link really got in the sandbox (found by its MAC), recorded if it
+/// differs from the one predicted. Ok(None) while Docker has not moved it yet.
+pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
+    let name = name_of(endpoint_id);
+    let Some(ep) = State::load(data_root)?.endpoint(&name).cloned() else {
+        return Ok(None);
+    };
+    let Ok(ns) = Netns::open(&ep.netns) else {
+        return Ok(None);
+    };
+    // A sandbox file with no namespace mounted on it yet fails setns: not there yet.
+    let Ok(found) = ns.run(|| {
+        Ok(Netlink::new()?
+            .links()?
+            .into_iter()
+            .find(|l| l.mac == ep.mac && l.kind.as_deref() == Some("macvlan"))
+            .map(|l| l.name))
+    }) else {
+        return Ok(None);
+    };
+    // Docker moves the link in under its host name, then renames it.
+    let found = found.filter(|name| name.starts_with(DST_PREFIX));
+    let Some(found) = found else { return Ok(None) };
+    if found != ep.ifname {
+        let (store, mut state) = Store::lock(data_root)?;
+        let rec = endpoint_mut(&mut state, endpoint_id)?;
+        if rec.netns == ep.netns {
+            rec.ifname = found.clone();
+            store.save(&state)?;
+        }
+    }
+    Ok(Some(found))
+}
+
+/// DeleteEndpoint: the link is deleted where the record says, else under its host name in
+/// the host namespace (Docker moved it back); then the record goes. Unknown ids are gone.
+pub fn delete_endpoint(data_root: &Path, endpoint_id: &str) -> Result<Option<Endpoint>> {
+    check_id(endpoint_id, "EndpointID")?;
+    delete_endpoint_named(data_root, &name_of(endpoint_id))
+}
+
+fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint>> {
+    let (store, mut state) = Store::lock(data_root)?;
+    let Some(ep) = state.endpoint(name).cloned() else {
+        return Ok(None);
+    };
+    // `docker-` + 12 digits → `xmv` + the same 12 digits.
+    let at_host = Endpoint {
+        netns: HOST_NETNS.into(),
+        ifname: host_ifname(name.strip_prefix("docker-").unwrap_or(name)),
+        ..ep.clone()
+    };
+    for place in [&ep, &at_host] {
+        match provision::remove_endpoint(place) {
+            Ok(Removal::Deleted) => break,
+            Ok(Removal::AlreadyGone) => {}
+            Ok(Removal::NotOurs(why)) => tracing::warn!(endpoint = %ep.name, "{why}"),
+            // A sandbox Docker tore down can leave its file behind with no namespace on it
+            // (setns: EINVAL); the link went with the namespace.
+            Err(e) if place.netns != HOST_NETNS => {
+                tracing::debug!(endpoint = %ep.name, "sandbox gone: {e:#}")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    state.endpoints.retain(|e| e.name != name);
+    store.save(&state)?;
+    Ok(Some(ep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Docker deletes a network only when it has no endpoints on it: records it still has
+    /// (a DeleteEndpoint that found no daemon) go with it.
+    #[test]
+    fn delete_network_takes_orphans_with_it() {
+        let root = std::env::temp_dir().join(format!("xmv-dk-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (net_id, ep_id) = ("ab".repeat(32), "cd".repeat(32));
+        let (store, mut state) = Store::lock(&root).unwrap();
+        state.networks.push(Network {
+            id: net_id.clone(),
+            name: name_of(&net_id),
+            driver: "macvlan".into(),
+            parent: "xmv-gone0".into(),
+            link: "xmv-gone0".into(),
+            vlan: 0,
+            created_parent: false,
+            mode: Default::default(),
+            subnets: vec![],
+            host_shim: None,
+            options: Default::default(),
+            created: 0,
+        });
+        state.endpoints.push(Endpoint {
+            name: name_of(&ep_id),
+            network: name_of(&net_id),
+            vlan: 0,
+            mac: [2, 0x42, 198, 18, 0, 2],
+            addresses: vec![],
+            gateways: vec![],
+            netns: "/nonexistent/netns/gone".into(),
+            ifname: "eth0".into(),
+            created: 0,
+        });
+        store.save(&state).unwrap();
+        drop(store);
+        assert_eq!(orphans(&root, &net_id).unwrap(), [name_of(&ep_id)]);
+        let removed = delete_network(&root, &net_id).unwrap().unwrap();
+        assert_eq!(removed.id, net_id);
+        let state = State::load(&root).unwrap();
+        assert!(
+            state.networks.is_empty() && state.endpoints.is_empty(),
+            "{state:?}"
+        );
+        assert!(
+            delete_network(&root, &net_id).unwrap().is_none(),
+            "gone is gone"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ids_and_names() {
+        let id = "0123456789abcdef".repeat(4);
+        assert!(check_id(&id, "NetworkID").is_ok());
+        assert_eq!(name_of(&id), "docker-0123456789ab");
+        assert_eq!(host_ifname(&id), "xmv0123456789ab");
+        assert!(host_ifname(&id).len() <= 15);
+        for bad in [
+            "",
+            "abc",
+            "../../etc/passwd",
+            &"g".repeat(64),
+            &"a".repeat(65),
+        ] {
+            assert!(
+                check_id(bad, "EndpointID")
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not a Docker id"),
+                "{bad}"
+            );
+        }
+    }
+}
