@@ -4,6 +4,7 @@
 //! - [`ipam`]: address allocation; [`network`], [`endpoint`]: create/rm with validation;
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
+//! - [`external`]: networks and endpoints whose addresses another IPAM chose (CNI);
 //! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`; [`view`]: what they print.
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
@@ -13,6 +14,7 @@ use std::io::Read;
 pub mod cli;
 pub mod drift;
 pub mod endpoint;
+pub mod external;
 pub mod ipam;
 pub mod model;
 pub mod network;
