@@ -30,7 +30,15 @@ pub fn run_all(args: &[String]) -> Result<()> {
     // The daemon and CLI tests run the real `xmacvlan` binary, which `cargo test` builds
     // only for the package's own tests.
     run(
-        cargo().args(["build", "-p", "xmacvlan", "--bin", "xmacvlan"]),
+        cargo().args([
+            "build",
+            "-p",
+            "xmacvlan",
+            "--bin",
+            "xmacvlan",
+            "--bin",
+            "xmacvlan-cni",
+        ]),
         "cargo build -p xmacvlan",
     )?;
     // Host tests: unit tests and the namespace integration tests. Two threads: each test

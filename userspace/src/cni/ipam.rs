@@ -38,6 +38,30 @@ pub fn find(env: &Env, plugin: &str) -> CniResult<PathBuf> {
         })
 }
 
+/// The configuration as given; but a 1.1.0 config goes to a plugin that only speaks up to
+/// 1.0.0 (Debian's reference plugins) as 1.0.0, the same format, as its `VERSION` says.
+fn config_for(plugin: &std::path::Path, conf: &NetConf) -> Vec<u8> {
+    if conf.cni_version != "1.1.0" {
+        return conf.raw.clone();
+    }
+    let supported = Process::new(plugin)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        .and_then(|v| v.get("supportedVersions").cloned())
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+        .unwrap_or_default();
+    if supported.iter().any(|v| v == "1.1.0") || !supported.iter().any(|v| v == "1.0.0") {
+        return conf.raw.clone();
+    }
+    let mut value: Value = serde_json::from_slice(&conf.raw).expect("parsed before");
+    value["cniVersion"] = Value::from("1.0.0");
+    serde_json::to_vec(&value).expect("plain data")
+}
+
 /// Run the IPAM plugin for `command` ("ADD", "DEL", "CHECK") on behalf of the attachment
 /// (`container_id`, `ifname`); its stdout on success.
 pub fn exec(
@@ -65,7 +89,7 @@ pub fn exec(
         .spawn()
         .map_err(io)?;
     let mut stdin = child.stdin.take().expect("piped");
-    let raw = conf.raw.clone();
+    let raw = config_for(&plugin, conf);
     let writer = std::thread::spawn(move || stdin.write_all(&raw));
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {

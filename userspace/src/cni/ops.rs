@@ -62,7 +62,7 @@ fn read_record(data_root: &Path, name: &str) -> Option<Record> {
 }
 
 fn provision_error(msg: impl Into<String>, e: &anyhow::Error) -> CniError {
-    CniError::with_cause(PROVISION_FAILED, format!("{}: {e:#}", msg.into()), e)
+    CniError::new(PROVISION_FAILED, format!("{}: {e:#}", msg.into()))
 }
 
 fn state(conf: &NetConf) -> CniResult<State> {
@@ -154,6 +154,8 @@ fn endpoint_request(env: &Env, conf: &NetConf, name: &str, a: &Addressing) -> Ex
 pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     ask(conf, &Request::Ping)?;
     check_master(conf)?;
+    crate::netns::Netns::open(&env.netns)
+        .map_err(|e| CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {e:#}"), &e))?;
     let name = endpoint_name(&conf.name, &env.container_id, &env.ifname);
     let addressing = ipam::add(env, conf)?;
     // From here on a failure releases the lease again.
@@ -168,18 +170,8 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         made_by: MADE_BY.into(),
     };
     let request = endpoint_request(env, conf, &name, &addressing);
-    let (net, ep) = external::attach(&conf.data_root, &network, &request).map_err(|e| {
-        let code = if format!("{e:#}").contains("does not exist") {
-            UNKNOWN_CONTAINER
-        } else {
-            PROVISION_FAILED
-        };
-        release(CniError::with_cause(
-            code,
-            format!("creating the endpoint: {e:#}"),
-            &e,
-        ))
-    })?;
+    let (net, ep) = external::attach(&conf.data_root, &network, &request)
+        .map_err(|e| release(provision_error("creating the endpoint", &e)))?;
     let undo = |e: CniError| {
         let _ = endpoint::remove(&conf.data_root, &ep.name);
         let _ = std::fs::remove_file(record_path(&conf.data_root, &ep.name));

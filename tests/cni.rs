@@ -1,0 +1,524 @@
+//! `xmacvlan-cni` run as a container runtime runs it (`CNI_*` environment, config on stdin),
+//! side by side with the reference `macvlan` plugin on another veth parent with the same
+//! config; the fast path serving what ADD made; ADD → CHECK → DEL → DEL, chained with the
+//! reference `tuning` plugin; STATUS, GC, VERSION; and every error case with its code and
+//! nothing left behind. Needs root, the reference plugins (containernetworking-plugins) and
+//! the `xmacvlan`/`xmacvlan-cni` binaries (`cargo xtask test` builds them).
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use xmacvlan::netlink::Netlink;
+use xmacvlan::netns::NetnsGuard;
+use xmacvlan_tests::cni_lab::{
+    CNI_DIR, Lab, Run, daemon_endpoints, served_by_fast_path, sibling_bin,
+};
+
+fn ours() -> PathBuf {
+    sibling_bin("xmacvlan-cni")
+}
+
+fn reference(name: &str) -> PathBuf {
+    let p = PathBuf::from(CNI_DIR).join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: apt-get install containernetworking-plugins",
+        p.display()
+    );
+    p
+}
+
+/// The same network config for either plugin: host-local IPAM with its own data directory.
+fn config(lab: &Lab, plugin: &str, master: &str, version: &str) -> Value {
+    let which = if plugin == "xmacvlan" { "ours" } else { "ref" };
+    let mut c = json!({
+        "cniVersion": version,
+        "name": format!("n-{which}"),
+        "type": plugin,
+        "master": master,
+        "mode": "bridge",
+        "mtu": 1400,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": lab.ipam_dir(which),
+            "ranges": [
+                [{"subnet": "198.18.30.0/24", "gateway": "198.18.30.1"}],
+                [{"subnet": "2001:db8:30::/64", "gateway": "2001:db8:30::1"}]
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}, {"dst": "198.19.0.0/16"}]
+        }
+    });
+    if plugin == "xmacvlan" {
+        c["controlSocket"] = json!(lab.socket());
+        c["dataRoot"] = json!(lab.data_root());
+    }
+    c
+}
+
+fn with_prev(config: &Value, prev: &Value) -> Value {
+    let mut c = config.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+/// The interface as the kernel has it, without what differs by nature (index, MAC, the
+/// link-local address derived from the MAC).
+fn read_back(ns: &NetnsGuard, ifname: &str) -> Value {
+    ns.run(|| {
+        let nl = Netlink::new()?;
+        let link = nl.require_link(ifname)?;
+        let mut addresses: Vec<String> = nl
+            .addresses(link.index)?
+            .into_iter()
+            .filter(|(a, _)| !a.to_string().starts_with("fe80"))
+            .map(|(a, p)| format!("{a}/{p}"))
+            .collect();
+        addresses.sort();
+        let mut routes: Vec<String> = nl
+            .routes_of(link.index)?
+            .iter()
+            .map(ToString::to_string)
+            .filter(|r| !r.starts_with("fe80"))
+            .collect();
+        routes.sort();
+        Ok(json!({
+            "kind": link.kind, "mode": format!("{:?}", link.macvlan_mode), "mtu": link.mtu,
+            "up": link.up, "addresses": addresses, "routes": routes,
+        }))
+    })
+    .unwrap()
+}
+
+fn ok(run: &Run, what: &str) {
+    assert!(run.ok, "{what} failed: {run:?}");
+}
+
+#[test]
+fn side_by_side_with_the_reference_macvlan_then_check_chained_with_tuning_and_del_twice() {
+    let lab = Lab::new("sbs", 2, 2);
+    let daemon = lab.start_daemon();
+    let (c0, c1) = (lab.containers[0].path(), lab.containers[1].path());
+    let (c0, c1) = (c0.to_str().unwrap(), c1.to_str().unwrap());
+    let mine = config(&lab, "xmacvlan", "v0", "1.0.0");
+    let theirs = config(&lab, "macvlan", "v1", "1.0.0");
+
+    let a = lab.plugin(&ours(), "ADD", "ctr-a", c0, "eth0", &mine);
+    ok(&a, "xmacvlan ADD");
+    let r = lab.plugin(&reference("macvlan"), "ADD", "ctr-r", c1, "eth0", &theirs);
+    ok(&r, "reference ADD");
+    let (ra, rr) = (a.json(), r.json());
+    // The results: same shape and addresses; each its own sandbox and MAC.
+    for key in ["cniVersion", "ips", "routes", "dns"] {
+        assert_eq!(ra[key], rr[key], "result `{key}`: ours {ra} reference {rr}");
+    }
+    assert_eq!(ra["interfaces"][0]["name"], rr["interfaces"][0]["name"]);
+    assert_eq!(ra["interfaces"][0]["sandbox"], c0);
+    let mac = ra["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    assert_eq!(mac, "02:42:c6:12:1e:02", "Docker's MAC for 198.18.30.2");
+    // The kernel: the same device, addresses and routes.
+    let (ka, kr) = (
+        read_back(&lab.containers[0], "eth0"),
+        read_back(&lab.containers[1], "eth0"),
+    );
+    assert_eq!(ka, kr, "ours vs the reference plugin's, read back");
+    assert_eq!(ka["mtu"], 1400);
+    assert!(
+        ka["routes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("198.19.0.0/16 via 198.18.30.1")),
+        "{ka}"
+    );
+
+    // The fast path serves it: the daemon lists it and counts frames sent to its MAC.
+    let state = lab.state();
+    assert_eq!(state.endpoints.len(), 1);
+    let ep = state.endpoints[0].clone();
+    assert_eq!(
+        ep.addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["198.18.30.2/24", "2001:db8:30::2/64"],
+        "the IPAM plugin's addresses recorded, none allocated again"
+    );
+    assert_eq!(lab.burst(&[ep.spec()], 500), [500]);
+    served_by_fast_path(&lab.socket(), &ep.name, 500).unwrap();
+
+    // CHECK against prevResult, then chained: tuning after us, CHECK both with its result.
+    ok(
+        &lab.plugin(
+            &ours(),
+            "CHECK",
+            "ctr-a",
+            c0,
+            "eth0",
+            &with_prev(&mine, &ra),
+        ),
+        "CHECK",
+    );
+    let tuning = json!({"cniVersion": "1.0.0", "name": "n-ours", "type": "tuning",
+        "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}});
+    let t = lab.plugin(
+        &reference("tuning"),
+        "ADD",
+        "ctr-a",
+        c0,
+        "eth0",
+        &with_prev(&tuning, &ra),
+    );
+    ok(&t, "tuning ADD after xmacvlan");
+    let chained = t.json();
+    assert_eq!(chained["interfaces"], ra["interfaces"], "{chained}");
+    ok(
+        &lab.plugin(
+            &ours(),
+            "CHECK",
+            "ctr-a",
+            c0,
+            "eth0",
+            &with_prev(&mine, &chained),
+        ),
+        "CHECK with tuning's result",
+    );
+    ok(
+        &lab.plugin(
+            &reference("tuning"),
+            "CHECK",
+            "ctr-a",
+            c0,
+            "eth0",
+            &with_prev(&tuning, &chained),
+        ),
+        "tuning CHECK",
+    );
+    // CHECK sees what changed behind its back: the address removed from the device.
+    let flushed = std::process::Command::new("ip")
+        .args([
+            "-n",
+            lab.containers[0].name(),
+            "-4",
+            "addr",
+            "flush",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    let bad = lab.plugin(
+        &ours(),
+        "CHECK",
+        "ctr-a",
+        c0,
+        "eth0",
+        &with_prev(&mine, &chained),
+    );
+    assert_eq!(bad.code(), 101, "{bad:?}");
+    assert!(
+        bad.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("198.18.30.2/24 of prevResult")
+    );
+
+    // DEL in reverse order, then DEL again: both succeed, nothing is left.
+    ok(
+        &lab.plugin(
+            &reference("tuning"),
+            "DEL",
+            "ctr-a",
+            c0,
+            "eth0",
+            &with_prev(&tuning, &chained),
+        ),
+        "tuning DEL",
+    );
+    for round in 0..2 {
+        ok(
+            &lab.plugin(
+                &ours(),
+                "DEL",
+                "ctr-a",
+                c0,
+                "eth0",
+                &with_prev(&mine, &chained),
+            ),
+            &format!("DEL #{round}"),
+        );
+        ok(
+            &lab.plugin(&reference("macvlan"), "DEL", "ctr-r", c1, "eth0", &theirs),
+            &format!("reference DEL #{round}"),
+        );
+    }
+    assert_eq!(Lab::links(&lab.containers[0]), ["lo"]);
+    assert_eq!(Lab::links(&lab.containers[1]), ["lo"]);
+    let state = lab.state();
+    assert!(
+        state.endpoints.is_empty() && state.networks.is_empty(),
+        "{state:?}"
+    );
+    assert!(lab.leases("ours").is_empty(), "{:?}", lab.leases("ours"));
+    assert!(daemon_endpoints(&lab.socket()).is_empty());
+    assert_eq!(lab.xdp_on_v0(), None, "last endpoint gone: XDP detached");
+    assert!(
+        std::fs::read_dir(lab.data_root().join("cni"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    drop(daemon);
+}
+
+/// What a failed ADD must leave exactly as it was.
+fn snapshot(lab: &Lab) -> (Vec<String>, Vec<String>, Vec<String>, String) {
+    (
+        Lab::links(&lab.host),
+        Lab::links(&lab.containers[0]),
+        lab.leases("ours"),
+        std::fs::read_to_string(lab.data_root().join("state.json")).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn every_error_has_its_code_and_leaves_nothing_behind() {
+    let lab = Lab::new("err", 1, 1);
+    let daemon = lab.start_daemon();
+    let c0 = lab.containers[0].path();
+    let c0 = c0.to_str().unwrap();
+    let good = config(&lab, "xmacvlan", "v0", "1.0.0");
+    let before = snapshot(&lab);
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    let cases: Vec<(&str, Value, u64, &str)> = vec![
+        (
+            "unknown mode",
+            edit(&|c| c["mode"] = json!("nat")),
+            7,
+            "unknown macvlan mode `nat`",
+        ),
+        (
+            "missing master key",
+            edit(&|c| {
+                c.as_object_mut().unwrap().remove("master");
+            }),
+            7,
+            "`master` is required",
+        ),
+        (
+            "missing master link",
+            edit(&|c| c["master"] = json!("nope0")),
+            7,
+            "master `nope0` does not exist",
+        ),
+        (
+            "bad VLAN id",
+            edit(&|c| c["master"] = json!("v0.5000")),
+            7,
+            "1-4094",
+        ),
+        (
+            "bad version",
+            edit(&|c| c["cniVersion"] = json!("0.2.0")),
+            1,
+            "not supported",
+        ),
+        (
+            "no IPAM",
+            edit(&|c| {
+                c.as_object_mut().unwrap().remove("ipam");
+            }),
+            7,
+            "`ipam` with a `type`",
+        ),
+        (
+            "unknown IPAM plugin",
+            edit(&|c| c["ipam"]["type"] = json!("nope-ipam")),
+            7,
+            "not in CNI_PATH",
+        ),
+        (
+            "IPAM failure",
+            edit(&|c| c["ipam"]["ranges"] = json!([[{"subnet": "198.18.30.0/33"}]])),
+            0,
+            "IPAM plugin `host-local`",
+        ),
+        (
+            "MTU above the parent's (after IPAM)",
+            edit(&|c| c["mtu"] = json!(9000)),
+            100,
+            "MTU 9000",
+        ),
+        (
+            "daemon down",
+            edit(&|c| c["controlSocket"] = json!(lab.dir.join("none.sock"))),
+            50,
+            "daemon is not running",
+        ),
+    ];
+    for (what, conf, code, needle) in cases {
+        let run = lab.plugin(&ours(), "ADD", "ctr-e", c0, "eth0", &conf);
+        let got = run.code();
+        let msg = run.json()["msg"].as_str().unwrap().to_string();
+        if code != 0 {
+            assert_eq!(got, code, "{what}: {run:?}");
+        } else {
+            assert!(got > 0, "{what}: {run:?}");
+        }
+        assert!(msg.contains(needle), "{what}: `{needle}` not in: {msg}");
+        assert_eq!(snapshot(&lab), before, "{what} left something behind");
+    }
+    // Not JSON at all, and a missing variable.
+    let run = lab.host.run(|| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(ours())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "x")
+            .env("CNI_NETNS", c0)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_DIR)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().unwrap().write_all(b"{ not json")?;
+        Ok(child.wait_with_output()?)
+    });
+    let out = run.unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 6, "{v}");
+    let run = lab.plugin(&ours(), "ADD", "", c0, "eth0", &good);
+    assert_eq!(run.code(), 4, "{run:?}");
+    // An ADD into a namespace that does not exist.
+    let run = lab.plugin(
+        &ours(),
+        "ADD",
+        "ctr-e",
+        "/run/netns/xmv-no-such-ns",
+        "eth0",
+        &good,
+    );
+    assert_eq!(run.code(), 3, "{run:?}");
+    assert_eq!(
+        snapshot(&lab),
+        before,
+        "ADD into a missing netns left something"
+    );
+
+    // STATUS: fine with the daemon, 50 without.
+    let v11 = edit(&|c| c["cniVersion"] = json!("1.1.0"));
+    ok(&lab.plugin(&ours(), "STATUS", "", "", "", &v11), "STATUS");
+    let down = edit(&|c| {
+        c["cniVersion"] = json!("1.1.0");
+        c["controlSocket"] = json!(lab.dir.join("none.sock"));
+    });
+    assert_eq!(lab.plugin(&ours(), "STATUS", "", "", "", &down).code(), 50);
+    // VERSION.
+    let v = lab.plugin(
+        &ours(),
+        "VERSION",
+        "",
+        "",
+        "",
+        &json!({"cniVersion": "1.1.0"}),
+    );
+    ok(&v, "VERSION");
+    assert_eq!(
+        v.json()["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    // CHECK of an attachment that does not exist.
+    let run = lab.plugin(
+        &ours(),
+        "CHECK",
+        "ctr-x",
+        c0,
+        "eth0",
+        &with_prev(&good, &json!({})),
+    );
+    assert_eq!(run.code(), 3, "{run:?}");
+    drop(daemon);
+    // DEL of what was never added, with the daemon gone: still fine.
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-x", c0, "eth0", &good),
+        "DEL of nothing",
+    );
+    assert_eq!(snapshot(&lab), before);
+}
+
+#[test]
+fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results() {
+    let lab = Lab::new("gc", 1, 3);
+    let _daemon = lab.start_daemon();
+    let paths: Vec<String> = lab
+        .containers
+        .iter()
+        .map(|c| c.path().to_str().unwrap().to_string())
+        .collect();
+    let conf = config(&lab, "xmacvlan", "v0", "1.1.0");
+    for (i, p) in paths.iter().enumerate() {
+        ok(
+            &lab.plugin(&ours(), "ADD", &format!("ctr-{i}"), p, "eth0", &conf),
+            "ADD",
+        );
+    }
+    assert_eq!(daemon_endpoints(&lab.socket()).len(), 3);
+    // GC keeping only ctr-0: ctr-1 and ctr-2 go (devices, state, leases, the fast path).
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ctr-0", "ifname": "eth0"}]);
+    ok(&lab.plugin(&ours(), "GC", "", "", "", &gc), "GC");
+    assert_eq!(Lab::links(&lab.containers[0]).len(), 2);
+    assert_eq!(Lab::links(&lab.containers[1]), ["lo"]);
+    assert_eq!(Lab::links(&lab.containers[2]), ["lo"]);
+    assert_eq!(lab.state().endpoints.len(), 1);
+    assert_eq!(
+        lab.leases("ours").len(),
+        2,
+        "ctr-0's IPv4 and IPv6: {:?}",
+        lab.leases("ours")
+    );
+    assert_eq!(daemon_endpoints(&lab.socket()).len(), 1);
+
+    // DEL after the namespace is gone (the kernel took the device with it).
+    let ns0 = lab.containers[0].name().to_string();
+    xmacvlan::netns::Netns::open(&ns0)
+        .unwrap()
+        .delete()
+        .unwrap();
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-0", &paths[0], "eth0", &conf),
+        "DEL with the netns gone",
+    );
+    let state = lab.state();
+    assert!(
+        state.endpoints.is_empty() && state.networks.is_empty(),
+        "{state:?}"
+    );
+    assert!(lab.leases("ours").is_empty());
+    assert!(daemon_endpoints(&lab.socket()).is_empty());
+
+    // A 0.4.0 config gets a 0.4.0 result (IPs carry their version).
+    let old = config(&lab, "xmacvlan", "v0", "0.4.0");
+    let r = lab.plugin(&ours(), "ADD", "ctr-1", &paths[1], "eth0", &old);
+    ok(&r, "ADD 0.4.0");
+    let v = r.json();
+    assert_eq!(v["cniVersion"], "0.4.0");
+    assert_eq!(v["ips"][0]["version"], "4", "{v}");
+    ok(
+        &lab.plugin(
+            &ours(),
+            "CHECK",
+            "ctr-1",
+            &paths[1],
+            "eth0",
+            &with_prev(&old, &v),
+        ),
+        "CHECK 0.4.0",
+    );
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-1", &paths[1], "eth0", &old),
+        "DEL 0.4.0",
+    );
+    assert!(lab.state().networks.is_empty());
+}
