@@ -20,11 +20,14 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
 ];
 
-/// What the integration tests use besides the build: ping for reachability checks, and the
-/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against.
+/// What the integration tests use besides the build: ping for reachability checks, the
+/// CNI reference plugins (`macvlan`, `host-local`, `tuning`) the control path and
+/// xmacvlan-cni are compared against, and podman with a busybox image for xmacvlan-cni.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
+    ("podman", "/usr/bin/podman"),
+    ("busybox-static", "/bin/busybox"),
 ];
 
 pub fn missing() -> Vec<&'static str> {
