@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use xmacvlan::cni::ops::port_link;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan_tests::cni_lab::{
@@ -50,6 +51,7 @@ fn config(lab: &Lab, plugin: &str, master: &str, version: &str) -> Value {
     if plugin == "xmacvlan" {
         c["controlSocket"] = json!(lab.socket());
         c["dataRoot"] = json!(lab.data_root());
+        c["portDir"] = json!(lab.dir.join("ports"));
     }
     c
 }
@@ -143,6 +145,13 @@ fn side_by_side_with_the_reference_macvlan_then_check_chained_with_tuning_and_de
     );
     assert_eq!(lab.burst(&[ep.spec()], 500), [500]);
     served_by_fast_path(&lab.socket(), &ep.name, 500).unwrap();
+    // The container finds its port by its namespace's inode and its interface name.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(c0).unwrap());
+    let link = port_link(&lab.dir.join("ports"), inode, "eth0");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        PathBuf::from(format!("../../{}.sock", ep.name))
+    );
 
     // CHECK against prevResult, then chained: tuning after us, CHECK both with its result.
     ok(
@@ -260,6 +269,10 @@ fn side_by_side_with_the_reference_macvlan_then_check_chained_with_tuning_and_de
     assert!(lab.leases("ours").is_empty(), "{:?}", lab.leases("ours"));
     assert!(daemon_endpoints(&lab.socket()).is_empty());
     assert_eq!(lab.xdp_on_v0(), None, "last endpoint gone: XDP detached");
+    assert!(
+        !link.exists() && !link.parent().unwrap().exists(),
+        "port link left"
+    );
     assert!(
         std::fs::read_dir(lab.data_root().join("cni"))
             .map(|d| d.count())
@@ -458,9 +471,14 @@ fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results(
         .collect();
     let conf = config(&lab, "xmacvlan", "v0", "1.1.0");
     for (i, p) in paths.iter().enumerate() {
-        ok(
-            &lab.plugin(&ours(), "ADD", &format!("ctr-{i}"), p, "eth0", &conf),
-            "ADD",
+        let r = lab.plugin(&ours(), "ADD", &format!("ctr-{i}"), p, "eth0", &conf);
+        ok(&r, "ADD");
+        // A 1.1.0 result names the endpoint's memif socket.
+        let socket = r.json()["interfaces"][0]["socketPath"].clone();
+        let name = xmacvlan::cni::ops::endpoint_name("n-ours", &format!("ctr-{i}"), "eth0");
+        assert_eq!(
+            socket,
+            json!(lab.dir.join("ports").join(format!("{name}.sock")))
         );
     }
     assert_eq!(daemon_endpoints(&lab.socket()).len(), 3);

@@ -47,6 +47,7 @@ impl<'a> Podman<'a> {
                     "master": "v0",
                     "controlSocket": lab.socket(),
                     "dataRoot": lab.data_root(),
+                    "portDir": lab.dir.join("ports"),
                     "ipam": {
                         "type": "host-local",
                         "dataDir": lab.ipam_dir("ours"),
@@ -144,7 +145,6 @@ fn podman_runs_a_container_on_an_xmacvlan_network_and_rm_leaves_nothing() {
     let daemon: Daemon = lab.start_daemon();
     let podman = Podman::new(&lab);
     podman.import();
-    let namespaces_before = xmacvlan_tests::namespaces_named("");
     let networks = podman.run(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     assert!(networks.contains("xmvnet xmacvlan"), "{networks}");
 
@@ -184,6 +184,18 @@ fn podman_runs_a_container_on_an_xmacvlan_network_and_rm_leaves_nothing() {
         "{{.NetworkSettings.Networks.xmvnet.IPAddress}} {{.NetworkSettings.Networks.xmvnet.MacAddress}}",
     ]);
     assert_eq!(inspect.trim(), "198.18.40.2 02:42:c6:12:28:02");
+    let sandbox = podman.run(&[
+        "inspect",
+        "xmvc1",
+        "--format",
+        "{{.NetworkSettings.SandboxKey}}",
+    ]);
+    let sandbox = PathBuf::from(sandbox.trim());
+    assert!(sandbox.exists(), "{}", sandbox.display());
+    assert_eq!(
+        lab.state().endpoints[0].netns,
+        sandbox.display().to_string()
+    );
 
     // The fast path serves the container's MAC.
     let state = lab.state();
@@ -210,11 +222,9 @@ fn podman_runs_a_container_on_an_xmacvlan_network_and_rm_leaves_nothing() {
     );
     assert_eq!(Lab::links(&lab.host), ["lo", "v0", "v0p"]);
     assert!(lab.leases("ours").is_empty(), "{:?}", lab.leases("ours"));
-    assert_eq!(
-        xmacvlan_tests::namespaces_named(""),
-        namespaces_before,
-        "podman's container namespace is gone"
-    );
+    assert!(!sandbox.exists(), "podman's container namespace is gone");
+    let links = std::fs::read_dir(lab.dir.join("ports/by-netns")).map_or(0, |d| d.count());
+    assert_eq!(links, 0, "the container's port link is gone");
     drop(podman);
     drop(daemon);
 }

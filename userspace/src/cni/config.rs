@@ -1,6 +1,6 @@
 //! What the runtime gives the plugin: the `CNI_*` environment and the network configuration
 //! on stdin, checked into typed form. Keys follow the reference `macvlan` plugin (`master`,
-//! `mode`, `mtu`, `mac`, `ipam`), plus xmacvlan's `controlSocket` and `dataRoot`. Keys this
+//! `mode`, `mtu`, `mac`, `ipam`), plus xmacvlan's `controlSocket`, `dataRoot` and `portDir`. Keys this
 //! plugin does not know are left alone, as the spec asks (runtimes add their own).
 use std::path::PathBuf;
 
@@ -13,6 +13,8 @@ use crate::control::Mode;
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
 pub const DEFAULT_DATA_ROOT: &str = crate::control::state::DEFAULT_DATA_ROOT;
+/// Where the daemon puts each endpoint's memif socket (`<endpoint>.sock`).
+pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
 /// The largest configuration read from stdin.
 pub const MAX_CONFIG: usize = 1 << 20;
 
@@ -145,6 +147,8 @@ pub struct NetConf {
     pub ipam_type: String,
     pub control_socket: PathBuf,
     pub data_root: PathBuf,
+    /// The daemon's memif socket directory (`portDir`).
+    pub port_dir: PathBuf,
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<Attachment>>,
     /// The config as given: what the IPAM plugin reads on its stdin.
@@ -317,6 +321,7 @@ impl NetConf {
         Ok(Self {
             control_socket: path("controlSocket", DEFAULT_CONTROL_SOCKET)?,
             data_root: path("dataRoot", DEFAULT_DATA_ROOT)?,
+            port_dir: path("portDir", DEFAULT_PORT_DIR)?,
             cni_version,
             name,
             master,

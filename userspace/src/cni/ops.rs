@@ -41,6 +41,9 @@ struct Record {
     ifname: String,
     network: String,
     netns: String,
+    /// The namespace's inode: names the container's port link (the netns may be gone at DEL).
+    #[serde(default)]
+    netns_inode: u64,
 }
 
 fn record_path(data_root: &Path, name: &str) -> PathBuf {
@@ -59,6 +62,39 @@ fn write_record(data_root: &Path, name: &str, record: &Record) -> anyhow::Result
 fn read_record(data_root: &Path, name: &str) -> Option<Record> {
     let bytes = std::fs::read(record_path(data_root, name)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The endpoint's memif socket, as the daemon names it.
+pub fn port_socket(port_dir: &Path, endpoint: &str) -> PathBuf {
+    port_dir.join(format!("{endpoint}.sock"))
+}
+
+/// Where a container finds its port without knowing its endpoint's name:
+/// `PORT_DIR/by-netns/<inode of its network namespace>/<ifname>.sock` (a container reads the
+/// inode from `readlink /proc/self/ns/net`), a symlink to the endpoint's socket.
+pub fn port_link(port_dir: &Path, netns_inode: u64, ifname: &str) -> PathBuf {
+    port_dir
+        .join("by-netns")
+        .join(netns_inode.to_string())
+        .join(format!("{ifname}.sock"))
+}
+
+fn link_port(conf: &NetConf, inode: u64, ifname: &str, endpoint: &str) -> anyhow::Result<()> {
+    let link = port_link(&conf.port_dir, inode, ifname);
+    std::fs::create_dir_all(link.parent().expect("has a parent"))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(Path::new("../..").join(format!("{endpoint}.sock")), &link)?;
+    Ok(())
+}
+
+fn unlink_port(conf: &NetConf, record: &Record) {
+    if record.netns_inode == 0 {
+        return;
+    }
+    let link = port_link(&conf.port_dir, record.netns_inode, &record.ifname);
+    let _ = std::fs::remove_file(&link);
+    // Only removed when empty: another interface of the same container may still have one.
+    let _ = std::fs::remove_dir(link.parent().expect("has a parent"));
 }
 
 fn provision_error(msg: impl Into<String>, e: &anyhow::Error) -> CniError {
@@ -178,19 +214,32 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
         release(e)
     };
+    let netns_inode = match std::fs::metadata(&env.netns) {
+        Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
+        Err(e) => {
+            return Err(undo(CniError::new(
+                UNKNOWN_CONTAINER,
+                format!("CNI_NETNS {}: {e}", env.netns),
+            )));
+        }
+    };
     let record = Record {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         network: conf.name.clone(),
         netns: env.netns.clone(),
+        netns_inode,
     };
-    write_record(&conf.data_root, &ep.name, &record).map_err(|e| {
-        undo(CniError::with_cause(
+    let recorded = write_record(&conf.data_root, &ep.name, &record)
+        .and_then(|()| link_port(conf, netns_inode, &env.ifname, &ep.name));
+    if let Err(e) = recorded {
+        unlink_port(conf, &record);
+        return Err(undo(CniError::with_cause(
             IO_FAILURE,
-            "recording the attachment",
+            format!("recording the attachment (dataRoot) or its port link (portDir): {e:#}"),
             &e,
-        ))
-    })?;
+        )));
+    }
     ask(
         conf,
         &Request::Attach {
@@ -199,6 +248,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         },
     )
     .map_err(|e| {
+        unlink_port(conf, &record);
         undo(CniError {
             msg: format!("attaching the endpoint to the fast path: {}", e.msg),
             ..e
@@ -208,6 +258,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         name: ep.ifname.clone(),
         mac: MacDisplay(&ep.mac).to_string(),
         sandbox: env.netns.clone(),
+        socket_path: Some(port_socket(&conf.port_dir, &ep.name).display().to_string()),
     };
     Ok(result_json(&conf.cni_version, &iface, &addressing))
 }
@@ -227,6 +278,9 @@ fn remove_endpoint(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
     }
     endpoint::remove(&conf.data_root, &ep.name)
         .map_err(|e| provision_error(format!("removing endpoint {}", ep.name), &e))?;
+    if let Some(record) = read_record(&conf.data_root, &ep.name) {
+        unlink_port(conf, &record);
+    }
     let _ = std::fs::remove_file(record_path(&conf.data_root, &ep.name));
     Ok(())
 }

@@ -114,6 +114,8 @@ pub struct Interface {
     pub name: String,
     pub mac: String,
     pub sandbox: String,
+    /// The endpoint's memif socket (a 1.1.0 field; left out of older results).
+    pub socket_path: Option<String>,
 }
 
 /// The plugin's ADD result in `version`.
@@ -144,11 +146,13 @@ pub fn result_json(version: &str, iface: &Interface, addressing: &Addressing) ->
             o
         })
         .collect();
-    let mut out = json!({
-        "cniVersion": version,
-        "interfaces": [{"name": iface.name, "mac": iface.mac, "sandbox": iface.sandbox}],
-        "ips": ips,
-    });
+    let mut interface = json!({"name": iface.name, "mac": iface.mac, "sandbox": iface.sandbox});
+    if let Some(path) = &iface.socket_path
+        && super::config::version_key(version) >= (1, 1, 0)
+    {
+        interface["socketPath"] = json!(path);
+    }
+    let mut out = json!({"cniVersion": version, "interfaces": [interface], "ips": ips});
     if !routes.is_empty() {
         out["routes"] = json!(routes);
     }
@@ -168,6 +172,10 @@ pub fn interfaces(v: &Value, what: &str) -> CniResult<Vec<Interface>> {
                 name: s("name"),
                 mac: s("mac"),
                 sandbox: s("sandbox"),
+                socket_path: i
+                    .get("socketPath")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             })
         })
         .collect()
@@ -192,6 +200,7 @@ mod tests {
             name: "eth0".into(),
             mac: "02:42:c6:12:00:02".into(),
             sandbox: "/run/netns/x".into(),
+            socket_path: None,
         };
         let new = result_json("1.0.0", &iface, &a);
         assert!(new["ips"][0].get("version").is_none());
@@ -199,7 +208,21 @@ mod tests {
         let old = result_json("0.4.0", &iface, &a);
         assert_eq!(old["ips"][0]["version"], "4");
         assert_eq!(Addressing::parse(&new, "r").unwrap().ips, a.ips);
-        assert_eq!(interfaces(&new, "r").unwrap(), [iface]);
+        assert_eq!(interfaces(&new, "r").unwrap(), std::slice::from_ref(&iface));
+        let with_socket = Interface {
+            socket_path: Some("/run/xmacvlan/ports/e.sock".into()),
+            ..iface
+        };
+        let v11 = result_json("1.1.0", &with_socket, &a);
+        assert_eq!(
+            v11["interfaces"][0]["socketPath"],
+            "/run/xmacvlan/ports/e.sock"
+        );
+        assert!(
+            result_json("1.0.0", &with_socket, &a)["interfaces"][0]
+                .get("socketPath")
+                .is_none()
+        );
     }
 
     #[test]
