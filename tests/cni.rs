@@ -539,4 +539,51 @@ fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results(
         "DEL 0.4.0",
     );
     assert!(lab.state().networks.is_empty());
+
+    // static IPAM with the address and MAC a runtime passes as capabilities (Multus's
+    // "ips" and "mac", as in deploy/kubernetes/nad-vlan100.yaml).
+    let mut st = config(&lab, "xmacvlan", "v0", "1.0.0");
+    st["capabilities"] = json!({"ips": true, "mac": true});
+    st["ipam"] = json!({"type": "static"});
+    st["runtimeConfig"] = json!({"ips": ["198.18.30.77/24"], "mac": "02:00:00:00:30:77"});
+    let r = lab.plugin(&ours(), "ADD", "ctr-s", &paths[2], "eth0", &st);
+    ok(&r, "ADD with static IPAM");
+    let v = r.json();
+    assert_eq!(v["ips"][0]["address"], "198.18.30.77/24", "{v}");
+    assert_eq!(v["interfaces"][0]["mac"], "02:00:00:00:30:77", "{v}");
+    let mac = lab.containers[2]
+        .run(|| Ok(Netlink::new()?.require_link("eth0")?.mac))
+        .unwrap();
+    assert_eq!(mac, [2, 0, 0, 0, 0x30, 0x77]);
+    // ADD again for the same attachment: refused, the first one untouched.
+    let again = lab.plugin(&ours(), "ADD", "ctr-s", &paths[2], "eth0", &st);
+    assert_eq!(again.code(), 100, "{again:?}");
+    assert!(
+        again.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("DEL it before")
+    );
+    assert_eq!(Lab::links(&lab.containers[2]), ["eth0", "lo"]);
+    ok(
+        &lab.plugin(
+            &ours(),
+            "CHECK",
+            "ctr-s",
+            &paths[2],
+            "eth0",
+            &with_prev(&st, &v),
+        ),
+        "CHECK static",
+    );
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-s", &paths[2], "eth0", &st),
+        "DEL static",
+    );
+    assert_eq!(Lab::links(&lab.containers[2]), ["lo"]);
+    let state = lab.state();
+    assert!(
+        state.endpoints.is_empty() && state.networks.is_empty(),
+        "{state:?}"
+    );
 }

@@ -3,7 +3,7 @@
 //! environment. Its answer is bounded in size and time and checked before use; its error
 //! keeps its code and message.
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,19 +38,74 @@ pub fn find(env: &Env, plugin: &str) -> CniResult<PathBuf> {
         })
 }
 
+enum Bounded {
+    Io(std::io::Error),
+    Timeout,
+}
+
+/// Run `plugin` with the runtime's `CNI_*` variables (and `overrides`), `stdin` on its
+/// stdin; its status, stdout and stderr, bounded in size and in time.
+fn run_bounded(
+    plugin: &Path,
+    env: &Env,
+    overrides: &[(&str, &str)],
+    stdin_bytes: Vec<u8>,
+) -> Result<(std::process::ExitStatus, Vec<u8>, String), Bounded> {
+    let mut child = Process::new(plugin)
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(overrides.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(Bounded::Io)?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || stdin.write_all(&stdin_bytes));
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        (&mut stdout)
+            .take(MAX_OUTPUT)
+            .read_to_end(&mut out)
+            .map(|_| out)
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut out);
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(Bounded::Io)? {
+            break status;
+        }
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Bounded::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // A plugin that exits without reading its stdin is fine (EPIPE here is not its error).
+    let _ = writer.join();
+    let out = reader.join().ok().and_then(Result::ok).unwrap_or_default();
+    let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
+        .trim()
+        .to_string();
+    Ok((status, out, err))
+}
+
 /// The configuration as given; but a 1.1.0 config goes to a plugin that only speaks up to
 /// 1.0.0 (Debian's reference plugins) as 1.0.0, the same format, as its `VERSION` says.
-fn config_for(plugin: &std::path::Path, conf: &NetConf) -> Vec<u8> {
+fn config_for(plugin: &Path, env: &Env, conf: &NetConf) -> Vec<u8> {
     if conf.cni_version != "1.1.0" {
         return conf.raw.clone();
     }
-    let supported = Process::new(plugin)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
+    let supported = run_bounded(plugin, env, &[("CNI_COMMAND", "VERSION")], conf.raw.clone())
         .ok()
-        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        .filter(|(status, _, _)| status.success())
+        .and_then(|(_, out, _)| serde_json::from_slice::<Value>(&out).ok())
         .and_then(|v| v.get("supportedVersions").cloned())
         .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
         .unwrap_or_default();
@@ -72,64 +127,30 @@ pub fn exec(
     ifname: &str,
 ) -> CniResult<Vec<u8>> {
     let plugin = find(env, &conf.ipam_type)?;
-    let io = |e: std::io::Error| {
-        CniError::new(
+    let (status, out, err_text) = run_bounded(
+        &plugin,
+        env,
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container_id),
+            ("CNI_IFNAME", ifname),
+        ],
+        config_for(&plugin, env, conf),
+    )
+    .map_err(|e| match e {
+        Bounded::Io(e) => CniError::new(
             IO_FAILURE,
             format!("running IPAM plugin {}: {e}", plugin.display()),
-        )
-    };
-    let mut child = Process::new(&plugin)
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_IFNAME", ifname)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let raw = config_for(&plugin, conf);
-    let writer = std::thread::spawn(move || stdin.write_all(&raw));
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        (&mut stdout)
-            .take(MAX_OUTPUT)
-            .read_to_end(&mut out)
-            .map(|_| out)
-    });
-    let mut stderr = child.stderr.take().expect("piped");
-    let err_reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut out);
-        out
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(io)? {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(CniError::new(
-                IO_FAILURE,
-                format!(
-                    "IPAM plugin `{}` did not answer {command} within {} s: it was stopped",
-                    conf.ipam_type,
-                    TIMEOUT.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    // A plugin that exits without reading its stdin is fine (EPIPE here is not its error).
-    let _ = writer.join();
-    let out = reader.join().ok().and_then(Result::ok).unwrap_or_default();
-    let err_text = String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
-        .trim()
-        .to_string();
+        ),
+        Bounded::Timeout => CniError::new(
+            IO_FAILURE,
+            format!(
+                "IPAM plugin `{}` did not answer {command} within {} s: it was stopped",
+                conf.ipam_type,
+                TIMEOUT.as_secs()
+            ),
+        ),
+    })?;
     if status.success() {
         return Ok(out);
     }

@@ -193,6 +193,16 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     crate::netns::Netns::open(&env.netns)
         .map_err(|e| CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {e:#}"), &e))?;
     let name = endpoint_name(&conf.name, &env.container_id, &env.ifname);
+    // Checked before IPAM: releasing a lease on failure would release the existing one's.
+    if state(conf)?.endpoint(&name).is_some() {
+        return Err(CniError::new(
+            PROVISION_FAILED,
+            format!(
+                "container {} already has {} on network {}: DEL it before adding it again",
+                env.container_id, env.ifname, conf.name
+            ),
+        ));
+    }
     let addressing = ipam::add(env, conf)?;
     // From here on a failure releases the lease again.
     let release = |e: CniError| {
