@@ -16,7 +16,10 @@ fn main() {
         )),
     };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", outcome.stdout);
+    // DEL, CHECK, STATUS and GC print nothing on success.
+    if !outcome.stdout.is_empty() {
+        let _ = writeln!(out, "{}", outcome.stdout);
+    }
     let _ = out.flush();
     std::process::exit(outcome.status);
 }
