@@ -587,3 +587,38 @@ fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results(
         "{state:?}"
     );
 }
+
+#[test]
+fn a_restarted_daemon_serves_what_cni_added() {
+    let lab = Lab::new("rs", 1, 1);
+    let c0 = lab.containers[0].path();
+    let c0 = c0.to_str().unwrap();
+    let conf = config(&lab, "xmacvlan", "v0", "1.0.0");
+    let daemon = lab.start_daemon();
+    let r = lab.plugin(&ours(), "ADD", "ctr-r", c0, "eth0", &conf);
+    ok(&r, "ADD");
+    let prev = with_prev(&conf, &r.json());
+    // Killed: CHECK now says the plugin is not available.
+    drop(daemon);
+    assert_eq!(
+        lab.plugin(&ours(), "CHECK", "ctr-r", c0, "eth0", &prev)
+            .code(),
+        50
+    );
+    // A new daemon serves the attachment from the state, without another ADD.
+    let _daemon = lab.start_daemon();
+    let ep = lab.state().endpoints[0].clone();
+    assert_eq!(lab.burst(&[ep.spec()], 300), [300]);
+    served_by_fast_path(&lab.socket(), &ep.name, 300).unwrap();
+    ok(
+        &lab.plugin(&ours(), "CHECK", "ctr-r", c0, "eth0", &prev),
+        "CHECK",
+    );
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-r", c0, "eth0", &conf),
+        "DEL",
+    );
+    assert_eq!(Lab::links(&lab.containers[0]), ["lo"]);
+    assert!(lab.state().endpoints.is_empty());
+    assert!(lab.leases("ours").is_empty());
+}

@@ -266,6 +266,11 @@ impl NetConf {
             _ => None,
         };
         let mac = runtime_mac.or(string(&obj, "mac")?);
+        if let Some(m) = &mac {
+            crate::abi::parse_mac(m)
+                .and_then(|parsed| crate::control::model::check_mac(&parsed))
+                .map_err(|e| invalid(format!("`mac` {m}: {e}")))?;
+        }
         let ipam_type = match obj.get("ipam") {
             Some(Value::Object(ipam)) => string(ipam, "type")?.filter(|t| !t.is_empty()),
             _ => None,
@@ -388,6 +393,10 @@ mod tests {
         assert_eq!(e.code, INCOMPATIBLE_VERSION);
         let e = err(conf(serde_json::json!({"ipam": {}})));
         assert!(e.msg.contains("`ipam` with a `type`"), "{e}");
+        let e = err(conf(serde_json::json!({"mac": "01:00:5e:00:00:01"})));
+        assert!(e.msg.contains("multicast"), "{e}");
+        let e = err(conf(serde_json::json!({"runtimeConfig": {"mac": "zz"}})));
+        assert!(e.msg.contains("`mac` zz"), "{e}");
         let e = err(conf(serde_json::json!({"mtu": 10})));
         assert!(e.msg.contains("68-65535"), "{e}");
         let e = err(conf(serde_json::json!({"type": "macvlan"})));

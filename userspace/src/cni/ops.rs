@@ -175,12 +175,7 @@ fn endpoint_request(env: &Env, conf: &NetConf, name: &str, a: &Addressing) -> Ex
         netns: env.netns.clone(),
         ifname: env.ifname.clone(),
         mac: conf.mac.clone(),
-        addresses: a
-            .ips
-            .iter()
-            .filter(|ip| ip.interface.is_none_or(|i| i == 0))
-            .map(|ip| ip.address)
-            .collect(),
+        addresses: a.ips.iter().map(|ip| ip.address).collect(),
         gateways,
         routes,
         mtu: conf.mtu,
@@ -203,7 +198,11 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             ),
         ));
     }
-    let addressing = ipam::add(env, conf)?;
+    let mut addressing = ipam::add(env, conf)?;
+    // Addresses for other interfaces of a multi-interface result are not this one's.
+    addressing
+        .ips
+        .retain(|ip| ip.interface.is_none_or(|i| i == 0));
     // From here on a failure releases the lease again.
     let release = |e: CniError| {
         let _ = ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname);
