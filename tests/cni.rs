@@ -470,9 +470,24 @@ fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results(
         .map(|c| c.path().to_str().unwrap().to_string())
         .collect();
     let conf = config(&lab, "xmacvlan", "v0", "1.1.0");
-    for (i, p) in paths.iter().enumerate() {
-        let r = lab.plugin(&ours(), "ADD", &format!("ctr-{i}"), p, "eth0", &conf);
-        ok(&r, "ADD");
+    // Three ADDs at once, as a runtime starting pods does: the first makes the network, the
+    // others wait for the state lock and join it; each gets its own lease.
+    let results: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (lab, conf) = (&lab, &conf);
+                scope
+                    .spawn(move || lab.plugin(&ours(), "ADD", &format!("ctr-{i}"), p, "eth0", conf))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addresses = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        ok(r, "parallel ADD");
+        addresses.push(r.json()["ips"][0]["address"].clone());
         // A 1.1.0 result names the endpoint's memif socket.
         let socket = r.json()["interfaces"][0]["socketPath"].clone();
         let name = xmacvlan::cni::ops::endpoint_name("n-ours", &format!("ctr-{i}"), "eth0");
@@ -481,6 +496,10 @@ fn gc_removes_what_is_not_valid_del_tolerates_a_missing_netns_and_0_4_0_results(
             json!(lab.dir.join("ports").join(format!("{name}.sock")))
         );
     }
+    addresses.sort_by_key(ToString::to_string);
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "distinct leases: {addresses:?}");
+    assert_eq!(lab.state().networks.len(), 1, "one network record");
     assert_eq!(daemon_endpoints(&lab.socket()).len(), 3);
     // GC keeping only ctr-0: ctr-1 and ctr-2 go (devices, state, leases, the fast path).
     let mut gc = conf.clone();
