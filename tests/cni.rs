@@ -288,13 +288,16 @@ fn snapshot(lab: &Lab) -> (Vec<String>, Vec<String>, Vec<String>, String) {
         Lab::links(&lab.host),
         Lab::links(&lab.containers[0]),
         lab.leases("ours"),
-        std::fs::read_to_string(lab.data_root().join("state.json")).unwrap_or_default(),
+        {
+            let state = lab.state();
+            format!("{:?} {:?}", state.networks, state.endpoints)
+        },
     )
 }
 
 #[test]
 fn every_error_has_its_code_and_leaves_nothing_behind() {
-    let lab = Lab::new("err", 1, 1);
+    let lab = Lab::new("err", 1, 2);
     let daemon = lab.start_daemon();
     let c0 = lab.containers[0].path();
     let c0 = c0.to_str().unwrap();
@@ -383,6 +386,70 @@ fn every_error_has_its_code_and_leaves_nothing_behind() {
         assert!(msg.contains(needle), "{what}: `{needle}` not in: {msg}");
         assert_eq!(snapshot(&lab), before, "{what} left something behind");
     }
+    // Conflicts with networks already in the state: one the CLI made (same name, or same
+    // parent), and a CNI network attached with another mode.
+    xmacvlan_tests::cli_in(
+        &lab.host,
+        &lab.data_root(),
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "198.18.31.0/24",
+            "-o",
+            "parent=v0",
+            "clinet",
+        ],
+    )
+    .unwrap();
+    let with_cli = snapshot(&lab);
+    let same_name = edit(&|c| c["name"] = json!("clinet"));
+    let run = lab.plugin(&ours(), "ADD", "ctr-e", c0, "eth0", &same_name);
+    assert_eq!(run.code(), 100, "{run:?}");
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("was not made by xmacvlan-cni")
+    );
+    let run = lab.plugin(&ours(), "ADD", "ctr-e", c0, "eth0", &good);
+    assert_eq!(run.code(), 100, "{run:?}");
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("already uses parent interface `v0`")
+    );
+    assert_eq!(snapshot(&lab), with_cli, "a refused ADD changed something");
+    xmacvlan_tests::cli_in(&lab.host, &lab.data_root(), &["network", "rm", "clinet"]).unwrap();
+    ok(
+        &lab.plugin(&ours(), "ADD", "ctr-e", c0, "eth0", &good),
+        "ADD",
+    );
+    let private = edit(&|c| c["mode"] = json!("private"));
+    let c1 = lab.containers[1].path();
+    let run = lab.plugin(
+        &ours(),
+        "ADD",
+        "ctr-f",
+        c1.to_str().unwrap(),
+        "eth0",
+        &private,
+    );
+    assert_eq!(run.code(), 100, "{run:?}");
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("already exists with master `v0` and mode bridge")
+    );
+    assert_eq!(Lab::links(&lab.containers[1]), ["lo"]);
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-e", c0, "eth0", &good),
+        "DEL",
+    );
+    assert_eq!(snapshot(&lab), before);
+
     // Not JSON at all, and a missing variable.
     let run = lab.host.run(|| {
         use std::io::Write;
