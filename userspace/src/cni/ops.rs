@@ -3,7 +3,6 @@
 //! tolerates anything already gone; CHECK compares kernel and daemon with `prevResult`;
 //! STATUS asks the daemon; GC removes this network's attachments the runtime no longer knows.
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +13,7 @@ use super::error::*;
 use super::ipam;
 use super::types::{Addressing, Interface, interfaces, result_json};
 use crate::abi::MacDisplay;
-use crate::control::external::{self, ExternalEndpoint, ExternalNetwork};
+use crate::control::external::{self, ExternalAddresses, ExternalEndpoint, ExternalNetwork};
 use crate::control::{Endpoint, State, endpoint, provision};
 use crate::daemon::protocol::{Answer, Request};
 use crate::daemon::{Notified, notify};
@@ -154,32 +153,25 @@ fn check_master(conf: &NetConf) -> CniResult<()> {
     Ok(())
 }
 
-/// The kernel-side description of what IPAM assigned.
-fn endpoint_request(env: &Env, conf: &NetConf, name: &str, a: &Addressing) -> ExternalEndpoint {
-    let mut gateways: Vec<IpAddr> = Vec::new();
-    let mut routes = Vec::new();
+/// What IPAM assigned, as the device gets it: default routes become the gateways.
+fn addresses_of(a: &Addressing) -> ExternalAddresses {
+    let mut out = ExternalAddresses {
+        addresses: a.ips.iter().map(|ip| ip.address).collect(),
+        ..ExternalAddresses::default()
+    };
     for r in &a.routes {
         let gw = a.gateway_for(r);
         if r.dst.prefix == 0 {
             if let Some(gw) = gw
-                && !gateways.iter().any(|g| g.is_ipv4() == gw.is_ipv4())
+                && !out.gateways.iter().any(|g| g.is_ipv4() == gw.is_ipv4())
             {
-                gateways.push(gw);
+                out.gateways.push(gw);
             }
         } else {
-            routes.push((r.dst, gw));
+            out.routes.push((r.dst, gw));
         }
     }
-    ExternalEndpoint {
-        name: name.to_string(),
-        netns: env.netns.clone(),
-        ifname: env.ifname.clone(),
-        mac: conf.mac.clone(),
-        addresses: a.ips.iter().map(|ip| ip.address).collect(),
-        gateways,
-        routes,
-        mtu: conf.mtu,
-    }
+    out
 }
 
 pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
@@ -198,38 +190,32 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             ),
         ));
     }
-    let mut addressing = ipam::add(env, conf)?;
-    // Addresses for other interfaces of a multi-interface result are not this one's.
-    addressing
-        .ips
-        .retain(|ip| ip.interface.is_none_or(|i| i == 0));
-    // From here on a failure releases the lease again.
-    let release = |e: CniError| {
-        let _ = ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname);
-        e
-    };
     let network = ExternalNetwork {
         name: conf.name.clone(),
         parent: conf.master.clone(),
         mode: conf.mode,
         made_by: MADE_BY.into(),
     };
-    let request = endpoint_request(env, conf, &name, &addressing);
-    let (net, ep) = external::attach(&conf.data_root, &network, &request)
-        .map_err(|e| release(provision_error("creating the endpoint", &e)))?;
-    let undo = |e: CniError| {
-        let _ = endpoint::remove(&conf.data_root, &ep.name);
-        let _ = std::fs::remove_file(record_path(&conf.data_root, &ep.name));
-        let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
-        release(e)
+    // The device first, as the reference plugin does: the dhcp IPAM plugin runs its client
+    // on it.
+    let device = ExternalEndpoint {
+        name: name.clone(),
+        netns: env.netns.clone(),
+        ifname: env.ifname.clone(),
+        mac: conf.mac.clone(),
+        mtu: conf.mtu,
     };
+    let (net, _) = external::attach(&conf.data_root, &network, &device)
+        .map_err(|e| provision_error("creating the endpoint", &e))?;
     let netns_inode = match std::fs::metadata(&env.netns) {
         Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
         Err(e) => {
-            return Err(undo(CniError::new(
+            let _ = endpoint::remove(&conf.data_root, &name);
+            let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
+            return Err(CniError::new(
                 UNKNOWN_CONTAINER,
                 format!("CNI_NETNS {}: {e}", env.netns),
-            )));
+            ));
         }
     };
     let record = Record {
@@ -239,16 +225,37 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         netns: env.netns.clone(),
         netns_inode,
     };
-    let recorded = write_record(&conf.data_root, &ep.name, &record)
-        .and_then(|()| link_port(conf, netns_inode, &env.ifname, &ep.name));
-    if let Err(e) = recorded {
+    // Every later failure removes the device, its record and port link (and the network
+    // when it was the first attachment).
+    let remove_device = |e: CniError| {
         unlink_port(conf, &record);
-        return Err(undo(CniError::with_cause(
-            IO_FAILURE,
-            format!("recording the attachment (dataRoot) or its port link (portDir): {e:#}"),
-            &e,
-        )));
-    }
+        let _ = std::fs::remove_file(record_path(&conf.data_root, &name));
+        let _ = endpoint::remove(&conf.data_root, &name);
+        let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
+        e
+    };
+    // Recorded before IPAM runs, so GC can release a lease whatever happens next.
+    write_record(&conf.data_root, &name, &record)
+        .and_then(|()| link_port(conf, netns_inode, &env.ifname, &name))
+        .map_err(|e| {
+            remove_device(CniError::with_cause(
+                IO_FAILURE,
+                format!("recording the attachment (dataRoot) or its port link (portDir): {e:#}"),
+                &e,
+            ))
+        })?;
+    let mut addressing = ipam::add(env, conf).map_err(remove_device)?;
+    // Addresses for other interfaces of a multi-interface result are not this one's.
+    addressing
+        .ips
+        .retain(|ip| ip.interface.is_none_or(|i| i == 0));
+    // From here on a failure releases the lease, then removes the device.
+    let undo = |e: CniError| {
+        let _ = ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname);
+        remove_device(e)
+    };
+    let ep = external::configure(&conf.data_root, &name, &addresses_of(&addressing))
+        .map_err(|e| undo(provision_error("configuring the endpoint", &e)))?;
     ask(
         conf,
         &Request::Attach {
@@ -257,7 +264,6 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         },
     )
     .map_err(|e| {
-        unlink_port(conf, &record);
         undo(CniError {
             msg: format!("attaching the endpoint to the fast path: {}", e.msg),
             ..e
@@ -272,19 +278,20 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     Ok(result_json(&conf.cni_version, &iface, &addressing))
 }
 
-/// Remove one endpoint: off the daemon (if it runs), its device, its record.
-fn remove_endpoint(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
-    match notify(
-        &conf.control_socket,
-        &Request::Detach {
-            endpoint: ep.name.clone(),
-        },
-    ) {
-        Ok(_) => {}
-        // The device goes anyway; a daemon that cannot detach now drops the endpoint when
-        // it restarts (its device is gone).
-        Err(e) => eprintln!("xmacvlan-cni: detaching {} from the daemon: {e:#}", ep.name),
+/// Take an endpoint off the daemon, if one runs. A daemon that cannot detach now drops the
+/// endpoint when it restarts (its device is gone by then).
+fn detach(conf: &NetConf, name: &str) {
+    let request = Request::Detach {
+        endpoint: name.to_string(),
+    };
+    if let Err(e) = notify(&conf.control_socket, &request) {
+        eprintln!("xmacvlan-cni: detaching {name} from the daemon: {e:#}");
     }
+}
+
+/// Remove an endpoint's device, its record and its port link (after IPAM released the lease:
+/// dhcp releases it through the device).
+fn remove_device(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
     endpoint::remove(&conf.data_root, &ep.name)
         .map_err(|e| provision_error(format!("removing endpoint {}", ep.name), &e))?;
     if let Some(record) = read_record(&conf.data_root, &ep.name) {
@@ -296,12 +303,17 @@ fn remove_endpoint(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
 
 pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
     let name = endpoint_name(&conf.name, &env.container_id, &env.ifname);
-    if let Some(ep) = state(conf)?.endpoint(&name).cloned() {
-        remove_endpoint(conf, &ep)?;
+    let ep = state(conf)?.endpoint(&name).cloned();
+    if ep.is_some() {
+        detach(conf, &name);
+    }
+    // The lease first (as the reference plugin): a failure leaves the device for a retry.
+    ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname)?;
+    if let Some(ep) = &ep {
+        remove_device(conf, ep)?;
     }
     external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY)
         .map_err(|e| provision_error("removing the network's record", &e))?;
-    ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname)?;
     Ok(())
 }
 
@@ -460,11 +472,12 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
         .endpoints_of(&net.name)
         .filter(|e| !keep.contains(&e.name))
     {
-        let record = read_record(&conf.data_root, &ep.name);
-        let result = remove_endpoint(conf, ep).and_then(|()| match &record {
+        detach(conf, &ep.name);
+        let result = match read_record(&conf.data_root, &ep.name) {
             Some(r) => ipam::exec(env, conf, "DEL", &r.container_id, &r.ifname).map(|_| ()),
             None => Ok(()),
-        });
+        }
+        .and_then(|()| remove_device(conf, ep));
         if let Err(e) = result {
             first_error.get_or_insert(e);
         }

@@ -1,7 +1,8 @@
 //! Endpoints whose addresses come from outside xmacvlan's IPAM (a CNI IPAM plugin): the
-//! network is recorded without subnets, and the endpoint with the addresses it was given.
-//! The same checks as `network create` / `endpoint create` apply (names, parent, mode, MAC,
-//! one network per parent); only the allocation step is left out.
+//! network is recorded without subnets; the endpoint's device is made first ([`attach`]: an
+//! IPAM plugin such as dhcp needs it to exist), then given the addresses the plugin chose
+//! ([`configure`]). The same checks as `network create` / `endpoint create` apply (names,
+//! parent, mode, MAC, one network per parent); only the allocation step is left out.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -31,19 +32,25 @@ pub struct ExternalNetwork {
     pub made_by: String,
 }
 
-/// One attachment with its addresses already decided.
+/// One attachment's device.
 #[derive(Debug, Clone)]
 pub struct ExternalEndpoint {
     pub name: String,
     pub netns: String,
     pub ifname: String,
+    /// Default: a random local `02:42:…` MAC (the addresses are not known yet).
     pub mac: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+/// What the IPAM plugin decided for an attachment.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalAddresses {
     pub addresses: Vec<Cidr>,
     /// Default-route gateways, one per family at most.
     pub gateways: Vec<IpAddr>,
     /// Other routes: destination and gateway (none: on-link).
     pub routes: Vec<(Cidr, Option<IpAddr>)>,
-    pub mtu: Option<u32>,
 }
 
 /// Check a network description (name, parent spelling) without touching anything.
@@ -53,8 +60,8 @@ pub fn check_network(net: &ExternalNetwork) -> Result<ParentSpec, String> {
 }
 
 /// Record the network if it is new (making a missing `IF.VID`), then the endpoint: its
-/// device in its namespace with the given addresses, routes and MTU. Nothing is left behind
-/// on error.
+/// device in its namespace, up, with its MTU and no addresses yet. Nothing is left behind on
+/// error.
 pub fn attach(
     data_root: &Path,
     net: &ExternalNetwork,
@@ -114,21 +121,22 @@ pub fn attach(
     let result = (|| -> Result<Endpoint> {
         // The network has no subnets, so planning allocates nothing: it checks the names,
         // the namespace's interface, the MAC and its uniqueness on the network.
-        let mut planned = endpoint::plan(
-            &EndpointCreate {
-                name: ep.name.clone(),
-                network: network.name.clone(),
-                netns: ep.netns.clone(),
-                ifname: ep.ifname.clone(),
-                ip: None,
-                ip6: None,
-                mac: Some(ep.mac.clone().unwrap_or_else(|| mac_for(&ep.addresses))),
-            },
-            &state,
-        )
-        .map_err(|e| anyhow!(e))?;
-        planned.addresses = ep.addresses.clone();
-        planned.gateways = ep.gateways.clone();
+        let mut planned =
+            endpoint::plan(
+                &EndpointCreate {
+                    name: ep.name.clone(),
+                    network: network.name.clone(),
+                    netns: ep.netns.clone(),
+                    ifname: ep.ifname.clone(),
+                    ip: None,
+                    ip6: None,
+                    mac: Some(ep.mac.clone().unwrap_or_else(|| {
+                        crate::abi::MacDisplay(&super::random_mac()).to_string()
+                    })),
+                },
+                &state,
+            )
+            .map_err(|e| anyhow!(e))?;
         let ns = Netns::open(&planned.netns)?;
         let Some(parent) = nl.link_by_name(&network.parent)? else {
             bail!(
@@ -148,10 +156,6 @@ pub fn attach(
                         network.parent, parent.mtu
                     )
                 })?;
-            }
-            for (dst, gw) in &ep.routes {
-                nl.add_route(dst.network().addr, dst.prefix, *gw, index)
-                    .with_context(|| format!("adding the route {dst} via {gw:?}"))?;
             }
             Ok(())
         });
@@ -202,16 +206,50 @@ fn check_same(existing: &Network, net: &ExternalNetwork) -> Result<()> {
     Ok(())
 }
 
-/// Docker's MAC for the first IPv4 address; a random local one without IPv4.
-fn mac_for(addresses: &[Cidr]) -> String {
-    let mac = match addresses.iter().find_map(|a| match a.addr {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    }) {
-        Some(v4) => super::model::derived_mac(v4),
-        None => super::random_mac(),
-    };
-    crate::abi::MacDisplay(&mac).to_string()
+/// Give a device made by [`attach`] its addresses and routes, and record them. A default
+/// route of a family the namespace already has (another network's) is left to it, as
+/// `endpoint create` does. On error the caller removes the endpoint (device and record).
+pub fn configure(data_root: &Path, name: &str, given: &ExternalAddresses) -> Result<Endpoint> {
+    let (store, mut state) = Store::lock(data_root)?;
+    let ep = state
+        .endpoints
+        .iter_mut()
+        .find(|e| e.name == name)
+        .ok_or_else(|| anyhow!("endpoint `{name}` is not recorded (removed meanwhile?)"))?;
+    let ns = Netns::open(&ep.netns)?;
+    let ifname = ep.ifname.clone();
+    let installed = ns.run(|| {
+        let nl = Netlink::new()?;
+        let index = nl.require_link(&ifname)?.index;
+        for a in &given.addresses {
+            nl.add_address(index, a.addr, a.prefix)
+                .with_context(|| format!("adding the address {a}"))?;
+        }
+        let mut installed = Vec::new();
+        for gw in &given.gateways {
+            if nl.routes(gw.is_ipv6())?.iter().any(|r| r.is_default()) {
+                continue;
+            }
+            let any = if gw.is_ipv4() {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u8; 16])
+            };
+            nl.add_route(any, 0, Some(*gw), index)
+                .with_context(|| format!("adding the default route via {gw}"))?;
+            installed.push(*gw);
+        }
+        for (dst, gw) in &given.routes {
+            nl.add_route(dst.network().addr, dst.prefix, *gw, index)
+                .with_context(|| format!("adding the route {dst} via {gw:?}"))?;
+        }
+        Ok(installed)
+    })?;
+    ep.addresses = given.addresses.clone();
+    ep.gateways = installed;
+    let ep = ep.clone();
+    store.save(&state)?;
+    Ok(ep)
 }
 
 /// Remove the network if the front end made it and its last endpoint is gone. A network
