@@ -709,3 +709,103 @@ fn a_restarted_daemon_serves_what_cni_added() {
     assert!(lab.state().endpoints.is_empty());
     assert!(lab.leases("ours").is_empty());
 }
+
+/// A background process killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
+    let lab = Lab::new("dh", 1, 1);
+    let _daemon = lab.start_daemon();
+    let c0 = lab.containers[0].path();
+    let c0 = c0.to_str().unwrap();
+    // A DHCP server on the wire side (busybox udhcpd on v0p) and the dhcp IPAM plugin's
+    // daemon on a private socket, both in the host namespace.
+    let conf_path = lab.dir.join("udhcpd.conf");
+    std::fs::write(
+        &conf_path,
+        format!(
+            "start 198.18.50.100\nend 198.18.50.110\ninterface v0p\nlease_file {}\n\
+             pidfile {}\noption subnet 255.255.255.0\noption router 198.18.50.1\n\
+             option lease 600\n",
+            lab.dir.join("udhcpd.leases").display(),
+            lab.dir.join("udhcpd.pid").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(lab.dir.join("udhcpd.leases"), "").unwrap();
+    lab.host
+        .run(|| {
+            let nl = Netlink::new()?;
+            let v0p = nl.require_link("v0p")?.index;
+            nl.add_address(v0p, "198.18.50.1".parse()?, 24)
+        })
+        .unwrap();
+    let spawn = |cmd: &mut std::process::Command| {
+        lab.host
+            .run(|| {
+                Ok(Proc(
+                    cmd.stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()?,
+                ))
+            })
+            .unwrap()
+    };
+    let _server = spawn(
+        std::process::Command::new("/bin/busybox")
+            .args(["udhcpd", "-f"])
+            .arg(&conf_path),
+    );
+    let socket = lab.dir.join("dhcp.sock");
+    let _dhcp = spawn(
+        std::process::Command::new(reference("dhcp"))
+            .args(["daemon", "-broadcast", "-socketpath"])
+            .arg(&socket),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dhcp daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut conf = config(&lab, "xmacvlan", "v0", "1.0.0");
+    conf["ipam"] = json!({"type": "dhcp", "daemonSocketPath": socket});
+    conf.as_object_mut().unwrap().remove("mtu");
+    let r = lab.plugin(&ours(), "ADD", "ctr-d", c0, "eth0", &conf);
+    ok(&r, "ADD with dhcp IPAM");
+    let v = r.json();
+    let address = v["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(
+        address.starts_with("198.18.50.1") && address.ends_with("/24"),
+        "{v}"
+    );
+    let kernel = read_back(&lab.containers[0], "eth0");
+    assert!(
+        kernel["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(address)),
+        "{kernel}"
+    );
+    assert_eq!(lab.state().endpoints[0].addresses[0].to_string(), address);
+    ok(
+        &lab.plugin(&ours(), "CHECK", "ctr-d", c0, "eth0", &with_prev(&conf, &v)),
+        "CHECK dhcp",
+    );
+    ok(
+        &lab.plugin(&ours(), "DEL", "ctr-d", c0, "eth0", &conf),
+        "DEL dhcp",
+    );
+    assert_eq!(Lab::links(&lab.containers[0]), ["lo"]);
+    assert!(lab.state().endpoints.is_empty());
+}
