@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 pub mod accounting;
 pub mod bare_lab;
+pub mod cni_lab;
 pub mod dockerd;
 pub mod exact;
 pub mod pace;

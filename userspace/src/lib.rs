@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod afpacket;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -21,12 +21,14 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// What the integration tests use besides the build: ping for reachability checks, the
-/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against, and
-/// a Docker engine with a busybox to make its image from (tests/docker.rs).
+/// CNI reference plugins (`macvlan`, `host-local`, `tuning`) the control path and
+/// xmacvlan-cni are compared against; a Docker engine (tests/docker.rs) and podman
+/// (tests/cni_podman.rs), each with a busybox image.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
     ("docker.io", "/usr/sbin/dockerd"),
+    ("podman", "/usr/bin/podman"),
     ("busybox-static", "/bin/busybox"),
 ];
 

@@ -97,11 +97,21 @@ pub fn run_all(args: &[String]) -> Result<()> {
             ]),
             "cargo clippy",
         ),
-        // The daemon and CLI tests run the real `xmacvlan` binary, which `cargo test` builds
-        // only for the package's own tests.
+        // The daemon, CLI, CNI and walkthrough tests run the real binaries (`xmacvlan`,
+        // `xmacvlan-cni`, `xmacvlan-sink`, `xmacvlan-reflect`, `xmacvlan-bench`), which
+        // `cargo test` builds only for their own package's tests.
         step(
-            cargo().args(["build", "-p", "xmacvlan", "--bin", "xmacvlan"]),
-            "cargo build -p xmacvlan",
+            cargo().args([
+                "build",
+                "-p",
+                "xmacvlan",
+                "--bins",
+                "-p",
+                "xmacvlan-bench",
+                "--bin",
+                "xmacvlan-bench",
+            ]),
+            "cargo build (the binaries)",
         ),
     ];
     match test_binaries() {

@@ -5,6 +5,7 @@
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
 //! - [`docker`]: the same, as the Docker network plugin drives it (Docker's ids, its link life cycle);
+//! - [`external`]: networks and endpoints whose addresses another IPAM chose (CNI);
 //! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`; [`view`]: what they print.
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod docker;
 pub mod drift;
 pub mod endpoint;
+pub mod external;
 pub mod ipam;
 pub mod model;
 pub mod network;
