@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
 use crate::netlink::Netlink;
-use crate::telemetry::report::Report;
+use crate::telemetry::report::{Report, mode_name, plural};
 use crate::xdp::AttachMode;
 use crate::xsk::{BindMode, QueueConfig};
 
@@ -119,12 +119,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
     eprintln!(
-        "xmacvlan: {} endpoints on {} ({queues} queues), demux {:?}, XDP {:?}, AF_XDP {:?}; Ctrl-C to stop",
-        endpoints.len(),
+        "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}; Ctrl-C to stop",
+        plural(endpoints.len(), "endpoint"),
         a.iface,
-        cfg.demux,
-        dp.attached,
-        dp.bound
+        plural(queues as usize, "queue"),
+        mode_name(cfg.demux),
+        mode_name(dp.attached),
+        mode_name(dp.bound)
     );
     let start = Instant::now();
     let mut last = (0u64, Instant::now());
@@ -157,9 +158,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let duration = start.elapsed().as_secs_f64();
     let report = Report {
         interface: a.iface.clone(),
-        demux: format!("{:?}", cfg.demux).to_lowercase(),
-        xdp_mode: format!("{attached:?}").to_lowercase(),
-        bind: format!("{bound:?}").to_lowercase(),
+        demux: mode_name(cfg.demux),
+        xdp_mode: mode_name(attached),
+        bind: mode_name(bound),
         duration_s: duration,
         endpoints: Report::endpoint_rows(&finished, duration),
         xdp: finished.xdp,
