@@ -54,16 +54,27 @@ pub fn answers(socket: &Path) -> bool {
     reader.read_line(&mut line).is_ok() && line.contains("\"pong\"")
 }
 
-/// Running xmacvlan processes other than this one.
-pub fn other_xmacvlan_processes() -> Vec<u32> {
+/// Running xmacvlan processes other than this one that hold BPF program `prog_id` open (a
+/// program fd or a BPF link to it: `prog_id:` in the fd's fdinfo).
+pub fn holders_of_bpf_program(prog_id: u32) -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let needle = format!("prog_id:\t{prog_id}\n");
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_to_string(fd.path()).is_ok_and(|info| info.contains(&needle))
+                })
+            })
+            .unwrap_or(false)
+    };
     let mut pids: Vec<u32> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me && is_running_xmacvlan(*pid))
+        .filter(|pid| *pid != me && is_running_xmacvlan(*pid) && holds(*pid))
         .collect();
     pids.sort_unstable();
     pids
