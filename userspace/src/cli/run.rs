@@ -102,12 +102,11 @@ pub fn run(a: RunArgs) -> Result<()> {
     {
         match crate::nic::rx_vlan_offload(&a.iface) {
             Some(true) if a.fix_offloads => {
-                crate::nic::disable_rx_vlan_offload(&a.iface)?;
+                _restore = Some(fix_rx_vlan_offload(&a.iface)?);
                 eprintln!(
                     "xmacvlan: turned rx VLAN offload off on {} (turned back on at exit)",
                     a.iface
                 );
-                _restore = Some(RestoreOffload(a.iface.clone()));
             }
             Some(true) => eprintln!(
                 "xmacvlan: warning: {} strips VLAN tags before XDP (rx-vlan-offload on): tagged endpoints will not match; \
@@ -195,8 +194,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Turns rx VLAN offload back on at exit (also on error) after `--fix-offloads` turned it off.
-struct RestoreOffload(String);
+/// Turns rx VLAN offload back on when dropped (at exit, also on error).
+pub struct RestoreOffload(String);
+
+/// `--fix-offloads`: rx VLAN offload off now, back on when the guard is dropped.
+pub fn fix_rx_vlan_offload(iface: &str) -> Result<RestoreOffload> {
+    crate::nic::disable_rx_vlan_offload(iface)?;
+    Ok(RestoreOffload(iface.to_string()))
+}
 
 impl Drop for RestoreOffload {
     fn drop(&mut self) {

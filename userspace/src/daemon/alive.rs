@@ -6,12 +6,19 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Whether `pid` is a running process: it exists and is neither a zombie nor dead.
+/// Whether `pid` is a running process: one of its threads is neither a zombie nor dead. A
+/// killed process's main thread turns zombie first while the others still close its files
+/// (its sockets included), so the main thread's state alone is not enough.
 pub fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| process_state(&stat))
-        .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| process_state(&stat))
+            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+    })
 }
 
 /// The state letter of a `/proc/PID/stat` line (after the command, which may hold spaces
