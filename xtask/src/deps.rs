@@ -25,6 +25,10 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
+    // The README walkthroughs (tests/walkthrough.rs): `curl` for the metrics page, `nsenter`
+    // to run them inside their own network namespace.
+    ("curl", "/usr/bin/curl"),
+    ("util-linux", "/usr/bin/nsenter"),
 ];
 
 pub fn missing() -> Vec<&'static str> {

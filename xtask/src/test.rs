@@ -28,10 +28,20 @@ pub fn run_all(args: &[String]) -> Result<()> {
         );
     }
     // The daemon and CLI tests run the real `xmacvlan` binary, which `cargo test` builds
-    // only for the package's own tests.
+    // only for the package's own tests; the README walkthroughs also run `xmacvlan-bench`.
     run(
-        cargo().args(["build", "-p", "xmacvlan", "--bin", "xmacvlan"]),
-        "cargo build -p xmacvlan",
+        cargo().args([
+            "build",
+            "-p",
+            "xmacvlan",
+            "--bin",
+            "xmacvlan",
+            "-p",
+            "xmacvlan-bench",
+            "--bin",
+            "xmacvlan-bench",
+        ]),
+        "cargo build -p xmacvlan -p xmacvlan-bench",
     )?;
     // Host tests: unit tests and the namespace integration tests. Two threads: each test
     // builds its own namespaces, and this machine has two cores.
