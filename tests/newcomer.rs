@@ -275,6 +275,16 @@ fn a_newcomers_session_with_a_running_daemon() {
         "{config}"
     );
 
+    // network create as non-root: says what it takes, not only "Permission denied".
+    let err = lab.refused(
+        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+        "network create -d macvlan --subnet 198.18.31.0/24 -o parent=v0p n2",
+    );
+    assert!(
+        err.contains("run it as root (sudo xmacvlan ...) or with CAP_NET_ADMIN"),
+        "{err}"
+    );
+
     // stats as non-root: the socket is root-only, and the message says so.
     let err = lab.refused(
         &[
