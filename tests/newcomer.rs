@@ -275,9 +275,44 @@ fn a_newcomers_session_with_a_running_daemon() {
         "{config}"
     );
 
+    // doctor looking for a daemon on another socket: the classifier on v0 is named as held
+    // by the daemon's process, not as a crashed daemon's leftover to `xdp off`.
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.host.name()])
+        .arg(xmacvlan_bin())
+        .args([
+            "--control-socket",
+            "/nonexistent/x.sock",
+            "doctor",
+            "--json",
+            "--iface",
+            "v0",
+        ])
+        .output()
+        .unwrap();
+    let doctor: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prog = doctor["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "xdp-program")
+        .unwrap();
+    assert!(
+        prog["what"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("is held by xmacvlan process {}", daemon.pid())),
+        "{prog}"
+    );
+
     // network create as non-root: says what it takes, not only "Permission denied".
     let err = lab.refused(
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
         "network create -d macvlan --subnet 198.18.31.0/24 -o parent=v0p n2",
     );
     assert!(

@@ -504,13 +504,36 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
     } else {
         check_promiscuous(name, link.promiscuous)
     });
-    out.push(check_xdp_program(
-        name,
-        link.xdp_prog_id,
-        link.xdp_prog_name.as_deref(),
-        daemon_running,
-    ));
+    out.push(match (link.xdp_prog_id, link.xdp_prog_holders.first()) {
+        (Some(id), Some(pid)) if !daemon_running => held_by_xmacvlan(name, id, *pid),
+        _ => check_xdp_program(
+            name,
+            link.xdp_prog_id,
+            link.xdp_prog_name.as_deref(),
+            daemon_running,
+        ),
+    });
     tag(out, name)
+}
+
+/// xmacvlan's classifier held by a live xmacvlan process that is not the daemon this doctor
+/// looked for (another `xmacvlan run`, a daemon on another socket): `xdp off` cannot remove
+/// a program held by a BPF link, stopping that process does.
+fn held_by_xmacvlan(name: &str, id: u32, pid: u32) -> Finding {
+    problem(
+        "xdp-program",
+        Severity::Warn,
+        format!(
+            "xmacvlan's classifier (id {id}) on {name} is held by xmacvlan process {pid}, not by \
+             the daemon this doctor checked"
+        ),
+        "another `xmacvlan run`, or a daemon on another control socket, serves this interface; \
+         a new daemon or run cannot attach to it while that process lives",
+        Some(format!(
+            "see it: ps -o pid,args -p {pid}; stop it: kill {pid} (or check that daemon: \
+             xmacvlan --control-socket PATH doctor)"
+        )),
+    )
 }
 
 fn tag(mut findings: Vec<Finding>, name: &str) -> Vec<Finding> {

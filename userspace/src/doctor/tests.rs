@@ -263,6 +263,7 @@ fn link(driver: &str) -> LinkFacts {
         rx_queues: 1,
         xdp_prog_id: None,
         xdp_prog_name: None,
+        xdp_prog_holders: Vec::new(),
         driver: Some(driver.into()),
         ethtool_features: Ok(VETH_ETHTOOL_K.into()),
     }
@@ -365,6 +366,25 @@ fn vlan_offload_off_fixed_and_unreadable() {
     let f = check_rx_vlan_offload("v0", &missing);
     assert!(f.what.contains("ethtool program is not installed"));
     assert!(f.fix.unwrap().contains("apt-get install -y ethtool"));
+}
+
+#[test]
+fn a_classifier_held_by_another_xmacvlan_is_named() {
+    let mut held = link("veth");
+    held.xdp_prog_id = Some(12);
+    held.xdp_prog_name = Some("xmv_classify".into());
+    held.xdp_prog_holders = vec![4321];
+    let f = check_interface(&iface(held.clone()), false);
+    let prog = by_check(&f, "xdp-program");
+    assert!(
+        prog.what.contains("held by xmacvlan process 4321"),
+        "{}",
+        prog.what
+    );
+    assert!(prog.fix.as_deref().unwrap().contains("kill 4321"));
+    // The daemon it looked for holds it: all is well.
+    let f = check_interface(&iface(held), true);
+    assert_eq!(by_check(&f, "xdp-program").severity, Severity::Ok);
 }
 
 #[test]
