@@ -26,9 +26,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(tag: &str) -> Lab {
         require_root();
-        let prefix = format!("xmvn{}", std::process::id());
+        let prefix = format!("xmvn{}{tag}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -215,7 +215,7 @@ impl Drop for Daemon {
 
 #[test]
 fn a_newcomers_session_with_a_running_daemon() {
-    let lab = Lab::new();
+    let lab = Lab::new("s");
     lab.cli("network create -d macvlan --subnet 198.18.30.0/24 -o parent=v0 n1");
     let (_, before) = lab.cli(&format!(
         "endpoint create --network n1 --netns {} c0",
@@ -384,4 +384,51 @@ fn a_newcomers_session_with_a_running_daemon() {
     );
     drop(second);
     drop(first);
+}
+
+/// A namespace made inside `ip netns exec OTHER bash` is mounted only in that shell: from
+/// anywhere else `endpoint create` says so and how to fix it, instead of `setns: EINVAL`.
+#[test]
+fn a_namespace_from_another_mount_namespace_is_explained() {
+    let lab = Lab::new("g");
+    let ghost = Ghost(format!("{}-ghost", lab.host.name()));
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lab.host.name(),
+            "ip",
+            "netns",
+            "add",
+            &ghost.0,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lab.cli("network create -d macvlan --subnet 198.18.32.0/24 -o parent=v0 n1");
+    let err = lab.refused(
+        &[],
+        &format!("endpoint create --network n1 --netns {} g1", ghost.0),
+    );
+    let ghost = &ghost.0;
+    assert!(
+        err.contains(&format!(
+            "/run/netns/{ghost} is not a network namespace here: it is a plain file"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("ip netns exec OTHER bash"), "{err}");
+    assert!(!err.contains("Invalid argument"), "{err}");
+    let (ls, _) = lab.cli("endpoint ls");
+    assert_eq!(ls.lines().count(), 1, "nothing recorded: {ls}");
+}
+
+/// The file a namespace made in another mount namespace leaves in /run/netns: `ip netns del`
+/// removes it (there is no mount to undo here), also when the test fails.
+struct Ghost(String);
+
+impl Drop for Ghost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

@@ -179,7 +179,11 @@ fn is_namespace_file(file: &File) -> bool {
 fn not_a_namespace(name: &str, path: &Path) -> String {
     let hint = if path.starts_with(NETNS_DIR) {
         format!(
-            "; it was most likely created from a shell with a mount namespace of its own (inside              `ip netns exec OTHER bash`, whose mounts do not propagate back), where the namespace              is mounted: run this command from that shell, or recreate `{name}` from an ordinary              shell (`ip netns del {name} && ip netns add {name}`) and run every command of the              walkthrough there"
+            "; it was most likely created from a shell with a mount namespace of its own \
+             (inside `ip netns exec OTHER bash`, whose mounts do not propagate back), where the \
+             namespace is mounted: run this command from that shell, or recreate `{name}` from \
+             an ordinary shell (`ip netns del {name} && ip netns add {name}`) and run every \
+             command there"
         )
     } else {
         String::new()
@@ -239,6 +243,7 @@ mod tests {
             hint.contains("ip netns del web1 && ip netns add web1"),
             "{hint}"
         );
+        assert!(!hint.contains("  "), "one space between words: {hint}");
     }
 
     #[test]
