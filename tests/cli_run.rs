@@ -21,6 +21,7 @@ fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
         force,
         fix_offloads: false,
         json: None,
+        control_socket: None,
     }
 }
 
@@ -97,6 +98,10 @@ fn rejects_bad_endpoint_files_before_touching_anything() {
             "invalid MAC address",
         ),
         (r#"{"endpoints": [], "extra": 1}"#, "unknown field `extra`"),
+        (
+            r#"[{"name": "a", "vid": 0, "mac": "02:00:00:00:00:01"}]"#,
+            "the file is a bare list; put the list under \"endpoints\"",
+        ),
     ] {
         let path = dir.join("e.json");
         std::fs::write(&path, text).unwrap();
@@ -104,4 +109,99 @@ fn rejects_bad_endpoint_files_before_touching_anything() {
         assert!(format!("{err:#}").contains(expect), "{text}: {err:#}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn rx_vlan_offload_of(ns: &NetnsGuard, iface: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ethtool", "-k", iface])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("rx-vlan-offload:"))
+        .unwrap_or_else(|| panic!("ethtool -k {iface} lists no rx-vlan-offload"))
+        .to_string()
+}
+
+/// On a veth, tagged endpoints match with rx-vlan-offload on: no warning, nothing changed,
+/// and the report says the endpoint got no timed frame instead of a latency of 0.
+#[test]
+fn a_veth_with_tagged_endpoints_needs_no_offload_change() {
+    require_root();
+    let ns = NetnsGuard::create(&format!("xmvrunv{}", std::process::id())).unwrap();
+    let dir = std::env::temp_dir().join(format!("xmvrunv{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = endpoints_file(&dir);
+    ns.run(|| {
+        let nl = Netlink::new()?;
+        let nic = nl.add_veth("nic0", "peer0", 1)?;
+        nl.set_up(nic)?;
+        nl.set_up(nl.require_link("peer0")?.index)?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: on");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(xmacvlan_tests::xmacvlan_bin())
+        .args([
+            "run",
+            "--iface",
+            "nic0",
+            "--xdp-mode",
+            "native",
+            "--bind",
+            "copy",
+        ])
+        .args(["--duration", "0.3", "--fix-offloads", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("strips VLAN tags"), "{stderr}");
+    assert!(
+        stderr
+            .contains("xmacvlan: 1 endpoint on nic0 (1 queue), demux xdp, XDP native, AF_XDP copy"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rx_vlan_offload_of(&ns, "nic0"),
+        "rx-vlan-offload: on",
+        "untouched"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("c1 "))
+        .unwrap_or_else(|| panic!("no row for c1 in {stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[8..], ["0", "-", "-", "-", "-", "-"], "{stdout}");
+    assert!(stdout.contains(" UNTIMED "), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--fix-offloads` turns rx VLAN offload off and back on when the run ends.
+#[test]
+fn fix_offloads_restores_what_it_changed() {
+    require_root();
+    let ns = NetnsGuard::create(&format!("xmvrunf{}", std::process::id())).unwrap();
+    ns.run(|| {
+        let nl = Netlink::new()?;
+        nl.add_veth("nic0", "peer0", 1)?;
+        Ok(())
+    })
+    .unwrap();
+    let guard = ns
+        .run(|| xmacvlan::cli::run::fix_rx_vlan_offload("nic0"))
+        .unwrap();
+    assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: off");
+    ns.run(|| {
+        drop(guard);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: on");
 }

@@ -30,7 +30,10 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         nl.set_up(index)?;
         nl.set_up(peer)?;
 
-        // A fresh veth: native XDP yes, zero-copy no, nothing attached, not promiscuous.
+        // A fresh veth: native XDP yes, zero-copy no, nothing attached; not promiscuous and
+        // rx-vlan-offload on, neither of which stops a frame on a veth (no MAC filter, no
+        // hardware that strips tags): the fast-path tests deliver to tagged endpoints on
+        // exactly such a veth.
         let facts = interface_facts(&nl, "xdoc0")?;
         let link = facts.link.as_ref().expect("xdoc0 exists");
         assert_eq!(link.driver.as_deref(), Some("veth"));
@@ -40,20 +43,17 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         assert_eq!(severity(&f, "native-xdp"), Severity::Ok);
         assert_eq!(severity(&f, "zero-copy"), Severity::Warn);
         assert_eq!(severity(&f, "xdp-program"), Severity::Ok);
-        let promisc = finding(&f, "promiscuous");
-        assert_eq!(promisc.severity, Severity::Warn);
+        assert!(!link.promiscuous);
+        assert_eq!(severity(&f, "promiscuous"), Severity::Ok);
+        let vlan = finding(&f, "rx-vlan-offload");
+        assert_eq!(vlan.severity, Severity::Ok);
+        assert!(vlan.what.contains("reaches XDP"), "{}", vlan.what);
         assert!(
-            promisc
-                .fix
+            link.ethtool_features
                 .as_deref()
-                .unwrap()
-                .starts_with("ip link set xdoc0 promisc on")
+                .is_ok_and(|k| k.contains("rx-vlan-offload: on")),
+            "the veth's rx-vlan-offload is on (ethtool is a test dependency)"
         );
-        // ethtool is a package the project installs; its verdict on veth is "on".
-        if link.ethtool_features.is_ok() {
-            let vlan = finding(&f, "rx-vlan-offload");
-            assert_eq!(vlan.fix.as_deref(), Some("ethtool -K xdoc0 rxvlan off"));
-        }
 
         // The whole doctor, as the CLI runs it, sees the same interface.
         let args = DoctorArgs {
@@ -71,7 +71,8 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             .filter(|f| f.subject.as_deref() == Some("xdoc0"))
             .cloned()
             .collect();
-        assert_eq!(severity(&on_veth, "promiscuous"), Severity::Warn);
+        assert_eq!(severity(&on_veth, "promiscuous"), Severity::Ok);
+        assert_eq!(severity(&on_veth, "zero-copy"), Severity::Warn);
         let missing = report
             .findings
             .iter()
@@ -84,14 +85,6 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             "a missing interface is an error"
         );
         assert!(report.render_text().contains("\ninterface xdoc0\n"));
-
-        // Promiscuous mode on: the warning goes away.
-        let status = std::process::Command::new("ip")
-            .args(["link", "set", "xdoc0", "promisc", "on"])
-            .status()?;
-        assert!(status.success());
-        let f = check_interface(&interface_facts(&nl, "xdoc0")?, false);
-        assert_eq!(severity(&f, "promiscuous"), Severity::Ok);
 
         // xmacvlan's own classifier attached with no daemon: left behind by a crash.
         let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1)?;

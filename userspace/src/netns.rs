@@ -73,16 +73,27 @@ impl Netns {
     }
 
     pub fn path(&self) -> PathBuf {
-        if self.name.contains('/') {
-            PathBuf::from(&self.name)
+        Self::path_of(&self.name)
+    }
+
+    /// Where namespace `name_or_path` lives: a path as given, a name under /run/netns.
+    pub fn path_of(name_or_path: &str) -> PathBuf {
+        if name_or_path.contains('/') {
+            PathBuf::from(name_or_path)
         } else {
-            Path::new(NETNS_DIR).join(&self.name)
+            Path::new(NETNS_DIR).join(name_or_path)
         }
     }
 
+    /// Open the namespace, refusing a path that is not one (setns would say only EINVAL).
     pub fn file(&self) -> Result<File> {
-        File::open(self.path())
-            .with_context(|| format!("opening network namespace {}", self.path().display()))
+        let path = self.path();
+        let file = File::open(&path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        if !is_namespace_file(&file) {
+            bail!("{}", not_a_namespace(&self.name, &path));
+        }
+        Ok(file)
     }
 
     /// Move the calling thread into this namespace for the rest of its life.
@@ -151,6 +162,38 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// Every namespace file lives on the one nsfs instance: its device is that of our own.
+fn is_namespace_file(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        file.metadata(),
+        std::fs::metadata("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(f), Ok(own)) => f.dev() == own.dev(),
+        // Cannot tell: let setns decide.
+        _ => true,
+    }
+}
+
+/// Why a /run/netns file that is not a namespace usually is one somewhere else, and the fix.
+fn not_a_namespace(name: &str, path: &Path) -> String {
+    let hint = if path.starts_with(NETNS_DIR) {
+        format!(
+            "; it was most likely created from a shell with a mount namespace of its own \
+             (inside `ip netns exec OTHER bash`, whose mounts do not propagate back), where the \
+             namespace is mounted: run this command from that shell, or recreate `{name}` from \
+             an ordinary shell (`ip netns del {name} && ip netns add {name}`) and run every \
+             command there"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} is not a network namespace here: it is a plain file, not a mounted namespace{hint}",
+        path.display()
+    )
+}
+
 fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
@@ -177,4 +220,35 @@ fn make_netns_dir_shared() -> Result<()> {
     }
     crate::sys::make_shared(Path::new(NETNS_DIR))
         .with_context(|| format!("making {NETNS_DIR} a shared mount"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_file_is_refused_with_the_reason() {
+        let path = std::env::temp_dir().join(format!("xmv-not-a-netns-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let err = Netns::open(path.to_str().unwrap())
+            .and_then(|ns| ns.file())
+            .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("is not a network namespace here"), "{msg}");
+        assert!(msg.contains("not a mounted namespace"), "{msg}");
+        let hint = not_a_namespace("web1", Path::new("/run/netns/web1"));
+        assert!(hint.contains("ip netns exec OTHER bash"), "{hint}");
+        assert!(
+            hint.contains("ip netns del web1 && ip netns add web1"),
+            "{hint}"
+        );
+        assert!(!hint.contains("  "), "one space between words: {hint}");
+    }
+
+    #[test]
+    fn a_real_namespace_file_is_accepted() {
+        let ns = Netns::open("/proc/self/ns/net").unwrap();
+        ns.file().unwrap();
+    }
 }

@@ -30,6 +30,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("docker.io", "/usr/sbin/dockerd"),
     ("podman", "/usr/bin/podman"),
     ("busybox-static", "/bin/busybox"),
+    // The README walkthroughs (tests/walkthrough.rs): `curl` for the metrics page, `nsenter`
+    // to run them inside their own network namespace.
+    ("curl", "/usr/bin/curl"),
+    ("util-linux", "/usr/bin/nsenter"),
 ];
 
 pub fn missing() -> Vec<&'static str> {

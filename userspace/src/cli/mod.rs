@@ -63,7 +63,17 @@ pub enum Command {
 
 pub fn main() -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = match Cli::command().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(hint) = docker_only_command(&args) {
+                eprintln!("error: {hint}");
+                std::process::exit(2);
+            }
+            e.exit()
+        }
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -84,7 +94,10 @@ pub fn main() -> anyhow::Result<()> {
     let data_root_given = explicit("data_root");
     let socket_given = explicit("control_socket");
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(mut args) => {
+            args.control_socket = Some(cli.global.control_socket.clone());
+            run::run(args)
+        }
         Command::Doctor(mut args) => {
             if socket_given {
                 args.control_socket = Some(cli.global.control_socket.clone());
@@ -100,5 +113,42 @@ pub fn main() -> anyhow::Result<()> {
             crate::daemon::run::main(args, data_root_given.then(|| cli.global.data_root.clone()))
         }
         Command::Stats(args) => crate::daemon::stats::main(&cli.global.control_socket, args),
+    }
+}
+
+/// Docker commands xmacvlan spells differently: clap would suggest the closest subcommand
+/// (`connect` -> `inspect`), which is the wrong way.
+pub fn docker_only_command(args: &[std::ffi::OsString]) -> Option<String> {
+    let words: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    let at = words.iter().position(|w| *w == "network")?;
+    match words.get(at + 1).copied()? {
+        "connect" => Some(
+            "xmacvlan has no `network connect`: attach a container's namespace to a network with \
+             `xmacvlan endpoint create --network NETWORK --netns NETNS NAME`"
+                .into(),
+        ),
+        "disconnect" => Some(
+            "xmacvlan has no `network disconnect`: detach an endpoint with `xmacvlan endpoint rm NAME`"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_connect_points_to_endpoint_create() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let hint = docker_only_command(&args(&["xmacvlan", "network", "connect", "n", "c"]));
+        assert!(hint.unwrap().contains("xmacvlan endpoint create --network"));
+        let hint = docker_only_command(&args(&["xmacvlan", "network", "disconnect", "n", "c"]));
+        assert!(hint.unwrap().contains("xmacvlan endpoint rm"));
+        assert_eq!(
+            docker_only_command(&args(&["xmacvlan", "network", "ls"])),
+            None
+        );
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
 use crate::netlink::Netlink;
-use crate::telemetry::report::Report;
+use crate::telemetry::report::{Report, mode_name, plural};
 use crate::xdp::AttachMode;
 use crate::xsk::{BindMode, QueueConfig};
 
@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Also write the final report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The daemon's control socket, to name a daemon that serves the interface (the global
+    /// `--control-socket`; None: the default).
+    #[arg(skip)]
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
@@ -51,6 +55,13 @@ struct EndpointsFile {
 pub fn load_endpoints(path: &std::path::Path) -> Result<Vec<EndpointSpec>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading endpoints file {}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        bail!(
+            "{}: the file is a bare list; put the list under \"endpoints\": \
+             {{\"endpoints\": [{{\"name\": \"c1\", \"vid\": 100, \"mac\": \"02:42:c6:12:00:02\"}}]}}",
+            path.display()
+        );
+    }
     let file: EndpointsFile = serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: expected {{\"endpoints\": [{{\"name\": \"c1\", \"vid\": 100, \"mac\": \"02:42:c6:12:00:02\"}}]}}",
@@ -73,6 +84,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let nl = Netlink::new()?;
     let link = nl.require_link(&a.iface)?;
     if let Some(id) = link.xdp_prog_id {
+        refuse_if_xmacvlan_serves(&a, id)?;
         if !a.force {
             bail!(
                 "{} already has an XDP program attached (id {id}); detach it (`ip link set dev {} xdp off`) or pass --force to replace it",
@@ -84,11 +96,17 @@ pub fn run(a: RunArgs) -> Result<()> {
             .context("--force: detaching the existing XDP program")?;
         eprintln!("xmacvlan: replaced XDP program {id} on {}", a.iface);
     }
-    if endpoints.iter().any(|e| e.vid != 0) {
+    let mut _restore = None;
+    if endpoints.iter().any(|e| e.vid != 0)
+        && crate::nic::offload_can_strip_tags(link.kind.as_deref())
+    {
         match crate::nic::rx_vlan_offload(&a.iface) {
             Some(true) if a.fix_offloads => {
-                crate::nic::disable_rx_vlan_offload(&a.iface)?;
-                eprintln!("xmacvlan: turned rx VLAN offload off on {}", a.iface);
+                _restore = Some(fix_rx_vlan_offload(&a.iface)?);
+                eprintln!(
+                    "xmacvlan: turned rx VLAN offload off on {} (turned back on at exit)",
+                    a.iface
+                );
             }
             Some(true) => eprintln!(
                 "xmacvlan: warning: {} strips VLAN tags before XDP (rx-vlan-offload on): tagged endpoints will not match; \
@@ -119,12 +137,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
     eprintln!(
-        "xmacvlan: {} endpoints on {} ({queues} queues), demux {:?}, XDP {:?}, AF_XDP {:?}; Ctrl-C to stop",
-        endpoints.len(),
+        "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}; Ctrl-C to stop",
+        plural(endpoints.len(), "endpoint"),
         a.iface,
-        cfg.demux,
-        dp.attached,
-        dp.bound
+        plural(queues as usize, "queue"),
+        mode_name(cfg.demux),
+        mode_name(dp.attached),
+        mode_name(dp.bound)
     );
     let start = Instant::now();
     let mut last = (0u64, Instant::now());
@@ -157,9 +176,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let duration = start.elapsed().as_secs_f64();
     let report = Report {
         interface: a.iface.clone(),
-        demux: format!("{:?}", cfg.demux).to_lowercase(),
-        xdp_mode: format!("{attached:?}").to_lowercase(),
-        bind: format!("{bound:?}").to_lowercase(),
+        demux: mode_name(cfg.demux),
+        xdp_mode: mode_name(attached),
+        bind: mode_name(bound),
         duration_s: duration,
         endpoints: Report::endpoint_rows(&finished, duration),
         xdp: finished.xdp,
@@ -172,5 +191,62 @@ pub fn run(a: RunArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Turns rx VLAN offload back on when dropped (at exit, also on error).
+pub struct RestoreOffload(String);
+
+/// `--fix-offloads`: rx VLAN offload off now, back on when the guard is dropped.
+pub fn fix_rx_vlan_offload(iface: &str) -> Result<RestoreOffload> {
+    crate::nic::disable_rx_vlan_offload(iface)?;
+    Ok(RestoreOffload(iface.to_string()))
+}
+
+impl Drop for RestoreOffload {
+    fn drop(&mut self) {
+        match crate::nic::set_rx_vlan_offload(&self.0, true) {
+            Ok(()) => eprintln!("xmacvlan: rx VLAN offload on {} restored (on)", self.0),
+            Err(e) => eprintln!(
+                "xmacvlan: warning: could not restore rx VLAN offload on {}: {e:#}; run `ethtool -K {} rxvlan on`",
+                self.0, self.0
+            ),
+        }
+    }
+}
+
+/// xmacvlan's own classifier on the interface: a daemon (or another `xmacvlan run`) serves
+/// it. Neither `xdp off` (it is held by a BPF link) nor `--force` can take it over; say who
+/// holds it and what to do instead.
+fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
+    let ours = crate::xdp::program_name(prog_id).as_deref() == Some(crate::abi::PROGRAM_CLASSIFY);
+    if !ours {
+        return Ok(());
+    }
+    let socket = a
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
+    let iface = &a.iface;
+    if let Some(pid) = crate::daemon::alive::daemon_pid(&crate::daemon::run::pid_path(&socket)) {
+        bail!(
+            "{iface} is served by the xmacvlan daemon (pid {pid}, control socket {}): `xmacvlan \
+             run` cannot share an interface with it. Add endpoints to the daemon instead \
+             (`xmacvlan endpoint create --network NET --netns NS NAME`, see them with `xmacvlan \
+             stats`), or stop it first (`kill {pid}` or `systemctl stop xmacvlan`) and run again",
+            socket.display()
+        );
+    }
+    let holders = crate::daemon::alive::holders_of_bpf_program(prog_id);
+    if let Some(pid) = holders.first() {
+        bail!(
+            "{iface} carries xmacvlan's own classifier (XDP program id {prog_id}), held by \
+             another xmacvlan process (pid {pid}: a daemon on another --control-socket, or \
+             another `xmacvlan run`); neither `xdp off` nor --force can take it over: stop that \
+             process first (`kill {pid}`) and run again"
+        );
+    }
+    // Nobody holds it: a killed daemon's program attached through netlink; `xdp off` or
+    // --force (below) removes it.
     Ok(())
 }

@@ -148,14 +148,9 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            ErrorKind::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// No `source()`: the message already ends with the OS error, and a source would make
+/// `{:#}` chains print it twice.
+impl std::error::Error for ConfigError {}
 
 /// The known word closest to `word`, if it is close enough to be a likely typo.
 pub(crate) fn suggest(word: &str, known: &[&'static str]) -> Option<&'static str> {

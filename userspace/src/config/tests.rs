@@ -314,6 +314,8 @@ fn load_reads_files_and_load_or_default_tolerates_a_missing_one() {
     );
     let e = DaemonConfig::load(&missing).unwrap_err();
     assert!(e.to_string().contains("cannot read the file"), "{e}");
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

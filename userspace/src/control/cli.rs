@@ -318,6 +318,12 @@ fn tell_daemon(socket: &Path, request: &Request, endpoint: &str) {
         Ok(Notified::Answered(Answer::Attached {
             fast_path: false, ..
         })) => eprintln!("{endpoint}: the daemon runs in demux-mode kernel: no fast path"),
+        Ok(Notified::Answered(Answer::Attached { iface, .. })) => {
+            eprintln!("{endpoint}: the running daemon attached it to the fast path on {iface}")
+        }
+        Ok(Notified::Answered(Answer::Detached { attached: true })) => {
+            eprintln!("{endpoint}: the running daemon detached it from the fast path")
+        }
         Ok(Notified::Answered(_)) => {}
         Err(e) => eprintln!(
             "warning: {endpoint}: the daemon at {} did not take the change: {e:#}; the endpoint \

@@ -98,6 +98,15 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
                                 .join(", ")
                         )
                     })?;
+                if let Some(owner) = state
+                    .endpoints_of(&net.name)
+                    .find(|e| e.addresses.iter().any(|a| a.addr == ip))
+                {
+                    return Err(format!(
+                        "address {ip} is already in use on this network, by endpoint `{}`: pick another one or omit it to have one allocated",
+                        owner.name
+                    ));
+                }
                 ipam::check_requested(subnet, ip, &used)?;
                 (subnet, ip)
             }
@@ -337,7 +346,11 @@ mod tests {
                 .contains("outside every IPv4 subnet")
         );
         r.ip = Some(Ipv4Addr::new(198, 18, 0, 4));
-        assert!(plan(&r, &st).unwrap_err().contains("already in use"));
+        let taken = plan(&r, &st).unwrap_err();
+        assert!(
+            taken.contains("already in use on this network, by endpoint `a`"),
+            "{taken}"
+        );
         r.ip = Some(Ipv4Addr::new(198, 18, 0, 1));
         assert!(plan(&r, &st).unwrap_err().contains("gateway"));
         // Inside the subnet but outside the ip-range: allowed, as in Docker.

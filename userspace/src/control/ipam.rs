@@ -21,6 +21,9 @@ fn reserved(subnet: &Subnet, ip: IpAddr) -> Option<&'static str> {
     if ip == subnet.gateway {
         return Some("the gateway");
     }
+    if subnet.aux_addresses.get(super::network::SHIM_AUX) == Some(&ip) {
+        return Some("the host shim's address");
+    }
     if subnet.aux_addresses.values().any(|a| *a == ip) {
         return Some("an --aux-address");
     }
@@ -156,6 +159,11 @@ mod tests {
             &["198.18.0.9"],
         );
         let used = HashSet::from([ip("198.18.0.20")]);
+        let mut shim = s.clone();
+        shim.aux_addresses
+            .insert(super::super::network::SHIM_AUX.into(), ip("198.18.0.127"));
+        let e = check_requested(&shim, ip("198.18.0.127"), &used).unwrap_err();
+        assert!(e.contains("is the host shim's address"), "{e}");
         // Outside the ip-range but inside the subnet is allowed, as in Docker.
         assert!(check_requested(&s, ip("198.18.0.10"), &used).is_ok());
         let e = check_requested(&s, ip("198.18.1.10"), &used).unwrap_err();

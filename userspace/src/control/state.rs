@@ -94,18 +94,21 @@ pub struct Store {
 impl Store {
     /// Take the exclusive lock (waiting for other writers) and read the current state.
     pub fn lock(data_root: &Path) -> Result<(Store, State)> {
-        std::fs::create_dir_all(data_root).with_context(|| {
-            format!(
-                "creating the data root {} (choose another with --data-root)",
-                data_root.display()
-            )
-        })?;
+        std::fs::create_dir_all(data_root)
+            .map_err(|e| needs_root(e, data_root))
+            .with_context(|| {
+                format!(
+                    "creating the data root {} (choose another with --data-root)",
+                    data_root.display()
+                )
+            })?;
         let lock_path = data_root.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
+            .map_err(|e| needs_root(e, data_root))
             .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock()
             .with_context(|| format!("locking {}", lock_path.display()))?;
@@ -138,6 +141,20 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             e.context(format!("writing {}", path.display()))
         })
+    }
+}
+
+/// A permission error on the data root says what it takes, not only "Permission denied".
+fn needs_root(e: std::io::Error, data_root: &Path) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "{e}: changing networks and endpoints creates kernel devices and writes {}: run it \
+             as root (sudo xmacvlan ...) or with CAP_NET_ADMIN and write access to that \
+             directory (or choose another --data-root)",
+            data_root.display()
+        )
+    } else {
+        e.into()
     }
 }
 

@@ -1,11 +1,13 @@
 //! `xmacvlan daemon`: the long-running owner of the dataplane, driven over a control socket
 //! by the CLI (`endpoint create|rm` attach and detach live, `stats` reads from it).
+pub mod alive;
 pub mod metrics;
 pub mod protocol;
 pub mod run;
 pub mod server;
 pub mod socket;
 pub mod stats;
+pub mod watch;
 
 use std::path::Path;
 

@@ -48,6 +48,9 @@ pub enum Answer {
         demux: String,
         uptime_s: f64,
         interfaces: Vec<Snapshot>,
+        /// Endpoints the daemon detached on its own (their namespace went away).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        detached: Vec<super::watch::Gone>,
     },
     Histogram {
         hgrm: String,

@@ -45,7 +45,7 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
 }
 
 fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
-    let pid_file = PidFile::create(&pid_path(&cfg.control_socket))?;
+    let pid_file = PidFile::create(&pid_path(&cfg.control_socket), &cfg.control_socket)?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
@@ -62,6 +62,8 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         "daemon started: {served} of {} recorded endpoints on the fast path",
         state.endpoints.len()
     );
+    let mut watch = super::watch::Watch::default();
+    let started = Instant::now();
     let mut hangups_seen = crate::sys::hangups();
     let mut next_tick = Instant::now() + cfg.stats_interval;
     while !crate::sys::interrupted().load(Ordering::SeqCst) {
@@ -74,11 +76,13 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
             tracing::debug!(?request, "control request");
             daemon
                 .handle(request)
+                .map(|answer| watch.annotate(answer))
                 .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
         });
         daemon.log_kernel_events();
         if Instant::now() >= next_tick {
             next_tick += cfg.stats_interval;
+            watch.check(&mut daemon, &cfg.data_root, started.elapsed().as_secs());
             daemon.tick();
             if let Some(m) = &metrics {
                 m.publish(metrics::render(&daemon.snapshots(), &|ep| {
@@ -134,7 +138,7 @@ pub fn pid_path(control_socket: &Path) -> PathBuf {
 struct PidFile(PathBuf);
 
 impl PidFile {
-    fn create(path: &Path) -> Result<Self> {
+    fn create(path: &Path, socket: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -142,14 +146,7 @@ impl PidFile {
             && let Ok(pid) = text.trim().parse::<u32>()
             && pid != std::process::id()
         {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim_end() == "xmacvlan" {
-                bail!(
-                    "another xmacvlan daemon is running (pid {pid}, {}); stop it first \
-                     (`kill {pid}` or `systemctl stop xmacvlan`)",
-                    path.display()
-                );
-            }
+            super::alive::refuse_if_serving(pid, path, socket)?;
             tracing::warn!(pid, file = %path.display(), "replacing the pid file of a daemon that is gone (crashed or killed)");
         }
         std::fs::write(path, format!("{}\n", std::process::id()))

@@ -96,6 +96,7 @@ impl Daemon {
                     .values()
                     .map(|p| p.snapshot())
                     .collect::<Result<_>>()?,
+                detached: Vec::new(),
             }),
             Request::Histogram { endpoint, interval } => {
                 let histogram = if interval {

@@ -139,13 +139,29 @@ fn read_request(stream: &UnixStream) -> Result<String> {
 
 /// Send one request to the daemon at `path` and return its data, or its error as an error.
 pub fn request<Q: Serialize, A: DeserializeOwned>(path: &Path, request: &Q) -> Result<A> {
-    let stream = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to the xmacvlan daemon at {} (is `xmacvlan daemon` running?)",
-            path.display()
-        )
-    })?;
+    let stream = UnixStream::connect(path).map_err(|e| connect_error(&e, path))?;
     request_on(stream, request)
+}
+
+/// Why the daemon could not be reached, by cause: each needs a different fix.
+pub fn connect_error(e: &std::io::Error, path: &Path) -> anyhow::Error {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound, PermissionDenied};
+    let shown = path.display();
+    match e.kind() {
+        PermissionDenied => anyhow::anyhow!(
+            "the daemon's control socket {shown} is for root only (mode 0600): run this command \
+             as root (sudo xmacvlan ...)"
+        ),
+        NotFound => anyhow::anyhow!(
+            "no xmacvlan daemon is running ({shown} does not exist): start one with `xmacvlan \
+             daemon`, or pass the --control-socket it uses"
+        ),
+        ConnectionRefused => anyhow::anyhow!(
+            "no xmacvlan daemon answers on {shown} (a daemon that died left the socket): start \
+             one with `xmacvlan daemon`"
+        ),
+        _ => anyhow::anyhow!("connecting to the xmacvlan daemon at {shown}: {e}"),
+    }
 }
 
 /// [`request`] over a connected stream.
@@ -244,7 +260,8 @@ mod tests {
         };
         let refused = as_nobody();
         assert!(
-            format!("{refused:#}").contains("Permission denied (os error 13)"),
+            format!("{refused:#}")
+                .contains("is for root only (mode 0600): run this command as root"),
             "{refused:#}"
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -254,6 +271,25 @@ mod tests {
             "{refused:#}"
         );
         server.join().unwrap();
+    }
+
+    #[test]
+    fn an_absent_daemon_is_named_as_such() {
+        let path = temp_socket("absent");
+        let err = request::<_, String>(&path, &Q::Echo { text: "x".into() }).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no xmacvlan daemon is running"),
+            "{err:#}"
+        );
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        let err = request::<_, String>(&path, &Q::Echo { text: "x".into() }).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a daemon that died left the socket"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]

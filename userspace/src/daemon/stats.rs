@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use super::protocol::{Answer, Request};
 use super::socket::request;
 use crate::dataplane::Snapshot;
+use crate::telemetry::report::{mode_name, plural};
 
 #[derive(clap::Args, Debug)]
 pub struct StatsArgs {
@@ -46,9 +47,17 @@ pub fn main(socket: &Path, args: StatsArgs) -> Result<()> {
             demux,
             uptime_s,
             interfaces,
+            detached,
         } = &answer
         {
             write!(stdout, "{}", tables(demux, *uptime_s, interfaces))?;
+            for gone in detached {
+                writeln!(
+                    stdout,
+                    "\ndetached by the daemon {} s after start: {} on {}: {}",
+                    gone.at_uptime_s, gone.endpoint, gone.iface, gone.reason
+                )?;
+            }
         }
         return Ok(());
     }
@@ -158,7 +167,7 @@ impl Rates {
 
     fn line(&self) -> String {
         format!(
-            "{:<12} seen {:>12} pps | redirected {:>12} pps | passed to kernel {:>10} pps | delivered {:>12} pps {:>9.1} Mbit/s | dropped {:>8} pps | {} endpoints",
+            "{:<12} seen {:>12} pps | redirected {:>12} pps | passed to kernel {:>10} pps | delivered {:>12} pps {:>9.1} Mbit/s | dropped {:>8} pps | {}",
             self.interface,
             group(self.seen_pps),
             group(self.redirected_pps),
@@ -166,7 +175,7 @@ impl Rates {
             group(self.delivered_pps),
             self.delivered_bps / 1e6,
             group(self.dropped_pps),
-            self.endpoints
+            plural(self.endpoints, "endpoint")
         )
     }
 }
@@ -189,9 +198,9 @@ pub fn summary_line(s: &Snapshot) -> String {
     let frames: u64 = s.endpoints.iter().map(|e| e.frames).sum();
     let dropped: u64 = s.endpoints.iter().map(|e| e.dropped()).sum();
     format!(
-        "{}: {} endpoints, {frames} frames delivered, {dropped} dropped | XDP seen {} redirected {} passed {} malformed {}",
+        "{}: {}, {frames} frames delivered, {dropped} dropped | XDP seen {} redirected {} passed {} malformed {}",
         s.interface,
-        s.endpoints.len(),
+        plural(s.endpoints.len(), "endpoint"),
         s.xdp.seen,
         s.xdp.redirected,
         s.xdp.passed(),
@@ -214,8 +223,11 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         let x = &snap.xdp;
         let _ = writeln!(
             s,
-            "\n{} (demux {:?}, XDP {:?}, bind {:?})",
-            snap.interface, snap.demux, snap.xdp_mode, snap.bind
+            "\n{} (demux {}, XDP {}, bind {})",
+            snap.interface,
+            mode_name(snap.demux),
+            mode_name(snap.xdp_mode),
+            mode_name(snap.bind)
         );
         let _ = writeln!(
             s,

@@ -330,17 +330,33 @@ pub fn check_bpffs(proc_mounts: &str) -> Finding {
 }
 
 /// The daemon's configuration file: valid, absent (defaults), or refused with the reason.
+/// `daemon`: the pid of the running daemon `path` was taken from (its `--config`, or the
+/// default file it reads).
 pub fn check_config(
     path: &std::path::Path,
     exists: bool,
     loaded: &Result<crate::config::DaemonConfig, crate::config::ConfigError>,
+    daemon: Option<u32>,
 ) -> Finding {
     let shown = path.display();
+    let whose = match daemon {
+        Some(pid) => format!("the running daemon (pid {pid}) reads it"),
+        None => "no daemon is running".to_string(),
+    };
     match loaded {
-        Ok(_) if exists => ok("config", format!("{shown} is valid")),
+        Ok(_) if exists => ok("config", format!("{shown} is valid ({whose})")),
         Ok(_) => ok(
             "config",
-            format!("no {shown}: the daemon runs with the defaults"),
+            match daemon {
+                Some(pid) => format!(
+                    "no {shown}: the running daemon (pid {pid}) runs with the defaults and its \
+                     command-line flags"
+                ),
+                None => format!(
+                    "no {shown}: a daemon started without --config runs with the defaults \
+                     (no daemon is running)"
+                ),
+            },
         ),
         Err(e) => problem(
             "config",
@@ -468,15 +484,56 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
         )
     });
     out.extend(check_driver(name, link));
-    out.push(check_rx_vlan_offload(name, &link.ethtool_features));
-    out.push(check_promiscuous(name, link.promiscuous));
-    out.push(check_xdp_program(
-        name,
-        link.xdp_prog_id,
-        link.xdp_prog_name.as_deref(),
-        daemon_running,
-    ));
+    let kind = link.kind.as_deref().or(link.driver.as_deref());
+    out.push(if crate::nic::offload_can_strip_tags(kind) {
+        check_rx_vlan_offload(name, &link.ethtool_features)
+    } else {
+        ok(
+            "rx-vlan-offload",
+            format!(
+                "{name} is a veth: it has no hardware that strips tags, so a VLAN tag in the \
+                 frame reaches XDP whatever rx-vlan-offload says"
+            ),
+        )
+    });
+    out.push(if kind == Some("veth") {
+        ok(
+            "promiscuous",
+            format!("{name} is a veth: it has no MAC filter, frames for every MAC reach XDP"),
+        )
+    } else {
+        check_promiscuous(name, link.promiscuous)
+    });
+    out.push(match (link.xdp_prog_id, link.xdp_prog_holders.first()) {
+        (Some(id), Some(pid)) if !daemon_running => held_by_xmacvlan(name, id, *pid),
+        _ => check_xdp_program(
+            name,
+            link.xdp_prog_id,
+            link.xdp_prog_name.as_deref(),
+            daemon_running,
+        ),
+    });
     tag(out, name)
+}
+
+/// xmacvlan's classifier held by a live xmacvlan process that is not the daemon this doctor
+/// looked for (another `xmacvlan run`, a daemon on another socket): `xdp off` cannot remove
+/// a program held by a BPF link, stopping that process does.
+fn held_by_xmacvlan(name: &str, id: u32, pid: u32) -> Finding {
+    problem(
+        "xdp-program",
+        Severity::Warn,
+        format!(
+            "xmacvlan's classifier (id {id}) on {name} is held by xmacvlan process {pid}, not by \
+             the daemon this doctor checked"
+        ),
+        "another `xmacvlan run`, or a daemon on another control socket, serves this interface; \
+         a new daemon or run cannot attach to it while that process lives",
+        Some(format!(
+            "see it: ps -o pid,args -p {pid}; stop it: kill {pid} (or check that daemon: \
+             xmacvlan --control-socket PATH doctor)"
+        )),
+    )
 }
 
 fn tag(mut findings: Vec<Finding>, name: &str) -> Vec<Finding> {
@@ -513,8 +570,9 @@ pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
             "generic XDP runs after the kernel has built a socket buffer, which costs most of \
              what the fast path saves",
             Some(
-                "set \"xdp-mode\": \"auto\" (or \"generic\") in /etc/xmacvlan/daemon.json; \
-                 for speed use a NIC whose driver has native XDP (i40e, ice, mlx5_core, ...)"
+                "nothing to set: with xdp-mode auto (the default) xmacvlan falls back to generic \
+                 mode on its own; for speed use a NIC whose driver has native XDP (i40e, ice, \
+                 mlx5_core, ...)"
                     .into(),
             ),
         )
@@ -532,8 +590,9 @@ pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
             "in copy mode the kernel copies every frame into the UMEM, roughly ten times the \
              cost of zero-copy",
             Some(
-                "set \"bind-mode\": \"auto\" (or \"copy\") in /etc/xmacvlan/daemon.json; for \
-                 zero-copy use a NIC such as i40e, ice, mlx5_core, ixgbe or igc"
+                "nothing to set: with bind-mode auto (the default) xmacvlan uses copy mode here \
+                 on its own (bind-mode zerocopy would refuse to start); for zero-copy use a NIC \
+                 whose driver has it: i40e, ice, mlx5_core, ixgbe or igc"
                     .into(),
             ),
         )

@@ -69,6 +69,8 @@ pub struct LinkFacts {
     pub xdp_prog_id: Option<u32>,
     /// Name of the attached program, when it could be looked up (needs CAP_BPF).
     pub xdp_prog_name: Option<String>,
+    /// Live xmacvlan processes (not this one) holding that program open.
+    pub xdp_prog_holders: Vec<u32>,
     pub driver: Option<String>,
     /// `ethtool -k IF` output, or why it is missing.
     pub ethtool_features: Result<String, String>,
@@ -237,6 +239,10 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
             promiscuous: link.promiscuous,
             rx_queues,
             xdp_prog_name: link.xdp_prog_id.and_then(crate::xdp::program_name),
+            xdp_prog_holders: link
+                .xdp_prog_id
+                .map(crate::daemon::alive::holders_of_bpf_program)
+                .unwrap_or_default(),
             xdp_prog_id: link.xdp_prog_id,
             ethtool_features: features,
         }),

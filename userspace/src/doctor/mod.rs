@@ -70,16 +70,13 @@ impl Severity {
 pub struct Finding {
     /// Short id of the check: `privileges`, `af-xdp`, `promiscuous`, ...
     pub check: &'static str,
-    /// The interface a per-interface finding is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The interface a per-interface finding is about (null for system findings).
     pub subject: Option<String>,
     pub severity: Severity,
     pub what: String,
-    /// Why it matters (for warnings and errors).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why it matters (for warnings and errors; null otherwise).
     pub why: Option<String>,
-    /// The command or setting that fixes it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The command or setting that fixes it (null when there is nothing to run).
     pub fix: Option<String>,
 }
 
@@ -180,8 +177,20 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
         .clone()
         .unwrap_or_else(|| crate::daemon::run::pid_path(&socket));
     let daemon = daemon_facts(&pid_file, &socket);
+    // A running daemon's configuration is the one that matters: the file on its command line.
+    let running = daemon
+        .pid
+        .filter(|_| daemon.daemon_running() && args.config.is_none())
+        .and_then(|pid| u32::try_from(pid).ok());
+    let (config_path, exists, config) = match running.and_then(crate::daemon::alive::config_flag) {
+        Some(path) => {
+            let loaded = crate::config::DaemonConfig::load(&path);
+            (path.clone(), path.exists(), loaded)
+        }
+        None => (config_path, exists, config),
+    };
     let mut findings = check_system(&system);
-    findings.push(checks::check_config(&config_path, exists, &config));
+    findings.push(checks::check_config(&config_path, exists, &config, running));
     findings.extend(check_daemon_state(&daemon));
     if !args.ifaces.is_empty() {
         let nl = crate::netlink::Netlink::new()?;

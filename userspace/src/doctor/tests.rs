@@ -263,6 +263,7 @@ fn link(driver: &str) -> LinkFacts {
         rx_queues: 1,
         xdp_prog_id: None,
         xdp_prog_name: None,
+        xdp_prog_holders: Vec::new(),
         driver: Some(driver.into()),
         ethtool_features: Ok(VETH_ETHTOOL_K.into()),
     }
@@ -284,6 +285,25 @@ fn veth_interface_findings() {
     assert_eq!(by_check(&f, "native-xdp").severity, Severity::Ok);
     assert_eq!(by_check(&f, "zero-copy").severity, Severity::Warn);
     assert_eq!(by_check(&f, "xdp-program").severity, Severity::Ok);
+    // veth has no MAC filter and strips no tags: nothing to fix there.
+    assert_eq!(by_check(&f, "promiscuous").severity, Severity::Ok);
+    let vlan = by_check(&f, "rx-vlan-offload");
+    assert_eq!(vlan.severity, Severity::Ok);
+    assert!(vlan.what.contains("reaches XDP"), "{}", vlan.what);
+    // The zero-copy fix is not a setting that is already the default.
+    let zc = by_check(&f, "zero-copy");
+    assert!(
+        zc.fix.as_deref().unwrap().starts_with("nothing to set"),
+        "{zc:?}"
+    );
+    assert_eq!(Report { findings: f }.exit_code(false), 0);
+}
+
+#[test]
+fn a_real_nic_is_checked_for_filtering_and_tag_stripping() {
+    let mut nic = link("ice");
+    nic.kind = None;
+    let f = check_interface(&iface(nic), false);
     let promisc = by_check(&f, "promiscuous");
     assert_eq!(promisc.severity, Severity::Warn);
     assert!(
@@ -296,7 +316,6 @@ fn veth_interface_findings() {
     let vlan = by_check(&f, "rx-vlan-offload");
     assert_eq!(vlan.severity, Severity::Warn);
     assert_eq!(vlan.fix.as_deref(), Some("ethtool -K v0 rxvlan off"));
-    assert_eq!(Report { findings: f }.exit_code(false), 0);
 }
 
 #[test]
@@ -350,6 +369,25 @@ fn vlan_offload_off_fixed_and_unreadable() {
 }
 
 #[test]
+fn a_classifier_held_by_another_xmacvlan_is_named() {
+    let mut held = link("veth");
+    held.xdp_prog_id = Some(12);
+    held.xdp_prog_name = Some("xmv_classify".into());
+    held.xdp_prog_holders = vec![4321];
+    let f = check_interface(&iface(held.clone()), false);
+    let prog = by_check(&f, "xdp-program");
+    assert!(
+        prog.what.contains("held by xmacvlan process 4321"),
+        "{}",
+        prog.what
+    );
+    assert!(prog.fix.as_deref().unwrap().contains("kill 4321"));
+    // The daemon it looked for holds it: all is well.
+    let f = check_interface(&iface(held), true);
+    assert_eq!(by_check(&f, "xdp-program").severity, Severity::Ok);
+}
+
+#[test]
 fn xdp_programs_ours_or_foreign() {
     assert_eq!(
         check_xdp_program("v0", None, None, false).severity,
@@ -371,15 +409,30 @@ fn xdp_programs_ours_or_foreign() {
 fn config_file_findings() {
     use crate::config::DaemonConfig;
     let path = std::path::Path::new("/etc/xmacvlan/daemon.json");
-    let absent = check_config(path, false, &Ok(DaemonConfig::default()));
+    let absent = check_config(path, false, &Ok(DaemonConfig::default()), None);
     assert_eq!(absent.severity, Severity::Ok);
     assert!(absent.what.contains("defaults"), "{}", absent.what);
+    assert!(
+        absent.what.contains("no daemon is running"),
+        "{}",
+        absent.what
+    );
+    let served = check_config(path, false, &Ok(DaemonConfig::default()), Some(42));
+    assert!(
+        served
+            .what
+            .contains("the running daemon (pid 42) runs with the defaults")
+    );
     assert_eq!(
-        check_config(path, true, &Ok(DaemonConfig::default())).what,
-        "/etc/xmacvlan/daemon.json is valid"
+        check_config(path, true, &Ok(DaemonConfig::default()), None).what,
+        "/etc/xmacvlan/daemon.json is valid (no daemon is running)"
+    );
+    assert_eq!(
+        check_config(path, true, &Ok(DaemonConfig::default()), Some(42)).what,
+        "/etc/xmacvlan/daemon.json is valid (the running daemon (pid 42) reads it)"
     );
     let bad = DaemonConfig::from_json_str(r#"{"log-level": "loud"}"#, "/etc/xmacvlan/daemon.json");
-    let f = check_config(path, true, &bad);
+    let f = check_config(path, true, &bad, None);
     assert_eq!(f.severity, Severity::Error);
     assert_eq!(
         f.what,
@@ -399,7 +452,9 @@ fn ethtool_driver_line() {
 #[test]
 fn report_text_json_and_exit_codes() {
     let mut findings = check_system(&system());
-    findings.extend(check_interface(&iface(link("veth")), false));
+    let mut nic = link("ice");
+    nic.kind = None;
+    findings.extend(check_interface(&iface(nic), false));
     let report = Report { findings };
     assert_eq!(report.exit_code(false), 0);
     assert_eq!(report.exit_code(true), 1, "--strict counts warnings");
@@ -412,11 +467,11 @@ fn report_text_json_and_exit_codes() {
     );
     assert!(text.contains("fix: ip link set v0 promisc on"), "{text}");
     assert!(
-        text.trim_end().ends_with("0 errors, 3 warnings, 11 ok"),
+        text.trim_end().ends_with("0 errors, 2 warnings, 12 ok"),
         "{text}"
     );
     let json = report.to_json();
-    assert_eq!(json["warnings"], 3);
+    assert_eq!(json["warnings"], 2);
     assert_eq!(json["errors"], 0);
     let promisc = json["findings"]
         .as_array()
@@ -426,8 +481,18 @@ fn report_text_json_and_exit_codes() {
         .unwrap();
     assert_eq!(promisc["severity"], "warn");
     assert_eq!(promisc["subject"], "v0");
+    // Every finding has every key docs/operations.md lists; null where there is nothing.
+    for f in json["findings"].as_array().unwrap() {
+        for key in ["check", "subject", "severity", "what", "why", "fix"] {
+            assert!(f.get(key).is_some(), "{key} missing in {f}");
+        }
+    }
     assert!(
-        json["findings"][0].get("why").is_none(),
+        json["findings"][0]["why"].is_null(),
         "ok findings have no why"
+    );
+    assert!(
+        json["findings"][0]["subject"].is_null(),
+        "system findings have no subject"
     );
 }

@@ -7,6 +7,17 @@ use serde::Serialize;
 use crate::abi::{Counters, MacDisplay};
 use crate::dataplane::{EndpointResult, Finished, QueueSnapshot, SocketStats};
 
+/// `1 endpoint`, `2 endpoints`: a count with its noun, for every message that counts.
+pub fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A mode's name as the command line and the JSON spell it (`xdp`, `native`, `copy`):
+/// lowercase, one spelling everywhere.
+pub fn mode_name(mode: impl std::fmt::Debug) -> String {
+    format!("{mode:?}").to_lowercase()
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Percentiles {
     pub p50: u64,
@@ -41,9 +52,12 @@ pub struct EndpointRow {
     pub mpps: f64,
     pub dropped: u64,
     pub misdelivered: u64,
+    /// Frames without xmacvlan's timestamp payload: counted, not timed.
+    pub untimed: u64,
     /// Frames the generator sent to this endpoint, when known (the lab).
     pub expected: Option<u64>,
-    pub latency_ns: Percentiles,
+    /// Latency of the timed frames; `null` when none was timed (not a latency of 0).
+    pub latency_ns: Option<Percentiles>,
     pub socket: SocketStats,
 }
 
@@ -92,8 +106,9 @@ impl Report {
                 },
                 dropped: e.dropped,
                 misdelivered: e.misdelivered,
+                untimed: e.untimed,
                 expected: None,
-                latency_ns: Percentiles::of(&e.latency),
+                latency_ns: (!e.latency.is_empty()).then(|| Percentiles::of(&e.latency)),
                 socket: e.socket_stats,
             })
             .collect()
@@ -109,7 +124,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "ENDPOINT",
             "VLAN",
             "MAC",
@@ -118,6 +133,7 @@ impl Report {
             "MPPS",
             "DROPS",
             "MISDLV",
+            "UNTIMED",
             "P50(us)",
             "P90",
             "P99",
@@ -125,10 +141,16 @@ impl Report {
             "MAX"
         );
         for e in &self.endpoints {
-            let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+            // No timed frame: `-`, so an untimed endpoint never reads as 0 µs.
+            let us = |pick: fn(&Percentiles) -> u64| {
+                e.latency_ns.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |p| format!("{:.1}", pick(p) as f64 / 1000.0),
+                )
+            };
             let _ = writeln!(
                 out,
-                "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7.3} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+                "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7.3} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
                 e.name,
                 if e.vid == 0 {
                     "-".to_string()
@@ -143,11 +165,12 @@ impl Report {
                 e.mpps,
                 e.dropped,
                 e.misdelivered,
-                us(e.latency_ns.p50),
-                us(e.latency_ns.p90),
-                us(e.latency_ns.p99),
-                us(e.latency_ns.p999),
-                us(e.latency_ns.max),
+                e.untimed,
+                us(|p| p.p50),
+                us(|p| p.p90),
+                us(|p| p.p99),
+                us(|p| p.p999),
+                us(|p| p.max),
             );
         }
         let x = &self.xdp;
@@ -194,5 +217,74 @@ impl Report {
             let _ = writeln!(out, "note: {note}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, untimed: u64, latency_ns: Option<Percentiles>) -> EndpointRow {
+        EndpointRow {
+            name: name.into(),
+            vid: 0,
+            mac: "02:00:00:00:00:01".into(),
+            frames: 10,
+            bytes: 640,
+            mpps: 0.0,
+            dropped: 0,
+            misdelivered: 0,
+            untimed,
+            expected: None,
+            latency_ns,
+            socket: SocketStats::default(),
+        }
+    }
+
+    #[test]
+    fn counts_and_modes_read_as_words() {
+        assert_eq!(plural(1, "queue"), "1 queue");
+        assert_eq!(plural(0, "endpoint"), "0 endpoints");
+        assert_eq!(plural(2, "endpoint"), "2 endpoints");
+        assert_eq!(mode_name(crate::dataplane::DemuxMode::Xdp), "xdp");
+        assert_eq!(mode_name(crate::xsk::Bound::Zerocopy), "zerocopy");
+    }
+
+    #[test]
+    fn untimed_endpoints_show_no_latency() {
+        let timed = Percentiles {
+            p50: 1500,
+            p90: 2000,
+            p99: 3000,
+            p999: 4000,
+            max: 5000,
+        };
+        let report = Report {
+            interface: "nic0".into(),
+            demux: "xdp".into(),
+            xdp_mode: "native".into(),
+            bind: "copy".into(),
+            duration_s: 1.0,
+            endpoints: vec![row("timed", 0, Some(timed)), row("ping", 10, None)],
+            xdp: Counters::default(),
+            queues: Vec::new(),
+            sent: None,
+            notes: Vec::new(),
+        };
+        let text = report.to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("UNTIMED"), "{text}");
+        let timed_cols: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(&timed_cols[8..], ["0", "1.5", "2.0", "3.0", "4.0", "5.0"]);
+        let untimed_cols: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            &untimed_cols[8..],
+            ["10", "-", "-", "-", "-", "-"],
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["endpoints"][1]["latency_ns"], serde_json::Value::Null);
+        assert_eq!(json["endpoints"][1]["untimed"], 10);
+        assert_eq!(json["endpoints"][0]["latency_ns"]["p99"], 3000);
     }
 }

@@ -1,0 +1,352 @@
+//! The README's walkthroughs, run as a newcomer would type them, so the README cannot drift
+//! from the program.
+//!
+//! Every ```sh block preceded by a `<!-- walkthrough: NAME -->` line is a walkthrough: its
+//! commands run in order in one bash, inside a network namespace of its own (so `xmv0`, the
+//! host shim and the metrics port are the lab's), with a private data root and control
+//! socket (through `XMACVLAN_DATA_ROOT` / `XMACVLAN_CONTROL_SOCKET`), private files, and the
+//! global names (the namespaces `web1`, `web2`, `wire`) made unique by a substitution
+//! table. Every command must succeed. `# ` comment lines right after a command are its
+//! output as the README shows it: the real output must have the same lines, word for word,
+//! numbers and ids aside (those vary from run to run; see [`shape`]). To add a walkthrough,
+//! mark its block; a name the walkthrough creates outside its namespace needs a
+//! substitution in [`Lab::substitutions`].
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use xmacvlan::netns::NetnsGuard;
+use xmacvlan_tests::{require_root, xmacvlan_bin};
+
+const MARK: &str = "<!-- walkthrough: ";
+
+/// A command of a walkthrough and the output the README shows for it.
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    command: String,
+    expected: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Walkthrough {
+    name: String,
+    steps: Vec<Step>,
+}
+
+/// The marked blocks of `readme`, in order.
+fn walkthroughs(readme: &str) -> Vec<Walkthrough> {
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(name) = lines[i]
+            .strip_prefix(MARK)
+            .and_then(|rest| rest.strip_suffix(" -->"))
+        else {
+            i += 1;
+            continue;
+        };
+        assert_eq!(
+            lines.get(i + 1).copied(),
+            Some("```sh"),
+            "the `{name}` mark must sit right above a ```sh block"
+        );
+        let body: Vec<&str> = lines[i + 2..]
+            .iter()
+            .take_while(|l| **l != "```")
+            .copied()
+            .collect();
+        i += 2 + body.len();
+        out.push(Walkthrough {
+            name: name.to_string(),
+            steps: steps(&body),
+        });
+    }
+    out
+}
+
+/// Commands (with their `\` continuation lines) and the comment lines right after each.
+fn steps(body: &[&str]) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    // Whether the previous line was a command or its output (so a comment is output).
+    let mut after_command = false;
+    let mut continued = false;
+    for line in body {
+        if continued {
+            let step = steps.last_mut().expect("a continued command");
+            step.command.push('\n');
+            step.command.push_str(line);
+            continued = line.ends_with('\\');
+            continue;
+        }
+        if line.trim().is_empty() {
+            after_command = false;
+        } else if let Some(comment) = line.strip_prefix('#') {
+            if after_command {
+                let text = comment.strip_prefix(' ').unwrap_or(comment);
+                steps.last_mut().unwrap().expected.push(text.to_string());
+            }
+        } else {
+            steps.push(Step {
+                command: line.to_string(),
+                expected: Vec::new(),
+            });
+            after_command = true;
+            continued = line.ends_with('\\');
+        }
+    }
+    steps
+}
+
+/// A line's shape: its words, with every number (digits, `.` and `,` inside) as `0` and
+/// every long hex id as `<id>`. Names, labels, units and punctuation must match exactly.
+fn shape(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .map(|word| {
+            if word.len() >= 12 && word.chars().all(|c| c.is_ascii_hexdigit()) {
+                return "<id>".to_string();
+            }
+            let mut out = String::new();
+            let mut in_number = false;
+            for c in word.chars() {
+                if c.is_ascii_digit() || (in_number && (c == '.' || c == ',')) {
+                    if !in_number {
+                        out.push('0');
+                    }
+                    in_number = true;
+                } else {
+                    in_number = false;
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// One walkthrough's world: a namespace, a directory, unique global names.
+struct Lab {
+    ns: NetnsGuard,
+    dir: PathBuf,
+    prefix: String,
+}
+
+impl Lab {
+    fn new(name: &str) -> Lab {
+        let prefix = format!("xwt{}{name}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab {
+            ns: NetnsGuard::create(&prefix).unwrap(),
+            dir,
+            prefix,
+        }
+    }
+
+    /// What the README says, and what this lab uses instead.
+    fn substitutions(&self) -> Vec<(String, String)> {
+        let dir = self.dir.display();
+        let p = &self.prefix;
+        vec![
+            (
+                "/run/xmacvlan/xmacvlan.pid".into(),
+                format!("{dir}/xmacvlan.pid"),
+            ),
+            ("/tmp/daemon.json".into(), format!("{dir}/daemon.json")),
+            ("/tmp/daemon.log".into(), format!("{dir}/daemon.log")),
+            ("web1".into(), format!("{p}-web1")),
+            ("web2".into(), format!("{p}-web2")),
+            ("wire".into(), format!("{p}-wire")),
+        ]
+    }
+
+    fn substitute(&self, text: &str) -> String {
+        self.substitutions()
+            .iter()
+            .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // A daemon the walkthrough left running (it failed half-way), then the namespaces.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("xmacvlan.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        for name in ["web1", "web2", "wire"] {
+            let _ = xmacvlan::netns::Netns::open(&format!("{}-{name}", self.prefix))
+                .and_then(|ns| ns.delete());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One bash inside the lab's network namespace (`nsenter --net`: the mount namespace stays
+/// the host's, so namespaces it makes are visible everywhere), fed one command at a time.
+struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    stderr: PathBuf,
+}
+
+const DONE: &str = "__walkthrough_done__";
+
+impl Shell {
+    fn start(lab: &Lab) -> Shell {
+        let bin_dir = xmacvlan_bin().parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let stderr = lab.dir.join("shell.stderr");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", lab.ns.path().display()))
+            .args(["--", "bash", "--noprofile", "--norc"])
+            .current_dir(&lab.dir)
+            .env("PATH", path)
+            .env("XMACVLAN_DATA_ROOT", lab.dir.join("data"))
+            .env("XMACVLAN_CONTROL_SOCKET", lab.dir.join("xmacvlan.sock"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("nsenter and bash (util-linux, bash)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Shell {
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Run `command`; its stdout lines and exit status.
+    fn run(&mut self, command: &str) -> (Vec<String>, i32) {
+        writeln!(self.stdin, "{command}\nprintf '\\n{DONE} %s\\n' \"$?\"").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("`{command}` did not finish within 60 s"));
+            if let Some(status) = line.strip_prefix(DONE) {
+                if out.last().is_some_and(|l: &String| l.is_empty()) {
+                    out.pop();
+                }
+                return (out, status.trim().parse().unwrap());
+            }
+            out.push(line);
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_walkthrough(w: &Walkthrough) {
+    let lab = Lab::new(&w.name);
+    let mut shell = Shell::start(&lab);
+    for step in &w.steps {
+        let command = lab.substitute(&step.command);
+        let (out, status) = shell.run(&command);
+        assert_eq!(
+            status,
+            0,
+            "walkthrough `{}`: `{command}` failed; stdout:\n{}\nstderr:\n{}",
+            w.name,
+            out.join("\n"),
+            shell.stderr()
+        );
+        if step.expected.is_empty() {
+            continue;
+        }
+        let expected: Vec<String> = step.expected.iter().map(|l| lab.substitute(l)).collect();
+        let shapes = |lines: &[String]| lines.iter().map(|l| shape(l)).collect::<Vec<_>>();
+        // Refreshing the README's samples: print every output instead of stopping at the
+        // first difference.
+        if std::env::var_os("XMACVLAN_WALKTHROUGH_SHOW").is_some() {
+            if shapes(&out) != shapes(&expected) {
+                eprintln!("--- {command}\n{}", out.join("\n"));
+            }
+            continue;
+        }
+        assert_eq!(
+            shapes(&out),
+            shapes(&expected),
+            "walkthrough `{}`: `{command}` printed\n{}\nbut the README shows\n{}",
+            w.name,
+            out.join("\n"),
+            expected.join("\n")
+        );
+    }
+}
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_readme_walkthroughs_run_as_shown() {
+    require_root();
+    let all = walkthroughs(&readme());
+    let names: Vec<&str> = all.iter().map(|w| w.name.as_str()).collect();
+    for required in ["control", "daemon"] {
+        assert!(
+            names.contains(&required),
+            "no `{required}` walkthrough in {names:?}"
+        );
+    }
+    for w in &all {
+        run_walkthrough(w);
+    }
+}
+
+#[test]
+fn parses_commands_outputs_and_shapes() {
+    let text = "x\n<!-- walkthrough: t -->\n```sh\n# a description\nls \\\n  -l\n# out 1\n#\n\n# desc\necho hi   # note\n```\n";
+    let w = walkthroughs(text);
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].name, "t");
+    assert_eq!(
+        w[0].steps,
+        [
+            Step {
+                command: "ls \\\n  -l".into(),
+                expected: vec!["out 1".into(), "".into()],
+            },
+            Step {
+                command: "echo hi   # note".into(),
+                expected: vec![],
+            },
+        ]
+    );
+    assert_eq!(
+        shape("web1  02:42:c6:12:00:80   198.18.0.128/24 1,000 cb8e82d6c34e"),
+        ["web0", "0:0:c0:0:0:0", "0/0", "0", "<id>"]
+    );
+}
