@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 pub mod accounting;
 pub mod bare_lab;
+pub mod capture;
 pub mod exact;
+pub mod mem_port;
 pub mod resources;
 pub mod rng;
 use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};

@@ -310,6 +310,9 @@ mod tests {
             untimed: 0,
             dropped_ring_full: 2,
             socket: Default::default(),
+            claim: Default::default(),
+            dropped_not_connected: 0,
+            port: None,
         });
         let mut h = crate::dataplane::latency_histogram();
         h.record(1500).unwrap();
