@@ -55,6 +55,9 @@ pub struct ConfigFlags {
     /// daemon command when given explicitly (like `data-root`).
     #[arg(skip)]
     pub control_socket: Option<PathBuf>,
+    /// Directory of the endpoints' memif sockets (absolute path).
+    #[arg(long = "port-dir", value_name = "DIR")]
+    pub port_dir: Option<PathBuf>,
 }
 
 /// A parsed `--cores` (a newtype: clap would read `Option<Vec<_>>` as a repeated flag).
@@ -111,6 +114,7 @@ impl ConfigFlags {
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),
+            port_dir: self.port_dir.clone(),
         })
     }
 

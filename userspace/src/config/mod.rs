@@ -32,6 +32,8 @@ pub use reload::{Change, ReloadPlan, diff_for_reload};
 pub const DEFAULT_PATH: &str = "/etc/xmacvlan/daemon.json";
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
+/// Where the endpoints' memif sockets live (`<port-dir>/<endpoint>.sock`).
+pub const DEFAULT_PORT_DIR: &str = crate::memif::DEFAULT_PORT_DIR;
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.
@@ -55,6 +57,7 @@ pub const KEYS: &[&str] = &[
     "stats-interval",
     "metrics-addr",
     "control-socket",
+    "port-dir",
 ];
 
 /// Keys a SIGHUP applies to the running daemon; every other change needs a restart.
@@ -253,6 +256,8 @@ pub struct DaemonConfig {
     /// None = no metrics endpoint (the default).
     pub metrics_addr: Option<MetricsAddr>,
     pub control_socket: PathBuf,
+    /// The directory of the endpoints' memif sockets.
+    pub port_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -270,6 +275,7 @@ impl Default for DaemonConfig {
             stats_interval: Duration::from_secs(1),
             metrics_addr: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            port_dir: PathBuf::from(DEFAULT_PORT_DIR),
         }
     }
 }
@@ -347,6 +353,9 @@ impl DaemonConfig {
         if let Some(v) = &flags.control_socket {
             self.control_socket = v.clone();
         }
+        if let Some(v) = &flags.port_dir {
+            self.port_dir = v.clone();
+        }
         self
     }
 
@@ -377,6 +386,7 @@ impl DaemonConfig {
             ),
             ("metrics-addr", metrics),
             ("control-socket", json!(self.control_socket)),
+            ("port-dir", json!(self.port_dir)),
         ]
     }
 
@@ -408,6 +418,7 @@ pub struct Overrides {
     /// `Some(None)` turns metrics off.
     pub metrics_addr: Option<Option<MetricsAddr>>,
     pub control_socket: Option<PathBuf>,
+    pub port_dir: Option<PathBuf>,
 }
 
 /// Bytes as `daemon.json` writes them: `10m`, `512k`, or plain bytes.

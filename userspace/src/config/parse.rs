@@ -91,6 +91,9 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     if let Some(v) = map.get("control-socket") {
         cfg.control_socket = p.absolute_path("control-socket", v)?;
     }
+    if let Some(v) = map.get("port-dir") {
+        cfg.port_dir = p.absolute_path("port-dir", v)?;
+    }
     Ok(cfg)
 }
 

@@ -239,6 +239,7 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
             }
         }
     }
+    render_ports(&mut page, interfaces);
     let name = "xmacvlan_endpoint_latency_seconds";
     page.family(
         name,
@@ -261,6 +262,93 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
         }
     }
     page.0
+}
+
+/// Per endpoint: its memif port's state, and the connected port's counters.
+fn render_ports(page: &mut Page, interfaces: &[Snapshot]) {
+    let name = "xmacvlan_port_connected";
+    page.family(
+        name,
+        "gauge",
+        "1 while a memif client is connected to the endpoint's port.",
+    );
+    for s in interfaces {
+        for e in &s.endpoints {
+            let client = e.port.as_ref().map(|p| p.client.as_str()).unwrap_or("");
+            let labels = format!("{},client=\"{}\"", endpoint_labels(s, e), escape(client));
+            page.sample(
+                name,
+                &labels,
+                u8::from(e.port.as_ref().is_some_and(|p| p.connected)),
+            );
+        }
+    }
+    let name = "xmacvlan_port_connected_since_seconds";
+    page.family(
+        name,
+        "gauge",
+        "When the connected client attached (Unix time).",
+    );
+    for s in interfaces {
+        for e in &s.endpoints {
+            if let Some(p) = &e.port {
+                page.sample(name, &endpoint_labels(s, e), p.connected_since);
+            }
+        }
+    }
+    type PortValues = fn(&crate::dataplane::PortSnapshot) -> Vec<(&'static str, u64)>;
+    let families: [(&str, &str, &str, PortValues); 3] = [
+        (
+            "xmacvlan_port_frames_total",
+            "Frames through the connected port, by direction (rx: to the client).",
+            "direction",
+            |p| vec![("rx", p.rx_frames), ("tx", p.tx_frames)],
+        ),
+        (
+            "xmacvlan_port_bytes_total",
+            "Bytes through the connected port, by direction.",
+            "direction",
+            |p| vec![("rx", p.rx_bytes), ("tx", p.tx_bytes)],
+        ),
+        (
+            "xmacvlan_port_dropped_total",
+            "Frames of the connected port dropped, by reason.",
+            "reason",
+            |p| {
+                vec![
+                    ("ring_full", p.drop_ring_full),
+                    ("not_connected", p.drop_not_connected),
+                    ("spoofed", p.drop_spoofed),
+                    ("too_big", p.drop_too_big),
+                    ("runt", p.drop_runt),
+                    ("tagged", p.drop_tagged),
+                    ("no_frame", p.drop_no_frame),
+                ]
+            },
+        ),
+    ];
+    for (name, help, label, values) in families {
+        page.family(name, "counter", help);
+        for s in interfaces {
+            for e in &s.endpoints {
+                let Some(p) = &e.port else { continue };
+                for (key, v) in values(p) {
+                    page.sample(
+                        name,
+                        &format!("{},{label}=\"{key}\"", endpoint_labels(s, e)),
+                        v,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A label value as the text format requires (backslash, quote and newline escaped).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 type QueueValues = fn(&QueueSnapshot) -> Vec<(&'static str, u64)>;

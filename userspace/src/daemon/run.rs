@@ -75,6 +75,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
                 .handle(request)
                 .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
         });
+        daemon.pump_ports();
         daemon.log_kernel_events();
         if Instant::now() >= next_tick {
             next_tick += cfg.stats_interval;

@@ -278,13 +278,93 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
                 e.misdelivered
             );
         }
+        port_table(&mut s, snap);
     }
     s
+}
+
+/// Each endpoint's memif port: who is connected since when, frames each way, drops by reason.
+fn port_table(s: &mut String, snap: &Snapshot) {
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<9} {:<20} {:>7} {:<21} {:>10} {:>12} {:>10} {:>12} {:>18} {:>26} {:>10}",
+        "PORT",
+        "STATE",
+        "CLIENT",
+        "PID",
+        "SINCE",
+        "RX-FRAMES",
+        "RX-BYTES",
+        "TX-FRAMES",
+        "TX-BYTES",
+        "RX-DROP FULL/GONE",
+        "TX-DROP SPOOF/BIG/RUNT/TAG",
+        "TX-NOFRAME"
+    );
+    for e in &snap.endpoints {
+        match &e.port {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<9} (frames go to the kernel device; {} arrived meanwhile)",
+                    e.name, "waiting", e.dropped_not_connected
+                );
+            }
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<9} {:<20} {:>7} {:<21} {:>10} {:>12} {:>10} {:>12} {:>18} {:>26} {:>10}",
+                    e.name,
+                    if p.connected { "connected" } else { "closing" },
+                    p.client,
+                    p.pid,
+                    utc(p.connected_since),
+                    p.rx_frames,
+                    p.rx_bytes,
+                    p.tx_frames,
+                    p.tx_bytes,
+                    format!("{}/{}", p.drop_ring_full, p.drop_not_connected),
+                    format!(
+                        "{}/{}/{}/{}",
+                        p.drop_spoofed, p.drop_too_big, p.drop_runt, p.drop_tagged
+                    ),
+                    p.drop_no_frame
+                );
+            }
+        }
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (days to civil date: Howard Hinnant's method).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_796_165_858), "2026-12-01 22:57:38");
+    }
 
     #[test]
     fn groups_digits() {

@@ -119,6 +119,12 @@ pub fn socket_path(dir: &Path, endpoint: &str) -> PathBuf {
 
 impl PortServer {
     pub fn start(cfg: PortServerConfig) -> Result<PortServer> {
+        if !cfg.dir.is_absolute() {
+            bail!(
+                "the port socket directory {} must be an absolute path",
+                cfg.dir.display()
+            );
+        }
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("creating the port socket directory {}", cfg.dir.display()))?;
         let (tx, rx) = channel();
