@@ -1,5 +1,6 @@
 //! `xmacvlan daemon` as an operator runs it: the real binary in a namespace with a veth
-//! parent, driven by the real CLI. Endpoints attach live, stats and `.hgrm` histograms match a
+//! parent, driven by the real CLI. Endpoints attach live, their frames go to their kernel
+//! devices until a memif client (`xmacvlan-sink`) connects, stats and `.hgrm` histograms match a
 //! known burst, SIGHUP changes the log level, SIGTERM leaves within a second and cleanly, and
 //! a `kill -9` under traffic is recovered by a restart with nothing leaked. Needs root and
 //! the `xmacvlan` binary (`cargo xtask test` builds it).
@@ -21,6 +22,7 @@ use xmacvlan::netns::NetnsGuard;
 use xmacvlan::telemetry::hgrm::parse_hgrm;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Sent, Stream};
 use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::app::App;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 /// One daemon at a time: the tests compare what daemons hold.
@@ -78,6 +80,7 @@ impl Lab {
             "xdp-mode": "native",
             "bind-mode": "copy",
             "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
+            "port-dir": self.dir.join("ports"),
         });
         std::fs::write(self.config(), config.to_string()).unwrap();
     }
@@ -137,6 +140,27 @@ impl Lab {
         };
         daemon.wait_for_log("daemon started", Duration::from_secs(10));
         daemon
+    }
+
+    /// Endpoint `c{i}`'s memif socket.
+    fn port_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("ports/c{i}.sock"))
+    }
+
+    /// `xmacvlan-sink` in `c{i}`'s namespace, once the daemon shows its port connected.
+    fn attach_sink(&self, daemon: &Daemon, i: usize) -> App {
+        let log = self.dir.join(format!(
+            "sink-c{i}-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let sink = App::sink(
+            self.endpoints[i].name(),
+            &self.port_socket(i),
+            &format!("sink-c{i}"),
+            &log,
+        );
+        daemon.wait_for_port(&format!("c{i}"), true);
+        sink
     }
 
     /// Send `count` frames to each of `endpoints` from the wire side of `v0`.
@@ -240,6 +264,33 @@ impl Daemon {
                 return stats;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until endpoint `name`'s port is (or is no longer) connected.
+    fn wait_for_port(&self, name: &str, connected: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self
+                .stats()
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .find(|e| e.name == name)
+                .is_some_and(|e| e.port.as_ref().is_some_and(|p| p.connected));
+            if now == connected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {name} not {} within 10 s; log:\n{}",
+                if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -389,7 +440,17 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["c0", "c1"]);
 
-    // A known burst: the JSON stats of the CLI count exactly it.
+    // No client yet: the classifier leaves their frames to the kernel devices.
+    const EARLY: u64 = 100;
+    lab.burst(&[c0.clone(), c1.clone()], EARLY);
+    let stats = daemon.stats();
+    assert_eq!(stats[0].xdp.pass_unclaimed, 2 * EARLY, "{:?}", stats[0].xdp);
+    assert_eq!(stats[0].xdp.redirected, 0);
+    assert_eq!(endpoint_frames(&stats, "c0"), 0);
+
+    // A known burst once each has a client: the JSON stats of the CLI count exactly it, and
+    // so do the clients.
+    let sinks = [lab.attach_sink(&daemon, 0), lab.attach_sink(&daemon, 1)];
     const BURST: u64 = 2000;
     let sent = lab.burst(&[c0.clone(), c1.clone()], BURST);
     assert_eq!(sent.per_stream, [BURST, BURST]);
@@ -404,7 +465,19 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
         assert_eq!(e["bytes"], BURST * 64, "{e}");
         assert_eq!(e["misdelivered"], 0, "{e}");
         assert_eq!(e["dropped_ring_full"], 0, "{e}");
+        let port = &e["port"];
+        assert_eq!(port["client"], format!("sink-c{i}"), "{e}");
+        assert_eq!(port["pid"], sinks[i].pid(), "{e}");
+        assert_eq!(port["connected"], true, "{e}");
+        assert_eq!(port["rx_frames"], BURST, "{e}");
+        assert_eq!(port["rx_bytes"], BURST * 64, "{e}");
+        assert_eq!(port["drop_ring_full"], 0, "{e}");
     }
+    let table = lab.cli("stats");
+    assert!(
+        table.contains("PORT") && table.contains("sink-c0") && table.contains("connected"),
+        "{table}"
+    );
 
     // The Prometheus page counts the same, once a stats interval has passed.
     std::thread::sleep(Duration::from_millis(500));
@@ -481,12 +554,39 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
         "{event}"
     );
 
-    // Removed while it runs: detached live, the other endpoint stays.
+    // Removed while it runs: detached live, its client told, the other endpoint stays.
+    let [sink0, mut sink1] = sinks;
     lab.cli("endpoint rm c1");
     let stats = daemon.stats();
     let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["c0"]);
     assert_eq!(endpoint_frames(&stats, "c0"), BURST);
+    let out: Value =
+        serde_json::from_str(sink1.wait_output(Duration::from_secs(10)).trim()).unwrap();
+    assert_eq!(out["frames"], BURST, "{out}");
+    assert!(
+        out["disconnected"]
+            .as_str()
+            .unwrap()
+            .contains("no longer served"),
+        "{out}"
+    );
+    assert!(
+        !lab.port_socket(1).exists(),
+        "the socket goes with the endpoint"
+    );
+    let out = sink0.stop_sink();
+    assert_eq!(
+        (out["frames"].as_u64(), out["misdelivered"].as_u64()),
+        (Some(BURST), Some(0)),
+        "{out}"
+    );
+    assert_eq!(
+        (out["timed"].as_u64(), out["tagged"].as_u64()),
+        (Some(BURST), Some(0)),
+        "{out}"
+    );
+    daemon.wait_for_port("c0", false);
 
     // SIGTERM: out within a second, XDP detached, socket and pid file gone, nothing left.
     let pid_file = lab.socket().with_extension("pid");
@@ -522,6 +622,7 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
     let first = lab.start_daemon();
     let fds_first = first.open_fds();
     let held_first = bpf_held_by(first.child.id());
+    let mut sink = lab.attach_sink(&first, 0);
     // Traffic runs while the daemon dies.
     std::thread::scope(|s| {
         let traffic = s.spawn(|| lab.burst(std::slice::from_ref(&c0), 20_000));
@@ -530,6 +631,11 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         traffic.join().unwrap();
     });
     drop(first);
+    // Its client sees the socket close and leaves by itself.
+    let out: Value =
+        serde_json::from_str(sink.wait_output(Duration::from_secs(10)).trim()).unwrap();
+    assert!(out["frames"].as_u64().unwrap() >= 1000, "{out}");
+    assert!(out["disconnected"].is_string(), "{out}");
     assert_eq!(
         still_loaded(&held_first),
         BpfIds::default(),
@@ -559,9 +665,11 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         "one classifier: {held_second:?}"
     );
     assert_eq!(held_second.maps.len(), held_first.maps.len());
+    let sink = lab.attach_sink(&second, 0);
     lab.burst(std::slice::from_ref(&c0), 1000);
     let stats = second.wait_for_frames(&[("c0", 1000)]);
     assert_eq!(endpoint_frames(&stats, "c0"), 1000);
+    assert_eq!(sink.stop_sink()["frames"], 1000);
 
     let (took, status) = second.terminate();
     assert!(

@@ -20,11 +20,17 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "/usr/sbin/ethtool"),
 ];
 
-/// What the integration tests use besides the build: ping for reachability checks, and the
-/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against.
+/// What the integration tests use besides the build: ping for reachability checks, the
+/// CNI reference plugins (`macvlan`, `host-local`) the control path is compared against, and
+/// DPDK's testpmd with its memif driver (a memif client the project did not write).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
+    ("dpdk-dev", "/usr/bin/dpdk-testpmd"),
+    (
+        "librte-net-memif23",
+        "/usr/lib/x86_64-linux-gnu/librte_net_memif.so.23",
+    ),
 ];
 
 pub fn missing() -> Vec<&'static str> {

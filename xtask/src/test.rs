@@ -27,10 +27,10 @@ pub fn run_all(args: &[String]) -> Result<()> {
             "the integration tests create network namespaces and attach XDP: run as root (`sudo -E cargo xtask test`)"
         );
     }
-    // The daemon and CLI tests run the real `xmacvlan` binary, which `cargo test` builds
-    // only for the package's own tests.
+    // The daemon and CLI tests run the real `xmacvlan` binaries (the CLI, xmacvlan-sink,
+    // xmacvlan-reflect), which `cargo test` builds only for the package's own tests.
     run(
-        cargo().args(["build", "-p", "xmacvlan", "--bin", "xmacvlan"]),
+        cargo().args(["build", "-p", "xmacvlan", "--bins"]),
         "cargo build -p xmacvlan",
     )?;
     // Host tests: unit tests and the namespace integration tests. Two threads: each test

@@ -224,6 +224,33 @@ impl Client {
         n as usize
     }
 
+    /// Send every received frame back after `edit` changed it in place (a reflector):
+    /// returns (received, sent). Frames the transmit ring has no room for are not sent.
+    pub fn forward(&mut self, mut edit: impl FnMut(&mut [u8])) -> (usize, usize) {
+        let tail = self.s2c.tail();
+        let n = tail.wrapping_sub(self.s2c_seen).min(self.s2c.size());
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut sent = 0;
+        for i in 0..n {
+            let slot = self.s2c_seen.wrapping_add(i);
+            let d = self.s2c.desc(slot);
+            let len = d.length.min(self.buffer_size) as usize;
+            if self.region.read(d.offset as u64, &mut scratch[..len]) {
+                edit(&mut scratch[..len]);
+                sent += usize::from(self.send(&scratch[..len]));
+            }
+            self.s2c.set_desc_length(slot, self.buffer_size);
+        }
+        self.scratch = scratch;
+        self.s2c_seen = self.s2c_seen.wrapping_add(n);
+        if n > 0 {
+            self.s2c
+                .set_head(self.s2c_seen.wrapping_add(self.s2c.size()));
+            self.flush();
+        }
+        (n as usize, sent)
+    }
+
     /// Queue one frame for the daemon; false if the ring is full or the frame does not fit a
     /// buffer. Frames leave at [`Self::flush`].
     pub fn send(&mut self, frame: &[u8]) -> bool {
