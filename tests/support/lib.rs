@@ -3,6 +3,7 @@ pub mod accounting;
 pub mod app;
 pub mod bare_lab;
 pub mod capture;
+pub mod daemon_lab;
 pub mod exact;
 pub mod mem_port;
 pub mod resources;

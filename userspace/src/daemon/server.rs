@@ -30,6 +30,10 @@ pub struct Settings {
     pub port_dir: PathBuf,
     /// The control state (each endpoint's network namespace, for admitting its client).
     pub data_root: PathBuf,
+    /// When endpoints' frames are claimed: the daemon runs with
+    /// [`ClaimPolicy::WhileConnected`] (no client, no black hole); `Always` serves in-process
+    /// tests of the dataplane path that count frames without a client.
+    pub claim: ClaimPolicy,
 }
 
 impl Settings {
@@ -46,6 +50,7 @@ impl Settings {
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
             port_dir: cfg.port_dir.clone(),
             data_root: cfg.data_root.clone(),
+            claim: ClaimPolicy::WhileConnected,
         }
     }
 
@@ -199,17 +204,14 @@ impl Daemon {
             let cfg = PortServerConfig::new(&self.settings.port_dir);
             self.ports = Some(PortServer::start(cfg)?);
         }
-        // The endpoint's frames go to its kernel device until a client connects its port.
+        // With WhileConnected the endpoint's frames go to its kernel device until a client
+        // connects its port.
         match self.planes.get_mut(iface) {
-            Some(plane) => {
-                plane.add_endpoint_with(endpoint.clone(), ClaimPolicy::WhileConnected)?
-            }
+            Some(plane) => plane.add_endpoint_with(endpoint.clone(), self.settings.claim)?,
             None => {
                 let cfg = self.config_for(iface, demux)?;
                 let mut plane = Dataplane::start(&cfg, &[])?;
-                if let Err(e) =
-                    plane.add_endpoint_with(endpoint.clone(), ClaimPolicy::WhileConnected)
-                {
+                if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
                     let _ = plane.stop();
                     return Err(e);
                 }
