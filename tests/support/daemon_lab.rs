@@ -261,7 +261,11 @@ impl Daemon {
 
     /// Wait until endpoint `name`'s port is (or is no longer) connected.
     pub fn wait_for_port(&self, name: &str, connected: bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_port_within(name, connected, Duration::from_secs(10))
+    }
+
+    pub fn wait_for_port_within(&self, name: &str, connected: bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
             let now = self
                 .stats()
@@ -274,7 +278,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "port {name} not {} within 10 s; log:\n{}",
+                "port {name} not {} within {timeout:?}; log:\n{}",
                 if connected {
                     "connected"
                 } else {

@@ -68,7 +68,7 @@ fn main() -> Result<()> {
         }
         if r == 0 {
             idle_rounds += 1;
-            if idle_rounds % 64 == 0
+            if idle_rounds.is_multiple_of(64)
                 && let Some(w) = client.disconnected()
             {
                 why = Some(w);

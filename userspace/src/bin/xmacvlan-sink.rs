@@ -128,7 +128,7 @@ fn main() -> Result<()> {
         }
         if n == 0 {
             checks += 1;
-            if checks % 64 == 0
+            if checks.is_multiple_of(64)
                 && let Some(why) = client.disconnected()
             {
                 s.disconnected = Some(why);

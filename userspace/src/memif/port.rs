@@ -144,6 +144,13 @@ fn locate<'a>(regions: &'a [Arc<Region>], d: &Desc, len: u32) -> Result<&'a Regi
     Ok(region)
 }
 
+impl ServerPort {
+    /// The receive ring, for the control thread to see when the client first offers buffers.
+    pub(super) fn s2c_ring(&self) -> Ring {
+        self.s2c.clone()
+    }
+}
+
 impl AppPort for ServerPort {
     fn rx_push(&mut self, frame: &[u8], strip_tag: bool) -> bool {
         if !self.shared.is_connected() {

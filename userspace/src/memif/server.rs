@@ -84,6 +84,8 @@ struct Session {
     deadline: Option<Instant>,
     hs: Handshake,
     connected: Option<(Arc<PortShared>, PortInfo)>,
+    /// The receive ring until the client first offers buffers on it (then logged).
+    awaiting_buffers: Option<super::shm::Ring>,
 }
 
 struct Served {
@@ -341,6 +343,15 @@ fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
         }
         let now = Instant::now();
         for (name, served) in inner.endpoints.iter_mut() {
+            if let Some(s) = served.session.as_mut()
+                && let Some(ring) = &s.awaiting_buffers
+                && ring.head() != 0
+            {
+                // Until now every frame for the endpoint was a ring-full drop: say when that ends.
+                tracing::info!(endpoint = %name, client = s.hs.client(),
+                    "memif client ready (pid {}): {} receive buffers offered", s.pid, ring.head());
+                s.awaiting_buffers = None;
+            }
             let Some(s) = &served.session else { continue };
             let why = if s.deadline.is_some_and(|d| now >= d) {
                 Some(format!(
@@ -417,6 +428,7 @@ fn accept_clients(cfg: &PortServerConfig, endpoint: &str, served: &mut Served) {
             deadline: Some(Instant::now() + cfg.handshake_timeout),
             hs: Handshake::new(server_cfg),
             connected: None,
+            awaiting_buffers: None,
         });
     }
 }
@@ -521,6 +533,7 @@ fn read_session(
                     connected_at: SystemTime::now(),
                 };
                 tracing::info!(endpoint, pid = s.pid, client = %client, "memif client connected");
+                s.awaiting_buffers = Some(port.s2c_ring());
                 s.deadline = None;
                 s.connected = Some((shared, info.clone()));
                 let _ = events.send(PortEvent::Connected {
