@@ -362,7 +362,8 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
     assert_eq!(sink.stop_sink()["frames"], N);
     daemon.wait_for_port("c0", false);
 
-    // macswap: testpmd's replies leave v0 (captured on the wire side), sent from c0's MAC.
+    // macswap in testpmd on c0, xmacvlan-reflect on c1: their replies leave v0 (captured on
+    // the wire side), each from its endpoint's MAC.
     let capture = lab.host.run(|| Capture::open("v0p")).unwrap();
     let testpmd = Testpmd::start(
         lab.endpoints[0].name(),
@@ -372,28 +373,52 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
     );
     daemon.wait_for_port_within("c0", true, Duration::from_secs(60));
     testpmd.wait_ready(&daemon);
+    let reflect = App::reflect(
+        lab.endpoints[1].name(),
+        &lab.port_socket(1),
+        "reflect-c1",
+        &log_path(&lab, "reflect"),
+    );
+    daemon.wait_for_port("c1", true);
+    daemon.wait_for_log(
+        &format!("memif client ready (pid {})", reflect.pid()),
+        Duration::from_secs(10),
+    );
     const M: u64 = 300;
-    lab.burst(std::slice::from_ref(&c0), M);
-    let mut replies = 0;
+    lab.burst(&[c0.clone(), c1.clone()], M);
+    let mut replies = [0u64; 2];
     let deadline = Instant::now() + Duration::from_secs(15);
-    while replies < M && Instant::now() < deadline {
+    while replies != [M, M] && Instant::now() < deadline {
         if let Some(f) = capture.next(Duration::from_millis(200)).unwrap()
             && f.len() >= 14
-            && f[6..12] == c0.mac
             && f[12..14] == [0x88, 0xb5]
+            && f[0..6] == xmacvlan_bench::lab::GENERATOR_MAC
         {
-            replies += 1;
+            for (i, ep) in [&c0, &c1].iter().enumerate() {
+                replies[i] += u64::from(f[6..12] == ep.mac);
+            }
         }
     }
-    let port = daemon.stats()[0].endpoints[0].port.clone();
+    let stats = daemon.stats();
+    let ports: Vec<_> = stats[0].endpoints.iter().map(|e| e.port.clone()).collect();
     let (_, out) = testpmd.stop();
+    let reflected = reflect.stop();
     assert_eq!(
-        replies, M,
-        "every reflected frame left the NIC; port {port:?}; testpmd:\n{out}"
+        replies,
+        [M, M],
+        "every reflected frame left the NIC; ports {ports:?}; testpmd:\n{out}\n{reflected}"
     );
-    if let Some(p) = port {
-        assert_eq!((p.tx_frames, p.tx_dropped()), (M, 0), "{p:?}");
+    for p in ports.iter().flatten() {
+        assert_eq!(
+            (p.rx_frames, p.tx_frames, p.tx_dropped()),
+            (M, M, 0),
+            "{p:?}"
+        );
     }
+    assert!(
+        reflected.contains(&format!("received {M} reflected {M}")),
+        "{reflected}"
+    );
     let (_, status) = daemon.terminate();
     assert!(status.success());
     lab.cli("endpoint rm c0 c1");
