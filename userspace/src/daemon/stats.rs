@@ -219,7 +219,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         );
         let _ = writeln!(
             s,
-            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} malformed {}",
+            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} unclaimed {} malformed {}",
             x.seen,
             x.tagged,
             x.hit,
@@ -229,6 +229,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
             x.pass_bcast_mcast,
             x.pass_qinq,
             x.pass_control,
+            x.pass_unclaimed,
             x.malformed
         );
         for (i, q) in snap.queues.iter().enumerate() {
@@ -278,8 +279,69 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
                 e.misdelivered
             );
         }
+        port_table(&mut s, snap);
     }
     s
+}
+
+/// Endpoints served through application ports: who is connected, and the port's counters.
+fn port_table(s: &mut String, snap: &Snapshot) {
+    use crate::dataplane::ClaimPolicy;
+    let served: Vec<_> = snap
+        .endpoints
+        .iter()
+        .filter(|e| e.claim == ClaimPolicy::WhileConnected || e.port.is_some())
+        .collect();
+    if served.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<24} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "PORT",
+        "CLIENT",
+        "RX",
+        "RX-BYTES",
+        "TX",
+        "TX-BYTES",
+        "RING-FULL",
+        "NOT-CONN",
+        "SPOOFED",
+        "TOO-BIG",
+        "RUNT",
+        "TAGGED"
+    );
+    for e in served {
+        let Some(p) = &e.port else {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<24} (no port: frames go to the kernel device; {} arrived unconnected)",
+                e.name, "-", e.dropped_not_connected
+            );
+            continue;
+        };
+        let client = if p.connected {
+            format!("{} (pid {})", p.client.escape_debug(), p.pid)
+        } else {
+            format!("{} (gone)", p.client.escape_debug())
+        };
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<24} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            e.name,
+            client,
+            p.rx_frames,
+            p.rx_bytes,
+            p.tx_frames,
+            p.tx_bytes,
+            p.drop_ring_full,
+            p.drop_not_connected + e.dropped_not_connected,
+            p.drop_spoofed,
+            p.drop_too_big,
+            p.drop_runt,
+            p.drop_tagged
+        );
+    }
 }
 
 #[cfg(test)]
