@@ -468,6 +468,11 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
                 app.rx.len()
             );
             let during = dp.snapshot()?;
+            // What `xmacvlan stats` shows of it (the README quotes this).
+            eprintln!(
+                "{}",
+                xmacvlan::daemon::stats::tables("xdp", 0.0, &[during.clone()])
+            );
             let port = dp.disconnect_port(&endpoint.name)?;
             let frames = app.received();
             assert_eq!(
@@ -516,6 +521,10 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
             );
             assert!(x.pass_unclaimed > before.xdp.pass_unclaimed + DATAGRAMS as u64);
             assert!(e.port.is_none());
+            eprintln!(
+                "{}",
+                xmacvlan::daemon::stats::tables("xdp", 0.0, &[after.clone()])
+            );
             dp.stop()?;
             Ok(())
         })
