@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use xmacvlan::daemon::stats;
 use xmacvlan::dataplane::{ClaimPolicy, Dataplane, DemuxMode, PortSnapshot};
 use xmacvlan::frame::read_payload;
 use xmacvlan::netlink::Netlink;
@@ -394,9 +395,7 @@ fn tcp_syns(frames: &[Vec<u8>]) -> usize {
         .count()
 }
 
-#[test]
-fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
-    require_root();
+fn no_black_hole(demux: DemuxMode) {
     let lab = lab(vec![0], 1, KernelDevices::OwnNamespace);
     let endpoint = lab.endpoints[0].clone();
     let ns = Netns::open(&format!("{}-{}", lab.prefix, endpoint.name)).unwrap();
@@ -428,7 +427,7 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
         }
         false
     };
-    let cfg = lab.dataplane_config(&dataplane_config(DemuxMode::Xdp, 1));
+    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     let app = App::new(4096, 16);
     lab.host
         .run(|| {
@@ -531,6 +530,18 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
         .unwrap();
     drop((tcp, udp));
     tear_down(lab);
+}
+
+#[test]
+fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_xdp_demux() {
+    require_root();
+    no_black_hole(DemuxMode::Xdp);
+}
+
+#[test]
+fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_user_demux() {
+    require_root();
+    no_black_hole(DemuxMode::User);
 }
 
 fn reap_under_traffic(demux: DemuxMode) {
