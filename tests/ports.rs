@@ -470,7 +470,7 @@ fn no_black_hole(demux: DemuxMode) {
             // What `xmacvlan stats` shows of it (the README quotes this).
             eprintln!(
                 "{}",
-                xmacvlan::daemon::stats::tables("xdp", 0.0, &[during.clone()])
+                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&during))
             );
             let port = dp.disconnect_port(&endpoint.name)?;
             let frames = app.received();
@@ -522,7 +522,7 @@ fn no_black_hole(demux: DemuxMode) {
             assert!(e.port.is_none());
             eprintln!(
                 "{}",
-                xmacvlan::daemon::stats::tables("xdp", 0.0, &[after.clone()])
+                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&after))
             );
             dp.stop()?;
             Ok(())
