@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use xmacvlan::daemon::stats;
 use xmacvlan::dataplane::{ClaimPolicy, Dataplane, DemuxMode, PortSnapshot};
 use xmacvlan::frame::read_payload;
 use xmacvlan::netlink::Netlink;
@@ -394,9 +395,7 @@ fn tcp_syns(frames: &[Vec<u8>]) -> usize {
         .count()
 }
 
-#[test]
-fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
-    require_root();
+fn no_black_hole(demux: DemuxMode) {
     let lab = lab(vec![0], 1, KernelDevices::OwnNamespace);
     let endpoint = lab.endpoints[0].clone();
     let ns = Netns::open(&format!("{}-{}", lab.prefix, endpoint.name)).unwrap();
@@ -428,7 +427,7 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
         }
         false
     };
-    let cfg = lab.dataplane_config(&dataplane_config(DemuxMode::Xdp, 1));
+    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     let app = App::new(4096, 16);
     lab.host
         .run(|| {
@@ -468,6 +467,11 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
                 app.rx.len()
             );
             let during = dp.snapshot()?;
+            // What `xmacvlan stats` shows of it (the README quotes this).
+            eprintln!(
+                "{}",
+                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&during))
+            );
             let port = dp.disconnect_port(&endpoint.name)?;
             let frames = app.received();
             assert_eq!(
@@ -516,12 +520,28 @@ fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between() {
             );
             assert!(x.pass_unclaimed > before.xdp.pass_unclaimed + DATAGRAMS as u64);
             assert!(e.port.is_none());
+            eprintln!(
+                "{}",
+                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&after))
+            );
             dp.stop()?;
             Ok(())
         })
         .unwrap();
     drop((tcp, udp));
     tear_down(lab);
+}
+
+#[test]
+fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_xdp_demux() {
+    require_root();
+    no_black_hole(DemuxMode::Xdp);
+}
+
+#[test]
+fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_user_demux() {
+    require_root();
+    no_black_hole(DemuxMode::User);
 }
 
 fn reap_under_traffic(demux: DemuxMode) {

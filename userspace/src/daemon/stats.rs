@@ -219,7 +219,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         );
         let _ = writeln!(
             s,
-            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} malformed {}",
+            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} unclaimed {} malformed {}",
             x.seen,
             x.tagged,
             x.hit,
@@ -229,6 +229,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
             x.pass_bcast_mcast,
             x.pass_qinq,
             x.pass_control,
+            x.pass_unclaimed,
             x.malformed
         );
         for (i, q) in snap.queues.iter().enumerate() {
@@ -283,55 +284,65 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
     s
 }
 
-/// Each endpoint's memif port: who is connected since when, frames each way, drops by reason.
+/// Endpoints served through application ports: who is connected, and the port's counters.
 fn port_table(s: &mut String, snap: &Snapshot) {
+    use crate::dataplane::ClaimPolicy;
+    let served: Vec<_> = snap
+        .endpoints
+        .iter()
+        .filter(|e| e.claim == ClaimPolicy::WhileConnected || e.port.is_some())
+        .collect();
+    if served.is_empty() {
+        return;
+    }
     let _ = writeln!(
         s,
-        "  {:<16} {:<9} {:<20} {:>7} {:<21} {:>10} {:>12} {:>10} {:>12} {:>18} {:>26} {:>10}",
+        "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
         "PORT",
-        "STATE",
         "CLIENT",
-        "PID",
-        "SINCE",
-        "RX-FRAMES",
+        "SINCE (UTC)",
+        "RX",
         "RX-BYTES",
-        "TX-FRAMES",
+        "TX",
         "TX-BYTES",
-        "RX-DROP FULL/GONE",
-        "TX-DROP SPOOF/BIG/RUNT/TAG",
-        "TX-NOFRAME"
+        "RING-FULL",
+        "NOT-CONN",
+        "SPOOFED",
+        "TOO-BIG",
+        "RUNT",
+        "TAGGED"
     );
-    for e in &snap.endpoints {
-        match &e.port {
-            None => {
-                let _ = writeln!(
-                    s,
-                    "  {:<16} {:<9} (frames go to the kernel device; {} arrived meanwhile)",
-                    e.name, "waiting", e.dropped_not_connected
-                );
-            }
-            Some(p) => {
-                let _ = writeln!(
-                    s,
-                    "  {:<16} {:<9} {:<20} {:>7} {:<21} {:>10} {:>12} {:>10} {:>12} {:>18} {:>26} {:>10}",
-                    e.name,
-                    if p.connected { "connected" } else { "closing" },
-                    p.client,
-                    p.pid,
-                    utc(p.connected_since),
-                    p.rx_frames,
-                    p.rx_bytes,
-                    p.tx_frames,
-                    p.tx_bytes,
-                    format!("{}/{}", p.drop_ring_full, p.drop_not_connected),
-                    format!(
-                        "{}/{}/{}/{}",
-                        p.drop_spoofed, p.drop_too_big, p.drop_runt, p.drop_tagged
-                    ),
-                    p.drop_no_frame
-                );
-            }
-        }
+    for e in served {
+        let Some(p) = &e.port else {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<24} (no port: frames go to the kernel device; {} arrived unconnected)",
+                e.name, "-", e.dropped_not_connected
+            );
+            continue;
+        };
+        let client = if p.connected {
+            format!("{} (pid {})", p.client.escape_debug(), p.pid)
+        } else {
+            format!("{} (gone)", p.client.escape_debug())
+        };
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            e.name,
+            client,
+            utc(p.connected_since),
+            p.rx_frames,
+            p.rx_bytes,
+            p.tx_frames,
+            p.tx_bytes,
+            p.drop_ring_full,
+            p.drop_not_connected + e.dropped_not_connected,
+            p.drop_spoofed,
+            p.drop_too_big,
+            p.drop_runt,
+            p.drop_tagged
+        );
     }
 }
 

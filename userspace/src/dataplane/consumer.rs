@@ -245,15 +245,17 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
             }
         }
         Source::Ring(ring) => {
-            // The clock is read after the first frame is taken: never before its send time.
-            let mut now = 0;
-            while handled < BATCH {
-                let Some(frame) = ring.pop() else { break };
-                if handled == 0 {
-                    now = crate::sys::monotonic_ns();
+            // Only frames already queued when the clock is read: none was sent after it (a
+            // frame the worker pushes during the batch would look sent in the future, untimed).
+            let queued = ring.len().min(BATCH);
+            if queued > 0 {
+                let now = crate::sys::monotonic_ns();
+                while handled < queued {
+                    // This thread is the ring's only consumer: the counted frames are there.
+                    let Some(frame) = ring.pop() else { break };
+                    give_back(frame, now);
+                    handled += 1;
                 }
-                give_back(frame, now);
-                handled += 1;
             }
         }
     }

@@ -11,8 +11,9 @@ use crate::xsk::{QueueUmem, RxFrame, RxSocket, StageError, TxBatch};
 pub const TX_PER_ROUND: usize = 32;
 
 /// Drain up to one round of `p`'s frames onto `socket`; returns the frames taken from the
-/// application (sent or dropped by reason). A full TX ring takes nothing: the frames wait in
-/// the application's ring, which is its own back-pressure, and other endpoints never wait.
+/// application (sent or dropped by reason). A full TX ring or an empty TX pool takes nothing:
+/// the frames wait in the application's ring, its own back-pressure; other endpoints never
+/// wait.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn transmit(
@@ -25,9 +26,14 @@ pub fn transmit(
     tag: Option<[u8; 4]>,
     mtu: usize,
 ) -> usize {
-    let room = socket.tx_room().min(TX_PER_ROUND);
+    // No more than the TX ring and the queue's TX pool can take now: what does not fit waits
+    // in the application's ring instead of being taken and dropped. (Another consumer thread
+    // may take pool frames meanwhile; then the shortfall is a counted `no_frame` drop.)
+    let room = socket.tx_room().min(TX_PER_ROUND).min(pool.len());
     if room == 0 {
-        socket.tx_kick();
+        if socket.tx_pending() {
+            socket.tx_kick();
+        }
         return 0;
     }
     let counts = &mut p.batch;

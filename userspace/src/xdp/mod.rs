@@ -342,6 +342,33 @@ mod tests {
     }
 
     #[test]
+    fn unclaimed_endpoints_pass_to_the_kernel_until_claimed() {
+        assert!(crate::sys::is_root(), "loads BPF: run as root");
+        let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1).unwrap();
+        let mac = [2, 0x42, 0, 0, 0, 2];
+        classifier
+            .insert_key_with(Key { vid: 100, mac }, 3, false)
+            .unwrap();
+        assert_eq!(classifier.test_run(&tagged_udp(mac, 64)).unwrap(), 2);
+        let c = classifier.counters().unwrap();
+        assert_eq!((c.pass_unclaimed, c.hit, c.verdicts()), (1, 0, c.seen));
+        // Claimed: a hit (no socket in this test, so still passed, as pass_no_socket).
+        classifier.set_claimed(3, true).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        let c = classifier.counters().unwrap();
+        assert_eq!((c.pass_unclaimed, c.hit, c.pass_no_socket), (1, 1, 1));
+        classifier.set_claimed(3, false).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        assert_eq!(classifier.counters().unwrap().pass_unclaimed, 2);
+        // A reused slot starts from what its new key asks for, not the old flag.
+        classifier.remove_key(&Key { vid: 100, mac }).unwrap();
+        classifier.insert_key(Key { vid: 100, mac }, 3).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        assert_eq!(classifier.counters().unwrap().hit, 2);
+        assert!(classifier.set_claimed(abi::MAX_SLOTS, true).is_err());
+    }
+
+    #[test]
     fn kernel_events_report_malformed_frames_and_failed_redirects_within_budget() {
         assert!(crate::sys::is_root(), "loads BPF: run as root");
         // One CPU, so one per-CPU budget is in play.
