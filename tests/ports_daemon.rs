@@ -96,6 +96,21 @@ fn fd_links(pid: u32) -> Vec<String> {
     v
 }
 
+/// [`fd_links`] once it stayed the same for 300 ms: the daemon closes each control
+/// connection (a stats request, a refused client) just after answering it.
+fn settled_fd_links(pid: u32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = fd_links(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = fd_links(pid);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn memfd_mappings(pid: u32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .unwrap()
@@ -159,8 +174,7 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
     daemon.wait_for_log("memif client refused", Duration::from_secs(5));
 
     // A client in the namespace gets the frames; a second one is refused meanwhile.
-    let fds_before = daemon.open_fds();
-    let before_links = fd_links(daemon.child.id());
+    let before_links = settled_fd_links(daemon.child.id());
     let sink = lab.attach_sink(&daemon, 0);
     let second_log = log_path(&lab, "second");
     let mut second = App::sink(
@@ -195,12 +209,7 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The daemon closes a control connection (our last stats request) just after answering.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.open_fds() != fds_before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let after_links = fd_links(daemon.child.id());
+    let after_links = settled_fd_links(daemon.child.id());
     assert_eq!(
         after_links, before_links,
         "no descriptor of the client left in the daemon"
