@@ -29,6 +29,12 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
     if let Some(root) = data_root {
         cfg.data_root = root;
     }
+    if !cfg.port_dir.is_absolute() {
+        bail!(
+            "port-dir {} must be an absolute path (e.g. /run/xmacvlan/ports)",
+            cfg.port_dir.display()
+        );
+    }
     if !crate::sys::is_root() {
         bail!(
             "the daemon attaches XDP programs and opens AF_XDP sockets: run it as root \
