@@ -155,14 +155,19 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
     );
 
     // A client from another namespace is refused, and so is this process (the host's).
-    let stranger = App::sink(
+    let stranger_log = log_path(&lab, "stranger");
+    let mut stranger = App::sink(
         lab.endpoints[1].name(),
         &lab.port_socket(0),
         "stranger",
-        &log_path(&lab, "stranger"),
+        &stranger_log,
     );
-    let mut stranger = stranger;
     let _ = stranger.wait_output(Duration::from_secs(10));
+    let why = std::fs::read_to_string(&stranger_log).unwrap();
+    assert!(
+        why.contains("not in endpoint c0's network namespace"),
+        "{why}"
+    );
     let err = xmacvlan::memif::Client::connect(&lab.port_socket(0), &Default::default())
         .err()
         .unwrap();
