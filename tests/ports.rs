@@ -5,7 +5,8 @@
 //! - Exact delivery in both demux modes: every frame to its endpoint's port, none to another's,
 //!   tags stripped, counters adding up with the ledger.
 //! - Transmit: the endpoint's tag inserted on the wire (seen by an AF_PACKET capture on the
-//!   wire side); spoofed, tagged, runt and oversize frames dropped, counted, never on the wire.
+//!   wire side); spoofed, tagged, runt and oversize frames dropped, counted, never on the wire;
+//!   on one queue and on two (a TX pool and completion ring each).
 //! - No black hole: an endpoint claimed only while connected answers TCP and UDP through its
 //!   kernel macvlan device before a port connects and after it disconnects; in between, the
 //!   same frames reach the port.
