@@ -5,7 +5,8 @@
 //! - Exact delivery in both demux modes: every frame to its endpoint's port, none to another's,
 //!   tags stripped, counters adding up with the ledger.
 //! - Transmit: the endpoint's tag inserted on the wire (seen by an AF_PACKET capture on the
-//!   wire side); spoofed, tagged, runt and oversize frames dropped, counted, never on the wire.
+//!   wire side); spoofed, tagged, runt and oversize frames dropped, counted, never on the wire;
+//!   on one queue and on two (a TX pool and completion ring each).
 //! - No black hole: an endpoint claimed only while connected answers TCP and UDP through its
 //!   kernel macvlan device before a port connects and after it disconnects; in between, the
 //!   same frames reach the port.
@@ -34,10 +35,19 @@ use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 const PER_STREAM: u64 = 2_000;
 
 fn lab(vlans: Vec<u16>, per_vlan: usize, kernel_devices: KernelDevices) -> Lab {
+    lab_with_queues(vlans, per_vlan, kernel_devices, 1)
+}
+
+fn lab_with_queues(
+    vlans: Vec<u16>,
+    per_vlan: usize,
+    kernel_devices: KernelDevices,
+    queues: u32,
+) -> Lab {
     Lab::build(&Topology {
         vlans,
         endpoints_per_vlan: per_vlan,
-        queues: 1,
+        queues,
         kernel_devices,
         mtu: None,
     })
@@ -176,12 +186,12 @@ const PLAN: TxPlan = TxPlan {
     too_big: 3,
 };
 
-fn transmit(demux: DemuxMode) {
-    let lab = lab(vec![100, 0], 1, KernelDevices::None);
-    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+fn transmit(demux: DemuxMode, queues: u32) {
+    let lab = lab_with_queues(vec![100, 0], 1, KernelDevices::None, queues);
+    let cfg = lab.dataplane_config(&dataplane_config(demux, queues));
     let apps: Vec<App> = lab.endpoints.iter().map(|_| App::new(16, 1024)).collect();
     let capture = lab.wire.run(|| Capture::open(lab::WIRE)).expect("capture");
-    let what = format!("{demux:?} demux");
+    let what = format!("{demux:?} demux, {queues} queues");
     let (ports, queues) = lab
         .host
         .run(|| {
@@ -315,19 +325,39 @@ fn transmit(demux: DemuxMode) {
         2 * u64::from(PLAN.good),
         "{what}: completions reaped"
     );
+    if queues.len() == 2 {
+        // Slot i transmits on queue i: each queue carried one endpoint's frames.
+        for q in &queues {
+            assert_eq!(q.tx_completed, u64::from(PLAN.good), "{what}: {queues:?}");
+        }
+    }
     tear_down(lab);
 }
 
 #[test]
 fn port_tx_tags_on_the_wire_and_drops_bad_frames_xdp_demux() {
     require_root();
-    transmit(DemuxMode::Xdp);
+    transmit(DemuxMode::Xdp, 1);
 }
 
 #[test]
 fn port_tx_tags_on_the_wire_and_drops_bad_frames_user_demux() {
     require_root();
-    transmit(DemuxMode::User);
+    transmit(DemuxMode::User, 1);
+}
+
+/// Two queues: the endpoints (slots 0 and 1) transmit on different queues, each through its
+/// own TX pool, completions reaped by each queue's worker.
+#[test]
+fn port_tx_on_two_queues_user_demux() {
+    require_root();
+    transmit(DemuxMode::User, 2);
+}
+
+#[test]
+fn port_tx_on_two_queues_xdp_demux() {
+    require_root();
+    transmit(DemuxMode::Xdp, 2);
 }
 
 const ENDPOINT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);

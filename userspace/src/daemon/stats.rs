@@ -337,7 +337,7 @@ fn port_table(s: &mut String, snap: &Snapshot) {
             p.tx_frames,
             p.tx_bytes,
             p.drop_ring_full,
-            p.drop_not_connected + e.dropped_not_connected,
+            p.drop_not_connected,
             p.drop_spoofed,
             p.drop_too_big,
             p.drop_runt,
