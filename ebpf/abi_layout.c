@@ -29,6 +29,7 @@ int main(void)
 	FIELD(xmv_counters, "COUNTERS", pass_qinq);
 	FIELD(xmv_counters, "COUNTERS", malformed);
 	FIELD(xmv_counters, "COUNTERS", pass_control);
+	FIELD(xmv_counters, "COUNTERS", pass_unclaimed);
 	LAYOUT(xmv_event, "EVENT");
 	FIELD(xmv_event, "EVENT", kind);
 	FIELD(xmv_event, "EVENT", len);
@@ -41,6 +42,8 @@ int main(void)
 	       XMV_EVENT_MALFORMED, XMV_EVENT_REDIRECT_FAILED, XMV_EVENTS_PER_SEC);
 	printf("pub const MAX_SLOTS: u32 = %d;\npub const MAX_QUEUES: u32 = %d;\n", XMV_MAX_SLOTS,
 	       XMV_MAX_QUEUES);
+	printf("pub const UNCLAIMED: u32 = %d;\npub const CLAIMED: u32 = %d;\n", XMV_UNCLAIMED,
+	       XMV_CLAIMED);
 	printf("pub const DEMUX_XDP: u32 = %d;\npub const DEMUX_USER: u32 = %d;\n", XMV_DEMUX_XDP,
 	       XMV_DEMUX_USER);
 	return 0;

@@ -34,6 +34,13 @@ struct {
 } xmv_xsks SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, XMV_MAX_SLOTS);
+} xmv_claimed SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct xmv_counters);
@@ -169,6 +176,11 @@ int xmv_classify(struct xdp_md *ctx)
 	}
 	if (is_control(proto, l3, data_end)) {
 		c->pass_control++;
+		return XDP_PASS;
+	}
+	__u32 *claimed = bpf_map_lookup_elem(&xmv_claimed, slot);
+	if (!claimed || *claimed != XMV_CLAIMED) {
+		c->pass_unclaimed++;
 		return XDP_PASS;
 	}
 	c->hit++;

@@ -26,9 +26,15 @@ struct xmv_config {
 	__u32 queues;
 };
 
+/* Per-slot claim flag (xmv_claimed[slot]): a known endpoint's frames are redirected only while
+ * it is XMV_CLAIMED; otherwise they go to its kernel device (pass_unclaimed). Endpoints served
+ * by an application port are claimed only while a port is connected. */
+#define XMV_UNCLAIMED 0
+#define XMV_CLAIMED 1
+
 /* Per-CPU counters. Every frame lands in exactly one of the verdict counters:
  * seen = redirected + pass_no_socket + pass_miss + pass_bcast_mcast + pass_qinq + malformed
- *        + pass_control.
+ *        + pass_control + pass_unclaimed.
  * tagged and hit are classifications of seen; hit = redirected + pass_no_socket. */
 struct xmv_counters {
 	__u64 seen;
@@ -41,6 +47,7 @@ struct xmv_counters {
 	__u64 pass_qinq;        /* 802.1ad outer tag or a second tag: left to the kernel */
 	__u64 malformed;        /* shorter than its Ethernet/802.1Q header */
 	__u64 pass_control;     /* an endpoint's ARP, ICMP, ICMPv6 (ND): its kernel device answers */
+	__u64 pass_unclaimed;   /* a known endpoint not claimed now (no port connected) */
 };
 
 /* Kernel-side events for the daemon's debug log, through the ring buffer xmv_events. At most

@@ -335,6 +335,11 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
                 xdp_mode: xmacvlan::xdp::AttachMode::Auto,
                 bind: xmacvlan::xsk::BindMode::Copy,
                 cores: xmacvlan::dataplane::default_cores(),
+                port_dir: t.root.join("ports"),
+                data_root: t.root.clone(),
+                // Counted by the dataplane's consumer without a memif client (the daemon
+                // binary's tests attach clients).
+                claim: xmacvlan::dataplane::ClaimPolicy::Always,
             });
             assert_eq!(
                 daemon.restore(&state),

@@ -1,315 +1,24 @@
 //! `xmacvlan daemon` as an operator runs it: the real binary in a namespace with a veth
-//! parent, driven by the real CLI. Endpoints attach live, stats and `.hgrm` histograms match a
+//! parent, driven by the real CLI. Endpoints attach live, their frames go to their kernel
+//! devices until a memif client (`xmacvlan-sink`) connects, stats and `.hgrm` histograms match a
 //! known burst, SIGHUP changes the log level, SIGTERM leaves within a second and cleanly, and
 //! a `kill -9` under traffic is recovered by a restart with nothing leaked. Needs root and
 //! the `xmacvlan` binary (`cargo xtask test` builds it).
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xmacvlan::control::State;
-use xmacvlan::daemon::protocol::{Answer, Request};
-use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::{EndpointSpec, Snapshot};
-use xmacvlan::netlink::Netlink;
-use xmacvlan::netns::NetnsGuard;
 use xmacvlan::telemetry::hgrm::parse_hgrm;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent, Stream};
+use xmacvlan_bench::generator::Stream;
 use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::daemon_lab::Lab;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 /// One daemon at a time: the tests compare what daemons hold.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A host namespace with the veth parent `v0` (frames are injected on its peer `v0p`), two
-/// endpoint namespaces, a data root, a socket path and a config file, all removed on drop.
-struct Lab {
-    host: NetnsGuard,
-    endpoints: Vec<NetnsGuard>,
-    dir: PathBuf,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        require_root();
-        let prefix = format!("xmvd{}{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab {
-            host: NetnsGuard::create(&format!("{prefix}-h")).unwrap(),
-            endpoints: (0..2)
-                .map(|i| NetnsGuard::create(&format!("{prefix}-e{i}")).unwrap())
-                .collect(),
-            dir,
-        };
-        lab.host
-            .run(|| {
-                let nl = Netlink::new()?;
-                let v0 = nl.add_veth("v0", "v0p", 1)?;
-                nl.set_up(v0)?;
-                nl.set_up(nl.require_link("v0p")?.index)?;
-                Ok(())
-            })
-            .unwrap();
-        lab.write_config("info", "xdp");
-        lab
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("ctl.sock")
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.join("daemon.json")
-    }
-
-    fn write_config(&self, level: &str, demux: &str) {
-        let config = serde_json::json!({
-            "log-level": level,
-            "log-format": "json",
-            "stats-interval": "200ms",
-            "demux-mode": demux,
-            "xdp-mode": "native",
-            "bind-mode": "copy",
-            "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
-            // The host's /run is shared: never serve Docker's default plugin from a test.
-            "docker-plugin": "",
-        });
-        std::fs::write(self.config(), config.to_string()).unwrap();
-    }
-
-    /// `ip netns exec HOST xmacvlan --data-root … --control-socket … ARGS`.
-    fn command(&self, args: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.host.name()])
-            .arg(xmacvlan_bin())
-            .arg("--data-root")
-            .arg(self.dir.join("data"))
-            .arg("--control-socket")
-            .arg(self.socket())
-            .args(args.split_whitespace());
-        cmd
-    }
-
-    /// Run a CLI command to success; its stdout.
-    fn cli(&self, args: &str) -> String {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "`xmacvlan {args}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn create_network(&self) {
-        self.cli("network create -d macvlan --subnet 198.18.20.0/24 -o parent=v0 n1");
-    }
-
-    fn create_endpoint(&self, i: usize) -> EndpointSpec {
-        self.cli(&format!(
-            "endpoint create --network n1 --netns {} c{i}",
-            self.endpoints[i].name()
-        ));
-        let state = State::load(&self.dir.join("data")).unwrap();
-        state.endpoint(&format!("c{i}")).unwrap().spec()
-    }
-
-    fn start_daemon(&self) -> Daemon {
-        let log = self.dir.join(format!(
-            "daemon-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let child = self
-            .command(&format!("daemon --config {}", self.config().display()))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Daemon {
-            child,
-            log,
-            socket: self.socket(),
-        };
-        daemon.wait_for_log("daemon started", Duration::from_secs(10));
-        daemon
-    }
-
-    /// Send `count` frames to each of `endpoints` from the wire side of `v0`.
-    fn burst(&self, endpoints: &[EndpointSpec], count: u64) -> Sent {
-        self.send(&lab_streams(endpoints, 64, false), count)
-    }
-
-    fn send(&self, streams: &[Stream], count: u64) -> Sent {
-        let cfg = GeneratorConfig {
-            ifname: "v0p".into(),
-            queue: 0,
-            duration: Duration::from_secs(20),
-            rate: Some(20_000),
-            count: Some(count),
-            core: None,
-            frame_size: 2048,
-            max_in_flight: generator::MAX_IN_FLIGHT,
-        };
-        self.host
-            // Paced by the wire: nothing lost before XDP on a busy machine (the daemon is
-            // another process: its delivery is read from its stats).
-            .run(|| {
-                let sent = PaceSent::default();
-                generator::run_paced(
-                    &cfg,
-                    streams,
-                    &AtomicBool::new(false),
-                    Some(Pace::wire(&sent)),
-                )
-            })
-            .unwrap()
-    }
-
-    fn xdp_on_v0(&self) -> Option<u32> {
-        self.host
-            .run(|| Ok(Netlink::new()?.require_link("v0")?.xdp_prog_id))
-            .unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The daemon process; killed on drop if a test fails half-way.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn log_lines(&self) -> Vec<Value> {
-        let file = std::fs::File::open(&self.log).unwrap();
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
-    }
-
-    /// The first JSON log line whose message contains `needle`.
-    fn wait_for_log(&self, needle: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self
-                .log_lines()
-                .into_iter()
-                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
-            {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with `{needle}` within {timeout:?}; log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The start line says how many recorded endpoints are on the fast path.
-    fn assert_started_serving(&self, what: &str) {
-        let started = self.wait_for_log("daemon started", Duration::from_secs(1));
-        let message = started["message"].as_str().unwrap();
-        assert!(message.contains(what), "{message}");
-    }
-
-    fn stats(&self) -> Vec<Snapshot> {
-        match request(&self.socket, &Request::Stats).unwrap() {
-            Answer::Stats { interfaces, .. } => interfaces,
-            other => panic!("stats answered {other:?}"),
-        }
-    }
-
-    /// Wait until the endpoints' frame counters reach `want` (delivery is asynchronous).
-    fn wait_for_frames(&self, want: &[(&str, u64)]) -> Vec<Snapshot> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let stats = self.stats();
-            let frames = |name: &str| {
-                stats
-                    .iter()
-                    .flat_map(|s| &s.endpoints)
-                    .find(|e| e.name == name)
-                    .map_or(0, |e| e.frames)
-            };
-            if want.iter().all(|(n, f)| frames(n) >= *f) || Instant::now() > deadline {
-                return stats;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// SIGTERM and wait; returns how long the daemon took to exit, and its status.
-    fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
-        let start = Instant::now();
-        self.signal("TERM");
-        let deadline = start + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (start.elapsed(), status);
-            }
-            assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn open_fds(&self) -> usize {
-        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .count()
-    }
-
-    /// Open fds once start-up work has finished: the same count twice 100 ms apart, or
-    /// `want` (at most 10 s, then the last count). One reading can catch a netlink socket or
-    /// a control connection that is about to close.
-    fn settled_fds(&self, want: Option<usize>) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = self.open_fds();
-        loop {
-            if want == Some(last) || Instant::now() >= deadline {
-                return last;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            let now = self.open_fds();
-            if want.is_none() && now == last {
-                return now;
-            }
-            last = now;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// IDs of the BPF programs, maps and links a process holds open (from its fdinfo): what
 /// must be gone once it exited, or it leaked.
@@ -420,7 +129,17 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["c0", "c1"]);
 
-    // A known burst: the JSON stats of the CLI count exactly it.
+    // No client yet: the classifier leaves their frames to the kernel devices.
+    const EARLY: u64 = 100;
+    lab.burst(&[c0.clone(), c1.clone()], EARLY);
+    let stats = daemon.stats();
+    assert_eq!(stats[0].xdp.pass_unclaimed, 2 * EARLY, "{:?}", stats[0].xdp);
+    assert_eq!(stats[0].xdp.redirected, 0);
+    assert_eq!(endpoint_frames(&stats, "c0"), 0);
+
+    // A known burst once each has a client: the JSON stats of the CLI count exactly it, and
+    // so do the clients.
+    let sinks = [lab.attach_sink(&daemon, 0), lab.attach_sink(&daemon, 1)];
     const BURST: u64 = 2000;
     let sent = lab.burst(&[c0.clone(), c1.clone()], BURST);
     assert_eq!(sent.per_stream, [BURST, BURST]);
@@ -435,7 +154,19 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
         assert_eq!(e["bytes"], BURST * 64, "{e}");
         assert_eq!(e["misdelivered"], 0, "{e}");
         assert_eq!(e["dropped_ring_full"], 0, "{e}");
+        let port = &e["port"];
+        assert_eq!(port["client"], format!("sink-c{i}"), "{e}");
+        assert_eq!(port["pid"], sinks[i].pid(), "{e}");
+        assert_eq!(port["connected"], true, "{e}");
+        assert_eq!(port["rx_frames"], BURST, "{e}");
+        assert_eq!(port["rx_bytes"], BURST * 64, "{e}");
+        assert_eq!(port["drop_ring_full"], 0, "{e}");
     }
+    let table = lab.cli("stats");
+    assert!(
+        table.contains("PORT") && table.contains(&format!("sink-c0 (pid {})", sinks[0].pid())),
+        "{table}"
+    );
 
     // The Prometheus page counts the same, once a stats interval has passed.
     std::thread::sleep(Duration::from_millis(500));
@@ -512,12 +243,39 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
         "{event}"
     );
 
-    // Removed while it runs: detached live, the other endpoint stays.
+    // Removed while it runs: detached live, its client told, the other endpoint stays.
+    let [sink0, mut sink1] = sinks;
     lab.cli("endpoint rm c1");
     let stats = daemon.stats();
     let names: Vec<&str> = stats[0].endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["c0"]);
     assert_eq!(endpoint_frames(&stats, "c0"), BURST);
+    let out: Value =
+        serde_json::from_str(sink1.wait_output(Duration::from_secs(10)).trim()).unwrap();
+    assert_eq!(out["frames"], BURST, "{out}");
+    assert!(
+        out["disconnected"]
+            .as_str()
+            .unwrap()
+            .contains("no longer served"),
+        "{out}"
+    );
+    assert!(
+        !lab.port_socket(1).exists(),
+        "the socket goes with the endpoint"
+    );
+    let out = sink0.stop_sink();
+    assert_eq!(
+        (out["frames"].as_u64(), out["misdelivered"].as_u64()),
+        (Some(BURST), Some(0)),
+        "{out}"
+    );
+    assert_eq!(
+        (out["timed"].as_u64(), out["tagged"].as_u64()),
+        (Some(BURST), Some(0)),
+        "{out}"
+    );
+    daemon.wait_for_port("c0", false);
 
     // SIGTERM: out within a second, XDP detached, socket and pid file gone, nothing left.
     let pid_file = lab.socket().with_extension("pid");
@@ -553,6 +311,7 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
     let first = lab.start_daemon();
     let fds_first = first.settled_fds(None);
     let held_first = bpf_held_by(first.child.id());
+    let mut sink = lab.attach_sink(&first, 0);
     // Traffic runs while the daemon dies.
     std::thread::scope(|s| {
         let traffic = s.spawn(|| lab.burst(std::slice::from_ref(&c0), 20_000));
@@ -561,6 +320,11 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         traffic.join().unwrap();
     });
     drop(first);
+    // Its client sees the socket close and leaves by itself.
+    let out: Value =
+        serde_json::from_str(sink.wait_output(Duration::from_secs(10)).trim()).unwrap();
+    assert!(out["frames"].as_u64().unwrap() >= 1000, "{out}");
+    assert!(out["disconnected"].is_string(), "{out}");
     assert_eq!(
         still_loaded(&held_first),
         BpfIds::default(),
@@ -590,9 +354,11 @@ fn kill_9_under_traffic_then_restart_recovers_with_nothing_leaked() {
         "one classifier: {held_second:?}"
     );
     assert_eq!(held_second.maps.len(), held_first.maps.len());
+    let sink = lab.attach_sink(&second, 0);
     lab.burst(std::slice::from_ref(&c0), 1000);
     let stats = second.wait_for_frames(&[("c0", 1000)]);
     assert_eq!(endpoint_frames(&stats, "c0"), 1000);
+    assert_eq!(sink.stop_sink()["frames"], 1000);
 
     let (took, status) = second.terminate();
     assert!(

@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests.
 pub mod accounting;
+pub mod app;
 pub mod bare_lab;
+pub mod capture;
 pub mod cni_lab;
+pub mod daemon_lab;
 pub mod dockerd;
 pub mod exact;
+pub mod mem_port;
 pub mod pace;
 pub mod resources;
 pub mod rng;
@@ -52,6 +56,18 @@ pub fn xmacvlan_bin() -> std::path::PathBuf {
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build -p xmacvlan` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// Another binary of the `xmacvlan` package (`xmacvlan-sink`, `xmacvlan-reflect`), beside
+/// [`xmacvlan_bin`] (`cargo xtask test` builds them all: `cargo build -p xmacvlan --bins`).
+pub fn sibling_bin(name: &str) -> std::path::PathBuf {
+    let path = xmacvlan_bin().with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p xmacvlan --bins` (cargo xtask test does)",
         path.display()
     );
     path

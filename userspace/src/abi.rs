@@ -21,6 +21,10 @@ pub const PROGRAMS: &[&str] = &[PROGRAM_CLASSIFY, PROGRAM_DROP_ALL];
 pub const MAP_SLOTS: &str = "xmv_slots";
 pub const MAP_XSKS: &str = "xmv_xsks";
 pub const MAP_COUNTERS: &str = "xmv_counters";
+pub const MAP_CLAIMED: &str = "xmv_claimed";
+/// Values of `xmv_claimed[slot]`.
+pub const UNCLAIMED: u32 = c::UNCLAIMED;
+pub const CLAIMED: u32 = c::CLAIMED;
 pub const MAP_EVENTS: &str = "xmv_events";
 pub const GLOBAL_CONFIG: &str = "xmv_config";
 
@@ -97,6 +101,9 @@ pub struct Counters {
     pub pass_qinq: u64,
     pub malformed: u64,
     pub pass_control: u64,
+    /// Older snapshots (before claim policies) lack it.
+    #[serde(default)]
+    pub pass_unclaimed: u64,
 }
 
 impl Counters {
@@ -111,6 +118,7 @@ impl Counters {
         self.pass_qinq += o.pass_qinq;
         self.malformed += o.malformed;
         self.pass_control += o.pass_control;
+        self.pass_unclaimed += o.pass_unclaimed;
     }
 
     /// Frames that got a verdict; equals `seen` when the program's accounting is right.
@@ -122,6 +130,7 @@ impl Counters {
             + self.pass_qinq
             + self.malformed
             + self.pass_control
+            + self.pass_unclaimed
     }
 
     pub fn passed(&self) -> u64 {
@@ -131,6 +140,7 @@ impl Counters {
             + self.pass_qinq
             + self.malformed
             + self.pass_control
+            + self.pass_unclaimed
     }
 }
 
@@ -216,7 +226,7 @@ mod tests {
     fn counters_layout_matches_c() {
         assert_eq!(size_of::<Counters>(), c::COUNTERS_SIZE);
         assert_eq!(align_of::<Counters>(), c::COUNTERS_ALIGN);
-        assert_eq!(size_of::<Counters>(), 10 * 8, "no padding");
+        assert_eq!(size_of::<Counters>(), 11 * 8, "no padding");
         assert_eq!(offset_of!(Counters, seen), c::COUNTERS_seen);
         assert_eq!(offset_of!(Counters, tagged), c::COUNTERS_tagged);
         assert_eq!(offset_of!(Counters, hit), c::COUNTERS_hit);
@@ -233,6 +243,10 @@ mod tests {
         assert_eq!(offset_of!(Counters, pass_qinq), c::COUNTERS_pass_qinq);
         assert_eq!(offset_of!(Counters, malformed), c::COUNTERS_malformed);
         assert_eq!(offset_of!(Counters, pass_control), c::COUNTERS_pass_control);
+        assert_eq!(
+            offset_of!(Counters, pass_unclaimed),
+            c::COUNTERS_pass_unclaimed
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod doctor;
 pub mod frame;
 pub mod logging;
+pub mod memif;
 pub mod netlink;
 pub mod netns;
 pub mod nic;

@@ -23,13 +23,19 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 /// What the integration tests use besides the build: ping for reachability checks, the
 /// CNI reference plugins (`macvlan`, `host-local`, `tuning`) the control path and
 /// xmacvlan-cni are compared against; a Docker engine (tests/docker.rs) and podman
-/// (tests/cni_podman.rs), each with a busybox image.
+/// (tests/cni_podman.rs), each with a busybox image; DPDK's testpmd with its memif driver (a
+/// memif client the project did not write).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
     ("docker.io", "/usr/sbin/dockerd"),
     ("podman", "/usr/bin/podman"),
     ("busybox-static", "/bin/busybox"),
+    ("dpdk-dev", "/usr/bin/dpdk-testpmd"),
+    (
+        "librte-net-memif23",
+        "/usr/lib/x86_64-linux-gnu/librte_net_memif.so.23",
+    ),
     // The README walkthroughs (tests/walkthrough.rs): `curl` for the metrics page, `nsenter`
     // to run them inside their own network namespace.
     ("curl", "/usr/bin/curl"),

@@ -55,6 +55,9 @@ pub struct ConfigFlags {
     /// daemon command when given explicitly (like `data-root`).
     #[arg(skip)]
     pub control_socket: Option<PathBuf>,
+    /// Directory of the endpoints' memif sockets (absolute path).
+    #[arg(long = "port-dir", value_name = "DIR")]
+    pub port_dir: Option<PathBuf>,
     /// The Docker network plugin's socket (/run/docker/plugins/NAME.sock: NAME is the driver
     /// name for `docker network create -d`); "" turns the plugin off.
     #[arg(long = "docker-plugin", value_name = "PATH", value_parser = docker_plugin_flag)]
@@ -124,6 +127,7 @@ impl ConfigFlags {
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),
             docker_plugin: self.docker_plugin.clone().map(|d| d.0),
+            port_dir: self.port_dir.clone(),
         })
     }
 

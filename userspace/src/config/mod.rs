@@ -37,6 +37,9 @@ pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
 /// Where Docker finds the `xmacvlan` network plugin (the file name is the driver's name).
 pub const DEFAULT_DOCKER_PLUGIN: &str = "/run/docker/plugins/xmacvlan.sock";
+
+/// Where the endpoints' memif sockets live (`<port-dir>/<endpoint>.sock`).
+pub const DEFAULT_PORT_DIR: &str = crate::memif::DEFAULT_PORT_DIR;
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.
@@ -61,6 +64,7 @@ pub const KEYS: &[&str] = &[
     "metrics-addr",
     "control-socket",
     "docker-plugin",
+    "port-dir",
 ];
 
 /// Keys a SIGHUP applies to the running daemon; every other change needs a restart.
@@ -261,6 +265,8 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     /// The Docker network plugin's socket; None = no plugin.
     pub docker_plugin: Option<PathBuf>,
+    /// The directory of the endpoints' memif sockets.
+    pub port_dir: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -279,6 +285,7 @@ impl Default for DaemonConfig {
             metrics_addr: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             docker_plugin: Some(PathBuf::from(DEFAULT_DOCKER_PLUGIN)),
+            port_dir: PathBuf::from(DEFAULT_PORT_DIR),
         }
     }
 }
@@ -359,6 +366,9 @@ impl DaemonConfig {
         if let Some(v) = &flags.docker_plugin {
             self.docker_plugin = v.clone();
         }
+        if let Some(v) = &flags.port_dir {
+            self.port_dir = v.clone();
+        }
         self
     }
 
@@ -397,6 +407,7 @@ impl DaemonConfig {
                         .map_or(String::new(), |p| p.display().to_string())
                 ),
             ),
+            ("port-dir", json!(self.port_dir)),
         ]
     }
 
@@ -430,6 +441,7 @@ pub struct Overrides {
     pub control_socket: Option<PathBuf>,
     /// `Some(None)` turns the Docker plugin off.
     pub docker_plugin: Option<Option<PathBuf>>,
+    pub port_dir: Option<PathBuf>,
 }
 
 /// Bytes as `daemon.json` writes them: `10m`, `512k`, or plain bytes.

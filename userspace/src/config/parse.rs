@@ -95,6 +95,9 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
         let s = p.string("docker-plugin", v, "a path (string)")?;
         cfg.docker_plugin = parse_docker_plugin(s).map_err(|e| p.invalid("docker-plugin", v, e))?;
     }
+    if let Some(v) = map.get("port-dir") {
+        cfg.port_dir = p.absolute_path("port-dir", v)?;
+    }
     Ok(cfg)
 }
 

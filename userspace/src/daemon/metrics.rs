@@ -148,6 +148,7 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
             ("pass_bcast_mcast", x.pass_bcast_mcast),
             ("pass_qinq", x.pass_qinq),
             ("pass_control", x.pass_control),
+            ("pass_unclaimed", x.pass_unclaimed),
             ("malformed", x.malformed),
         ] {
             page.sample(
@@ -222,6 +223,7 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
                     (Some("socket_rx_dropped"), e.socket.rx_dropped),
                     (Some("socket_rx_ring_full"), e.socket.rx_ring_full),
                     (Some("misdelivered"), e.misdelivered),
+                    (Some("not_connected"), e.dropped_not_connected),
                 ]
             },
         ),
@@ -239,6 +241,7 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
             }
         }
     }
+    port_families(&mut page, interfaces);
     let name = "xmacvlan_endpoint_latency_seconds";
     page.family(
         name,
@@ -261,6 +264,89 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
         }
     }
     page.0
+}
+
+/// Per connected application port: who, and its frames, bytes and drops.
+fn port_families(page: &mut Page, interfaces: &[Snapshot]) {
+    let ports = || {
+        interfaces.iter().flat_map(|s| {
+            s.endpoints
+                .iter()
+                .filter_map(move |e| e.port.as_ref().map(|p| (s, e, p)))
+        })
+    };
+    let name = "xmacvlan_port_connected";
+    page.family(
+        name,
+        "gauge",
+        "1 while the endpoint's application port is connected (0: gone, not yet reaped).",
+    );
+    for (s, e, p) in ports() {
+        let labels = format!(
+            "{},client=\"{}\",pid=\"{}\"",
+            endpoint_labels(s, e),
+            label_value(&p.client),
+            p.pid
+        );
+        page.sample(name, &labels, u8::from(p.connected));
+    }
+    let name = "xmacvlan_port_connected_since_seconds";
+    page.family(name, "gauge", "When the port connected (Unix time).");
+    for (s, e, p) in ports() {
+        page.sample(name, &endpoint_labels(s, e), p.connected_since);
+    }
+    for (name, help, rx, tx) in [
+        (
+            "xmacvlan_port_frames_total",
+            "Frames copied into (rx) and sent from (tx) the application port.",
+            (|p| p.rx_frames) as fn(&crate::dataplane::PortSnapshot) -> u64,
+            (|p| p.tx_frames) as fn(&crate::dataplane::PortSnapshot) -> u64,
+        ),
+        (
+            "xmacvlan_port_bytes_total",
+            "Bytes copied into (rx) and sent from (tx) the application port, untagged.",
+            |p| p.rx_bytes,
+            |p| p.tx_bytes,
+        ),
+    ] {
+        page.family(name, "counter", help);
+        for (s, e, p) in ports() {
+            let l = endpoint_labels(s, e);
+            page.sample(name, &format!("{l},direction=\"rx\""), rx(p));
+            page.sample(name, &format!("{l},direction=\"tx\""), tx(p));
+        }
+    }
+    let name = "xmacvlan_port_dropped_total";
+    page.family(
+        name,
+        "counter",
+        "Frames of the application port dropped, by reason (rx: ring_full, not_connected; tx: the rest).",
+    );
+    for (s, e, p) in ports() {
+        for (reason, v) in [
+            ("ring_full", p.drop_ring_full),
+            ("not_connected", p.drop_not_connected),
+            ("spoofed", p.drop_spoofed),
+            ("too_big", p.drop_too_big),
+            ("runt", p.drop_runt),
+            ("tagged", p.drop_tagged),
+            ("no_frame", p.drop_no_frame),
+        ] {
+            page.sample(
+                name,
+                &format!("{},reason=\"{reason}\"", endpoint_labels(s, e)),
+                v,
+            );
+        }
+    }
+}
+
+/// A label value in the exposition format: backslash, double quote and newline escaped (the
+/// client name comes from the application).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 type QueueValues = fn(&QueueSnapshot) -> Vec<(&'static str, u64)>;
@@ -310,6 +396,9 @@ mod tests {
             untimed: 0,
             dropped_ring_full: 2,
             socket: Default::default(),
+            claim: Default::default(),
+            dropped_not_connected: 0,
+            port: None,
         });
         let mut h = crate::dataplane::latency_histogram();
         h.record(1500).unwrap();
@@ -334,5 +423,73 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+    use crate::dataplane::{ClaimPolicy, PortSnapshot};
+
+    #[test]
+    fn renders_ports_with_client_and_drop_reasons() {
+        let mut snap: Snapshot = serde_json::from_value(serde_json::json!({
+            "interface": "v0", "demux": "user", "xdp_mode": "native", "bind": "copy",
+            "xdp": {"seen": 0, "tagged": 0, "hit": 0, "redirected": 0, "pass_no_socket": 0,
+                    "pass_miss": 0, "pass_bcast_mcast": 0, "pass_qinq": 0, "malformed": 0,
+                    "pass_control": 0, "pass_unclaimed": 4},
+            "queues": [], "endpoints": [{
+                "name": "c0", "vid": 100, "mac": "02:42:c6:12:00:02", "frames": 9,
+                "bytes": 540, "misdelivered": 0, "untimed": 9, "dropped_ring_full": 0,
+                "socket": {"rx_dropped": 0, "rx_invalid_descs": 0, "rx_ring_full": 0,
+                           "rx_fill_ring_empty_descs": 0, "tx_invalid_descs": 0,
+                           "tx_ring_empty_descs": 0}
+            }]
+        }))
+        .unwrap();
+        let e = &mut snap.endpoints[0];
+        assert_eq!(
+            e.claim,
+            ClaimPolicy::Always,
+            "older snapshots: claimed at once"
+        );
+        e.claim = ClaimPolicy::WhileConnected;
+        e.port = Some(PortSnapshot {
+            client: "testpmd \"a\"\n\\".into(),
+            pid: 42,
+            connected_since: 1_700_000_000,
+            connected: true,
+            rx_frames: 7,
+            rx_bytes: 420,
+            tx_frames: 3,
+            tx_bytes: 180,
+            drop_ring_full: 2,
+            drop_not_connected: 0,
+            drop_spoofed: 5,
+            drop_too_big: 0,
+            drop_runt: 0,
+            drop_tagged: 0,
+            drop_no_frame: 0,
+        });
+        let text = render(&[snap.clone()], &|_| None);
+        let labels = "interface=\"v0\",endpoint=\"c0\",vlan=\"100\"";
+        for line in [
+            "xmacvlan_xdp_frames_total{interface=\"v0\",verdict=\"pass_unclaimed\"} 4".to_string(),
+            format!(
+                "xmacvlan_port_connected{{{labels},client=\"testpmd \\\"a\\\"\\n\\\\\",pid=\"42\"}} 1"
+            ),
+            format!("xmacvlan_port_frames_total{{{labels},direction=\"rx\"}} 7"),
+            format!("xmacvlan_port_bytes_total{{{labels},direction=\"tx\"}} 180"),
+            format!("xmacvlan_port_dropped_total{{{labels},reason=\"ring_full\"}} 2"),
+            format!("xmacvlan_port_dropped_total{{{labels},reason=\"spoofed\"}} 5"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line} in:\n{text}"
+            );
+        }
+        let table = crate::daemon::stats::tables("user", 1.0, &[snap]);
+        assert!(table.contains("PORT"), "{table}");
+        assert!(table.contains("(pid 42)"), "{table}");
     }
 }

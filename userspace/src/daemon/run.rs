@@ -29,6 +29,12 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
     if let Some(root) = data_root {
         cfg.data_root = root;
     }
+    if !cfg.port_dir.is_absolute() {
+        bail!(
+            "port-dir {} must be an absolute path (e.g. /run/xmacvlan/ports)",
+            cfg.port_dir.display()
+        );
+    }
     if !crate::sys::is_root() {
         bail!(
             "the daemon attaches XDP programs and opens AF_XDP sockets: run it as root \
@@ -79,6 +85,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
                 .map(|answer| watch.annotate(answer))
                 .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
         });
+        daemon.pump_ports();
         daemon.log_kernel_events();
         if Instant::now() >= next_tick {
             next_tick += cfg.stats_interval;

@@ -1,6 +1,7 @@
 //! The daemon's state: one dataplane per trunk interface, created when its first endpoint
 //! attaches and stopped (XDP detached) when its last one leaves.
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -9,7 +10,10 @@ use hdrhistogram::Histogram;
 use super::protocol::{Answer, Request};
 use crate::config::DaemonConfig;
 use crate::control::State;
-use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
+use crate::dataplane::{
+    ClaimPolicy, Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores,
+};
+use crate::memif::{PortEvent, PortServer, PortServerConfig};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
 use crate::xdp::AttachMode;
 use crate::xsk::{BindMode, QueueConfig};
@@ -22,6 +26,14 @@ pub struct Settings {
     pub xdp_mode: AttachMode,
     pub bind: BindMode,
     pub cores: Vec<usize>,
+    /// Where the endpoints' memif sockets go.
+    pub port_dir: PathBuf,
+    /// The control state (each endpoint's network namespace, for admitting its client).
+    pub data_root: PathBuf,
+    /// When endpoints' frames are claimed: the daemon runs with
+    /// [`ClaimPolicy::WhileConnected`] (no client, no black hole); `Always` serves in-process
+    /// tests of the dataplane path that count frames without a client.
+    pub claim: ClaimPolicy,
 }
 
 impl Settings {
@@ -36,6 +48,9 @@ impl Settings {
             xdp_mode: cfg.xdp_mode.into(),
             bind: cfg.bind_mode.into(),
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
+            port_dir: cfg.port_dir.clone(),
+            data_root: cfg.data_root.clone(),
+            claim: ClaimPolicy::WhileConnected,
         }
     }
 
@@ -61,6 +76,8 @@ pub struct Daemon {
     planes: BTreeMap<String, Dataplane>,
     intervals: HashMap<String, Interval>,
     started: Instant,
+    /// The memif server, started with the first endpoint on the fast path.
+    ports: Option<PortServer>,
 }
 
 impl Daemon {
@@ -70,6 +87,7 @@ impl Daemon {
             planes: BTreeMap::new(),
             intervals: HashMap::new(),
             started: Instant::now(),
+            ports: None,
         }
     }
 
@@ -182,11 +200,22 @@ impl Daemon {
                 );
             }
         }
+        let netns = self.netns_of(&endpoint.name)?;
+        if self.ports.is_none() {
+            let cfg = PortServerConfig::new(&self.settings.port_dir);
+            self.ports = Some(PortServer::start(cfg)?);
+        }
+        // With WhileConnected the endpoint's frames go to its kernel device until a client
+        // connects its port.
         match self.planes.get_mut(iface) {
-            Some(plane) => plane.add_endpoint(endpoint.clone())?,
+            Some(plane) => plane.add_endpoint_with(endpoint.clone(), self.settings.claim)?,
             None => {
                 let cfg = self.config_for(iface, demux)?;
-                let plane = Dataplane::start(&cfg, std::slice::from_ref(&endpoint))?;
+                let mut plane = Dataplane::start(&cfg, &[])?;
+                if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
+                    let _ = plane.stop();
+                    return Err(e);
+                }
                 tracing::info!(
                     iface,
                     demux = ?demux,
@@ -198,9 +227,96 @@ impl Daemon {
                 self.planes.insert(iface.to_string(), plane);
             }
         }
+        let ports = self.ports.as_ref().expect("started above");
+        let socket = match ports.serve(&endpoint.name, &netns) {
+            Ok(path) => path,
+            Err(e) => {
+                let _ = self.detach(&endpoint.name);
+                return Err(e.context(format!("endpoint {}: its memif port", endpoint.name)));
+            }
+        };
         tracing::info!(iface, endpoint = %endpoint.name, vid = endpoint.vid,
-            mac = %crate::abi::MacDisplay(&endpoint.mac), "endpoint attached");
+            mac = %crate::abi::MacDisplay(&endpoint.mac), socket = %socket.display(),
+            "endpoint attached: its kernel device has its traffic until a memif client connects");
         Ok(true)
+    }
+
+    /// The path of `endpoint`'s network namespace, from the control state.
+    fn netns_of(&self, endpoint: &str) -> Result<PathBuf> {
+        let state = State::load(&self.settings.data_root)?;
+        let ep = state
+            .endpoints
+            .iter()
+            .find(|e| e.name == endpoint)
+            .with_context(|| {
+                format!(
+                    "endpoint `{endpoint}` is not in the control state under {}: create it with \
+                 `xmacvlan endpoint create` (the daemon admits its memif client by its network \
+                 namespace)",
+                    self.settings.data_root.display()
+                )
+            })?;
+        Ok(crate::netns::Netns::open(&ep.netns)?.path())
+    }
+
+    /// Hand connected ports to their dataplanes and take gone ones back (every loop).
+    pub fn pump_ports(&mut self) {
+        let Some(ports) = &self.ports else { return };
+        for event in ports.events() {
+            match event {
+                PortEvent::Connected {
+                    endpoint,
+                    port,
+                    info,
+                } => {
+                    let plane = self
+                        .planes
+                        .values_mut()
+                        .find(|p| p.endpoints().iter().any(|e| e.name == endpoint));
+                    let result = match plane {
+                        Some(plane) => plane.connect_port(&endpoint, port, info),
+                        None => Err(anyhow::anyhow!("the endpoint is not on the fast path")),
+                    };
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(endpoint = %endpoint, "port connected: the endpoint's frames go to its client")
+                        }
+                        Err(e) => ports.drop_client(&endpoint, &format!("{e:#}")),
+                    }
+                }
+                PortEvent::Disconnected { endpoint, reason } => {
+                    for plane in self.planes.values_mut() {
+                        if plane.port(&endpoint).is_some() {
+                            match plane.disconnect_port(&endpoint) {
+                                Ok(last) => {
+                                    tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames,
+                                    "port disconnected ({reason}): the endpoint's frames go to its kernel device again")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(endpoint = %endpoint, "disconnecting its port: {e:#}")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for plane in self.planes.values_mut() {
+            for (endpoint, result) in plane.reap_disconnected() {
+                match result {
+                    Ok(last) => {
+                        tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames,
+                        "port gone: the endpoint's frames go to its kernel device again")
+                    }
+                    Err(e) => tracing::warn!(endpoint = %endpoint, "reaping its port: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// The served ports (socket, client), for `stats`.
+    pub fn port_status(&self) -> Vec<crate::memif::PortStatus> {
+        self.ports.as_ref().map(|p| p.status()).unwrap_or_default()
     }
 
     /// Returns whether the endpoint was attached.
@@ -213,6 +329,9 @@ impl Daemon {
         else {
             return Ok(false);
         };
+        if let Some(ports) = &self.ports {
+            ports.unserve(endpoint);
+        }
         let plane = self.planes.get_mut(&iface).expect("found above");
         let result = plane.remove_endpoint(endpoint)?;
         self.intervals.remove(endpoint);
@@ -360,6 +479,8 @@ impl Daemon {
 
     /// Stop every dataplane (detaching XDP, closing sockets).
     pub fn shutdown(&mut self) -> Result<()> {
+        // Clients are told first; their sockets go with the server.
+        drop(self.ports.take());
         let mut first_error = None;
         for (iface, plane) in std::mem::take(&mut self.planes) {
             match plane.stop() {

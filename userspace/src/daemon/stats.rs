@@ -231,7 +231,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         );
         let _ = writeln!(
             s,
-            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} malformed {}",
+            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} unclaimed {} malformed {}",
             x.seen,
             x.tagged,
             x.hit,
@@ -241,6 +241,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
             x.pass_bcast_mcast,
             x.pass_qinq,
             x.pass_control,
+            x.pass_unclaimed,
             x.malformed
         );
         for (i, q) in snap.queues.iter().enumerate() {
@@ -290,13 +291,103 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
                 e.misdelivered
             );
         }
+        port_table(&mut s, snap);
     }
     s
+}
+
+/// Endpoints served through application ports: who is connected, and the port's counters.
+fn port_table(s: &mut String, snap: &Snapshot) {
+    use crate::dataplane::ClaimPolicy;
+    let served: Vec<_> = snap
+        .endpoints
+        .iter()
+        .filter(|e| e.claim == ClaimPolicy::WhileConnected || e.port.is_some())
+        .collect();
+    if served.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "PORT",
+        "CLIENT",
+        "SINCE (UTC)",
+        "RX",
+        "RX-BYTES",
+        "TX",
+        "TX-BYTES",
+        "RING-FULL",
+        "NOT-CONN",
+        "SPOOFED",
+        "TOO-BIG",
+        "RUNT",
+        "TAGGED"
+    );
+    for e in served {
+        let Some(p) = &e.port else {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<24} (no port: frames go to the kernel device; {} arrived unconnected)",
+                e.name, "-", e.dropped_not_connected
+            );
+            continue;
+        };
+        let client = if p.connected {
+            format!("{} (pid {})", p.client.escape_debug(), p.pid)
+        } else {
+            format!("{} (gone)", p.client.escape_debug())
+        };
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            e.name,
+            client,
+            utc(p.connected_since),
+            p.rx_frames,
+            p.rx_bytes,
+            p.tx_frames,
+            p.tx_bytes,
+            p.drop_ring_full,
+            p.drop_not_connected,
+            p.drop_spoofed,
+            p.drop_too_big,
+            p.drop_runt,
+            p.drop_tagged
+        );
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (days to civil date: Howard Hinnant's method).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_796_165_858), "2026-12-01 22:57:38");
+    }
 
     #[test]
     fn groups_digits() {

@@ -1,8 +1,10 @@
 //! Consumer threads: each serves a set of endpoints, reading their sockets (`xdp` demux)
 //! or their descriptor rings (`user` demux), and gives every frame back to its queue.
 //! Endpoints join and leave through a command queue checked once per loop, never per frame.
+//! An endpoint with a connected application port gets each frame copied into the port, and
+//! the port's frames transmitted (see `port_io`).
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
 
 use crossbeam_queue::ArrayQueue;
@@ -11,7 +13,9 @@ use hdrhistogram::Histogram;
 use super::SocketStats;
 use super::endpoint::Consumer;
 use super::idle::{HotLoop, Idle, pin};
-use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket};
+use super::ports::{ClaimPolicy, ServedPort};
+use crate::abi::Mac;
+use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket, TxBatch};
 
 pub enum Source {
     /// The endpoint's own socket on each queue (index = queue).
@@ -24,10 +28,30 @@ pub struct Served {
     pub slot: u32,
     pub consumer: Consumer,
     pub source: Source,
+    pub claim: ClaimPolicy,
+    pub mac: Mac,
+    /// The endpoint's 802.1Q tag (None when untagged): stripped on receive, inserted on send.
+    pub tag: Option<[u8; 4]>,
+    /// The queue whose UMEM and TX ring carry the port's transmissions.
+    pub tx_queue: usize,
+    pub port: Option<ServedPort>,
 }
 
 pub enum Command {
     Add(Box<Served>),
+    /// Start copying the endpoint's frames into this port (the claim flag is set after).
+    Connect {
+        slot: u32,
+        port: Box<ServedPort>,
+        reply: SyncSender<()>,
+    },
+    /// Stop using the endpoint's port and hand it back (to be closed off this thread).
+    Disconnect {
+        slot: u32,
+        reply: SyncSender<Option<ServedPort>>,
+    },
+    /// TX sockets on each queue's shared UMEM, for ports of `user` demux endpoints.
+    TxSockets(Vec<RxSocket>),
     /// Drain the endpoint, close its sockets, and report its final numbers.
     Remove {
         slot: u32,
@@ -47,15 +71,31 @@ pub struct FinishedEndpoint {
     /// The endpoint's sockets (xdp demux), closed wherever this is dropped: closing one waits
     /// for an RCU grace period, which must not stall the consumer serving other endpoints.
     pub sockets: Vec<RxSocket>,
+    /// Its port, if one was still connected.
+    pub port: Option<ServedPort>,
 }
 
 pub struct ConsumerThread {
     pub core: usize,
     pub served: Vec<Served>,
     pub commands: Arc<ArrayQueue<Command>>,
+    pub queues: Queues,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a consumer needs of every queue: its UMEM, its free-frame pools, TX staging.
+pub struct Queues {
     pub umems: Vec<QueueUmem>,
     pub free: Vec<Arc<ArrayQueue<RxFrame>>>,
-    pub stop: Arc<AtomicBool>,
+    /// The TX free-frame pool of each queue (its completions come back there).
+    pub tx_free: Vec<Arc<ArrayQueue<RxFrame>>>,
+    /// This thread's TX sockets, one per queue (`user` demux; given with the first port).
+    pub tx_sockets: Vec<RxSocket>,
+    pub tx_batches: Vec<TxBatch>,
+    /// The NIC's MTU: the longest frame a port may send is 14 + this.
+    pub mtu: usize,
+    /// Leftover sockets closed off this thread (TX sockets replaced while running).
+    pub retired: Vec<RxSocket>,
 }
 
 impl ConsumerThread {
@@ -75,7 +115,7 @@ impl ConsumerThread {
             }
             let mut work = 0;
             for served in &mut self.served {
-                work += poll(served, &self.umems, &self.free);
+                work += poll(served, &mut self.queues, true);
             }
             if work > 0 {
                 idle.worked();
@@ -86,7 +126,12 @@ impl ConsumerThread {
             }
         }
         drop(hot);
-        self.served.drain(..).map(finish).collect()
+        let mut finished: Vec<FinishedEndpoint> = self.served.drain(..).map(finish).collect();
+        if let Some(first) = finished.first_mut() {
+            first.sockets.append(&mut self.queues.tx_sockets);
+            first.sockets.append(&mut self.queues.retired);
+        }
+        finished
     }
 
     fn apply(&mut self, command: Command) {
@@ -96,9 +141,28 @@ impl ConsumerThread {
                 if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
                     let mut served = self.served.swap_remove(i);
                     // Its frames already queued are its own: account for them first.
-                    while poll(&mut served, &self.umems, &self.free) > 0 {}
+                    while poll(&mut served, &mut self.queues, false) > 0 {}
                     let _ = reply.send(finish(served));
                 }
+            }
+            Command::Connect { slot, port, reply } => {
+                if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
+                    s.port = Some(*port);
+                    let _ = reply.send(());
+                }
+            }
+            Command::Disconnect { slot, reply } => {
+                if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
+                    if let Some(p) = &mut s.port {
+                        p.publish();
+                        p.counters.live.store(false, Relaxed);
+                    }
+                    let _ = reply.send(s.port.take());
+                }
+            }
+            Command::TxSockets(sockets) => {
+                let old = std::mem::replace(&mut self.queues.tx_sockets, sockets);
+                self.queues.retired.extend(old);
             }
             Command::Histogram { slot, reply } => {
                 if let Some(s) = self.served.iter().find(|s| s.slot == slot) {
@@ -125,41 +189,108 @@ fn finish(served: Served) -> FinishedEndpoint {
         latency: served.consumer.latency,
         socket_stats,
         sockets,
+        port: served.port,
     }
 }
 
-/// One batch per source of this endpoint; returns frames handled.
+/// One batch per source of this endpoint, and one of its port's transmissions when `transmit`;
+/// returns frames handled.
 #[inline]
-fn poll(served: &mut Served, umems: &[QueueUmem], free: &[Arc<ArrayQueue<RxFrame>>]) -> usize {
-    let consumer = &mut served.consumer;
+fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
+    let Served {
+        consumer,
+        source,
+        claim,
+        tag,
+        port,
+        mac,
+        tx_queue,
+        ..
+    } = served;
+    let live = port.as_mut().is_some_and(ServedPort::check_live);
+    let strip = tag.is_some();
+    let mut unclaimed = 0u64;
+    let mut pushed = false;
     let mut handled = 0;
+    let Queues { umems, free, .. } = queues;
     let mut give_back = |frame: RxFrame, now: u64| {
         let q = frame.queue() as usize;
-        consumer.on_frame(umems[q].bytes(&frame), now);
+        let bytes = umems[q].bytes(&frame);
+        consumer.on_frame(bytes, now);
+        match port.as_mut() {
+            Some(p) if live => {
+                // Strip only a tag the frame carries (a NIC may have taken it off already).
+                let tagged = strip
+                    && bytes.len() >= 16
+                    && u16::from_be_bytes([bytes[12], bytes[13]]) == crate::frame::TPID_8021Q;
+                if p.port.rx_push(bytes, tagged) {
+                    pushed = true;
+                    p.batch.rx_frames += 1;
+                    p.batch.rx_bytes += (bytes.len() - if tagged { 4 } else { 0 }) as u64;
+                } else {
+                    p.batch.ring_full += 1;
+                }
+            }
+            Some(p) => p.batch.not_connected += 1,
+            None if *claim == ClaimPolicy::WhileConnected => unclaimed += 1,
+            None => {}
+        }
         // Cannot fail: each free queue holds its UMEM's whole frame count.
         let _ = free[q].push(frame);
     };
-    match &mut served.source {
+    match source {
         Source::Sockets(sockets) => {
-            for socket in sockets {
+            for socket in sockets.iter_mut() {
                 handled += socket.recv(&mut give_back);
             }
         }
         Source::Ring(ring) => {
-            // The clock is read after the first frame is taken: never before its send time.
-            let mut now = 0;
-            while handled < BATCH {
-                let Some(frame) = ring.pop() else { break };
-                if handled == 0 {
-                    now = crate::sys::monotonic_ns();
+            // Only frames already queued when the clock is read: none was sent after it (a
+            // frame the worker pushes during the batch would look sent in the future, untimed).
+            let queued = ring.len().min(BATCH);
+            if queued > 0 {
+                let now = crate::sys::monotonic_ns();
+                while handled < queued {
+                    // This thread is the ring's only consumer: the counted frames are there.
+                    let Some(frame) = ring.pop() else { break };
+                    give_back(frame, now);
+                    handled += 1;
                 }
-                give_back(frame, now);
-                handled += 1;
             }
         }
     }
     if handled > 0 {
         consumer.publish();
+        if unclaimed > 0 {
+            consumer
+                .counters
+                .dropped_not_connected
+                .fetch_add(unclaimed, Relaxed);
+        }
+    }
+    if let Some(p) = port.as_mut() {
+        if pushed {
+            p.port.rx_flush();
+        }
+        if live && transmit {
+            let socket = match source {
+                Source::Sockets(sockets) => sockets.get_mut(*tx_queue),
+                Source::Ring(_) => queues.tx_sockets.get_mut(*tx_queue),
+            };
+            if let Some(socket) = socket {
+                handled += super::port_io::transmit(
+                    p,
+                    socket,
+                    &queues.umems[*tx_queue],
+                    &queues.tx_free[*tx_queue],
+                    &mut queues.tx_batches[*tx_queue],
+                    mac,
+                    *tag,
+                    queues.mtu,
+                );
+            }
+        }
+        p.publish();
     }
     handled
 }

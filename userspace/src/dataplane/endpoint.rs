@@ -37,6 +37,9 @@ pub struct EndpointCounters {
     pub untimed: AtomicU64,
     /// Frames the userspace demux could not queue because this endpoint's ring was full.
     pub dropped_ring_full: AtomicU64,
+    /// Frames of an endpoint claimed only while a port is connected that reached it with no
+    /// port (already on their way when the port went). Part of `frames`.
+    pub dropped_not_connected: AtomicU64,
 }
 
 /// Nanosecond latency histogram: 1 ns to 60 s, 2 significant digits (values within 1%).

@@ -8,6 +8,10 @@
 //! a copy) to that endpoint's ring; consumers read the rings.
 //! Either way consumers give frames back through the queue's lock-free free-frame queue,
 //! and only the queue's worker touches its fill ring.
+//!
+//! An endpoint may have an application port ([`AppPort`], see [`Dataplane::connect_port`]):
+//! its consumer then copies each of its frames into the port and transmits the port's frames
+//! from the queue's TX pool; the worker reaps their completions.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +31,9 @@ mod endpoint;
 mod idle;
 mod lookup;
 pub mod port;
+mod port_control;
+mod port_io;
+mod ports;
 mod slots;
 mod snapshot;
 mod worker;
@@ -34,6 +41,7 @@ mod worker;
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
 pub use idle::{HotLoop, Idle, in_hot_loop, pin};
 pub use port::{AppPort, PortInfo};
+pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
 
@@ -73,6 +81,8 @@ pub struct Dataplane {
     endpoints: BTreeMap<String, Attached>,
     slots: slots::Slots,
     queues: Vec<Arc<QueueCounters>>,
+    /// Each queue's TX pool and its size.
+    tx_pools: Vec<(Arc<ArrayQueue<RxFrame>>, usize)>,
     workers: Vec<WorkerHandle>,
     consumers: Vec<ConsumerHandle>,
     /// Workers stop first (the user demux hands them its last frames), then consumers.
@@ -81,6 +91,8 @@ pub struct Dataplane {
     /// Tables published to each worker so far (user demux).
     tables_published: u64,
     attached_so_far: u64,
+    /// The NIC's MTU when started (ports may send 14 + this bytes).
+    mtu: u32,
     pub attached: AttachMode,
     pub bound: Bound,
 }
@@ -96,6 +108,14 @@ struct Attached {
     ring: Option<Arc<ArrayQueue<RxFrame>>>,
     /// Its sockets' kernel counters (xdp demux), readable from here.
     sockets: Vec<xsk::StatsHandle>,
+    claim: ClaimPolicy,
+    port: Option<AttachedPort>,
+}
+
+/// A connected port, as the control side sees it.
+struct AttachedPort {
+    info: PortInfo,
+    counters: Arc<PortCounters>,
 }
 
 struct WorkerHandle {
@@ -110,6 +130,8 @@ struct ConsumerHandle {
     thread: Option<JoinHandle<Vec<consumer::FinishedEndpoint>>>,
     commands: Arc<ArrayQueue<consumer::Command>>,
     endpoints: usize,
+    /// Whether it has its TX sockets (`user` demux: given with its first port).
+    has_tx_sockets: bool,
 }
 
 /// What the dataplane reports when stopped.
@@ -129,6 +151,10 @@ pub struct EndpointResult {
     pub untimed: u64,
     /// Userspace ring full (user demux) + the kernel's drops on the endpoint's sockets.
     pub dropped: u64,
+    /// Part of `frames`: they reached an endpoint claimed only while connected, with no port.
+    pub dropped_not_connected: u64,
+    /// The port still connected when the endpoint was removed or the dataplane stopped.
+    pub port: Option<PortSnapshot>,
     pub socket_stats: SocketStats,
     pub latency: hdrhistogram::Histogram<u64>,
 }
@@ -143,6 +169,10 @@ impl Dataplane {
             format!("no interface named `{}` (check `ip link show`)", cfg.ifname)
         })?;
         crate::sys::raise_rlimit(libc::RLIMIT_NOFILE, 1 << 20);
+        let mtu = crate::netlink::Netlink::new()
+            .and_then(|nl| nl.require_link(&cfg.ifname))
+            .map(|l| l.mtu)
+            .with_context(|| format!("reading the MTU of {}", cfg.ifname))?;
         let steering = match cfg.demux {
             DemuxMode::Xdp => Steering::PerEndpoint,
             DemuxMode::User => Steering::PerQueue,
@@ -154,13 +184,21 @@ impl Dataplane {
         let stop_consumers = Arc::new(AtomicBool::new(false));
         let mut umems = Vec::new();
         let mut free = Vec::new();
+        let mut tx_free = Vec::new();
+        let mut tx_pools = Vec::new();
         let mut queue_counters = Vec::new();
         let mut workers = Vec::new();
         let mut bound = Bound::Copy;
         let mut pending_threads = Vec::new();
         for q in 0..cfg.queues {
-            let (umem, rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
+            let (umem, mut rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
             bound = b;
+            let tx_frames = rings.take_tx_frames();
+            let tx_pool_size = tx_frames.len();
+            let tx_pool = Arc::new(ArrayQueue::new(tx_pool_size.max(1)));
+            for f in tx_frames {
+                let _ = tx_pool.push(f);
+            }
             if cfg.demux == DemuxMode::User {
                 classifier.set_socket(classifier.xsk_index(0, q), &rings.socket)?;
             }
@@ -175,6 +213,7 @@ impl Dataplane {
                 umem: umem.clone(),
                 rings,
                 free: free_q.clone(),
+                tx_free: tx_pool.clone(),
                 demux: cfg.demux,
                 table: Arc::default(),
                 updates: updates.clone(),
@@ -190,6 +229,8 @@ impl Dataplane {
             });
             umems.push(umem);
             free.push(free_q);
+            tx_free.push(tx_pool.clone());
+            tx_pools.push((tx_pool, tx_pool_size));
             queue_counters.push(counters);
         }
         let threads = cfg.consumer_threads.max(1);
@@ -201,14 +242,22 @@ impl Dataplane {
                 core: cfg.cores[t % cfg.cores.len()],
                 served: Vec::new(),
                 commands: commands.clone(),
-                umems: umems.clone(),
-                free: free.clone(),
+                queues: consumer::Queues {
+                    umems: umems.clone(),
+                    free: free.clone(),
+                    tx_free: tx_free.clone(),
+                    tx_sockets: Vec::new(),
+                    tx_batches: (0..cfg.queues as u16).map(xsk::TxBatch::new).collect(),
+                    mtu: mtu as usize,
+                    retired: Vec::new(),
+                },
                 stop: stop_consumers.clone(),
             });
             consumers.push(ConsumerHandle {
                 thread: None,
                 commands,
                 endpoints: 0,
+                has_tx_sockets: false,
             });
         }
         let mut dataplane = Self {
@@ -218,12 +267,14 @@ impl Dataplane {
             endpoints: BTreeMap::new(),
             slots: slots::Slots::new(abi::MAX_SLOTS),
             queues: queue_counters,
+            tx_pools,
             workers,
             consumers,
             stop_workers,
             stop_consumers,
             tables_published: 0,
             attached_so_far: 0,
+            mtu,
             attached,
             bound,
         };
@@ -255,9 +306,17 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// Start serving an endpoint while running: sockets (xdp demux) or ring (user demux)
-    /// first, the classifier's claim on its key last, so no claimed frame finds no home.
+    /// Start serving an endpoint while running, its frames claimed at once
+    /// ([`ClaimPolicy::Always`]): sockets (xdp demux) or ring (user demux) first, the
+    /// classifier's claim on its key last, so no claimed frame finds no home.
     pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<()> {
+        self.add_endpoint_with(spec, ClaimPolicy::Always)
+    }
+
+    /// [`Self::add_endpoint`] with a claim policy: with [`ClaimPolicy::WhileConnected`] the
+    /// classifier knows the endpoint but leaves its frames to its kernel device until a port
+    /// connects ([`Self::connect_port`]).
+    pub fn add_endpoint_with(&mut self, spec: EndpointSpec, claim: ClaimPolicy) -> Result<()> {
         validate_endpoints(std::slice::from_ref(&spec))?;
         if self.endpoints.contains_key(&spec.name) {
             bail!("an endpoint named `{}` is already attached", spec.name);
@@ -272,7 +331,7 @@ impl Dataplane {
             );
         }
         let slot = self.slots.take()?;
-        match self.attach_endpoint(&spec, slot) {
+        match self.attach_endpoint(&spec, slot, claim) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Undo whatever part was made; the slot was never claimed by the classifier.
@@ -283,7 +342,12 @@ impl Dataplane {
         }
     }
 
-    fn attach_endpoint(&mut self, spec: &EndpointSpec, slot: u32) -> Result<()> {
+    fn attach_endpoint(
+        &mut self,
+        spec: &EndpointSpec,
+        slot: u32,
+        claim: ClaimPolicy,
+    ) -> Result<()> {
         let counters: Arc<EndpointCounters> = Arc::default();
         let mut handles = Vec::new();
         let (source, ring) = match self.cfg.demux {
@@ -306,10 +370,16 @@ impl Dataplane {
         let consumer_index = (0..self.consumers.len())
             .min_by_key(|&i| self.consumers[i].endpoints)
             .expect("at least one consumer thread");
+        let tx_queue = slot as usize % self.umems.len();
         let served = consumer::Served {
             slot,
             consumer: Consumer::new(spec, counters.clone()),
             source,
+            claim,
+            mac: spec.mac,
+            tag: (spec.vid != 0).then(|| ports::vlan_tag(spec.vid)),
+            tx_queue,
+            port: None,
         };
         send(
             &self.consumers[consumer_index].commands,
@@ -327,12 +397,15 @@ impl Dataplane {
                 consumer: consumer_index,
                 ring,
                 sockets: handles,
+                claim,
+                port: None,
             },
         );
         if self.cfg.demux == DemuxMode::User {
             self.publish_tables()?;
         }
-        self.classifier.insert_key(spec.key(), slot)
+        self.classifier
+            .insert_key_with(spec.key(), slot, claim == ClaimPolicy::Always)
     }
 
     /// Stop serving an endpoint while running. Its classifier key goes first; frames
@@ -360,10 +433,11 @@ impl Dataplane {
             },
         )?;
         handle.endpoints -= 1;
-        let finished = answer
+        let mut finished = answer
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| anyhow!("the consumer of endpoint {name} did not answer"))?;
         self.slots.give_back(attached.slot);
+        drop(finished.port.take());
         Ok(result(&attached, finished))
     }
 
@@ -462,20 +536,25 @@ impl Dataplane {
                 for h in &a.sockets {
                     socket.add(&h.statistics()?);
                 }
-                Ok(snapshot::EndpointSnapshot::read(
-                    &a.spec,
-                    &a.counters,
-                    socket,
-                ))
+                let mut e = snapshot::EndpointSnapshot::read(&a.spec, &a.counters, socket);
+                e.claim = a.claim;
+                e.port = a
+                    .port
+                    .as_ref()
+                    .map(|p| PortSnapshot::read(&p.info, &p.counters));
+                Ok(e)
             })
             .collect::<Result<Vec<_>>>()?;
         let queues = self
             .queues
             .iter()
             .zip(&self.workers)
-            .map(|(q, w)| {
+            .zip(&self.tx_pools)
+            .map(|((q, w), (pool, size))| {
                 Ok(QueueSnapshot {
                     socket: w.socket.statistics()?,
+                    tx_pool_free: pool.len() as u64,
+                    tx_pool: *size as u64,
                     ..q.snapshot()
                 })
             })
@@ -501,6 +580,11 @@ impl Dataplane {
 
     pub fn config(&self) -> &DataplaneConfig {
         &self.cfg
+    }
+
+    /// The NIC's MTU when the dataplane started: a port may send frames of 14 + this bytes.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
     }
 
     /// Stop the threads (after they drain what is already queued) and collect the results.
@@ -535,6 +619,7 @@ impl Dataplane {
                     .remove(&a.slot)
                     .expect("every endpoint has a consumer");
                 sockets.append(&mut f.sockets);
+                drop(f.port.take());
                 result(a, f)
             })
             .collect();
@@ -543,8 +628,11 @@ impl Dataplane {
             .queues
             .iter()
             .zip(queue_sockets)
-            .map(|(q, socket)| QueueSnapshot {
+            .zip(&self.tx_pools)
+            .map(|((q, socket), (pool, size))| QueueSnapshot {
                 socket,
+                tx_pool_free: pool.len() as u64,
+                tx_pool: *size as u64,
                 ..q.snapshot()
             })
             .collect();
@@ -565,6 +653,11 @@ fn result(a: &Attached, f: consumer::FinishedEndpoint) -> EndpointResult {
         misdelivered: c.misdelivered.load(Ordering::Relaxed),
         untimed: c.untimed.load(Ordering::Relaxed),
         dropped: c.dropped_ring_full.load(Ordering::Relaxed) + f.socket_stats.dropped(),
+        dropped_not_connected: c.dropped_not_connected.load(Ordering::Relaxed),
+        port: a
+            .port
+            .as_ref()
+            .map(|p| PortSnapshot::read(&p.info, &p.counters)),
         socket_stats: f.socket_stats,
         latency: f.latency,
     }

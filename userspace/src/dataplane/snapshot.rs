@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DemuxMode, EndpointCounters, EndpointSpec, QueueSnapshot};
+use super::{ClaimPolicy, DemuxMode, EndpointCounters, EndpointSpec, PortSnapshot, QueueSnapshot};
 use crate::abi::{Counters, MacDisplay};
 use crate::xdp::AttachMode;
 use crate::xsk::{Bound, SocketStats};
@@ -32,6 +32,15 @@ pub struct EndpointSnapshot {
     pub dropped_ring_full: u64,
     /// The kernel's counters of the endpoint's sockets (xdp demux), summed over queues.
     pub socket: SocketStats,
+    /// When its frames are claimed (absent in older snapshots: always).
+    #[serde(default)]
+    pub claim: ClaimPolicy,
+    /// Part of `frames`: reached the endpoint with no port connected (claim while-connected).
+    #[serde(default)]
+    pub dropped_not_connected: u64,
+    /// The application port connected now, if any.
+    #[serde(default)]
+    pub port: Option<PortSnapshot>,
 }
 
 impl EndpointSnapshot {
@@ -46,6 +55,9 @@ impl EndpointSnapshot {
             untimed: c.untimed.load(Relaxed),
             dropped_ring_full: c.dropped_ring_full.load(Relaxed),
             socket,
+            claim: ClaimPolicy::Always,
+            dropped_not_connected: c.dropped_not_connected.load(Relaxed),
+            port: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct QueueCounters {
     pub dropped_ring_full: AtomicU64,
     /// Frames handed back to the fill ring.
     pub refilled: AtomicU64,
+    /// Ports' transmitted frames back from the completion ring.
+    pub tx_completed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -38,6 +40,13 @@ pub struct QueueSnapshot {
     pub dropped_unknown: u64,
     pub dropped_ring_full: u64,
     pub refilled: u64,
+    #[serde(default)]
+    pub tx_completed: u64,
+    /// Frames of the queue's TX pool free now, of `tx_pool` (all of them when idle: none lost).
+    #[serde(default)]
+    pub tx_pool_free: u64,
+    #[serde(default)]
+    pub tx_pool: u64,
 }
 
 impl QueueCounters {
@@ -49,6 +58,9 @@ impl QueueCounters {
             dropped_unknown: self.dropped_unknown.load(Relaxed),
             dropped_ring_full: self.dropped_ring_full.load(Relaxed),
             refilled: self.refilled.load(Relaxed),
+            tx_completed: self.tx_completed.load(Relaxed),
+            tx_pool_free: 0,
+            tx_pool: 0,
         }
     }
 }
@@ -68,6 +80,8 @@ pub struct Worker {
     pub umem: QueueUmem,
     pub rings: QueueRings,
     pub free: Arc<ArrayQueue<RxFrame>>,
+    /// The queue's TX frames: ports' transmissions complete back into it.
+    pub tx_free: Arc<ArrayQueue<RxFrame>>,
     pub demux: DemuxMode,
     pub table: Arc<SteerTable>,
     /// New tables from the control side; checked once per loop.
@@ -110,6 +124,13 @@ impl Worker {
                 self.counters.refilled.fetch_add(refilled as u64, Relaxed);
             }
             work += refilled;
+            let completed = self.rings.reap_completions(&self.tx_free);
+            if completed > 0 {
+                self.counters
+                    .tx_completed
+                    .fetch_add(completed as u64, Relaxed);
+            }
+            work += completed;
             if work > 0 {
                 idle.worked();
             } else if stopping {

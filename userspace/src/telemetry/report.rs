@@ -176,7 +176,7 @@ impl Report {
         let x = &self.xdp;
         let _ = writeln!(
             out,
-            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} arp/icmp {} qinq {} malformed {} no-socket {}",
+            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} arp/icmp {} qinq {} malformed {} no-socket {} unclaimed {}",
             x.seen,
             x.tagged,
             x.hit,
@@ -186,7 +186,8 @@ impl Report {
             x.pass_control,
             x.pass_qinq,
             x.malformed,
-            x.pass_no_socket
+            x.pass_no_socket,
+            x.pass_unclaimed
         );
         for (q, s) in self.queues.iter().enumerate() {
             let _ = writeln!(

@@ -3,7 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, XskMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
@@ -42,6 +42,7 @@ pub struct Classifier {
     ebpf: Ebpf,
     program: Program,
     slots: HashMap<MapData, Key, u32>,
+    claimed: Array<MapData, u32>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, Counters>,
     events: RingBuf<MapData>,
@@ -85,6 +86,7 @@ impl Classifier {
             .map_err(|e| explain_load_error(e.into()))
             .with_context(|| format!("loading XDP program {name} into the kernel"))?;
         let slots = HashMap::try_from(take_map(&mut ebpf, abi::MAP_SLOTS)?)?;
+        let claimed = Array::try_from(take_map(&mut ebpf, abi::MAP_CLAIMED)?)?;
         let xsks = XskMap::try_from(take_map(&mut ebpf, abi::MAP_XSKS)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, abi::MAP_COUNTERS)?)?;
         let events = RingBuf::try_from(take_map(&mut ebpf, abi::MAP_EVENTS)?)?;
@@ -92,6 +94,7 @@ impl Classifier {
             ebpf,
             program,
             slots,
+            claimed,
             xsks,
             counters,
             events,
@@ -158,17 +161,44 @@ impl Classifier {
         self.steering
     }
 
-    /// Claim frames with `key` for endpoint `slot`.
+    /// Claim frames with `key` for endpoint `slot`, at once.
     pub fn insert_key(&mut self, key: Key, slot: u32) -> Result<()> {
+        self.insert_key_with(key, slot, true)
+    }
+
+    /// Know `key` as endpoint `slot`'s; its frames are claimed only while `claimed` (see
+    /// [`Self::set_claimed`]), else they go to the kernel, counted as `pass_unclaimed`.
+    pub fn insert_key_with(&mut self, key: Key, slot: u32, claimed: bool) -> Result<()> {
         if slot >= abi::MAX_SLOTS {
             bail!(
                 "slot {slot} out of range (at most {} endpoints)",
                 abi::MAX_SLOTS
             );
         }
+        // The flag first: the key must never be live with a stale flag of the slot's last user.
+        self.set_claimed(slot, claimed)?;
         self.slots
             .insert(key, slot, 0)
             .with_context(|| format!("adding {key:?} to the classifier"))
+    }
+
+    /// Start (true) or stop claiming endpoint `slot`'s frames. Takes effect for the next
+    /// frame the program sees; frames already redirected stay on their way.
+    pub fn set_claimed(&mut self, slot: u32, claimed: bool) -> Result<()> {
+        if slot >= abi::MAX_SLOTS {
+            bail!(
+                "slot {slot} out of range (at most {} endpoints)",
+                abi::MAX_SLOTS
+            );
+        }
+        let value = if claimed {
+            abi::CLAIMED
+        } else {
+            abi::UNCLAIMED
+        };
+        self.claimed
+            .set(slot, value, 0)
+            .with_context(|| format!("setting the claim flag of endpoint slot {slot}"))
     }
 
     /// Stop claiming frames with `key`; a missing key is not an error.
@@ -309,6 +339,33 @@ mod tests {
         f[18 + 9] = 17;
         f.truncate(len);
         f
+    }
+
+    #[test]
+    fn unclaimed_endpoints_pass_to_the_kernel_until_claimed() {
+        assert!(crate::sys::is_root(), "loads BPF: run as root");
+        let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1).unwrap();
+        let mac = [2, 0x42, 0, 0, 0, 2];
+        classifier
+            .insert_key_with(Key { vid: 100, mac }, 3, false)
+            .unwrap();
+        assert_eq!(classifier.test_run(&tagged_udp(mac, 64)).unwrap(), 2);
+        let c = classifier.counters().unwrap();
+        assert_eq!((c.pass_unclaimed, c.hit, c.verdicts()), (1, 0, c.seen));
+        // Claimed: a hit (no socket in this test, so still passed, as pass_no_socket).
+        classifier.set_claimed(3, true).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        let c = classifier.counters().unwrap();
+        assert_eq!((c.pass_unclaimed, c.hit, c.pass_no_socket), (1, 1, 1));
+        classifier.set_claimed(3, false).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        assert_eq!(classifier.counters().unwrap().pass_unclaimed, 2);
+        // A reused slot starts from what its new key asks for, not the old flag.
+        classifier.remove_key(&Key { vid: 100, mac }).unwrap();
+        classifier.insert_key(Key { vid: 100, mac }, 3).unwrap();
+        classifier.test_run(&tagged_udp(mac, 64)).unwrap();
+        assert_eq!(classifier.counters().unwrap().hit, 2);
+        assert!(classifier.set_claimed(abi::MAX_SLOTS, true).is_err());
     }
 
     #[test]

@@ -14,11 +14,16 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+mod send;
 mod tx;
+pub use send::{StageError, TxBatch};
 pub use tx::TxPort;
 
 /// Frames handled per ring operation.
 pub const BATCH: usize = 64;
+
+/// TX ring entries of every shared socket (the ports' transmissions).
+pub const TX_RING: usize = 64;
 
 /// `--bind`.
 #[derive(
@@ -89,15 +94,17 @@ pub struct QueueUmem {
 /// socket (the per-queue socket of `user` demux; idle but holding the rings in `xdp` mode).
 pub struct QueueRings {
     fill: FillQueue,
-    _comp: CompQueue,
+    comp: CompQueue,
     pub socket: RxSocket,
     scratch: Vec<FrameDesc>,
+    /// Frames kept out of the fill ring for transmission (see [`QueueRings::take_tx_frames`]).
+    tx_reserve: Vec<FrameDesc>,
 }
 
-/// One AF_XDP socket's receive side.
+/// One AF_XDP socket: its receive ring, and its TX ring for application ports.
 pub struct RxSocket {
     rx: RxQueue,
-    _tx: TxQueue,
+    tx: TxQueue,
     queue: u16,
     scratch: Vec<FrameDesc>,
     /// Set only while dropping: fields drop in order, so this closes after `rx` and `_tx`.
@@ -180,13 +187,17 @@ fn try_open_queue(
     let (socket, rings) = queue_umem.create_socket(flags)?;
     let (fill, comp) = rings
         .ok_or_else(|| anyhow!("{ifname} queue {queue} is already bound by another AF_XDP user"))?;
+    let mut descs = descs;
+    // A sixteenth of the frames is set aside for ports' transmissions, from which they return
+    // by the completion ring; the rest start in the kernel's hands.
+    let tx_reserve = descs.split_off(descs.len() - tx_reserve_frames(cfg.frames));
     let mut rings = QueueRings {
         fill,
-        _comp: comp,
+        comp,
         socket,
         scratch: Vec::with_capacity(BATCH),
+        tx_reserve,
     };
-    // Every frame starts in the kernel's hands.
     let free = rings.fill.nb_free(cfg.frames) as usize;
     if free < descs.len() {
         bail!("fill ring has room for {free} of {} frames", descs.len());
@@ -201,6 +212,13 @@ fn try_open_queue(
         );
     }
     Ok((queue_umem, rings))
+}
+
+/// Frames of a queue's UMEM reserved for transmission: a sixteenth. TX has a pool of its own
+/// so that a busy receive path (which hands every free frame straight back to the fill ring)
+/// cannot starve a port's transmissions, nor a sending port the fill ring.
+pub fn tx_reserve_frames(frames: u32) -> usize {
+    (frames / 16) as usize
 }
 
 fn ring_size(n: u32) -> Result<QueueSize> {
@@ -231,7 +249,7 @@ impl QueueUmem {
     ) -> Result<(RxSocket, Option<(FillQueue, CompQueue)>)> {
         let config = SocketConfig::builder()
             .rx_queue_size(ring_size(self.rx_ring)?)
-            .tx_queue_size(ring_size(64)?)
+            .tx_queue_size(ring_size(TX_RING as u32)?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(flags)
             .build();
@@ -263,7 +281,7 @@ impl QueueUmem {
         Ok((
             RxSocket {
                 rx,
-                _tx: tx,
+                tx,
                 queue: self.queue,
                 scratch: vec![FrameDesc::default(); BATCH],
                 last_reference: None,
@@ -387,6 +405,30 @@ fn socket_statistics(fd: std::os::fd::RawFd) -> Result<SocketStats> {
     })
 }
 
+impl RxSocket {
+    /// Free entries of this socket's TX ring (no syscall: reads the ring's consumer index).
+    #[inline]
+    pub fn tx_room(&mut self) -> usize {
+        self.tx.nb_free(BATCH as u32) as usize
+    }
+
+    /// Kick the kernel to transmit what this socket's TX ring holds, if the driver asked to be
+    /// woken (copy mode always does). Called at most once per batch. A kernel that is busy or
+    /// out of buffers leaves the frames queued for the next kick.
+    #[inline]
+    pub fn tx_kick(&mut self) {
+        if self.tx.needs_wakeup() {
+            let _ = self.tx.wakeup();
+        }
+    }
+
+    /// Whether the TX ring still holds frames the kernel has not taken.
+    #[inline]
+    pub fn tx_pending(&mut self) -> bool {
+        self.tx.nb_free_exact() < TX_RING as u32
+    }
+}
+
 /// Closing an AF_XDP socket waits for an RCU grace period, and xsk-rs closes it under its
 /// UMEM's lock, so the sockets of one queue would close one after another (~13 ms each on the
 /// 2-core VM: 13 s to stop 1020 endpoints). A duplicate of the fd, closed after xsk-rs's close,
@@ -421,6 +463,34 @@ impl QueueRings {
             }
         }
         self.produce_scratch()
+    }
+
+    /// The frames set aside for transmission, as values for the queue's TX free-frame pool.
+    /// Empty after the first call.
+    pub fn take_tx_frames(&mut self) -> Vec<RxFrame> {
+        let queue = self.socket.queue;
+        self.tx_reserve
+            .drain(..)
+            .map(|desc| RxFrame { desc, queue })
+            .collect()
+    }
+
+    /// Take up to one batch of transmitted frames off the completion ring (shared by every
+    /// socket of the queue) and give them back to the TX pool `tx_free`. No syscall.
+    #[inline]
+    pub fn reap_completions(&mut self, tx_free: &crossbeam_queue::ArrayQueue<RxFrame>) -> usize {
+        self.scratch.clear();
+        self.scratch.resize(BATCH, FrameDesc::default());
+        // SAFETY: the completion ring only returns descriptors of this queue's UMEM that a
+        // socket of it transmitted; the kernel is done with them, so they are ours again.
+        let n = unsafe { self.comp.consume(&mut self.scratch) };
+        let queue = self.socket.queue;
+        for desc in &self.scratch[..n] {
+            // Cannot fail: the pool holds all of the queue's TX frames.
+            let _ = tx_free.push(RxFrame { desc: *desc, queue });
+        }
+        self.scratch.clear();
+        n
     }
 
     fn produce_scratch(&mut self) -> usize {

@@ -1,0 +1,359 @@
+//! The daemon test lab: the real `xmacvlan` binary in a host namespace with a veth parent
+//! `v0` (frames injected on its peer `v0p`), two endpoint namespaces, a data root, sockets
+//! and a config file, all removed on drop; and the daemon process, killed on drop.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use xmacvlan::control::State;
+use xmacvlan::daemon::protocol::{Answer, Request};
+use xmacvlan::daemon::socket::request;
+use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+use xmacvlan::netlink::Netlink;
+use xmacvlan::netns::NetnsGuard;
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent, Stream};
+use xmacvlan_bench::scenario::lab_streams;
+
+use crate::app::App;
+use crate::{require_root, xmacvlan_bin};
+
+/// A host namespace with the veth parent `v0` (frames are injected on its peer `v0p`), two
+/// endpoint namespaces, a data root, a socket path and a config file, all removed on drop.
+pub struct Lab {
+    pub host: NetnsGuard,
+    pub endpoints: Vec<NetnsGuard>,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        require_root();
+        let prefix = format!("xmvd{}{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            host: NetnsGuard::create(&format!("{prefix}-h")).unwrap(),
+            endpoints: (0..2)
+                .map(|i| NetnsGuard::create(&format!("{prefix}-e{i}")).unwrap())
+                .collect(),
+            dir,
+        };
+        lab.host
+            .run(|| {
+                let nl = Netlink::new()?;
+                let v0 = nl.add_veth("v0", "v0p", 1)?;
+                nl.set_up(v0)?;
+                nl.set_up(nl.require_link("v0p")?.index)?;
+                Ok(())
+            })
+            .unwrap();
+        lab.write_config("info", "xdp");
+        lab
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("daemon.json")
+    }
+
+    pub fn write_config(&self, level: &str, demux: &str) {
+        let config = serde_json::json!({
+            "log-level": level,
+            "log-format": "json",
+            "stats-interval": "200ms",
+            "demux-mode": demux,
+            "xdp-mode": "native",
+            "bind-mode": "copy",
+            "metrics-addr": format!("unix:{}", self.dir.join("metrics.sock").display()),
+            // The host's /run is shared: never serve Docker's default plugin from a test.
+            "docker-plugin": "",
+            "port-dir": self.dir.join("ports"),
+        });
+        std::fs::write(self.config(), config.to_string()).unwrap();
+    }
+
+    /// `ip netns exec HOST xmacvlan --data-root … --control-socket … ARGS`.
+    pub fn command(&self, args: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.host.name()])
+            .arg(xmacvlan_bin())
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--control-socket")
+            .arg(self.socket())
+            .args(args.split_whitespace());
+        cmd
+    }
+
+    /// Run a CLI command to success; its stdout.
+    pub fn cli(&self, args: &str) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`xmacvlan {args}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn create_network(&self) {
+        self.cli("network create -d macvlan --subnet 198.18.20.0/24 -o parent=v0 n1");
+    }
+
+    pub fn create_endpoint(&self, i: usize) -> EndpointSpec {
+        self.cli(&format!(
+            "endpoint create --network n1 --netns {} c{i}",
+            self.endpoints[i].name()
+        ));
+        let state = State::load(&self.dir.join("data")).unwrap();
+        state.endpoint(&format!("c{i}")).unwrap().spec()
+    }
+
+    pub fn start_daemon(&self) -> Daemon {
+        let log = self.dir.join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let child = self
+            .command(&format!("daemon --config {}", self.config().display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            child,
+            log,
+            socket: self.socket(),
+        };
+        daemon.wait_for_log("daemon started", Duration::from_secs(10));
+        daemon
+    }
+
+    /// Endpoint `c{i}`'s memif socket.
+    pub fn port_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("ports/c{i}.sock"))
+    }
+
+    /// `xmacvlan-sink` in `c{i}`'s namespace, once the daemon shows its port connected.
+    pub fn attach_sink(&self, daemon: &Daemon, i: usize) -> App {
+        let log = self.dir.join(format!(
+            "sink-c{i}-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let sink = App::sink(
+            self.endpoints[i].name(),
+            &self.port_socket(i),
+            &format!("sink-c{i}"),
+            &log,
+        );
+        daemon.wait_for_port(&format!("c{i}"), true);
+        sink
+    }
+
+    /// Send `count` frames to each of `endpoints` from the wire side of `v0`.
+    pub fn burst(&self, endpoints: &[EndpointSpec], count: u64) -> Sent {
+        self.send(&lab_streams(endpoints, 64, false), count)
+    }
+
+    pub fn send(&self, streams: &[Stream], count: u64) -> Sent {
+        let cfg = GeneratorConfig {
+            ifname: "v0p".into(),
+            queue: 0,
+            duration: Duration::from_secs(20),
+            rate: Some(20_000),
+            count: Some(count),
+            core: None,
+            frame_size: 2048,
+            max_in_flight: generator::MAX_IN_FLIGHT,
+        };
+        self.host
+            // Paced by the wire: nothing lost before XDP on a busy machine (the daemon is
+            // another process: its delivery is read from its stats).
+            .run(|| {
+                let sent = PaceSent::default();
+                generator::run_paced(
+                    &cfg,
+                    streams,
+                    &AtomicBool::new(false),
+                    Some(Pace::wire(&sent)),
+                )
+            })
+            .unwrap()
+    }
+
+    pub fn xdp_on_v0(&self) -> Option<u32> {
+        self.host
+            .run(|| Ok(Netlink::new()?.require_link("v0")?.xdp_prog_id))
+            .unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The daemon process; killed on drop if a test fails half-way.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn log_lines(&self) -> Vec<Value> {
+        let file = std::fs::File::open(&self.log).unwrap();
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// The first JSON log line whose message contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log_lines()
+                .into_iter()
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with `{needle}` within {timeout:?}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The start line says how many recorded endpoints are on the fast path.
+    pub fn assert_started_serving(&self, what: &str) {
+        let started = self.wait_for_log("daemon started", Duration::from_secs(1));
+        let message = started["message"].as_str().unwrap();
+        assert!(message.contains(what), "{message}");
+    }
+
+    pub fn stats(&self) -> Vec<Snapshot> {
+        match request(&self.socket, &Request::Stats).unwrap() {
+            Answer::Stats { interfaces, .. } => interfaces,
+            other => panic!("stats answered {other:?}"),
+        }
+    }
+
+    /// Wait until the endpoints' frame counters reach `want` (delivery is asynchronous).
+    pub fn wait_for_frames(&self, want: &[(&str, u64)]) -> Vec<Snapshot> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.stats();
+            let frames = |name: &str| {
+                stats
+                    .iter()
+                    .flat_map(|s| &s.endpoints)
+                    .find(|e| e.name == name)
+                    .map_or(0, |e| e.frames)
+            };
+            if want.iter().all(|(n, f)| frames(n) >= *f) || Instant::now() > deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until endpoint `name`'s port is (or is no longer) connected.
+    pub fn wait_for_port(&self, name: &str, connected: bool) {
+        self.wait_for_port_within(name, connected, Duration::from_secs(10))
+    }
+
+    pub fn wait_for_port_within(&self, name: &str, connected: bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self
+                .stats()
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .find(|e| e.name == name)
+                .is_some_and(|e| e.port.as_ref().is_some_and(|p| p.connected));
+            if now == connected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {name} not {} within {timeout:?}; log:\n{}",
+                if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait; returns how long the daemon took to exit, and its status.
+    pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        self.signal("TERM");
+        let deadline = start + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (start.elapsed(), status);
+            }
+            assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn open_fds(&self) -> usize {
+        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// Open fds once start-up work has finished: the same count twice 100 ms apart, or
+    /// `want` (at most 10 s, then the last count). One reading can catch a netlink socket or
+    /// a control connection that is about to close.
+    pub fn settled_fds(&self, want: Option<usize>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.open_fds();
+        loop {
+            if want == Some(last) || Instant::now() >= deadline {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.open_fds();
+            if want.is_none() && now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,90 @@
+//! `xmacvlan-reflect SOCKET`: a memif client that sends every frame it receives back with
+//! its source and destination MACs swapped (testpmd's macswap), for round trips. Run it
+//! inside the endpoint's network namespace.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use xmacvlan::config::parse_duration;
+use xmacvlan::memif::{Client, ClientConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Send an endpoint's frames back with MACs swapped, through its memif port"
+)]
+struct Args {
+    /// The endpoint's socket (`<port-dir>/<endpoint>.sock`, default dir /run/xmacvlan/ports).
+    socket: PathBuf,
+    #[arg(long, default_value = "xmacvlan-reflect")]
+    name: String,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long ("10s").
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Poll the ring instead of sleeping on the eventfd.
+    #[arg(long)]
+    polling: bool,
+    #[arg(long, default_value_t = 10)]
+    log2_ring_size: u8,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cfg = ClientConfig {
+        name: args.name.clone(),
+        interrupt: !args.polling,
+        log2_ring_size: args.log2_ring_size,
+        ..ClientConfig::default()
+    };
+    let mut client = Client::connect(&args.socket, &cfg)?;
+    eprintln!(
+        "connected to endpoint {} ({}): reflecting",
+        client.server,
+        args.socket.display()
+    );
+    xmacvlan::sys::catch_interrupts();
+    let (mut received, mut sent) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut idle_rounds = 0u32;
+    let mut why = None;
+    while !xmacvlan::sys::interrupted().load(Ordering::Relaxed) {
+        let (r, s) = client.forward(|f| {
+            if f.len() >= 12 {
+                let (dst, src) = f[..12].split_at_mut(6);
+                dst.swap_with_slice(src);
+            }
+        });
+        received += r as u64;
+        sent += s as u64;
+        if args.count.is_some_and(|c| received >= c)
+            || args.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        if r == 0 {
+            idle_rounds += 1;
+            if idle_rounds.is_multiple_of(64)
+                && let Some(w) = client.disconnected()
+            {
+                why = Some(w);
+                break;
+            }
+            client.wait(Duration::from_millis(50))?;
+        }
+    }
+    println!(
+        "received {received} reflected {sent} not sent (transmit ring full) {} in {:.1} s",
+        received - sent,
+        start.elapsed().as_secs_f64()
+    );
+    match why {
+        Some(w) => println!("the daemon ended the connection: {w}"),
+        None => client.close("xmacvlan-reflect done"),
+    }
+    Ok(())
+}

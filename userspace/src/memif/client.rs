@@ -1,0 +1,345 @@
+//! A small memif client (the application side): it creates one sealed region holding both
+//! rings and their buffers, connects to an endpoint's socket, and then receives and sends
+//! frames in batches. `xmacvlan-sink`, `xmacvlan-reflect` and the tests use it; any other
+//! memif client (DPDK, VPP, libmemif, gomemif) works the same way.
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::shm::{Desc, RING_FLAG_MASK_INT, Region, Ring, ring_bytes};
+use super::sock::{self, Received};
+use super::wire::{
+    self, ADD_RING_FLAG_C2S, AddRegion, AddRing, Init, MSG_SIZE, Msg, SECRET_SIZE, VERSION,
+};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Sent in INIT: the daemon shows it in `stats` and its logs.
+    pub name: String,
+    pub id: u32,
+    pub log2_ring_size: u8,
+    pub buffer_size: u32,
+    pub secret: Option<[u8; SECRET_SIZE]>,
+    /// Ask the daemon to write the receive ring's eventfd after each batch, so that
+    /// [`Client::wait`] sleeps in poll instead of spinning.
+    pub interrupt: bool,
+    pub timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            name: "xmacvlan-client".into(),
+            id: 0,
+            log2_ring_size: 10,
+            buffer_size: 2048,
+            secret: None,
+            interrupt: true,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Client {
+    sock: OwnedFd,
+    region: Arc<Region>,
+    c2s: Ring,
+    s2c: Ring,
+    c2s_event: OwnedFd,
+    s2c_event: OwnedFd,
+    buffer_size: u32,
+    /// Where the daemon's S2C tail was last seen, and our C2S head.
+    s2c_seen: u16,
+    c2s_head: u16,
+    c2s_pending: u16,
+    /// The endpoint name the daemon gave in HELLO.
+    pub server: String,
+    scratch: Vec<u8>,
+}
+
+fn recv_msg(sock: &OwnedFd, deadline: Instant) -> Result<Msg> {
+    let mut buf = [0u8; MSG_SIZE + 1];
+    loop {
+        match sock::recv(sock.as_fd(), &mut buf)? {
+            Received::Record { len, .. } if len == MSG_SIZE => {
+                return Ok(Msg::decode(&buf[..MSG_SIZE])?);
+            }
+            Received::Record { len, .. } => bail!("the server sent a {len}-byte message"),
+            Received::Closed => bail!("the server closed the connection"),
+            Received::Empty => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    bail!("no answer from the server in time");
+                }
+                sock::poll_readable(&[sock.as_raw_fd()], left.as_millis().clamp(1, 1000) as i32)?;
+            }
+        }
+    }
+}
+
+fn refused(code: u32, reason: &[u8]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the server refused the connection (code {code}): {}",
+        wire::field_text(reason)
+    )
+}
+
+impl Client {
+    pub fn connect(path: &Path, cfg: &ClientConfig) -> Result<Client> {
+        let deadline = Instant::now() + cfg.timeout;
+        let sock =
+            sock::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
+        let hello = match recv_msg(&sock, deadline)? {
+            Msg::Hello(h) => h,
+            Msg::Disconnect { code, reason } => return Err(refused(code, &reason)),
+            other => bail!("expected HELLO, the server sent {}", other.kind()),
+        };
+        if hello.min_version > VERSION || hello.max_version < VERSION {
+            bail!(
+                "the server speaks memif {:#x}..{:#x}, not 2.0",
+                hello.min_version,
+                hello.max_version
+            );
+        }
+        if cfg.log2_ring_size > hello.max_log2_ring_size {
+            bail!(
+                "ring size 2^{} is over the server's 2^{}",
+                cfg.log2_ring_size,
+                hello.max_log2_ring_size
+            );
+        }
+        let n = 1u64 << cfg.log2_ring_size;
+        let ring_len = ring_bytes(cfg.log2_ring_size).next_multiple_of(64);
+        let buffers_at = 2 * ring_len;
+        let size = buffers_at + 2 * n * cfg.buffer_size as u64;
+        let region = Arc::new(Region::create("xmacvlan memif region 0", size as usize)?);
+        let c2s = Ring::new(region.clone(), 0, cfg.log2_ring_size).map_err(anyhow::Error::msg)?;
+        let s2c =
+            Ring::new(region.clone(), ring_len, cfg.log2_ring_size).map_err(anyhow::Error::msg)?;
+        for (ring, first) in [(&c2s, 0u64), (&s2c, n)] {
+            ring.init();
+            for i in 0..n {
+                ring.set_desc(
+                    i as u16,
+                    Desc {
+                        flags: 0,
+                        region: 0,
+                        length: cfg.buffer_size,
+                        offset: (buffers_at + (first + i) * cfg.buffer_size as u64) as u32,
+                        metadata: 0,
+                    },
+                );
+            }
+        }
+        s2c.set_flags(if cfg.interrupt { 0 } else { RING_FLAG_MASK_INT });
+        let (c2s_event, s2c_event) = (sock::eventfd()?, sock::eventfd()?);
+        let init = Msg::Init(Init {
+            version: VERSION,
+            id: cfg.id,
+            mode: wire::MODE_ETHERNET,
+            secret: cfg.secret.unwrap_or([0; SECRET_SIZE]),
+            name: wire::name_field(&cfg.name),
+        });
+        let ring_msg = |flags, offset| {
+            Msg::AddRing(AddRing {
+                flags,
+                index: 0,
+                region: 0,
+                offset,
+                log2_ring_size: cfg.log2_ring_size,
+                private_hdr_size: 0,
+            })
+        };
+        let sends: [(Msg, Option<BorrowedFd<'_>>); 5] = [
+            (init, None),
+            (
+                Msg::AddRegion(AddRegion { index: 0, size }),
+                Some(region.fd()),
+            ),
+            (ring_msg(ADD_RING_FLAG_C2S, 0), Some(c2s_event.as_fd())),
+            (ring_msg(0, ring_len as u32), Some(s2c_event.as_fd())),
+            (
+                Msg::Connect {
+                    if_name: wire::name_field(&cfg.name),
+                },
+                None,
+            ),
+        ];
+        for (msg, fd) in &sends {
+            sock::send(sock.as_fd(), &msg.encode(), *fd)
+                .with_context(|| format!("sending {}", msg.kind()))?;
+            match recv_msg(&sock, deadline)? {
+                Msg::Ack => {}
+                Msg::Connected { .. } if matches!(msg, Msg::Connect { .. }) => {}
+                Msg::Disconnect { code, reason } => return Err(refused(code, &reason)),
+                other => bail!(
+                    "unexpected {} from the server after {}",
+                    other.kind(),
+                    msg.kind()
+                ),
+            }
+        }
+        let client = Client {
+            sock,
+            region,
+            c2s,
+            s2c,
+            c2s_event,
+            s2c_event,
+            buffer_size: cfg.buffer_size,
+            s2c_seen: 0,
+            c2s_head: 0,
+            c2s_pending: 0,
+            server: wire::field_text(&hello.name),
+            scratch: vec![0u8; cfg.buffer_size as usize],
+        };
+        // The server zeroed the indices at CONNECT: offer every receive buffer now.
+        client.s2c.set_head(client.s2c.size());
+        Ok(client)
+    }
+
+    /// Take every frame the daemon has published, handing each to `f`; the buffers go back
+    /// to the daemon at once. Returns how many frames there were.
+    pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let tail = self.s2c.tail();
+        let n = tail.wrapping_sub(self.s2c_seen);
+        let n = n.min(self.s2c.size());
+        for i in 0..n {
+            let slot = self.s2c_seen.wrapping_add(i);
+            let d = self.s2c.desc(slot);
+            let len = (d.length.min(self.buffer_size)) as usize;
+            if self.region.read(d.offset as u64, &mut self.scratch[..len]) {
+                f(&self.scratch[..len]);
+            }
+            self.s2c.set_desc_length(slot, self.buffer_size);
+        }
+        self.s2c_seen = self.s2c_seen.wrapping_add(n);
+        if n > 0 {
+            self.s2c
+                .set_head(self.s2c_seen.wrapping_add(self.s2c.size()));
+        }
+        n as usize
+    }
+
+    /// Send every received frame back after `edit` changed it in place (a reflector):
+    /// returns (received, sent). Frames the transmit ring has no room for are not sent.
+    pub fn forward(&mut self, mut edit: impl FnMut(&mut [u8])) -> (usize, usize) {
+        let tail = self.s2c.tail();
+        let n = tail.wrapping_sub(self.s2c_seen).min(self.s2c.size());
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut sent = 0;
+        for i in 0..n {
+            let slot = self.s2c_seen.wrapping_add(i);
+            let d = self.s2c.desc(slot);
+            let len = d.length.min(self.buffer_size) as usize;
+            if self.region.read(d.offset as u64, &mut scratch[..len]) {
+                edit(&mut scratch[..len]);
+                sent += usize::from(self.send(&scratch[..len]));
+            }
+            self.s2c.set_desc_length(slot, self.buffer_size);
+        }
+        self.scratch = scratch;
+        self.s2c_seen = self.s2c_seen.wrapping_add(n);
+        if n > 0 {
+            self.s2c
+                .set_head(self.s2c_seen.wrapping_add(self.s2c.size()));
+            self.flush();
+        }
+        (n as usize, sent)
+    }
+
+    /// Queue one frame for the daemon; false if the ring is full or the frame does not fit a
+    /// buffer. Frames leave at [`Self::flush`].
+    pub fn send(&mut self, frame: &[u8]) -> bool {
+        if frame.len() > self.buffer_size as usize {
+            return false;
+        }
+        let slot = self.c2s_head.wrapping_add(self.c2s_pending);
+        let in_flight = slot.wrapping_sub(self.c2s.tail());
+        if in_flight >= self.c2s.size() {
+            return false;
+        }
+        let d = self.c2s.desc(slot);
+        let offset = d.offset as u64;
+        if !self.region.write(offset, frame) {
+            return false;
+        }
+        self.c2s.set_desc(
+            slot,
+            Desc {
+                flags: 0,
+                length: frame.len() as u32,
+                ..d
+            },
+        );
+        self.c2s_pending += 1;
+        true
+    }
+
+    /// Publish the queued frames (one index store; an eventfd write only if the daemon asks).
+    pub fn flush(&mut self) {
+        if self.c2s_pending == 0 {
+            return;
+        }
+        self.c2s_head = self.c2s_head.wrapping_add(self.c2s_pending);
+        self.c2s_pending = 0;
+        self.c2s.set_head(self.c2s_head);
+        if self.c2s.flags() & RING_FLAG_MASK_INT == 0 {
+            sock::kick(self.c2s_event.as_fd());
+        }
+    }
+
+    /// Frames sent but not yet taken by the daemon.
+    pub fn tx_in_flight(&self) -> u16 {
+        self.c2s_head.wrapping_sub(self.c2s.tail())
+    }
+
+    /// Sleep until the daemon signals frames or the control socket has something (interrupt
+    /// mode), or for up to `timeout` (polling mode sleeps a tenth of it, at most 1 ms).
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        if self.s2c.tail() != self.s2c_seen {
+            return Ok(());
+        }
+        if self.s2c.flags() & RING_FLAG_MASK_INT == 0 {
+            let ms = timeout.as_millis().clamp(1, 1000) as i32;
+            sock::poll_readable(&[self.s2c_event.as_raw_fd(), self.sock.as_raw_fd()], ms)?;
+            sock::drain_eventfd(self.s2c_event.as_fd());
+        } else {
+            std::thread::sleep((timeout / 10).min(Duration::from_millis(1)));
+        }
+        Ok(())
+    }
+
+    /// Why the daemon ended the connection, if it did (a DISCONNECT or a closed socket).
+    pub fn disconnected(&self) -> Option<String> {
+        let mut buf = [0u8; MSG_SIZE + 1];
+        match sock::recv(self.sock.as_fd(), &mut buf) {
+            Ok(Received::Empty) => None,
+            Ok(Received::Closed) => Some("the daemon closed the connection".into()),
+            Ok(Received::Record { len: MSG_SIZE, .. }) => match Msg::decode(&buf[..MSG_SIZE]) {
+                Ok(Msg::Disconnect { code, reason }) => Some(format!(
+                    "DISCONNECT (code {code}): {}",
+                    wire::field_text(&reason)
+                )),
+                Ok(other) => Some(format!("unexpected {} from the daemon", other.kind())),
+                Err(e) => Some(format!("malformed message from the daemon: {e}")),
+            },
+            Ok(Received::Record { len, .. }) => {
+                Some(format!("a {len}-byte message from the daemon"))
+            }
+            Err(e) => Some(format!("control socket: {e}")),
+        }
+    }
+
+    /// Say goodbye properly (DISCONNECT) and close.
+    pub fn close(self, reason: &str) {
+        let _ = sock::send(
+            self.sock.as_fd(),
+            &Msg::disconnect(0, reason).encode(),
+            None,
+        );
+    }
+}

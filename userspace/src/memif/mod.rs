@@ -1,0 +1,30 @@
+//! memif ports: the shared-memory packet interface of VPP and DPDK (`net_memif`), protocol
+//! version 2.0, with the daemon as the server and the application as the client that owns
+//! the memory. Each served endpoint has its own filesystem socket; the daemon copies the
+//! endpoint's frames into the client's receive ring and takes the client's frames from its
+//! transmit ring (see `crate::dataplane::AppPort`).
+//!
+//! - [`wire`]: the 128-byte control messages.
+//! - [`sock`]: SOCK_SEQPACKET sockets, descriptor passing, peer credentials (unsafe).
+//! - [`shm`]: mapped regions, rings and descriptors (unsafe).
+//! - [`handshake`]: the server's message-by-message checks.
+//! - [`port`]: the connected port the dataplane drives.
+//! - [`server`]: sockets, admission and the control thread.
+//! - [`client`]: a client for Rust programs and tests.
+pub mod client;
+pub mod handshake;
+pub mod port;
+pub mod server;
+pub mod shm;
+pub mod sock;
+pub mod wire;
+
+pub use client::{Client, ClientConfig};
+pub use port::{PortShared, ServerPort};
+pub use server::{PortEvent, PortServer, PortServerConfig, PortStatus};
+
+/// Where the daemon puts the endpoints' sockets unless configured otherwise.
+pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,577 @@
+//! The daemon's memif server: one listening socket per served endpoint, one control thread
+//! that accepts, admits and runs every handshake, and a queue of events (a port connected, a
+//! port gone) that the daemon's loop hands on to the dataplane.
+//!
+//! Admission: the client's network namespace (its pid from SO_PEERCRED, then
+//! `/proc/PID/ns/net`) must be the endpoint's, and an endpoint has at most one client (or
+//! handshake) at a time. A refused client gets a DISCONNECT saying why; the log says it too.
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+use super::handshake::{Handshake, Limits, ServerConfig, Step};
+use super::port::{PortShared, ServerPort};
+use super::sock::{self, Received};
+use super::wire::{MSG_SIZE, Msg, SECRET_SIZE};
+use crate::dataplane::PortInfo;
+
+/// A client that has not sent CONNECT by then is cut off.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the control thread sleeps in poll: bounds how late a timeout or a fault is seen.
+const TICK_MS: i32 = 50;
+/// Records taken from one client per wake-up, connections accepted per listener: one noisy
+/// client cannot starve the others.
+const BURST: usize = 16;
+
+/// DISCONNECT codes (free-form in the protocol; these say who ended it).
+const CODE_REFUSED: u32 = 1;
+const CODE_PROTOCOL: u32 = 2;
+const CODE_SHUTDOWN: u32 = 3;
+
+/// What the daemon's loop hands on to the dataplane.
+pub enum PortEvent {
+    Connected {
+        endpoint: String,
+        port: Box<ServerPort>,
+        info: PortInfo,
+    },
+    Disconnected {
+        endpoint: String,
+        reason: String,
+    },
+}
+
+/// A served endpoint's port, for `stats`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortStatus {
+    pub endpoint: String,
+    pub socket: PathBuf,
+    /// Set while a client is connected.
+    pub client: Option<PortInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortServerConfig {
+    /// Where the sockets live: `<dir>/<endpoint>.sock`.
+    pub dir: PathBuf,
+    pub secret: Option<[u8; SECRET_SIZE]>,
+    pub limits: Limits,
+    pub handshake_timeout: Duration,
+}
+
+impl PortServerConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        PortServerConfig {
+            dir: dir.into(),
+            secret: None,
+            limits: Limits::default(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+struct Session {
+    sock: OwnedFd,
+    pid: u32,
+    deadline: Option<Instant>,
+    hs: Handshake,
+    connected: Option<(Arc<PortShared>, PortInfo)>,
+    /// The receive ring until the client first offers buffers on it (then logged).
+    awaiting_buffers: Option<super::shm::Ring>,
+}
+
+struct Served {
+    path: PathBuf,
+    listener: OwnedFd,
+    netns: (u64, u64),
+    session: Option<Session>,
+}
+
+struct Inner {
+    cfg: PortServerConfig,
+    endpoints: HashMap<String, Served>,
+    events: Sender<PortEvent>,
+}
+
+pub struct PortServer {
+    inner: Arc<Mutex<Inner>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    events: Receiver<PortEvent>,
+}
+
+/// The (device, inode) pair naming a network namespace.
+fn netns_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The socket path of `endpoint` under `dir`.
+pub fn socket_path(dir: &Path, endpoint: &str) -> PathBuf {
+    dir.join(format!("{endpoint}.sock"))
+}
+
+impl PortServer {
+    pub fn start(cfg: PortServerConfig) -> Result<PortServer> {
+        if !cfg.dir.is_absolute() {
+            bail!(
+                "the port socket directory {} must be an absolute path",
+                cfg.dir.display()
+            );
+        }
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating the port socket directory {}", cfg.dir.display()))?;
+        let (tx, rx) = channel();
+        let inner = Arc::new(Mutex::new(Inner {
+            cfg,
+            endpoints: HashMap::new(),
+            events: tx,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("xmacvlan-ports".into())
+                .spawn(move || control_loop(&inner, &stop))
+                .context("starting the port control thread")?
+        };
+        Ok(PortServer {
+            inner,
+            stop,
+            thread: Some(thread),
+            events: rx,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Listen for `endpoint`'s client; `netns` is the endpoint's namespace (a path whose
+    /// inode names it, e.g. /run/netns/NAME). Returns the socket's path.
+    pub fn serve(&self, endpoint: &str, netns: &Path) -> Result<PathBuf> {
+        if endpoint.is_empty() || endpoint.contains('/') || endpoint.starts_with('.') {
+            bail!("endpoint name {endpoint:?} cannot name a socket file");
+        }
+        let mut inner = self.lock();
+        if inner.endpoints.contains_key(endpoint) {
+            bail!("endpoint {endpoint} already has a port");
+        }
+        let ns = netns_id(netns)
+            .with_context(|| format!("endpoint {endpoint}: its namespace {}", netns.display()))?;
+        let path = socket_path(&inner.cfg.dir, endpoint);
+        // A socket file left by a daemon that died: nothing listens on it any more.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket_like() => std::fs::remove_file(&path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?,
+            Ok(_) => bail!(
+                "{} exists and is not a socket: move it away",
+                path.display()
+            ),
+            Err(_) => {}
+        }
+        let listener =
+            sock::listen(&path, 8).with_context(|| format!("listening on {}", path.display()))?;
+        inner.endpoints.insert(
+            endpoint.to_string(),
+            Served {
+                path: path.clone(),
+                listener,
+                netns: ns,
+                session: None,
+            },
+        );
+        Ok(path)
+    }
+
+    /// Stop serving `endpoint`: its client (if any) is told and cut off, the socket removed.
+    pub fn unserve(&self, endpoint: &str) {
+        let mut inner = self.lock();
+        if let Some(mut served) = inner.endpoints.remove(endpoint) {
+            if let Some(s) = served.session.take() {
+                end_session(
+                    &inner.events,
+                    endpoint,
+                    s,
+                    CODE_SHUTDOWN,
+                    "the endpoint is no longer served",
+                    false,
+                );
+            }
+            let _ = std::fs::remove_file(&served.path);
+        }
+    }
+
+    /// Cut off `endpoint`'s client (the dataplane would not take its port).
+    pub fn drop_client(&self, endpoint: &str, reason: &str) {
+        let mut inner = self.lock();
+        let events = inner.events.clone();
+        if let Some(served) = inner.endpoints.get_mut(endpoint)
+            && let Some(s) = served.session.take()
+        {
+            tracing::warn!(endpoint, pid = s.pid, "memif client dropped: {reason}");
+            end_session(&events, endpoint, s, CODE_REFUSED, reason, false);
+        }
+    }
+
+    /// Events since the last call, oldest first.
+    pub fn events(&self) -> Vec<PortEvent> {
+        self.events.try_iter().collect()
+    }
+
+    /// Wait up to `timeout` for the next event.
+    pub fn next_event(&self, timeout: Duration) -> Option<PortEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    pub fn status(&self) -> Vec<PortStatus> {
+        let inner = self.lock();
+        let mut all: Vec<PortStatus> = inner
+            .endpoints
+            .iter()
+            .map(|(name, s)| PortStatus {
+                endpoint: name.clone(),
+                socket: s.path.clone(),
+                client: s
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.connected.as_ref().map(|c| c.1.clone())),
+            })
+            .collect();
+        all.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        all
+    }
+}
+
+trait SocketLike {
+    fn is_socket_like(&self) -> bool;
+}
+impl SocketLike for std::fs::FileType {
+    fn is_socket_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_socket()
+    }
+}
+
+impl Drop for PortServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let names: Vec<String> = self.lock().endpoints.keys().cloned().collect();
+        for name in names {
+            self.unserve(&name);
+        }
+    }
+}
+
+fn send_disconnect(sock: &OwnedFd, code: u32, reason: &str) {
+    let _ = sock::send(sock.as_fd(), &Msg::disconnect(code, reason).encode(), None);
+}
+
+/// Close a session: tell the client why (unless it left by itself), and if it was connected,
+/// take the port away from the dataplane.
+fn end_session(
+    events: &Sender<PortEvent>,
+    endpoint: &str,
+    s: Session,
+    code: u32,
+    reason: &str,
+    client_left: bool,
+) {
+    if !client_left {
+        send_disconnect(&s.sock, code, reason);
+    }
+    if let Some((shared, _)) = s.connected {
+        shared.close();
+        let _ = events.send(PortEvent::Disconnected {
+            endpoint: endpoint.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+}
+
+fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let fds: Vec<(String, bool, RawFd)> = {
+            let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner
+                .endpoints
+                .iter()
+                .flat_map(|(name, s)| {
+                    let l = (name.clone(), true, s.listener.as_raw_fd());
+                    let c = s
+                        .session
+                        .as_ref()
+                        .map(|x| (name.clone(), false, x.sock.as_raw_fd()));
+                    std::iter::once(l).chain(c)
+                })
+                .collect()
+        };
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.2).collect();
+        let ready = match sock::poll_readable(&raw, TICK_MS) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("port control thread: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(TICK_MS as u64));
+                continue;
+            }
+        };
+        let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        for ((name, listener, _), ready) in fds.iter().zip(ready) {
+            if !ready {
+                continue;
+            }
+            let Some(served) = inner.endpoints.get_mut(name) else {
+                continue;
+            };
+            if *listener {
+                accept_clients(&inner.cfg, name, served);
+            } else {
+                read_session(&inner.cfg, &inner.events, name, served);
+            }
+        }
+        let now = Instant::now();
+        for (name, served) in inner.endpoints.iter_mut() {
+            if let Some(s) = served.session.as_mut()
+                && let Some(ring) = &s.awaiting_buffers
+                && ring.head() != 0
+            {
+                // Until now every frame for the endpoint was a ring-full drop: say when that ends.
+                tracing::info!(endpoint = %name, client = s.hs.client(),
+                    "memif client ready (pid {}): {} receive buffers offered", s.pid, ring.head());
+                s.awaiting_buffers = None;
+            }
+            let Some(s) = &served.session else { continue };
+            let why = if s.deadline.is_some_and(|d| now >= d) {
+                Some(format!(
+                    "handshake not completed within {:?}",
+                    inner.cfg.handshake_timeout
+                ))
+            } else {
+                s.connected
+                    .as_ref()
+                    .map(|c| c.0.fault())
+                    .filter(|f| *f != super::port::Fault::None)
+                    .map(|f| format!("protocol violation on the rings: {}", f.reason()))
+            };
+            if let Some(why) = why {
+                let s = served.session.take().expect("checked above");
+                tracing::warn!(endpoint = %name, pid = s.pid, client = s.hs.client(), "memif client cut off: {why}");
+                end_session(&inner.events, name, s, CODE_PROTOCOL, &why, false);
+            }
+        }
+    }
+}
+
+fn accept_clients(cfg: &PortServerConfig, endpoint: &str, served: &mut Served) {
+    for _ in 0..BURST {
+        let conn = match sock::accept(served.listener.as_fd()) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(endpoint, "accepting a memif client failed: {e}");
+                return;
+            }
+        };
+        let pid = sock::peer_cred(conn.as_fd()).map(|c| c.0).unwrap_or(0);
+        let refusal = if let Some(s) = &served.session {
+            Some(format!(
+                "endpoint {endpoint} already has a client (pid {}{}): one client per endpoint",
+                s.pid,
+                if s.hs.client().is_empty() {
+                    String::new()
+                } else {
+                    format!(", \"{}\"", s.hs.client())
+                }
+            ))
+        } else {
+            match netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) {
+                Ok(ns) if ns == served.netns => None,
+                Ok(_) => Some(format!(
+                    "client pid {pid} is not in endpoint {endpoint}'s network namespace: run it \
+                     inside that namespace (the endpoint's container, or `ip netns exec`)"
+                )),
+                Err(e) => Some(format!(
+                    "cannot read client pid {pid}'s network namespace: {e}"
+                )),
+            }
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(endpoint, pid, "memif client refused: {reason}");
+            send_disconnect(&conn, CODE_REFUSED, &reason);
+            continue;
+        }
+        let server_cfg = ServerConfig {
+            name: endpoint.to_string(),
+            secret: cfg.secret,
+            limits: cfg.limits,
+        };
+        if let Err(e) = sock::send(conn.as_fd(), &server_cfg.hello().encode(), None) {
+            tracing::warn!(endpoint, pid, "memif client gone before HELLO: {e}");
+            continue;
+        }
+        tracing::debug!(endpoint, pid, "memif client accepted, handshake started");
+        served.session = Some(Session {
+            sock: conn,
+            pid,
+            deadline: Some(Instant::now() + cfg.handshake_timeout),
+            hs: Handshake::new(server_cfg),
+            connected: None,
+            awaiting_buffers: None,
+        });
+    }
+}
+
+fn read_session(
+    cfg: &PortServerConfig,
+    events: &Sender<PortEvent>,
+    endpoint: &str,
+    served: &mut Served,
+) {
+    let _ = cfg;
+    let mut buf = [0u8; MSG_SIZE + 1];
+    for _ in 0..BURST {
+        let Some(s) = served.session.as_mut() else {
+            return;
+        };
+        let outcome: Result<Option<Step>, String> = match sock::recv(s.sock.as_fd(), &mut buf) {
+            Ok(Received::Empty) => return,
+            Ok(Received::Closed) => {
+                let s = served.session.take().expect("present");
+                let reason = "the client closed its socket";
+                if s.connected.is_some() {
+                    tracing::info!(
+                        endpoint,
+                        pid = s.pid,
+                        client = s.hs.client(),
+                        "memif client disconnected: {reason}"
+                    );
+                } else {
+                    tracing::warn!(
+                        endpoint,
+                        pid = s.pid,
+                        "memif client left during the handshake"
+                    );
+                }
+                end_session(events, endpoint, s, 0, reason, true);
+                return;
+            }
+            Err(e) => Err(format!("reading the control socket failed: {e}")),
+            Ok(Received::Record {
+                len,
+                mut fds,
+                truncated,
+            }) => {
+                if truncated || len != MSG_SIZE {
+                    Err(format!(
+                        "malformed message: {len} bytes (every message is {MSG_SIZE}){}",
+                        if truncated { ", truncated" } else { "" }
+                    ))
+                } else if fds.len() > 1 {
+                    Err(format!(
+                        "a message came with {} descriptors (at most one)",
+                        fds.len()
+                    ))
+                } else {
+                    match Msg::decode(&buf[..MSG_SIZE]) {
+                        Err(e) => Err(format!("malformed message: {e}")),
+                        Ok(msg) => s.hs.on_message(msg, fds.pop()).map(Some),
+                    }
+                }
+            }
+        };
+        let s = served.session.as_mut().expect("present");
+        match outcome {
+            Ok(Some(Step::Reply(m))) => {
+                if let Err(e) = sock::send(s.sock.as_fd(), &m.encode(), None) {
+                    let s = served.session.take().expect("present");
+                    tracing::warn!(
+                        endpoint,
+                        pid = s.pid,
+                        "memif client not reading its socket: {e}"
+                    );
+                    end_session(
+                        events,
+                        endpoint,
+                        s,
+                        CODE_PROTOCOL,
+                        "client does not read its socket",
+                        true,
+                    );
+                    return;
+                }
+            }
+            Ok(Some(Step::Connected {
+                reply,
+                port,
+                shared,
+                client,
+            })) => {
+                if let Err(e) = sock::send(s.sock.as_fd(), &reply.encode(), None) {
+                    tracing::warn!(
+                        endpoint,
+                        pid = s.pid,
+                        "memif client gone before CONNECTED: {e}"
+                    );
+                    served.session = None;
+                    return;
+                }
+                let info = PortInfo {
+                    client: client.clone(),
+                    pid: s.pid,
+                    connected_at: SystemTime::now(),
+                };
+                tracing::info!(endpoint, pid = s.pid, client = %client, "memif client connected");
+                s.awaiting_buffers = Some(port.s2c_ring());
+                s.deadline = None;
+                s.connected = Some((shared, info.clone()));
+                let _ = events.send(PortEvent::Connected {
+                    endpoint: endpoint.to_string(),
+                    port: Box::new(port),
+                    info,
+                });
+            }
+            Ok(Some(Step::ClientLeft(reason))) => {
+                let s = served.session.take().expect("present");
+                tracing::info!(
+                    endpoint,
+                    pid = s.pid,
+                    client = s.hs.client(),
+                    "memif client disconnected: {reason}"
+                );
+                end_session(
+                    events,
+                    endpoint,
+                    s,
+                    0,
+                    &format!("client sent DISCONNECT ({reason})"),
+                    true,
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                let s = served.session.take().expect("present");
+                tracing::warn!(
+                    endpoint,
+                    pid = s.pid,
+                    client = s.hs.client(),
+                    "memif client refused: {reason}"
+                );
+                end_session(events, endpoint, s, CODE_PROTOCOL, &reason, false);
+                return;
+            }
+        }
+    }
+}
