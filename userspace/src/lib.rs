@@ -2,9 +2,18 @@
 //!
 //! The path of a frame: the XDP classifier ([`xdp`], C source in `ebpf/`) keys it by
 //! (802.1Q VLAN id, destination MAC) and redirects it into an AF_XDP socket ([`xsk`]); the
-//! [`dataplane`] hands it to the endpoint's consumer; [`telemetry`] records what happened.
+//! [`dataplane`] copies it into the endpoint's memif port ([`memif`]), where the container's
+//! application reads it; [`telemetry`] records what happened.
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
+//!
+//! `unsafe` is denied everywhere but in the modules that must touch raw memory or the kernel
+//! (`abi`, `afpacket`, `memif::shm`, `memif::sock`, `sys`, `xsk`), and each of their unsafe
+//! blocks carries a `// SAFETY:` line (clippy checks it).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#[allow(unsafe_code)]
 pub mod abi;
+#[allow(unsafe_code)]
 pub mod afpacket;
 pub mod cli;
 pub mod cni;
@@ -20,7 +29,9 @@ pub mod netlink;
 pub mod netns;
 pub mod nic;
 pub mod plugin;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod telemetry;
 pub mod xdp;
+#[allow(unsafe_code)]
 pub mod xsk;

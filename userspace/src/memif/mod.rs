@@ -15,7 +15,9 @@ pub mod client;
 pub mod handshake;
 pub mod port;
 pub mod server;
+#[allow(unsafe_code)]
 pub mod shm;
+#[allow(unsafe_code)]
 pub mod sock;
 pub mod wire;
 
