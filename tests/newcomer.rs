@@ -15,8 +15,9 @@ use xmacvlan::control::State;
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::app::App;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 struct Lab {
@@ -54,6 +55,9 @@ impl Lab {
             "stats-interval": "200ms",
             "xdp-mode": "native",
             "bind-mode": "copy",
+            // Private: the host's /run is shared with everything else on the machine.
+            "port-dir": lab.dir.join("ports"),
+            "docker-plugin": "",
         });
         std::fs::write(lab.config(), config.to_string()).unwrap();
         lab
@@ -131,9 +135,45 @@ impl Lab {
             max_in_flight: generator::MAX_IN_FLIGHT,
         };
         let streams = lab_streams(endpoints, 64, false);
+        // Paced by the wire: nothing lost before XDP on a busy machine.
         self.host
-            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
+            .run(|| {
+                let sent = PaceSent::default();
+                generator::run_paced(
+                    &cfg,
+                    &streams,
+                    &AtomicBool::new(false),
+                    Some(Pace::wire(&sent)),
+                )
+            })
             .unwrap();
+    }
+
+    /// `xmacvlan-sink` on endpoint `name`'s memif port, inside its namespace `netns`, once
+    /// `stats` shows the port connected: only then does the fast path claim its frames.
+    fn attach_sink(&self, name: &str, netns: &str) -> App {
+        let socket = self.dir.join(format!("ports/{name}.sock"));
+        let log = self.dir.join(format!("sink-{name}.log"));
+        let sink = App::sink(netns, &socket, &format!("sink-{name}"), &log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let json = self.stats_json();
+            let connected = json["stats"]["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i["endpoints"].as_array().cloned().unwrap_or_default())
+                .any(|e| e["name"] == name && e["port"]["connected"] == true);
+            if connected {
+                return sink;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sink on {name} never connected: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn stats_json(&self) -> Value {
@@ -335,6 +375,10 @@ fn a_newcomers_session_with_a_running_daemon() {
     // Traffic, then the container's namespace goes away: the daemon detaches the endpoint
     // on its own, warns, and `stats` lists it.
     let (c0, c1) = (lab.spec("c0"), lab.spec("c1"));
+    let _sinks = [
+        lab.attach_sink("c0", lab.endpoints[0].name()),
+        lab.attach_sink("c1", lab.endpoints[1].name()),
+    ];
     lab.burst(&[c0.clone(), c1.clone()], 500);
     lab.wait_for_frames("c0", 500);
     lab.wait_for_frames("c1", 500);
