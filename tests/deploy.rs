@@ -197,7 +197,12 @@ fn the_containerfile_builds_and_copies_what_exists() {
         .collect();
     assert_eq!(
         bins,
-        ["xmacvlan", "xmacvlan-cni", "xmacvlan-sink", "xmacvlan-reflect"]
+        [
+            "xmacvlan",
+            "xmacvlan-cni",
+            "xmacvlan-sink",
+            "xmacvlan-reflect"
+        ]
     );
     for bin in &bins {
         assert!(
@@ -311,7 +316,10 @@ fn the_network_attachment_and_the_pod_match_the_plugin_and_the_daemon() {
         conf.port_dir, cfg.port_dir,
         "the NAD's portDir is the daemon's port-dir"
     );
-    assert_eq!(cfg.docker_plugin, None, "no Docker plugin on a Kubernetes node");
+    assert_eq!(
+        cfg.docker_plugin, None,
+        "no Docker plugin on a Kubernetes node"
+    );
     assert!(
         Path::new(xmacvlan_tests::cni_lab::CNI_DIR)
             .join(&conf.ipam_type)

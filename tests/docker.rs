@@ -172,12 +172,7 @@ impl Xmacvlan {
             .arg("daemon")
             .arg("--port-dir")
             .arg(self.port_dir())
-            .args([
-                "--debug",
-                "--demux-mode",
-                demux,
-                "--docker-plugin",
-            ])
+            .args(["--debug", "--demux-mode", demux, "--docker-plugin"])
             .arg(&self.plugin)
             .stdout(log.try_clone().unwrap())
             .stderr(log)

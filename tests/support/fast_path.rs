@@ -151,12 +151,22 @@ pub fn no_black_hole_then_sink(ep: &Endpoint, wire: Wire, wire_if: &str, count: 
         ],
         &log,
     );
-    wait("the port to show the sink connected", || {
-        find(ep.control, name)
-            .1
-            .port
-            .is_some_and(|p| p.connected && p.client == "test-sink")
-    });
+    let mut sink = sink;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !find(ep.control, name)
+        .1
+        .port
+        .is_some_and(|p| p.connected && p.client == "test-sink")
+    {
+        let why = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!sink.exited(), "the sink exited: {}", why());
+        assert!(
+            Instant::now() < deadline,
+            "the port never showed the sink connected: {}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let port_counts = || {
         let (_, e) = find(ep.control, name);
         let p = e.port.as_ref().expect("the sink is attached");
