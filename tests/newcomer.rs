@@ -54,6 +54,9 @@ impl Lab {
             "stats-interval": "200ms",
             "xdp-mode": "native",
             "bind-mode": "copy",
+            // The host's /run is shared: private ports, no Docker plugin.
+            "port-dir": lab.dir.join("ports"),
+            "docker-plugin": "",
         });
         std::fs::write(lab.config(), config.to_string()).unwrap();
         lab
