@@ -15,8 +15,9 @@ use xmacvlan::control::State;
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_tests::app::App;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 struct Lab {
@@ -135,8 +136,45 @@ impl Lab {
         };
         let streams = lab_streams(endpoints, 64, false);
         self.host
-            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
+            .run(|| {
+                let sent = PaceSent::default();
+                generator::run_paced(
+                    &cfg,
+                    &streams,
+                    &AtomicBool::new(false),
+                    Some(Pace::wire(&sent)),
+                )
+            })
             .unwrap();
+    }
+
+    /// `xmacvlan-sink` on `name`'s port from its namespace `netns`, once the daemon shows it
+    /// connected: the fast path claims an endpoint's frames only while a client is attached.
+    fn attach_sink(&self, name: &str, netns: &str) -> App {
+        let sink = App::sink(
+            netns,
+            &self.dir.join(format!("ports/{name}.sock")),
+            &format!("sink-{name}"),
+            &self.dir.join(format!("sink-{name}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let json = self.stats_json();
+            let connected = json["stats"]["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i["endpoints"].as_array().cloned().unwrap_or_default())
+                .any(|e| e["name"] == name && e["port"]["connected"] == true);
+            if connected {
+                return sink;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s port never connected: {json}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn stats_json(&self) -> Value {
@@ -338,6 +376,10 @@ fn a_newcomers_session_with_a_running_daemon() {
     // Traffic, then the container's namespace goes away: the daemon detaches the endpoint
     // on its own, warns, and `stats` lists it.
     let (c0, c1) = (lab.spec("c0"), lab.spec("c1"));
+    let _sinks = [
+        lab.attach_sink("c0", lab.endpoints[0].name()),
+        lab.attach_sink("c1", lab.endpoints[1].name()),
+    ];
     lab.burst(&[c0.clone(), c1.clone()], 500);
     lab.wait_for_frames("c0", 500);
     lab.wait_for_frames("c1", 500);
