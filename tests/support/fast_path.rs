@@ -116,6 +116,12 @@ fn send(
 /// The whole check; returns the frames the sink received (= `count`).
 pub fn no_black_hole_then_sink(ep: &Endpoint, wire: Wire, wire_if: &str, count: u64) -> u64 {
     let name = &ep.spec.name;
+    // A daemon answers its socket before it has attached what its state records.
+    wait(&format!("the daemon to list {name}"), || {
+        stats(ep.control)
+            .iter()
+            .any(|s| s.endpoints.iter().any(|e| &e.name == name))
+    });
     // No client: the kernel device gets the frames, the fast path none.
     let (iface, before) = find(ep.control, name);
     assert!(before.port.is_none(), "no client yet: {before:?}");
