@@ -165,6 +165,11 @@ fn the_daemonset_mounts_what_the_daemon_and_plugin_use() {
         cfg.control_socket
     );
     assert!(mount_paths.contains(&"/run/xmacvlan".to_string()));
+    assert_eq!(
+        cfg.port_dir,
+        PathBuf::from("/run/xmacvlan/ports"),
+        "the memif sockets on the host's /run/xmacvlan, where the pods mount them"
+    );
 
     // The entrypoint: the image's, and it installs where the node's /opt/cni/bin is mounted.
     let command = values(&ds, "command");
@@ -190,7 +195,15 @@ fn the_containerfile_builds_and_copies_what_exists() {
                 .map(|n| n.trim_matches('"').to_string())
         })
         .collect();
-    assert_eq!(bins, ["xmacvlan", "xmacvlan-cni"]);
+    assert_eq!(
+        bins,
+        [
+            "xmacvlan",
+            "xmacvlan-cni",
+            "xmacvlan-sink",
+            "xmacvlan-reflect"
+        ]
+    );
     for bin in &bins {
         assert!(
             cf.contains(&format!("--bin {bin}")),
@@ -299,6 +312,14 @@ fn the_network_attachment_and_the_pod_match_the_plugin_and_the_daemon() {
     let cfg = daemon_config();
     assert_eq!(conf.control_socket, cfg.control_socket);
     assert_eq!(conf.data_root, cfg.data_root);
+    assert_eq!(
+        conf.port_dir, cfg.port_dir,
+        "the NAD's portDir is the daemon's port-dir"
+    );
+    assert_eq!(
+        cfg.docker_plugin, None,
+        "no Docker plugin on a Kubernetes node"
+    );
     assert!(
         Path::new(xmacvlan_tests::cni_lab::CNI_DIR)
             .join(&conf.ipam_type)

@@ -18,7 +18,9 @@ use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::Snapshot;
 use xmacvlan::netlink::{MacVlanMode, Netlink};
 use xmacvlan::netns::Netns;
+use xmacvlan_bench::generator::Sent;
 use xmacvlan_tests::dockerd::{Dockerd, IMAGE, signal, text, wait_exit};
+use xmacvlan_tests::fast_path;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 /// (subnet, ip-range, gateway): the same flags for both drivers, one /24 apart (Docker's IPAM
@@ -150,6 +152,11 @@ impl Xmacvlan {
         self.dir.join("xmv.log")
     }
 
+    /// Private: nothing lands in the host's /run/xmacvlan.
+    fn port_dir(&self) -> PathBuf {
+        self.dir.join("ports")
+    }
+
     fn start(&mut self, demux: &str) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -162,13 +169,10 @@ impl Xmacvlan {
             .arg(self.data_root())
             .arg("--control-socket")
             .arg(self.socket())
-            .args([
-                "daemon",
-                "--debug",
-                "--demux-mode",
-                demux,
-                "--docker-plugin",
-            ])
+            .arg("daemon")
+            .arg("--port-dir")
+            .arg(self.port_dir())
+            .args(["--debug", "--demux-mode", demux, "--docker-plugin"])
             .arg(&self.plugin)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -215,14 +219,6 @@ impl Xmacvlan {
             Answer::Stats { interfaces, .. } => interfaces,
             other => panic!("stats answered {other:?}"),
         }
-    }
-
-    fn frames_of(&self, endpoint: &str) -> Option<u64> {
-        self.stats()
-            .iter()
-            .flat_map(|s| &s.endpoints)
-            .find(|e| e.name == endpoint)
-            .map(|e| e.frames)
     }
 }
 
@@ -297,28 +293,25 @@ fn read_back(docker: &Dockerd, container: &str) -> Readback {
     .unwrap()
 }
 
-/// Frames sent to the xmacvlan container's MAC reach the fast path: its endpoint is listed in
-/// the daemon's stats and counts the TCP SYNs `from` sends it (ICMP and ARP are passed to the
-/// kernel by design, so ping keeps working through the container's macvlan). Until memif
-/// ports land, the fast path claims an endpoint's frames whether or not an application is
-/// attached; once they do, attach one first.
-fn assert_fast_path_serves(xmv: &Xmacvlan, docker: &Dockerd, endpoint: &str, from: &str, ip: &str) {
-    let before = xmv
-        .frames_of(endpoint)
-        .unwrap_or_else(|| panic!("{endpoint} is not on the fast path: {:?}", xmv.stats()));
-    let _ = docker.cli(&["exec", from, "nc", "-w", "1", ip, "9"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = xmv.frames_of(endpoint).unwrap();
-        if now > before {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no frame for {endpoint} reached the fast path ({before} before, {now} after)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// No black hole, then the fast path (see [`fast_path`]): frames sent from the wire (the
+/// other veth end) to the container's MAC reach its `eth0` while nothing is attached to the
+/// endpoint's port, and exactly those reach `xmacvlan-sink` run in the container's sandbox
+/// on `<port-dir>/<endpoint>.sock` (the socket a `docker run -v` of the port dir shows it).
+fn assert_fast_path_serves(xmv: &Xmacvlan, docker: &Dockerd, parents: &Parents, endpoint: &str) {
+    let spec = xmv.state().endpoint(endpoint).unwrap().spec();
+    let sandbox = sandbox_of(docker, "cb");
+    let port = xmv.port_dir().join(format!("{endpoint}.sock"));
+    assert!(port.exists(), "the daemon serves {}", port.display());
+    let wire = |f: &(dyn Fn() -> anyhow::Result<Sent> + Sync)| f().unwrap();
+    let target = fast_path::Endpoint {
+        control: &xmv.socket(),
+        spec: &spec,
+        netns: &sandbox,
+        ifname: "eth0",
+        port: &port,
+        logs: &xmv.dir,
+    };
+    fast_path::no_black_hole_then_sink(&target, &wire, &parents.a, 300);
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -610,7 +603,7 @@ fn docker_xmacvlan_beside_docker_macvlan() {
         assert_eq!(ep.addresses[0].addr, b.address.0);
         ep.name
     };
-    assert_fast_path_serves(&xmv, &docker, &ep_name, "ca", &b.address.0.to_string());
+    assert_fast_path_serves(&xmv, &docker, &parents, &ep_name);
 
     // dockerd restarted: the containers stop (Leave, DeleteEndpoint) and start again; no
     // duplicate and no orphan.
@@ -646,15 +639,14 @@ fn docker_xmacvlan_beside_docker_macvlan() {
 
     // The fast path serves the running container's endpoint; the daemon killed with -9 and
     // restarted serves it again.
-    let addr_b = b.address.0.to_string();
-    assert_fast_path_serves(&xmv, &docker, &ep_name, "ca", &addr_b);
+    assert_fast_path_serves(&xmv, &docker, &parents, &ep_name);
     xmv.kill_9();
     xmv.start("xdp");
     wait_for("the restarted daemon to serve the endpoint", || {
         xmv.log_text()
             .contains("daemon started: 1 of 1 recorded endpoints on the fast path")
     });
-    assert_fast_path_serves(&xmv, &docker, &ep_name, "ca", &addr_b);
+    assert_fast_path_serves(&xmv, &docker, &parents, &ep_name);
 
     // Removal leaves nothing: no link, no state entry, no classifier (XDP detached).
     docker.ok(&["rm", "-f", "ca", "cb"]);

@@ -55,7 +55,7 @@ impl Lab {
             "stats-interval": "200ms",
             "xdp-mode": "native",
             "bind-mode": "copy",
-            // Private: the host's /run is shared with everything else on the machine.
+            // The host's /run is shared: private ports, no Docker plugin.
             "port-dir": lab.dir.join("ports"),
             "docker-plugin": "",
         });
@@ -135,7 +135,6 @@ impl Lab {
             max_in_flight: generator::MAX_IN_FLIGHT,
         };
         let streams = lab_streams(endpoints, 64, false);
-        // Paced by the wire: nothing lost before XDP on a busy machine.
         self.host
             .run(|| {
                 let sent = PaceSent::default();
@@ -149,12 +148,15 @@ impl Lab {
             .unwrap();
     }
 
-    /// `xmacvlan-sink` on endpoint `name`'s memif port, inside its namespace `netns`, once
-    /// `stats` shows the port connected: only then does the fast path claim its frames.
+    /// `xmacvlan-sink` on `name`'s port from its namespace `netns`, once the daemon shows it
+    /// connected: the fast path claims an endpoint's frames only while a client is attached.
     fn attach_sink(&self, name: &str, netns: &str) -> App {
-        let socket = self.dir.join(format!("ports/{name}.sock"));
-        let log = self.dir.join(format!("sink-{name}.log"));
-        let sink = App::sink(netns, &socket, &format!("sink-{name}"), &log);
+        let sink = App::sink(
+            netns,
+            &self.dir.join(format!("ports/{name}.sock")),
+            &format!("sink-{name}"),
+            &self.dir.join(format!("sink-{name}.log")),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let json = self.stats_json();
@@ -169,8 +171,7 @@ impl Lab {
             }
             assert!(
                 Instant::now() < deadline,
-                "the sink on {name} never connected: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "{name}'s port never connected: {json}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

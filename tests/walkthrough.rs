@@ -151,6 +151,12 @@ impl Lab {
         let dir = self.dir.display();
         let p = &self.prefix;
         vec![
+            // The host's /run is shared: the daemon gets private ports and no Docker plugin.
+            (
+                "xmacvlan daemon --config".into(),
+                format!("xmacvlan daemon --port-dir {dir}/ports --docker-plugin '' --config"),
+            ),
+            ("/run/xmacvlan/ports".into(), format!("{dir}/ports")),
             (
                 "/run/xmacvlan/xmacvlan.pid".into(),
                 format!("{dir}/xmacvlan.pid"),

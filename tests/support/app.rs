@@ -1,6 +1,7 @@
 //! memif client processes for the daemon tests: `xmacvlan-sink`, `xmacvlan-reflect` or
-//! DPDK's testpmd, run with `ip netns exec` inside an endpoint's namespace (the daemon admits
-//! a client by its process's namespace, so a thread of the test would not do). Killed on drop.
+//! DPDK's testpmd, run with `ip netns exec` (a named namespace) or `nsenter --net=` (a path,
+//! e.g. a Docker sandbox) inside an endpoint's namespace (the daemon admits a client by its
+//! process's namespace, so a thread of the test would not do). Killed on drop.
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,10 +13,19 @@ pub struct App {
 }
 
 impl App {
-    /// `ip netns exec NETNS PROGRAM ARGS…`, stdout captured, stderr to `log`.
+    /// `ip netns exec NETNS PROGRAM ARGS…` (`nsenter --net=NETNS` when NETNS is a path),
+    /// stdout captured, stderr to `log`.
     pub fn spawn(netns: &str, program: &Path, args: &[&str], log: &Path) -> App {
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
+        let mut cmd = if netns.starts_with('/') {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={netns}"));
+            c
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns]);
+            c
+        };
+        let child = cmd
             .arg(program)
             .args(args)
             .stdin(Stdio::null())

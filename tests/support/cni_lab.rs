@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -14,8 +13,7 @@ use xmacvlan::daemon::protocol::{Answer, Request};
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan_bench::generator::{self, GeneratorConfig};
-use xmacvlan_bench::scenario::lab_streams;
+use xmacvlan_bench::generator::Sent;
 
 /// Debian's `containernetworking-plugins`: the reference plugins and the IPAM ones.
 pub const CNI_DIR: &str = "/usr/lib/cni";
@@ -104,6 +102,11 @@ impl Lab {
         self.dir.join("data")
     }
 
+    /// The daemon's `port-dir` and the plugin's `portDir`.
+    pub fn port_dir(&self) -> PathBuf {
+        self.dir.join("ports")
+    }
+
     pub fn ipam_dir(&self, which: &str) -> PathBuf {
         self.dir.join(format!("ipam-{which}"))
     }
@@ -121,6 +124,8 @@ impl Lab {
             serde_json::json!({
                 "log-format": "json", "demux-mode": "xdp", "xdp-mode": "native",
                 "bind-mode": "copy", "stats-interval": "1s",
+                // Private ports and no Docker plugin: the host's /run is shared.
+                "port-dir": self.port_dir(), "docker-plugin": "",
             })
             .to_string(),
         )
@@ -196,25 +201,6 @@ impl Lab {
             .unwrap()
     }
 
-    /// Send `count` frames to each endpoint from the wire side of `v0`, paced.
-    pub fn burst(&self, endpoints: &[EndpointSpec], count: u64) -> Vec<u64> {
-        let cfg = GeneratorConfig {
-            ifname: "v0p".into(),
-            queue: 0,
-            duration: Duration::from_secs(20),
-            rate: Some(20_000),
-            count: Some(count),
-            core: None,
-            frame_size: 2048,
-            max_in_flight: generator::MAX_IN_FLIGHT,
-        };
-        let streams = lab_streams(endpoints, 64, false);
-        self.host
-            .run(|| generator::run(&cfg, &streams, &AtomicBool::new(false)))
-            .unwrap()
-            .per_stream
-    }
-
     /// XDP program attached to `v0`, if any.
     pub fn xdp_on_v0(&self) -> Option<u32> {
         self.host
@@ -283,40 +269,24 @@ impl Drop for Daemon {
     }
 }
 
-/// "Served by the fast path", from the daemon's `xmacvlan stats --json`: the endpoint is
-/// listed and, once `expect` frames were sent to it, counted them all. The one place to
-/// adapt when endpoints are only claimed while an application is attached to their port.
-pub fn served_by_fast_path(socket: &Path, endpoint: &str, expect: u64) -> Result<u64, String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new(crate::xmacvlan_bin())
-            .arg("--control-socket")
-            .arg(socket)
-            .args(["stats", "--json"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        let found = json["stats"]["interfaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|i| i["endpoints"].as_array().into_iter().flatten())
-            .find(|e| e["name"] == endpoint)
-            .cloned();
-        let frames = found.as_ref().and_then(|e| e["frames"].as_u64());
-        match frames {
-            Some(n) if n >= expect => return Ok(n),
-            _ if Instant::now() > deadline => {
-                return Err(format!(
-                    "endpoint {endpoint} counted {frames:?} of {expect} frames: {json}"
-                ));
-            }
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+/// No black hole, then served by the fast path (see [`crate::fast_path`]): `count` frames
+/// to the endpoint's MAC reach the container's `ifname` while nothing is attached, then
+/// exactly `count` reach `xmacvlan-sink` attached, from the container's namespace `netns` (a
+/// path), through the link xmacvlan-cni made (`portDir/by-netns/<inode>/<ifname>.sock`).
+pub fn served_by_fast_path(lab: &Lab, ep: &EndpointSpec, netns: &str, ifname: &str, count: u64) {
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(netns).unwrap());
+    let port = xmacvlan::cni::ops::port_link(&lab.port_dir(), inode, ifname);
+    assert!(port.exists(), "{} is missing", port.display());
+    let wire = |f: &(dyn Fn() -> anyhow::Result<Sent> + Sync)| lab.host.run(f).unwrap();
+    let target = crate::fast_path::Endpoint {
+        control: &lab.socket(),
+        spec: ep,
+        netns,
+        ifname,
+        port: &port,
+        logs: &lab.dir,
+    };
+    crate::fast_path::no_black_hole_then_sink(&target, &wire, "v0p", count);
 }
 
 /// Whether the daemon lists any endpoint at all.

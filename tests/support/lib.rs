@@ -7,6 +7,7 @@ pub mod cni_lab;
 pub mod daemon_lab;
 pub mod dockerd;
 pub mod exact;
+pub mod fast_path;
 pub mod mem_port;
 pub mod pace;
 pub mod resources;

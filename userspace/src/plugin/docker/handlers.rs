@@ -231,6 +231,38 @@ fn delete_endpoint(ctx: &Context, r: api::EndpointOnly) -> Result<Outcome> {
     Ok(ok(json!({})))
 }
 
+/// Once Docker moved the link into its sandbox: the endpoint's port admits clients from the
+/// sandbox from now on. The daemon took the endpoint at CreateEndpoint, when its record named
+/// the host namespace, so it is detached and attached again from the record (no application
+/// can be attached yet: the container is only starting).
+pub fn follow_sandbox(ctx: &Context, endpoint_id: &str) -> Result<()> {
+    let name = ctl::name_of(endpoint_id);
+    let state = crate::control::State::load(&ctx.data_root)?;
+    let Some(ep) = state.endpoint(&name) else {
+        return Ok(());
+    };
+    let net = state
+        .network(&ep.network)
+        .ok_or_else(|| anyhow!("network `{}` of endpoint {name} is gone", ep.network))?;
+    tell_daemon(
+        ctx,
+        &Request::Detach {
+            endpoint: name.clone(),
+        },
+        &name,
+    );
+    tell_daemon(
+        ctx,
+        &Request::Attach {
+            iface: net.link.clone(),
+            endpoint: ep.spec(),
+        },
+        &name,
+    );
+    tracing::info!(endpoint = %name, sandbox = %ep.netns, "docker: the endpoint's port admits the sandbox's clients");
+    Ok(())
+}
+
 /// The daemon serving this plugin is the one behind the control socket; a refusal leaves the
 /// endpoint on its kernel macvlan (as `xmacvlan endpoint create` does) and is logged.
 fn tell_daemon(ctx: &Context, request: &Request, endpoint: &str) {

@@ -142,6 +142,9 @@ fn serve(listener: &UnixListener, ctx: &Context, stop: &AtomicBool) {
             |(id, deadline)| match crate::control::docker::settle(&ctx.data_root, id) {
                 Ok(Some(ifname)) => {
                     tracing::debug!(endpoint = %crate::control::docker::name_of(id), %ifname, "docker: link in its sandbox");
+                    if let Err(e) = handlers::follow_sandbox(ctx, id) {
+                        tracing::warn!("docker plugin: {e:#}");
+                    }
                     false
                 }
                 Ok(None) => Instant::now() < *deadline,
