@@ -337,7 +337,7 @@ fn the_readme_walkthroughs_run_as_shown() {
     require_root();
     let all = walkthroughs(&readme());
     let names: Vec<&str> = all.iter().map(|w| w.name.as_str()).collect();
-    for required in ["control", "daemon"] {
+    for required in ["control", "daemon", "ports"] {
         assert!(
             names.contains(&required),
             "no `{required}` walkthrough in {names:?}"
