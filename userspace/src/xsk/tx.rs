@@ -23,7 +23,23 @@ pub struct TxPort {
 
 impl TxPort {
     /// A copy-mode TX socket on `ifname` queue `queue` with `frames` frames of `frame_size`.
+    ///
+    /// A socket that just closed on the same queue (the previous run's generator) releases
+    /// the queue from a kernel workqueue, and until that has run a new bind answers EBUSY: on
+    /// a busy machine that can take a while, so EBUSY is retried for up to 5 s.
     pub fn open(ifname: &str, queue: u32, frames: u32, frame_size: u32) -> Result<Self> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Self::open_once(ifname, queue, frames, frame_size) {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(ifname: &str, queue: u32, frames: u32, frame_size: u32) -> Result<Self> {
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(frame_size).map_err(|e| anyhow!("{e}"))?)
             .fill_queue_size(ring_size(64)?)
@@ -46,7 +62,10 @@ impl TxPort {
         // socket is the only one on its UMEM.
         let (tx, rx, rings) =
             unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| {
-                anyhow!("creating the generator's AF_XDP socket on {ifname} queue {queue}: {e}")
+                // Kept as the source, so the OS error shows and `is_busy` can read it.
+                anyhow::Error::new(e).context(format!(
+                    "creating the generator's AF_XDP socket on {ifname} queue {queue}"
+                ))
             })?;
         let Some((fill, comp)) = rings else {
             bail!("{ifname} queue {queue}: no fill/completion rings for a fresh UMEM");
@@ -139,4 +158,14 @@ impl TxPort {
         }
         Ok(sent)
     }
+}
+
+/// Whether an error's cause is the kernel's EBUSY (the queue is still bound).
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::EBUSY)
+    })
 }
