@@ -1,14 +1,13 @@
 //! `xmacvlan-reflect SOCKET`: a memif client that sends every frame it receives back with
 //! its source and destination MACs swapped (testpmd's macswap), for round trips. Run it
 //! inside the endpoint's network namespace.
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
 use xmacvlan::config::parse_duration;
-use xmacvlan::memif::{Client, ClientConfig};
+use xmacvlan::memif::client::ClientArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,36 +15,23 @@ use xmacvlan::memif::{Client, ClientConfig};
     about = "Send an endpoint's frames back with MACs swapped, through its memif port"
 )]
 struct Args {
-    /// The endpoint's socket (`<port-dir>/<endpoint>.sock`, default dir /run/xmacvlan/ports).
-    socket: PathBuf,
-    #[arg(long, default_value = "xmacvlan-reflect")]
-    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Stop after this many frames.
     #[arg(long)]
     count: Option<u64>,
     /// Stop after this long ("10s").
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Poll the ring instead of sleeping on the eventfd.
-    #[arg(long)]
-    polling: bool,
-    #[arg(long, default_value_t = 10)]
-    log2_ring_size: u8,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let cfg = ClientConfig {
-        name: args.name.clone(),
-        interrupt: !args.polling,
-        log2_ring_size: args.log2_ring_size,
-        ..ClientConfig::default()
-    };
-    let mut client = Client::connect(&args.socket, &cfg)?;
+    let mut client = args.client.connect("xmacvlan-reflect")?;
     eprintln!(
         "connected to endpoint {} ({}): reflecting",
         client.server,
-        args.socket.display()
+        args.client.socket.display()
     );
     xmacvlan::sys::catch_interrupts();
     let (mut received, mut sent) = (0u64, 0u64);

@@ -10,7 +10,7 @@ use clap::Parser;
 use xmacvlan::abi::{Mac, parse_mac};
 use xmacvlan::config::parse_duration;
 use xmacvlan::frame::{TPID_8021Q, read_payload};
-use xmacvlan::memif::{Client, ClientConfig};
+use xmacvlan::memif::client::ClientArgs;
 use xmacvlan::telemetry::hgrm::{HgrmOptions, to_hgrm};
 
 #[derive(Parser, Debug)]
@@ -19,11 +19,8 @@ use xmacvlan::telemetry::hgrm::{HgrmOptions, to_hgrm};
     about = "Receive an endpoint's frames through its memif port: count, check, time"
 )]
 struct Args {
-    /// The endpoint's socket (`<port-dir>/<endpoint>.sock`, default dir /run/xmacvlan/ports).
-    socket: PathBuf,
-    /// Name shown in the daemon's `stats` and logs.
-    #[arg(long, default_value = "xmacvlan-sink")]
-    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Count frames whose destination is not this MAC as misdelivered.
     #[arg(long, value_parser = parse_mac)]
     mac: Option<Mac>,
@@ -39,12 +36,6 @@ struct Args {
     /// Write the latency histogram (microseconds) in HdrHistogram's .hgrm form here.
     #[arg(long)]
     hgrm: Option<PathBuf>,
-    /// Poll the ring instead of sleeping on the eventfd (lower latency, one core busy).
-    #[arg(long)]
-    polling: bool,
-    /// Ring size as a power of two.
-    #[arg(long, default_value_t = 10)]
-    log2_ring_size: u8,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -69,17 +60,11 @@ struct Summary {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let cfg = ClientConfig {
-        name: args.name.clone(),
-        interrupt: !args.polling,
-        log2_ring_size: args.log2_ring_size,
-        ..ClientConfig::default()
-    };
-    let mut client = Client::connect(&args.socket, &cfg)?;
+    let mut client = args.client.connect("xmacvlan-sink")?;
     eprintln!(
         "connected to endpoint {} ({})",
         client.server,
-        args.socket.display()
+        args.client.socket.display()
     );
     xmacvlan::sys::catch_interrupts();
     let mut hist = xmacvlan::dataplane::latency_histogram();

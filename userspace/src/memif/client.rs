@@ -3,7 +3,7 @@
 //! frames in batches. `xmacvlan-sink`, `xmacvlan-reflect` and the tests use it; any other
 //! memif client (DPDK, VPP, libmemif, gomemif) works the same way.
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,35 @@ use super::sock::{self, Received};
 use super::wire::{
     self, ADD_RING_FLAG_C2S, AddRegion, AddRing, Init, MSG_SIZE, Msg, SECRET_SIZE, VERSION,
 };
+
+/// The connection flags of the client programs (`xmacvlan-sink`, `xmacvlan-reflect`).
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// The endpoint's socket (`<port-dir>/<endpoint>.sock`, default dir /run/xmacvlan/ports).
+    pub socket: PathBuf,
+    /// Name shown in the daemon's `stats` and logs [default: the program's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Poll the ring instead of sleeping on the eventfd (lower latency, one core busy).
+    #[arg(long)]
+    pub polling: bool,
+    /// Ring size as a power of two.
+    #[arg(long, default_value_t = 10)]
+    pub log2_ring_size: u8,
+}
+
+impl ClientArgs {
+    /// Connect to the endpoint's port, named `--name` or else `program`.
+    pub fn connect(&self, program: &str) -> Result<Client> {
+        let cfg = ClientConfig {
+            name: self.name.clone().unwrap_or_else(|| program.to_string()),
+            interrupt: !self.polling,
+            log2_ring_size: self.log2_ring_size,
+            ..ClientConfig::default()
+        };
+        Client::connect(&self.socket, &cfg)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
