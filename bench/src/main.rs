@@ -8,7 +8,7 @@ use xmacvlan::dataplane::{DataplaneConfig, DemuxMode, default_cores};
 use xmacvlan::xdp::AttachMode;
 use xmacvlan::xsk::{BindMode, QueueConfig};
 use xmacvlan_bench::lab::{KernelDevices, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, run_lab};
+use xmacvlan_bench::scenario::{LabApp, TrafficConfig, run_lab};
 
 #[derive(Parser)]
 #[command(
@@ -127,6 +127,11 @@ struct LabArgs {
     /// Skip the kernel macvlan devices (fast-path only).
     #[arg(long)]
     no_kernel_devices: bool,
+    /// What receives each endpoint's frames: `sink` (xmacvlan-sink on its memif port),
+    /// `reflect` (xmacvlan-reflect on its port; round trip timed on the wire), or `consumer`
+    /// (no ports: the dataplane's in-process consumer).
+    #[arg(long, value_enum, default_value = "sink")]
+    app: LabApp,
 }
 
 fn main() {
@@ -232,7 +237,7 @@ fn lab(a: LabArgs) -> Result<()> {
         generator_core: Some(a.generator_core),
         ..TrafficConfig::default()
     };
-    let report = run_lab(&topology, &dataplane, &traffic)?;
+    let report = run_lab(&topology, &dataplane, &traffic, a.app)?;
     print!("{}", report.to_text());
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -4,15 +4,15 @@
 //! consumers (the same `Consumer`: counters, misdelivery check, latency histogram).
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
     Consumer, EndpointCounters, HotLoop, Idle, close_in_parallel, latency_histogram, pin,
 };
 
+use crate::background::Background;
 use crate::lab::Lab;
 
 /// Ring memory for all endpoints together, split evenly: one endpoint gets a 16 MiB ring (as
@@ -39,8 +39,7 @@ fn ring_config(endpoints: usize) -> RingConfig {
 pub struct KernelPath {
     /// Frames delivered so far, all endpoints (published once per block).
     pub frames: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<KernelFinished>>>,
+    reader: Background<KernelFinished>,
 }
 
 #[derive(Debug)]
@@ -84,39 +83,17 @@ impl KernelPath {
             readers.push((ring, consumer));
         }
         let frames = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (frames, stop) = (frames.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("xmv-kernel-rx".into())
-                .spawn(move || read_until_stopped(readers, rx_core, &frames, &stop))
-                .context("starting the kernel-path reader")?
-        };
-        Ok(Self {
-            frames,
-            stop,
-            thread: Some(thread),
-        })
+        let published = frames.clone();
+        let reader = Background::spawn("xmv-kernel-rx", move |stop| {
+            read_until_stopped(readers, rx_core, &published, stop)
+        })?;
+        Ok(Self { frames, reader })
     }
 
     /// Stop reading (once nothing has come for twice the block-retire timeout) and collect
     /// the totals.
-    pub fn stop(mut self) -> Result<KernelFinished> {
-        self.stop.store(true, Ordering::Release);
-        self.thread
-            .take()
-            .expect("joined once")
-            .join()
-            .map_err(|_| anyhow!("the kernel-path reader panicked"))?
-    }
-}
-
-impl Drop for KernelPath {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) -> Result<KernelFinished> {
+        self.reader.stop()
     }
 }
 

@@ -58,6 +58,8 @@ const BLOCK_STATUS: usize = 8;
 const BLOCK_NUM_PKTS: usize = 12;
 const BLOCK_FIRST_PKT: usize = 16;
 const HDR_NEXT_OFFSET: usize = 0;
+const HDR_SEC: usize = 4;
+const HDR_NSEC: usize = 8;
 const HDR_SNAPLEN: usize = 12;
 const HDR_LEN: usize = 16;
 const HDR_MAC: usize = 24;
@@ -318,6 +320,18 @@ impl PacketRing {
         timeout_ms: i32,
         mut on_frame: impl FnMut(&[u8]),
     ) -> Result<usize> {
+        self.poll_block_stamped(timeout_ms, |frame, _| on_frame(frame))
+    }
+
+    /// [`Self::poll_block`], with each frame's arrival time as the kernel stamped it when it
+    /// placed the frame (CLOCK_REALTIME, nanoseconds): unlike the time the block is read, it
+    /// does not include the wait for a half-filled block to retire.
+    #[inline]
+    pub fn poll_block_stamped(
+        &mut self,
+        timeout_ms: i32,
+        mut on_frame: impl FnMut(&[u8], u64),
+    ) -> Result<usize> {
         if !self.block_ready() {
             if timeout_ms == 0 {
                 return Ok(0);
@@ -369,7 +383,9 @@ impl PacketRing {
             if snaplen < len {
                 self.totals.truncated += 1;
             }
-            on_frame(frame);
+            let stamp = u64::from(read_u32(block, offset + HDR_SEC)) * 1_000_000_000
+                + u64::from(read_u32(block, offset + HDR_NSEC));
+            on_frame(frame, stamp);
             delivered += 1;
             let next = read_u32(block, offset + HDR_NEXT_OFFSET) as usize;
             if next == 0 {
