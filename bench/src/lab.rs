@@ -260,6 +260,22 @@ impl Lab {
             .unwrap_or(&self.host)
     }
 
+    /// Interface index of endpoint `i`'s macvlan in the host namespace (`Host` placement;
+    /// call from a thread in the lab's host namespace), with its name.
+    pub fn host_device(&self, i: usize) -> Result<(u32, &str)> {
+        let spec = &self.endpoints[i];
+        let Some(device) = self.host_devices.get(i).and_then(Option::as_deref) else {
+            anyhow::bail!(
+                "endpoint {} has no macvlan in the host namespace: the kernel baseline needs \
+                 untagged endpoints in a lab built with KernelDevices::Host",
+                spec.name
+            );
+        };
+        let index = xmacvlan::sys::if_index(device)
+            .with_context(|| format!("macvlan {device} of endpoint {} is missing", spec.name))?;
+        Ok((index, device))
+    }
+
     pub fn dataplane_config(&self, base: &DataplaneConfig) -> DataplaneConfig {
         DataplaneConfig {
             ifname: NIC.into(),

@@ -87,6 +87,10 @@ struct CompareArgs {
     /// The generator's core.
     #[arg(long, default_value_t = 0)]
     generator_core: usize,
+    /// Frames/s of the runs through ports (sinks and reflectors on memif ports; the kernel
+    /// baseline's AF_PACKET application); 0 skips them.
+    #[arg(long, default_value_t = xmacvlan_bench::compare::DEFAULT_PORT_RATE)]
+    port_rate: u64,
 }
 
 #[derive(clap::Args)]
@@ -287,6 +291,7 @@ fn compare(a: CompareArgs) -> Result<()> {
     }
     cfg.rx_core = a.rx_core;
     cfg.generator_core = a.generator_core;
+    cfg.port_rate = (a.port_rate > 0).then_some(a.port_rate);
     let started = std::time::Instant::now();
     let results = compare::run(&cfg, &mut |done, total, what| {
         progress_bar(done, total, what, started.elapsed());

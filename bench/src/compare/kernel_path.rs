@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
@@ -66,17 +66,8 @@ impl KernelPath {
     /// host namespace) and start reading them on `rx_core`.
     pub fn start(lab: &Lab, rx_core: usize) -> Result<Self> {
         let mut readers = Vec::with_capacity(lab.endpoints.len());
-        for (spec, device) in lab.endpoints.iter().zip(&lab.host_devices) {
-            let Some(device) = device else {
-                bail!(
-                    "endpoint {} has no macvlan in the host namespace: the kernel baseline needs \
-                     untagged endpoints in a lab built with KernelDevices::Host",
-                    spec.name
-                );
-            };
-            let index = xmacvlan::sys::if_index(device).with_context(|| {
-                format!("macvlan {device} of endpoint {} is missing", spec.name)
-            })?;
+        for (i, spec) in lab.endpoints.iter().enumerate() {
+            let (index, device) = lab.host_device(i)?;
             let ring = PacketRing::open(index, ring_config(lab.endpoints.len()))
                 .with_context(|| format!("opening an AF_PACKET ring on {device}"))?;
             let consumer = Consumer::new(spec, Arc::new(EndpointCounters::default()));

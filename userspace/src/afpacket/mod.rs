@@ -7,12 +7,15 @@
 //! one `poll()` only when nothing is ready, so syscalls are per block, never per frame.
 //!
 //! One of the crate's few `unsafe` modules: every block states its invariant.
+//! [`raw`] is the plain (non-ring) socket of the kernel baseline's latency runs.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Result, anyhow, bail};
+
+pub mod raw;
 
 #[cfg(test)]
 mod tests;
@@ -190,6 +193,27 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
     }
 }
 
+/// Bind an AF_PACKET socket to interface `ifindex`, every protocol (ETH_P_ALL).
+fn bind_all_protocols(fd: RawFd, ifindex: u32) -> Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the length passed, alive during the call.
+    let ret = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(last_error("AF_PACKET: binding to the interface", ifindex));
+    }
+    Ok(())
+}
+
 impl PacketRing {
     /// Open a TPACKET_V3 ring on interface `ifindex` of the calling thread's network namespace.
     pub fn open(ifindex: u32, config: RingConfig) -> Result<PacketRing> {
@@ -261,23 +285,8 @@ impl PacketRing {
             ifindex,
         };
 
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the length passed, alive during the call.
-        let ret = unsafe {
-            libc::bind(
-                sfd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            // `ring` is dropped here: unmapped and closed.
-            return Err(last_error("AF_PACKET: binding to the interface", ifindex));
-        }
+        // On error `ring` is dropped here: unmapped and closed.
+        bind_all_protocols(sfd, ifindex)?;
         Ok(ring)
     }
 
