@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use xmacvlan::daemon::stats;
-use xmacvlan::dataplane::{ClaimPolicy, Dataplane, DemuxMode, PortSnapshot};
+use xmacvlan::dataplane::{ClaimPolicy, Dataplane, PortSnapshot};
 use xmacvlan::frame::read_payload;
+use xmacvlan::modes::DemuxMode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{self, Stream, StreamKind};

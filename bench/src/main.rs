@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use xmacvlan::dataplane::{DataplaneConfig, DemuxMode, default_cores};
-use xmacvlan::xdp::AttachMode;
-use xmacvlan::xsk::{BindMode, QueueConfig};
+use xmacvlan::dataplane::{DataplaneConfig, default_cores};
+use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::xsk::QueueConfig;
 use xmacvlan_bench::lab::{KernelDevices, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, run_lab};
 
@@ -103,7 +103,7 @@ struct LabArgs {
     #[arg(long, value_enum, default_value = "xdp")]
     demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    xdp_mode: AttachMode,
+    xdp_mode: XdpMode,
     #[arg(long, value_enum, default_value = "auto")]
     bind: BindMode,
     /// Receive queues of the lab NIC (one worker and one generator each).

@@ -25,6 +25,7 @@ pub mod doctor;
 pub mod frame;
 pub mod logging;
 pub mod memif;
+pub mod modes;
 pub mod netlink;
 pub mod netns;
 pub mod nic;

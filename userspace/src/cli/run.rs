@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
+use crate::dataplane::{Dataplane, DataplaneConfig, EndpointSpec, default_cores};
+use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::netlink::Netlink;
-use crate::telemetry::report::{Report, mode_name, plural};
-use crate::xdp::AttachMode;
-use crate::xsk::{BindMode, QueueConfig};
+use crate::telemetry::report::{Report, plural};
+use crate::xsk::QueueConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -22,7 +22,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "xdp")]
     pub demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     #[arg(long, value_enum, default_value = "auto")]
     pub bind: BindMode,
     /// Cores for workers and consumers, comma-separated (default: all but core 0).
@@ -141,9 +141,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         plural(endpoints.len(), "endpoint"),
         a.iface,
         plural(queues as usize, "queue"),
-        mode_name(cfg.demux),
-        mode_name(dp.attached),
-        mode_name(dp.bound)
+        cfg.demux,
+        dp.attached,
+        dp.bound
     );
     let start = Instant::now();
     let mut last = (0u64, Instant::now());
@@ -176,9 +176,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let duration = start.elapsed().as_secs_f64();
     let report = Report {
         interface: a.iface.clone(),
-        demux: mode_name(cfg.demux),
-        xdp_mode: mode_name(attached),
-        bind: mode_name(bound),
+        demux: cfg.demux.to_string(),
+        xdp_mode: attached.to_string(),
+        bind: bound.to_string(),
         duration_s: duration,
         endpoints: Report::endpoint_rows(&finished, duration),
         xdp: finished.xdp,

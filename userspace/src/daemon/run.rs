@@ -62,7 +62,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         pid = std::process::id(),
         socket = %cfg.control_socket.display(),
         data_root = %cfg.data_root.display(),
-        demux = Settings::from_config(&cfg).demux_name(),
+        demux = cfg.demux_mode.name(),
         log_level = %log.level(),
         metrics = %cfg.metrics_addr.as_ref().map(ToString::to_string).unwrap_or_else(|| "off".into()),
         "daemon started: {served} of {} recorded endpoints on the fast path",

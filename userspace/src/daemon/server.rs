@@ -10,20 +10,18 @@ use hdrhistogram::Histogram;
 use super::protocol::{Answer, Request};
 use crate::config::DaemonConfig;
 use crate::control::State;
-use crate::dataplane::{
-    ClaimPolicy, Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores,
-};
+use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, default_cores};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
+use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
-use crate::xdp::AttachMode;
-use crate::xsk::{BindMode, QueueConfig};
+use crate::xsk::QueueConfig;
 
 /// How the daemon builds each interface's dataplane (from daemon.json and flags).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// None: `demux-mode kernel`, no fast path (endpoints work through their macvlan devices).
-    pub demux: Option<DemuxMode>,
-    pub xdp_mode: AttachMode,
+    /// `kernel`: no fast path (endpoints work through their macvlan devices).
+    pub demux: DemuxMode,
+    pub xdp_mode: XdpMode,
     pub bind: BindMode,
     pub cores: Vec<usize>,
     /// Where the endpoints' memif sockets go.
@@ -38,27 +36,14 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(cfg: &DaemonConfig) -> Self {
-        use crate::config::DemuxMode as Configured;
         Self {
-            demux: match cfg.demux_mode {
-                Configured::Xdp => Some(DemuxMode::Xdp),
-                Configured::User => Some(DemuxMode::User),
-                Configured::Kernel => None,
-            },
-            xdp_mode: cfg.xdp_mode.into(),
-            bind: cfg.bind_mode.into(),
+            demux: cfg.demux_mode,
+            xdp_mode: cfg.xdp_mode,
+            bind: cfg.bind_mode,
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
             port_dir: cfg.port_dir.clone(),
             data_root: cfg.data_root.clone(),
             claim: ClaimPolicy::WhileConnected,
-        }
-    }
-
-    pub fn demux_name(&self) -> &'static str {
-        match self.demux {
-            Some(DemuxMode::Xdp) => "xdp",
-            Some(DemuxMode::User) => "user",
-            None => "kernel",
         }
     }
 }
@@ -96,7 +81,7 @@ impl Daemon {
             Request::Ping => Ok(Answer::Pong {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                demux: self.settings.demux_name().to_string(),
+                demux: self.settings.demux.to_string(),
                 uptime_s: self.started.elapsed().as_secs_f64(),
             }),
             Request::Attach { iface, endpoint } => {
@@ -107,7 +92,7 @@ impl Daemon {
                 attached: self.detach(&endpoint)?,
             }),
             Request::Stats => Ok(Answer::Stats {
-                demux: self.settings.demux_name().to_string(),
+                demux: self.settings.demux.to_string(),
                 uptime_s: self.started.elapsed().as_secs_f64(),
                 interfaces: self
                     .planes
@@ -179,10 +164,11 @@ impl Daemon {
     /// Returns whether the endpoint is on the fast path (false in `kernel` demux mode).
     /// Attaching the same endpoint again to the same interface is a no-op (idempotent).
     pub fn attach(&mut self, iface: &str, endpoint: EndpointSpec) -> Result<bool> {
-        let Some(demux) = self.settings.demux else {
+        let demux = self.settings.demux;
+        if demux == DemuxMode::Kernel {
             tracing::info!(iface, endpoint = %endpoint.name, "demux-mode kernel: endpoint left to its macvlan device");
             return Ok(false);
-        };
+        }
         for (name, plane) in &self.planes {
             if let Some(existing) = plane
                 .endpoints()

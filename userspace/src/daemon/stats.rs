@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use super::protocol::{Answer, Request};
 use super::socket::request;
 use crate::dataplane::Snapshot;
-use crate::telemetry::report::{mode_name, plural};
+use crate::telemetry::report::plural;
 
 #[derive(clap::Args, Debug)]
 pub struct StatsArgs {
@@ -224,10 +224,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         let _ = writeln!(
             s,
             "\n{} (demux {}, XDP {}, bind {})",
-            snap.interface,
-            mode_name(snap.demux),
-            mode_name(snap.xdp_mode),
-            mode_name(snap.bind)
+            snap.interface, snap.demux, snap.xdp_mode, snap.bind
         );
         let _ = writeln!(
             s,

@@ -22,9 +22,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
-use crate::xdp::{AttachMode, Classifier, Program, Steering};
+use crate::modes::{Bound, DemuxMode, XdpMode};
+use crate::xdp::{Classifier, Program, Steering};
 pub use crate::xsk::SocketStats;
-use crate::xsk::{self, Bound, QueueConfig, QueueUmem, RxFrame};
+use crate::xsk::{self, QueueConfig, QueueUmem, RxFrame};
 
 mod consumer;
 mod endpoint;
@@ -45,24 +46,12 @@ pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
 
-/// `--demux`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DemuxMode {
-    /// The XDP program steers frames into per-endpoint AF_XDP sockets (kernel demux).
-    Xdp,
-    /// Pinned workers demux in userspace from one socket per queue (zero-copy handoff).
-    User,
-}
-
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
     pub ifname: String,
     pub queues: u32,
     pub demux: DemuxMode,
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     pub queue: QueueConfig,
     /// Cores for the queue workers (round-robin) and the consumer threads.
     pub cores: Vec<usize>,
@@ -93,7 +82,7 @@ pub struct Dataplane {
     attached_so_far: u64,
     /// The NIC's MTU when started (ports may send 14 + this bytes).
     mtu: u32,
-    pub attached: AttachMode,
+    pub attached: XdpMode,
     pub bound: Bound,
 }
 
@@ -173,11 +162,7 @@ impl Dataplane {
             .and_then(|nl| nl.require_link(&cfg.ifname))
             .map(|l| l.mtu)
             .with_context(|| format!("reading the MTU of {}", cfg.ifname))?;
-        let steering = match cfg.demux {
-            DemuxMode::Xdp => Steering::PerEndpoint,
-            DemuxMode::User => Steering::PerQueue,
-        };
-        let mut classifier = Classifier::load(Program::Classify, steering, cfg.queues)?;
+        let mut classifier = Classifier::load(Program::Classify, steering(cfg.demux)?, cfg.queues)?;
         let attached = classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode)?;
 
         let stop_workers = Arc::new(AtomicBool::new(false));
@@ -350,8 +335,8 @@ impl Dataplane {
     ) -> Result<()> {
         let counters: Arc<EndpointCounters> = Arc::default();
         let mut handles = Vec::new();
-        let (source, ring) = match self.cfg.demux {
-            DemuxMode::Xdp => {
+        let (source, ring) = match self.classifier.steering() {
+            Steering::PerEndpoint => {
                 let mut sockets = Vec::new();
                 for (q, umem) in self.umems.iter().enumerate() {
                     let socket = umem.add_socket()?;
@@ -362,7 +347,7 @@ impl Dataplane {
                 }
                 (consumer::Source::Sockets(sockets), None)
             }
-            DemuxMode::User => {
+            Steering::PerQueue => {
                 let ring = Arc::new(ArrayQueue::new(self.cfg.endpoint_ring));
                 (consumer::Source::Ring(ring.clone()), Some(ring))
             }
@@ -710,7 +695,20 @@ pub fn close_in_parallel<T: Send>(mut items: Vec<T>) {
     });
 }
 
+/// How the classifier steers for a demux mode; `kernel` has no dataplane to run.
+fn steering(demux: DemuxMode) -> Result<Steering> {
+    match demux {
+        DemuxMode::Xdp => Ok(Steering::PerEndpoint),
+        DemuxMode::User => Ok(Steering::PerQueue),
+        DemuxMode::Kernel => bail!(
+            "demux mode `kernel` runs no dataplane (frames stay on the macvlan devices): \
+             use `xdp` or `user`"
+        ),
+    }
+}
+
 fn validate_config(cfg: &DataplaneConfig) -> Result<()> {
+    steering(cfg.demux)?;
     if cfg.cores.is_empty() {
         bail!("no cores given for the dataplane threads");
     }

@@ -5,14 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClaimPolicy, DemuxMode, EndpointCounters, EndpointSpec, PortSnapshot, QueueSnapshot};
 use crate::abi::{Counters, MacDisplay};
-use crate::xdp::AttachMode;
-use crate::xsk::{Bound, SocketStats};
+use crate::modes::{Bound, XdpMode};
+use crate::xsk::SocketStats;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub interface: String,
     pub demux: DemuxMode,
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     pub bind: Bound,
     pub xdp: Counters,
     pub queues: Vec<QueueSnapshot>,

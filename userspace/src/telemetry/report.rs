@@ -12,12 +12,6 @@ pub fn plural(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
-/// A mode's name as the command line and the JSON spell it (`xdp`, `native`, `copy`):
-/// lowercase, one spelling everywhere.
-pub fn mode_name(mode: impl std::fmt::Debug) -> String {
-    format!("{mode:?}").to_lowercase()
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Percentiles {
     pub p50: u64,
@@ -243,12 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_modes_read_as_words() {
+    fn counts_read_as_words() {
         assert_eq!(plural(1, "queue"), "1 queue");
         assert_eq!(plural(0, "endpoint"), "0 endpoints");
         assert_eq!(plural(2, "endpoint"), "2 endpoints");
-        assert_eq!(mode_name(crate::dataplane::DemuxMode::Xdp), "xdp");
-        assert_eq!(mode_name(crate::xsk::Bound::Zerocopy), "zerocopy");
     }
 
     #[test]

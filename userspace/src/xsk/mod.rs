@@ -8,6 +8,7 @@
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
+use crate::modes::{BindMode, Bound};
 use anyhow::{Context, Result, anyhow, bail};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -24,20 +25,6 @@ pub const BATCH: usize = 64;
 
 /// TX ring entries of every shared socket (the ports' transmissions).
 pub const TX_RING: usize = 64;
-
-/// `--bind`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BindMode {
-    /// The NIC DMAs straight into the UMEM (driver support needed; veth has none).
-    Zerocopy,
-    /// The kernel copies each frame into the UMEM.
-    Copy,
-    /// Zero-copy if the driver supports it, else copy (and say so).
-    Auto,
-}
 
 /// Ring and UMEM sizes for one queue.
 #[derive(Debug, Clone, Copy)]
@@ -109,14 +96,6 @@ pub struct RxSocket {
     scratch: Vec<FrameDesc>,
     /// Set only while dropping: fields drop in order, so this closes after `rx` and `_tx`.
     last_reference: Option<OwnedFd>,
-}
-
-/// The binding a queue ended up with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Bound {
-    Zerocopy,
-    Copy,
 }
 
 /// Create queue `queue`'s UMEM and its first socket on `ifname`, and hand every frame to the
