@@ -26,7 +26,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        default_value = "/var/lib/xmacvlan",
+        default_value = crate::config::DEFAULT_DATA_ROOT,
         env = "XMACVLAN_DATA_ROOT"
     )]
     pub data_root: PathBuf,

@@ -36,13 +36,14 @@ pub use reload::{Change, ReloadPlan, diff_for_reload};
 
 /// Where the daemon looks for its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/xmacvlan/daemon.json";
+/// Where networks and endpoints are persisted (the daemon, the CLI and the CNI plugin).
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
 /// Where Docker finds the `xmacvlan` network plugin (the file name is the driver's name).
 pub const DEFAULT_DOCKER_PLUGIN: &str = "/run/docker/plugins/xmacvlan.sock";
 
 /// Where the endpoints' memif sockets live (`<port-dir>/<endpoint>.sock`).
-pub const DEFAULT_PORT_DIR: &str = crate::memif::DEFAULT_PORT_DIR;
+pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.
