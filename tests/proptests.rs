@@ -426,7 +426,7 @@ proptest! {
                     prop_assert!(!network);
                     let _ = xmacvlan::control::model::check_name(&a.name, "endpoint");
                     if let Some(mac) = &a.mac_address {
-                        let _ = xmacvlan::abi::parse_mac(mac);
+                        let _ = mac.parse::<xmacvlan::ether::Mac>();
                     }
                 }
                 other => prop_assert!(false, "{:?} parsed as {:?}", argv, other),

@@ -22,6 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod doctor;
+pub mod ether;
 pub mod frame;
 pub mod logging;
 pub mod memif;

@@ -264,7 +264,7 @@ impl NetConf {
         };
         let mac = runtime_mac.or(string(&obj, "mac")?);
         if let Some(m) = &mac {
-            crate::abi::parse_mac(m)
+            m.parse::<crate::ether::Mac>()
                 .and_then(|parsed| crate::control::model::check_mac(&parsed))
                 .map_err(|e| invalid(format!("`mac` {m}: {e}")))?;
         }

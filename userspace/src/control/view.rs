@@ -10,7 +10,7 @@ use super::cli::Format;
 use super::model::{Endpoint, Mode, Network};
 use super::provision::read_endpoint;
 use super::{State, drift};
-use crate::abi::MacDisplay;
+use crate::ether::Mac;
 use crate::netlink::Netlink;
 
 pub fn print_rows(
@@ -86,7 +86,7 @@ pub fn endpoint_row(ep: &Endpoint) -> Value {
         "Network": ep.network,
         "Netns": ep.netns,
         "Ifname": ep.ifname,
-        "MacAddress": MacDisplay(&ep.mac).to_string(),
+        "MacAddress": Mac(ep.mac).to_string(),
         "IPv4Address": address(ep, true),
         "IPv6Address": address(ep, false),
     })
@@ -118,7 +118,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
             ep.name.clone(),
             json!({
                 "Name": ep.name,
-                "MacAddress": MacDisplay(&ep.mac).to_string(),
+                "MacAddress": Mac(ep.mac).to_string(),
                 "IPv4Address": address(ep, true),
                 "IPv6Address": address(ep, false),
                 "Netns": ep.netns,
@@ -153,7 +153,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
         "MacvlanMode": net.mode.as_str(),
         "HostShim": net.host_shim.as_ref().map(|s| json!({
             "Ifname": s.ifname,
-            "MacAddress": MacDisplay(&s.mac).to_string(),
+            "MacAddress": Mac(s.mac).to_string(),
             "Addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "Routes": s.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
@@ -167,7 +167,7 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
         json!({
             "Kind": d.link.kind,
             "MacvlanMode": d.link.macvlan_mode.and_then(Mode::from_netlink).map(Mode::as_str),
-            "MacAddress": MacDisplay(&d.link.mac).to_string(),
+            "MacAddress": Mac(d.link.mac).to_string(),
             "Mtu": d.link.mtu,
             "Up": d.link.up,
             "Addresses": d.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
@@ -179,7 +179,7 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
         "Network": ep.network,
         "NetworkID": state.network(&ep.network).map(|n| n.id.clone()),
         "VlanId": ep.vlan,
-        "MacAddress": MacDisplay(&ep.mac).to_string(),
+        "MacAddress": Mac(ep.mac).to_string(),
         "IPv4Address": address(ep, true),
         "IPv6Address": address(ep, false),
         "Gateway": gateway(ep, true),

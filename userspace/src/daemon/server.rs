@@ -11,6 +11,7 @@ use super::protocol::{Answer, Request};
 use crate::config::DaemonConfig;
 use crate::control::State;
 use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, default_cores};
+use crate::ether::Mac;
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
 use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
@@ -182,7 +183,7 @@ impl Daemon {
                     "endpoint `{}` is already attached on {name} with VLAN {} MAC {}",
                     endpoint.name,
                     existing.vid,
-                    crate::abi::MacDisplay(&existing.mac)
+                    Mac(existing.mac)
                 );
             }
         }
@@ -222,7 +223,7 @@ impl Daemon {
             }
         };
         tracing::info!(iface, endpoint = %endpoint.name, vid = endpoint.vid,
-            mac = %crate::abi::MacDisplay(&endpoint.mac), socket = %socket.display(),
+            mac = %Mac(endpoint.mac), socket = %socket.display(),
             "endpoint attached: its kernel device has its traffic until a memif client connects");
         Ok(true)
     }
@@ -440,7 +441,7 @@ impl Daemon {
                     len = ev.len,
                     queue = ev.queue,
                     vid = ev.vid,
-                    mac = %crate::abi::MacDisplay(&ev.mac),
+                    mac = %Mac(ev.mac),
                     suppressed = ev.suppressed,
                     "{}",
                     match ev.kind() {

@@ -22,6 +22,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
+use crate::ether::{Mac, VlanId};
 use crate::modes::{Bound, DemuxMode, XdpMode};
 use crate::xdp::{Classifier, Program, Steering};
 pub use crate::xsk::SocketStats;
@@ -311,7 +312,7 @@ impl Dataplane {
                 "endpoint {} has the same VLAN {} and MAC {} as endpoint {}",
                 spec.name,
                 spec.vid,
-                abi::MacDisplay(&spec.mac),
+                Mac(spec.mac),
                 other.spec.name
             );
         }
@@ -739,14 +740,19 @@ fn validate_endpoints(endpoints: &[EndpointSpec]) -> Result<()> {
     }
     let mut seen = std::collections::HashSet::new();
     for e in endpoints {
-        if e.vid > 4094 {
-            bail!("endpoint {}: VLAN id {} out of range 0-4094", e.name, e.vid);
+        if e.vid > VlanId::MAX {
+            bail!(
+                "endpoint {}: VLAN id {} out of range 0-{} (0: untagged)",
+                e.name,
+                e.vid,
+                VlanId::MAX
+            );
         }
         if e.mac[0] & 1 != 0 {
             bail!(
                 "endpoint {}: {} is a multicast MAC; endpoints need unicast MACs",
                 e.name,
-                abi::MacDisplay(&e.mac)
+                Mac(e.mac)
             );
         }
         if !seen.insert(e.key()) {
@@ -754,7 +760,7 @@ fn validate_endpoints(endpoints: &[EndpointSpec]) -> Result<()> {
                 "endpoint {}: another endpoint already has VLAN {} and MAC {}",
                 e.name,
                 e.vid,
-                abi::MacDisplay(&e.mac)
+                Mac(e.mac)
             );
         }
     }

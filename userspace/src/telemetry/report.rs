@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::abi::{Counters, MacDisplay};
+use crate::abi::Counters;
 use crate::dataplane::{EndpointResult, Finished, QueueSnapshot, SocketStats};
+use crate::ether::Mac;
 
 /// `1 endpoint`, `2 endpoints`: a count with its noun, for every message that counts.
 pub fn plural(n: usize, noun: &str) -> String {
@@ -90,7 +91,7 @@ impl Report {
             .map(|e: &EndpointResult| EndpointRow {
                 name: e.spec.name.clone(),
                 vid: e.spec.vid,
-                mac: MacDisplay(&e.spec.mac).to_string(),
+                mac: Mac(e.spec.mac).to_string(),
                 frames: e.frames,
                 bytes: e.bytes,
                 mpps: if duration_s > 0.0 {
