@@ -50,7 +50,7 @@ fn refuses_an_interface_with_another_xdp_program_and_runs_on_a_free_one() {
 
         // Another tool's program on nic0: refused, and left in place.
         let mut foreign = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
-        foreign.attach(nic, "nic0", XdpMode::Native)?;
+        foreign.attach(nic, "nic0", XdpMode::Native, &mut Vec::new())?;
         let before = nl.require_link("nic0")?.xdp_prog_id;
         assert!(before.is_some());
         let err = run(args("nic0", config.clone(), false)).unwrap_err();

@@ -163,7 +163,7 @@ pub fn measure(
         Mode::Ceiling => {
             let index = xmacvlan::sys::if_index(NIC).context("lab NIC missing")?;
             let mut drop_all = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
-            drop_all.attach(index, NIC, XdpMode::Native)?;
+            drop_all.attach(index, NIC, XdpMode::Native, &mut Vec::new())?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
             let seen = || drop_all.counters().map(|c| c.seen).unwrap_or(0);
             let before = CpuSample::read(&cores)?;

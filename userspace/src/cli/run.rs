@@ -136,6 +136,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         endpoint_ring: 4096,
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
+    for w in &dp.warnings {
+        eprintln!("xmacvlan: {w}");
+    }
     eprintln!(
         "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}; Ctrl-C to stop",
         plural(endpoints.len(), "endpoint"),

@@ -199,6 +199,9 @@ impl Daemon {
             None => {
                 let cfg = self.config_for(iface, demux)?;
                 let mut plane = Dataplane::start(&cfg, &[])?;
+                for w in &plane.warnings {
+                    tracing::warn!(iface, "{w}");
+                }
                 if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
                     let _ = plane.stop();
                     return Err(e);

@@ -85,6 +85,9 @@ pub struct Dataplane {
     mtu: u32,
     pub attached: XdpMode,
     pub bound: Bound,
+    /// Fallbacks taken while starting (`auto` modes that settled for less), for the caller
+    /// to log or print: the library prints nothing itself.
+    pub warnings: Vec<String>,
 }
 
 struct Attached {
@@ -164,7 +167,8 @@ impl Dataplane {
             .map(|l| l.mtu)
             .with_context(|| format!("reading the MTU of {}", cfg.ifname))?;
         let mut classifier = Classifier::load(Program::Classify, steering(cfg.demux)?, cfg.queues)?;
-        let attached = classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode)?;
+        let mut warnings = Vec::new();
+        let attached = classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
 
         let stop_workers = Arc::new(AtomicBool::new(false));
         let stop_consumers = Arc::new(AtomicBool::new(false));
@@ -177,7 +181,7 @@ impl Dataplane {
         let mut bound = Bound::Copy;
         let mut pending_threads = Vec::new();
         for q in 0..cfg.queues {
-            let (umem, mut rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
+            let (umem, mut rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue, &mut warnings)?;
             bound = b;
             let tx_frames = rings.take_tx_frames();
             let tx_pool_size = tx_frames.len();
@@ -263,6 +267,7 @@ impl Dataplane {
             mtu,
             attached,
             bound,
+            warnings,
         };
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);

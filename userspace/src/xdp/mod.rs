@@ -92,8 +92,15 @@ impl Classifier {
     }
 
     /// Attach to interface `ifindex` (in the calling thread's namespace). Returns the mode
-    /// that worked: `Auto` resolves to `Native` or `Generic`.
-    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<XdpMode> {
+    /// that worked: `Auto` resolves to `Native` or `Generic`. Why `Auto` fell back goes to
+    /// `warnings`, for the caller to log or print.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+        warnings: &mut Vec<String>,
+    ) -> Result<XdpMode> {
         let name = match self.program {
             Program::Classify => abi::PROGRAM_CLASSIFY,
             Program::DropAll => abi::PROGRAM_DROP_ALL,
@@ -125,7 +132,7 @@ impl Classifier {
                     try_mode(prog, AyaMode::Skb).with_context(|| {
                         format!("attaching XDP to {ifname}: native failed ({native}), generic too")
                     })?;
-                    crate::logging::warn(format_args!(
+                    warnings.push(format!(
                         "{ifname}: native XDP refused ({native}); using generic XDP"
                     ));
                     XdpMode::Generic

@@ -100,10 +100,12 @@ pub struct RxSocket {
 
 /// Create queue `queue`'s UMEM and its first socket on `ifname`, and hand every frame to the
 /// fill ring. The XDP program must already be attached (this never loads libxdp's own).
+/// Why `Auto` fell back to copy mode goes to `warnings`, for the caller to log or print.
 pub fn open_queue(
     ifname: &str,
     queue: u32,
     cfg: &QueueConfig,
+    warnings: &mut Vec<String>,
 ) -> Result<(QueueUmem, QueueRings, Bound)> {
     let attempts: &[(BindFlags, Bound)] = match cfg.bind {
         BindMode::Zerocopy => &[(BindFlags::XDP_ZEROCOPY, Bound::Zerocopy)],
@@ -118,7 +120,7 @@ pub fn open_queue(
         match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
             Ok((umem, rings)) => {
                 if let Some(refused) = &last_error {
-                    crate::logging::warn(format_args!(
+                    warnings.push(format!(
                         "{ifname} queue {queue}: zero-copy bind refused ({refused:#}); using copy mode"
                     ));
                 }
