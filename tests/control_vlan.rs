@@ -230,9 +230,9 @@ fn an_existing_vlan_parent_is_used_and_kept() {
 fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
-    use xmacvlan::daemon::protocol::{Answer, Request};
     use xmacvlan::daemon::server::{Daemon, Settings};
     use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+    use xmacvlan::ipc::protocol::{Answer, Request};
     use xmacvlan::modes::DemuxMode;
     use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
     use xmacvlan_bench::scenario::lab_streams;

@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xmacvlan::daemon::protocol::{Answer, Request};
-use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::{EndpointSnapshot, EndpointSpec, Snapshot};
 use xmacvlan::ether::Mac;
+use xmacvlan::ipc::protocol::{Answer, Request};
+use xmacvlan::ipc::socket::request;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent};
 use xmacvlan_bench::scenario::lab_streams;
 

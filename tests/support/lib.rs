@@ -96,7 +96,7 @@ pub fn cli_in(
     .collect();
     ns.run(|| {
         let mut out = Vec::new();
-        xmacvlan::control::cli::execute_args(&argv, &mut out)?;
+        xmacvlan::cli::control::execute_args(&argv, &mut out)?;
         Ok(String::from_utf8(out)?)
     })
 }

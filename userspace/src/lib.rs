@@ -24,6 +24,7 @@ pub mod dataplane;
 pub mod doctor;
 pub mod ether;
 pub mod frame;
+pub mod ipc;
 pub mod logging;
 pub mod memif;
 pub mod modes;

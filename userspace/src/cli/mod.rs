@@ -41,16 +41,18 @@ pub struct GlobalArgs {
     pub control_socket: PathBuf,
 }
 
+pub mod control;
 pub mod run;
+pub mod view;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Manage macvlan networks (Docker's `network create|ls|inspect|rm`).
     #[command(subcommand)]
-    Network(crate::control::cli::NetworkCommand),
+    Network(control::NetworkCommand),
     /// Manage endpoints: a container namespace's macvlan on a network.
     #[command(subcommand)]
-    Endpoint(crate::control::cli::EndpointCommand),
+    Endpoint(control::EndpointCommand),
     /// Run the daemon: serve the recorded endpoints on the fast path, answer the CLI, until SIGTERM.
     Daemon(crate::daemon::run::DaemonArgs),
     /// Show the running daemon's counters, rates (--watch) or an endpoint's latency histogram.
@@ -104,8 +106,8 @@ pub fn main() -> anyhow::Result<()> {
             }
             crate::doctor::main(args)
         }
-        Command::Network(cmd) => crate::control::cli::run_network(&cli.global, cmd),
-        Command::Endpoint(cmd) => crate::control::cli::run_endpoint(&cli.global, cmd),
+        Command::Network(cmd) => control::run_network(&cli.global, cmd),
+        Command::Endpoint(cmd) => control::run_endpoint(&cli.global, cmd),
         Command::Daemon(mut args) => {
             if socket_given {
                 args.flags.control_socket = Some(cli.global.control_socket.clone());

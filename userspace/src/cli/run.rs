@@ -231,7 +231,7 @@ fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
     let iface = &a.iface;
-    if let Some(pid) = crate::daemon::alive::daemon_pid(&crate::daemon::run::pid_path(&socket)) {
+    if let Some(pid) = crate::ipc::alive::daemon_pid(&crate::ipc::pid_path(&socket)) {
         bail!(
             "{iface} is served by the xmacvlan daemon (pid {pid}, control socket {}): `xmacvlan \
              run` cannot share an interface with it. Add endpoints to the daemon instead \
@@ -240,7 +240,7 @@ fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
             socket.display()
         );
     }
-    let holders = crate::daemon::alive::holders_of_bpf_program(prog_id);
+    let holders = crate::ipc::alive::holders_of_bpf_program(prog_id);
     if let Some(pid) = holders.first() {
         bail!(
             "{iface} carries xmacvlan's own classifier (XDP program id {prog_id}), held by \

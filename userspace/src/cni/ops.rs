@@ -14,9 +14,9 @@ use super::ipam;
 use super::types::{Addressing, Interface, interfaces, result_json};
 use crate::control::external::{self, ExternalAddresses, ExternalEndpoint, ExternalNetwork};
 use crate::control::{Endpoint, State, endpoint, provision};
-use crate::daemon::protocol::{Answer, Request};
-use crate::daemon::{Notified, notify};
 use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::{Notified, notify};
 
 /// Recorded as the networks' `created-by`.
 pub const MADE_BY: &str = "xmacvlan-cni";

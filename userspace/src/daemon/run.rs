@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::metrics::{self, Metrics};
-use super::protocol::{Answer, Request};
 use super::server::{Daemon, Settings};
-use super::socket::ControlSocket;
 use crate::config::{ConfigFlags, DaemonConfig, diff_for_reload};
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::socket::ControlSocket;
 use crate::logging::{LogConfig, LogHandle};
 
 #[derive(clap::Args, Debug)]
@@ -51,7 +51,10 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
 }
 
 fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
-    let pid_file = PidFile::create(&pid_path(&cfg.control_socket), &cfg.control_socket)?;
+    let pid_file = PidFile::create(
+        &crate::ipc::pid_path(&cfg.control_socket),
+        &cfg.control_socket,
+    )?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
@@ -135,11 +138,6 @@ fn reload(flags: &ConfigFlags, running: DaemonConfig, log: &LogHandle) -> Daemon
     plan.apply_live(&running, &new)
 }
 
-/// The pid file sits beside the control socket: `/run/xmacvlan/xmacvlan.pid` by default.
-pub fn pid_path(control_socket: &Path) -> PathBuf {
-    control_socket.with_extension("pid")
-}
-
 /// The daemon's pid, written at start and removed at a clean stop. One left by a daemon that
 /// died is replaced; one of a live daemon stops this one from starting.
 struct PidFile(PathBuf);
@@ -153,7 +151,7 @@ impl PidFile {
             && let Ok(pid) = text.trim().parse::<u32>()
             && pid != std::process::id()
         {
-            super::alive::refuse_if_serving(pid, path, socket)?;
+            crate::ipc::alive::refuse_if_serving(pid, path, socket)?;
             tracing::warn!(pid, file = %path.display(), "replacing the pid file of a daemon that is gone (crashed or killed)");
         }
         std::fs::write(path, format!("{}\n", std::process::id()))

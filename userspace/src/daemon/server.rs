@@ -7,11 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 
-use super::protocol::{Answer, Request};
 use crate::config::DaemonConfig;
 use crate::control::State;
 use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, default_cores};
 use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
 use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::protocol::{Answer, Request};
-use super::socket::request;
 use crate::dataplane::Snapshot;
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::socket::request;
 use crate::telemetry::report::plural;
 
 #[derive(clap::Args, Debug)]

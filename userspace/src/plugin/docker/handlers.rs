@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use super::api;
 use crate::control::docker::{self as ctl, DockerEndpoint};
 use crate::control::{Cidr, NetworkCreate};
-use crate::daemon::protocol::{Answer, Request};
-use crate::daemon::{Notified, notify};
 use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::{Notified, notify};
 
 /// What the handlers need: the state's root and the daemon's control socket.
 #[derive(Debug, Clone)]

@@ -6,12 +6,19 @@ use std::net::IpAddr;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::cli::Format;
-use super::model::{Endpoint, Mode, Network};
-use super::provision::read_endpoint;
-use super::{State, drift};
+use crate::control::model::{Endpoint, Mode, Network};
+use crate::control::provision::read_endpoint;
+use crate::control::{State, drift};
 use crate::ether::Mac;
 use crate::netlink::Netlink;
+
+/// `ls --format`: a table for people, JSON for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
 
 pub fn print_rows(
     out: &mut dyn Write,
