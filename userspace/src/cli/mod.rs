@@ -43,6 +43,7 @@ pub struct GlobalArgs {
 
 pub mod control;
 pub mod run;
+pub mod stats;
 pub mod view;
 
 #[derive(Subcommand, Debug)]
@@ -56,7 +57,7 @@ pub enum Command {
     /// Run the daemon: serve the recorded endpoints on the fast path, answer the CLI, until SIGTERM.
     Daemon(crate::daemon::run::DaemonArgs),
     /// Show the running daemon's counters, rates (--watch) or an endpoint's latency histogram.
-    Stats(crate::daemon::stats::StatsArgs),
+    Stats(stats::StatsArgs),
     /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
     Doctor(crate::doctor::DoctorArgs),
     /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
@@ -114,7 +115,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             crate::daemon::run::main(args, data_root_given.then(|| cli.global.data_root.clone()))
         }
-        Command::Stats(args) => crate::daemon::stats::main(&cli.global.control_socket, args),
+        Command::Stats(args) => stats::main(&cli.global.control_socket, args),
     }
 }
 

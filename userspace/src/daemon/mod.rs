@@ -4,5 +4,4 @@
 pub mod metrics;
 pub mod run;
 pub mod server;
-pub mod stats;
 pub mod watch;

@@ -389,7 +389,7 @@ impl Daemon {
                     continue;
                 }
             };
-            tracing::debug!(target: "xmacvlan::stats", "{}", super::stats::summary_line(&snapshot));
+            tracing::debug!(target: "xmacvlan::stats", "{}", crate::telemetry::live::summary_line(&snapshot));
             for ep in &snapshot.endpoints {
                 let Ok(total) = plane.latency_histogram(&ep.name) else {
                     continue;
