@@ -11,6 +11,7 @@ use crate::control::provision::read_endpoint;
 use crate::control::{State, drift};
 use crate::ether::Mac;
 use crate::netlink::Netlink;
+use crate::telemetry::live::rfc3339;
 
 /// `ls --format`: a table for people, JSON for scripts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -198,37 +199,9 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
     }))
 }
 
-/// `2026-11-22T12:00:00Z` from Unix seconds (UTC; civil-from-days, proleptic Gregorian).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_351_661), "2026-11-22T12:47:41Z");
-    }
 
     #[test]
     fn table_aligns_columns() {

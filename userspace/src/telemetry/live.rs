@@ -236,9 +236,17 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (days to civil date: Howard Hinnant's method).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
 fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let mut text = rfc3339(secs);
+    text.pop(); // the `Z`
+    text.replacen('T', " ", 1)
+}
+
+/// `2026-11-22T12:00:00Z` from Unix seconds (UTC; days to civil date: Howard Hinnant's method).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -249,9 +257,9 @@ fn utc(secs: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
-        rem % 3600 / 60,
+        rem / 60 % 60,
         rem % 60
     )
 }
@@ -265,6 +273,13 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_796_165_858), "2026-12-01 22:57:38");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_351_661), "2026-11-22T12:47:41Z");
     }
 
     #[test]
