@@ -13,12 +13,12 @@
 //! its consumer then copies each of its frames into the port and transmits the port's frames
 //! from the queue's TX pool; the worker reaps their completions.
 //!
-//! This file is the facade ([`Dataplane::start`] and what callers read); endpoints join and
-//! leave in `registry.rs`, ports in `port_control.rs`, commands to the threads go through
+//! This file is the facade ([`Dataplane::start`] and what callers read); `queue.rs` opens a
+//! queue with its worker; endpoints join and leave in `registry.rs`, ports in `port_control.rs`, commands to the threads go through
 //! `commands.rs`, and `shutdown.rs` is the one stop sequence of `stop` and `Drop`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
@@ -39,6 +39,7 @@ pub mod port;
 mod port_control;
 mod port_io;
 mod ports;
+mod queue;
 mod registry;
 mod shutdown;
 mod slots;
@@ -49,6 +50,7 @@ pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
 pub use idle::{HotLoop, Idle, in_hot_loop, pin};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
+use queue::WorkerHandle;
 use registry::{Attached, steering, validate_config, validate_endpoints};
 pub use snapshot::{EndpointSnapshot, Snapshot};
 pub use worker::{QueueCounters, QueueSnapshot};
@@ -94,14 +96,6 @@ pub struct Dataplane {
     /// Fallbacks taken while starting (`auto` modes that settled for less), for the caller
     /// to log or print: the library prints nothing itself.
     pub warnings: Vec<String>,
-}
-
-struct WorkerHandle {
-    thread: Option<JoinHandle<Result<SocketStats>>>,
-    /// The queue socket's kernel counters, readable from here.
-    socket: xsk::StatsHandle,
-    updates: Arc<ArrayQueue<Arc<worker::SteerTable>>>,
-    applied: Arc<AtomicU64>,
 }
 
 struct ConsumerHandle {
@@ -166,47 +160,16 @@ impl Dataplane {
         let mut bound = Bound::Copy;
         let mut pending_threads = Vec::new();
         for q in 0..cfg.queues {
-            let (umem, mut rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue, &mut warnings)?;
-            bound = b;
-            let tx_frames = rings.take_tx_frames();
-            let tx_pool_size = tx_frames.len();
-            let tx_pool = Arc::new(ArrayQueue::new(tx_pool_size.max(1)));
-            for f in tx_frames {
-                let _ = tx_pool.push(f);
-            }
-            if cfg.demux == DemuxMode::User {
-                classifier.set_socket(classifier.xsk_index(0, q), &rings.socket)?;
-            }
-            let free_q = Arc::new(ArrayQueue::new(cfg.queue.frames as usize));
-            let counters = Arc::new(QueueCounters::default());
-            let updates = Arc::new(ArrayQueue::new(16));
-            let applied = Arc::new(AtomicU64::new(0));
-            let socket = rings.socket.stats_handle();
-            pending_threads.push(worker::Worker {
-                queue: q as u16,
-                core: cfg.cores[q as usize % cfg.cores.len()],
-                umem: umem.clone(),
-                rings,
-                free: free_q.clone(),
-                tx_free: tx_pool.clone(),
-                demux: cfg.demux,
-                table: Arc::default(),
-                updates: updates.clone(),
-                applied: applied.clone(),
-                counters: counters.clone(),
-                stop: stop_workers.clone(),
-            });
-            workers.push(WorkerHandle {
-                thread: None,
-                socket,
-                updates,
-                applied,
-            });
-            umems.push(umem);
-            free.push(free_q);
-            tx_free.push(tx_pool.clone());
-            tx_pools.push((tx_pool, tx_pool_size));
-            queue_counters.push(counters);
+            let (opened, worker) =
+                queue::open(cfg, q, &mut classifier, &stop_workers, &mut warnings)?;
+            bound = opened.bound;
+            pending_threads.push(worker);
+            workers.push(opened.handle);
+            umems.push(opened.umem);
+            free.push(opened.free);
+            tx_free.push(opened.tx_pool.clone());
+            tx_pools.push((opened.tx_pool, opened.tx_pool_size));
+            queue_counters.push(opened.counters);
         }
         let threads = cfg.consumer_threads.max(1);
         let mut consumers = Vec::new();
