@@ -24,6 +24,8 @@ pub mod doctor;
 pub mod ether;
 pub mod frame;
 pub mod ipc;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod memif;
 pub mod modes;
