@@ -171,9 +171,12 @@ fn port_table(s: &mut String, results: &Results) {
     );
     let _ = writeln!(
         s,
-        "| mode | app | endpoints | offered fps | delivered fps | loss | returned | p50 us | p99 us | p99.9 us | max us |"
+        "| mode | app | endpoints | offered fps | delivered fps | sent | returned | loss | p50 us | p99 us | p99.9 us | max us |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in &results.through_ports {
         let m = &r.median;
         let latency = m.one_way_ns.or(m.round_trip_ns);
@@ -185,7 +188,7 @@ fn port_table(s: &mut String, results: &Results) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2}% | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.2}% | {} | {} | {} | {} |",
             m.mode.name(),
             match m.app {
                 AppKind::Sink => "sink (one way)",
@@ -442,11 +445,11 @@ mod tests {
         let table = std::fs::read_to_string(&written.table).unwrap();
         assert_eq!(table.lines().filter(|l| l.starts_with("| xdp")).count(), 4);
         assert!(
-            table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 0.00% | – | 9.0 | 20.0 | 40.0 | 50.0 |"),
+            table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 20000 | – | 0.00% | 9.0 | 20.0 | 40.0 | 50.0 |"),
             "{table}"
         );
         assert!(
-            table.contains("| xdp | reflect (round trip) | 16 | 20000 | 20000 | 0.00% | 19990 | 30.0 | 60.0 | 90.0 | 99.0 |"),
+            table.contains("| xdp | reflect (round trip) | 16 | 20000 | 20000 | 20000 | 19990 | 0.00% | 30.0 | 60.0 | 90.0 | 99.0 |"),
             "{table}"
         );
         assert_eq!(json["through_ports"][1]["returned"], 19_990);
