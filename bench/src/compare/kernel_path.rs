@@ -2,15 +2,18 @@
 //! endpoint's macvlan device (in the lab's host namespace) is read with AF_PACKET TPACKET_V3,
 //! by one thread pinned to the receive core, with the same per-frame work as the fast path's
 //! consumers (the same `Consumer`: counters, misdelivery check, latency histogram).
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, Idle, close_in_parallel, latency_histogram, pin,
+    Consumer, EndpointCounters, HotLoop, Idle, IdleSource, Waker, close_in_parallel,
+    latency_histogram, pin,
 };
 
 use crate::lab::Lab;
@@ -40,6 +43,8 @@ pub struct KernelPath {
     /// Frames delivered so far, all endpoints (published once per block).
     pub frames: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Wakes the reader when it blocks between blocks (stop).
+    waker: Arc<Waker>,
     thread: Option<JoinHandle<Result<KernelFinished>>>,
 }
 
@@ -85,16 +90,23 @@ impl KernelPath {
         }
         let frames = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let waker = Waker::new()?;
+        let mut idle = Idle::new(waker.clone())?;
+        for (ring, _) in &readers {
+            // Readable once a block is handed over (full or retired by its timer).
+            idle.watch(ring.as_raw_fd(), IdleSource::Socket)?;
+        }
         let thread = {
             let (frames, stop) = (frames.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("xmv-kernel-rx".into())
-                .spawn(move || read_until_stopped(readers, rx_core, &frames, &stop))
+                .spawn(move || read_until_stopped(readers, rx_core, &frames, &stop, &mut idle))
                 .context("starting the kernel-path reader")?
         };
         Ok(Self {
             frames,
             stop,
+            waker,
             thread: Some(thread),
         })
     }
@@ -103,6 +115,7 @@ impl KernelPath {
     /// the totals.
     pub fn stop(mut self) -> Result<KernelFinished> {
         self.stop.store(true, Ordering::Release);
+        self.waker.wake();
         self.thread
             .take()
             .expect("joined once")
@@ -114,6 +127,7 @@ impl KernelPath {
 impl Drop for KernelPath {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -126,6 +140,7 @@ fn read_until_stopped(
     core: usize,
     frames: &AtomicU64,
     stop: &AtomicBool,
+    idle: &mut Idle,
 ) -> Result<KernelFinished> {
     pin(core, "the kernel-path reader");
     // A block is handed over when full or when its retire timer fires: once asked to stop,
@@ -135,7 +150,6 @@ fn read_until_stopped(
         .first()
         .map_or(0, |(r, _)| u64::from(r.config().retire_timeout_ms));
     let quiet_ns = retire_ms * 2_000_000 + 10_000_000;
-    let mut idle = Idle::default();
     {
         let _hot = HotLoop::enter();
         // Since when nothing has come, counted from the request to stop.
@@ -163,8 +177,14 @@ fn read_until_stopped(
                 }
             } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
-            } else {
-                idle.wait();
+            } else if idle.spun_out() {
+                // Stopping, it still waits for the last blocks' retire timers: never long.
+                let timeout = if stopping {
+                    Duration::from_millis(retire_ms.max(1))
+                } else {
+                    Duration::from_secs(1)
+                };
+                idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
             }
         }
     }

@@ -39,7 +39,7 @@ mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use idle::{HotLoop, Idle, in_hot_loop, pin};
+pub use idle::{HotLoop, Idle, Mailbox, Source as IdleSource, Waker, in_hot_loop, pin};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 pub use snapshot::{EndpointSnapshot, Snapshot};
@@ -122,13 +122,13 @@ struct WorkerHandle {
     thread: Option<JoinHandle<Result<SocketStats>>>,
     /// The queue socket's kernel counters, readable from here.
     socket: xsk::StatsHandle,
-    updates: Arc<ArrayQueue<Arc<worker::SteerTable>>>,
+    updates: Arc<Mailbox<Arc<worker::SteerTable>>>,
     applied: Arc<AtomicU64>,
 }
 
 struct ConsumerHandle {
     thread: Option<JoinHandle<Vec<consumer::FinishedEndpoint>>>,
-    commands: Arc<ArrayQueue<consumer::Command>>,
+    commands: Arc<Mailbox<consumer::Command>>,
     endpoints: usize,
     /// Whether it has its TX sockets (`user` demux: given with its first port).
     has_tx_sockets: bool,
@@ -190,6 +190,14 @@ impl Dataplane {
         let mut workers = Vec::new();
         let mut bound = Bound::Copy;
         let mut pending_threads = Vec::new();
+        // Every thread's waker first: workers wake consumers and consumers wake workers.
+        let threads = cfg.consumer_threads.max(1);
+        let worker_wakers = (0..cfg.queues)
+            .map(|_| Waker::new())
+            .collect::<Result<Vec<_>>>()?;
+        let consumer_wakers = (0..threads)
+            .map(|_| Waker::new())
+            .collect::<Result<Vec<_>>>()?;
         for q in 0..cfg.queues {
             let (umem, mut rings, b) = xsk::open_queue(&cfg.ifname, q, &cfg.queue)?;
             bound = b;
@@ -204,7 +212,7 @@ impl Dataplane {
             }
             let free_q = Arc::new(ArrayQueue::new(cfg.queue.frames as usize));
             let counters = Arc::new(QueueCounters::default());
-            let updates = Arc::new(ArrayQueue::new(16));
+            let updates = Arc::new(Mailbox::new(16, worker_wakers[q as usize].clone()));
             let applied = Arc::new(AtomicU64::new(0));
             let socket = rings.socket.stats_handle();
             pending_threads.push(worker::Worker {
@@ -217,6 +225,7 @@ impl Dataplane {
                 demux: cfg.demux,
                 table: Arc::default(),
                 updates: updates.clone(),
+                consumers: consumer_wakers.clone(),
                 applied: applied.clone(),
                 counters: counters.clone(),
                 stop: stop_workers.clone(),
@@ -233,11 +242,10 @@ impl Dataplane {
             tx_pools.push((tx_pool, tx_pool_size));
             queue_counters.push(counters);
         }
-        let threads = cfg.consumer_threads.max(1);
         let mut consumers = Vec::new();
         let mut dataplane_consumers = Vec::new();
-        for t in 0..threads {
-            let commands = Arc::new(ArrayQueue::new(64));
+        for (t, waker) in consumer_wakers.iter().enumerate() {
+            let commands = Arc::new(Mailbox::new(64, waker.clone()));
             dataplane_consumers.push(consumer::ConsumerThread {
                 core: cfg.cores[t % cfg.cores.len()],
                 served: Vec::new(),
@@ -245,6 +253,7 @@ impl Dataplane {
                 queues: consumer::Queues {
                     umems: umems.clone(),
                     free: free.clone(),
+                    workers: worker_wakers.clone(),
                     tx_free: tx_free.clone(),
                     tx_sockets: Vec::new(),
                     tx_batches: (0..cfg.queues as u16).map(xsk::TxBatch::new).collect(),
@@ -252,6 +261,7 @@ impl Dataplane {
                     retired: Vec::new(),
                 },
                 stop: stop_consumers.clone(),
+                unwatched: false,
             });
             consumers.push(ConsumerHandle {
                 thread: None,
@@ -591,6 +601,7 @@ impl Dataplane {
     pub fn stop(mut self) -> Result<Finished> {
         let xdp = self.classifier.counters()?;
         self.stop_workers.store(true, Ordering::Release);
+        self.wake_workers();
         let mut queue_sockets = Vec::new();
         for w in &mut self.workers {
             let thread = w.thread.take().expect("worker running");
@@ -600,6 +611,7 @@ impl Dataplane {
             queue_sockets.push(stats);
         }
         self.stop_consumers.store(true, Ordering::Release);
+        self.wake_consumers();
         let mut by_slot = std::collections::HashMap::new();
         for c in &mut self.consumers {
             let thread = c.thread.take().expect("consumer running");
@@ -663,8 +675,20 @@ fn result(a: &Attached, f: consumer::FinishedEndpoint) -> EndpointResult {
     }
 }
 
-/// Push a command to a thread's queue, waiting briefly if it is full (commands are rare).
-fn send<T>(queue: &ArrayQueue<T>, mut item: T) -> Result<()> {
+impl Dataplane {
+    /// After setting a stop flag: threads blocked in `epoll_wait` see it now.
+    fn wake_workers(&self) {
+        self.workers.iter().for_each(|w| w.updates.waker.wake());
+    }
+
+    fn wake_consumers(&self) {
+        self.consumers.iter().for_each(|c| c.commands.waker.wake());
+    }
+}
+
+/// Push a command to a thread's queue (which wakes it), waiting briefly if it is full
+/// (commands are rare).
+fn send<T>(queue: &Mailbox<T>, mut item: T) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match queue.push(item) {
@@ -681,12 +705,14 @@ fn send<T>(queue: &ArrayQueue<T>, mut item: T) -> Result<()> {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop_workers.store(true, Ordering::Release);
+        self.wake_workers();
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
                 let _ = t.join();
             }
         }
         self.stop_consumers.store(true, Ordering::Release);
+        self.wake_consumers();
         let mut sockets = Vec::new();
         for c in &mut self.consumers {
             if let Some(Ok(finished)) = c.thread.take().map(|t| t.join()) {
