@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 
 use super::SocketStats;
 use super::endpoint::Consumer;
-use super::idle::{self, HotLoop, Idle, Mailbox, Waker, pin};
+use super::idle::{self, HotLoop, Idle, Mailbox, Waker, Woke, pin};
 use super::ports::{ClaimPolicy, ServedPort};
 use crate::abi::Mac;
 use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket, TxBatch};
@@ -155,20 +155,16 @@ impl ConsumerThread {
     /// Block until something can bring work (see `idle`). Ports are asked to signal their
     /// transmissions only for the sleep, so a busy thread spares their clients the syscall.
     fn sleep(&mut self, idle: &mut Idle) {
+        let mut ports = false;
         let mut timeout = super::worker::SAFETY_NET;
-        for s in &self.served {
-            if let Some(p) = &s.port {
-                // A client may miss an armed ring (e.g. no fence between its index store and
-                // its flag load, as in DPDK's): bound the wait while a port is connected.
-                timeout = timeout.min(if p.port.tx_event().is_some() && !self.unwatched {
-                    PORT_WAIT
-                } else {
-                    UNSIGNALLED_PORT_WAIT
-                });
+        for p in self.served.iter().filter_map(|s| s.port.as_ref()) {
+            ports = true;
+            if p.port.tx_event().is_none() {
+                timeout = UNSIGNALLED_PORT_WAIT;
             }
         }
         if self.unwatched {
-            timeout = timeout.min(UNSIGNALLED_PORT_WAIT);
+            timeout = UNSIGNALLED_PORT_WAIT;
         }
         let Self {
             served,
@@ -176,7 +172,7 @@ impl ConsumerThread {
             stop,
             ..
         } = self;
-        idle.sleep(timeout, || {
+        let mut pending = || {
             let mut pending = stop.load(Ordering::Acquire) || !commands.is_empty();
             for s in served.iter_mut() {
                 if let Source::Ring(ring) = &s.source {
@@ -187,7 +183,19 @@ impl ConsumerThread {
                 }
             }
             pending
-        });
+        };
+        // A client without a fence between its head store and its flag load (DPDK's) can
+        // miss the arming and skip its kick; its head store is visible long before the grace
+        // period ends, so one more look after it catches that frame. Later transmissions see
+        // the ring armed. (The safety net bounds anything else.)
+        let first = if ports {
+            PORT_GRACE.min(timeout)
+        } else {
+            timeout
+        };
+        if idle.sleep(first, &mut pending) == Woke::TimedOut && ports && first < timeout {
+            idle.sleep(timeout, &mut pending);
+        }
         for s in served.iter_mut() {
             if let Some(p) = &mut s.port {
                 p.port.tx_arm(false);
@@ -273,8 +281,8 @@ fn unwatch(idle: &Idle, served: &Served) {
     }
 }
 
-/// How long a thread serving a port blocks at most (see `ConsumerThread::sleep`).
-const PORT_WAIT: Duration = Duration::from_millis(10);
+/// How long a thread serving a port first blocks after arming it (see `ConsumerThread::sleep`).
+const PORT_GRACE: Duration = Duration::from_millis(1);
 
 /// The same for a port that gives no signal at all, or a thread that could not watch a
 /// source: its frames wait at most this long.

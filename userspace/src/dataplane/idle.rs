@@ -163,9 +163,9 @@ impl Idle {
     }
 
     /// Block until a watched source is ready, the [`Waker`] is written, or `timeout` passes,
-    /// unless `pending` (run after announcing the sleep, see the module) finds work. Returns
-    /// whether it blocked. Allocates nothing.
-    pub fn sleep(&mut self, timeout: Duration, pending: impl FnOnce() -> bool) -> bool {
+    /// unless `pending` (run after announcing the sleep, see the module) finds work.
+    /// Allocates nothing.
+    pub fn sleep(&mut self, timeout: Duration, pending: impl FnOnce() -> bool) -> Woke {
         self.waker.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let mut timeout = timeout;
@@ -173,7 +173,7 @@ impl Idle {
             self.stuck = self.stuck.saturating_add(1);
             if self.stuck < STUCK_CHECKS {
                 self.waker.sleeping.store(false, Ordering::Relaxed);
-                return false;
+                return Woke::Pending;
             }
             // Work seen again and again without progress: waiting on a resource. Nap.
             timeout = timeout.min(Duration::from_millis(1));
@@ -188,9 +188,20 @@ impl Idle {
                 drain_eventfd(data as u32 as RawFd);
             }
         }
-        self.worked();
-        true
+        // Still spun out: a wake-up that brings no work (a timeout) sleeps again after one
+        // look; only work (`worked`) restarts the spin phase.
+        if n == 0 { Woke::TimedOut } else { Woke::Ready }
     }
+}
+
+/// How [`Idle::sleep`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// `pending` found work: it did not block.
+    Pending,
+    /// A watched source or the waker (or a signal).
+    Ready,
+    TimedOut,
 }
 
 /// Pin the calling thread to `core`; failure is reported, not fatal (containers may forbid it).
