@@ -22,8 +22,9 @@ use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::app::App;
+use xmacvlan_tests::bare_lab::tear_down;
 use xmacvlan_tests::exact::sent_where;
-use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
+use xmacvlan_tests::{dataplane_config, require_root};
 
 const ENDPOINTS: usize = 16;
 /// Idle CPU bound: a share of one core, all dataplane threads together.
@@ -48,12 +49,6 @@ fn lab() -> Lab {
         mtu: None,
     })
     .expect("building the lab")
-}
-
-fn tear_down(lab: Lab) {
-    let prefix = lab.prefix.clone();
-    drop(lab);
-    assert!(namespaces_named(&prefix).is_empty(), "namespaces left");
 }
 
 /// This process's dataplane threads: on-CPU nanoseconds and times scheduled so far, summed,

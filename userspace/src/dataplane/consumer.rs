@@ -170,16 +170,29 @@ impl ConsumerThread {
             served,
             commands,
             stop,
+            queues,
             ..
         } = self;
         let mut pending = || {
             let mut pending = stop.load(Ordering::Acquire) || !commands.is_empty();
             for s in served.iter_mut() {
-                if let Source::Ring(ring) = &s.source {
+                let Served {
+                    source,
+                    port,
+                    tx_queue,
+                    ..
+                } = s;
+                if let Source::Ring(ring) = source {
                     pending |= !ring.is_empty();
                 }
-                if let Some(p) = s.port.as_mut().filter(|p| p.counters.live.load(Relaxed)) {
+                if let Some(p) = port.as_mut().filter(|p| p.counters.live.load(Relaxed)) {
                     pending |= p.port.tx_arm(true);
+                    // Frames a busy kernel left on the TX ring wait for this thread's kick.
+                    let socket = match source {
+                        Source::Sockets(sockets) => sockets.get_mut(*tx_queue),
+                        Source::Ring(_) => queues.tx_sockets.get_mut(*tx_queue),
+                    };
+                    pending |= socket.is_some_and(|t| t.tx_pending());
                 }
             }
             pending
@@ -225,11 +238,11 @@ impl ConsumerThread {
                 }
             }
             Command::Connect { slot, port, reply } => {
-                if let (Some(idle), Some(fd)) = (idle, port.port.tx_event()) {
-                    self.watch(idle, fd.as_raw_fd(), idle::Source::EventFd);
-                }
-                if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
-                    s.port = Some(*port);
+                if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
+                    if let (Some(idle), Some(fd)) = (idle, port.port.tx_event()) {
+                        self.watch(idle, fd.as_raw_fd(), idle::Source::EventFd);
+                    }
+                    self.served[i].port = Some(*port);
                     let _ = reply.send(());
                 }
             }

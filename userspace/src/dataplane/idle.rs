@@ -29,8 +29,9 @@ pub const SPIN: Duration = Duration::from_micros(50);
 const SPIN_ROUNDS: u32 = 64;
 
 /// Pre-sleep checks that found work in a row with no progress in between: past this the
-/// thread is stuck on a resource (e.g. a full TX pool), not racing, and naps briefly.
-const STUCK_CHECKS: u32 = 1024;
+/// thread is stuck on a resource (e.g. an empty TX pool, a TX ring the kernel does not
+/// take), not racing (a race's work is done by the next pass), and naps 1 ms at a time.
+const STUCK_CHECKS: u32 = 8;
 
 /// Lets other threads wake a sleeping dataplane thread. Writing costs a syscall only while
 /// the thread sleeps; otherwise a fence and a load.
