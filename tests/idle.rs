@@ -210,6 +210,23 @@ fn idle_threads_block_and_wake_for_frames_and_commands_user_demux() {
     blocks_then_wakes(DemuxMode::User);
 }
 
+/// A directory removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Wait for the port server's event that `endpoint`'s client connected, and hand its port to
 /// the dataplane.
 fn connect(dp: &mut Dataplane, server: &PortServer, endpoint: &str) -> anyhow::Result<()> {
@@ -236,13 +253,13 @@ fn port_idle_then_reflects(demux: DemuxMode) {
     let lab = lab();
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     let streams = lab_streams(&lab.endpoints, 64, false);
-    let dir = std::env::temp_dir().join(format!("xmv-idle-{}-{demux:?}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("xmv-idle-{}-{demux:?}", std::process::id()));
+    let dir = &dir.0;
     let ep = lab.endpoints[0].name.clone();
     lab.host
         .run(|| {
             let mut dp = Dataplane::start(&cfg, &lab.endpoints)?;
-            let server = PortServer::start(PortServerConfig::new(&dir))?;
+            let server = PortServer::start(PortServerConfig::new(dir))?;
             let socket = server.serve(&ep, &lab.host.path())?;
             let app = App::reflect(lab.host.name(), &socket, "idle-test", &dir.join("app.log"));
             connect(&mut dp, &server, &ep)?;
@@ -288,7 +305,6 @@ fn port_idle_then_reflects(demux: DemuxMode) {
             Ok(())
         })
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     tear_down(lab);
 }
 

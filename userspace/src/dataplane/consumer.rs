@@ -108,23 +108,17 @@ pub struct Queues {
 impl ConsumerThread {
     /// Runs until `stop` and no work is left; returns the final numbers of the endpoints
     /// still served.
-    pub fn run(mut self) -> Vec<FinishedEndpoint> {
+    /// `idle` is woken by `self.commands`' waker (made on the control side, so that its
+    /// failure fails the start).
+    pub fn run(mut self, mut idle: Idle) -> Vec<FinishedEndpoint> {
         pin(self.core, "consumer");
-        let mut idle = match Idle::new(self.commands.waker.clone()) {
-            Ok(idle) => Some(idle),
-            Err(e) => {
-                // Without an epoll set the thread polls with short naps instead of blocking.
-                crate::logging::warn(format_args!("consumer thread: {e:#}; polling instead"));
-                None
-            }
-        };
         let mut hot = Some(HotLoop::enter());
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             if let Some(command) = self.commands.pop() {
                 // Commands allocate (histogram copies, socket teardown): outside the hot loop.
                 drop(hot.take());
-                self.apply(command, idle.as_ref());
+                self.apply(command, &idle);
                 hot = Some(HotLoop::enter());
             }
             let mut work = 0;
@@ -132,15 +126,11 @@ impl ConsumerThread {
                 work += poll(served, &mut self.queues, true);
             }
             if work > 0 {
-                idle.iter_mut().for_each(Idle::worked);
+                idle.worked();
             } else if stopping && self.commands.is_empty() {
                 break;
-            } else if let Some(idle) = &mut idle {
-                if idle.spun_out() {
-                    self.sleep(idle);
-                }
-            } else {
-                std::thread::sleep(UNSIGNALLED_PORT_WAIT);
+            } else if idle.spun_out() {
+                self.sleep(&mut idle);
             }
         }
         drop(hot);
@@ -216,10 +206,10 @@ impl ConsumerThread {
         }
     }
 
-    fn apply(&mut self, command: Command, idle: Option<&Idle>) {
+    fn apply(&mut self, command: Command, idle: &Idle) {
         match command {
             Command::Add(served) => {
-                if let (Some(idle), Source::Sockets(sockets)) = (idle, &served.source) {
+                if let Source::Sockets(sockets) = &served.source {
                     for socket in sockets {
                         self.watch(idle, socket.as_raw_fd(), idle::Source::Socket);
                     }
@@ -229,9 +219,7 @@ impl ConsumerThread {
             Command::Remove { slot, reply } => {
                 if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
                     let mut served = self.served.swap_remove(i);
-                    if let Some(idle) = idle {
-                        unwatch(idle, &served);
-                    }
+                    unwatch(idle, &served);
                     // Its frames already queued are its own: account for them first.
                     while poll(&mut served, &mut self.queues, false) > 0 {}
                     let _ = reply.send(finish(served));
@@ -239,7 +227,7 @@ impl ConsumerThread {
             }
             Command::Connect { slot, port, reply } => {
                 if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
-                    if let (Some(idle), Some(fd)) = (idle, port.port.tx_event()) {
+                    if let Some(fd) = port.port.tx_event() {
                         self.watch(idle, fd.as_raw_fd(), idle::Source::EventFd);
                     }
                     self.served[i].port = Some(*port);
@@ -249,7 +237,7 @@ impl ConsumerThread {
             Command::Disconnect { slot, reply } => {
                 if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
                     if let Some(p) = &mut s.port {
-                        if let (Some(idle), Some(fd)) = (idle, p.port.tx_event()) {
+                        if let Some(fd) = p.port.tx_event() {
                             idle.unwatch(fd.as_raw_fd());
                         }
                         p.publish();

@@ -290,10 +290,11 @@ impl Dataplane {
         };
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
+            let idle = w.idle()?;
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || w.run())
+                    .spawn(move || w.run(idle))
                     .context("spawning a queue worker")?,
             );
         }
@@ -303,10 +304,11 @@ impl Dataplane {
             .zip(dataplane_consumers)
             .enumerate()
         {
+            let idle = Idle::new(handle.commands.waker.clone())?;
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("xmv-consumer-{t}"))
-                    .spawn(move || c.run())
+                    .spawn(move || c.run(idle))
                     .context("spawning a consumer thread")?,
             );
         }

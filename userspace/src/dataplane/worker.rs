@@ -113,14 +113,20 @@ struct Batch {
 }
 
 impl Worker {
+    /// The worker's idle state, made on the control side so that a failure fails the start:
+    /// woken by its mailbox, and by its queue socket (frames to steer in user demux; in
+    /// zero-copy mode a poll on it also kicks a driver that asked for a wake-up).
+    pub fn idle(&self) -> Result<Idle> {
+        let idle = Idle::new(self.updates.waker.clone())?;
+        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)?;
+        Ok(idle)
+    }
+
     /// Runs until `stop`, then drains its socket once more; returns the kernel's counters for
     /// the queue's own socket (drops before the userspace demux, e.g. fill ring empty).
-    pub fn run(mut self) -> Result<SocketStats> {
+    /// `idle` is woken by `self.updates`' waker and watches the queue socket ([`Self::idle`]).
+    pub fn run(mut self, mut idle: Idle) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
-        let mut idle = Idle::new(self.updates.waker.clone())?;
-        // The queue socket: frames to steer (user demux); in zero-copy mode a poll on it
-        // also kicks a driver that asked for a wake-up (need_wakeup).
-        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)?;
         // Every TX frame starts in the pool; fewer means completions are still to come.
         let tx_frames = self.tx_free.len();
         let hot = HotLoop::enter();
