@@ -12,6 +12,8 @@
 //!   endpoint, a histogram copy, stop.
 //! - A memif client's frames are taken after an idle period (the port's C2S eventfd wakes
 //!   the consumer), every frame reflected, none dropped.
+//! - The daemon (`XMACVLAN_BIN`), two endpoints and a sink connected, idles under 5 % of one
+//!   core, all its threads together.
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -316,4 +318,70 @@ fn idle_with_a_memif_client_blocks_and_wakes_for_its_frames_xdp_demux() {
 #[test]
 fn idle_with_a_memif_client_blocks_and_wakes_for_its_frames_user_demux() {
     port_idle_then_reflects(DemuxMode::User);
+}
+
+/// The daemon's own CPU time (utime + stime, `/proc/PID/stat`, in clock ticks of 10 ms) and
+/// on-CPU nanoseconds of each of its threads by name (schedstat, for resolution).
+fn process_cpu(pid: u32) -> (u64, std::collections::BTreeMap<String, u64>) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's stat");
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let mut threads = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            let ns = text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            *threads.entry(comm.trim_end().to_string()).or_default() += ns;
+        }
+    }
+    (ticks, threads)
+}
+
+#[test]
+fn an_idle_daemon_with_a_connected_client_costs_almost_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = xmacvlan_tests::daemon_lab::Lab::new("idle");
+    lab.create_network();
+    lab.create_endpoint(0);
+    lab.create_endpoint(1);
+    let daemon = lab.start_daemon();
+    let _sink = lab.attach_sink(&daemon, 0);
+    std::thread::sleep(IDLE);
+    let pid = daemon.child.id();
+    let (ticks_before, ns_before) = process_cpu(pid);
+    let start = Instant::now();
+    std::thread::sleep(MEASURE);
+    let (ticks_after, ns_after) = process_cpu(pid);
+    let elapsed = start.elapsed();
+    let used = |name: &String| ns_after[name] - ns_before.get(name).copied().unwrap_or(0);
+    let share = ns_after.keys().map(used).sum::<u64>() as f64 / elapsed.as_nanos() as f64;
+    println!(
+        "idle daemon, 2 endpoints, a sink connected: {:.3} % of one core ({} ticks of utime + \
+         stime in {elapsed:.1?})",
+        share * 100.0,
+        ticks_after - ticks_before
+    );
+    for name in ns_after.keys() {
+        let pct = used(name) as f64 / elapsed.as_nanos() as f64 * 100.0;
+        println!("  {name}: {pct:.3} %");
+    }
+    assert!(
+        share < IDLE_SHARE,
+        "the idle daemon used {:.2} % of one core (bound {} %)",
+        share * 100.0,
+        IDLE_SHARE * 100.0
+    );
 }
