@@ -239,3 +239,83 @@ impl Drop for HotLoop {
         IN_HOT_LOOP.with(|f| f.set(false));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spun_out(idle: &mut Idle) {
+        while !idle.spun_out() {}
+    }
+
+    #[test]
+    fn a_wake_reaches_a_sleeping_thread_and_pending_work_prevents_the_sleep() {
+        let waker = Waker::new().unwrap();
+        let mut idle = Idle::new(waker.clone()).unwrap();
+        spun_out(&mut idle);
+        // Nothing written: times out.
+        let start = Instant::now();
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        // Work seen after announcing the sleep: no block.
+        assert_eq!(idle.sleep(Duration::from_secs(10), || true), Woke::Pending);
+        // A wake from another thread while blocked (or just before: the flag is set first).
+        let start = Instant::now();
+        let other = {
+            let waker = waker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.wake();
+            })
+        };
+        assert_eq!(idle.sleep(Duration::from_secs(10), || false), Woke::Ready);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        other.join().unwrap();
+        // The eventfd was reset: the next sleep blocks again.
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+        // A wake while awake costs no write and leaves nothing behind.
+        waker.wake();
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_mailbox_push_wakes_its_reader() {
+        let waker = Waker::new().unwrap();
+        let mut idle = Idle::new(waker.clone()).unwrap();
+        let mailbox = Arc::new(Mailbox::new(4, waker));
+        spun_out(&mut idle);
+        let sender = {
+            let mailbox = mailbox.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                mailbox.push(7u32).unwrap();
+            })
+        };
+        let start = Instant::now();
+        while mailbox.is_empty() {
+            idle.sleep(Duration::from_secs(10), || !mailbox.is_empty());
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(mailbox.pop(), Some(7));
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn work_restarts_the_spin_phase_and_a_wake_without_work_does_not() {
+        let mut idle = Idle::new(Waker::new().unwrap()).unwrap();
+        spun_out(&mut idle);
+        idle.sleep(Duration::from_millis(1), || false);
+        assert!(idle.spun_out(), "after a timeout: straight back to sleep");
+        idle.worked();
+        assert!(!idle.spun_out(), "after work: spin first");
+    }
+}
