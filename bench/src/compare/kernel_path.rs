@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, Idle, IdleSource, Waker, close_in_parallel,
+    Consumer, EndpointCounters, HotLoop, SleepSource, Sleeper, Waker, close_in_parallel,
     latency_histogram, pin,
 };
 
@@ -91,10 +91,10 @@ impl KernelPath {
         let frames = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let waker = Waker::new()?;
-        let mut idle = Idle::new(waker.clone())?;
+        let mut idle = Sleeper::new(waker.clone())?;
         for (ring, _) in &readers {
             // Readable once a block is handed over (full or retired by its timer).
-            idle.watch(ring.as_raw_fd(), IdleSource::Socket)?;
+            idle.watch(ring.as_raw_fd(), SleepSource::Socket)?;
         }
         let thread = {
             let (frames, stop) = (frames.clone(), stop.clone());
@@ -140,7 +140,7 @@ fn read_until_stopped(
     core: usize,
     frames: &AtomicU64,
     stop: &AtomicBool,
-    idle: &mut Idle,
+    idle: &mut Sleeper,
 ) -> Result<KernelFinished> {
     pin(core, "the kernel-path reader");
     // A block is handed over when full or when its retire timer fires: once asked to stop,

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 
 use super::SocketStats;
 use super::endpoint::Consumer;
-use super::idle::{self, HotLoop, Idle, Mailbox, Waker, Woke, pin};
+use super::idle::{self, HotLoop, Mailbox, Sleeper, Waker, Woke, pin};
 use super::ports::{ClaimPolicy, ServedPort};
 use crate::abi::Mac;
 use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket, TxBatch};
@@ -110,7 +110,7 @@ impl ConsumerThread {
     /// still served.
     /// `idle` is woken by `self.commands`' waker (made on the control side, so that its
     /// failure fails the start).
-    pub fn run(mut self, mut idle: Idle) -> Vec<FinishedEndpoint> {
+    pub fn run(mut self, mut idle: Sleeper) -> Vec<FinishedEndpoint> {
         pin(self.core, "consumer");
         let mut hot = Some(HotLoop::enter());
         loop {
@@ -144,7 +144,7 @@ impl ConsumerThread {
 
     /// Block until something can bring work (see `idle`). Ports are asked to signal their
     /// transmissions only for the sleep, so a busy thread spares their clients the syscall.
-    fn sleep(&mut self, idle: &mut Idle) {
+    fn sleep(&mut self, idle: &mut Sleeper) {
         let mut ports = false;
         let mut timeout = super::worker::SAFETY_NET;
         for p in self.served.iter().filter_map(|s| s.port.as_ref()) {
@@ -206,7 +206,7 @@ impl ConsumerThread {
         }
     }
 
-    fn apply(&mut self, command: Command, idle: &Idle) {
+    fn apply(&mut self, command: Command, idle: &Sleeper) {
         match command {
             Command::Add(served) => {
                 if let Source::Sockets(sockets) = &served.source {
@@ -260,7 +260,7 @@ impl ConsumerThread {
 }
 
 impl ConsumerThread {
-    fn watch(&mut self, idle: &Idle, fd: std::os::fd::RawFd, source: idle::Source) {
+    fn watch(&mut self, idle: &Sleeper, fd: std::os::fd::RawFd, source: idle::Source) {
         if let Err(e) = idle.watch(fd, source) {
             crate::logging::warn(format_args!(
                 "consumer thread: {e:#}; it naps instead of blocking from now on"
@@ -271,7 +271,7 @@ impl ConsumerThread {
 }
 
 /// Stop watching what an endpoint leaving this thread brought.
-fn unwatch(idle: &Idle, served: &Served) {
+fn unwatch(idle: &Sleeper, served: &Served) {
     if let Source::Sockets(sockets) = &served.source {
         for socket in sockets {
             idle.unwatch(socket.as_raw_fd());

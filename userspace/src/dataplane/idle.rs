@@ -101,7 +101,7 @@ pub enum Source {
 const EVENTS: usize = 64;
 
 /// One thread's idling state: the spin phase, its epoll set, its own [`Waker`].
-pub struct Idle {
+pub struct Sleeper {
     epoll: Epoll,
     waker: Arc<Waker>,
     events: [Event; EVENTS],
@@ -110,7 +110,7 @@ pub struct Idle {
     stuck: u32,
 }
 
-impl Idle {
+impl Sleeper {
     /// An idle state for a thread woken by `waker`.
     pub fn new(waker: Arc<Waker>) -> Result<Self> {
         let epoll = Epoll::new().context("creating an epoll set for a dataplane thread")?;
@@ -195,7 +195,7 @@ impl Idle {
     }
 }
 
-/// How [`Idle::sleep`] ended.
+/// How [`Sleeper::sleep`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woke {
     /// `pending` found work: it did not block.
@@ -203,6 +203,30 @@ pub enum Woke {
     /// A watched source or the waker (or a signal).
     Ready,
     TimedOut,
+}
+
+/// The polling back-off, for a thread with nothing to block on (the benchmark's readers):
+/// spin briefly, then yield the core, then nap 50 µs at a time.
+#[derive(Default)]
+pub struct Idle {
+    empty_rounds: u32,
+}
+
+impl Idle {
+    #[inline]
+    pub fn worked(&mut self) {
+        self.empty_rounds = 0;
+    }
+
+    #[inline]
+    pub fn wait(&mut self) {
+        self.empty_rounds = self.empty_rounds.saturating_add(1);
+        match self.empty_rounds {
+            0..=64 => std::hint::spin_loop(),
+            65..=4096 => std::thread::yield_now(),
+            _ => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
 }
 
 /// Pin the calling thread to `core`; failure is reported, not fatal (containers may forbid it).
@@ -244,14 +268,14 @@ impl Drop for HotLoop {
 mod tests {
     use super::*;
 
-    fn spun_out(idle: &mut Idle) {
+    fn spun_out(idle: &mut Sleeper) {
         while !idle.spun_out() {}
     }
 
     #[test]
     fn a_wake_reaches_a_sleeping_thread_and_pending_work_prevents_the_sleep() {
         let waker = Waker::new().unwrap();
-        let mut idle = Idle::new(waker.clone()).unwrap();
+        let mut idle = Sleeper::new(waker.clone()).unwrap();
         spun_out(&mut idle);
         // Nothing written: times out.
         let start = Instant::now();
@@ -290,7 +314,7 @@ mod tests {
     #[test]
     fn a_mailbox_push_wakes_its_reader() {
         let waker = Waker::new().unwrap();
-        let mut idle = Idle::new(waker.clone()).unwrap();
+        let mut idle = Sleeper::new(waker.clone()).unwrap();
         let mailbox = Arc::new(Mailbox::new(4, waker));
         spun_out(&mut idle);
         let sender = {
@@ -311,7 +335,7 @@ mod tests {
 
     #[test]
     fn work_restarts_the_spin_phase_and_a_wake_without_work_does_not() {
-        let mut idle = Idle::new(Waker::new().unwrap()).unwrap();
+        let mut idle = Sleeper::new(Waker::new().unwrap()).unwrap();
         spun_out(&mut idle);
         idle.sleep(Duration::from_millis(1), || false);
         assert!(idle.spun_out(), "after a timeout: straight back to sleep");

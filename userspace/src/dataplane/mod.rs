@@ -39,7 +39,9 @@ mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use idle::{HotLoop, Idle, Mailbox, Source as IdleSource, Waker, in_hot_loop, pin};
+pub use idle::{
+    HotLoop, Idle, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin,
+};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 pub use snapshot::{EndpointSnapshot, Snapshot};
@@ -304,7 +306,7 @@ impl Dataplane {
             .zip(dataplane_consumers)
             .enumerate()
         {
-            let idle = Idle::new(handle.commands.waker.clone())?;
+            let idle = Sleeper::new(handle.commands.waker.clone())?;
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("xmv-consumer-{t}"))

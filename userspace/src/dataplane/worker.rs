@@ -10,7 +10,7 @@ use anyhow::Result;
 use crossbeam_queue::ArrayQueue;
 
 use super::endpoint::EndpointCounters;
-use super::idle::{HotLoop, Idle, Mailbox, Source, Waker, pin};
+use super::idle::{HotLoop, Mailbox, Sleeper, Source, Waker, pin};
 use super::lookup::EndpointTable;
 use super::{DemuxMode, SocketStats};
 use crate::frame::{Class, classify};
@@ -116,8 +116,8 @@ impl Worker {
     /// The worker's idle state, made on the control side so that a failure fails the start:
     /// woken by its mailbox, and by its queue socket (frames to steer in user demux; in
     /// zero-copy mode a poll on it also kicks a driver that asked for a wake-up).
-    pub fn idle(&self) -> Result<Idle> {
-        let idle = Idle::new(self.updates.waker.clone())?;
+    pub fn idle(&self) -> Result<Sleeper> {
+        let idle = Sleeper::new(self.updates.waker.clone())?;
         idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)?;
         Ok(idle)
     }
@@ -125,7 +125,7 @@ impl Worker {
     /// Runs until `stop`, then drains its socket once more; returns the kernel's counters for
     /// the queue's own socket (drops before the userspace demux, e.g. fill ring empty).
     /// `idle` is woken by `self.updates`' waker and watches the queue socket ([`Self::idle`]).
-    pub fn run(mut self, mut idle: Idle) -> Result<SocketStats> {
+    pub fn run(mut self, mut idle: Sleeper) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
         // Every TX frame starts in the pool; fewer means completions are still to come.
         let tx_frames = self.tx_free.len();
