@@ -18,6 +18,7 @@ fn compare_writes_every_field_of_every_run() {
         load_fractions: vec![0.5],
         repetitions: 1,
         duration: Duration::from_millis(300),
+        port_rate: Some(5_000),
         ..BenchConfig::quick(out.clone())
     };
     let mut calls = Vec::new();
@@ -27,8 +28,10 @@ fn compare_writes_every_field_of_every_run() {
 
     // Progress: from 0 to the total, never backwards.
     let total = 2 * ALL_MODES.len(); // flat out and one fixed load, each mode once
-    assert_eq!(calls.first(), Some(&(0, total)));
-    assert_eq!(calls.last(), Some(&(total, total)));
+    let port_runs = 3 * 2; // xdp, user, kernel, each with sinks and with reflectors
+    let total_runs = total + port_runs;
+    assert_eq!(calls.first(), Some(&(0, total_runs)));
+    assert_eq!(calls.last(), Some(&(total_runs, total_runs)));
     assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
 
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap())
@@ -55,11 +58,19 @@ fn compare_writes_every_field_of_every_run() {
         "offered {half} for half of {flat}"
     );
 
+    let through_ports = json["through_ports"]
+        .as_array()
+        .expect("a `through_ports` array");
+    assert_eq!(through_ports.len(), port_runs, "{json:#}");
+    for run in through_ports {
+        check_port_run(run);
+    }
+
     let table = std::fs::read_to_string(&written.table).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        total + 1,
-        "a header and a line per run:\n{table}"
+        total + 1 + port_runs + 1,
+        "a header and a line per run, in each table:\n{table}"
     );
     assert!(!written.plots.is_empty());
     for plot in &written.plots {
@@ -123,5 +134,61 @@ fn check_run(run: &Value) {
         assert!(run["vs_ceiling"].as_f64().is_some_and(|r| r == 1.0));
     } else if delivered > 0 {
         assert!(p50 > 0, "delivered frames are timed: {run:#}");
+    }
+}
+
+/// A run through ports: every field there; frames reached every application, came back from
+/// every reflector, and were timed.
+fn check_port_run(run: &Value) {
+    let count = |key: &str| {
+        run[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a count in {run:#}"))
+    };
+    let num = |key: &str| {
+        run[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a number in {run:#}"))
+    };
+    assert!(["xdp", "user", "kernel"].contains(&run["mode"].as_str().unwrap()));
+    assert_eq!(
+        (count("endpoints"), count("frame_size")),
+        (2, 64),
+        "{run:#}"
+    );
+    assert_eq!(num("offered_pps"), 5_000.0, "{run:#}");
+    let (sent, delivered) = (count("sent"), count("delivered"));
+    assert!(sent > 0 && delivered > 0 && delivered <= sent, "{run:#}");
+    assert_eq!(count("misdelivered"), 0, "{run:#}");
+    let loss = num("loss");
+    assert!((0.0..=1.0).contains(&loss), "{run:#}");
+    let latency = |key: &str| {
+        let l = &run[key];
+        let p = |q: &str| {
+            l[q].as_u64()
+                .unwrap_or_else(|| panic!("{key}.{q}: {run:#}"))
+        };
+        let (p50, p99, p999, max) = (p("p50"), p("p99"), p("p999"), p("max"));
+        assert!(
+            0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+            "{run:#}"
+        );
+    };
+    match run["app"].as_str() {
+        Some("sink") => {
+            latency("one_way_ns");
+            assert!(run["round_trip_ns"].is_null() && run["returned"].is_null());
+            let expected = 1.0 - delivered as f64 / sent as f64;
+            assert!((loss - expected).abs() < 1e-9, "{run:#}");
+        }
+        Some("reflect") => {
+            latency("round_trip_ns");
+            assert!(run["one_way_ns"].is_null(), "{run:#}");
+            let returned = count("returned");
+            assert!(returned > 0 && returned <= sent, "{run:#}");
+            let expected = 1.0 - returned as f64 / sent as f64;
+            assert!((loss - expected).abs() < 1e-9, "{run:#}");
+        }
+        other => panic!("app {other:?} in {run:#}"),
     }
 }

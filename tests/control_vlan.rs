@@ -336,6 +336,7 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
                 bind: xmacvlan::xsk::BindMode::Copy,
                 cores: xmacvlan::dataplane::default_cores(),
                 port_dir: t.root.join("ports"),
+                port_secret: None,
                 data_root: t.root.clone(),
                 // Counted by the dataplane's consumer without a memif client (the daemon
                 // binary's tests attach clients).

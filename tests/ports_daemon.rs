@@ -140,6 +140,9 @@ fn port_rx(daemon: &Daemon, name: &str) -> u64 {
 fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new("ports");
+    // With a memif secret: every client below but the one without it is refused for another
+    // reason first, and the sinks that attach pass it.
+    lab.use_port_secret();
     lab.create_network();
     let c0 = lab.create_endpoint(0);
     let ip = endpoint_ip(&lab, "c0");
@@ -230,7 +233,20 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
         "back on the kernel path"
     );
 
-    // A new client attaches and gets an exact burst.
+    // A client in the namespace without the secret is refused.
+    let no_secret_log = log_path(&lab, "no-secret");
+    let mut no_secret = App::sink(
+        lab.endpoints[0].name(),
+        &lab.port_socket(0),
+        "no-secret",
+        &no_secret_log,
+    );
+    let _ = no_secret.wait_output(Duration::from_secs(10));
+    let why = std::fs::read_to_string(&no_secret_log).unwrap();
+    assert!(why.contains("wrong secret"), "{why}");
+    assert!(daemon.stats()[0].endpoints[0].port.is_none());
+
+    // A new client attaches (with the secret) and gets an exact burst.
     let sink = lab.attach_sink(&daemon, 0);
     lab.burst(std::slice::from_ref(&c0), 500);
     daemon.wait_for_frames(&[("c0", 500)]);

@@ -63,7 +63,9 @@ pub struct Lab {
     pub notes: Vec<String>,
     // Fields drop in declaration order: endpoint namespaces (their macvlans) before the
     // host namespace (the NIC they hang off), then the wire.
-    _endpoint_namespaces: Vec<NetnsGuard>,
+    /// Per endpoint, its own namespace (`OwnNamespace` placement; made even where its VLAN
+    /// device could not be, so an application there can attach to its port).
+    endpoint_namespaces: Vec<Option<NetnsGuard>>,
     pub host: NetnsGuard,
     pub wire: NetnsGuard,
 }
@@ -134,7 +136,7 @@ impl Lab {
             host_devices: vec![None; endpoints.len()],
             endpoints,
             notes: Vec::new(),
-            _endpoint_namespaces: Vec::new(),
+            endpoint_namespaces: Vec::new(),
             host,
             wire,
         };
@@ -151,7 +153,9 @@ impl Lab {
     fn add_kernel_devices(&mut self, prefix: &str) -> Result<()> {
         let mut missing_vlans = Vec::new();
         let mut vlan_error = None;
-        let mut namespaces = Vec::new();
+        let mut namespaces: Vec<Option<NetnsGuard>> = std::iter::repeat_with(|| None)
+            .take(self.endpoints.len())
+            .collect();
         let vlans: Vec<u16> = dedup(self.endpoints.iter().map(|e| e.vid));
         for (vlan_index, &vid) in vlans.iter().enumerate() {
             let parent = self.host.run(|| {
@@ -171,32 +175,39 @@ impl Lab {
                     }
                 }
             })?;
-            let Some(parent) = parent else {
+            if parent.is_none() {
                 missing_vlans.push(format!("{NIC}.{vid}"));
-                continue;
-            };
-            for (i, ep) in self.endpoints.iter().filter(|e| e.vid == vid).enumerate() {
+            }
+            let on_vlan = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.vid == vid);
+            for (i, (index, ep)) in on_vlan.enumerate() {
                 let ns = NetnsGuard::create(&format!("{prefix}-{}", ep.name))?;
-                let ns_file = ns.file()?;
-                let temp_name = format!("mv{vlan_index}x{i}");
-                self.host.run(|| {
-                    let nl = Netlink::new()?;
-                    let index = nl.add_macvlan(&temp_name, parent, Mode::Bridge, Some(ep.mac))?;
-                    nl.set_netns(index, &ns_file)
-                })?;
-                let addr = IpAddr::V4(Ipv4Addr::new(198, 18, vlan_index as u8, 10 + i as u8));
-                ns.run(|| {
-                    let nl = Netlink::new()?;
-                    let index = nl.require_link(&temp_name)?.index;
-                    nl.set_name(index, "eth0")?;
-                    nl.add_address(index, addr, 24)?;
-                    nl.set_up(index)
-                })
-                .with_context(|| format!("configuring endpoint {}", ep.name))?;
-                namespaces.push(ns);
+                if let Some(parent) = parent {
+                    let ns_file = ns.file()?;
+                    let temp_name = format!("mv{vlan_index}x{i}");
+                    self.host.run(|| {
+                        let nl = Netlink::new()?;
+                        let index =
+                            nl.add_macvlan(&temp_name, parent, Mode::Bridge, Some(ep.mac))?;
+                        nl.set_netns(index, &ns_file)
+                    })?;
+                    let addr = IpAddr::V4(Ipv4Addr::new(198, 18, vlan_index as u8, 10 + i as u8));
+                    ns.run(|| {
+                        let nl = Netlink::new()?;
+                        let index = nl.require_link(&temp_name)?.index;
+                        nl.set_name(index, "eth0")?;
+                        nl.add_address(index, addr, 24)?;
+                        nl.set_up(index)
+                    })
+                    .with_context(|| format!("configuring endpoint {}", ep.name))?;
+                }
+                namespaces[index] = Some(ns);
             }
         }
-        self._endpoint_namespaces = namespaces;
+        self.endpoint_namespaces = namespaces;
         if !missing_vlans.is_empty() {
             self.notes.push(format!(
                 "kernel VLAN objects not created: {} ({}); tagged frames are still classified by XDP, \
@@ -238,6 +249,31 @@ impl Lab {
         }
         self.host_devices = names;
         Ok(())
+    }
+
+    /// The namespace an application of endpoint `index` runs in: its own, or the host
+    /// namespace where its macvlan is (`Host` placement) or where it has none.
+    pub fn endpoint_netns(&self, index: usize) -> &NetnsGuard {
+        self.endpoint_namespaces
+            .get(index)
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.host)
+    }
+
+    /// Interface index of endpoint `i`'s macvlan in the host namespace (`Host` placement;
+    /// call from a thread in the lab's host namespace), with its name.
+    pub fn host_device(&self, i: usize) -> Result<(u32, &str)> {
+        let spec = &self.endpoints[i];
+        let Some(device) = self.host_devices.get(i).and_then(Option::as_deref) else {
+            anyhow::bail!(
+                "endpoint {} has no macvlan in the host namespace: the kernel baseline needs \
+                 untagged endpoints in a lab built with KernelDevices::Host",
+                spec.name
+            );
+        };
+        let index = xmacvlan::sys::if_index(device)
+            .with_context(|| format!("macvlan {device} of endpoint {} is missing", spec.name))?;
+        Ok((index, device))
     }
 
     pub fn dataplane_config(&self, base: &DataplaneConfig) -> DataplaneConfig {

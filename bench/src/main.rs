@@ -8,7 +8,7 @@ use xmacvlan::dataplane::{DataplaneConfig, DemuxMode, default_cores};
 use xmacvlan::xdp::AttachMode;
 use xmacvlan::xsk::{BindMode, QueueConfig};
 use xmacvlan_bench::lab::{KernelDevices, Topology};
-use xmacvlan_bench::scenario::{TrafficConfig, run_lab};
+use xmacvlan_bench::scenario::{LabApp, TrafficConfig, run_lab};
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +87,10 @@ struct CompareArgs {
     /// The generator's core.
     #[arg(long, default_value_t = 0)]
     generator_core: usize,
+    /// Frames/s of the runs through ports (sinks and reflectors on memif ports; the kernel
+    /// baseline's AF_PACKET application); 0 skips them.
+    #[arg(long, default_value_t = xmacvlan_bench::compare::DEFAULT_PORT_RATE)]
+    port_rate: u64,
 }
 
 #[derive(clap::Args)]
@@ -127,6 +131,11 @@ struct LabArgs {
     /// Skip the kernel macvlan devices (fast-path only).
     #[arg(long)]
     no_kernel_devices: bool,
+    /// What receives each endpoint's frames: `sink` (xmacvlan-sink on its memif port),
+    /// `reflect` (xmacvlan-reflect on its port; round trip timed on the wire), or `consumer`
+    /// (no ports: the dataplane's in-process consumer).
+    #[arg(long, value_enum, default_value = "sink")]
+    app: LabApp,
 }
 
 fn main() {
@@ -232,7 +241,7 @@ fn lab(a: LabArgs) -> Result<()> {
         generator_core: Some(a.generator_core),
         ..TrafficConfig::default()
     };
-    let report = run_lab(&topology, &dataplane, &traffic)?;
+    let report = run_lab(&topology, &dataplane, &traffic, a.app)?;
     print!("{}", report.to_text());
     if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -282,6 +291,7 @@ fn compare(a: CompareArgs) -> Result<()> {
     }
     cfg.rx_core = a.rx_core;
     cfg.generator_core = a.generator_core;
+    cfg.port_rate = (a.port_rate > 0).then_some(a.port_rate);
     let started = std::time::Instant::now();
     let results = compare::run(&cfg, &mut |done, total, what| {
         progress_bar(done, total, what, started.elapsed());

@@ -6,10 +6,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use xmacvlan::dataplane::{Dataplane, DataplaneConfig, EndpointSpec};
 use xmacvlan::frame::{BROADCAST, TestFrame};
-use xmacvlan::telemetry::report::{Report, SentTotals};
+use xmacvlan::telemetry::report::{
+    AppRow, AppTotals, EndpointRow, Percentiles, Report, SentTotals,
+};
 
+use crate::apps::{AppKind, AppOutcome, AppResult, LabPorts, sibling_program};
 use crate::generator::{self, GeneratorConfig, Sent, Stream, StreamKind};
 use crate::lab::{self, Lab};
+use crate::round_trip::{Returned, WireReceiver};
 
 #[derive(Debug, Clone)]
 pub struct TrafficConfig {
@@ -232,35 +236,105 @@ pub fn sent_totals(streams: &[Stream], sent: &Sent) -> SentTotals {
     t
 }
 
-/// Build the lab, run the dataplane and the traffic, report, tear down.
+/// What plays the endpoints' applications in a lab run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LabApp {
+    /// `xmacvlan-sink` on every endpoint's memif port: delivery into an application's memory.
+    #[default]
+    Sink,
+    /// `xmacvlan-reflect` on every port, the frames timed again back on the wire: round trip.
+    Reflect,
+    /// No ports: the dataplane's own in-process consumer counts and times every frame.
+    Consumer,
+}
+
+impl LabApp {
+    fn kind(self) -> Option<AppKind> {
+        match self {
+            LabApp::Sink => Some(AppKind::Sink),
+            LabApp::Reflect => Some(AppKind::Reflect),
+            LabApp::Consumer => None,
+        }
+    }
+}
+
+/// Build the lab, run the dataplane, the applications and the traffic, report, tear down.
 pub fn run_lab(
     topology: &lab::Topology,
     dataplane: &DataplaneConfig,
     traffic: &TrafficConfig,
+    app: LabApp,
 ) -> Result<Report> {
     if !xmacvlan::sys::is_root() {
         bail!("the lab creates network namespaces and attaches XDP: run it as root (sudo)");
     }
+    let program = app
+        .kind()
+        .map(|k| sibling_program(k.program()).map(|p| (k, p)))
+        .transpose()?;
     let lab = Lab::build(topology)?;
     let cfg = lab.dataplane_config(dataplane);
     let streams = lab_streams(&lab.endpoints, traffic.frame_len, traffic.background);
     let report = lab.host.run(|| {
-        let dp = Dataplane::start(&cfg, &lab.endpoints)?;
+        let mut dp = match program {
+            Some(_) => Dataplane::start(&cfg, &[])?,
+            None => Dataplane::start(&cfg, &lab.endpoints)?,
+        };
+        let ports = match &program {
+            Some((kind, path)) => Some(LabPorts::attach(
+                &lab,
+                &mut dp,
+                &lab.endpoints,
+                (*kind, path),
+                None,
+            )?),
+            None => None,
+        };
+        let wire = match app {
+            LabApp::Reflect => Some(WireReceiver::start(&lab, &streams, traffic.generator_core)?),
+            _ => None,
+        };
         let (attached, bound) = (dp.attached, dp.bound);
-        let sent = run_traffic(&lab, &dp, topology.queues, &streams, traffic)?;
+        let sent = match &ports {
+            Some(p) => {
+                let counters = p.counters();
+                let received = move || counters.iter().map(|c| c.received()).sum();
+                run_traffic_until(&lab, topology.queues, &streams, traffic, &received)?
+            }
+            None => run_traffic(&lab, &dp, topology.queues, &streams, traffic)?,
+        };
+        let returned = match wire {
+            Some(w) => {
+                // Reflected frames are still crossing the reflectors, the NIC and the wire:
+                // wait for all of them, or until none has come for a second.
+                lab::wait_for_drain(
+                    || w.frames.load(Ordering::Relaxed),
+                    sent_totals(&streams, &sent).to_endpoints,
+                    Duration::from_secs(1),
+                    Duration::from_secs(10),
+                );
+                Some(w.stop()?)
+            }
+            _ => None,
+        };
+        let apps = ports.map(|p| p.finish(&mut dp)).transpose()?;
         let finished = dp.stop()?;
         let duration = sent.elapsed.as_secs_f64();
         let mut rows = Report::endpoint_rows(&finished, duration);
         for (i, row) in rows.iter_mut().enumerate() {
-            row.expected = Some(
-                streams
-                    .iter()
-                    .zip(&sent.per_stream)
-                    .filter(|(s, _)| s.kind == StreamKind::Endpoint(i))
-                    .map(|(_, n)| n)
-                    .sum(),
-            );
+            row.expected = Some(endpoint_share(&streams, &sent.per_stream, i));
         }
+        let totals = match (&apps, &program) {
+            (Some(apps), Some((kind, _))) => Some(app_rows(
+                &mut rows,
+                apps,
+                *kind,
+                &streams,
+                returned.as_ref(),
+                duration,
+            )?),
+            _ => None,
+        };
         Ok(Report {
             interface: format!("{} (lab veth)", lab::NIC),
             demux: format!("{:?}", cfg.demux).to_lowercase(),
@@ -271,8 +345,72 @@ pub fn run_lab(
             xdp: finished.xdp,
             queues: finished.queues,
             sent: Some(sent_totals(&streams, &sent)),
+            apps: totals,
             notes: lab.notes.clone(),
         })
     })?;
     Ok(report)
+}
+
+/// Endpoint `i`'s share of per-stream counts (frames sent, frames back).
+fn endpoint_share(streams: &[Stream], per_stream: &[u64], i: usize) -> u64 {
+    streams
+        .iter()
+        .zip(per_stream)
+        .filter(|(s, _)| s.kind == StreamKind::Endpoint(i))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Fill every row's application columns; the totals over all endpoints.
+fn app_rows(
+    rows: &mut [EndpointRow],
+    apps: &[AppResult],
+    kind: AppKind,
+    streams: &[Stream],
+    returned: Option<&Returned>,
+    duration: f64,
+) -> Result<AppTotals> {
+    let mut one_way = xmacvlan::dataplane::latency_histogram();
+    let mut received = 0;
+    for (i, (row, app)) in rows.iter_mut().zip(apps).enumerate() {
+        let mut r = AppRow {
+            port_rx: app.port.rx_frames,
+            port_rx_dropped: app.port.rx_dropped(),
+            port_tx: app.port.tx_frames,
+            port_tx_dropped: app.port.tx_dropped(),
+            ..AppRow::default()
+        };
+        match &app.outcome {
+            AppOutcome::Sink { summary, latency } => {
+                r.received = summary.frames;
+                r.misdelivered = summary.misdelivered + summary.tagged;
+                r.latency_ns = (!latency.is_empty()).then(|| Percentiles::of(latency));
+                one_way
+                    .add(latency)
+                    .context("merging the sinks' histograms")?;
+            }
+            AppOutcome::Reflect(summary) => {
+                r.received = summary.received;
+                r.returned = returned.map(|back| endpoint_share(streams, &back.per_stream, i));
+            }
+        }
+        received += r.received;
+        row.app = Some(r);
+    }
+    Ok(AppTotals {
+        program: kind.program().to_string(),
+        received,
+        received_pps: if duration > 0.0 {
+            received as f64 / duration
+        } else {
+            0.0
+        },
+        one_way_ns: (!one_way.is_empty()).then(|| Percentiles::of(&one_way)),
+        returned: returned.map(|r| r.frames),
+        round_trip_ns: returned
+            .filter(|r| !r.latency.is_empty())
+            .map(|r| Percentiles::of(&r.latency)),
+        wrong_source: returned.map_or(0, |r| r.wrong_source),
+    })
 }

@@ -41,13 +41,15 @@ impl App {
 
     /// `xmacvlan-sink SOCKET --json --name NAME`.
     pub fn sink(netns: &str, socket: &Path, name: &str, log: &Path) -> App {
+        App::sink_with(netns, socket, name, log, &[])
+    }
+
+    /// [`App::sink`] with more arguments (e.g. `--secret-file FILE`).
+    pub fn sink_with(netns: &str, socket: &Path, name: &str, log: &Path, extra: &[&str]) -> App {
         let bin = crate::sibling_bin("xmacvlan-sink");
-        App::spawn(
-            netns,
-            &bin,
-            &[socket.to_str().unwrap(), "--json", "--name", name],
-            log,
-        )
+        let mut args = vec![socket.to_str().unwrap(), "--json", "--name", name];
+        args.extend_from_slice(extra);
+        App::spawn(netns, &bin, &args, log)
     }
 
     /// `xmacvlan-reflect SOCKET --name NAME`.

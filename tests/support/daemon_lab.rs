@@ -141,17 +141,43 @@ impl Lab {
         self.dir.join(format!("ports/c{i}.sock"))
     }
 
+    /// The memif secret file of [`Self::use_port_secret`].
+    pub fn port_secret_file(&self) -> PathBuf {
+        self.dir.join("memif.secret")
+    }
+
+    /// Give the daemon (started after this) a memif secret: a private file, named by
+    /// `port-secret-file` in its config. [`Self::attach_sink`] then passes it to the sink.
+    pub fn use_port_secret(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.port_secret_file();
+        std::fs::write(&path, "lab-secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.config()).unwrap()).unwrap();
+        config["port-secret-file"] = Value::from(path.display().to_string());
+        std::fs::write(self.config(), config.to_string()).unwrap();
+    }
+
     /// `xmacvlan-sink` in `c{i}`'s namespace, once the daemon shows its port connected.
     pub fn attach_sink(&self, daemon: &Daemon, i: usize) -> App {
         let log = self.dir.join(format!(
             "sink-c{i}-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        let sink = App::sink(
+        let secret = self.port_secret_file();
+        let secret = secret.to_str().unwrap();
+        let extra: &[&str] = if std::path::Path::new(secret).exists() {
+            &["--secret-file", secret]
+        } else {
+            &[]
+        };
+        let sink = App::sink_with(
             self.endpoints[i].name(),
             &self.port_socket(i),
             &format!("sink-c{i}"),
             &log,
+            extra,
         );
         daemon.wait_for_port(&format!("c{i}"), true);
         sink

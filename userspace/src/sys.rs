@@ -202,6 +202,14 @@ pub fn set_task_affinity(pid: i32, core: usize) -> std::io::Result<()> {
     check(unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) })
 }
 
+/// Send `signal` to process `pid` (a child program that prints its summary on SIGINT).
+pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    check(unsafe { libc::kill(pid, signal) })
+}
+
 /// Set the nice value of task (thread) `tid`: higher is a smaller share of a contended core.
 pub fn set_task_nice(tid: i32, nice: i32) -> std::io::Result<()> {
     // SAFETY: setpriority takes plain integers and touches no memory of ours.

@@ -5,10 +5,9 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
@@ -16,6 +15,7 @@ use xmacvlan::dataplane::{
     latency_histogram, pin,
 };
 
+use crate::background::Background;
 use crate::lab::Lab;
 
 /// Ring memory for all endpoints together, split evenly: one endpoint gets a 16 MiB ring (as
@@ -42,10 +42,7 @@ fn ring_config(endpoints: usize) -> RingConfig {
 pub struct KernelPath {
     /// Frames delivered so far, all endpoints (published once per block).
     pub frames: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    /// Wakes the reader when it blocks between blocks (stop).
-    waker: Arc<Waker>,
-    thread: Option<JoinHandle<Result<KernelFinished>>>,
+    reader: Background<KernelFinished>,
 }
 
 #[derive(Debug)]
@@ -72,67 +69,37 @@ impl KernelPath {
     /// host namespace) and start reading them on `rx_core`.
     pub fn start(lab: &Lab, rx_core: usize) -> Result<Self> {
         let mut readers = Vec::with_capacity(lab.endpoints.len());
-        for (spec, device) in lab.endpoints.iter().zip(&lab.host_devices) {
-            let Some(device) = device else {
-                bail!(
-                    "endpoint {} has no macvlan in the host namespace: the kernel baseline needs \
-                     untagged endpoints in a lab built with KernelDevices::Host",
-                    spec.name
-                );
-            };
-            let index = xmacvlan::sys::if_index(device).with_context(|| {
-                format!("macvlan {device} of endpoint {} is missing", spec.name)
-            })?;
+        for (i, spec) in lab.endpoints.iter().enumerate() {
+            let (index, device) = lab.host_device(i)?;
             let ring = PacketRing::open(index, ring_config(lab.endpoints.len()))
                 .with_context(|| format!("opening an AF_PACKET ring on {device}"))?;
             let consumer = Consumer::new(spec, Arc::new(EndpointCounters::default()));
             readers.push((ring, consumer));
         }
         let frames = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let waker = Waker::new()?;
-        let mut idle = Sleeper::new(waker.clone())?;
+        let published = frames.clone();
+        // The reader blocks until a block is handed over (full, or retired by its timer). Its
+        // waker is never written: `Background` only sets a flag, so the reader looks at it
+        // at least every STOP_CHECK.
+        let mut sleeper = Sleeper::new(Waker::new()?)?;
         for (ring, _) in &readers {
-            // Readable once a block is handed over (full or retired by its timer).
-            idle.watch(ring.as_raw_fd(), SleepSource::Socket)?;
+            sleeper.watch(ring.as_raw_fd(), SleepSource::Socket)?;
         }
-        let thread = {
-            let (frames, stop) = (frames.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("xmv-kernel-rx".into())
-                .spawn(move || read_until_stopped(readers, rx_core, &frames, &stop, &mut idle))
-                .context("starting the kernel-path reader")?
-        };
-        Ok(Self {
-            frames,
-            stop,
-            waker,
-            thread: Some(thread),
-        })
+        let reader = Background::spawn("xmv-kernel-rx", move |stop| {
+            read_until_stopped(readers, rx_core, &published, stop, &mut sleeper)
+        })?;
+        Ok(Self { frames, reader })
     }
 
     /// Stop reading (once nothing has come for twice the block-retire timeout) and collect
     /// the totals.
-    pub fn stop(mut self) -> Result<KernelFinished> {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        self.thread
-            .take()
-            .expect("joined once")
-            .join()
-            .map_err(|_| anyhow!("the kernel-path reader panicked"))?
+    pub fn stop(self) -> Result<KernelFinished> {
+        self.reader.stop()
     }
 }
 
-impl Drop for KernelPath {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// How often a blocked reader looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// The reader: one block per ring per pass, the clock read once per block.
 fn read_until_stopped(
@@ -178,11 +145,11 @@ fn read_until_stopped(
             } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
             } else if idle.spun_out() {
-                // Stopping, it still waits for the last blocks' retire timers: never long.
+                // Stopping, it waits for the last blocks' retire timers: never long.
                 let timeout = if stopping {
                     Duration::from_millis(retire_ms.max(1))
                 } else {
-                    Duration::from_secs(1)
+                    STOP_CHECK
                 };
                 idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
             }

@@ -104,7 +104,7 @@ const UMEM_FRAMES: u32 = 32768;
 /// Deep buffers for the XDP modes, as the kernel path gets: the sockets' receive rings share
 /// the UMEM's frames (one socket per endpoint in `xdp`, one per queue in `user`), 2048 to 8192
 /// descriptors each.
-fn queue_config(mode: Mode, endpoints: usize, frame_len: usize) -> QueueConfig {
+pub(super) fn queue_config(mode: Mode, endpoints: usize, frame_len: usize) -> QueueConfig {
     let sockets = if mode == Mode::Xdp {
         endpoints.max(1)
     } else {

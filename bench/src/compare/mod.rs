@@ -7,13 +7,17 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+mod kernel_app;
 pub mod kernel_path;
 mod measure;
 mod output;
 pub mod placement;
+mod through_ports;
 
 pub use measure::{ALL_MODES, Latency, Measurement, Mode};
+pub use through_ports::PortRun;
 
+use crate::apps::AppKind;
 use crate::lab::{KernelDevices, Lab, Topology};
 use crate::scenario::lab_streams;
 
@@ -29,6 +33,9 @@ pub struct BenchConfig {
     pub rx_core: usize,
     pub generator_core: usize,
     pub out_dir: PathBuf,
+    /// Frames/s of the runs through ports (sinks and reflectors, at the base endpoint
+    /// count); None: no such runs.
+    pub port_rate: Option<u64>,
 }
 
 impl BenchConfig {
@@ -44,6 +51,7 @@ impl BenchConfig {
             rx_core: 1,
             generator_core: 0,
             out_dir,
+            port_rate: Some(DEFAULT_PORT_RATE),
         }
     }
 
@@ -58,6 +66,18 @@ impl BenchConfig {
             ..Self::standard(out_dir)
         }
     }
+}
+
+/// The rate of the runs through ports: about a tenth of what the slowest mode carries on the
+/// 2-core development VM, so no mode queues and the latencies compare the paths.
+pub const DEFAULT_PORT_RATE: u64 = 20_000;
+
+/// A run through ports: the median over repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortRow {
+    #[serde(flatten)]
+    pub median: PortRun,
+    pub repetitions: usize,
 }
 
 /// One row of the results: the median over repetitions of one (mode, setting).
@@ -87,6 +107,8 @@ pub struct Results {
     pub generator_core: usize,
     pub duration_s: f64,
     pub runs: Vec<Row>,
+    /// Through ports into applications (and back), per mode, at `port_rate`.
+    pub through_ports: Vec<PortRow>,
 }
 
 /// What one sweep point is.
@@ -108,12 +130,8 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             fraction: None,
         });
     }
-    // Frame-size sweep and load sweep at 16 endpoints (or the nearest count configured).
-    let base = if cfg.endpoint_counts.contains(&16) {
-        16
-    } else {
-        cfg.endpoint_counts[0]
-    };
+    // Frame-size sweep and load sweep at 16 endpoints (or the first count configured).
+    let base = base_endpoints(cfg);
     for &frame_size in cfg.frame_sizes.iter().filter(|&&s| s != 64) {
         points.push(Point {
             endpoints: base,
@@ -152,7 +170,19 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
     }
     let load_at_start = load_average();
     let points = plan(cfg);
-    let total = points.len() * cfg.modes.len() * cfg.repetitions;
+    let base = base_endpoints(cfg);
+    let port_modes: Vec<Mode> = match cfg.port_rate {
+        Some(_) => cfg
+            .modes
+            .iter()
+            .copied()
+            .filter(|m| *m != Mode::Ceiling)
+            .collect(),
+        None => Vec::new(),
+    };
+    let port_runs = port_modes.len() * PORT_APPS.len() * cfg.repetitions;
+    let total = points.len() * cfg.modes.len() * cfg.repetitions + port_runs;
+    let mut through_ports = Vec::new();
     let mut done = 0;
     let mut rows: Vec<Row> = Vec::new();
     // Points sharing an endpoint count share one lab.
@@ -232,6 +262,46 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 });
             }
         }
+        if let Some(rate) = cfg.port_rate.filter(|_| endpoints == base) {
+            let streams = lab_streams(&lab.endpoints, 64, false);
+            let setup = measure::Setup {
+                lab: &lab,
+                streams: &streams,
+                rx_core: cfg.rx_core,
+                generator_core: cfg.generator_core,
+                frame_size: 64,
+            };
+            for app in PORT_APPS {
+                let mut samples: Vec<Vec<PortRun>> = vec![Vec::new(); port_modes.len()];
+                for _ in 0..cfg.repetitions {
+                    for (m, &mode) in port_modes.iter().enumerate() {
+                        progress(
+                            done,
+                            total,
+                            &format!(
+                                "{} endpoints={endpoints} through ports to {} at {rate} fps",
+                                mode.name(),
+                                app.program()
+                            ),
+                        );
+                        samples[m].push(through_ports::measure(
+                            &setup,
+                            mode,
+                            app,
+                            rate,
+                            cfg.duration,
+                        )?);
+                        done += 1;
+                    }
+                }
+                for runs in samples {
+                    through_ports.push(PortRow {
+                        repetitions: runs.len(),
+                        median: median_port_run(runs),
+                    });
+                }
+            }
+        }
         if xmacvlan::sys::interrupted().load(std::sync::atomic::Ordering::Relaxed) {
             bail!("interrupted");
         }
@@ -244,7 +314,27 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         generator_core: cfg.generator_core,
         duration_s: cfg.duration.as_secs_f64(),
         runs: rows,
+        through_ports,
     })
+}
+
+/// The applications of the runs through ports, in this order.
+const PORT_APPS: [AppKind; 2] = [AppKind::Sink, AppKind::Reflect];
+
+/// The endpoint count of the frame-size, load and port sweeps: 16, or the first configured.
+fn base_endpoints(cfg: &BenchConfig) -> usize {
+    if cfg.endpoint_counts.contains(&16) {
+        16
+    } else {
+        cfg.endpoint_counts[0]
+    }
+}
+
+/// The median run by its median latency (one way for sinks, round trip for reflectors).
+fn median_port_run(mut runs: Vec<PortRun>) -> PortRun {
+    let p50 = |r: &PortRun| r.one_way_ns.or(r.round_trip_ns).map_or(u64::MAX, |l| l.p50);
+    runs.sort_by_key(p50);
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// Loss above this means the receiver, not the generator, set the rate.

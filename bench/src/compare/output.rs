@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Mode, Results, Row};
+use super::{Latency, Mode, Results, Row};
+use crate::apps::AppKind;
 
 pub struct Written {
     pub json: PathBuf,
@@ -152,7 +153,56 @@ pub fn markdown(results: &Results) -> String {
             ratio(r.vs_kernel),
         );
     }
+    if !results.through_ports.is_empty() {
+        port_table(&mut s, results);
+    }
     s
+}
+
+/// The runs through ports: one-way latency into a sink, round trip through a reflector.
+fn port_table(s: &mut String, results: &Results) {
+    let _ = writeln!(
+        s,
+        "\nThrough ports: every endpoint's frames into an application on the receive core \
+         (`xdp`, `user`: one `xmacvlan-sink` or `xmacvlan-reflect` process per endpoint on its \
+         memif port; `kernel`: an AF_PACKET application on each macvlan device), 64 B, at a \
+         fixed rate. One way: generator to the application's read. Round trip: generator to \
+         the reflected frame's arrival back on the wire.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| mode | app | endpoints | offered fps | delivered fps | loss | returned | p50 us | p99 us | p99.9 us | max us |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &results.through_ports {
+        let m = &r.median;
+        let latency = m.one_way_ns.or(m.round_trip_ns);
+        let us = |pick: fn(&Latency) -> u64| {
+            latency.map_or_else(
+                || "–".to_string(),
+                |l| format!("{:.1}", pick(&l) as f64 / 1e3),
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2}% | {} | {} | {} | {} | {} |",
+            m.mode.name(),
+            match m.app {
+                AppKind::Sink => "sink (one way)",
+                AppKind::Reflect => "reflect (round trip)",
+            },
+            m.endpoints,
+            m.offered_pps,
+            m.delivered_pps,
+            m.loss * 100.0,
+            m.returned
+                .map_or_else(|| "–".to_string(), |n| n.to_string()),
+            us(|l| l.p50),
+            us(|l| l.p99),
+            us(|l| l.p999),
+            us(|l| l.max),
+        );
+    }
 }
 
 const COLORS: [(Mode, &str); 4] = [
@@ -291,7 +341,7 @@ fn tick(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{Latency, Measurement};
+    use crate::compare::{Latency, Measurement, PortRow, PortRun};
 
     fn row(mode: Mode, endpoints: usize, pps: f64) -> Row {
         Row {
@@ -338,6 +388,38 @@ mod tests {
                 row(Mode::Ceiling, 16, 2e6),
                 row(Mode::Xdp, 16, 0.9e6),
             ],
+            through_ports: [AppKind::Sink, AppKind::Reflect]
+                .into_iter()
+                .map(|app| PortRow {
+                    median: PortRun {
+                        mode: Mode::Xdp,
+                        app,
+                        endpoints: 16,
+                        frame_size: 64,
+                        offered_pps: 20_000.0,
+                        generator_pps: 20_000.0,
+                        sent: 20_000,
+                        delivered: 20_000,
+                        delivered_pps: 20_000.0,
+                        loss: 0.0,
+                        returned: (app == AppKind::Reflect).then_some(19_990),
+                        one_way_ns: (app == AppKind::Sink).then_some(Latency {
+                            p50: 9_000,
+                            p99: 20_000,
+                            p999: 40_000,
+                            max: 50_000,
+                        }),
+                        round_trip_ns: (app == AppKind::Reflect).then_some(Latency {
+                            p50: 30_000,
+                            p99: 60_000,
+                            p999: 90_000,
+                            max: 99_000,
+                        }),
+                        misdelivered: 0,
+                    },
+                    repetitions: 1,
+                })
+                .collect(),
         };
         let dir = std::env::temp_dir().join(format!("xmv-bench-out-{}", std::process::id()));
         let written = write_outputs(&results, &dir).unwrap();
@@ -358,7 +440,18 @@ mod tests {
         assert_eq!(first["mode"], "ceiling");
         assert_eq!(first["latency_ns"]["p999"], 3000);
         let table = std::fs::read_to_string(&written.table).unwrap();
-        assert_eq!(table.lines().filter(|l| l.starts_with("| xdp")).count(), 2);
+        assert_eq!(table.lines().filter(|l| l.starts_with("| xdp")).count(), 4);
+        assert!(
+            table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 0.00% | – | 9.0 | 20.0 | 40.0 | 50.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| xdp | reflect (round trip) | 16 | 20000 | 20000 | 0.00% | 19990 | 30.0 | 60.0 | 90.0 | 99.0 |"),
+            "{table}"
+        );
+        assert_eq!(json["through_ports"][1]["returned"], 19_990);
+        assert_eq!(json["through_ports"][0]["app"], "sink");
+        assert_eq!(json["through_ports"][0]["one_way_ns"]["p99"], 20_000);
         assert_eq!(
             written.plots.len(),
             2,

@@ -7,12 +7,15 @@
 //! one `poll()` only when nothing is ready, so syscalls are per block, never per frame.
 //!
 //! One of the crate's few `unsafe` modules: every block states its invariant.
+//! [`raw`] is the plain (non-ring) socket of the kernel baseline's latency runs.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Result, anyhow, bail};
+
+pub mod raw;
 
 #[cfg(test)]
 mod tests;
@@ -58,6 +61,8 @@ const BLOCK_STATUS: usize = 8;
 const BLOCK_NUM_PKTS: usize = 12;
 const BLOCK_FIRST_PKT: usize = 16;
 const HDR_NEXT_OFFSET: usize = 0;
+const HDR_SEC: usize = 4;
+const HDR_NSEC: usize = 8;
 const HDR_SNAPLEN: usize = 12;
 const HDR_LEN: usize = 16;
 const HDR_MAC: usize = 24;
@@ -188,6 +193,27 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
     }
 }
 
+/// Bind an AF_PACKET socket to interface `ifindex`, every protocol (ETH_P_ALL).
+fn bind_all_protocols(fd: RawFd, ifindex: u32) -> Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the length passed, alive during the call.
+    let ret = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(last_error("AF_PACKET: binding to the interface", ifindex));
+    }
+    Ok(())
+}
+
 impl PacketRing {
     /// Open a TPACKET_V3 ring on interface `ifindex` of the calling thread's network namespace.
     pub fn open(ifindex: u32, config: RingConfig) -> Result<PacketRing> {
@@ -259,23 +285,8 @@ impl PacketRing {
             ifindex,
         };
 
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the length passed, alive during the call.
-        let ret = unsafe {
-            libc::bind(
-                sfd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            // `ring` is dropped here: unmapped and closed.
-            return Err(last_error("AF_PACKET: binding to the interface", ifindex));
-        }
+        // On error `ring` is dropped here: unmapped and closed.
+        bind_all_protocols(sfd, ifindex)?;
         Ok(ring)
     }
 
@@ -317,6 +328,18 @@ impl PacketRing {
         &mut self,
         timeout_ms: i32,
         mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<usize> {
+        self.poll_block_stamped(timeout_ms, |frame, _| on_frame(frame))
+    }
+
+    /// [`Self::poll_block`], with each frame's arrival time as the kernel stamped it when it
+    /// placed the frame (CLOCK_REALTIME, nanoseconds): unlike the time the block is read, it
+    /// does not include the wait for a half-filled block to retire.
+    #[inline]
+    pub fn poll_block_stamped(
+        &mut self,
+        timeout_ms: i32,
+        mut on_frame: impl FnMut(&[u8], u64),
     ) -> Result<usize> {
         if !self.block_ready() {
             if timeout_ms == 0 {
@@ -369,7 +392,9 @@ impl PacketRing {
             if snaplen < len {
                 self.totals.truncated += 1;
             }
-            on_frame(frame);
+            let stamp = u64::from(read_u32(block, offset + HDR_SEC)) * 1_000_000_000
+                + u64::from(read_u32(block, offset + HDR_NSEC));
+            on_frame(frame, stamp);
             delivered += 1;
             let next = read_u32(block, offset + HDR_NEXT_OFFSET) as usize;
             if next == 0 {

@@ -23,6 +23,9 @@ struct Args {
     /// Stop after this long ("10s").
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> Result<()> {
@@ -63,14 +66,27 @@ fn main() -> Result<()> {
             client.wait(Duration::from_millis(50))?;
         }
     }
-    println!(
-        "received {received} reflected {sent} not sent (transmit ring full) {} in {:.1} s",
-        received - sent,
-        start.elapsed().as_secs_f64()
-    );
-    match why {
-        Some(w) => println!("the daemon ended the connection: {w}"),
-        None => client.close("xmacvlan-reflect done"),
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        let summary = serde_json::json!({
+            "received": received,
+            "reflected": sent,
+            "not_sent": received - sent,
+            "seconds": seconds,
+            "disconnected": why,
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "received {received} reflected {sent} not sent (transmit ring full) {} in {seconds:.1} s",
+            received - sent,
+        );
+        if let Some(w) = &why {
+            println!("the daemon ended the connection: {w}");
+        }
+    }
+    if why.is_none() {
+        client.close("xmacvlan-reflect done");
     }
     Ok(())
 }

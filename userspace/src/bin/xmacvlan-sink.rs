@@ -56,6 +56,9 @@ struct Summary {
     latency_us_max: f64,
     seconds: f64,
     disconnected: Option<String>,
+    /// The latency histogram's recorded values, `[nanoseconds, count]`, so a caller can merge
+    /// several sinks' histograms exactly (in `--json` only).
+    latency_ns_histogram: Vec<[u64; 2]>,
 }
 
 fn main() -> Result<()> {
@@ -127,6 +130,12 @@ fn main() -> Result<()> {
         let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         (s.latency_us_p50, s.latency_us_p99, s.latency_us_p999) = (us(0.5), us(0.99), us(0.999));
         s.latency_us_max = hist.max() as f64 / 1000.0;
+        if args.json {
+            s.latency_ns_histogram = hist
+                .iter_recorded()
+                .map(|v| [v.value_iterated_to(), v.count_at_value()])
+                .collect();
+        }
     }
     if let Some(path) = &args.hgrm {
         std::fs::write(path, to_hgrm(&hist, &HgrmOptions::NS_TO_US))?;

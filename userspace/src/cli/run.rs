@@ -184,6 +184,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         xdp: finished.xdp,
         queues: finished.queues,
         sent: None,
+        apps: None,
         notes: Vec::new(),
     };
     print!("{}", report.to_text());

@@ -65,6 +65,7 @@ pub const KEYS: &[&str] = &[
     "control-socket",
     "docker-plugin",
     "port-dir",
+    "port-secret-file",
 ];
 
 /// Keys a SIGHUP applies to the running daemon; every other change needs a restart.
@@ -267,6 +268,8 @@ pub struct DaemonConfig {
     pub docker_plugin: Option<PathBuf>,
     /// The directory of the endpoints' memif sockets.
     pub port_dir: PathBuf,
+    /// A file with the memif secret every client must send; None = no secret.
+    pub port_secret_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -286,6 +289,7 @@ impl Default for DaemonConfig {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             docker_plugin: Some(PathBuf::from(DEFAULT_DOCKER_PLUGIN)),
             port_dir: PathBuf::from(DEFAULT_PORT_DIR),
+            port_secret_file: None,
         }
     }
 }
@@ -408,6 +412,14 @@ impl DaemonConfig {
                 ),
             ),
             ("port-dir", json!(self.port_dir)),
+            (
+                "port-secret-file",
+                json!(
+                    self.port_secret_file
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                ),
+            ),
         ]
     }
 

@@ -98,6 +98,13 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     if let Some(v) = map.get("port-dir") {
         cfg.port_dir = p.absolute_path("port-dir", v)?;
     }
+    if let Some(v) = map.get("port-secret-file") {
+        // "" = no secret, as the default shows it.
+        cfg.port_secret_file = match p.string("port-secret-file", v, "a path (string)")? {
+            "" => None,
+            _ => Some(p.absolute_path("port-secret-file", v)?),
+        };
+    }
     Ok(cfg)
 }
 

@@ -51,11 +51,20 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
 }
 
 fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
+    // Before anything is created: a bad secret file leaves nothing behind.
+    let port_secret = cfg
+        .port_secret_file
+        .as_deref()
+        .map(crate::memif::secret::read_secret_file)
+        .transpose()
+        .context("port-secret-file")?;
     let pid_file = PidFile::create(&pid_path(&cfg.control_socket), &cfg.control_socket)?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
-    let mut daemon = Daemon::new(Settings::from_config(&cfg));
+    let mut settings = Settings::from_config(&cfg);
+    settings.port_secret = port_secret;
+    let mut daemon = Daemon::new(settings);
     let served = daemon.restore(&state);
     let plugin = crate::plugin::docker::start_for(&cfg)?;
     tracing::info!(
@@ -65,6 +74,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         demux = Settings::from_config(&cfg).demux_name(),
         log_level = %log.level(),
         metrics = %cfg.metrics_addr.as_ref().map(ToString::to_string).unwrap_or_else(|| "off".into()),
+        memif_secret = cfg.port_secret_file.is_some(),
         "daemon started: {served} of {} recorded endpoints on the fast path",
         state.endpoints.len()
     );

@@ -28,6 +28,8 @@ pub struct Settings {
     pub cores: Vec<usize>,
     /// Where the endpoints' memif sockets go.
     pub port_dir: PathBuf,
+    /// The secret every memif client must send (read from `port-secret-file` at start).
+    pub port_secret: Option<[u8; crate::memif::wire::SECRET_SIZE]>,
     /// The control state (each endpoint's network namespace, for admitting its client).
     pub data_root: PathBuf,
     /// When endpoints' frames are claimed: the daemon runs with
@@ -49,6 +51,7 @@ impl Settings {
             bind: cfg.bind_mode.into(),
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
             port_dir: cfg.port_dir.clone(),
+            port_secret: None,
             data_root: cfg.data_root.clone(),
             claim: ClaimPolicy::WhileConnected,
         }
@@ -202,7 +205,8 @@ impl Daemon {
         }
         let netns = self.netns_of(&endpoint.name)?;
         if self.ports.is_none() {
-            let cfg = PortServerConfig::new(&self.settings.port_dir);
+            let mut cfg = PortServerConfig::new(&self.settings.port_dir);
+            cfg.secret = self.settings.port_secret;
             self.ports = Some(PortServer::start(cfg)?);
         }
         // With WhileConnected the endpoint's frames go to its kernel device until a client

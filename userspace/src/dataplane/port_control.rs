@@ -126,6 +126,12 @@ impl Dataplane {
         Some(PortSnapshot::read(&p.info, &p.counters))
     }
 
+    /// The live counters of endpoint `name`'s connected port (cheap to read as often as a
+    /// paced generator needs).
+    pub fn port_counters(&self, name: &str) -> Option<Arc<PortCounters>> {
+        Some(self.endpoints.get(name)?.port.as_ref()?.counters.clone())
+    }
+
     /// Ask a consumer for the port of `slot` back.
     fn take_port(&self, consumer_index: usize, slot: u32) -> Result<Option<ports::ServedPort>> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);

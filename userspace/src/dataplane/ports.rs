@@ -47,6 +47,16 @@ pub struct PortCounters {
     pub live: AtomicBool,
 }
 
+impl PortCounters {
+    /// Frames the port has taken so far: copied into the application's ring, or dropped there
+    /// (counted): what a paced generator waits for.
+    pub fn received(&self) -> u64 {
+        self.rx_frames.load(Relaxed)
+            + self.drop_ring_full.load(Relaxed)
+            + self.drop_not_connected.load(Relaxed)
+    }
+}
+
 /// A port's numbers at one moment (`stats`, Prometheus, and what reaping returns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSnapshot {

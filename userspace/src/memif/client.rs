@@ -29,15 +29,24 @@ pub struct ClientArgs {
     /// Ring size as a power of two.
     #[arg(long, default_value_t = 10)]
     pub log2_ring_size: u8,
+    /// A file holding the daemon's memif secret (its `port-secret-file`), if it has one.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 impl ClientArgs {
     /// Connect to the endpoint's port, named `--name` or else `program`.
     pub fn connect(&self, program: &str) -> Result<Client> {
+        let secret = self
+            .secret_file
+            .as_deref()
+            .map(super::secret::read_secret_file)
+            .transpose()?;
         let cfg = ClientConfig {
             name: self.name.clone().unwrap_or_else(|| program.to_string()),
             interrupt: !self.polling,
             log2_ring_size: self.log2_ring_size,
+            secret,
             ..ClientConfig::default()
         };
         Client::connect(&self.socket, &cfg)

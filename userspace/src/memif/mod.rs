@@ -11,9 +11,11 @@
 //! - [`port`]: the connected port the dataplane drives.
 //! - [`server`]: sockets, admission and the control thread.
 //! - [`client`]: a client for Rust programs and tests.
+//! - [`secret`]: the optional shared secret, read from a private file.
 pub mod client;
 pub mod handshake;
 pub mod port;
+pub mod secret;
 pub mod server;
 #[allow(unsafe_code)]
 pub mod shm;

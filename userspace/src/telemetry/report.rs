@@ -59,6 +59,47 @@ pub struct EndpointRow {
     /// Latency of the timed frames; `null` when none was timed (not a latency of 0).
     pub latency_ns: Option<Percentiles>,
     pub socket: SocketStats,
+    /// The application on the endpoint's memif port, when the run had one (the lab).
+    pub app: Option<AppRow>,
+}
+
+/// One endpoint's application and its port, as the lab saw them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AppRow {
+    /// Frames the dataplane copied into the application's ring.
+    pub port_rx: u64,
+    /// Frames the dataplane had for the port but could not give it (ring full, disconnected).
+    pub port_rx_dropped: u64,
+    /// Frames the application sent that left the NIC.
+    pub port_tx: u64,
+    /// Frames the application sent that the dataplane refused (spoofed, too big, no frame…).
+    pub port_tx_dropped: u64,
+    /// Frames the application itself counted.
+    pub received: u64,
+    /// Frames whose destination or tag was wrong for the endpoint, as the sink checked:
+    /// must be 0.
+    pub misdelivered: u64,
+    /// A reflector's frames that came back to the generator on the wire.
+    pub returned: Option<u64>,
+    /// One-way latency, generator to the sink's read; `null` for a reflector.
+    pub latency_ns: Option<Percentiles>,
+}
+
+/// The applications' totals: which program, and the latency over all endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppTotals {
+    pub program: String,
+    /// Frames all applications counted.
+    pub received: u64,
+    /// `received` per second of traffic.
+    pub received_pps: f64,
+    /// Sinks: one-way latency over every endpoint (histograms merged).
+    pub one_way_ns: Option<Percentiles>,
+    /// Reflectors: frames back on the wire, and generator-to-generator latency.
+    pub returned: Option<u64>,
+    pub round_trip_ns: Option<Percentiles>,
+    /// Frames back on the wire from a source that is not their endpoint: must be 0.
+    pub wrong_source: u64,
 }
 
 /// What the generator sent, by kind of frame.
@@ -84,6 +125,8 @@ pub struct Report {
     pub xdp: Counters,
     pub queues: Vec<QueueSnapshot>,
     pub sent: Option<SentTotals>,
+    /// The applications on the ports, when the run had them.
+    pub apps: Option<AppTotals>,
     /// One-line notes, e.g. kernel objects that could not be created.
     pub notes: Vec<String>,
 }
@@ -110,6 +153,7 @@ impl Report {
                 expected: None,
                 latency_ns: (!e.latency.is_empty()).then(|| Percentiles::of(&e.latency)),
                 socket: e.socket_stats,
+                app: None,
             })
             .collect()
     }
@@ -214,10 +258,98 @@ impl Report {
                 s.other
             );
         }
+        if let Some(apps) = &self.apps {
+            self.write_apps(&mut out, apps);
+        }
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }
         out
+    }
+
+    /// The applications' table and totals.
+    fn write_apps(&self, out: &mut String, apps: &AppTotals) {
+        let _ = writeln!(
+            out,
+            "through memif ports to {} (one per endpoint, in its namespace):",
+            apps.program
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10} {:>9} {:>10} {:>6} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "ENDPOINT",
+            "PORT-RX",
+            "RX-DROPS",
+            "APP-RX",
+            "MISDLV",
+            "PORT-TX",
+            "TX-DROPS",
+            "RETURNED",
+            "P50(us)",
+            "P99",
+            "P99.9",
+            "MAX"
+        );
+        for e in &self.endpoints {
+            let Some(a) = &e.app else { continue };
+            let us = |pick: fn(&Percentiles) -> u64| {
+                a.latency_ns.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |p| format!("{:.1}", pick(p) as f64 / 1e3),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:>10} {:>9} {:>10} {:>6} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
+                e.name,
+                a.port_rx,
+                a.port_rx_dropped,
+                a.received,
+                a.misdelivered,
+                a.port_tx,
+                a.port_tx_dropped,
+                a.returned
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                us(|p| p.p50),
+                us(|p| p.p99),
+                us(|p| p.p999),
+                us(|p| p.max),
+            );
+        }
+        let line = |what: &str, p: &Percentiles| {
+            format!(
+                "{what} (us): p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+                p.p50 as f64 / 1e3,
+                p.p90 as f64 / 1e3,
+                p.p99 as f64 / 1e3,
+                p.p999 as f64 / 1e3,
+                p.max as f64 / 1e3
+            )
+        };
+        let _ = write!(
+            out,
+            "apps: {} frames ({:.3} Mpps)",
+            apps.received,
+            apps.received_pps / 1e6
+        );
+        if let Some(p) = &apps.one_way_ns {
+            let _ = write!(out, " | {}", line("one way, generator to sink", p));
+        }
+        if let Some(n) = apps.returned {
+            let _ = write!(
+                out,
+                " | {n} back on the wire, {} from a wrong source",
+                apps.wrong_source
+            );
+        }
+        let _ = writeln!(out);
+        if let Some(p) = &apps.round_trip_ns {
+            let _ = writeln!(
+                out,
+                "{}",
+                line("round trip, generator to reflector and back to the wire", p)
+            );
+        }
     }
 }
 
@@ -239,6 +371,7 @@ mod tests {
             expected: None,
             latency_ns,
             socket: SocketStats::default(),
+            app: None,
         }
     }
 
@@ -270,6 +403,7 @@ mod tests {
             xdp: Counters::default(),
             queues: Vec::new(),
             sent: None,
+            apps: None,
             notes: Vec::new(),
         };
         let text = report.to_text();
