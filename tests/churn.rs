@@ -8,8 +8,9 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec, SocketStats};
+use xmacvlan::dataplane::{Dataplane, EndpointSpec, SocketStats};
 use xmacvlan::frame::TestFrame;
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_tests::accounting::Ledger;

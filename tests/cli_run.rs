@@ -2,11 +2,10 @@
 use std::path::PathBuf;
 
 use xmacvlan::cli::run::{RunArgs, run};
-use xmacvlan::dataplane::DemuxMode;
+use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan::xdp::{AttachMode, Classifier, Program, Steering};
-use xmacvlan::xsk::BindMode;
+use xmacvlan::xdp::{Classifier, Program, Steering};
 use xmacvlan_tests::require_root;
 
 fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
@@ -14,7 +13,7 @@ fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
         iface: iface.into(),
         config,
         demux: DemuxMode::Xdp,
-        xdp_mode: AttachMode::Auto,
+        xdp_mode: XdpMode::Auto,
         bind: BindMode::Auto,
         cores: None,
         duration: Some(0.3),
@@ -51,7 +50,7 @@ fn refuses_an_interface_with_another_xdp_program_and_runs_on_a_free_one() {
 
         // Another tool's program on nic0: refused, and left in place.
         let mut foreign = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
-        foreign.attach(nic, "nic0", AttachMode::Native)?;
+        foreign.attach(nic, "nic0", XdpMode::Native, &mut Vec::new())?;
         let before = nl.require_link("nic0")?.xdp_prog_id;
         assert!(before.is_some());
         let err = run(args("nic0", config.clone(), false)).unwrap_err();

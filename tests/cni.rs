@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use xmacvlan::cni::ops::port_link;
+use xmacvlan::ether::Mac;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan_tests::cni_lab::{
@@ -135,7 +136,7 @@ fn side_by_side_with_the_reference_macvlan_then_check_chained_with_tuning_and_de
     let state = lab.state();
     assert_eq!(state.endpoints.len(), 1);
     let ep = state.endpoints[0].clone();
-    assert_eq!(xmacvlan::abi::MacDisplay(&ep.mac).to_string(), mac);
+    assert_eq!(Mac(ep.mac).to_string(), mac);
     assert_eq!(
         ep.addresses
             .iter()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::json;
+use xmacvlan::ether::Mac;
 use xmacvlan_tests::cni_lab::{
     CNI_DIR, Daemon, Lab, daemon_endpoints, served_by_fast_path, sibling_bin,
 };
@@ -167,7 +168,7 @@ fn podman_runs_a_container_on_an_xmacvlan_network_and_rm_leaves_nothing() {
     let state = lab.state();
     assert_eq!(state.endpoints.len(), 1, "{state:?}");
     let ep = state.endpoints[0].clone();
-    let mac = xmacvlan::abi::MacDisplay(&ep.mac).to_string();
+    let mac = Mac(ep.mac).to_string();
     assert!(mac.starts_with("02:42:"), "a local MAC: {mac}");
     let addr = podman.run(&["exec", "xmvc1", "ip", "addr", "show", "eth0"]);
     assert!(addr.contains("inet 198.18.40.2/24"), "{addr}");

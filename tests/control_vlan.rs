@@ -230,9 +230,10 @@ fn an_existing_vlan_parent_is_used_and_kept() {
 fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
-    use xmacvlan::daemon::protocol::{Answer, Request};
     use xmacvlan::daemon::server::{Daemon, Settings};
-    use xmacvlan::dataplane::{DemuxMode, EndpointSpec, Snapshot};
+    use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+    use xmacvlan::ipc::protocol::{Answer, Request};
+    use xmacvlan::modes::DemuxMode;
     use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
     use xmacvlan_bench::scenario::lab_streams;
 
@@ -331,9 +332,9 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
     t.host
         .run(|| {
             let mut daemon = Daemon::new(Settings {
-                demux: Some(DemuxMode::Xdp),
-                xdp_mode: xmacvlan::xdp::AttachMode::Auto,
-                bind: xmacvlan::xsk::BindMode::Copy,
+                demux: DemuxMode::Xdp,
+                xdp_mode: xmacvlan::modes::XdpMode::Auto,
+                bind: xmacvlan::modes::BindMode::Copy,
                 cores: xmacvlan::dataplane::default_cores(),
                 port_dir: t.root.join("ports"),
                 port_secret: None,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+use xmacvlan::ether::Mac;
 use xmacvlan::telemetry::hgrm::parse_hgrm;
 use xmacvlan_bench::generator::Stream;
 use xmacvlan_bench::scenario::lab_streams;
@@ -237,11 +238,7 @@ fn endpoints_attach_live_stats_match_sighup_and_sigterm() {
     assert_eq!(event["level"], "DEBUG", "{event}");
     assert_eq!(event["target"], "xmacvlan::kernel", "{event}");
     assert_eq!(event["len"], 16, "{event}");
-    assert_eq!(
-        event["mac"],
-        xmacvlan::abi::MacDisplay(&c0.mac).to_string(),
-        "{event}"
-    );
+    assert_eq!(event["mac"], Mac(c0.mac).to_string(), "{event}");
 
     // Removed while it runs: detached live, its client told, the other endpoint stays.
     let [sink0, mut sink1] = sinks;

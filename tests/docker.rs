@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::control::State;
 use xmacvlan::control::model::derived_mac;
-use xmacvlan::daemon::protocol::{Answer, Request};
-use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::Snapshot;
+use xmacvlan::ipc::protocol::{Answer, Request};
+use xmacvlan::ipc::socket::request;
 use xmacvlan::netlink::{MacVlanMode, Netlink};
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::Sent;

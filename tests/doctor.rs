@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use xmacvlan::doctor::{DoctorArgs, Finding, Severity, check_interface, examine, interface_facts};
+use xmacvlan::modes::XdpMode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan::xdp::{AttachMode, Classifier, Program, Steering};
+use xmacvlan::xdp::{Classifier, Program, Steering};
 use xmacvlan_tests::require_root;
 
 fn finding<'a>(findings: &'a [Finding], check: &str) -> &'a Finding {
@@ -88,7 +89,7 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
 
         // xmacvlan's own classifier attached with no daemon: left behind by a crash.
         let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1)?;
-        classifier.attach(index, "xdoc0", AttachMode::Native)?;
+        classifier.attach(index, "xdoc0", XdpMode::Native, &mut Vec::new())?;
         let facts = interface_facts(&nl, "xdoc0")?;
         let link = facts.link.as_ref().unwrap();
         assert!(link.xdp_prog_id.is_some());

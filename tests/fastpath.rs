@@ -3,8 +3,9 @@
 //! sent kind by kind and add up, and nothing may be left behind. Needs root.
 use std::time::Duration;
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, Finished};
+use xmacvlan::dataplane::{Dataplane, Finished};
 use xmacvlan::frame::{BROADCAST, TestFrame};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};

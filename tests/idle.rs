@@ -17,8 +17,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec};
+use xmacvlan::dataplane::{Dataplane, EndpointSpec};
 use xmacvlan::memif::{PortEvent, PortServer, PortServerConfig};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};

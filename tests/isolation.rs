@@ -8,8 +8,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use xmacvlan::abi::Mac;
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec, Finished};
+use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, run_traffic};

@@ -3,7 +3,7 @@
 //! Every endpoint's application must get exactly its own frames (sinks: checked MAC, no tag,
 //! timed), every reflected frame must come back on the wire from its endpoint and be timed,
 //! and the lab must leave no namespace or socket behind. Needs root.
-use xmacvlan::dataplane::DemuxMode;
+use xmacvlan::modes::DemuxMode;
 use xmacvlan::telemetry::report::Report;
 use xmacvlan_bench::apps::LAB_PORT_ROOT;
 use xmacvlan_bench::lab::Topology;

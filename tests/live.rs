@@ -3,7 +3,8 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointResult, EndpointSpec};
+use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;

@@ -5,7 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, in_hot_loop};
+use xmacvlan::dataplane::{Dataplane, in_hot_loop};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, require_root};

@@ -9,7 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use xmacvlan::dataplane::{ClaimPolicy, Dataplane, DemuxMode, in_hot_loop};
+use xmacvlan::dataplane::{ClaimPolicy, Dataplane, in_hot_loop};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic_until};
 use xmacvlan_tests::accounting::Ledger;

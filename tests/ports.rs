@@ -17,11 +17,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use xmacvlan::daemon::stats;
-use xmacvlan::dataplane::{ClaimPolicy, Dataplane, DemuxMode, PortSnapshot};
+use xmacvlan::dataplane::{ClaimPolicy, Dataplane, PortSnapshot};
 use xmacvlan::frame::read_payload;
+use xmacvlan::modes::DemuxMode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
+use xmacvlan::telemetry::live;
 use xmacvlan_bench::generator::{self, Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic_until};
@@ -507,7 +508,7 @@ fn no_black_hole(demux: DemuxMode) {
             // What `xmacvlan stats` shows of it (the README quotes this).
             eprintln!(
                 "{}",
-                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&during))
+                live::tables(demux.name(), 0.0, std::slice::from_ref(&during))
             );
             let port = dp.disconnect_port(&endpoint.name)?;
             frames.extend(app.received());
@@ -559,7 +560,7 @@ fn no_black_hole(demux: DemuxMode) {
             assert!(e.port.is_none());
             eprintln!(
                 "{}",
-                stats::tables(&format!("{demux:?}"), 0.0, std::slice::from_ref(&after))
+                live::tables(demux.name(), 0.0, std::slice::from_ref(&after))
             );
             dp.stop()?;
             Ok(())

@@ -400,7 +400,7 @@ proptest! {
     ) {
         use clap::Parser;
         use xmacvlan::cli::{Cli, Command};
-        use xmacvlan::control::cli::{EndpointCommand, NetworkCommand};
+        use xmacvlan::cli::control::{EndpointCommand, NetworkCommand};
         let noun = if network { "network" } else { "endpoint" };
         let argv: Vec<OsString> = ["xmacvlan", noun, "create"]
             .into_iter()
@@ -426,7 +426,7 @@ proptest! {
                     prop_assert!(!network);
                     let _ = xmacvlan::control::model::check_name(&a.name, "endpoint");
                     if let Some(mac) = &a.mac_address {
-                        let _ = xmacvlan::abi::parse_mac(mac);
+                        let _ = mac.parse::<xmacvlan::ether::Mac>();
                     }
                 }
                 other => prop_assert!(false, "{:?} parsed as {:?}", argv, other),
@@ -514,7 +514,7 @@ fn cli_in(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         socket.to_str().unwrap(),
     ];
     argv.extend_from_slice(args);
-    xmacvlan::control::cli::execute_args(&argv, &mut std::io::sink())
+    xmacvlan::cli::control::execute_args(&argv, &mut std::io::sink())
 }
 
 proptest! {

@@ -6,7 +6,8 @@
 //! per process, so nothing else may run beside it. Needs root.
 use std::time::{Duration, Instant};
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointSpec};
+use xmacvlan::dataplane::{Dataplane, EndpointSpec};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::lab_streams;

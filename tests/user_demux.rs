@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use xmacvlan::dataplane::{Dataplane, DemuxMode};
+use xmacvlan::dataplane::Dataplane;
+use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::compare::kernel_path::KernelPath;
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::StreamKind;

@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use xmacvlan::abi::Counters;
-use xmacvlan::dataplane::{Dataplane, DemuxMode, EndpointCounters, Finished};
+use xmacvlan::dataplane::{Dataplane, EndpointCounters, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
+use xmacvlan::modes::DemuxMode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{Stream, StreamKind};

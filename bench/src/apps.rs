@@ -238,7 +238,7 @@ impl LabPorts {
             ];
             if kind == AppKind::Sink {
                 args.push("--mac".into());
-                args.push(xmacvlan::abi::MacDisplay(&spec.mac).to_string());
+                args.push(xmacvlan::ether::Mac(spec.mac).to_string());
             }
             let log = ports.dir.join(format!("{}.log", spec.name));
             let app = AppProcess::spawn(netns.name(), program, &args, &log, app_core)?;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xmacvlan::abi::{Mac, MacDisplay};
+use xmacvlan::abi::Mac;
 use xmacvlan::dataplane::{DataplaneConfig, EndpointSpec};
 use xmacvlan::netlink::MacVlanMode as Mode;
 use xmacvlan::netlink::Netlink;
@@ -323,5 +323,5 @@ pub fn wait_for_drain(
 }
 
 pub fn describe_mac(mac: &Mac) -> String {
-    MacDisplay(mac).to_string()
+    xmacvlan::ether::Mac(*mac).to_string()
 }

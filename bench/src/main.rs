@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use xmacvlan::dataplane::{DataplaneConfig, DemuxMode, default_cores};
-use xmacvlan::xdp::AttachMode;
-use xmacvlan::xsk::{BindMode, QueueConfig};
+use xmacvlan::dataplane::{DataplaneConfig, default_cores};
+use xmacvlan::ether::{Mac, VlanId};
+use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::xsk::QueueConfig;
 use xmacvlan_bench::lab::{KernelDevices, Topology};
 use xmacvlan_bench::scenario::{LabApp, TrafficConfig, run_lab};
 
@@ -39,10 +40,10 @@ struct GenerateArgs {
     iface: String,
     /// Destination MACs, comma-separated (the endpoints' MACs): sent round-robin.
     #[arg(long, value_delimiter = ',', required = true)]
-    dst: Vec<String>,
+    dst: Vec<Mac>,
     /// 802.1Q VLAN id of every frame; default: untagged.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
-    vlan: Option<u16>,
+    #[arg(long)]
+    vlan: Option<VlanId>,
     /// Seconds of traffic.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -107,7 +108,7 @@ struct LabArgs {
     #[arg(long, value_enum, default_value = "xdp")]
     demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    xdp_mode: AttachMode,
+    xdp_mode: XdpMode,
     #[arg(long, value_enum, default_value = "auto")]
     bind: BindMode,
     /// Receive queues of the lab NIC (one worker and one generator each).
@@ -163,17 +164,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, mac)| {
-            let dst = xmacvlan::abi::parse_mac(mac).map_err(|e| anyhow::anyhow!("--dst: {e}"))?;
             let frame = xmacvlan::frame::TestFrame {
-                dst,
+                dst: mac.0,
                 src: xmacvlan_bench::lab::GENERATOR_MAC,
-                vid: a.vlan,
+                vid: a.vlan.map(VlanId::get),
                 qinq_outer: None,
                 len: a.frame_len as usize,
             };
-            Ok(Stream::new(frame, StreamKind::Endpoint(i)))
+            Stream::new(frame, StreamKind::Endpoint(i))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let cfg = GeneratorConfig {
         ifname: a.iface.clone(),
         queue: a.queue,

@@ -280,6 +280,9 @@ pub fn run_lab(
             Some(_) => Dataplane::start(&cfg, &[])?,
             None => Dataplane::start(&cfg, &lab.endpoints)?,
         };
+        for w in &dp.warnings {
+            eprintln!("xmacvlan: {w}");
+        }
         let ports = match &program {
             Some((kind, path)) => Some(LabPorts::attach(
                 &lab,
@@ -337,9 +340,9 @@ pub fn run_lab(
         };
         Ok(Report {
             interface: format!("{} (lab veth)", lab::NIC),
-            demux: format!("{:?}", cfg.demux).to_lowercase(),
-            xdp_mode: format!("{attached:?}").to_lowercase(),
-            bind: format!("{bound:?}").to_lowercase(),
+            demux: cfg.demux.to_string(),
+            xdp_mode: attached.to_string(),
+            bind: bound.to_string(),
             duration_s: duration,
             endpoints: rows,
             xdp: finished.xdp,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xmacvlan::control::State;
-use xmacvlan::daemon::protocol::{Answer, Request};
 use xmacvlan::dataplane::EndpointSpec;
+use xmacvlan::ipc::protocol::{Answer, Request};
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan_bench::generator::Sent;
@@ -151,9 +151,7 @@ impl Lab {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while xmacvlan::daemon::socket::request::<_, Answer>(&daemon.socket, &Request::Ping)
-            .is_err()
-        {
+        while xmacvlan::ipc::socket::request::<_, Answer>(&daemon.socket, &Request::Ping).is_err() {
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 panic!("the daemon exited ({status}): {}", daemon.log_text());
             }
@@ -291,7 +289,7 @@ pub fn served_by_fast_path(lab: &Lab, ep: &EndpointSpec, netns: &str, ifname: &s
 
 /// Whether the daemon lists any endpoint at all.
 pub fn daemon_endpoints(socket: &Path) -> Vec<String> {
-    match xmacvlan::daemon::socket::request(socket, &Request::Stats).unwrap() {
+    match xmacvlan::ipc::socket::request(socket, &Request::Stats).unwrap() {
         Answer::Stats { interfaces, .. } => interfaces
             .into_iter()
             .flat_map(|i| i.endpoints.into_iter().map(|e| e.name))

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xmacvlan::control::State;
-use xmacvlan::daemon::protocol::{Answer, Request};
-use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::{EndpointSpec, Snapshot};
+use xmacvlan::ipc::protocol::{Answer, Request};
+use xmacvlan::ipc::socket::request;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent, Stream};

@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xmacvlan::abi::MacDisplay;
-use xmacvlan::daemon::protocol::{Answer, Request};
-use xmacvlan::daemon::socket::request;
 use xmacvlan::dataplane::{EndpointSnapshot, EndpointSpec, Snapshot};
+use xmacvlan::ether::Mac;
+use xmacvlan::ipc::protocol::{Answer, Request};
+use xmacvlan::ipc::socket::request;
 use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent};
 use xmacvlan_bench::scenario::lab_streams;
 
@@ -143,7 +143,7 @@ pub fn no_black_hole_then_sink(ep: &Endpoint, wire: Wire, wire_if: &str, count: 
 
     // A sink in the container's namespace gets exactly the frames sent.
     let log = ep.logs.join(format!("sink-{name}.log"));
-    let mac = MacDisplay(&ep.spec.mac).to_string();
+    let mac = Mac(ep.spec.mac).to_string();
     let sink = App::spawn(
         ep.netns,
         &crate::sibling_bin("xmacvlan-sink"),

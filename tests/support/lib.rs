@@ -12,9 +12,9 @@ pub mod mem_port;
 pub mod pace;
 pub mod resources;
 pub mod rng;
-use xmacvlan::dataplane::{DataplaneConfig, DemuxMode};
-use xmacvlan::xdp::AttachMode;
-use xmacvlan::xsk::{BindMode, QueueConfig};
+use xmacvlan::dataplane::DataplaneConfig;
+use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::xsk::QueueConfig;
 
 /// Integration tests create namespaces and attach XDP: fail clearly without root.
 pub fn require_root() {
@@ -30,7 +30,7 @@ pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
         ifname: String::new(),
         queues,
         demux,
-        xdp_mode: AttachMode::Native,
+        xdp_mode: XdpMode::Native,
         queue: QueueConfig {
             bind: BindMode::Copy,
             ..QueueConfig::default()
@@ -96,7 +96,7 @@ pub fn cli_in(
     .collect();
     ns.run(|| {
         let mut out = Vec::new();
-        xmacvlan::control::cli::execute_args(&argv, &mut out)?;
+        xmacvlan::cli::control::execute_args(&argv, &mut out)?;
         Ok(String::from_utf8(out)?)
     })
 }

@@ -28,6 +28,8 @@ pub const CLAIMED: u32 = c::CLAIMED;
 pub const MAP_EVENTS: &str = "xmv_events";
 pub const GLOBAL_CONFIG: &str = "xmv_config";
 
+/// A MAC's six bytes, as the classifier and the frames carry them; as text (parsed,
+/// printed, in JSON) it is [`crate::ether::Mac`].
 pub type Mac = [u8; 6];
 
 /// `struct xmv_key`: VLAN id (0 = untagged) and destination MAC.
@@ -40,40 +42,8 @@ pub struct Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vid {} mac {}", self.vid, MacDisplay(&self.mac))
+        write!(f, "vid {} mac {}", self.vid, crate::ether::Mac(self.mac))
     }
-}
-
-/// Formats a MAC as `02:00:00:00:00:01`.
-pub struct MacDisplay<'a>(pub &'a Mac);
-
-impl fmt::Display for MacDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-/// Parses `02:00:00:00:00:01`.
-pub fn parse_mac(s: &str) -> Result<Mac, String> {
-    let bytes: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if bytes.len() != 6 {
-        return Err(format!(
-            "invalid MAC address `{s}`: expected six hex bytes like 02:00:00:00:00:01"
-        ));
-    }
-    for (out, part) in mac.iter_mut().zip(bytes) {
-        *out = u8::from_str_radix(part, 16)
-            .ok()
-            .filter(|_| part.len() == 2)
-            .ok_or_else(|| format!("invalid MAC address `{s}`: `{part}` is not a hex byte"))?;
-    }
-    Ok(mac)
 }
 
 /// `struct xmv_config`.
@@ -276,33 +246,5 @@ mod tests {
     #[test]
     fn object_is_embedded_elf() {
         assert_eq!(&CLASSIFIER_OBJECT[..4], b"\x7fELF");
-    }
-
-    #[test]
-    fn mac_parse_roundtrip_and_errors() {
-        let mac = parse_mac("02:0a:ff:00:10:01").unwrap();
-        assert_eq!(mac, [2, 0x0a, 0xff, 0, 0x10, 1]);
-        assert_eq!(MacDisplay(&mac).to_string(), "02:0a:ff:00:10:01");
-        assert!(
-            parse_mac("02:0a:ff:00:10")
-                .unwrap_err()
-                .contains("six hex bytes")
-        );
-        assert!(parse_mac("02:0a:ff:00:10:zz").unwrap_err().contains("`zz`"));
-        assert!(parse_mac("02:0a:ff:00:10:1").is_err());
-    }
-}
-
-/// Serde as the text form `02:00:00:00:00:01`.
-pub mod mac_serde {
-    use super::{Mac, MacDisplay, parse_mac};
-
-    pub fn serialize<S: serde::Serializer>(mac: &Mac, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&MacDisplay(mac))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
-        let text = <String as serde::Deserialize>::deserialize(d)?;
-        parse_mac(&text).map_err(serde::de::Error::custom)
     }
 }

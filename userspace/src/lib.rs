@@ -6,11 +6,10 @@
 //! application reads it; [`telemetry`] records what happened.
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 //!
-//! `unsafe` is denied everywhere but in the modules that must touch raw memory or the kernel
-//! (`abi`, `afpacket`, `memif::shm`, `memif::sock`, `sys`, `xsk`), and each of their unsafe
-//! blocks carries a `// SAFETY:` line (clippy checks it).
-#![deny(unsafe_code)]
-#![deny(clippy::undocumented_unsafe_blocks)]
+//! `unsafe` is denied everywhere (`[workspace.lints]` in the workspace's Cargo.toml) but in
+//! the modules that must touch raw memory or the kernel (`abi`, `afpacket`, `memif::shm`,
+//! `memif::sock`, `sys`, `xsk`), allowed below, and each of their unsafe blocks carries a
+//! `// SAFETY:` line (clippy checks it).
 #[allow(unsafe_code)]
 pub mod abi;
 #[allow(unsafe_code)]
@@ -22,9 +21,14 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod doctor;
+pub mod ether;
 pub mod frame;
+pub mod ipc;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod memif;
+pub mod modes;
 pub mod netlink;
 pub mod netns;
 pub mod nic;

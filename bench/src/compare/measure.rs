@@ -2,21 +2,21 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, DemuxMode, latency_histogram};
-use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
-use xmacvlan::xdp::{AttachMode, Classifier, Program, Steering};
-use xmacvlan::xsk::{BindMode, QueueConfig};
-
 use super::kernel_path::KernelPath;
 use super::placement;
 use crate::generator::Stream;
 use crate::lab::{Lab, NIC};
 use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, latency_histogram};
+use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
+use xmacvlan::xdp::{Classifier, Program, Steering};
+use xmacvlan::xsk::QueueConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What one measurement runs: the ceiling, or one of the dataplane's demux modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
     /// XDP_DROP on the NIC: the most any mode could deliver.
     Ceiling,
@@ -29,13 +29,25 @@ pub enum Mode {
 pub const ALL_MODES: [Mode; 4] = [Mode::Ceiling, Mode::Xdp, Mode::User, Mode::Kernel];
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    /// The demux mode this mode measures (None: the ceiling, no demux at all).
+    pub fn demux(self) -> Option<DemuxMode> {
         match self {
-            Mode::Ceiling => "ceiling",
-            Mode::Xdp => "xdp",
-            Mode::User => "user",
-            Mode::Kernel => "kernel",
+            Mode::Ceiling => None,
+            Mode::Xdp => Some(DemuxMode::Xdp),
+            Mode::User => Some(DemuxMode::User),
+            Mode::Kernel => Some(DemuxMode::Kernel),
         }
+    }
+
+    /// `ceiling`, else the demux mode's own name (`xdp`, `user`, `kernel`).
+    pub fn name(self) -> &'static str {
+        self.demux().map_or("ceiling", DemuxMode::name)
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -151,7 +163,7 @@ pub fn measure(
         Mode::Ceiling => {
             let index = xmacvlan::sys::if_index(NIC).context("lab NIC missing")?;
             let mut drop_all = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
-            drop_all.attach(index, NIC, AttachMode::Native)?;
+            drop_all.attach(index, NIC, XdpMode::Native, &mut Vec::new())?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
             let seen = || drop_all.counters().map(|c| c.seen).unwrap_or(0);
             let before = CpuSample::read(&cores)?;
@@ -171,12 +183,8 @@ pub fn measure(
             let cfg = DataplaneConfig {
                 ifname: NIC.into(),
                 queues: 1,
-                demux: if mode == Mode::Xdp {
-                    DemuxMode::Xdp
-                } else {
-                    DemuxMode::User
-                },
-                xdp_mode: AttachMode::Native,
+                demux: mode.demux().expect("a demux mode"),
+                xdp_mode: XdpMode::Native,
                 queue: queue_config(mode, lab.endpoints.len(), setup.frame_size),
                 cores: cores.to_vec(),
                 consumer_threads: 1,
@@ -271,4 +279,21 @@ pub fn measure(
         dropped_after_receive: dropped,
         misdelivered,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_serialize_as_their_names() {
+        let names: Vec<String> = ALL_MODES
+            .iter()
+            .map(|m| serde_json::to_string(m).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [r#""ceiling""#, r#""xdp""#, r#""user""#, r#""kernel""#]
+        );
+    }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, DemuxMode, latency_histogram};
-use xmacvlan::xdp::AttachMode;
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, latency_histogram};
+use xmacvlan::modes::{DemuxMode, XdpMode};
 
 use super::kernel_app::KernelApp;
 use super::measure::{Latency, Mode, Setup, queue_config};
@@ -120,7 +120,7 @@ pub fn measure(
                     ifname: NIC.into(),
                     queues: 1,
                     demux,
-                    xdp_mode: AttachMode::Native,
+                    xdp_mode: XdpMode::Native,
                     queue: queue_config(mode, endpoints, setup.frame_size),
                     cores: vec![setup.rx_core],
                     consumer_threads: 1,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use xmacvlan::abi::{Mac, parse_mac};
 use xmacvlan::config::parse_duration;
+use xmacvlan::ether::Mac;
 use xmacvlan::frame::{TPID_8021Q, read_payload};
 use xmacvlan::memif::client::ClientArgs;
 use xmacvlan::telemetry::hgrm::{HgrmOptions, to_hgrm};
@@ -22,7 +22,7 @@ struct Args {
     #[command(flatten)]
     client: ClientArgs,
     /// Count frames whose destination is not this MAC as misdelivered.
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long)]
     mac: Option<Mac>,
     /// Stop after this many frames.
     #[arg(long)]

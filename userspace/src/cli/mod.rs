@@ -26,7 +26,7 @@ pub struct GlobalArgs {
     #[arg(
         long,
         global = true,
-        default_value = "/var/lib/xmacvlan",
+        default_value = crate::config::DEFAULT_DATA_ROOT,
         env = "XMACVLAN_DATA_ROOT"
     )]
     pub data_root: PathBuf,
@@ -41,20 +41,23 @@ pub struct GlobalArgs {
     pub control_socket: PathBuf,
 }
 
+pub mod control;
 pub mod run;
+pub mod stats;
+pub mod view;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Manage macvlan networks (Docker's `network create|ls|inspect|rm`).
     #[command(subcommand)]
-    Network(crate::control::cli::NetworkCommand),
+    Network(control::NetworkCommand),
     /// Manage endpoints: a container namespace's macvlan on a network.
     #[command(subcommand)]
-    Endpoint(crate::control::cli::EndpointCommand),
+    Endpoint(control::EndpointCommand),
     /// Run the daemon: serve the recorded endpoints on the fast path, answer the CLI, until SIGTERM.
     Daemon(crate::daemon::run::DaemonArgs),
     /// Show the running daemon's counters, rates (--watch) or an endpoint's latency histogram.
-    Stats(crate::daemon::stats::StatsArgs),
+    Stats(stats::StatsArgs),
     /// Check privileges, kernel features and interfaces; explain what stops frames and how to fix it.
     Doctor(crate::doctor::DoctorArgs),
     /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
@@ -104,15 +107,15 @@ pub fn main() -> anyhow::Result<()> {
             }
             crate::doctor::main(args)
         }
-        Command::Network(cmd) => crate::control::cli::run_network(&cli.global, cmd),
-        Command::Endpoint(cmd) => crate::control::cli::run_endpoint(&cli.global, cmd),
+        Command::Network(cmd) => control::run_network(&cli.global, cmd),
+        Command::Endpoint(cmd) => control::run_endpoint(&cli.global, cmd),
         Command::Daemon(mut args) => {
             if socket_given {
                 args.flags.control_socket = Some(cli.global.control_socket.clone());
             }
             crate::daemon::run::main(args, data_root_given.then(|| cli.global.data_root.clone()))
         }
-        Command::Stats(args) => crate::daemon::stats::main(&cli.global.control_socket, args),
+        Command::Stats(args) => stats::main(&cli.global.control_socket, args),
     }
 }
 

@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::dataplane::{Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores};
+use crate::dataplane::{Dataplane, DataplaneConfig, EndpointSpec, default_cores};
+use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::netlink::Netlink;
-use crate::telemetry::report::{Report, mode_name, plural};
-use crate::xdp::AttachMode;
-use crate::xsk::{BindMode, QueueConfig};
+use crate::telemetry::report::{Report, plural};
+use crate::xsk::QueueConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -22,7 +22,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "xdp")]
     pub demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     #[arg(long, value_enum, default_value = "auto")]
     pub bind: BindMode,
     /// Cores for workers and consumers, comma-separated (default: all but core 0).
@@ -136,14 +136,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         endpoint_ring: 4096,
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
+    for w in &dp.warnings {
+        eprintln!("xmacvlan: {w}");
+    }
     eprintln!(
         "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}; Ctrl-C to stop",
         plural(endpoints.len(), "endpoint"),
         a.iface,
         plural(queues as usize, "queue"),
-        mode_name(cfg.demux),
-        mode_name(dp.attached),
-        mode_name(dp.bound)
+        cfg.demux,
+        dp.attached,
+        dp.bound
     );
     let start = Instant::now();
     let mut last = (0u64, Instant::now());
@@ -176,9 +179,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let duration = start.elapsed().as_secs_f64();
     let report = Report {
         interface: a.iface.clone(),
-        demux: mode_name(cfg.demux),
-        xdp_mode: mode_name(attached),
-        bind: mode_name(bound),
+        demux: cfg.demux.to_string(),
+        xdp_mode: attached.to_string(),
+        bind: bound.to_string(),
         duration_s: duration,
         endpoints: Report::endpoint_rows(&finished, duration),
         xdp: finished.xdp,
@@ -229,7 +232,7 @@ fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET));
     let iface = &a.iface;
-    if let Some(pid) = crate::daemon::alive::daemon_pid(&crate::daemon::run::pid_path(&socket)) {
+    if let Some(pid) = crate::ipc::alive::daemon_pid(&crate::ipc::pid_path(&socket)) {
         bail!(
             "{iface} is served by the xmacvlan daemon (pid {pid}, control socket {}): `xmacvlan \
              run` cannot share an interface with it. Add endpoints to the daemon instead \
@@ -238,7 +241,7 @@ fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
             socket.display()
         );
     }
-    let holders = crate::daemon::alive::holders_of_bpf_program(prog_id);
+    let holders = crate::ipc::alive::holders_of_bpf_program(prog_id);
     if let Some(pid) = holders.first() {
         bail!(
             "{iface} carries xmacvlan's own classifier (XDP program id {prog_id}), held by \

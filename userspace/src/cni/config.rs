@@ -7,14 +7,11 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::error::*;
+use crate::config::{DEFAULT_CONTROL_SOCKET, DEFAULT_DATA_ROOT, DEFAULT_PORT_DIR};
 use crate::control::Mode;
 
 /// The versions this plugin speaks; results are written in the config's version.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
-pub const DEFAULT_DATA_ROOT: &str = crate::control::state::DEFAULT_DATA_ROOT;
-/// Where the daemon puts each endpoint's memif socket (`<endpoint>.sock`).
-pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
 /// The largest configuration read from stdin.
 pub const MAX_CONFIG: usize = 1 << 20;
 
@@ -267,7 +264,7 @@ impl NetConf {
         };
         let mac = runtime_mac.or(string(&obj, "mac")?);
         if let Some(m) = &mac {
-            crate::abi::parse_mac(m)
+            m.parse::<crate::ether::Mac>()
                 .and_then(|parsed| crate::control::model::check_mac(&parsed))
                 .map_err(|e| invalid(format!("`mac` {m}: {e}")))?;
         }

@@ -12,11 +12,11 @@ use super::config::{Env, NetConf, SUPPORTED_VERSIONS};
 use super::error::*;
 use super::ipam;
 use super::types::{Addressing, Interface, interfaces, result_json};
-use crate::abi::MacDisplay;
 use crate::control::external::{self, ExternalAddresses, ExternalEndpoint, ExternalNetwork};
 use crate::control::{Endpoint, State, endpoint, provision};
-use crate::daemon::protocol::{Answer, Request};
-use crate::daemon::{Notified, notify};
+use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::{Notified, notify};
 
 /// Recorded as the networks' `created-by`.
 pub const MADE_BY: &str = "xmacvlan-cni";
@@ -271,7 +271,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     })?;
     let iface = Interface {
         name: ep.ifname.clone(),
-        mac: MacDisplay(&ep.mac).to_string(),
+        mac: Mac(ep.mac).to_string(),
         sandbox: env.netns.clone(),
         socket_path: Some(port_socket(&conf.port_dir, &ep.name).display().to_string()),
     };
@@ -348,7 +348,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
                 env.ifname, env.netns
             ))
         })?;
-    let mac = MacDisplay(&ep.mac).to_string();
+    let mac = Mac(ep.mac).to_string();
     if !listed[index].mac.eq_ignore_ascii_case(&mac) {
         return Err(mismatch(format!(
             "prevResult says {} has MAC {}, xmacvlan made it with {mac}",
@@ -370,7 +370,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
             ep.ifname,
             ep.netns,
             link.kind.as_deref().unwrap_or("device"),
-            MacDisplay(&link.mac)
+            Mac(link.mac)
         )));
     }
     if link.macvlan_mode != Some(conf.mode.netlink()) {

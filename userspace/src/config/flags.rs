@@ -4,6 +4,7 @@
 //! `data-root` has no flag here: the CLI's global `--data-root` is that flag; a daemon passes
 //! it on through [`Overrides::data_root`] when it was given explicitly.
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -37,13 +38,14 @@ pub struct ConfigFlags {
     #[arg(long, value_name = "LIST", value_parser = cores_flag)]
     pub cores: Option<CoresFlag>,
     /// xdp, user or kernel.
-    #[arg(long = "demux-mode", value_name = "MODE")]
+    // The modes derive `ValueEnum` for `run`, which lacks `kernel`: parse as daemon.json does.
+    #[arg(long = "demux-mode", value_name = "MODE", value_parser = DemuxMode::from_str)]
     pub demux_mode: Option<DemuxMode>,
     /// native, generic or auto.
-    #[arg(long = "xdp-mode", value_name = "MODE")]
+    #[arg(long = "xdp-mode", value_name = "MODE", value_parser = XdpMode::from_str)]
     pub xdp_mode: Option<XdpMode>,
     /// zerocopy, copy or auto.
-    #[arg(long = "bind-mode", value_name = "MODE")]
+    #[arg(long = "bind-mode", value_name = "MODE", value_parser = BindMode::from_str)]
     pub bind_mode: Option<BindMode>,
     /// Stats period: "1s", "500ms".
     #[arg(long = "stats-interval", value_name = "DURATION", value_parser = parse_duration)]

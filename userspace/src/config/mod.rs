@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::modes::choice;
+use crate::modes::{BindMode, DemuxMode, XdpMode};
+
 mod error;
 mod flags;
 mod parse;
@@ -33,13 +36,14 @@ pub use reload::{Change, ReloadPlan, diff_for_reload};
 
 /// Where the daemon looks for its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/xmacvlan/daemon.json";
+/// Where networks and endpoints are persisted (the daemon, the CLI and the CNI plugin).
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/xmacvlan/xmacvlan.sock";
 /// Where Docker finds the `xmacvlan` network plugin (the file name is the driver's name).
 pub const DEFAULT_DOCKER_PLUGIN: &str = "/run/docker/plugins/xmacvlan.sock";
 
 /// Where the endpoints' memif sockets live (`<port-dir>/<endpoint>.sock`).
-pub const DEFAULT_PORT_DIR: &str = crate::memif::DEFAULT_PORT_DIR;
+pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
 /// The `json-file` log driver's file unless `log-opts` has `path`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/xmacvlan/daemon.log";
 /// `json-file` rotation defaults: 10 MiB a file, 3 files.
@@ -71,50 +75,6 @@ pub const KEYS: &[&str] = &[
 /// Keys a SIGHUP applies to the running daemon; every other change needs a restart.
 pub const LIVE_KEYS: &[&str] = &["debug", "log-level"];
 
-/// An enum whose values are a fixed list of words, with that list for error messages.
-macro_rules! choice {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            /// The words accepted, in documentation order.
-            pub const NAMES: &'static [&'static str] = &[$($text),+];
-
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text),+
-                }
-            }
-
-            pub fn from_name(word: &str) -> Option<Self> {
-                match word {
-                    $($text => Some(Self::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(word: &str) -> Result<Self, String> {
-                Self::from_name(word).ok_or_else(|| {
-                    format!("\"{word}\" is not one of {}", Self::NAMES.join(", "))
-                })
-            }
-        }
-    };
-}
-
 choice! {
     /// How much the daemon logs. `fatal` shows only the message the daemon dies with.
     LogLevel { Debug = "debug", Info = "info", Warn = "warn", Error = "error", Fatal = "fatal" }
@@ -127,26 +87,6 @@ choice! {
     /// Where log lines go; the options each takes are in [`LogDriver`].
     LogDriverKind { Stderr = "stderr", JsonFile = "json-file", Journald = "journald", Syslog = "syslog" }
 }
-choice! {
-    /// Who steers claimed frames to endpoints.
-    DemuxMode {
-        /// The XDP program, into per-endpoint AF_XDP sockets.
-        Xdp = "xdp",
-        /// Pinned userspace workers, from one socket per queue.
-        User = "user",
-        /// No fast path: plain macvlan devices (the baseline).
-        Kernel = "kernel",
-    }
-}
-choice! {
-    /// Where the XDP program runs.
-    XdpMode { Native = "native", Generic = "generic", Auto = "auto" }
-}
-choice! {
-    /// How AF_XDP sockets bind.
-    BindMode { Zerocopy = "zerocopy", Copy = "copy", Auto = "auto" }
-}
-
 impl LogLevel {
     /// The default level.
     pub const DEFAULT: Self = Self::Info;
@@ -472,26 +412,6 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
-    }
-}
-
-impl From<XdpMode> for crate::xdp::AttachMode {
-    fn from(m: XdpMode) -> Self {
-        match m {
-            XdpMode::Native => Self::Native,
-            XdpMode::Generic => Self::Generic,
-            XdpMode::Auto => Self::Auto,
-        }
-    }
-}
-
-impl From<BindMode> for crate::xsk::BindMode {
-    fn from(m: BindMode) -> Self {
-        match m {
-            BindMode::Zerocopy => Self::Zerocopy,
-            BindMode::Copy => Self::Copy,
-            BindMode::Auto => Self::Auto,
-        }
     }
 }
 

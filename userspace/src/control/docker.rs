@@ -21,7 +21,7 @@ use super::model::{Cidr, Endpoint, Network};
 use super::network::NetworkCreate;
 use super::provision::{self, Removal};
 use super::state::{State, Store};
-use crate::abi::{Mac, MacDisplay};
+use crate::abi::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 
@@ -142,7 +142,7 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         ifname: host_ifname(&req.endpoint_id),
         ip: v4(&req.address)?,
         ip6: v6,
-        mac: req.mac.map(|m| MacDisplay(&m).to_string()),
+        mac: req.mac.map(|m| crate::ether::Mac(m).to_string()),
     };
     let ep = super::endpoint::plan(&create, &state).map_err(|e| anyhow!(e))?;
     let nl = Netlink::new()?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::model::{Endpoint, Network};
 use super::provision::read_endpoint;
 use super::state::State;
-use crate::abi::MacDisplay;
+use crate::ether::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 
@@ -53,8 +53,8 @@ pub fn network(nl: &Netlink, net: &Network) -> Result<Vec<Drift>> {
                 report(format!(
                     "`{}` is not the host shim xmacvlan made (MAC {}, expected {})",
                     shim.ifname,
-                    MacDisplay(&link.mac),
-                    MacDisplay(&shim.mac)
+                    Mac(link.mac),
+                    Mac(shim.mac)
                 ))
             }
             Some(link) if !link.up => report(format!("host shim `{}` is down", shim.ifname)),
@@ -91,8 +91,8 @@ pub fn endpoint(ep: &Endpoint) -> Result<Vec<Drift>> {
             ep.ifname,
             ep.netns,
             dev.link.kind.as_deref().unwrap_or("none"),
-            MacDisplay(&dev.link.mac),
-            MacDisplay(&ep.mac)
+            Mac(dev.link.mac),
+            Mac(ep.mac)
         )));
         return Ok(found);
     }

@@ -11,7 +11,7 @@ use super::model::{Cidr, Endpoint, Network, check_ifname, check_mac, check_name,
 use super::provision::{self, Removal};
 use super::state::{State, Store};
 use super::{ipam, unix_now};
-use crate::abi::{MacDisplay, parse_mac};
+use crate::ether::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 
@@ -125,7 +125,7 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
     }
     let mac = match &req.mac {
         Some(text) => {
-            let mac = parse_mac(text)?;
+            let mac = text.parse::<Mac>()?.0;
             check_mac(&mac)?;
             mac
         }
@@ -155,7 +155,7 @@ fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result
     if let Some(other) = state.endpoints_of(&net.name).find(|e| e.mac == *mac) {
         return Err(format!(
             "MAC address {} is already used by endpoint `{}` on network `{}`: choose another --mac-address or omit it",
-            MacDisplay(mac),
+            Mac(*mac),
             other.name,
             net.name
         ));
@@ -163,7 +163,7 @@ fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result
     if net.host_shim.as_ref().is_some_and(|s| s.mac == *mac) {
         return Err(format!(
             "MAC address {} is the host shim's on network `{}`: choose another --mac-address or omit it",
-            MacDisplay(mac),
+            Mac(*mac),
             net.name
         ));
     }

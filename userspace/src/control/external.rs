@@ -14,6 +14,7 @@ use super::model::{Cidr, Endpoint, Mode, Network, ParentSpec, check_name};
 use super::network::{NetworkPlan, check_against};
 use super::state::Store;
 use super::{provision, random_bytes, unix_now};
+use crate::ether::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 
@@ -121,22 +122,23 @@ pub fn attach(
     let result = (|| -> Result<Endpoint> {
         // The network has no subnets, so planning allocates nothing: it checks the names,
         // the namespace's interface, the MAC and its uniqueness on the network.
-        let mut planned =
-            endpoint::plan(
-                &EndpointCreate {
-                    name: ep.name.clone(),
-                    network: network.name.clone(),
-                    netns: ep.netns.clone(),
-                    ifname: ep.ifname.clone(),
-                    ip: None,
-                    ip6: None,
-                    mac: Some(ep.mac.clone().unwrap_or_else(|| {
-                        crate::abi::MacDisplay(&super::random_mac()).to_string()
-                    })),
-                },
-                &state,
-            )
-            .map_err(|e| anyhow!(e))?;
+        let mut planned = endpoint::plan(
+            &EndpointCreate {
+                name: ep.name.clone(),
+                network: network.name.clone(),
+                netns: ep.netns.clone(),
+                ifname: ep.ifname.clone(),
+                ip: None,
+                ip6: None,
+                mac: Some(
+                    ep.mac
+                        .clone()
+                        .unwrap_or_else(|| Mac(super::random_mac()).to_string()),
+                ),
+            },
+            &state,
+        )
+        .map_err(|e| anyhow!(e))?;
         let ns = Netns::open(&planned.netns)?;
         let Some(parent) = nl.link_by_name(&network.parent)? else {
             bail!(

@@ -5,14 +5,14 @@
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
 //! - [`docker`]: the same, as the Docker network plugin drives it (Docker's ids, its link life cycle);
-//! - [`external`]: networks and endpoints whose addresses another IPAM chose (CNI);
-//! - [`cli`]: `xmacvlan network …` and `xmacvlan endpoint …`; [`view`]: what they print.
+//! - [`external`]: networks and endpoints whose addresses another IPAM chose (CNI).
+//!
+//! `xmacvlan network …` and `xmacvlan endpoint …` are in `crate::cli::control`.
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
 //! network, VLAN id (0 = untagged), MAC, addresses, namespace and interface name.
 use std::io::Read;
 
-pub mod cli;
 pub mod docker;
 pub mod drift;
 pub mod endpoint;
@@ -22,7 +22,6 @@ pub mod model;
 pub mod network;
 pub mod provision;
 pub mod state;
-pub mod view;
 
 pub use endpoint::EndpointCreate;
 pub use model::{Cidr, Endpoint, Mode, Network, Subnet};

@@ -8,7 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{Mac, MacDisplay};
+use crate::abi::Mac;
+use crate::ether::VlanId;
 use crate::netlink::MacVlanMode;
 
 /// An address with a prefix length: a subnet (`198.18.0.0/24`) or an interface address
@@ -135,18 +136,20 @@ impl ParentSpec {
         check_ifname(name, "-o parent")?;
         let vlan = match name.rsplit_once('.') {
             Some((link, vid)) if !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) => {
-                let id: u32 = vid.parse().unwrap_or(u32::MAX);
-                if !(1..=4094).contains(&id) {
-                    return Err(format!(
-                        "VLAN id {vid} in `-o parent={name}` is out of range: 802.1Q ids are 1-4094"
-                    ));
-                }
+                // All digits: the only way to fail is the range.
+                let id: VlanId = vid.parse().map_err(|_| {
+                    format!(
+                        "VLAN id {vid} in `-o parent={name}` is out of range: 802.1Q ids are {}-{}",
+                        VlanId::MIN,
+                        VlanId::MAX
+                    )
+                })?;
                 if link.is_empty() {
                     return Err(format!(
                         "`-o parent={name}` has no interface before the VLAN id: write it as IF.VID, e.g. eth0.100"
                     ));
                 }
-                Some((link.to_string(), id as u16))
+                Some((link.to_string(), id.get()))
             }
             _ => None,
         };
@@ -263,7 +266,7 @@ impl Subnet {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostShim {
     pub ifname: String,
-    #[serde(with = "crate::abi::mac_serde")]
+    #[serde(with = "crate::ether::mac_text")]
     pub mac: Mac,
     /// Host addresses (/32, /128), one per subnet: the subnets' `host_shim` aux addresses.
     pub addresses: Vec<Cidr>,
@@ -302,7 +305,7 @@ pub struct Endpoint {
     pub network: String,
     /// The network's VLAN id (0 = untagged), copied so the fast path needs no join.
     pub vlan: u16,
-    #[serde(with = "crate::abi::mac_serde")]
+    #[serde(with = "crate::ether::mac_text")]
     pub mac: Mac,
     /// Addresses with their subnet's prefix length.
     pub addresses: Vec<Cidr>,
@@ -337,7 +340,7 @@ pub fn check_mac(mac: &Mac) -> Result<(), String> {
     if mac[0] & 1 == 1 {
         return Err(format!(
             "MAC address {} is a multicast address: use a unicast one (first byte even, e.g. 02:…)",
-            MacDisplay(mac)
+            crate::ether::Mac(*mac)
         ));
     }
     if *mac == [0; 6] {

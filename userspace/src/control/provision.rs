@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::model::{Endpoint, HostShim, Mode, Network, ParentSpec};
+use crate::ether::Mac;
 use crate::netlink::{Link, Netlink, Route};
 use crate::netns::Netns;
 
@@ -208,7 +209,7 @@ pub fn remove_endpoint(ep: &Endpoint) -> Result<Removal> {
                 ep.ifname,
                 ep.netns,
                 link.kind.as_deref().unwrap_or("device"),
-                crate::abi::MacDisplay(&link.mac)
+                Mac(link.mac)
             ))),
         }
     })

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Endpoint, Network};
 
-pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xmacvlan";
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "state.lock";
 const VERSION: u32 = 1;

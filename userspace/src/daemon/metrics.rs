@@ -488,7 +488,7 @@ mod port_tests {
                 "missing {line} in:\n{text}"
             );
         }
-        let table = crate::daemon::stats::tables("user", 1.0, &[snap]);
+        let table = crate::telemetry::live::tables("user", 1.0, &[snap]);
         assert!(table.contains("PORT"), "{table}");
         assert!(table.contains("(pid 42)"), "{table}");
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::metrics::{self, Metrics};
-use super::protocol::{Answer, Request};
 use super::server::{Daemon, Settings};
-use super::socket::ControlSocket;
 use crate::config::{ConfigFlags, DaemonConfig, diff_for_reload};
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::socket::ControlSocket;
 use crate::logging::{LogConfig, LogHandle};
 
 #[derive(clap::Args, Debug)]
@@ -58,7 +58,10 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         .map(crate::memif::secret::read_secret_file)
         .transpose()
         .context("port-secret-file")?;
-    let pid_file = PidFile::create(&pid_path(&cfg.control_socket), &cfg.control_socket)?;
+    let pid_file = PidFile::create(
+        &crate::ipc::pid_path(&cfg.control_socket),
+        &cfg.control_socket,
+    )?;
     let socket = ControlSocket::bind(&cfg.control_socket)?;
     let metrics = cfg.metrics_addr.as_ref().map(Metrics::serve).transpose()?;
     let state = crate::control::State::load(&cfg.data_root)?;
@@ -71,7 +74,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         pid = std::process::id(),
         socket = %cfg.control_socket.display(),
         data_root = %cfg.data_root.display(),
-        demux = Settings::from_config(&cfg).demux_name(),
+        demux = cfg.demux_mode.name(),
         log_level = %log.level(),
         metrics = %cfg.metrics_addr.as_ref().map(ToString::to_string).unwrap_or_else(|| "off".into()),
         memif_secret = cfg.port_secret_file.is_some(),
@@ -145,11 +148,6 @@ fn reload(flags: &ConfigFlags, running: DaemonConfig, log: &LogHandle) -> Daemon
     plan.apply_live(&running, &new)
 }
 
-/// The pid file sits beside the control socket: `/run/xmacvlan/xmacvlan.pid` by default.
-pub fn pid_path(control_socket: &Path) -> PathBuf {
-    control_socket.with_extension("pid")
-}
-
 /// The daemon's pid, written at start and removed at a clean stop. One left by a daemon that
 /// died is replaced; one of a live daemon stops this one from starting.
 struct PidFile(PathBuf);
@@ -163,7 +161,7 @@ impl PidFile {
             && let Ok(pid) = text.trim().parse::<u32>()
             && pid != std::process::id()
         {
-            super::alive::refuse_if_serving(pid, path, socket)?;
+            crate::ipc::alive::refuse_if_serving(pid, path, socket)?;
             tracing::warn!(pid, file = %path.display(), "replacing the pid file of a daemon that is gone (crashed or killed)");
         }
         std::fs::write(path, format!("{}\n", std::process::id()))

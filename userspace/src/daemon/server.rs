@@ -7,23 +7,22 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 
-use super::protocol::{Answer, Request};
 use crate::config::DaemonConfig;
 use crate::control::State;
-use crate::dataplane::{
-    ClaimPolicy, Dataplane, DataplaneConfig, DemuxMode, EndpointSpec, default_cores,
-};
+use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, default_cores};
+use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
+use crate::modes::{BindMode, DemuxMode, XdpMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
-use crate::xdp::AttachMode;
-use crate::xsk::{BindMode, QueueConfig};
+use crate::xsk::QueueConfig;
 
 /// How the daemon builds each interface's dataplane (from daemon.json and flags).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// None: `demux-mode kernel`, no fast path (endpoints work through their macvlan devices).
-    pub demux: Option<DemuxMode>,
-    pub xdp_mode: AttachMode,
+    /// `kernel`: no fast path (endpoints work through their macvlan devices).
+    pub demux: DemuxMode,
+    pub xdp_mode: XdpMode,
     pub bind: BindMode,
     pub cores: Vec<usize>,
     /// Where the endpoints' memif sockets go.
@@ -40,28 +39,15 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(cfg: &DaemonConfig) -> Self {
-        use crate::config::DemuxMode as Configured;
         Self {
-            demux: match cfg.demux_mode {
-                Configured::Xdp => Some(DemuxMode::Xdp),
-                Configured::User => Some(DemuxMode::User),
-                Configured::Kernel => None,
-            },
-            xdp_mode: cfg.xdp_mode.into(),
-            bind: cfg.bind_mode.into(),
+            demux: cfg.demux_mode,
+            xdp_mode: cfg.xdp_mode,
+            bind: cfg.bind_mode,
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
             port_dir: cfg.port_dir.clone(),
             port_secret: None,
             data_root: cfg.data_root.clone(),
             claim: ClaimPolicy::WhileConnected,
-        }
-    }
-
-    pub fn demux_name(&self) -> &'static str {
-        match self.demux {
-            Some(DemuxMode::Xdp) => "xdp",
-            Some(DemuxMode::User) => "user",
-            None => "kernel",
         }
     }
 }
@@ -99,7 +85,7 @@ impl Daemon {
             Request::Ping => Ok(Answer::Pong {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                demux: self.settings.demux_name().to_string(),
+                demux: self.settings.demux.to_string(),
                 uptime_s: self.started.elapsed().as_secs_f64(),
             }),
             Request::Attach { iface, endpoint } => {
@@ -110,7 +96,7 @@ impl Daemon {
                 attached: self.detach(&endpoint)?,
             }),
             Request::Stats => Ok(Answer::Stats {
-                demux: self.settings.demux_name().to_string(),
+                demux: self.settings.demux.to_string(),
                 uptime_s: self.started.elapsed().as_secs_f64(),
                 interfaces: self
                     .planes
@@ -182,10 +168,11 @@ impl Daemon {
     /// Returns whether the endpoint is on the fast path (false in `kernel` demux mode).
     /// Attaching the same endpoint again to the same interface is a no-op (idempotent).
     pub fn attach(&mut self, iface: &str, endpoint: EndpointSpec) -> Result<bool> {
-        let Some(demux) = self.settings.demux else {
+        let demux = self.settings.demux;
+        if demux == DemuxMode::Kernel {
             tracing::info!(iface, endpoint = %endpoint.name, "demux-mode kernel: endpoint left to its macvlan device");
             return Ok(false);
-        };
+        }
         for (name, plane) in &self.planes {
             if let Some(existing) = plane
                 .endpoints()
@@ -199,7 +186,7 @@ impl Daemon {
                     "endpoint `{}` is already attached on {name} with VLAN {} MAC {}",
                     endpoint.name,
                     existing.vid,
-                    crate::abi::MacDisplay(&existing.mac)
+                    Mac(existing.mac)
                 );
             }
         }
@@ -216,6 +203,9 @@ impl Daemon {
             None => {
                 let cfg = self.config_for(iface, demux)?;
                 let mut plane = Dataplane::start(&cfg, &[])?;
+                for w in &plane.warnings {
+                    tracing::warn!(iface, "{w}");
+                }
                 if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
                     let _ = plane.stop();
                     return Err(e);
@@ -240,7 +230,7 @@ impl Daemon {
             }
         };
         tracing::info!(iface, endpoint = %endpoint.name, vid = endpoint.vid,
-            mac = %crate::abi::MacDisplay(&endpoint.mac), socket = %socket.display(),
+            mac = %Mac(endpoint.mac), socket = %socket.display(),
             "endpoint attached: its kernel device has its traffic until a memif client connects");
         Ok(true)
     }
@@ -403,7 +393,7 @@ impl Daemon {
                     continue;
                 }
             };
-            tracing::debug!(target: "xmacvlan::stats", "{}", super::stats::summary_line(&snapshot));
+            tracing::debug!(target: "xmacvlan::stats", "{}", crate::telemetry::live::summary_line(&snapshot));
             for ep in &snapshot.endpoints {
                 let Ok(total) = plane.latency_histogram(&ep.name) else {
                     continue;
@@ -458,7 +448,7 @@ impl Daemon {
                     len = ev.len,
                     queue = ev.queue,
                     vid = ev.vid,
-                    mac = %crate::abi::MacDisplay(&ev.mac),
+                    mac = %Mac(ev.mac),
                     suppressed = ev.suppressed,
                     "{}",
                     match ev.kind() {

@@ -10,21 +10,9 @@
 //! mount here (made in another mount namespace) is not proof the container went away.
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use super::protocol::Answer;
 use super::server::Daemon;
 use crate::control::State;
-
-/// An endpoint the daemon detached on its own, as `stats` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gone {
-    pub endpoint: String,
-    pub iface: String,
-    pub reason: String,
-    /// Seconds since the daemon started, when it noticed.
-    pub at_uptime_s: u64,
-}
+use crate::ipc::protocol::{Answer, Gone};
 
 /// Most detached endpoints `stats` remembers (the oldest are forgotten first).
 const REMEMBERED: usize = 64;

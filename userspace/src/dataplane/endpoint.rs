@@ -13,7 +13,7 @@ pub struct EndpointSpec {
     pub name: String,
     /// 802.1Q VLAN id, 0 = untagged.
     pub vid: u16,
-    #[serde(with = "crate::abi::mac_serde")]
+    #[serde(with = "crate::ether::mac_text")]
     pub mac: Mac,
 }
 

@@ -2,12 +2,13 @@
 //! side of `AppPort` (the consumer threads do the I/O, see `consumer` and `port_io`).
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use super::commands::{ask, send};
 use super::ports::{self, ClaimPolicy, PortCounters, PortSnapshot};
-use super::{AppPort, AttachedPort, Dataplane, DemuxMode, PortInfo, consumer, send};
+use super::registry::AttachedPort;
+use super::{AppPort, Dataplane, DemuxMode, PortInfo, consumer};
 use crate::xsk::QueueUmem;
 
 impl Dataplane {
@@ -47,18 +48,15 @@ impl Dataplane {
             self.consumers[consumer_index].has_tx_sockets = true;
         }
         let counters: Arc<PortCounters> = Arc::default();
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        send(
+        ask(
             &self.consumers[consumer_index].commands,
-            consumer::Command::Connect {
+            |reply| consumer::Command::Connect {
                 slot,
                 port: Box::new(ports::ServedPort::new(port, counters.clone())),
                 reply,
             },
+            || format!("the consumer of endpoint {name} did not take the port"),
         )?;
-        answer
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the consumer of endpoint {name} did not take the port"))?;
         if claim == ClaimPolicy::WhileConnected
             && let Err(e) = self.classifier.set_claimed(slot, true)
         {
@@ -134,13 +132,10 @@ impl Dataplane {
 
     /// Ask a consumer for the port of `slot` back.
     fn take_port(&self, consumer_index: usize, slot: u32) -> Result<Option<ports::ServedPort>> {
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        send(
+        ask(
             &self.consumers[consumer_index].commands,
-            consumer::Command::Disconnect { slot, reply },
-        )?;
-        answer
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| anyhow!("the consumer of endpoint slot {slot} did not give its port back"))
+            |reply| consumer::Command::Disconnect { slot, reply },
+            || format!("the consumer of endpoint slot {slot} did not give its port back"),
+        )
     }
 }

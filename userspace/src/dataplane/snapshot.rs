@@ -4,15 +4,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use serde::{Deserialize, Serialize};
 
 use super::{ClaimPolicy, DemuxMode, EndpointCounters, EndpointSpec, PortSnapshot, QueueSnapshot};
-use crate::abi::{Counters, MacDisplay};
-use crate::xdp::AttachMode;
-use crate::xsk::{Bound, SocketStats};
+use crate::abi::Counters;
+use crate::ether::Mac;
+use crate::modes::{Bound, XdpMode};
+use crate::xsk::SocketStats;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub interface: String,
     pub demux: DemuxMode,
-    pub xdp_mode: AttachMode,
+    pub xdp_mode: XdpMode,
     pub bind: Bound,
     pub xdp: Counters,
     pub queues: Vec<QueueSnapshot>,
@@ -48,7 +49,7 @@ impl EndpointSnapshot {
         Self {
             name: spec.name.clone(),
             vid: spec.vid,
-            mac: MacDisplay(&spec.mac).to_string(),
+            mac: Mac(spec.mac).to_string(),
             frames: c.frames.load(Relaxed),
             bytes: c.bytes.load(Relaxed),
             misdelivered: c.misdelivered.load(Relaxed),

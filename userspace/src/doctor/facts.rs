@@ -241,7 +241,7 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
             xdp_prog_name: link.xdp_prog_id.and_then(crate::xdp::program_name),
             xdp_prog_holders: link
                 .xdp_prog_id
-                .map(crate::daemon::alive::holders_of_bpf_program)
+                .map(crate::ipc::alive::holders_of_bpf_program)
                 .unwrap_or_default(),
             xdp_prog_id: link.xdp_prog_id,
             ethtool_features: features,

@@ -175,14 +175,14 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
     let pid_file = args
         .pid_file
         .clone()
-        .unwrap_or_else(|| crate::daemon::run::pid_path(&socket));
+        .unwrap_or_else(|| crate::ipc::pid_path(&socket));
     let daemon = daemon_facts(&pid_file, &socket);
     // A running daemon's configuration is the one that matters: the file on its command line.
     let running = daemon
         .pid
         .filter(|_| daemon.daemon_running() && args.config.is_none())
         .and_then(|pid| u32::try_from(pid).ok());
-    let (config_path, exists, config) = match running.and_then(crate::daemon::alive::config_flag) {
+    let (config_path, exists, config) = match running.and_then(crate::ipc::alive::config_flag) {
         Some(path) => {
             let loaded = crate::config::DaemonConfig::load(&path);
             (path.clone(), path.exists(), loaded)

@@ -27,8 +27,5 @@ pub use client::{Client, ClientConfig};
 pub use port::{PortShared, ServerPort};
 pub use server::{PortEvent, PortServer, PortServerConfig, PortStatus};
 
-/// Where the daemon puts the endpoints' sockets unless configured otherwise.
-pub const DEFAULT_PORT_DIR: &str = "/run/xmacvlan/ports";
-
 #[cfg(test)]
 mod tests;

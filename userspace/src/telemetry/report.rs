@@ -4,18 +4,13 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::abi::{Counters, MacDisplay};
+use crate::abi::Counters;
 use crate::dataplane::{EndpointResult, Finished, QueueSnapshot, SocketStats};
+use crate::ether::Mac;
 
 /// `1 endpoint`, `2 endpoints`: a count with its noun, for every message that counts.
 pub fn plural(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
-}
-
-/// A mode's name as the command line and the JSON spell it (`xdp`, `native`, `copy`):
-/// lowercase, one spelling everywhere.
-pub fn mode_name(mode: impl std::fmt::Debug) -> String {
-    format!("{mode:?}").to_lowercase()
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -139,7 +134,7 @@ impl Report {
             .map(|e: &EndpointResult| EndpointRow {
                 name: e.spec.name.clone(),
                 vid: e.spec.vid,
-                mac: MacDisplay(&e.spec.mac).to_string(),
+                mac: Mac(e.spec.mac).to_string(),
                 frames: e.frames,
                 bytes: e.bytes,
                 mpps: if duration_s > 0.0 {
@@ -376,12 +371,10 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_modes_read_as_words() {
+    fn counts_read_as_words() {
         assert_eq!(plural(1, "queue"), "1 queue");
         assert_eq!(plural(0, "endpoint"), "0 endpoints");
         assert_eq!(plural(2, "endpoint"), "2 endpoints");
-        assert_eq!(mode_name(crate::dataplane::DemuxMode::Xdp), "xdp");
-        assert_eq!(mode_name(crate::xsk::Bound::Zerocopy), "zerocopy");
     }
 
     #[test]

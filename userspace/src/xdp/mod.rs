@@ -4,24 +4,11 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, XskMap};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{Xdp, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{self, Config, Counters, Event, Key};
-
-/// `--xdp-mode`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// In the driver, before any socket buffer exists (fastest; the NIC driver must support it).
-    Native,
-    /// In the kernel stack after the driver (works everywhere, slower).
-    Generic,
-    /// Native, falling back to generic if the driver refuses.
-    Auto,
-}
+use crate::modes::XdpMode;
 
 /// How claimed frames are steered: per-endpoint sockets (`xdp`) or one per queue (`user`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +35,7 @@ pub struct Classifier {
     events: RingBuf<MapData>,
     queues: u32,
     steering: Steering,
-    attached: Option<(u32, AttachMode)>,
+    attached: Option<(u32, XdpMode)>,
 }
 
 impl Classifier {
@@ -105,8 +92,15 @@ impl Classifier {
     }
 
     /// Attach to interface `ifindex` (in the calling thread's namespace). Returns the mode
-    /// that worked: `Auto` resolves to `Native` or `Generic`.
-    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: AttachMode) -> Result<AttachMode> {
+    /// that worked: `Auto` resolves to `Native` or `Generic`. Why `Auto` fell back goes to
+    /// `warnings`, for the caller to log or print.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+        warnings: &mut Vec<String>,
+    ) -> Result<XdpMode> {
         let name = match self.program {
             Program::Classify => abi::PROGRAM_CLASSIFY,
             Program::DropAll => abi::PROGRAM_DROP_ALL,
@@ -116,32 +110,32 @@ impl Classifier {
             .program_mut(name)
             .expect("program present since load")
             .try_into()?;
-        let try_mode = |prog: &mut Xdp, m: XdpMode| prog.attach_to_if_index(ifindex, m).map(|_| ());
+        let try_mode = |prog: &mut Xdp, m: AyaMode| prog.attach_to_if_index(ifindex, m).map(|_| ());
         let used = match mode {
-            AttachMode::Native => {
-                try_mode(prog, XdpMode::Driver).map_err(|e| {
+            XdpMode::Native => {
+                try_mode(prog, AyaMode::Driver).map_err(|e| {
                     anyhow!(e).context(format!(
                         "attaching XDP in native (driver) mode to {ifname}: the driver may not \
                          support it; use --xdp-mode generic or auto"
                     ))
                 })?;
-                AttachMode::Native
+                XdpMode::Native
             }
-            AttachMode::Generic => {
-                try_mode(prog, XdpMode::Skb)
+            XdpMode::Generic => {
+                try_mode(prog, AyaMode::Skb)
                     .with_context(|| format!("attaching XDP in generic mode to {ifname}"))?;
-                AttachMode::Generic
+                XdpMode::Generic
             }
-            AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
-                Ok(()) => AttachMode::Native,
+            XdpMode::Auto => match try_mode(prog, AyaMode::Driver) {
+                Ok(()) => XdpMode::Native,
                 Err(native) => {
-                    try_mode(prog, XdpMode::Skb).with_context(|| {
+                    try_mode(prog, AyaMode::Skb).with_context(|| {
                         format!("attaching XDP to {ifname}: native failed ({native}), generic too")
                     })?;
-                    crate::logging::warn(format_args!(
+                    warnings.push(format!(
                         "{ifname}: native XDP refused ({native}); using generic XDP"
                     ));
-                    AttachMode::Generic
+                    XdpMode::Generic
                 }
             },
         };
@@ -149,7 +143,7 @@ impl Classifier {
         Ok(used)
     }
 
-    pub fn attached(&self) -> Option<(u32, AttachMode)> {
+    pub fn attached(&self) -> Option<(u32, XdpMode)> {
         self.attached
     }
 

@@ -8,6 +8,7 @@
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
+use crate::modes::{BindMode, Bound};
 use anyhow::{Context, Result, anyhow, bail};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
@@ -25,20 +26,6 @@ pub const BATCH: usize = 64;
 
 /// TX ring entries of every shared socket (the ports' transmissions).
 pub const TX_RING: usize = 64;
-
-/// `--bind`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BindMode {
-    /// The NIC DMAs straight into the UMEM (driver support needed; veth has none).
-    Zerocopy,
-    /// The kernel copies each frame into the UMEM.
-    Copy,
-    /// Zero-copy if the driver supports it, else copy (and say so).
-    Auto,
-}
 
 /// Ring and UMEM sizes for one queue.
 #[derive(Debug, Clone, Copy)]
@@ -112,20 +99,14 @@ pub struct RxSocket {
     last_reference: Option<OwnedFd>,
 }
 
-/// The binding a queue ended up with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Bound {
-    Zerocopy,
-    Copy,
-}
-
 /// Create queue `queue`'s UMEM and its first socket on `ifname`, and hand every frame to the
 /// fill ring. The XDP program must already be attached (this never loads libxdp's own).
+/// Why `Auto` fell back to copy mode goes to `warnings`, for the caller to log or print.
 pub fn open_queue(
     ifname: &str,
     queue: u32,
     cfg: &QueueConfig,
+    warnings: &mut Vec<String>,
 ) -> Result<(QueueUmem, QueueRings, Bound)> {
     let attempts: &[(BindFlags, Bound)] = match cfg.bind {
         BindMode::Zerocopy => &[(BindFlags::XDP_ZEROCOPY, Bound::Zerocopy)],
@@ -140,7 +121,7 @@ pub fn open_queue(
         match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
             Ok((umem, rings)) => {
                 if let Some(refused) = &last_error {
-                    crate::logging::warn(format_args!(
+                    warnings.push(format!(
                         "{ifname} queue {queue}: zero-copy bind refused ({refused:#}); using copy mode"
                     ));
                 }

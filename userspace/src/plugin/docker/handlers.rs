@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use super::api;
 use crate::control::docker::{self as ctl, DockerEndpoint};
 use crate::control::{Cidr, NetworkCreate};
-use crate::daemon::protocol::{Answer, Request};
-use crate::daemon::{Notified, notify};
+use crate::ether::Mac;
+use crate::ipc::protocol::{Answer, Request};
+use crate::ipc::{Notified, notify};
 
 /// What the handlers need: the state's root and the daemon's control socket.
 #[derive(Debug, Clone)]
@@ -157,7 +158,7 @@ fn create_endpoint(ctx: &Context, r: api::CreateEndpoint) -> Result<Outcome> {
     let iface = r.interface.unwrap_or_default();
     let mac = match iface.mac_address.as_str() {
         "" => None,
-        text => Some(crate::abi::parse_mac(text).map_err(|e| anyhow!(e))?),
+        text => Some(text.parse::<Mac>().map_err(|e| anyhow!(e))?.0),
     };
     let (ep, net) = ctl::create_endpoint(
         &ctx.data_root,
@@ -177,10 +178,10 @@ fn create_endpoint(ctx: &Context, r: api::CreateEndpoint) -> Result<Outcome> {
         },
         &ep.name,
     );
-    tracing::info!(endpoint = %ep.name, network = %net.name, mac = %crate::abi::MacDisplay(&ep.mac), "docker: endpoint created");
+    tracing::info!(endpoint = %ep.name, network = %net.name, mac = %Mac(ep.mac), "docker: endpoint created");
     // Docker wants back only what it did not give.
     let body = if mac.is_none() {
-        json!({"Interface": {"MacAddress": crate::abi::MacDisplay(&ep.mac).to_string()}})
+        json!({"Interface": {"MacAddress": Mac(ep.mac).to_string()}})
     } else {
         json!({})
     };

@@ -6,25 +6,18 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::State;
-use super::endpoint::{self, EndpointCreate, Removed};
-use super::network::{self, NetworkCreate};
-use super::provision::Removal;
-use super::view::{endpoint_row, endpoint_view, network_row, network_view, print_rows};
-use crate::cli::GlobalArgs;
-use crate::daemon::Notified;
-use crate::daemon::protocol::{Answer, Request};
+use super::GlobalArgs;
+use super::view::{Format, endpoint_row, endpoint_view, network_row, network_view, print_rows};
+use crate::control::State;
+use crate::control::endpoint::{self, EndpointCreate, Removed};
+use crate::control::network::{self, NetworkCreate};
+use crate::control::provision::Removal;
+use crate::ipc::Notified;
+use crate::ipc::protocol::{Answer, Request};
 use crate::netlink::Netlink;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
@@ -141,10 +134,10 @@ pub fn run_endpoint(global: &GlobalArgs, cmd: EndpointCommand) -> Result<()> {
 /// CLI and run it, writing to `out`: what tests use to type commands as a user would.
 pub fn execute_args(argv: &[&str], out: &mut dyn Write) -> Result<()> {
     use clap::Parser;
-    let cli = crate::cli::Cli::try_parse_from(argv)?;
+    let cli = super::Cli::try_parse_from(argv)?;
     match cli.command {
-        crate::cli::Command::Network(c) => execute_network(&cli.global, c, out),
-        crate::cli::Command::Endpoint(c) => execute_endpoint(&cli.global, c, out),
+        super::Command::Network(c) => execute_network(&cli.global, c, out),
+        super::Command::Endpoint(c) => execute_endpoint(&cli.global, c, out),
         _ => bail!("not a `network` or `endpoint` command: {}", argv.join(" ")),
     }
 }
@@ -313,7 +306,7 @@ pub fn execute_endpoint(
 /// reads the state when it starts); a daemon that refuses is reported, and the kernel's macvlan
 /// device keeps serving the endpoint.
 fn tell_daemon(socket: &Path, request: &Request, endpoint: &str) {
-    match crate::daemon::notify(socket, request) {
+    match crate::ipc::notify(socket, request) {
         Ok(Notified::NoDaemon) => {}
         Ok(Notified::Answered(Answer::Attached {
             fast_path: false, ..

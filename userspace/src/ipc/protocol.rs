@@ -50,10 +50,20 @@ pub enum Answer {
         interfaces: Vec<Snapshot>,
         /// Endpoints the daemon detached on its own (their namespace went away).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        detached: Vec<super::watch::Gone>,
+        detached: Vec<Gone>,
     },
     Histogram {
         hgrm: String,
         samples: u64,
     },
+}
+
+/// An endpoint the daemon detached on its own, as `stats` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gone {
+    pub endpoint: String,
+    pub iface: String,
+    pub reason: String,
+    /// Seconds since the daemon started, when it noticed.
+    pub at_uptime_s: u64,
 }

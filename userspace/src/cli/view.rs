@@ -6,12 +6,20 @@ use std::net::IpAddr;
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::cli::Format;
-use super::model::{Endpoint, Mode, Network};
-use super::provision::read_endpoint;
-use super::{State, drift};
-use crate::abi::MacDisplay;
+use crate::control::model::{Endpoint, Mode, Network};
+use crate::control::provision::read_endpoint;
+use crate::control::{State, drift};
+use crate::ether::Mac;
 use crate::netlink::Netlink;
+use crate::telemetry::live::rfc3339;
+
+/// `ls --format`: a table for people, JSON for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
 
 pub fn print_rows(
     out: &mut dyn Write,
@@ -86,7 +94,7 @@ pub fn endpoint_row(ep: &Endpoint) -> Value {
         "Network": ep.network,
         "Netns": ep.netns,
         "Ifname": ep.ifname,
-        "MacAddress": MacDisplay(&ep.mac).to_string(),
+        "MacAddress": Mac(ep.mac).to_string(),
         "IPv4Address": address(ep, true),
         "IPv6Address": address(ep, false),
     })
@@ -118,7 +126,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
             ep.name.clone(),
             json!({
                 "Name": ep.name,
-                "MacAddress": MacDisplay(&ep.mac).to_string(),
+                "MacAddress": Mac(ep.mac).to_string(),
                 "IPv4Address": address(ep, true),
                 "IPv6Address": address(ep, false),
                 "Netns": ep.netns,
@@ -153,7 +161,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
         "MacvlanMode": net.mode.as_str(),
         "HostShim": net.host_shim.as_ref().map(|s| json!({
             "Ifname": s.ifname,
-            "MacAddress": MacDisplay(&s.mac).to_string(),
+            "MacAddress": Mac(s.mac).to_string(),
             "Addresses": s.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "Routes": s.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
@@ -167,7 +175,7 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
         json!({
             "Kind": d.link.kind,
             "MacvlanMode": d.link.macvlan_mode.and_then(Mode::from_netlink).map(Mode::as_str),
-            "MacAddress": MacDisplay(&d.link.mac).to_string(),
+            "MacAddress": Mac(d.link.mac).to_string(),
             "Mtu": d.link.mtu,
             "Up": d.link.up,
             "Addresses": d.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
@@ -179,7 +187,7 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
         "Network": ep.network,
         "NetworkID": state.network(&ep.network).map(|n| n.id.clone()),
         "VlanId": ep.vlan,
-        "MacAddress": MacDisplay(&ep.mac).to_string(),
+        "MacAddress": Mac(ep.mac).to_string(),
         "IPv4Address": address(ep, true),
         "IPv6Address": address(ep, false),
         "Gateway": gateway(ep, true),
@@ -191,37 +199,9 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
     }))
 }
 
-/// `2026-11-22T12:00:00Z` from Unix seconds (UTC; civil-from-days, proleptic Gregorian).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_351_661), "2026-11-22T12:47:41Z");
-    }
 
     #[test]
     fn table_aligns_columns() {

@@ -1,128 +1,9 @@
-//! `xmacvlan stats`: the running daemon's counters as tables, JSON, a per-second watch line
-//! (in the spirit of `xdp-bench`), or an endpoint's latency histogram as `.hgrm`.
+//! The daemon's live counters as text: the tables `xmacvlan stats` prints, its per-second
+//! `--watch` line (in the spirit of `xdp-bench`) and the daemon's debug summary line.
 use std::fmt::Write as _;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-
-use super::protocol::{Answer, Request};
-use super::socket::request;
 use crate::dataplane::Snapshot;
-use crate::telemetry::report::{mode_name, plural};
-
-#[derive(clap::Args, Debug)]
-pub struct StatsArgs {
-    /// Print one line per second with rates (Ctrl-C stops).
-    #[arg(long)]
-    pub watch: bool,
-    /// Print JSON (with --watch: one object per line).
-    #[arg(long)]
-    pub json: bool,
-    /// Stop --watch after this many lines.
-    #[arg(long, requires = "watch")]
-    pub count: Option<u64>,
-    /// Write ENDPOINT's latency histogram in HdrHistogram's .hgrm form (microseconds).
-    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["watch", "json"])]
-    pub histogram: Option<String>,
-    /// With --histogram: write to FILE instead of stdout.
-    #[arg(long, value_name = "FILE", requires = "histogram")]
-    pub out: Option<PathBuf>,
-    /// With --histogram: the last stats interval only, not the total since attach.
-    #[arg(long, requires = "histogram")]
-    pub interval: bool,
-}
-
-pub fn main(socket: &Path, args: StatsArgs) -> Result<()> {
-    if let Some(endpoint) = args.histogram {
-        return histogram(socket, endpoint, args.interval, args.out.as_deref());
-    }
-    let mut stdout = std::io::stdout().lock();
-    if !args.watch {
-        let answer: Answer = request(socket, &Request::Stats)?;
-        if args.json {
-            writeln!(stdout, "{}", serde_json::to_string_pretty(&answer)?)?;
-        } else if let Answer::Stats {
-            demux,
-            uptime_s,
-            interfaces,
-            detached,
-        } = &answer
-        {
-            write!(stdout, "{}", tables(demux, *uptime_s, interfaces))?;
-            for gone in detached {
-                writeln!(
-                    stdout,
-                    "\ndetached by the daemon {} s after start: {} on {}: {}",
-                    gone.at_uptime_s, gone.endpoint, gone.iface, gone.reason
-                )?;
-            }
-        }
-        return Ok(());
-    }
-    crate::sys::catch_interrupts();
-    let mut previous: Option<(Instant, Vec<Snapshot>)> = None;
-    let mut lines = 0;
-    while !crate::sys::interrupted().load(std::sync::atomic::Ordering::Relaxed) {
-        let Answer::Stats { interfaces, .. } = request(socket, &Request::Stats)? else {
-            bail!("the daemon answered a stats request with something else");
-        };
-        let now = Instant::now();
-        if let Some((then, before)) = &previous {
-            let secs = now.duration_since(*then).as_secs_f64();
-            for snap in &interfaces {
-                let old = before.iter().find(|b| b.interface == snap.interface);
-                let rates = Rates::between(old, snap, secs);
-                if args.json {
-                    writeln!(stdout, "{}", serde_json::to_string(&rates)?)?;
-                } else {
-                    writeln!(stdout, "{}", rates.line())?;
-                }
-            }
-            if interfaces.is_empty() {
-                writeln!(stdout, "no endpoints attached to the fast path")?;
-            }
-            lines += 1;
-            if args.count.is_some_and(|c| lines >= c) {
-                break;
-            }
-        }
-        previous = Some((now, interfaces));
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(now.elapsed()));
-    }
-    Ok(())
-}
-
-fn histogram(socket: &Path, endpoint: String, interval: bool, out: Option<&Path>) -> Result<()> {
-    let Answer::Histogram { hgrm, samples } = request(
-        socket,
-        &Request::Histogram {
-            endpoint: endpoint.clone(),
-            interval,
-        },
-    )?
-    else {
-        bail!("the daemon answered a histogram request with something else");
-    };
-    match out {
-        Some(path) => {
-            std::fs::write(path, &hgrm).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!(
-                "{endpoint}: {samples} latency samples written to {}",
-                path.display()
-            );
-        }
-        None => print!("{hgrm}"),
-    }
-    if samples == 0 {
-        eprintln!(
-            "note: latency is measured on frames that carry xmacvlan's timestamp (the lab's and \
-             the benchmark's generator send them); other frames count as UNTIMED in `xmacvlan stats`"
-        );
-    }
-    Ok(())
-}
+use crate::telemetry::report::plural;
 
 /// Per-second rates of one interface between two snapshots.
 #[derive(Debug, serde::Serialize)]
@@ -138,7 +19,7 @@ pub struct Rates {
 }
 
 impl Rates {
-    fn between(old: Option<&Snapshot>, new: &Snapshot, secs: f64) -> Self {
+    pub fn between(old: Option<&Snapshot>, new: &Snapshot, secs: f64) -> Self {
         let per_s =
             |now: u64, then: Option<u64>| (now.saturating_sub(then.unwrap_or(0))) as f64 / secs;
         let totals = |s: &Snapshot| {
@@ -165,7 +46,7 @@ impl Rates {
         }
     }
 
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{:<12} seen {:>12} pps | redirected {:>12} pps | passed to kernel {:>10} pps | delivered {:>12} pps {:>9.1} Mbit/s | dropped {:>8} pps | {}",
             self.interface,
@@ -224,10 +105,7 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         let _ = writeln!(
             s,
             "\n{} (demux {}, XDP {}, bind {})",
-            snap.interface,
-            mode_name(snap.demux),
-            mode_name(snap.xdp_mode),
-            mode_name(snap.bind)
+            snap.interface, snap.demux, snap.xdp_mode, snap.bind
         );
         let _ = writeln!(
             s,
@@ -358,9 +236,17 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (days to civil date: Howard Hinnant's method).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
 fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let mut text = rfc3339(secs);
+    text.pop(); // the `Z`
+    text.replacen('T', " ", 1)
+}
+
+/// `2026-11-22T12:00:00Z` from Unix seconds (UTC; days to civil date: Howard Hinnant's method).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -371,9 +257,9 @@ fn utc(secs: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
-        rem % 3600 / 60,
+        rem / 60 % 60,
         rem % 60
     )
 }
@@ -387,6 +273,13 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_796_165_858), "2026-12-01 22:57:38");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_351_661), "2026-11-22T12:47:41Z");
     }
 
     #[test]
