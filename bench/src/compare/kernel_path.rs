@@ -2,14 +2,17 @@
 //! endpoint's macvlan device (in the lab's host namespace) is read with AF_PACKET TPACKET_V3,
 //! by one thread pinned to the receive core, with the same per-frame work as the fast path's
 //! consumers (the same `Consumer`: counters, misdelivery check, latency histogram).
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, Idle, close_in_parallel, latency_histogram, pin,
+    Consumer, EndpointCounters, HotLoop, SleepSource, Sleeper, Waker, close_in_parallel,
+    latency_histogram, pin,
 };
 
 use crate::background::Background;
@@ -75,8 +78,15 @@ impl KernelPath {
         }
         let frames = Arc::new(AtomicU64::new(0));
         let published = frames.clone();
+        // The reader blocks until a block is handed over (full, or retired by its timer). Its
+        // waker is never written: `Background` only sets a flag, so the reader looks at it
+        // at least every STOP_CHECK.
+        let mut sleeper = Sleeper::new(Waker::new()?)?;
+        for (ring, _) in &readers {
+            sleeper.watch(ring.as_raw_fd(), SleepSource::Socket)?;
+        }
         let reader = Background::spawn("xmv-kernel-rx", move |stop| {
-            read_until_stopped(readers, rx_core, &published, stop)
+            read_until_stopped(readers, rx_core, &published, stop, &mut sleeper)
         })?;
         Ok(Self { frames, reader })
     }
@@ -88,12 +98,16 @@ impl KernelPath {
     }
 }
 
+/// How often a blocked reader looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// The reader: one block per ring per pass, the clock read once per block.
 fn read_until_stopped(
     mut readers: Vec<(PacketRing, Consumer)>,
     core: usize,
     frames: &AtomicU64,
     stop: &AtomicBool,
+    idle: &mut Sleeper,
 ) -> Result<KernelFinished> {
     pin(core, "the kernel-path reader");
     // A block is handed over when full or when its retire timer fires: once asked to stop,
@@ -103,7 +117,6 @@ fn read_until_stopped(
         .first()
         .map_or(0, |(r, _)| u64::from(r.config().retire_timeout_ms));
     let quiet_ns = retire_ms * 2_000_000 + 10_000_000;
-    let mut idle = Idle::default();
     {
         let _hot = HotLoop::enter();
         // Since when nothing has come, counted from the request to stop.
@@ -131,8 +144,14 @@ fn read_until_stopped(
                 }
             } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
-            } else {
-                idle.wait();
+            } else if idle.spun_out() {
+                // Stopping, it waits for the last blocks' retire timers: never long.
+                let timeout = if stopping {
+                    Duration::from_millis(retire_ms.max(1))
+                } else {
+                    STOP_CHECK
+                };
+                idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
             }
         }
     }

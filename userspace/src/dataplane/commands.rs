@@ -4,13 +4,15 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use crossbeam_queue::ArrayQueue;
+
+use super::idle::Mailbox;
 
 /// How long a thread may take to take a command, and then to answer it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Push a command to a thread's queue, waiting briefly if it is full (commands are rare).
-pub(super) fn send<T>(queue: &ArrayQueue<T>, mut item: T) -> Result<()> {
+/// Push a command to a thread's queue (which wakes it), waiting briefly if it is full
+/// (commands are rare).
+pub(super) fn send<T>(queue: &Mailbox<T>, mut item: T) -> Result<()> {
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
         match queue.push(item) {
@@ -27,7 +29,7 @@ pub(super) fn send<T>(queue: &ArrayQueue<T>, mut item: T) -> Result<()> {
 /// Send the command `make(reply)` and wait for its answer; `silent` says who did not answer
 /// (the error when no answer comes within 5 s).
 pub(super) fn ask<T, R>(
-    queue: &ArrayQueue<T>,
+    queue: &Mailbox<T>,
     make: impl FnOnce(SyncSender<R>) -> T,
     silent: impl FnOnce() -> String,
 ) -> Result<R> {

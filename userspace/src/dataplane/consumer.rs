@@ -3,16 +3,18 @@
 //! Endpoints join and leave through a command queue checked once per loop, never per frame.
 //! An endpoint with a connected application port gets each frame copied into the port, and
 //! the port's frames transmitted (see `port_io`).
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
 use super::SocketStats;
 use super::endpoint::Consumer;
-use super::idle::{HotLoop, Idle, pin};
+use super::idle::{self, HotLoop, Mailbox, Sleeper, Waker, Woke, pin};
 use super::ports::{ClaimPolicy, ServedPort};
 use crate::abi::Mac;
 use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket, TxBatch};
@@ -78,15 +80,20 @@ pub struct FinishedEndpoint {
 pub struct ConsumerThread {
     pub core: usize,
     pub served: Vec<Served>,
-    pub commands: Arc<ArrayQueue<Command>>,
+    /// Its waker wakes this thread (commands, stop, frames on its endpoints' rings).
+    pub commands: Arc<Mailbox<Command>>,
     pub queues: Queues,
     pub stop: Arc<AtomicBool>,
+    /// A source could not be watched: never block long.
+    pub unwatched: bool,
 }
 
 /// What a consumer needs of every queue: its UMEM, its free-frame pools, TX staging.
 pub struct Queues {
     pub umems: Vec<QueueUmem>,
     pub free: Vec<Arc<ArrayQueue<RxFrame>>>,
+    /// Each queue's worker: woken when frames it should refill or reap are waiting.
+    pub workers: Vec<Arc<Waker>>,
     /// The TX free-frame pool of each queue (its completions come back there).
     pub tx_free: Vec<Arc<ArrayQueue<RxFrame>>>,
     /// This thread's TX sockets, one per queue (`user` demux; given with the first port).
@@ -101,16 +108,17 @@ pub struct Queues {
 impl ConsumerThread {
     /// Runs until `stop` and no work is left; returns the final numbers of the endpoints
     /// still served.
-    pub fn run(mut self) -> Vec<FinishedEndpoint> {
+    /// `idle` is woken by `self.commands`' waker (made on the control side, so that its
+    /// failure fails the start).
+    pub fn run(mut self, mut idle: Sleeper) -> Vec<FinishedEndpoint> {
         pin(self.core, "consumer");
-        let mut idle = Idle::default();
         let mut hot = Some(HotLoop::enter());
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
             if let Some(command) = self.commands.pop() {
                 // Commands allocate (histogram copies, socket teardown): outside the hot loop.
                 drop(hot.take());
-                self.apply(command);
+                self.apply(command, &idle);
                 hot = Some(HotLoop::enter());
             }
             let mut work = 0;
@@ -121,8 +129,8 @@ impl ConsumerThread {
                 idle.worked();
             } else if stopping && self.commands.is_empty() {
                 break;
-            } else {
-                idle.wait();
+            } else if idle.spun_out() {
+                self.sleep(&mut idle);
             }
         }
         drop(hot);
@@ -134,26 +142,104 @@ impl ConsumerThread {
         finished
     }
 
-    fn apply(&mut self, command: Command) {
+    /// Block until something can bring work (see `idle`). Ports are asked to signal their
+    /// transmissions only for the sleep, so a busy thread spares their clients the syscall.
+    fn sleep(&mut self, idle: &mut Sleeper) {
+        let mut ports = false;
+        let mut timeout = super::worker::SAFETY_NET;
+        for p in self.served.iter().filter_map(|s| s.port.as_ref()) {
+            ports = true;
+            if p.port.tx_event().is_none() {
+                timeout = UNSIGNALLED_PORT_WAIT;
+            }
+        }
+        if self.unwatched {
+            timeout = UNSIGNALLED_PORT_WAIT;
+        }
+        let Self {
+            served,
+            commands,
+            stop,
+            queues,
+            ..
+        } = self;
+        let mut pending = || {
+            let mut pending = stop.load(Ordering::Acquire) || !commands.is_empty();
+            for s in served.iter_mut() {
+                let Served {
+                    source,
+                    port,
+                    tx_queue,
+                    ..
+                } = s;
+                if let Source::Ring(ring) = source {
+                    pending |= !ring.is_empty();
+                }
+                if let Some(p) = port.as_mut().filter(|p| p.counters.live.load(Relaxed)) {
+                    pending |= p.port.tx_arm(true);
+                    // Frames a busy kernel left on the TX ring wait for this thread's kick.
+                    let socket = match source {
+                        Source::Sockets(sockets) => sockets.get_mut(*tx_queue),
+                        Source::Ring(_) => queues.tx_sockets.get_mut(*tx_queue),
+                    };
+                    pending |= socket.is_some_and(|t| t.tx_pending());
+                }
+            }
+            pending
+        };
+        // A client without a fence between its head store and its flag load (DPDK's) can
+        // miss the arming and skip its kick; its head store is visible long before the grace
+        // period ends, so one more look after it catches that frame. Later transmissions see
+        // the ring armed. (The safety net bounds anything else.)
+        let first = if ports {
+            PORT_GRACE.min(timeout)
+        } else {
+            timeout
+        };
+        if idle.sleep(first, &mut pending) == Woke::TimedOut && ports && first < timeout {
+            idle.sleep(timeout, &mut pending);
+        }
+        for s in served.iter_mut() {
+            if let Some(p) = &mut s.port {
+                p.port.tx_arm(false);
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command, idle: &Sleeper) {
         match command {
-            Command::Add(served) => self.served.push(*served),
+            Command::Add(served) => {
+                if let Source::Sockets(sockets) = &served.source {
+                    for socket in sockets {
+                        self.watch(idle, socket.as_raw_fd(), idle::Source::Socket);
+                    }
+                }
+                self.served.push(*served)
+            }
             Command::Remove { slot, reply } => {
                 if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
                     let mut served = self.served.swap_remove(i);
+                    unwatch(idle, &served);
                     // Its frames already queued are its own: account for them first.
                     while poll(&mut served, &mut self.queues, false) > 0 {}
                     let _ = reply.send(finish(served));
                 }
             }
             Command::Connect { slot, port, reply } => {
-                if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
-                    s.port = Some(*port);
+                if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
+                    if let Some(fd) = port.port.tx_event() {
+                        self.watch(idle, fd.as_raw_fd(), idle::Source::EventFd);
+                    }
+                    self.served[i].port = Some(*port);
                     let _ = reply.send(());
                 }
             }
             Command::Disconnect { slot, reply } => {
                 if let Some(s) = self.served.iter_mut().find(|s| s.slot == slot) {
                     if let Some(p) = &mut s.port {
+                        if let Some(fd) = p.port.tx_event() {
+                            idle.unwatch(fd.as_raw_fd());
+                        }
                         p.publish();
                         p.counters.live.store(false, Relaxed);
                     }
@@ -170,6 +256,45 @@ impl ConsumerThread {
                 }
             }
         }
+    }
+}
+
+impl ConsumerThread {
+    fn watch(&mut self, idle: &Sleeper, fd: std::os::fd::RawFd, source: idle::Source) {
+        if let Err(e) = idle.watch(fd, source) {
+            crate::logging::warn(format_args!(
+                "consumer thread: {e:#}; it naps instead of blocking from now on"
+            ));
+            self.unwatched = true;
+        }
+    }
+}
+
+/// Stop watching what an endpoint leaving this thread brought.
+fn unwatch(idle: &Sleeper, served: &Served) {
+    if let Source::Sockets(sockets) = &served.source {
+        for socket in sockets {
+            idle.unwatch(socket.as_raw_fd());
+        }
+    }
+    if let Some(fd) = served.port.as_ref().and_then(|p| p.port.tx_event()) {
+        idle.unwatch(fd.as_fd().as_raw_fd());
+    }
+}
+
+/// How long a thread serving a port first blocks after arming it (see `ConsumerThread::sleep`).
+const PORT_GRACE: Duration = Duration::from_millis(1);
+
+/// The same for a port that gives no signal at all, or a thread that could not watch a
+/// source: its frames wait at most this long.
+const UNSIGNALLED_PORT_WAIT: Duration = Duration::from_millis(1);
+
+/// Wake queue `q`'s worker once a batch of frames waits for its fill ring (it blocks until
+/// then; the fill ring holds thousands, so a few frames can wait).
+#[inline]
+fn wake_refill(q: usize, free: &[Arc<ArrayQueue<RxFrame>>], workers: &[Arc<Waker>]) {
+    if free[q].len() >= BATCH {
+        workers[q].wake();
     }
 }
 
@@ -241,7 +366,11 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
     match source {
         Source::Sockets(sockets) => {
             for socket in sockets.iter_mut() {
-                handled += socket.recv(&mut give_back);
+                let n = socket.recv(&mut give_back);
+                if n > 0 {
+                    wake_refill(socket.queue() as usize, free, &queues.workers);
+                }
+                handled += n;
             }
         }
         Source::Ring(ring) => {
@@ -255,6 +384,9 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
                     let Some(frame) = ring.pop() else { break };
                     give_back(frame, now);
                     handled += 1;
+                }
+                for q in 0..free.len() {
+                    wake_refill(q, free, &queues.workers);
                 }
             }
         }
@@ -278,7 +410,7 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
                 Source::Ring(_) => queues.tx_sockets.get_mut(*tx_queue),
             };
             if let Some(socket) = socket {
-                handled += super::port_io::transmit(
+                let sent = super::port_io::transmit(
                     p,
                     socket,
                     &queues.umems[*tx_queue],
@@ -288,6 +420,11 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
                     *tag,
                     queues.mtu,
                 );
+                if sent > 0 {
+                    // Its completions are the worker's to reap.
+                    queues.workers[*tx_queue].wake();
+                }
+                handled += sent;
             }
         }
         p.publish();

@@ -1,7 +1,212 @@
-//! Back-off for busy-polling threads that found no work: spin briefly, then yield the core
-//! (a syscall only when idle, never per frame), then nap so an idle dataplane costs little.
-use std::time::Duration;
+//! Idling for the dataplane threads: after the last work a thread spins briefly (a burst's
+//! next frame is served at polling latency), then blocks in `epoll_wait` on everything that
+//! can bring it work, so an idle dataplane costs (almost) nothing and busy time is work.
+//!
+//! What wakes a sleeping thread: its AF_XDP sockets (the kernel's `sk_data_ready`), its ports'
+//! eventfds (the client writes one after queueing frames, when armed, see
+//! [`crate::dataplane::AppPort::tx_arm`]), and its own [`Waker`]: an eventfd that other
+//! threads write only while it sleeps (commands, stop, frames handed over in memory).
+//!
+//! No lost wake-up: a sleeper announces itself (`sleeping = true`), issues a full fence, then
+//! checks its in-memory sources once more; a waker publishes its work, issues a full fence,
+//! then reads `sleeping`. With both fences at least one side sees the other (Dekker), so work
+//! published after the last check always finds the eventfd written. Kernel sources are
+//! level-triggered in epoll: readiness that arrived before `epoll_wait` is not lost.
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result};
+use crossbeam_queue::ArrayQueue;
+
+use crate::xsk::wait::{Epoll, Event, EventFd, drain_eventfd};
+
+/// How long a thread keeps polling after its last work before it blocks.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// Empty rounds spent with only a pause hint, before the clock is read.
+const SPIN_ROUNDS: u32 = 64;
+
+/// Pre-sleep checks that found work in a row with no progress in between: past this the
+/// thread is stuck on a resource (e.g. an empty TX pool, a TX ring the kernel does not
+/// take), not racing (a race's work is done by the next pass), and naps 1 ms at a time.
+const STUCK_CHECKS: u32 = 8;
+
+/// Lets other threads wake a sleeping dataplane thread. Writing costs a syscall only while
+/// the thread sleeps; otherwise a fence and a load.
+#[derive(Debug)]
+pub struct Waker {
+    eventfd: EventFd,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> Result<Arc<Waker>> {
+        let eventfd = EventFd::new().context("creating an eventfd for a dataplane thread")?;
+        Ok(Arc::new(Waker {
+            eventfd,
+            sleeping: AtomicBool::new(false),
+        }))
+    }
+
+    /// Call after publishing work for the thread (pushing to a queue it reads, setting a flag).
+    #[inline]
+    pub fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            self.eventfd.signal();
+        }
+    }
+}
+
+/// A command queue whose pushes wake the thread that reads it.
+pub struct Mailbox<T> {
+    queue: ArrayQueue<T>,
+    pub waker: Arc<Waker>,
+}
+
+impl<T> Mailbox<T> {
+    pub fn new(capacity: usize, waker: Arc<Waker>) -> Self {
+        Self {
+            queue: ArrayQueue::new(capacity),
+            waker,
+        }
+    }
+
+    pub fn push(&self, item: T) -> Result<(), T> {
+        self.queue.push(item)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    #[inline]
+    pub fn pop(&self) -> Option<T> {
+        self.queue.pop()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// What a readiness event is: a socket (nothing to reset) or an eventfd (read to reset).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Socket = 0,
+    EventFd = 1,
+}
+
+const EVENTS: usize = 64;
+
+/// One thread's idling state: the spin phase, its epoll set, its own [`Waker`].
+pub struct Sleeper {
+    epoll: Epoll,
+    waker: Arc<Waker>,
+    events: [Event; EVENTS],
+    empty_rounds: u32,
+    idle_since: Option<Instant>,
+    stuck: u32,
+}
+
+impl Sleeper {
+    /// An idle state for a thread woken by `waker`.
+    pub fn new(waker: Arc<Waker>) -> Result<Self> {
+        let epoll = Epoll::new().context("creating an epoll set for a dataplane thread")?;
+        let idle = Self {
+            epoll,
+            waker,
+            events: [Event { events: 0, u64: 0 }; EVENTS],
+            empty_rounds: 0,
+            idle_since: None,
+            stuck: 0,
+        };
+        idle.watch(idle.waker.eventfd.as_raw_fd(), Source::EventFd)
+            .context("watching a dataplane thread's eventfd")?;
+        Ok(idle)
+    }
+
+    /// Block also on `fd` becoming readable (level-triggered). A syscall: for commands only.
+    pub fn watch(&self, fd: RawFd, source: Source) -> Result<()> {
+        self.epoll
+            .add(fd, ((source as u64) << 32) | fd as u32 as u64)
+            .with_context(|| format!("watching descriptor {fd} (epoll_ctl)"))
+    }
+
+    /// Stop watching `fd` (before it is handed away or closed).
+    pub fn unwatch(&self, fd: RawFd) {
+        self.epoll.delete(fd);
+    }
+
+    #[inline]
+    pub fn worked(&mut self) {
+        self.empty_rounds = 0;
+        self.idle_since = None;
+        self.stuck = 0;
+    }
+
+    /// Whether the spin phase after the last work is over (the caller then calls
+    /// [`Self::sleep`]); spins or yields the core meanwhile.
+    #[inline]
+    pub fn spun_out(&mut self) -> bool {
+        self.empty_rounds = self.empty_rounds.saturating_add(1);
+        if self.empty_rounds <= SPIN_ROUNDS {
+            std::hint::spin_loop();
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < SPIN {
+            std::thread::yield_now();
+            return false;
+        }
+        true
+    }
+
+    /// Block until a watched source is ready, the [`Waker`] is written, or `timeout` passes,
+    /// unless `pending` (run after announcing the sleep, see the module) finds work.
+    /// Allocates nothing.
+    pub fn sleep(&mut self, timeout: Duration, pending: impl FnOnce() -> bool) -> Woke {
+        self.waker.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let mut timeout = timeout;
+        if pending() {
+            self.stuck = self.stuck.saturating_add(1);
+            if self.stuck < STUCK_CHECKS {
+                self.waker.sleeping.store(false, Ordering::Relaxed);
+                return Woke::Pending;
+            }
+            // Work seen again and again without progress: waiting on a resource. Nap.
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let n = self.epoll.wait(&mut self.events, ms);
+        self.waker.sleeping.store(false, Ordering::Relaxed);
+        for ev in &self.events[..n] {
+            let data = ev.u64;
+            if data >> 32 == Source::EventFd as u64 {
+                // Level-triggered: a signalled eventfd is reset, or it would wake us forever.
+                drain_eventfd(data as u32 as RawFd);
+            }
+        }
+        // Still spun out: a wake-up that brings no work (a timeout) sleeps again after one
+        // look; only work (`worked`) restarts the spin phase.
+        if n == 0 { Woke::TimedOut } else { Woke::Ready }
+    }
+}
+
+/// How [`Sleeper::sleep`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// `pending` found work: it did not block.
+    Pending,
+    /// A watched source or the waker (or a signal).
+    Ready,
+    TimedOut,
+}
+
+/// The polling back-off, for a thread with nothing to block on (the benchmark's readers):
+/// spin briefly, then yield the core, then nap 50 µs at a time.
 #[derive(Default)]
 pub struct Idle {
     empty_rounds: u32,
@@ -56,5 +261,85 @@ impl HotLoop {
 impl Drop for HotLoop {
     fn drop(&mut self) {
         IN_HOT_LOOP.with(|f| f.set(false));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spun_out(idle: &mut Sleeper) {
+        while !idle.spun_out() {}
+    }
+
+    #[test]
+    fn a_wake_reaches_a_sleeping_thread_and_pending_work_prevents_the_sleep() {
+        let waker = Waker::new().unwrap();
+        let mut idle = Sleeper::new(waker.clone()).unwrap();
+        spun_out(&mut idle);
+        // Nothing written: times out.
+        let start = Instant::now();
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        // Work seen after announcing the sleep: no block.
+        assert_eq!(idle.sleep(Duration::from_secs(10), || true), Woke::Pending);
+        // A wake from another thread while blocked (or just before: the flag is set first).
+        let start = Instant::now();
+        let other = {
+            let waker = waker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.wake();
+            })
+        };
+        assert_eq!(idle.sleep(Duration::from_secs(10), || false), Woke::Ready);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        other.join().unwrap();
+        // The eventfd was reset: the next sleep blocks again.
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+        // A wake while awake costs no write and leaves nothing behind.
+        waker.wake();
+        assert_eq!(
+            idle.sleep(Duration::from_millis(20), || false),
+            Woke::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_mailbox_push_wakes_its_reader() {
+        let waker = Waker::new().unwrap();
+        let mut idle = Sleeper::new(waker.clone()).unwrap();
+        let mailbox = Arc::new(Mailbox::new(4, waker));
+        spun_out(&mut idle);
+        let sender = {
+            let mailbox = mailbox.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                mailbox.push(7u32).unwrap();
+            })
+        };
+        let start = Instant::now();
+        while mailbox.is_empty() {
+            idle.sleep(Duration::from_secs(10), || !mailbox.is_empty());
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(mailbox.pop(), Some(7));
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn work_restarts_the_spin_phase_and_a_wake_without_work_does_not() {
+        let mut idle = Sleeper::new(Waker::new().unwrap()).unwrap();
+        spun_out(&mut idle);
+        idle.sleep(Duration::from_millis(1), || false);
+        assert!(idle.spun_out(), "after a timeout: straight back to sleep");
+        idle.worked();
+        assert!(!idle.spun_out(), "after work: spin first");
     }
 }

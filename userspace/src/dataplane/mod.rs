@@ -47,7 +47,9 @@ mod snapshot;
 mod worker;
 
 pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use idle::{HotLoop, Idle, in_hot_loop, pin};
+pub use idle::{
+    HotLoop, Idle, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin,
+};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 use queue::WorkerHandle;
@@ -100,7 +102,7 @@ pub struct Dataplane {
 
 struct ConsumerHandle {
     thread: Option<JoinHandle<Vec<consumer::FinishedEndpoint>>>,
-    commands: Arc<ArrayQueue<consumer::Command>>,
+    commands: Arc<Mailbox<consumer::Command>>,
     endpoints: usize,
     /// Whether it has its TX sockets (`user` demux: given with its first port).
     has_tx_sockets: bool,
@@ -159,9 +161,27 @@ impl Dataplane {
         let mut workers = Vec::new();
         let mut bound = Bound::Copy;
         let mut pending_threads = Vec::new();
+        // Every thread's waker first: workers wake consumers and consumers wake workers.
+        let threads = cfg.consumer_threads.max(1);
+        let worker_wakers = (0..cfg.queues)
+            .map(|_| Waker::new())
+            .collect::<Result<Vec<_>>>()?;
+        let consumer_wakers = (0..threads)
+            .map(|_| Waker::new())
+            .collect::<Result<Vec<_>>>()?;
         for q in 0..cfg.queues {
-            let (opened, worker) =
-                queue::open(cfg, q, &mut classifier, &stop_workers, &mut warnings)?;
+            let wakers = queue::Wakers {
+                worker: worker_wakers[q as usize].clone(),
+                consumers: consumer_wakers.clone(),
+            };
+            let (opened, worker) = queue::open(
+                cfg,
+                q,
+                &mut classifier,
+                &stop_workers,
+                wakers,
+                &mut warnings,
+            )?;
             bound = opened.bound;
             pending_threads.push(worker);
             workers.push(opened.handle);
@@ -171,11 +191,10 @@ impl Dataplane {
             tx_pools.push((opened.tx_pool, opened.tx_pool_size));
             queue_counters.push(opened.counters);
         }
-        let threads = cfg.consumer_threads.max(1);
         let mut consumers = Vec::new();
         let mut dataplane_consumers = Vec::new();
-        for t in 0..threads {
-            let commands = Arc::new(ArrayQueue::new(64));
+        for (t, waker) in consumer_wakers.iter().enumerate() {
+            let commands = Arc::new(Mailbox::new(64, waker.clone()));
             dataplane_consumers.push(consumer::ConsumerThread {
                 core: cfg.cores[t % cfg.cores.len()],
                 served: Vec::new(),
@@ -183,6 +202,7 @@ impl Dataplane {
                 queues: consumer::Queues {
                     umems: umems.clone(),
                     free: free.clone(),
+                    workers: worker_wakers.clone(),
                     tx_free: tx_free.clone(),
                     tx_sockets: Vec::new(),
                     tx_batches: (0..cfg.queues as u16).map(xsk::TxBatch::new).collect(),
@@ -190,6 +210,7 @@ impl Dataplane {
                     retired: Vec::new(),
                 },
                 stop: stop_consumers.clone(),
+                unwatched: false,
             });
             consumers.push(ConsumerHandle {
                 thread: None,
@@ -219,10 +240,11 @@ impl Dataplane {
         };
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
+            let idle = w.idle()?;
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || w.run())
+                    .spawn(move || w.run(idle))
                     .context("spawning a queue worker")?,
             );
         }
@@ -232,10 +254,11 @@ impl Dataplane {
             .zip(dataplane_consumers)
             .enumerate()
         {
+            let idle = Sleeper::new(handle.commands.waker.clone())?;
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("xmv-consumer-{t}"))
-                    .spawn(move || c.run())
+                    .spawn(move || c.run(idle))
                     .context("spawning a consumer thread")?,
             );
         }

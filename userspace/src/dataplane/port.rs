@@ -28,6 +28,22 @@ pub trait AppPort: Send {
     /// False once the application disconnected or broke the protocol: the dataplane then
     /// detaches the port, and the endpoint's frames go to its kernel device again.
     fn is_connected(&self) -> bool;
+
+    /// The eventfd the application writes after queueing frames for transmission while the
+    /// port is armed ([`Self::tx_arm`]); the serving thread blocks on it. None: the port
+    /// gives no signal, and the thread then sleeps at most a millisecond while it is
+    /// connected.
+    fn tx_event(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    /// Ask the application to signal its next transmission (`armed`, before the serving
+    /// thread blocks) or not to (while the thread polls anyway). When arming, returns whether
+    /// frames are already queued: then the thread must not block. Shared memory only.
+    fn tx_arm(&mut self, armed: bool) -> bool {
+        let _ = armed;
+        false
+    }
 }
 
 /// Who is attached to a port, for `stats` and the logs.

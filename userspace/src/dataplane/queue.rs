@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use anyhow::Result;
 use crossbeam_queue::ArrayQueue;
 
+use super::idle::{Mailbox, Waker};
 use super::{DataplaneConfig, QueueCounters, SocketStats, worker};
 use crate::modes::{Bound, DemuxMode};
 use crate::xdp::Classifier;
@@ -17,8 +18,14 @@ pub(super) struct WorkerHandle {
     pub(super) thread: Option<JoinHandle<Result<SocketStats>>>,
     /// The queue socket's kernel counters, readable from here.
     pub(super) socket: xsk::StatsHandle,
-    pub(super) updates: Arc<ArrayQueue<Arc<worker::SteerTable>>>,
+    pub(super) updates: Arc<Mailbox<Arc<worker::SteerTable>>>,
     pub(super) applied: Arc<AtomicU64>,
+}
+
+/// Who wakes the queue's worker (its mailbox's waker) and whom it wakes.
+pub(super) struct Wakers {
+    pub(super) worker: Arc<Waker>,
+    pub(super) consumers: Vec<Arc<Waker>>,
 }
 
 /// What the dataplane keeps of an opened queue.
@@ -40,6 +47,7 @@ pub(super) fn open(
     q: u32,
     classifier: &mut Classifier,
     stop: &Arc<AtomicBool>,
+    wakers: Wakers,
     warnings: &mut Vec<String>,
 ) -> Result<(Opened, worker::Worker)> {
     let (umem, mut rings, bound) = xsk::open_queue(&cfg.ifname, q, &cfg.queue, warnings)?;
@@ -54,7 +62,7 @@ pub(super) fn open(
     }
     let free = Arc::new(ArrayQueue::new(cfg.queue.frames as usize));
     let counters = Arc::new(QueueCounters::default());
-    let updates = Arc::new(ArrayQueue::new(16));
+    let updates = Arc::new(Mailbox::new(16, wakers.worker));
     let applied = Arc::new(AtomicU64::new(0));
     let socket = rings.socket.stats_handle();
     let worker = worker::Worker {
@@ -67,6 +75,7 @@ pub(super) fn open(
         demux: cfg.demux,
         table: Arc::default(),
         updates: updates.clone(),
+        consumers: wakers.consumers,
         applied: applied.clone(),
         counters: counters.clone(),
         stop: stop.clone(),

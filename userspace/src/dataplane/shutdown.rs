@@ -28,6 +28,8 @@ impl Dataplane {
     /// Stop and join every thread still running (none the second time).
     fn join_threads(&mut self) -> Joined {
         self.stop_workers.store(true, Ordering::Release);
+        // Threads blocked in epoll_wait see the flag now.
+        self.workers.iter().for_each(|w| w.updates.waker.wake());
         let workers = self
             .workers
             .iter_mut()
@@ -39,6 +41,7 @@ impl Dataplane {
             })
             .collect();
         self.stop_consumers.store(true, Ordering::Release);
+        self.consumers.iter().for_each(|c| c.commands.waker.wake());
         let mut endpoints = Vec::new();
         let mut consumer_panicked = false;
         for c in &mut self.consumers {

@@ -1,18 +1,20 @@
 //! A queue's worker: the only owner of the queue's fill ring. It returns freed frames to
 //! the kernel and, in `user` demux, reads the queue's socket and hands each frame's
 //! descriptor to its endpoint's ring.
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+use std::time::Duration;
 
 use anyhow::Result;
 use crossbeam_queue::ArrayQueue;
 
 use super::endpoint::EndpointCounters;
-use super::idle::{HotLoop, Idle, pin};
+use super::idle::{HotLoop, Mailbox, Sleeper, Source, Waker, pin};
 use super::lookup::EndpointTable;
 use super::{DemuxMode, SocketStats};
 use crate::frame::{Class, classify};
-use crate::xsk::{QueueRings, QueueUmem, RxFrame};
+use crate::xsk::{BATCH, QueueRings, QueueUmem, RxFrame};
 
 /// Per-queue counters (user demux steering and frame recycling).
 #[derive(Debug, Default)]
@@ -74,6 +76,13 @@ pub struct SteerTable {
     pub counters: Vec<Arc<EndpointCounters>>,
 }
 
+/// The longest a thread blocks with nothing that could have been missed: a safety net only
+/// (every source of work wakes it), and the bound on any wake-up a bug might lose.
+pub const SAFETY_NET: Duration = Duration::from_secs(1);
+
+/// How long the worker blocks while TX frames are out: completions raise no event.
+const COMPLETION_WAIT: Duration = Duration::from_millis(1);
+
 pub struct Worker {
     pub queue: u16,
     pub core: usize,
@@ -84,8 +93,10 @@ pub struct Worker {
     pub tx_free: Arc<ArrayQueue<RxFrame>>,
     pub demux: DemuxMode,
     pub table: Arc<SteerTable>,
-    /// New tables from the control side; checked once per loop.
-    pub updates: Arc<ArrayQueue<Arc<SteerTable>>>,
+    /// New tables from the control side; checked once per loop. Its waker wakes this worker.
+    pub updates: Arc<Mailbox<Arc<SteerTable>>>,
+    /// The consumer threads' wakers: woken after frames were handed to endpoint rings.
+    pub consumers: Vec<Arc<Waker>>,
     /// Tables applied so far: the control side waits on it before retiring an endpoint.
     pub applied: Arc<AtomicU64>,
     pub counters: Arc<QueueCounters>,
@@ -102,11 +113,22 @@ struct Batch {
 }
 
 impl Worker {
+    /// The worker's idle state, made on the control side so that a failure fails the start:
+    /// woken by its mailbox, and by its queue socket (frames to steer in user demux; in
+    /// zero-copy mode a poll on it also kicks a driver that asked for a wake-up).
+    pub fn idle(&self) -> Result<Sleeper> {
+        let idle = Sleeper::new(self.updates.waker.clone())?;
+        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)?;
+        Ok(idle)
+    }
+
     /// Runs until `stop`, then drains its socket once more; returns the kernel's counters for
     /// the queue's own socket (drops before the userspace demux, e.g. fill ring empty).
-    pub fn run(mut self) -> Result<SocketStats> {
+    /// `idle` is woken by `self.updates`' waker and watches the queue socket ([`Self::idle`]).
+    pub fn run(mut self, mut idle: Sleeper) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
-        let mut idle = Idle::default();
+        // Every TX frame starts in the pool; fewer means completions are still to come.
+        let tx_frames = self.tx_free.len();
         let hot = HotLoop::enter();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
@@ -117,7 +139,13 @@ impl Worker {
             }
             let mut work = 0;
             if self.demux == DemuxMode::User {
-                work += self.steer_batch();
+                let steered = self.steer_batch();
+                if steered > 0 {
+                    for c in &self.consumers {
+                        c.wake();
+                    }
+                }
+                work += steered;
             }
             let refilled = self.rings.refill(&self.free);
             if refilled > 0 {
@@ -138,8 +166,17 @@ impl Worker {
                 let mut stats = SocketStats::default();
                 stats.add(&self.rings.socket.statistics()?);
                 return Ok(stats);
-            } else {
-                idle.wait();
+            } else if idle.spun_out() {
+                // Completions have no readiness event: while frames are out, look again soon.
+                let timeout = if self.tx_free.len() < tx_frames {
+                    COMPLETION_WAIT
+                } else {
+                    SAFETY_NET
+                };
+                let (stop, updates, free) = (&self.stop, &self.updates, &self.free);
+                idle.sleep(timeout, || {
+                    stop.load(Ordering::Acquire) || !updates.is_empty() || free.len() >= BATCH
+                });
             }
         }
     }

@@ -325,6 +325,9 @@ impl Client {
         self.c2s_head = self.c2s_head.wrapping_add(self.c2s_pending);
         self.c2s_pending = 0;
         self.c2s.set_head(self.c2s_head);
+        // Pairs with the daemon's fence between unmasking and its last look at head
+        // (`ServerPort::tx_arm`): without it the kick could be skipped while it sleeps.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if self.c2s.flags() & RING_FLAG_MASK_INT == 0 {
             sock::kick(self.c2s_event.as_fd());
         }

@@ -91,8 +91,9 @@ pub struct ServerPort {
     regions: Vec<Arc<Region>>,
     /// The S2C ring's eventfd: written after a flush unless the client masked interrupts.
     s2c_kick: OwnedFd,
-    /// Kept open for the port's life (the client may wait on it); the daemon polls C2S.
-    _c2s_kick: OwnedFd,
+    /// Written by the client after it queues frames, while the daemon unmasks C2S
+    /// interrupts (only when the serving thread is about to block).
+    c2s_kick: OwnedFd,
     /// Next S2C slot to publish (our tail) and how many are filled but not yet published.
     s2c_tail: u16,
     pending: u16,
@@ -110,7 +111,7 @@ impl ServerPort {
         shared: Arc<PortShared>,
     ) -> ServerPort {
         // As DPDK's server does at connect: both rings start at 0, and the daemon polls the
-        // C2S ring, so the client need not write its eventfd.
+        // C2S ring, so the client need not write its eventfd (until `tx_arm`).
         for r in [&s2c.0, &c2s.0] {
             r.set_head(0);
             r.set_tail(0);
@@ -121,7 +122,7 @@ impl ServerPort {
             c2s: c2s.0,
             regions,
             s2c_kick: s2c.1,
-            _c2s_kick: c2s.1,
+            c2s_kick: c2s.1,
             s2c_tail: 0,
             pending: 0,
             c2s_next: 0,
@@ -274,5 +275,21 @@ impl AppPort for ServerPort {
 
     fn is_connected(&self) -> bool {
         self.shared.is_connected()
+    }
+
+    fn tx_event(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.c2s_kick.as_fd())
+    }
+
+    fn tx_arm(&mut self, armed: bool) -> bool {
+        self.c2s
+            .set_flags(if armed { 0 } else { RING_FLAG_MASK_INT });
+        if !armed {
+            return false;
+        }
+        // The client stores head, then loads the flags; we store the flags, then load head.
+        // With a full fence here (and one on the client's side) one of us sees the other.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.c2s.head() != self.c2s_next
     }
 }

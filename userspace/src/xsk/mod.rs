@@ -17,6 +17,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 mod send;
 mod tx;
+pub mod wait;
 pub use send::{StageError, TxBatch};
 pub use tx::TxPort;
 
@@ -305,6 +306,11 @@ impl RxSocket {
             );
         }
         n
+    }
+
+    /// The queue this socket is bound to.
+    pub fn queue(&self) -> u16 {
+        self.queue
     }
 
     /// The kernel's counters for this socket (`XDP_STATISTICS`); a syscall, not for hot loops.
