@@ -197,9 +197,10 @@ fn port_table(s: &mut String, results: &Results) {
             m.endpoints,
             m.offered_pps,
             m.delivered_pps,
-            m.loss * 100.0,
+            m.sent,
             m.returned
                 .map_or_else(|| "–".to_string(), |n| n.to_string()),
+            m.loss * 100.0,
             us(|l| l.p50),
             us(|l| l.p99),
             us(|l| l.p999),
