@@ -27,8 +27,16 @@ pub fn run(args: &[String]) -> Result<()> {
             "the benchmark builds namespaces and attaches XDP: rerun as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
+    // xmacvlan's binaries too: the runs through ports start xmacvlan-sink and -reflect.
     run_cmd(
-        cargo().args(["build", "--release", "-p", "xmacvlan-bench"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "xmacvlan",
+            "-p",
+            "xmacvlan-bench",
+        ]),
         "cargo build --release",
     )?;
     let root = workspace_root();
