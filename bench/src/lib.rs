@@ -6,3 +6,7 @@ pub mod generator;
 pub mod lab;
 pub mod round_trip;
 pub mod scenario;
+// The generator's TX socket drives xsk-rs rings and UMEM memory directly; each unsafe
+// block carries a `// SAFETY:` line.
+#[allow(unsafe_code)]
+pub mod xsk_tx;
