@@ -4,9 +4,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::xsk_tx::TxPort;
 use anyhow::{Context, Result, bail};
-use xmacvlan::frame::{self, TestFrame};
+use xmacvlan::frame;
+
+use crate::test_frame::TestFrame;
+use crate::xsk_tx::TxPort;
 
 /// What one stream is, for accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
