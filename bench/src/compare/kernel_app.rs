@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::afpacket::raw::{Frames, RawSocket};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::afpacket::raw::{Frames, RawSocket};
 use xmacvlan::dataplane::{HotLoop, Idle, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
     Consumer, EndpointCounters, HotLoop, Idle, close_in_parallel, latency_histogram, pin,
 };
