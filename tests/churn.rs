@@ -9,10 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec, SocketStats};
-use xmacvlan::frame::TestFrame;
 use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
+use xmacvlan_bench::test_frame::TestFrame;
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::sent_where;
 use xmacvlan_tests::pace::{self, Delivered};

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, Finished};
-use xmacvlan::frame::{BROADCAST, TestFrame};
+use xmacvlan::frame::BROADCAST;
 use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_bench::test_frame::TestFrame;
 use xmacvlan_tests::exact::check_endpoints;
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use xmacvlan::abi::Mac;
 use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec, Finished};
-use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
+use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP};
 use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, run_traffic};
+use xmacvlan_bench::test_frame::TestFrame;
 use xmacvlan_tests::accounting::Ledger;
 use xmacvlan_tests::exact::{check_endpoints, sent_where};
 use xmacvlan_tests::pace::{self, Delivered};

@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use xmacvlan::abi::Key;
 use xmacvlan::config::{DaemonConfig, KEYS};
 use xmacvlan::control::state::{State, Store};
-use xmacvlan::frame::{self, Class, TestFrame};
+use xmacvlan::frame::{self, Class};
+use xmacvlan_bench::test_frame::{MIN_FRAME, TestFrame};
 
 const MAX_FRAME: usize = 9000;
 
@@ -175,7 +176,7 @@ proptest! {
         let dst = [0x02, dst[0], dst[1], dst[2], dst[3], dst[4]];
         let f = TestFrame { dst, src: [0x02, 0, 0, 0, 0, 0xfe], vid, qinq_outer: None, len }
             .build(stream);
-        prop_assert_eq!(f.len(), len.max(frame::MIN_FRAME));
+        prop_assert_eq!(f.len(), len.max(MIN_FRAME));
         prop_assert_eq!(
             frame::classify(&f),
             Class::Unicast(Key { vid: vid.unwrap_or(0), mac: dst })

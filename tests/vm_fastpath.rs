@@ -35,13 +35,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use xmacvlan::abi::Counters;
 use xmacvlan::dataplane::{Dataplane, EndpointCounters, Finished};
-use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP, TestFrame};
+use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP};
 use xmacvlan::modes::DemuxMode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
+use xmacvlan_bench::test_frame::TestFrame;
 use xmacvlan_tests::exact::{check_endpoints, require_8021q, sent_where};
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 

@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use xmacvlan::frame::{self, TestFrame};
-use xmacvlan::xsk::TxPort;
+use xmacvlan::frame;
+
+use crate::test_frame::TestFrame;
+use crate::xsk_tx::TxPort;
 
 /// What one stream is, for accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

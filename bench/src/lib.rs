@@ -1,4 +1,8 @@
 //! The traffic generator, the namespace lab, and (issue 4) the demux-mode comparison.
+//! Lab-only code with `unsafe` lives here, not in the library: the generator's AF_XDP TX
+//! socket (`xsk_tx`) and the kernel baseline's packet sockets (`afpacket`).
+#[allow(unsafe_code)]
+pub mod afpacket;
 pub mod apps;
 pub mod background;
 pub mod compare;
@@ -6,3 +10,6 @@ pub mod generator;
 pub mod lab;
 pub mod round_trip;
 pub mod scenario;
+pub mod test_frame;
+#[allow(unsafe_code)]
+pub mod xsk_tx;

@@ -164,7 +164,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, mac)| {
-            let frame = xmacvlan::frame::TestFrame {
+            let frame = xmacvlan_bench::test_frame::TestFrame {
                 dst: mac.0,
                 src: xmacvlan_bench::lab::GENERATOR_MAC,
                 vid: a.vlan.map(VlanId::get),

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{HotLoop, Idle, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 

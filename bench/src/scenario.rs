@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::test_frame::TestFrame;
 use anyhow::{Context, Result, bail};
 use xmacvlan::dataplane::{Dataplane, DataplaneConfig, EndpointSpec};
-use xmacvlan::frame::{BROADCAST, TestFrame};
+use xmacvlan::frame::BROADCAST;
 use xmacvlan::telemetry::report::{
     AppRow, AppTotals, EndpointRow, Percentiles, Report, SentTotals,
 };

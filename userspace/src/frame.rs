@@ -1,5 +1,8 @@
 //! Frame layouts: the classifier's key as userspace parses it (the twin of the C code in
 //! `ebpf/classifier.bpf.c`), and the test payload the generator writes and consumers check.
+//! The payload's layout (write, read, patch) has its one home here, because the dataplane's
+//! consumers and `xmacvlan-sink` read it; the generator's frame builder (`TestFrame`) is
+//! lab-only and lives in the bench crate (`xmacvlan_bench::test_frame`).
 //!
 //! Test frames use EtherType 0x88B5 (IEEE "local experimental"), which no kernel protocol
 //! handler claims, so frames that reach the kernel path are seen only by packet sockets.
@@ -10,8 +13,6 @@ pub const VLAN_HLEN: usize = 4;
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
 pub const ETHERTYPE_TEST: u16 = 0x88b5;
-/// Shortest Ethernet frame without FCS; shorter test frames are padded to it.
-pub const MIN_FRAME: usize = 60;
 pub const BROADCAST: Mac = [0xff; 6];
 
 /// What the classifier does with a frame, mirrored from the C program.
@@ -140,53 +141,36 @@ pub fn read_payload(frame: &[u8]) -> Option<Payload> {
     Payload::read(&frame[payload_offset(frame)?..])
 }
 
-/// A test frame's headers: builds the bytes the generator sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestFrame {
-    pub dst: Mac,
-    pub src: Mac,
-    /// 802.1Q VLAN id; None = untagged.
-    pub vid: Option<u16>,
-    /// Outer 802.1ad tag (QinQ) before the 802.1Q one.
-    pub qinq_outer: Option<u16>,
-    /// Total frame length without FCS (padded up to `MIN_FRAME`).
-    pub len: usize,
-}
-
-impl TestFrame {
-    /// Frame bytes with payload `stream`, seq 0, tx_ns 0; `patch_payload` updates them per send.
-    pub fn build(&self, stream: u16) -> Vec<u8> {
-        let mut f = Vec::with_capacity(self.len.max(MIN_FRAME));
-        f.extend_from_slice(&self.dst);
-        f.extend_from_slice(&self.src);
-        if let Some(outer) = self.qinq_outer {
-            f.extend_from_slice(&TPID_8021AD.to_be_bytes());
-            f.extend_from_slice(&(outer & 0x0fff).to_be_bytes());
-        }
-        if let Some(vid) = self.vid {
-            f.extend_from_slice(&TPID_8021Q.to_be_bytes());
-            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
-        }
-        f.extend_from_slice(&ETHERTYPE_TEST.to_be_bytes());
-        let mut payload = [0u8; PAYLOAD_LEN];
-        Payload {
-            vid: self.vid.unwrap_or(0),
-            stream,
-            seq: 0,
-            tx_ns: 0,
-        }
-        .write(&mut payload);
-        f.extend_from_slice(&payload);
-        f.resize(self.len.max(f.len()).max(MIN_FRAME), 0);
-        f
-    }
-}
-
-/// Overwrite seq and timestamp of a frame built by [`TestFrame::build`] (no QinQ).
+/// Overwrite seq and timestamp of a test frame whose payload starts at `payload_at` (as
+/// [`payload_offset`] finds it).
 #[inline]
 pub fn patch_payload(frame: &mut [u8], payload_at: usize, seq: u64, tx_ns: u64) {
     frame[payload_at + 8..payload_at + 16].copy_from_slice(&seq.to_le_bytes());
     frame[payload_at + 16..payload_at + 24].copy_from_slice(&tx_ns.to_le_bytes());
+}
+
+/// A 64-byte test frame (payload `stream`, seq 0, tx_ns 0) for the library's unit tests.
+/// The generator's builder, with QinQ and any length, is the bench crate's `TestFrame`.
+#[cfg(test)]
+pub(crate) fn sample_frame(dst: Mac, vid: Option<u16>, stream: u16) -> Vec<u8> {
+    let mut f = [dst, [0x02, 0, 0, 0, 0, 0xfe]].concat();
+    if let Some(vid) = vid {
+        f.extend_from_slice(&TPID_8021Q.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ETHERTYPE_TEST.to_be_bytes());
+    let mut payload = [0; PAYLOAD_LEN];
+    let vid = vid.unwrap_or(0);
+    Payload {
+        vid,
+        stream,
+        seq: 0,
+        tx_ns: 0,
+    }
+    .write(&mut payload);
+    f.extend_from_slice(&payload);
+    f.resize(64, 0);
+    f
 }
 
 #[cfg(test)]
@@ -194,17 +178,9 @@ mod tests {
     use super::*;
 
     const EP: Mac = [0x02, 0, 0, 0, 0, 1];
-    const SRC: Mac = [0x02, 0, 0, 0, 0, 0xfe];
 
     fn frame(vid: Option<u16>, dst: Mac) -> Vec<u8> {
-        TestFrame {
-            dst,
-            src: SRC,
-            vid,
-            qinq_outer: None,
-            len: 64,
-        }
-        .build(3)
+        sample_frame(dst, vid, 3)
     }
 
     #[test]
@@ -230,14 +206,9 @@ mod tests {
             classify(&frame(None, [0x01, 0, 0x5e, 0, 0, 1])),
             Class::Group
         );
-        let qinq = TestFrame {
-            dst: EP,
-            src: SRC,
-            vid: Some(100),
-            qinq_outer: Some(7),
-            len: 64,
-        }
-        .build(0);
+        // An 802.1ad outer tag (id 7) before the 802.1Q one.
+        let mut qinq = frame(Some(100), EP);
+        qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x07]);
         assert_eq!(classify(&qinq), Class::Stacked);
         let mut double = frame(Some(100), EP);
         double[16..18].copy_from_slice(&TPID_8021Q.to_be_bytes());
@@ -309,27 +280,5 @@ mod tests {
         f[14] ^= 0xff; // bad magic
         assert_eq!(read_payload(&f), None);
         assert_eq!(read_payload(&frame(None, EP)[..20]), None);
-    }
-
-    #[test]
-    fn short_frames_are_padded_and_jumbo_kept() {
-        let small = TestFrame {
-            dst: EP,
-            src: SRC,
-            vid: None,
-            qinq_outer: None,
-            len: 0,
-        }
-        .build(0);
-        assert_eq!(small.len(), MIN_FRAME);
-        let jumbo = TestFrame {
-            dst: EP,
-            src: SRC,
-            vid: Some(1),
-            qinq_outer: None,
-            len: 9000,
-        }
-        .build(0);
-        assert_eq!(jumbo.len(), 9000);
     }
 }

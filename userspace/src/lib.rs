@@ -7,13 +7,11 @@
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 //!
 //! `unsafe` is denied everywhere (`[workspace.lints]` in the workspace's Cargo.toml) but in
-//! the modules that must touch raw memory or the kernel (`abi`, `afpacket`, `memif::shm`,
-//! `memif::sock`, `sys`, `xsk`), allowed below, and each of their unsafe blocks carries a
+//! the modules that must touch raw memory or the kernel (`abi`, `memif::shm`, `memif::sock`,
+//! `sys`, `xsk`), allowed below, and each of their unsafe blocks carries a
 //! `// SAFETY:` line (clippy checks it).
 #[allow(unsafe_code)]
 pub mod abi;
-#[allow(unsafe_code)]
-pub mod afpacket;
 pub mod cli;
 pub mod cni;
 pub mod config;

@@ -2,14 +2,17 @@
 //! macvlan would run instead of a memif client. One thread on the receive core reads every
 //! endpoint's macvlan device with a plain AF_PACKET socket (`recvmmsg`, each frame readable as
 //! soon as it arrives) and either times every frame (sink) or sends it back out of the same
-//! device with its MACs swapped (reflector, `sendmmsg`).
+//! device with its MACs swapped (reflector, `sendmmsg`). Idle, it blocks in epoll on the
+//! sockets after a short spin, like the memif clients and the dataplane's threads.
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use crate::afpacket::raw::{Frames, RawSocket};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::afpacket::raw::{Frames, RawSocket};
-use xmacvlan::dataplane::{HotLoop, Idle, latency_histogram, pin};
+use xmacvlan::dataplane::{HotLoop, SleepSource, Sleeper, Waker, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 
 use crate::apps::AppKind;
@@ -47,8 +50,14 @@ impl KernelApp {
         }
         let received = Arc::new(AtomicU64::new(0));
         let published = received.clone();
+        // It spins briefly after work, then blocks on its sockets, as the dataplane's threads
+        // and the memif clients do: the comparison is of paths, not of polling budgets.
+        let mut sleeper = Sleeper::new(Waker::new()?)?;
+        for (socket, _) in &sockets {
+            sleeper.watch(socket.as_raw_fd(), SleepSource::Socket)?;
+        }
         let reader = Background::spawn("xmv-kernel-app", move |stop| {
-            serve(&sockets, kind, core, &published, stop)
+            serve(&sockets, kind, core, &published, stop, &mut sleeper)
         })?;
         Ok(KernelApp { received, reader })
     }
@@ -61,6 +70,8 @@ impl KernelApp {
 
 /// After the stop request, keep serving until nothing came for this long.
 const QUIET_NS: u64 = 20_000_000;
+/// How often a blocked application looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 fn serve(
     sockets: &[(RawSocket, xmacvlan::abi::Mac)],
@@ -68,6 +79,7 @@ fn serve(
     core: usize,
     published: &AtomicU64,
     stop: &AtomicBool,
+    idle: &mut Sleeper,
 ) -> Result<KernelAppFinished> {
     pin(core, "the kernel-path application");
     let mut out = KernelAppFinished {
@@ -77,7 +89,6 @@ fn serve(
         latency: latency_histogram(),
     };
     let mut frames = Frames::default();
-    let mut idle = Idle::default();
     let mut quiet_since: Option<u64> = None;
     let _hot = HotLoop::enter();
     loop {
@@ -117,16 +128,24 @@ fn serve(
             published.store(out.received, Ordering::Relaxed);
             idle.worked();
             quiet_since = None;
-        } else if stopping {
-            let now = xmacvlan::sys::monotonic_ns();
-            match quiet_since {
-                Some(t) if now - t >= QUIET_NS => break,
-                Some(_) => {}
-                None => quiet_since = Some(now),
-            }
-            idle.wait();
         } else {
-            idle.wait();
+            if stopping {
+                let now = xmacvlan::sys::monotonic_ns();
+                match quiet_since {
+                    Some(t) if now - t >= QUIET_NS => break,
+                    Some(_) => {}
+                    None => quiet_since = Some(now),
+                }
+            }
+            if idle.spun_out() {
+                // `Background` only sets its flag: look at it every STOP_CHECK.
+                let timeout = if stopping {
+                    Duration::from_millis(1)
+                } else {
+                    STOP_CHECK
+                };
+                idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
+            }
         }
     }
     Ok(out)

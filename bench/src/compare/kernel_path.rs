@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::afpacket::{PacketRing, RingConfig};
 use xmacvlan::dataplane::{
     Consumer, EndpointCounters, HotLoop, SleepSource, Sleeper, Waker, close_in_parallel,
     latency_histogram, pin,

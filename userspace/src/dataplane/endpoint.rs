@@ -139,7 +139,6 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::TestFrame;
 
     fn spec(vid: u16) -> EndpointSpec {
         EndpointSpec {
@@ -150,14 +149,7 @@ mod tests {
     }
 
     fn frame_to(vid: Option<u16>, mac: Mac, tx_ns: u64) -> Vec<u8> {
-        let mut f = TestFrame {
-            dst: mac,
-            src: [2, 0, 0, 0, 0, 9],
-            vid,
-            qinq_outer: None,
-            len: 64,
-        }
-        .build(0);
+        let mut f = frame::sample_frame(mac, vid, 0);
         let at = frame::payload_offset(&f).unwrap();
         frame::patch_payload(&mut f, at, 0, tx_ns);
         f

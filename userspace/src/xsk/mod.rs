@@ -16,10 +16,8 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 mod send;
-mod tx;
 pub mod wait;
 pub use send::{StageError, TxBatch};
-pub use tx::TxPort;
 
 /// Frames handled per ring operation.
 pub const BATCH: usize = 64;
@@ -203,7 +201,8 @@ pub fn tx_reserve_frames(frames: u32) -> usize {
     (frames / 16) as usize
 }
 
-fn ring_size(n: u32) -> Result<QueueSize> {
+/// A ring size xsk-rs accepts (a power of two), or an error naming the size.
+pub fn ring_size(n: u32) -> Result<QueueSize> {
     QueueSize::new(n).map_err(|e| anyhow!("ring size {n}: {e} (must be a power of two)"))
 }
 

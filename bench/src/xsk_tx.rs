@@ -1,5 +1,6 @@
-//! The transmit side, for the traffic generator: a socket with its own UMEM whose frames
-//! cycle between a free list, the TX ring and the completion ring.
+//! The traffic generator's AF_XDP transmit socket: a socket with its own UMEM whose frames
+//! cycle between a free list, the TX ring and the completion ring. Lab-only, so it lives
+//! here and not in the library's `xsk` (which owns the dataplane's shared UMEMs).
 use std::io::Write;
 use std::num::NonZeroU32;
 
@@ -7,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use super::{BATCH, ring_size};
+use xmacvlan::xsk::{BATCH, ring_size};
 
 pub struct TxPort {
     umem: Umem,

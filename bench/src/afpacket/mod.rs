@@ -6,7 +6,9 @@
 //! walks the frames of one ready block in place and gives the block back: no copy, no allocation,
 //! one `poll()` only when nothing is ready, so syscalls are per block, never per frame.
 //!
-//! One of the crate's few `unsafe` modules: every block states its invariant.
+//! Lab-only (the library's dataplane never reads a packet socket), so it lives in the bench
+//! crate, whose only other `unsafe` module is `xsk_tx`: every block states its invariant.
+//! The tests need root (namespaces, veth pairs) and run under `cargo test -p xmacvlan-bench`.
 //! [`raw`] is the plain (non-ring) socket of the kernel baseline's latency runs.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -51,6 +51,12 @@ pub struct RawSocket {
     ifindex: u32,
 }
 
+impl AsRawFd for RawSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl RawSocket {
     /// A non-blocking socket receiving every frame arriving on `ifindex` (not those this host
     /// sends) and sending out of it, in the calling thread's network namespace.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::{PacketRing, RingConfig, RingStats};
-use crate::netlink::{MacVlanMode, Netlink};
-use crate::netns::NetnsGuard;
+use xmacvlan::netlink::{MacVlanMode, Netlink};
+use xmacvlan::netns::NetnsGuard;
 
 const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
