@@ -238,15 +238,24 @@ impl Dataplane {
             bound,
             warnings,
         };
+        // Each thread says it runs: by then it carries its name, so whoever looks for the
+        // dataplane's threads by name (pinning, renicing, tests) finds all of them.
+        let (running, started) = std::sync::mpsc::channel::<()>();
+        let mut spawned = 0;
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
             let idle = w.idle()?;
+            let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(name)
-                    .spawn(move || w.run(idle))
+                    .spawn(move || {
+                        let _ = running.send(());
+                        w.run(idle)
+                    })
                     .context("spawning a queue worker")?,
             );
+            spawned += 1;
         }
         for (t, (handle, c)) in dataplane
             .consumers
@@ -255,12 +264,22 @@ impl Dataplane {
             .enumerate()
         {
             let idle = Sleeper::new(handle.commands.waker.clone())?;
+            let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
                     .name(format!("xmv-consumer-{t}"))
-                    .spawn(move || c.run(idle))
+                    .spawn(move || {
+                        let _ = running.send(());
+                        c.run(idle)
+                    })
                     .context("spawning a consumer thread")?,
             );
+            spawned += 1;
+        }
+        for _ in 0..spawned {
+            started
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| anyhow::anyhow!("a dataplane thread did not start within 10 s"))?;
         }
         for spec in endpoints {
             dataplane.add_endpoint(spec.clone())?;
