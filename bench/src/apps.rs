@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -315,14 +314,6 @@ impl LabPorts {
     /// The ports' live counters (to read from the generator's threads).
     pub fn counters(&self) -> Vec<Arc<PortCounters>> {
         self.counters.clone()
-    }
-
-    /// Frames the applications sent back out so far (reflectors).
-    pub fn transmitted(&self) -> u64 {
-        self.counters
-            .iter()
-            .map(|c| c.tx_frames.load(Relaxed))
-            .sum()
     }
 
     /// Stop every application (its summary), read its port's last counters and disconnect it.

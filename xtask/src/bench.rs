@@ -2,7 +2,7 @@
 //! XDP_DROP ceiling and the xdp, user and kernel demux modes in the namespace lab.
 use anyhow::{Result, bail};
 
-use crate::cargo::{cargo, is_root, run as run_cmd, workspace_root};
+use crate::cargo::{build_release_programs, is_root, run as run_cmd, workspace_root};
 
 pub fn run(args: &[String]) -> Result<()> {
     crate::deps::ensure(false)?;
@@ -27,18 +27,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "the benchmark builds namespaces and attaches XDP: rerun as root, e.g. `sudo -E cargo xtask bench`"
         );
     }
-    // xmacvlan's binaries too: the runs through ports start xmacvlan-sink and -reflect.
-    run_cmd(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "xmacvlan",
-            "-p",
-            "xmacvlan-bench",
-        ]),
-        "cargo build --release",
-    )?;
+    build_release_programs()?;
     let root = workspace_root();
     let mut cmd = std::process::Command::new(root.join("target/release/xmacvlan-bench"));
     cmd.arg("compare");

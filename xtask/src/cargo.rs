@@ -26,6 +26,22 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cargo build --release` of the programs the lab and the benchmark run: `xmacvlan-bench`
+/// and xmacvlan's binaries (the sink and reflector on the lab's memif ports among them).
+pub fn build_release_programs() -> Result<()> {
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "xmacvlan",
+            "-p",
+            "xmacvlan-bench",
+        ]),
+        "cargo build --release",
+    )
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -2,7 +2,7 @@
 //! `-- --iface IF --config FILE`, the dataplane on a real NIC.
 use anyhow::{Result, bail};
 
-use crate::cargo::{cargo, is_root, run as run_cmd, workspace_root};
+use crate::cargo::{build_release_programs, is_root, run as run_cmd, workspace_root};
 
 pub fn run(args: &[String]) -> Result<()> {
     crate::deps::ensure(false)?;
@@ -11,17 +11,7 @@ pub fn run(args: &[String]) -> Result<()> {
         None if args.is_empty() => Vec::new(),
         None => bail!("pass program options after `--`, e.g. `cargo xtask run -- --duration 3`"),
     };
-    run_cmd(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "xmacvlan",
-            "-p",
-            "xmacvlan-bench",
-        ]),
-        "cargo build --release",
-    )?;
+    build_release_programs()?;
     if !is_root() {
         bail!(
             "the lab and the dataplane need root (namespaces, XDP, AF_XDP): rerun as root, e.g. `sudo -E cargo xtask run`"
