@@ -127,8 +127,48 @@ pub fn raise_rlimit(resource: libc::__rlimit_resource_t, value: libc::rlim_t) {
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // Only an atomic store and a write(2): async-signal-safe.
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    signal_wake_fd();
+}
+
+/// The eventfd of [`signal_eventfd`], for the handlers; -1 until it exists.
+static SIGNAL_WAKE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// An eventfd that SIGINT, SIGTERM and SIGHUP write after setting their flags, so a loop
+/// blocked in poll(2) on it wakes at once. Made on the first call and never closed: a
+/// handler may write it at any moment, and a closed number could be reused by another file.
+pub fn signal_eventfd() -> io::Result<std::os::fd::RawFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    static EVENTFD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = EVENTFD.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    // SAFETY: eventfd takes integers; on success the descriptor is fresh and ours.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor with no other owner.
+    let fresh = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = EVENTFD.get_or_init(|| fresh).as_raw_fd();
+    SIGNAL_WAKE_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    Ok(fd)
+}
+
+fn signal_wake_fd() {
+    let fd = SIGNAL_WAKE_FD.load(std::sync::atomic::Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: errno is thread-local; saved and restored so the interrupted code never sees
+    // the handler's write change it.
+    let errno = unsafe { *libc::__errno_location() };
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: write(2) is async-signal-safe; 8 bytes from a live buffer to an eventfd.
+    let _ = unsafe { libc::write(fd, one.as_ptr().cast(), 8) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// Route SIGINT and SIGTERM to a flag ([`interrupted`]) so long runs stop cleanly and remove
@@ -136,7 +176,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 pub fn catch_interrupts() {
     let handler: extern "C" fn(libc::c_int) = on_interrupt;
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only performs an atomic store, which is async-signal-safe.
+        // SAFETY: the handler only performs an atomic store and a write(2), both async-signal-safe.
         unsafe { libc::signal(signal, handler as libc::sighandler_t) };
     }
 }
@@ -149,14 +189,15 @@ pub fn interrupted() -> &'static std::sync::atomic::AtomicBool {
 static HANGUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 extern "C" fn on_hangup(_: libc::c_int) {
-    // Only an atomic add: async-signal-safe.
+    // Only an atomic add and a write(2): async-signal-safe.
     HANGUPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    signal_wake_fd();
 }
 
 /// Count SIGHUPs ([`hangups`]) instead of dying on them: the daemon reloads its config.
 pub fn catch_hangups() {
     let handler: extern "C" fn(libc::c_int) = on_hangup;
-    // SAFETY: the handler only performs an atomic add, which is async-signal-safe.
+    // SAFETY: the handler only performs an atomic add and a write(2), both async-signal-safe.
     unsafe { libc::signal(libc::SIGHUP, handler as libc::sighandler_t) };
 }
 
@@ -318,4 +359,29 @@ pub fn active_rx_queues(name: &str) -> io::Result<u32> {
     // has the layout SIOCETHTOOL/ETHTOOL_GCHANNELS writes.
     check(unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifr) })?;
     Ok((channels.rx_count + channels.combined_count).max(1))
+}
+
+/// poll(2) for readability (or hangup/error) on `fds`, up to `timeout_ms` (-1: no limit).
+/// Which of them are ready, in order; an interrupting signal reads as "none ready". A
+/// descriptor closed meanwhile shows as ready (POLLNVAL); the caller's next call on it then
+/// fails or finds nothing, so that is harmless.
+pub fn poll_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd structs.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
 }

@@ -58,6 +58,8 @@ struct Interval {
     total_at_tick: Histogram<u64>,
     last: Histogram<u64>,
     dropped_at_tick: u64,
+    /// The endpoint's frame count read just before `total_at_tick` was copied.
+    frames_at_tick: u64,
 }
 
 pub struct Daemon {
@@ -254,6 +256,11 @@ impl Daemon {
     }
 
     /// Hand connected ports to their dataplanes and take gone ones back (every loop).
+    /// Readable when the port server has events for [`Daemon::pump_ports`].
+    pub fn port_events_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.ports.as_ref().map(PortServer::events_fd)
+    }
+
     pub fn pump_ports(&mut self) {
         let Some(ports) = &self.ports else { return };
         for event in ports.events() {
@@ -395,10 +402,6 @@ impl Daemon {
             };
             tracing::debug!(target: "xmacvlan::stats", "{}", crate::telemetry::live::summary_line(&snapshot));
             for ep in &snapshot.endpoints {
-                let Ok(total) = plane.latency_histogram(&ep.name) else {
-                    continue;
-                };
-                let dropped = ep.dropped();
                 let entry = self
                     .intervals
                     .entry(ep.name.clone())
@@ -406,12 +409,9 @@ impl Daemon {
                         total_at_tick: crate::dataplane::latency_histogram(),
                         last: crate::dataplane::latency_histogram(),
                         dropped_at_tick: 0,
+                        frames_at_tick: 0,
                     });
-                let mut last = total.clone();
-                // The total only grows, so the previous total is a sub-histogram of it.
-                if last.subtract(&entry.total_at_tick).is_err() {
-                    last.reset();
-                }
+                let dropped = ep.dropped();
                 if dropped > entry.dropped_at_tick {
                     tracing::warn!(
                         endpoint = %ep.name,
@@ -422,11 +422,26 @@ impl Daemon {
                         "endpoint dropped frames in the last interval (its consumer is not keeping up)"
                     );
                 }
-                *entry = Interval {
-                    total_at_tick: total,
-                    last,
-                    dropped_at_tick: dropped,
+                entry.dropped_at_tick = dropped;
+                if ep.frames == entry.frames_at_tick {
+                    // No batch finished since the last copy (its counts are published with
+                    // the batch): the total is unchanged. Idle, the consumer is not woken.
+                    entry.last.reset();
+                    continue;
+                }
+                let Ok(total) = plane.latency_histogram(&ep.name) else {
+                    continue;
                 };
+                let mut last = total.clone();
+                // The total only grows, so the previous total is a sub-histogram of it.
+                if last.subtract(&entry.total_at_tick).is_err() {
+                    last.reset();
+                }
+                entry.total_at_tick = total;
+                entry.last = last;
+                // Read before the copy: a batch finished in between is in the copy and makes
+                // the next tick's count differ, so it is never missed.
+                entry.frames_at_tick = ep.frames;
             }
         }
     }

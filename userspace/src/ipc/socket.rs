@@ -74,6 +74,13 @@ impl ControlSocket {
     }
 }
 
+/// Readable when a connection waits: the daemon's loop sleeps in poll(2) on it.
+impl std::os::fd::AsRawFd for ControlSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -112,7 +112,10 @@ fn recv_msg(sock: &OwnedFd, deadline: Instant) -> Result<Msg> {
                 if left.is_zero() {
                     bail!("no answer from the server in time");
                 }
-                sock::poll_readable(&[sock.as_raw_fd()], left.as_millis().clamp(1, 1000) as i32)?;
+                crate::sys::poll_readable(
+                    &[sock.as_raw_fd()],
+                    left.as_millis().clamp(1, 1000) as i32,
+                )?;
             }
         }
     }
@@ -346,7 +349,7 @@ impl Client {
         }
         if self.s2c.flags() & RING_FLAG_MASK_INT == 0 {
             let ms = timeout.as_millis().clamp(1, 1000) as i32;
-            sock::poll_readable(&[self.s2c_event.as_raw_fd(), self.sock.as_raw_fd()], ms)?;
+            crate::sys::poll_readable(&[self.s2c_event.as_raw_fd(), self.sock.as_raw_fd()], ms)?;
             sock::drain_eventfd(self.s2c_event.as_fd());
         } else {
             std::thread::sleep((timeout / 10).min(Duration::from_millis(1)));

@@ -4,12 +4,13 @@
 //! the client fills buffers and moves `head`, the daemon consumes them and moves `tail`.
 //! The daemon keeps its own copy of the indices it owns and never trusts the client's.
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::shm::{DESC_FLAG_NEXT, Desc, RING_FLAG_MASK_INT, Region, Ring};
 use super::sock;
 use crate::dataplane::AppPort;
+use crate::xsk::wait::EventFd;
 
 /// The longest frame taken from a client (jumbo frame plus tag); longer chains are dropped
 /// and counted in [`PortShared::tx_too_long`].
@@ -53,6 +54,8 @@ impl Fault {
 pub struct PortShared {
     connected: AtomicBool,
     fault: AtomicU8,
+    /// Written on a fault, so the control thread cuts the client off at once.
+    fault_waker: OnceLock<Arc<EventFd>>,
     /// Client frames longer than [`MAX_TX_FRAME`] (dropped).
     pub tx_too_long: AtomicU64,
 }
@@ -77,11 +80,19 @@ impl PortShared {
         Fault::from_u8(self.fault.load(Ordering::Acquire))
     }
 
+    /// Have a fault write `waker` (the control thread's).
+    pub fn wake_on_fault(&self, waker: Arc<EventFd>) {
+        let _ = self.fault_waker.set(waker);
+    }
+
     fn set_fault(&self, f: Fault) {
         let _ = self
             .fault
             .compare_exchange(0, f as u8, Ordering::AcqRel, Ordering::Acquire);
         self.close();
+        if let Some(waker) = self.fault_waker.get() {
+            waker.signal();
+        }
     }
 }
 

@@ -22,11 +22,16 @@ use super::port::{PortShared, ServerPort};
 use super::sock::{self, Received};
 use super::wire::{MSG_SIZE, Msg, SECRET_SIZE};
 use crate::dataplane::PortInfo;
+use crate::xsk::wait::{EventFd, drain_eventfd};
 
 /// A client that has not sent CONNECT by then is cut off.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the control thread sleeps in poll: bounds how late a timeout or a fault is seen.
-const TICK_MS: i32 = 50;
+/// The control thread sleeps in poll until a socket, a command (serve, unserve, stop) or a
+/// ring fault wakes it, or the next handshake deadline. This is its safety net.
+const IDLE_MS: i32 = 1000;
+/// While a connected client has not yet offered receive buffers, the thread looks every
+/// this often, to log when it does (nothing signals that).
+const AWAITING_BUFFERS_MS: i32 = 50;
 /// Records taken from one client per wake-up, connections accepted per listener: one noisy
 /// client cannot starve the others.
 const BURST: usize = 16;
@@ -98,7 +103,25 @@ struct Served {
 struct Inner {
     cfg: PortServerConfig,
     endpoints: HashMap<String, Served>,
-    events: Sender<PortEvent>,
+    events: EventQueue,
+    /// Wakes the control thread (its set of sockets changed, stop, a port's ring fault).
+    wake: Arc<EventFd>,
+}
+
+/// The events' channel and an eventfd written after each event, so the daemon's loop can
+/// sleep in poll(2) until one comes ([`PortServer::events_fd`]).
+#[derive(Clone)]
+struct EventQueue {
+    tx: Sender<PortEvent>,
+    ready: Arc<EventFd>,
+}
+
+impl EventQueue {
+    fn send(&self, event: PortEvent) {
+        if self.tx.send(event).is_ok() {
+            self.ready.signal();
+        }
+    }
 }
 
 pub struct PortServer {
@@ -106,6 +129,8 @@ pub struct PortServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     events: Receiver<PortEvent>,
+    events_ready: Arc<EventFd>,
+    wake: Arc<EventFd>,
 }
 
 /// The (device, inode) pair naming a network namespace.
@@ -130,10 +155,16 @@ impl PortServer {
         std::fs::create_dir_all(&cfg.dir)
             .with_context(|| format!("creating the port socket directory {}", cfg.dir.display()))?;
         let (tx, rx) = channel();
+        let events_ready = Arc::new(EventFd::new().context("creating the port events' eventfd")?);
+        let wake = Arc::new(EventFd::new().context("creating the port thread's eventfd")?);
         let inner = Arc::new(Mutex::new(Inner {
             cfg,
             endpoints: HashMap::new(),
-            events: tx,
+            events: EventQueue {
+                tx,
+                ready: events_ready.clone(),
+            },
+            wake: wake.clone(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -148,6 +179,8 @@ impl PortServer {
             stop,
             thread: Some(thread),
             events: rx,
+            events_ready,
+            wake,
         })
     }
 
@@ -189,6 +222,7 @@ impl PortServer {
                 session: None,
             },
         );
+        self.wake.signal();
         Ok(path)
     }
 
@@ -207,6 +241,7 @@ impl PortServer {
                 );
             }
             let _ = std::fs::remove_file(&served.path);
+            self.wake.signal();
         }
     }
 
@@ -224,7 +259,13 @@ impl PortServer {
 
     /// Events since the last call, oldest first.
     pub fn events(&self) -> Vec<PortEvent> {
+        drain_eventfd(self.events_ready.as_raw_fd());
         self.events.try_iter().collect()
+    }
+
+    /// Readable when events are waiting (reset by [`PortServer::events`]): for poll(2).
+    pub fn events_fd(&self) -> RawFd {
+        self.events_ready.as_raw_fd()
     }
 
     /// Wait up to `timeout` for the next event.
@@ -264,6 +305,7 @@ impl SocketLike for std::fs::FileType {
 impl Drop for PortServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -281,7 +323,7 @@ fn send_disconnect(sock: &OwnedFd, code: u32, reason: &str) {
 /// Close a session: tell the client why (unless it left by itself), and if it was connected,
 /// take the port away from the dataplane.
 fn end_session(
-    events: &Sender<PortEvent>,
+    events: &EventQueue,
     endpoint: &str,
     s: Session,
     code: u32,
@@ -293,7 +335,7 @@ fn end_session(
     }
     if let Some((shared, _)) = s.connected {
         shared.close();
-        let _ = events.send(PortEvent::Disconnected {
+        events.send(PortEvent::Disconnected {
             endpoint: endpoint.to_string(),
             reason: reason.to_string(),
         });
@@ -302,9 +344,9 @@ fn end_session(
 
 fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
-        let fds: Vec<(String, bool, RawFd)> = {
+        let (wake, fds, timeout_ms) = {
             let inner = inner.lock().unwrap_or_else(|p| p.into_inner());
-            inner
+            let fds: Vec<(String, bool, RawFd)> = inner
                 .endpoints
                 .iter()
                 .flat_map(|(name, s)| {
@@ -315,20 +357,27 @@ fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
                         .map(|x| (name.clone(), false, x.sock.as_raw_fd()));
                     std::iter::once(l).chain(c)
                 })
-                .collect()
+                .collect();
+            (inner.wake.as_raw_fd(), fds, poll_timeout(&inner))
         };
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.2).collect();
-        let ready = match sock::poll_readable(&raw, TICK_MS) {
+        let raw: Vec<RawFd> = std::iter::once(wake)
+            .chain(fds.iter().map(|f| f.2))
+            .collect();
+        let ready = match crate::sys::poll_readable(&raw, timeout_ms) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("port control thread: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(TICK_MS as u64));
+                std::thread::sleep(Duration::from_millis(AWAITING_BUFFERS_MS as u64));
                 continue;
             }
         };
+        if ready[0] {
+            drain_eventfd(wake);
+        }
+        let ready = &ready[1..];
         let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
-        for ((name, listener, _), ready) in fds.iter().zip(ready) {
+        for ((name, listener, _), &ready) in fds.iter().zip(ready) {
             if !ready {
                 continue;
             }
@@ -338,7 +387,7 @@ fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
             if *listener {
                 accept_clients(&inner.cfg, name, served);
             } else {
-                read_session(&inner.cfg, &inner.events, name, served);
+                read_session(&inner.wake, &inner.events, name, served);
             }
         }
         let now = Instant::now();
@@ -372,6 +421,27 @@ fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// How long the control thread may sleep: until the nearest handshake deadline, briefly
+/// while a client has not offered buffers yet, else the safety net.
+fn poll_timeout(inner: &Inner) -> i32 {
+    let now = Instant::now();
+    inner
+        .endpoints
+        .values()
+        .filter_map(|served| served.session.as_ref())
+        .map(|s| {
+            if s.awaiting_buffers.is_some() {
+                AWAITING_BUFFERS_MS
+            } else if let Some(deadline) = s.deadline {
+                // +1: wake just after the deadline, not just before it.
+                deadline.saturating_duration_since(now).as_millis() as i32 + 1
+            } else {
+                IDLE_MS
+            }
+        })
+        .fold(IDLE_MS, i32::min)
 }
 
 fn accept_clients(cfg: &PortServerConfig, endpoint: &str, served: &mut Served) {
@@ -433,13 +503,7 @@ fn accept_clients(cfg: &PortServerConfig, endpoint: &str, served: &mut Served) {
     }
 }
 
-fn read_session(
-    cfg: &PortServerConfig,
-    events: &Sender<PortEvent>,
-    endpoint: &str,
-    served: &mut Served,
-) {
-    let _ = cfg;
+fn read_session(wake: &Arc<EventFd>, events: &EventQueue, endpoint: &str, served: &mut Served) {
     let mut buf = [0u8; MSG_SIZE + 1];
     for _ in 0..BURST {
         let Some(s) = served.session.as_mut() else {
@@ -535,8 +599,9 @@ fn read_session(
                 tracing::info!(endpoint, pid = s.pid, client = %client, "memif client connected");
                 s.awaiting_buffers = Some(port.s2c_ring());
                 s.deadline = None;
+                shared.wake_on_fault(wake.clone());
                 s.connected = Some((shared, info.clone()));
-                let _ = events.send(PortEvent::Connected {
+                events.send(PortEvent::Connected {
                     endpoint: endpoint.to_string(),
                     port: Box::new(port),
                     info,

@@ -2,7 +2,7 @@
 //! 128-byte record per send/recv with at most one descriptor by SCM_RIGHTS, and the peer's
 //! credentials. One of the crate's `unsafe` modules (raw socket calls and cmsg handling).
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -296,28 +296,4 @@ pub fn drain_eventfd(fd: BorrowedFd<'_>) -> u64 {
     // SAFETY: reads at most 8 bytes into a live buffer.
     let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
     if n == 8 { u64::from_ne_bytes(b) } else { 0 }
-}
-
-/// Wait until one of `fds` is readable or `timeout_ms` passes; returns which are ready.
-/// A descriptor closed meanwhile shows as ready (POLLNVAL); the caller's next call on it
-/// then fails or finds nothing, so that is harmless.
-pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `p` is a live array of `p.len()` pollfd structs.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(e);
-    }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
 }

@@ -7,6 +7,7 @@
 //!
 //! The plugin runs on a thread of its own, one connection at a time: a call that changes the
 //! fast path goes to the daemon's main loop over the control socket, like the CLI's.
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -22,8 +23,13 @@ pub mod http;
 
 pub use handlers::Context;
 
-/// How often the thread looks for connections and its stop flag.
-const POLL: Duration = Duration::from_millis(20);
+use crate::xsk::wait::EventFd;
+
+/// The thread sleeps in poll(2) until a connection or its stop eventfd wakes it; while a
+/// joined endpoint's link has not reached its sandbox, it looks this often.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+/// The sleep's safety net otherwise.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long after Join the thread looks for the name Docker gave the link.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -31,6 +37,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub struct DockerPlugin {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -40,16 +47,18 @@ impl DockerPlugin {
     pub fn start(path: &Path, ctx: Context) -> Result<Self> {
         let listener = bind(path)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(EventFd::new().context("creating the Docker plugin's eventfd")?);
         let thread = {
-            let stop = stop.clone();
+            let (stop, wake) = (stop.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("docker-plugin".into())
-                .spawn(move || serve(&listener, &ctx, &stop))
+                .spawn(move || serve(&listener, &ctx, &stop, &wake))
                 .context("starting the Docker plugin thread")?
         };
         Ok(Self {
             path: path.to_path_buf(),
             stop,
+            wake,
             thread: Some(thread),
         })
     }
@@ -94,6 +103,7 @@ pub fn driver_name(path: &Path) -> String {
 impl Drop for DockerPlugin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.signal();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -124,7 +134,7 @@ fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn serve(listener: &UnixListener, ctx: &Context, stop: &AtomicBool) {
+fn serve(listener: &UnixListener, ctx: &Context, stop: &AtomicBool, wake: &EventFd) {
     // Endpoints joined recently whose link Docker is moving into the sandbox.
     let mut settling: Vec<(String, Instant)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
@@ -154,7 +164,16 @@ fn serve(listener: &UnixListener, ctx: &Context, stop: &AtomicBool) {
                 }
             },
         );
-        std::thread::sleep(POLL);
+        let sleep = if settling.is_empty() {
+            IDLE_POLL
+        } else {
+            SETTLE_POLL
+        };
+        let fds = [wake.as_raw_fd(), listener.as_raw_fd()];
+        if let Err(e) = crate::sys::poll_readable(&fds, sleep.as_millis() as i32) {
+            tracing::warn!("docker plugin: poll: {e}");
+            std::thread::sleep(SETTLE_POLL);
+        }
     }
 }
 
