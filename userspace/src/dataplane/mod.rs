@@ -46,7 +46,8 @@ mod slots;
 mod snapshot;
 mod worker;
 
-pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
+pub use consumer::{Consumer, latency_histogram};
+pub use endpoint::{EndpointCounters, EndpointSpec};
 pub use idle::{HotLoop, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
