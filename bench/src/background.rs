@@ -1,10 +1,42 @@
 //! A reader thread that runs until asked to stop and then returns what it collected (the
-//! kernel-path reader, the wire reader). Dropping it stops and joins it too.
+//! kernel-path reader, the kernel application, the wire reader). Dropping it stops and joins
+//! it too. Idle, such a reader blocks on its sockets the way the dataplane's threads do
+//! ([`sleeper_on`], [`rest`]), looking at its stop flag every [`STOP_CHECK`].
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use xmacvlan::dataplane::{SleepSource, Sleeper, Waker};
+
+/// How often a blocked reader looks at its stop flag: [`Background`] only sets the flag, it
+/// never writes the reader's waker.
+pub const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// An idle state that blocks on the sockets `fds` (and on its own waker, never written).
+pub fn sleeper_on(fds: impl IntoIterator<Item = RawFd>) -> Result<Sleeper> {
+    let sleeper = Sleeper::new(Waker::new()?)?;
+    for fd in fds {
+        sleeper.watch(fd, SleepSource::Socket)?;
+    }
+    Ok(sleeper)
+}
+
+/// After a pass that found nothing: spin briefly, then block until a socket is ready, `stop`
+/// is newly set (seen within [`STOP_CHECK`]) or, once `stopping` (the flag seen set before the
+/// pass), `stopping_timeout` passes, so the caller's quiet period after the stop is measured.
+pub fn rest(idle: &mut Sleeper, stop: &AtomicBool, stopping: bool, stopping_timeout: Duration) {
+    if idle.spun_out() {
+        let timeout = if stopping {
+            stopping_timeout
+        } else {
+            STOP_CHECK
+        };
+        idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
+    }
+}
 
 pub struct Background<T> {
     stop: Arc<AtomicBool>,

@@ -1,6 +1,7 @@
 //! Round trip: reflected frames come back out of the lab NIC onto the wire, where this
 //! reader (AF_PACKET TPACKET_V3 on the wire's veth, the generator's side) times each against
 //! the stamp the generator wrote when it sent the frame.
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,10 +9,10 @@ use std::time::Duration;
 use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::dataplane::{HotLoop, Idle, latency_histogram, pin};
+use xmacvlan::dataplane::{HotLoop, Sleeper, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 
-use crate::background::Background;
+use crate::background::{self, Background};
 use crate::generator::{Stream, StreamKind};
 use crate::lab::{self, Lab};
 
@@ -56,8 +57,11 @@ impl WireReceiver {
             .collect();
         let frames = Arc::new(AtomicU64::new(0));
         let published = frames.clone();
+        // It blocks until a block is handed over (full, or retired by its timer), as the
+        // kernel-path reader does; the frames' latency is the kernel's stamp, not the read.
+        let mut sleeper = background::sleeper_on([ring.as_raw_fd()])?;
         let reader = Background::spawn("xmv-wire-rx", move |stop| {
-            read(ring, &sources, core, &published, stop)
+            read(ring, &sources, core, &published, stop, &mut sleeper)
         })?;
         Ok(WireReceiver { frames, reader })
     }
@@ -74,6 +78,7 @@ fn read(
     core: Option<usize>,
     published: &AtomicU64,
     stop: &AtomicBool,
+    idle: &mut Sleeper,
 ) -> Result<Returned> {
     if let Some(core) = core {
         pin(core, "the wire reader");
@@ -85,7 +90,7 @@ fn read(
         ring_drops: 0,
         latency: latency_histogram(),
     };
-    let mut idle = Idle::default();
+    let retire = Duration::from_millis(u64::from(ring.config().retire_timeout_ms).max(1));
     let quiet_ns = QUIET.as_nanos() as u64;
     let mut quiet_since: Option<u64> = None;
     // The kernel stamps arrivals in CLOCK_REALTIME, the generator in CLOCK_MONOTONIC.
@@ -121,7 +126,7 @@ fn read(
             } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
             } else {
-                idle.wait();
+                background::rest(idle, stop, stopping, retire);
             }
         }
     }

@@ -12,11 +12,11 @@ use std::time::Duration;
 use crate::afpacket::raw::{Frames, RawSocket};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::dataplane::{HotLoop, SleepSource, Sleeper, Waker, latency_histogram, pin};
+use xmacvlan::dataplane::{HotLoop, Sleeper, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 
 use crate::apps::AppKind;
-use crate::background::Background;
+use crate::background::{self, Background};
 use crate::lab::Lab;
 
 #[derive(Debug)]
@@ -52,10 +52,7 @@ impl KernelApp {
         let published = received.clone();
         // It spins briefly after work, then blocks on its sockets, as the dataplane's threads
         // and the memif clients do: the comparison is of paths, not of polling budgets.
-        let mut sleeper = Sleeper::new(Waker::new()?)?;
-        for (socket, _) in &sockets {
-            sleeper.watch(socket.as_raw_fd(), SleepSource::Socket)?;
-        }
+        let mut sleeper = background::sleeper_on(sockets.iter().map(|(s, _)| s.as_raw_fd()))?;
         let reader = Background::spawn("xmv-kernel-app", move |stop| {
             serve(&sockets, kind, core, &published, stop, &mut sleeper)
         })?;
@@ -70,8 +67,6 @@ impl KernelApp {
 
 /// After the stop request, keep serving until nothing came for this long.
 const QUIET_NS: u64 = 20_000_000;
-/// How often a blocked application looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
 
 fn serve(
     sockets: &[(RawSocket, xmacvlan::abi::Mac)],
@@ -137,15 +132,7 @@ fn serve(
                     None => quiet_since = Some(now),
                 }
             }
-            if idle.spun_out() {
-                // `Background` only sets its flag: look at it every STOP_CHECK.
-                let timeout = if stopping {
-                    Duration::from_millis(1)
-                } else {
-                    STOP_CHECK
-                };
-                idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
-            }
+            background::rest(idle, stop, stopping, Duration::from_millis(1));
         }
     }
     Ok(out)

@@ -11,11 +11,10 @@ use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, SleepSource, Sleeper, Waker, close_in_parallel,
-    latency_histogram, pin,
+    Consumer, EndpointCounters, HotLoop, Sleeper, close_in_parallel, latency_histogram, pin,
 };
 
-use crate::background::Background;
+use crate::background::{self, Background};
 use crate::lab::Lab;
 
 /// Ring memory for all endpoints together, split evenly: one endpoint gets a 16 MiB ring (as
@@ -81,10 +80,7 @@ impl KernelPath {
         // The reader blocks until a block is handed over (full, or retired by its timer). Its
         // waker is never written: `Background` only sets a flag, so the reader looks at it
         // at least every STOP_CHECK.
-        let mut sleeper = Sleeper::new(Waker::new()?)?;
-        for (ring, _) in &readers {
-            sleeper.watch(ring.as_raw_fd(), SleepSource::Socket)?;
-        }
+        let mut sleeper = background::sleeper_on(readers.iter().map(|(r, _)| r.as_raw_fd()))?;
         let reader = Background::spawn("xmv-kernel-rx", move |stop| {
             read_until_stopped(readers, rx_core, &published, stop, &mut sleeper)
         })?;
@@ -97,9 +93,6 @@ impl KernelPath {
         self.reader.stop()
     }
 }
-
-/// How often a blocked reader looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// The reader: one block per ring per pass, the clock read once per block.
 fn read_until_stopped(
@@ -144,14 +137,10 @@ fn read_until_stopped(
                 }
             } else if quiet_since.is_some_and(|t| xmacvlan::sys::monotonic_ns() - t >= quiet_ns) {
                 break;
-            } else if idle.spun_out() {
+            } else {
                 // Stopping, it waits for the last blocks' retire timers: never long.
-                let timeout = if stopping {
-                    Duration::from_millis(retire_ms.max(1))
-                } else {
-                    STOP_CHECK
-                };
-                idle.sleep(timeout, || stop.load(Ordering::Acquire) && !stopping);
+                let retire = Duration::from_millis(retire_ms.max(1));
+                background::rest(idle, stop, stopping, retire);
             }
         }
     }

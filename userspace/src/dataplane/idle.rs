@@ -205,30 +205,6 @@ pub enum Woke {
     TimedOut,
 }
 
-/// The polling back-off, for a thread with nothing to block on (the benchmark's readers):
-/// spin briefly, then yield the core, then nap 50 µs at a time.
-#[derive(Default)]
-pub struct Idle {
-    empty_rounds: u32,
-}
-
-impl Idle {
-    #[inline]
-    pub fn worked(&mut self) {
-        self.empty_rounds = 0;
-    }
-
-    #[inline]
-    pub fn wait(&mut self) {
-        self.empty_rounds = self.empty_rounds.saturating_add(1);
-        match self.empty_rounds {
-            0..=64 => std::hint::spin_loop(),
-            65..=4096 => std::thread::yield_now(),
-            _ => std::thread::sleep(Duration::from_micros(50)),
-        }
-    }
-}
-
 /// Pin the calling thread to `core`; failure is reported, not fatal (containers may forbid it).
 pub fn pin(core: usize, what: &str) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {

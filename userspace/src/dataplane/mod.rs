@@ -46,10 +46,9 @@ mod slots;
 mod snapshot;
 mod worker;
 
-pub use endpoint::{Consumer, EndpointCounters, EndpointSpec, latency_histogram};
-pub use idle::{
-    HotLoop, Idle, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin,
-};
+pub use consumer::{Consumer, latency_histogram};
+pub use endpoint::{EndpointCounters, EndpointSpec};
+pub use idle::{HotLoop, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 use queue::WorkerHandle;
