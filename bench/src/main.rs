@@ -105,11 +105,23 @@ struct LabArgs {
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "xdp")]
+    /// How frames reach the endpoints (the daemon's `--demux-mode`).
+    #[arg(
+        long = "demux-mode",
+        visible_alias = "demux",
+        value_enum,
+        default_value = "xdp"
+    )]
     demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
     xdp_mode: XdpMode,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How the AF_XDP sockets bind (the daemon's `--bind-mode`).
+    #[arg(
+        long = "bind-mode",
+        visible_alias = "bind",
+        value_enum,
+        default_value = "auto"
+    )]
     bind: BindMode,
     /// Receive queues of the lab NIC (one worker and one generator each).
     #[arg(long, default_value_t = 1)]

@@ -19,11 +19,23 @@ pub struct RunArgs {
     /// Endpoints file: {"endpoints": [{"name": "c1", "vid": 100, "mac": "02:42:c6:12:00:02"}]}.
     #[arg(long)]
     pub config: PathBuf,
-    #[arg(long, value_enum, default_value = "xdp")]
+    /// How frames reach the endpoints.
+    #[arg(
+        long = "demux-mode",
+        visible_alias = "demux",
+        value_enum,
+        default_value = "xdp"
+    )]
     pub demux: DemuxMode,
     #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
     pub xdp_mode: XdpMode,
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How the AF_XDP sockets bind: zero-copy, copy, or zero-copy where the driver can.
+    #[arg(
+        long = "bind-mode",
+        visible_alias = "bind",
+        value_enum,
+        default_value = "auto"
+    )]
     pub bind: BindMode,
     /// Cores for workers and consumers, comma-separated (default: all but core 0).
     #[arg(long, value_delimiter = ',')]

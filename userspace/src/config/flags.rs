@@ -39,13 +39,13 @@ pub struct ConfigFlags {
     pub cores: Option<CoresFlag>,
     /// xdp, user or kernel.
     // The modes derive `ValueEnum` for `run`, which lacks `kernel`: parse as daemon.json does.
-    #[arg(long = "demux-mode", value_name = "MODE", value_parser = DemuxMode::from_str)]
+    #[arg(long = "demux-mode", visible_alias = "demux", value_name = "MODE", value_parser = DemuxMode::from_str)]
     pub demux_mode: Option<DemuxMode>,
     /// native, generic or auto.
     #[arg(long = "xdp-mode", value_name = "MODE", value_parser = XdpMode::from_str)]
     pub xdp_mode: Option<XdpMode>,
     /// zerocopy, copy or auto.
-    #[arg(long = "bind-mode", value_name = "MODE", value_parser = BindMode::from_str)]
+    #[arg(long = "bind-mode", visible_alias = "bind", value_name = "MODE", value_parser = BindMode::from_str)]
     pub bind_mode: Option<BindMode>,
     /// Stats period: "1s", "500ms".
     #[arg(long = "stats-interval", value_name = "DURATION", value_parser = parse_duration)]
@@ -196,6 +196,18 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn the_mode_flags_have_the_spelling_of_run_too() {
+        let long = flags(&["--demux-mode", "user", "--bind-mode", "copy"]);
+        let short = flags(&["--demux", "user", "--bind", "copy"]);
+        assert_eq!(long.demux_mode, Some(DemuxMode::User));
+        assert_eq!(long.bind_mode, Some(BindMode::Copy));
+        assert_eq!(
+            (short.demux_mode, short.bind_mode),
+            (long.demux_mode, long.bind_mode)
+        );
     }
 
     #[test]
