@@ -19,6 +19,7 @@ fn compare_writes_every_field_of_every_run() {
         repetitions: 1,
         duration: Duration::from_millis(300),
         port_rate: Some(5_000),
+        capacity_steps: 2,
         ..BenchConfig::quick(out.clone())
     };
     let mut calls = Vec::new();
@@ -29,7 +30,9 @@ fn compare_writes_every_field_of_every_run() {
     // Progress: from 0 to the total, never backwards.
     let total = 2 * ALL_MODES.len(); // flat out and one fixed load, each mode once
     let port_runs = 3 * 2; // xdp, user, kernel, each with sinks and with reflectors
-    let total_runs = total + port_runs;
+    // One endpoint count is the base and both extremes: every mode's capacity, 2 probes at most.
+    let capacity_probes = ALL_MODES.len() * 2;
+    let total_runs = total + port_runs + capacity_probes;
     assert_eq!(calls.first(), Some(&(0, total_runs)));
     assert_eq!(calls.last(), Some(&(total_runs, total_runs)));
     assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
@@ -66,10 +69,46 @@ fn compare_writes_every_field_of_every_run() {
         check_port_run(run);
     }
 
+    let capacity = json["capacity"].as_array().expect("a `capacity` array");
+    let mut modes: Vec<&str> = capacity
+        .iter()
+        .map(|c| c["mode"].as_str().unwrap())
+        .collect();
+    modes.sort_unstable();
+    assert_eq!(modes, ["ceiling", "kernel", "user", "xdp"], "{json:#}");
+    for row in capacity {
+        check_capacity(row);
+    }
+    let targets = json["targets"].as_array().expect("a `targets` array");
+    let ids: Vec<&str> = targets.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["T1", "T2", "T3", "T4", "T5", "T6"]);
+    for t in targets {
+        assert!(
+            !t["goal"].as_str().unwrap().is_empty() && !t["measured"].as_str().unwrap().is_empty()
+        );
+        assert!(
+            ["met", "missed", "not-measured"].contains(&t["verdict"].as_str().unwrap()),
+            "{t:#}"
+        );
+    }
+    // T1 is judged exactly when every mode found a lossless rate; this run has no 10 % and
+    // no 50 % load (T2, T3), one endpoint count (T4), no anchors (T5) and no idle daemon (T6).
+    let every_capacity = capacity
+        .iter()
+        .all(|c| c["capacity_pps"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        targets[0]["verdict"] != "not-measured",
+        every_capacity,
+        "{json:#}"
+    );
+    for t in &targets[1..] {
+        assert_eq!(t["verdict"], "not-measured", "{t:#}");
+    }
+
     let table = std::fs::read_to_string(&written.table).unwrap();
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
-        total + 1 + port_runs + 1,
+        total + 1 + port_runs + 1 + capacity.len() + 1 + targets.len() + 1,
         "a header and a line per run, in each table:\n{table}"
     );
     assert!(!written.plots.is_empty());
@@ -134,6 +173,55 @@ fn check_run(run: &Value) {
         assert!(run["vs_ceiling"].as_f64().is_some_and(|r| r == 1.0));
     } else if delivered > 0 {
         assert!(p50 > 0, "delivered frames are timed: {run:#}");
+    }
+}
+
+/// A capacity row: every field there, the spread around the median, probes that add up.
+fn check_capacity(row: &Value) {
+    let num = |key: &str| {
+        row[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a number in {row:#}"))
+    };
+    assert_eq!(
+        (row["endpoints"].as_u64(), row["frame_size"].as_u64()),
+        (Some(2), Some(64))
+    );
+    let (cap, min, max) = (num("capacity_pps"), num("min_pps"), num("max_pps"));
+    assert!(0.0 <= min && min <= cap && cap <= max, "{row:#}");
+    let generator_max = num("generator_max_pps");
+    assert!(cap <= generator_max * (1.0 + 1e-9), "{row:#}");
+    assert_eq!(
+        row["generator_limited"].as_bool(),
+        Some(generator_max < 1.2 * cap),
+        "{row:#}"
+    );
+    let repetitions = row["repetitions"].as_array().expect("repetitions");
+    assert_eq!(repetitions.len(), 1, "{row:#}");
+    for b in repetitions {
+        let probes = b["probes"].as_array().expect("probes");
+        assert!(probes.len() <= 2, "{row:#}");
+        // The capacity is a lossless probe's achieved rate, or flat out's when that lost
+        // nothing (then it may have no probe at all).
+        let lossless = probes
+            .iter()
+            .filter(|p| p["loss"].as_f64().unwrap() < 0.001);
+        for p in probes {
+            assert!(p["offered_pps"].as_f64().unwrap() > 0.0, "{row:#}");
+            assert!(
+                (0.0..=1.0).contains(&p["loss"].as_f64().unwrap()),
+                "{row:#}"
+            );
+        }
+        let best = lossless
+            .map(|p| {
+                p["generator_pps"]
+                    .as_f64()
+                    .unwrap()
+                    .min(p["offered_pps"].as_f64().unwrap())
+            })
+            .fold(0.0, f64::max);
+        assert!(b["capacity_pps"].as_f64().unwrap() >= best, "{row:#}");
     }
 }
 

@@ -7,14 +7,19 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+pub mod capacity;
 mod kernel_app;
 pub mod kernel_path;
 mod measure;
 mod output;
 pub mod placement;
+mod summary;
+pub mod targets;
 mod through_ports;
 
+pub use capacity::CapacityRow;
 pub use measure::{ALL_MODES, Latency, Measurement, Mode};
+pub use targets::Target;
 pub use through_ports::PortRun;
 
 use crate::apps::AppKind;
@@ -36,6 +41,8 @@ pub struct BenchConfig {
     /// Frames/s of the runs through ports (sinks and reflectors, at the base endpoint
     /// count); None: no such runs.
     pub port_rate: Option<u64>,
+    /// Probes per zero-loss capacity bisection (0: no capacities measured).
+    pub capacity_steps: usize,
 }
 
 impl BenchConfig {
@@ -52,6 +59,7 @@ impl BenchConfig {
             generator_core: 0,
             out_dir,
             port_rate: Some(DEFAULT_PORT_RATE),
+            capacity_steps: CAPACITY_STEPS,
         }
     }
 
@@ -63,6 +71,7 @@ impl BenchConfig {
             load_fractions: vec![0.5],
             repetitions: 1,
             duration: Duration::from_millis(1000),
+            capacity_steps: 0,
             ..Self::standard(out_dir)
         }
     }
@@ -71,6 +80,9 @@ impl BenchConfig {
 /// The rate of the runs through ports: about a tenth of what the slowest mode carries on the
 /// 2-core development VM, so no mode queues and the latencies compare the paths.
 pub const DEFAULT_PORT_RATE: u64 = 20_000;
+
+/// Probes per capacity bisection: the bracket shrinks to 1/64 of the flat-out rate.
+pub const CAPACITY_STEPS: usize = 6;
 
 /// A run through ports: the median over repetitions.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +121,11 @@ pub struct Results {
     pub runs: Vec<Row>,
     /// Through ports into applications (and back), per mode, at `port_rate`.
     pub through_ports: Vec<PortRow>,
+    /// Zero-loss capacities (64-byte frames): every mode at the base endpoint count, the
+    /// demux modes also at the smallest and largest counts.
+    pub capacity: Vec<CapacityRow>,
+    /// The performance targets, each judged from this run.
+    pub targets: Vec<Target>,
 }
 
 /// What one sweep point is.
@@ -181,7 +198,22 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         None => Vec::new(),
     };
     let port_runs = port_modes.len() * PORT_APPS.len() * cfg.repetitions;
-    let total = points.len() * cfg.modes.len() * cfg.repetitions + port_runs;
+    let flat_64_counts: Vec<usize> = points
+        .iter()
+        .filter(|p| p.fraction.is_none() && p.frame_size == 64)
+        .map(|p| p.endpoints)
+        .collect();
+    let bisections: usize = match cfg.capacity_steps {
+        0 => 0,
+        _ => flat_64_counts
+            .iter()
+            .map(|&n| capacity::modes_at(n, base, &flat_64_counts, &cfg.modes).len())
+            .sum(),
+    };
+    // Progress counts a bisection as its most probes (one that converges early skips ahead).
+    let capacity_probes = bisections * cfg.repetitions * cfg.capacity_steps;
+    let total = points.len() * cfg.modes.len() * cfg.repetitions + port_runs + capacity_probes;
+    let mut capacities = Vec::new();
     let mut through_ports = Vec::new();
     let mut done = 0;
     let mut rows: Vec<Row> = Vec::new();
@@ -246,6 +278,36 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
             };
             if point.fraction.is_none() && point.frame_size == 64 {
                 ceiling_pps = of(Mode::Ceiling).or(ceiling_pps);
+                if cfg.capacity_steps > 0 {
+                    let modes = capacity::modes_at(endpoints, base, &flat_64_counts, &cfg.modes);
+                    let mut bisections: Vec<Vec<capacity::Bisection>> =
+                        vec![Vec::new(); modes.len()];
+                    for _ in 0..cfg.repetitions {
+                        for (b, &mode) in modes.iter().enumerate() {
+                            progress(
+                                done,
+                                total,
+                                &format!(
+                                    "{} endpoints={endpoints} zero-loss capacity",
+                                    mode.name()
+                                ),
+                            );
+                            let flat = medians.iter().find(|m| m.mode == mode).expect("measured");
+                            bisections[b].push(capacity::bisect(
+                                &setup,
+                                mode,
+                                flat,
+                                cfg.capacity_steps,
+                                cfg.duration,
+                            )?);
+                            done += cfg.capacity_steps;
+                        }
+                    }
+                    for (mode, runs) in modes.iter().zip(bisections) {
+                        let flat = medians.iter().find(|m| m.mode == *mode).expect("measured");
+                        capacities.push(capacity::row(flat, runs));
+                    }
+                }
             }
             for m in &medians {
                 rows.push(Row {
@@ -307,7 +369,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         }
     }
     progress(done, total, "done");
-    Ok(Results {
+    let mut results = Results {
         machine: machine_description(),
         load_average: [load_at_start, load_average()],
         rx_core: cfg.rx_core,
@@ -315,7 +377,11 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         duration_s: cfg.duration.as_secs_f64(),
         runs: rows,
         through_ports,
-    })
+        capacity: capacities,
+        targets: Vec::new(),
+    };
+    results.targets = targets::judge(&results);
+    Ok(results)
 }
 
 /// The applications of the runs through ports, in this order.

@@ -156,6 +156,12 @@ pub fn markdown(results: &Results) -> String {
     if !results.through_ports.is_empty() {
         port_table(&mut s, results);
     }
+    if !results.capacity.is_empty() {
+        super::summary::capacity_table(&mut s, results);
+    }
+    if !results.targets.is_empty() {
+        super::summary::targets_table(&mut s, results);
+    }
     s
 }
 
@@ -424,6 +430,8 @@ mod tests {
                     repetitions: 1,
                 })
                 .collect(),
+            capacity: Vec::new(),
+            targets: Vec::new(),
         };
         let dir = std::env::temp_dir().join(format!("xmv-bench-out-{}", std::process::id()));
         let written = write_outputs(&results, &dir).unwrap();

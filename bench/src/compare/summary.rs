@@ -1,0 +1,56 @@
+//! The Markdown tables that judge a run: the zero-loss capacities and the targets.
+use std::fmt::Write as _;
+
+use super::Results;
+use super::capacity::{GENERATOR_HEADROOM, LOSS_BOUND};
+
+/// The capacities: median over repetitions, the spread, and whether the generator had room.
+pub fn capacity_table(s: &mut String, results: &Results) {
+    let _ = writeln!(
+        s,
+        "\nZero-loss capacity: the highest offered rate with under {:.1} % loss, by bisection \
+         on the offered rate (64 B). A row is flagged when the generator could not offer \
+         {GENERATOR_HEADROOM}x the capacity: the bound may then be the generator's.\n",
+        LOSS_BOUND * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "| mode | endpoints | capacity Mpps | min Mpps | max Mpps | repetitions | generator max Mpps | flag |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for c in &results.capacity {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {} |",
+            c.mode.name(),
+            c.endpoints,
+            c.capacity_pps / 1e6,
+            c.min_pps / 1e6,
+            c.max_pps / 1e6,
+            c.repetitions.len(),
+            c.generator_max_pps / 1e6,
+            if c.generator_limited {
+                "generator-limited"
+            } else {
+                ""
+            },
+        );
+    }
+}
+
+/// Each target, what this run measured, and the verdict.
+pub fn targets_table(s: &mut String, results: &Results) {
+    let _ = writeln!(s, "\nTargets, judged from this run:\n");
+    let _ = writeln!(s, "| # | target | measured | verdict |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for t in &results.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.id,
+            t.goal,
+            t.measured,
+            t.verdict.name()
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The performance targets (issue 18's T1-T6), each judged from one run's numbers as ratios
+//! within that run. A target the run has no numbers for says so instead of passing.
+use serde::Serialize;
+
+use super::capacity::CapacityRow;
+use super::measure::Mode;
+use super::{Results, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// This run measured nothing the target could be judged by.
+    NotMeasured,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "missed",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+
+    fn of(met: bool) -> Verdict {
+        if met { Verdict::Met } else { Verdict::Missed }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub id: &'static str,
+    pub goal: &'static str,
+    /// The ratios (or the reason there are none).
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+fn target(id: &'static str, goal: &'static str, judged: Option<(String, bool)>) -> Target {
+    match judged {
+        Some((measured, met)) => Target {
+            id,
+            goal,
+            measured,
+            verdict: Verdict::of(met),
+        },
+        None => Target {
+            id,
+            goal,
+            measured: "this run has no such numbers".into(),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}
+
+/// Every target, in order.
+pub fn judge(r: &Results) -> Vec<Target> {
+    let base = base_count(r);
+    let cap = |mode: Mode, endpoints: Option<usize>| -> Option<f64> {
+        let e = endpoints?;
+        r.capacity
+            .iter()
+            .find(|c: &&CapacityRow| c.mode == mode && c.endpoints == e)
+            .map(|c| c.capacity_pps)
+            .filter(|&c| c > 0.0)
+    };
+    let row = |mode: Mode, load: &str| -> Option<&Row> {
+        r.runs.iter().find(|x| {
+            x.median.mode == mode
+                && Some(x.median.endpoints) == base
+                && x.median.frame_size == 64
+                && x.load == load
+        })
+    };
+    let t1 = (|| {
+        let (x, u, k, c) = (
+            cap(Mode::Xdp, base)?,
+            cap(Mode::User, base)?,
+            cap(Mode::Kernel, base)?,
+            cap(Mode::Ceiling, base)?,
+        );
+        Some((
+            format!(
+                "xdp {:.2}x kernel, {:.2}x ceiling; user {:.2}x xdp",
+                x / k,
+                x / c,
+                u / x
+            ),
+            x / k >= 1.0 && x / c >= 0.65 && u / x >= 0.8,
+        ))
+    })();
+    let t2 = (|| {
+        let (x, k) = (row(Mode::Xdp, "0.10")?, row(Mode::Kernel, "0.10")?);
+        let (xn, kn) = (x.median.cpu_ns_per_frame, k.median.cpu_ns_per_frame);
+        Some((
+            format!(
+                "at 10 % load: xdp {xn:.0} ns, kernel {kn:.0} ns ({:.2}x; loss {:.2} % and {:.2} %)",
+                xn / kn,
+                x.median.loss * 100.0,
+                k.median.loss * 100.0
+            ),
+            xn <= kn,
+        ))
+    })();
+    let t3 = (|| {
+        let p99 = |m: Mode, load: &str| row(m, load).map(|x| x.median.latency_ns.p99 as f64);
+        let low = p99(Mode::Xdp, "0.10")? / p99(Mode::Kernel, "0.10")?;
+        let half = p99(Mode::Xdp, "0.50")? / p99(Mode::Kernel, "0.50")?;
+        Some((
+            format!("xdp p99 {low:.2}x kernel at 10 % load, {half:.2}x at 50 %"),
+            low <= 0.1 && half <= 1.0,
+        ))
+    })();
+    let (fewest, most) = (
+        r.capacity.iter().map(|c| c.endpoints).min(),
+        r.capacity.iter().map(|c| c.endpoints).max(),
+    );
+    let t4 = (|| {
+        if fewest == most {
+            return None;
+        }
+        let x = cap(Mode::Xdp, most)? / cap(Mode::Xdp, fewest)?;
+        let u = cap(Mode::User, most)? / cap(Mode::User, fewest)?;
+        Some((
+            format!(
+                "{} vs {} endpoints: xdp {x:.2}x, user {u:.2}x",
+                most?, fewest?
+            ),
+            x >= 0.8 && u >= 0.6,
+        ))
+    })();
+    vec![
+        target(
+            "T1",
+            "zero-loss capacity: xdp >= 1.0x kernel and >= 0.65x the ceiling; user >= 0.8x xdp",
+            t1,
+        ),
+        target(
+            "T2",
+            "busy ns/frame at a fixed low rate: xdp <= 1.0x kernel",
+            t2,
+        ),
+        target(
+            "T3",
+            "p99 one-way latency: xdp <= 0.1x kernel at 10 % load, <= 1.0x at 50 %",
+            t3,
+        ),
+        target(
+            "T4",
+            "zero-loss capacity at the most endpoints >= 0.8x (xdp), 0.6x (user) that at the fewest",
+            t4,
+        ),
+        // Neither anchor runs in the benchmark yet: said, not guessed.
+        target(
+            "T5",
+            "xdp >= 0.8x DPDK testpmd net_af_xdp rxonly on the same NIC and core",
+            None,
+        ),
+        target(
+            "T6",
+            "an idle daemon, 16 endpoints: < 1 % of one core (bench/scripts/idle-daemon.sh)",
+            None,
+        ),
+    ]
+}
+
+/// The endpoint count the ratios compare at: the one every mode has a capacity at, else the
+/// one with fixed-load rows.
+fn base_count(r: &Results) -> Option<usize> {
+    r.capacity
+        .iter()
+        .find(|c| c.mode == Mode::Kernel)
+        .map(|c| c.endpoints)
+        .or_else(|| {
+            r.runs
+                .iter()
+                .find(|x| x.load != "flat-out")
+                .map(|x| x.median.endpoints)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::capacity::CapacityRow;
+    use crate::compare::{Latency, Measurement};
+
+    fn capacity(mode: Mode, endpoints: usize, pps: f64) -> CapacityRow {
+        CapacityRow {
+            mode,
+            endpoints,
+            frame_size: 64,
+            capacity_pps: pps,
+            min_pps: pps,
+            max_pps: pps,
+            generator_max_pps: 2.0 * pps,
+            generator_limited: false,
+            repetitions: Vec::new(),
+        }
+    }
+
+    fn fixed(mode: Mode, load: &str, cpu_ns: f64, p99_ns: u64) -> Row {
+        Row {
+            median: Measurement {
+                mode,
+                endpoints: 16,
+                frame_size: 64,
+                offered_pps: 1e5,
+                generator_pps: 1e5,
+                delivered_pps: 1e5,
+                loss: 0.0,
+                cpu_ns_per_frame: cpu_ns,
+                latency_ns: Latency {
+                    p50: p99_ns / 2,
+                    p99: p99_ns,
+                    p999: p99_ns,
+                    max: p99_ns,
+                },
+                sent: 1,
+                delivered: 1,
+                lost_before_receive: 0,
+                dropped_after_receive: 0,
+                misdelivered: 0,
+            },
+            load: load.into(),
+            repetitions: 1,
+            limited_by: "offered",
+            vs_ceiling: None,
+            vs_kernel: None,
+        }
+    }
+
+    fn results(capacity: Vec<CapacityRow>, runs: Vec<Row>) -> Results {
+        Results {
+            machine: "test".into(),
+            load_average: [0.0; 2],
+            rx_core: 1,
+            generator_core: 0,
+            duration_s: 1.0,
+            runs,
+            through_ports: Vec::new(),
+            capacity,
+            targets: Vec::new(),
+        }
+    }
+
+    fn verdicts(r: &Results) -> Vec<Verdict> {
+        judge(r).iter().map(|t| t.verdict).collect()
+    }
+
+    #[test]
+    fn each_target_is_judged_by_its_ratios() {
+        use Verdict::*;
+        let r = results(
+            vec![
+                capacity(Mode::Ceiling, 16, 1.5e6),
+                capacity(Mode::Xdp, 16, 1.0e6),
+                capacity(Mode::User, 16, 0.85e6),
+                capacity(Mode::Kernel, 16, 0.9e6),
+                capacity(Mode::Xdp, 1, 1.1e6),
+                capacity(Mode::User, 1, 1.0e6),
+                capacity(Mode::Xdp, 1024, 0.9e6),
+                capacity(Mode::User, 1024, 0.5e6),
+            ],
+            vec![
+                fixed(Mode::Xdp, "0.10", 900.0, 10_000),
+                fixed(Mode::Kernel, "0.10", 1000.0, 200_000),
+                fixed(Mode::Xdp, "0.50", 900.0, 300_000),
+                fixed(Mode::Kernel, "0.50", 1000.0, 200_000),
+            ],
+        );
+        // T1: 1.11x kernel, 0.67x ceiling, user 0.85x xdp. T2: 0.9x. T3: 0.05x but 1.5x at
+        // half load. T4: xdp 0.82x, user 0.5x.
+        assert_eq!(
+            verdicts(&r),
+            [Met, Met, Missed, Missed, NotMeasured, NotMeasured]
+        );
+        let t1 = &judge(&r)[0];
+        assert_eq!(
+            t1.measured,
+            "xdp 1.11x kernel, 0.67x ceiling; user 0.85x xdp"
+        );
+    }
+
+    #[test]
+    fn a_run_without_the_numbers_says_so() {
+        use Verdict::*;
+        let r = results(vec![capacity(Mode::Xdp, 16, 1e6)], Vec::new());
+        assert_eq!(verdicts(&r), [NotMeasured; 6]);
+    }
+}
