@@ -92,6 +92,9 @@ struct CompareArgs {
     /// baseline's AF_PACKET application); 0 skips them.
     #[arg(long, default_value_t = xmacvlan_bench::compare::DEFAULT_PORT_RATE)]
     port_rate: u64,
+    /// Probes per zero-loss capacity bisection (default: 6, --quick 0 = none).
+    #[arg(long)]
+    capacity_steps: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -304,6 +307,9 @@ fn compare(a: CompareArgs) -> Result<()> {
     cfg.rx_core = a.rx_core;
     cfg.generator_core = a.generator_core;
     cfg.port_rate = (a.port_rate > 0).then_some(a.port_rate);
+    if let Some(steps) = a.capacity_steps {
+        cfg.capacity_steps = steps;
+    }
     let started = std::time::Instant::now();
     let results = compare::run(&cfg, &mut |done, total, what| {
         progress_bar(done, total, what, started.elapsed());
