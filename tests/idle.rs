@@ -49,7 +49,7 @@ fn lab() -> Lab {
         endpoints_per_vlan: ENDPOINTS,
         queues: 1,
         kernel_devices: KernelDevices::None,
-        mtu: None,
+        ..Topology::default()
     })
     .expect("building the lab")
 }

@@ -50,7 +50,7 @@ fn lab_with_queues(
         endpoints_per_vlan: per_vlan,
         queues,
         kernel_devices,
-        mtu: None,
+        ..Topology::default()
     })
     .expect("building the lab")
 }

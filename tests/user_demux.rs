@@ -78,7 +78,7 @@ fn full_endpoint_rings_drop_and_count_never_stall() {
         endpoints_per_vlan: 2,
         queues: 1,
         kernel_devices: KernelDevices::None,
-        mtu: None,
+        ..Topology::default()
     })
     .expect("building the lab");
     let streams = lab_streams(&lab.endpoints, 64, false);
@@ -184,7 +184,7 @@ fn kernel_baseline_delivers_exactly_what_each_endpoint_was_sent() {
         endpoints_per_vlan: 6,
         queues: 1,
         kernel_devices: KernelDevices::Host,
-        mtu: None,
+        ..Topology::default()
     })
     .expect("building the lab");
     let streams = lab_streams(&lab.endpoints, 64, false);
