@@ -12,6 +12,8 @@ use xmacvlan::netlink::MacVlanMode as Mode;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 
+use crate::ingress::{Feed, Ingress};
+
 /// The veth end that plays the NIC (in the host namespace) and its peer on the wire.
 pub const NIC: &str = "nic0";
 pub const WIRE: &str = "wire0";
@@ -28,6 +30,8 @@ pub struct Topology {
     pub kernel_devices: KernelDevices,
     /// MTU of the lab NIC and its peer (veth allows XDP up to about 3500).
     pub mtu: Option<u32>,
+    /// How generated frames reach the NIC.
+    pub ingress: Ingress,
 }
 
 impl Default for Topology {
@@ -38,6 +42,7 @@ impl Default for Topology {
             queues: 1,
             kernel_devices: KernelDevices::OwnNamespace,
             mtu: None,
+            ingress: Ingress::Skb,
         }
     }
 }
@@ -61,11 +66,14 @@ pub struct Lab {
     pub host_devices: Vec<Option<String>>,
     /// One-line notes on what could not be built (e.g. VLAN devices without 802.1Q).
     pub notes: Vec<String>,
+    pub ingress: Ingress,
     // Fields drop in declaration order: endpoint namespaces (their macvlans) before the
     // host namespace (the NIC they hang off), then the wire.
     /// Per endpoint, its own namespace (`OwnNamespace` placement; made even where its VLAN
     /// device could not be, so an application there can attach to its port).
     endpoint_namespaces: Vec<Option<NetnsGuard>>,
+    /// The `xdp-frame` ingress's redirect program (in the wire namespace).
+    _feed: Option<Feed>,
     pub host: NetnsGuard,
     pub wire: NetnsGuard,
 }
@@ -94,6 +102,7 @@ pub fn endpoint_name(vid: u16, i: usize) -> String {
 impl Lab {
     /// Build the lab under a unique prefix (includes the pid).
     pub fn build(topology: &Topology) -> Result<Self> {
+        crate::ingress::check(topology.ingress, topology.queues)?;
         let prefix = format!("xmvlab{}-{}", std::process::id(), unique_suffix());
         let host = NetnsGuard::create(&format!("{prefix}-host"))?;
         let wire = NetnsGuard::create(&format!("{prefix}-wire"))?;
@@ -126,20 +135,39 @@ impl Lab {
             nl.set_up(nic)?;
             Ok(())
         })?;
-        wire.run(|| {
+        let feed = wire.run(|| {
             let nl = Netlink::new()?;
             let index = nl.require_link(WIRE)?.index;
-            nl.set_up(index)
+            nl.set_up(index)?;
+            match topology.ingress {
+                Ingress::Skb => Ok(None),
+                Ingress::XdpFrame => Feed::install(&nl, index).map(Some),
+            }
         })?;
+        if topology.ingress == Ingress::XdpFrame {
+            // veth takes redirected frames only while the receiving end runs NAPI: with an
+            // XDP program, or with GRO on, which keeps NAPI for the kernel path too.
+            shell_in(&host, &format!("ethtool -K {NIC} gro on"))
+                .context("turning GRO on for the xdp-frame ingress")?;
+        }
         let mut lab = Lab {
             prefix: prefix.clone(),
             host_devices: vec![None; endpoints.len()],
             endpoints,
             notes: Vec::new(),
+            ingress: topology.ingress,
             endpoint_namespaces: Vec::new(),
+            _feed: feed,
             host,
             wire,
         };
+        if topology.ingress == Ingress::XdpFrame {
+            lab.notes.push(format!(
+                "ingress xdp-frame: the generator sends into {}; the feed program redirects \
+                 every frame into {WIRE}, so it reaches {NIC} as an xdp_frame, like a NIC's buffer",
+                crate::ingress::GENERATOR_PORT
+            ));
+        }
         match topology.kernel_devices {
             KernelDevices::None => {}
             KernelDevices::OwnNamespace => lab.add_kernel_devices(&prefix)?,
@@ -276,12 +304,41 @@ impl Lab {
         Ok((index, device))
     }
 
+    /// Run a shell command in the lab's host namespace, with its own sysfs (sysfs shows the
+    /// namespace of whoever mounted it; `ip netns exec` mounts a fresh one).
+    pub fn shell(&self, script: &str) -> Result<()> {
+        shell_in(&self.host, script)
+    }
+
     pub fn dataplane_config(&self, base: &DataplaneConfig) -> DataplaneConfig {
         DataplaneConfig {
             ifname: NIC.into(),
             ..base.clone()
         }
     }
+}
+
+fn shell_in(ns: &NetnsGuard, script: &str) -> Result<()> {
+    command_in(ns, &["sh", "-c", script]).map(drop)
+}
+
+/// Run a program in namespace `ns` through `ip netns exec` (a fresh sysfs); its stdout.
+pub fn command_in(ns: &NetnsGuard, program: &[&str]) -> Result<String> {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(program)
+        .output()
+        .context("running `ip netns exec` (iproute2)")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "`{}` in namespace {} failed ({}): {}",
+            program.join(" "),
+            ns.name(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn dedup(items: impl Iterator<Item = u16>) -> Vec<u16> {

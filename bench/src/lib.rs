@@ -7,6 +7,7 @@ pub mod apps;
 pub mod background;
 pub mod compare;
 pub mod generator;
+pub mod ingress;
 pub mod lab;
 pub mod round_trip;
 pub mod scenario;

@@ -8,6 +8,7 @@ use xmacvlan::dataplane::{DataplaneConfig, default_cores};
 use xmacvlan::ether::{Mac, VlanId};
 use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
 use xmacvlan::xsk::QueueConfig;
+use xmacvlan_bench::ingress::Ingress;
 use xmacvlan_bench::lab::{KernelDevices, Topology};
 use xmacvlan_bench::scenario::{LabApp, TrafficConfig, run_lab};
 
@@ -95,6 +96,10 @@ struct CompareArgs {
     /// Probes per zero-loss capacity bisection (default: 6, --quick 0 = none).
     #[arg(long)]
     capacity_steps: Option<usize>,
+    /// How frames reach the lab NIC: `xdp-frame` (redirected in, as a NIC's buffers) or
+    /// `skb` (AF_XDP TX straight into the wire).
+    #[arg(long, value_enum, default_value = "xdp-frame")]
+    ingress: Ingress,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +157,10 @@ struct LabArgs {
     /// (no ports: the dataplane's in-process consumer).
     #[arg(long, value_enum, default_value = "sink")]
     app: LabApp,
+    /// How frames reach the lab NIC: `skb` (AF_XDP TX straight into the wire) or `xdp-frame`
+    /// (redirected in by a feed program, as a NIC's buffers; one queue only).
+    #[arg(long, value_enum, default_value = "skb")]
+    ingress: Ingress,
 }
 
 fn main() {
@@ -235,6 +244,7 @@ fn lab(a: LabArgs) -> Result<()> {
             KernelDevices::OwnNamespace
         },
         mtu: None,
+        ingress: a.ingress,
     };
     let dataplane = DataplaneConfig {
         ifname: String::new(),
@@ -310,6 +320,7 @@ fn compare(a: CompareArgs) -> Result<()> {
     if let Some(steps) = a.capacity_steps {
         cfg.capacity_steps = steps;
     }
+    cfg.ingress = a.ingress;
     let started = std::time::Instant::now();
     let results = compare::run(&cfg, &mut |done, total, what| {
         progress_bar(done, total, what, started.elapsed());

@@ -156,7 +156,7 @@ pub fn run_traffic_until(
         let handles: Vec<_> = (0..queues)
             .map(|q| {
                 let cfg = GeneratorConfig {
-                    ifname: lab::WIRE.into(),
+                    ifname: lab.ingress.generator_device().into(),
                     queue: q,
                     duration: if traffic.count.is_some() {
                         Duration::from_secs(120)

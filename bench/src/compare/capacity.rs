@@ -20,8 +20,8 @@ pub const GENERATOR_HEADROOM: f64 = 1.2;
 #[derive(Debug, Clone, Serialize)]
 pub struct Probe {
     pub offered_pps: f64,
-    /// What the generator achieved (below `offered_pps` when it could not keep up).
-    pub generator_pps: f64,
+    /// What reached the NIC (below `offered_pps` when the generator could not keep up).
+    pub reached_pps: f64,
     pub loss: f64,
 }
 
@@ -43,7 +43,7 @@ pub struct CapacityRow {
     pub capacity_pps: f64,
     pub min_pps: f64,
     pub max_pps: f64,
-    /// The most the generator sent flat out at this point.
+    /// The most that reached the NIC at this point, flat out or in a probe.
     pub generator_max_pps: f64,
     /// The generator could not offer `GENERATOR_HEADROOM` x the capacity.
     pub generator_limited: bool,
@@ -52,7 +52,7 @@ pub struct CapacityRow {
 
 /// Bisect between nothing and the generator's flat-out rate, `steps` probes. The first probe
 /// is just under what flat out delivered (most runs end near it), the rest halve the bracket.
-/// A lossless probe raises the floor to what the generator achieved, not what was asked.
+/// A lossless probe raises the floor to what reached the NIC, not what was asked.
 pub fn bisect(
     setup: &Setup,
     mode: Mode,
@@ -60,11 +60,11 @@ pub fn bisect(
     steps: usize,
     duration: Duration,
 ) -> Result<Bisection> {
-    let (mut lo, mut hi) = (0.0_f64, flat_out.generator_pps);
+    let (mut lo, mut hi) = (0.0_f64, flat_out.reached_nic_pps);
     let mut probes = Vec::with_capacity(steps);
     if flat_out.loss < LOSS_BOUND {
         // Flat out lost nothing: the generator, not the receiver, was the bound.
-        lo = flat_out.generator_pps;
+        lo = flat_out.reached_nic_pps;
     }
     for step in 0..steps {
         if lo >= hi * 0.99 {
@@ -78,11 +78,11 @@ pub fn bisect(
         let m = measure::measure(setup, mode, Some(offered.max(1.0) as u64), duration)?;
         probes.push(Probe {
             offered_pps: offered,
-            generator_pps: m.generator_pps,
+            reached_pps: m.reached_nic_pps,
             loss: m.loss,
         });
         if m.loss < LOSS_BOUND && m.misdelivered == 0 {
-            lo = lo.max(m.generator_pps.min(offered));
+            lo = lo.max(m.reached_nic_pps.min(offered));
         } else {
             hi = offered;
         }
@@ -100,8 +100,8 @@ pub fn row(flat_out: &Measurement, repetitions: Vec<Bisection>) -> CapacityRow {
     let capacity_pps = caps.get(caps.len() / 2).copied().unwrap_or(0.0);
     let generator_max_pps = repetitions
         .iter()
-        .flat_map(|b| b.probes.iter().map(|p| p.generator_pps))
-        .fold(flat_out.generator_pps, f64::max);
+        .flat_map(|b| b.probes.iter().map(|p| p.reached_pps))
+        .fold(flat_out.reached_nic_pps, f64::max);
     CapacityRow {
         mode: flat_out.mode,
         endpoints: flat_out.endpoints,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::kernel_path::KernelPath;
 use super::placement;
 use crate::generator::Stream;
+use crate::ingress::wire_counts;
 use crate::lab::{Lab, NIC};
 use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
 use anyhow::{Context, Result};
@@ -69,15 +70,21 @@ pub struct Measurement {
     pub offered_pps: f64,
     /// What the generator actually sent per second (a generator-bound run shows here).
     pub generator_pps: f64,
+    /// What reached the NIC per second: the generator's rate less what the lab's feed lost
+    /// on the generator's core (`xdp-frame` ingress; with `skb` the same as the generator's).
+    pub reached_nic_pps: f64,
     pub delivered_pps: f64,
-    /// Fraction of frames sent to endpoints that were not delivered.
+    /// Fraction of the frames that reached the NIC that were not delivered.
     pub loss: f64,
     /// Busy time of the receive core (user + system + irq + softirq) per delivered frame.
     pub cpu_ns_per_frame: f64,
     pub latency_ns: Latency,
     pub sent: u64,
     pub delivered: u64,
-    /// Sent but never seen by the receive path: the NIC (veth) queue overflowed because the
+    /// Sent but lost before the NIC, in the lab's feed (`xdp-frame` ingress): the generator
+    /// side's limit, not the receiver's, so not part of `loss`.
+    pub lost_in_feed: u64,
+    /// Reached the NIC but never seen by the receive path: the NIC (veth) queue overflowed because the
     /// receive core did not drain it in time.
     pub lost_before_receive: u64,
     /// Seen by the receive path, then dropped by the mode (a full socket, ring or block).
@@ -151,6 +158,7 @@ pub fn measure(
     };
     let lab = setup.lab;
     let cores = [setup.rx_core];
+    let wire_before = wire_counts(lab)?;
     let Observed {
         sent,
         delivered,
@@ -225,6 +233,7 @@ pub fn measure(
             })
         }
         Mode::Kernel => {
+            placement::prepare_kernel_path(lab, setup.rx_core)?;
             let kernel = KernelPath::start(lab, setup.rx_core)?;
             placement::renice_receive_threads()?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
@@ -245,6 +254,11 @@ pub fn measure(
     })?;
     let secs = sent.elapsed.as_secs_f64().max(1e-9);
     let sent_total = sent.total();
+    // Read after the receive side drained: everything the feed passed on has reached the NIC.
+    let reached = match (wire_before, wire_counts(lab)?) {
+        (Some(before), Some(after)) => after.since(&before).reached_nic().min(sent_total),
+        _ => sent_total,
+    };
     let generator_pps = sent_total as f64 / secs;
     Ok(Measurement {
         mode,
@@ -252,11 +266,12 @@ pub fn measure(
         frame_size: setup.frame_size,
         offered_pps: rate.map(|r| r as f64).unwrap_or(generator_pps),
         generator_pps,
+        reached_nic_pps: reached as f64 / secs,
         delivered_pps: delivered as f64 / secs,
-        loss: if sent_total == 0 {
+        loss: if reached == 0 {
             0.0
         } else {
-            1.0 - (delivered.min(sent_total) as f64 / sent_total as f64)
+            1.0 - (delivered.min(reached) as f64 / reached as f64)
         },
         cpu_ns_per_frame: if delivered == 0 {
             0.0
@@ -275,7 +290,8 @@ pub fn measure(
         },
         sent: sent_total,
         delivered,
-        lost_before_receive: sent_total.saturating_sub(received),
+        lost_in_feed: sent_total - reached,
+        lost_before_receive: reached.saturating_sub(received),
         dropped_after_receive: dropped,
         misdelivered,
     })

@@ -23,6 +23,7 @@ pub use targets::Target;
 pub use through_ports::PortRun;
 
 use crate::apps::AppKind;
+use crate::ingress::Ingress;
 use crate::lab::{KernelDevices, Lab, Topology};
 use crate::scenario::lab_streams;
 
@@ -43,6 +44,8 @@ pub struct BenchConfig {
     pub port_rate: Option<u64>,
     /// Probes per zero-loss capacity bisection (0: no capacities measured).
     pub capacity_steps: usize,
+    /// How frames reach the lab NIC (default: `xdp-frame`, as a NIC hands them over).
+    pub ingress: Ingress,
 }
 
 impl BenchConfig {
@@ -60,6 +63,7 @@ impl BenchConfig {
             out_dir,
             port_rate: Some(DEFAULT_PORT_RATE),
             capacity_steps: CAPACITY_STEPS,
+            ingress: Ingress::XdpFrame,
         }
     }
 
@@ -117,6 +121,8 @@ pub struct Results {
     pub load_average: [f64; 2],
     pub rx_core: usize,
     pub generator_core: usize,
+    /// How the generated frames reached the lab NIC: `xdp-frame` or `skb`.
+    pub ingress: Ingress,
     pub duration_s: f64,
     pub runs: Vec<Row>,
     /// Through ports into applications (and back), per mode, at `port_rate`.
@@ -229,6 +235,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
             queues: 1,
             kernel_devices: KernelDevices::Host,
             mtu: None,
+            ingress: cfg.ingress,
         })?;
         placement::prepare(&lab, cfg.rx_core)?;
         // The ceiling's flat-out rate at this endpoint count anchors the fixed loads.
@@ -374,6 +381,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         load_average: [load_at_start, load_average()],
         rx_core: cfg.rx_core,
         generator_core: cfg.generator_core,
+        ingress: cfg.ingress,
         duration_s: cfg.duration.as_secs_f64(),
         runs: rows,
         through_ports,

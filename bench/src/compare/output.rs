@@ -104,21 +104,22 @@ pub fn markdown(results: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Machine: {}. Generator on core {}, receive work on core {}; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
+        "Machine: {}. Generator on core {}, receive work on core {}, ingress `{}`; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
         results.machine,
         results.generator_core,
         results.rx_core,
+        results.ingress.name(),
         results.duration_s,
         results.load_average[0],
         results.load_average[1]
     );
     let _ = writeln!(
         s,
-        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
+        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.runs {
         let m = &r.median;
@@ -132,7 +133,7 @@ pub fn markdown(results: &Results) -> String {
         let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
             m.mode.name(),
             m.endpoints,
             m.frame_size,
@@ -142,8 +143,9 @@ pub fn markdown(results: &Results) -> String {
             m.delivered_pps / 1e6,
             r.limited_by,
             m.loss * 100.0,
-            share(m.lost_before_receive, m.sent),
-            share(m.dropped_after_receive, m.sent),
+            share(m.lost_in_feed, m.sent),
+            share(m.lost_before_receive, m.sent - m.lost_in_feed),
+            share(m.dropped_after_receive, m.sent - m.lost_in_feed),
             m.cpu_ns_per_frame,
             us(m.latency_ns.p50),
             us(m.latency_ns.p99),
@@ -361,6 +363,7 @@ mod tests {
                 frame_size: 64,
                 offered_pps: pps,
                 generator_pps: pps,
+                reached_nic_pps: pps,
                 delivered_pps: pps,
                 loss: 0.0,
                 cpu_ns_per_frame: 1e9 / pps,
@@ -372,6 +375,7 @@ mod tests {
                 },
                 sent: 10,
                 delivered: 10,
+                lost_in_feed: 0,
                 lost_before_receive: 0,
                 dropped_after_receive: 0,
                 misdelivered: 0,
@@ -391,6 +395,7 @@ mod tests {
             load_average: [1.0, 1.0],
             rx_core: 1,
             generator_core: 0,
+            ingress: crate::ingress::Ingress::XdpFrame,
             duration_s: 1.0,
             runs: vec![
                 row(Mode::Ceiling, 1, 2e6),

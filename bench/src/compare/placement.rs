@@ -1,44 +1,42 @@
 //! Where the receive work runs. On veth the receiver's kernel work (NAPI, XDP, the AF_XDP
 //! copy, the stack) runs on the *sender's* core unless moved (see the platform findings), so
 //! every mode would show the generator's rate. The benchmark moves it to the receive core:
-//! threaded NAPI with its kernel thread pinned there (XDP modes), and RPS (kernel path).
-use std::process::Command;
-
+//! threaded NAPI with its kernel thread pinned there (XDP modes; every mode with the
+//! `xdp-frame` ingress, whose NIC keeps NAPI through GRO), and RPS (the kernel path with the
+//! `skb` ingress, where frames enter the stack through the backlog on the sender's core).
 use anyhow::{Context, Result, bail};
 
+use crate::ingress::Ingress;
 use crate::lab::{Lab, NIC};
 
-/// Write sysfs attributes of the lab NIC. sysfs shows the namespace of whoever mounted it, so
-/// this goes through `ip netns exec`, which mounts a fresh sysfs for the namespace.
-fn write_sysfs(lab: &Lab, script: &str) -> Result<()> {
-    let status = Command::new("ip")
-        .args(["netns", "exec", lab.host.name(), "sh", "-c", script])
-        .status()
-        .context("running `ip netns exec` (iproute2)")?;
-    if !status.success() {
-        bail!(
-            "`{script}` in namespace {} failed ({status})",
-            lab.host.name()
-        );
+/// Move the kernel path's receive work (macvlan, AF_PACKET) to `core`: RPS with the `skb`
+/// ingress, the pinned NAPI thread with `xdp-frame`. Call once per lab.
+pub fn prepare(lab: &Lab, core: usize) -> Result<()> {
+    match lab.ingress {
+        Ingress::Skb => {
+            let mask = format!("{:x}", 1u64 << core);
+            lab.shell(&format!(
+                "for q in /sys/class/net/{NIC}/queues/rx-*; do echo {mask} > $q/rps_cpus; done"
+            ))
+        }
+        Ingress::XdpFrame => pin_napi_threads(lab, core).map(drop),
     }
-    Ok(())
 }
 
-/// Steer the NIC's RPS to `core`: the kernel path's receive work (macvlan, AF_PACKET) runs
-/// there. Call once per lab.
-pub fn prepare(lab: &Lab, core: usize) -> Result<()> {
-    let mask = format!("{:x}", 1u64 << core);
-    write_sysfs(
-        lab,
-        &format!("for q in /sys/class/net/{NIC}/queues/rx-*; do echo {mask} > $q/rps_cpus; done"),
-    )
+/// Before a kernel-path run: with `xdp-frame`, pin the NAPI thread again (an XDP mode's
+/// attach and detach may have replaced it).
+pub fn prepare_kernel_path(lab: &Lab, core: usize) -> Result<()> {
+    match lab.ingress {
+        Ingress::Skb => Ok(()),
+        Ingress::XdpFrame => pin_napi_threads(lab, core).map(drop),
+    }
 }
 
 /// Make the NIC's NAPI threaded and pin its kernel threads to `core`. veth has NAPI only
-/// while an XDP program is attached, so call this after every attach. Returns how many
-/// threads were pinned.
+/// while an XDP program is attached or GRO is on, so call this after every attach. Returns
+/// how many threads were pinned.
 pub fn pin_napi_threads(lab: &Lab, core: usize) -> Result<usize> {
-    write_sysfs(lab, &format!("echo 1 > /sys/class/net/{NIC}/threaded"))?;
+    lab.shell(&format!("echo 1 > /sys/class/net/{NIC}/threaded"))?;
     let prefix = format!("napi/{NIC}-");
     let threads = tasks_named("/proc", |comm| comm.starts_with(&prefix))?;
     for (pid, _) in &threads {

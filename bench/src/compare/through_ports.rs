@@ -98,6 +98,7 @@ pub fn measure(
         };
         let mut seen = match mode {
             Mode::Kernel => {
+                placement::prepare_kernel_path(lab, setup.rx_core)?;
                 let kernel = KernelApp::start(lab, app, setup.rx_core)?;
                 let received = || kernel.received.load(Ordering::Relaxed);
                 let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &received)?;
