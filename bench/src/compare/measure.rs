@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::kernel_path::KernelPath;
 use super::placement;
+use super::testpmd::Testpmd;
 use crate::generator::Stream;
 use crate::ingress::wire_counts;
 use crate::lab::{Lab, NIC};
@@ -25,24 +26,32 @@ pub enum Mode {
     User,
     /// Plain kernel macvlan read with AF_PACKET TPACKET_V3: what Docker gives today.
     Kernel,
+    /// DPDK testpmd, `net_af_xdp`, `rxonly`: the external anchor (one AF_XDP socket that
+    /// takes every frame, no demux), run at the base endpoint count only.
+    Testpmd,
 }
 
+/// The modes every sweep point measures.
 pub const ALL_MODES: [Mode; 4] = [Mode::Ceiling, Mode::Xdp, Mode::User, Mode::Kernel];
 
 impl Mode {
-    /// The demux mode this mode measures (None: the ceiling, no demux at all).
+    /// The demux mode this mode measures (None: the ceiling and testpmd, no demux at all).
     pub fn demux(self) -> Option<DemuxMode> {
         match self {
-            Mode::Ceiling => None,
+            Mode::Ceiling | Mode::Testpmd => None,
             Mode::Xdp => Some(DemuxMode::Xdp),
             Mode::User => Some(DemuxMode::User),
             Mode::Kernel => Some(DemuxMode::Kernel),
         }
     }
 
-    /// `ceiling`, else the demux mode's own name (`xdp`, `user`, `kernel`).
+    /// `ceiling`, `testpmd`, else the demux mode's own name (`xdp`, `user`, `kernel`).
     pub fn name(self) -> &'static str {
-        self.demux().map_or("ceiling", DemuxMode::name)
+        match self {
+            Mode::Ceiling => "ceiling",
+            Mode::Testpmd => "testpmd",
+            _ => self.demux().map_or("ceiling", DemuxMode::name),
+        }
     }
 }
 
@@ -141,6 +150,9 @@ pub(super) fn queue_config(mode: Mode, endpoints: usize, frame_len: usize) -> Qu
     }
 }
 
+/// How long a statistics query to testpmd may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub fn measure(
     setup: &Setup,
     mode: Mode,
@@ -230,6 +242,27 @@ pub fn measure(
                 misdelivered: finished.endpoints.iter().map(|e| e.misdelivered).sum(),
                 busy_ns: busy_ns_between(&before, &after)?,
                 latency: histogram,
+            })
+        }
+        Mode::Testpmd => {
+            let pmd = Testpmd::start(lab, setup.rx_core, setup.generator_core)?;
+            placement::pin_napi_threads(lab, setup.rx_core)?;
+            // The drain asks testpmd (only after sending: the pacing is off).
+            let delivered = || pmd.query(QUERY_TIMEOUT).map_or(0, |s| s.rx + s.missed);
+            let before = CpuSample::read(&cores)?;
+            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &delivered)?;
+            let after = CpuSample::read(&cores)?;
+            let stats = pmd.stop()?;
+            Ok(Observed {
+                sent,
+                delivered: stats.rx,
+                received: stats.rx + stats.missed,
+                dropped: stats.missed,
+                // testpmd has one socket for every frame: there is nothing to misdeliver.
+                misdelivered: 0,
+                busy_ns: busy_ns_between(&before, &after)?,
+                // rxonly frees frames unread: no stamps to time.
+                latency: latency_histogram(),
             })
         }
         Mode::Kernel => {

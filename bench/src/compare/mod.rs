@@ -15,6 +15,7 @@ mod output;
 pub mod placement;
 mod summary;
 pub mod targets;
+pub mod testpmd;
 mod through_ports;
 
 pub use capacity::CapacityRow;
@@ -46,6 +47,9 @@ pub struct BenchConfig {
     pub capacity_steps: usize,
     /// How frames reach the lab NIC (default: `xdp-frame`, as a NIC hands them over).
     pub ingress: Ingress,
+    /// Run the external anchor (DPDK testpmd, `net_af_xdp`, `rxonly`) at the base endpoint
+    /// count: flat out and its zero-loss capacity.
+    pub anchors: bool,
 }
 
 impl BenchConfig {
@@ -64,6 +68,7 @@ impl BenchConfig {
             port_rate: Some(DEFAULT_PORT_RATE),
             capacity_steps: CAPACITY_STEPS,
             ingress: Ingress::XdpFrame,
+            anchors: true,
         }
     }
 
@@ -132,6 +137,8 @@ pub struct Results {
     pub capacity: Vec<CapacityRow>,
     /// The performance targets, each judged from this run.
     pub targets: Vec<Target>,
+    /// What the run could not do (e.g. an anchor missing from this machine).
+    pub notes: Vec<String>,
 }
 
 /// What one sweep point is.
@@ -141,6 +148,16 @@ struct Point {
     frame_size: usize,
     /// None = flat out; Some(f) = f x the ceiling's flat-out rate at this point.
     fraction: Option<f64>,
+}
+
+/// The modes point `p` measures: the configured ones, plus the anchor at the base count's
+/// 64-byte flat-out point (when it can run here).
+fn point_modes(cfg: &BenchConfig, p: &Point, base: usize, anchor: bool) -> Vec<Mode> {
+    let mut modes = cfg.modes.clone();
+    if anchor && p.endpoints == base && p.frame_size == 64 && p.fraction.is_none() {
+        modes.push(Mode::Testpmd);
+    }
+    modes
 }
 
 fn plan(cfg: &BenchConfig) -> Vec<Point> {
@@ -194,6 +211,15 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
     let load_at_start = load_average();
     let points = plan(cfg);
     let base = base_endpoints(cfg);
+    let mut notes = Vec::new();
+    let anchor = cfg.anchors
+        && match testpmd::unavailable() {
+            None => true,
+            Some(why) => {
+                notes.push(format!("no testpmd anchor (T5): {why}"));
+                false
+            }
+        };
     let port_modes: Vec<Mode> = match cfg.port_rate {
         Some(_) => cfg
             .modes
@@ -204,21 +230,26 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         None => Vec::new(),
     };
     let port_runs = port_modes.len() * PORT_APPS.len() * cfg.repetitions;
-    let flat_64_counts: Vec<usize> = points
-        .iter()
-        .filter(|p| p.fraction.is_none() && p.frame_size == 64)
-        .map(|p| p.endpoints)
-        .collect();
+    let flat_64 = |p: &&Point| p.fraction.is_none() && p.frame_size == 64;
+    let flat_64_counts: Vec<usize> = points.iter().filter(flat_64).map(|p| p.endpoints).collect();
     let bisections: usize = match cfg.capacity_steps {
         0 => 0,
-        _ => flat_64_counts
+        _ => points
             .iter()
-            .map(|&n| capacity::modes_at(n, base, &flat_64_counts, &cfg.modes).len())
+            .filter(flat_64)
+            .map(|p| {
+                let modes = point_modes(cfg, p, base, anchor);
+                capacity::modes_at(p.endpoints, base, &flat_64_counts, &modes).len()
+            })
             .sum(),
     };
     // Progress counts a bisection as its most probes (one that converges early skips ahead).
     let capacity_probes = bisections * cfg.repetitions * cfg.capacity_steps;
-    let total = points.len() * cfg.modes.len() * cfg.repetitions + port_runs + capacity_probes;
+    let measurements: usize = points
+        .iter()
+        .map(|p| point_modes(cfg, p, base, anchor).len())
+        .sum();
+    let total = measurements * cfg.repetitions + port_runs + capacity_probes;
     let mut capacities = Vec::new();
     let mut through_ports = Vec::new();
     let mut done = 0;
@@ -260,9 +291,10 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 .fraction
                 .map(|f| format!("{f:.2}"))
                 .unwrap_or_else(|| "flat-out".into());
-            let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); cfg.modes.len()];
+            let point_modes = point_modes(cfg, point, base, anchor);
+            let mut samples: Vec<Vec<Measurement>> = vec![Vec::new(); point_modes.len()];
             for _ in 0..cfg.repetitions {
-                for (m, &mode) in cfg.modes.iter().enumerate() {
+                for (m, &mode) in point_modes.iter().enumerate() {
                     progress(
                         done,
                         total,
@@ -286,7 +318,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
             if point.fraction.is_none() && point.frame_size == 64 {
                 ceiling_pps = of(Mode::Ceiling).or(ceiling_pps);
                 if cfg.capacity_steps > 0 {
-                    let modes = capacity::modes_at(endpoints, base, &flat_64_counts, &cfg.modes);
+                    let modes = capacity::modes_at(endpoints, base, &flat_64_counts, &point_modes);
                     let mut bisections: Vec<Vec<capacity::Bisection>> =
                         vec![Vec::new(); modes.len()];
                     for _ in 0..cfg.repetitions {
@@ -387,6 +419,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         through_ports,
         capacity: capacities,
         targets: Vec::new(),
+        notes,
     };
     results.targets = targets::judge(&results);
     Ok(results)

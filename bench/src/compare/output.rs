@@ -124,7 +124,8 @@ pub fn markdown(results: &Results) -> String {
     for r in &results.runs {
         let m = &r.median;
         let us = |ns: u64| {
-            if m.mode == Mode::Ceiling {
+            // Neither XDP_DROP nor testpmd's rxonly reads the frames' stamps.
+            if matches!(m.mode, Mode::Ceiling | Mode::Testpmd) {
                 "–".to_string()
             } else {
                 format!("{:.1}", ns as f64 / 1e3)
@@ -163,6 +164,9 @@ pub fn markdown(results: &Results) -> String {
     }
     if !results.targets.is_empty() {
         super::summary::targets_table(&mut s, results);
+    }
+    for note in &results.notes {
+        let _ = writeln!(s, "\nNote: {note}");
     }
     s
 }
@@ -437,6 +441,7 @@ mod tests {
                 .collect(),
             capacity: Vec::new(),
             targets: Vec::new(),
+            notes: Vec::new(),
         };
         let dir = std::env::temp_dir().join(format!("xmv-bench-out-{}", std::process::id()));
         let written = write_outputs(&results, &dir).unwrap();
