@@ -7,15 +7,18 @@
 //! allocators of `no_alloc.rs` and `no_alloc_ports.rs` stay in binaries of their own.
 mod bench_smoke;
 mod churn;
+mod classifier;
 mod cli_run;
 mod cni;
 mod cni_podman;
 mod control;
+mod control_socket;
 mod control_vlan;
 mod daemon;
 mod deploy;
 mod differential;
 mod docker;
+mod docker_state;
 mod doctor;
 mod fastpath;
 mod idle;
