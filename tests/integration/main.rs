@@ -3,8 +3,9 @@
 //! (`vm_vlan`, `vm_fastpath`, `control_vlan`) are `#[ignore]` on the host and run inside
 //! `cargo xtask vm-test`. `cargo xtask test` runs the areas one after another, each with its
 //! own tally line; one area by hand: `sudo -E cargo test -p xmacvlan-tests --test integration
-//! -- fastpath:: --skip vm_fastpath::` (libtest filters match substrings). The counting
-//! allocators of `no_alloc.rs` and `no_alloc_ports.rs` stay in binaries of their own.
+//! -- fastpath:: --skip vm_fastpath::` (libtest filters match substrings). Run areas one at a
+//! time, as xtask does: some tests measure every thread of their process (`idle`). The
+//! counting allocators of `no_alloc.rs` and `no_alloc_ports.rs` stay in binaries of their own.
 mod bench_smoke;
 mod churn;
 mod classifier;

@@ -101,7 +101,8 @@ fn unknown_key_is_named_with_a_suggestion_and_the_known_keys() {
     assert!(msg.contains("debug, log-level, log-format"), "{msg}");
     let e = error(r#"{"hosts": ["unix:///x"]}"#);
     assert!(!e.to_string().contains("did you mean"), "{e}");
-    // A dotted top-level key is a key, not a log option (found by tests/proptests.rs).
+    // A dotted top-level key is a key, not a log option (found by
+    // tests/integration/proptests.rs).
     let e = error(r#"{"log.level": "info"}"#);
     assert!(
         e.to_string()
