@@ -18,7 +18,7 @@ use crate::cargo::{cargo, is_root};
 /// area (`tests/integration/main.rs`).
 pub const INTEGRATION: &str = "integration";
 
-/// One step or test binary of the run and how it ended.
+/// One step, test binary or area of the run and how it ended.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub name: String,
