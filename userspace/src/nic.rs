@@ -45,8 +45,8 @@ pub fn set_rx_vlan_offload(ifname: &str, on: bool) -> Result<()> {
 
 /// Whether rx VLAN offload on a link of this kind (netlink's IFLA_INFO_KIND) or driver can
 /// take tags out of frames before XDP. veth has no hardware: a tag inside the frame reaches
-/// XDP whatever the flag says (tests/fastpath.rs and tests/cli_run.rs deliver tagged frames
-/// through veth with the default offloads on).
+/// XDP whatever the flag says (tests/integration/fastpath.rs and tests/integration/cli_run.rs
+/// deliver tagged frames through veth with the default offloads on).
 pub fn offload_can_strip_tags(kind_or_driver: Option<&str>) -> bool {
     kind_or_driver != Some("veth")
 }

@@ -22,9 +22,9 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 
 /// What the integration tests use besides the build: ping for reachability checks, the
 /// CNI reference plugins (`macvlan`, `host-local`, `tuning`) the control path and
-/// xmacvlan-cni are compared against; a Docker engine (tests/docker.rs) and podman
-/// (tests/cni_podman.rs), each with a busybox image; DPDK's testpmd with its memif driver (a
-/// memif client the project did not write).
+/// xmacvlan-cni are compared against; a Docker engine (tests/integration/docker.rs) and
+/// podman (tests/integration/cni_podman.rs), each with a busybox image; DPDK's testpmd with its
+/// memif driver (a memif client the project did not write).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "/usr/bin/ping"),
     ("containernetworking-plugins", "/usr/lib/cni/macvlan"),
@@ -36,8 +36,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "librte-net-memif23",
         "/usr/lib/x86_64-linux-gnu/librte_net_memif.so.23",
     ),
-    // The README walkthroughs (tests/walkthrough.rs): `curl` for the metrics page, `nsenter`
-    // to run them inside their own network namespace.
+    // The README walkthroughs (tests/integration/walkthrough.rs): `curl` for the metrics page,
+    // `nsenter` to run them inside their own network namespace.
     ("curl", "/usr/bin/curl"),
     ("util-linux", "/usr/bin/nsenter"),
 ];

@@ -1,9 +1,12 @@
 //! `cargo xtask test`: the whole suite. Lints, unit tests, the namespace integration tests
 //! (root), then the VM tests with a stock Debian kernel (802.1Q). Every step and every test
-//! binary runs even after one failed: the run ends with a line per binary and a closing
-//! `N passed, N failed`, and exits non-zero if anything failed.
+//! binary runs even after one failed; the integration binary runs once per area (its
+//! top-level modules), one area after another, as the areas ran when each was a binary of its
+//! own. The run ends with a line per binary or area and a closing `N passed, N failed`, and
+//! exits non-zero if anything failed.
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -11,7 +14,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::cargo::{cargo, is_root};
 
-/// One step or test binary of the run and how it ended.
+/// The `[[test]]` target of `xmacvlan-tests` holding every integration test, one module per
+/// area (`tests/integration/main.rs`).
+pub const INTEGRATION: &str = "integration";
+
+/// One step, test binary or area of the run and how it ended.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub name: String,
@@ -119,14 +126,34 @@ pub fn run_all(args: &[String]) -> Result<()> {
     ];
     match test_binaries() {
         Ok(binaries) => {
-            // Two threads per binary: each test builds its own namespaces, and this machine
-            // has two cores.
+            // Two threads per binary (or area): each test builds its own namespaces, and this
+            // machine has two cores.
             for b in &binaries {
-                let mut cmd = Command::new(&b.path);
-                cmd.arg("--test-threads=2")
-                    .current_dir(&b.package_dir)
-                    .env("CARGO_MANIFEST_DIR", &b.package_dir);
-                tallies.push(test_binary(&mut cmd, &b.name));
+                let command = || {
+                    let mut cmd = Command::new(&b.path);
+                    cmd.arg("--test-threads=2")
+                        .current_dir(&b.package_dir)
+                        .env("CARGO_MANIFEST_DIR", &b.package_dir);
+                    cmd
+                };
+                if !b.per_area {
+                    tallies.push(test_binary(&mut command(), &b.name));
+                    continue;
+                }
+                match list_areas(&b.path) {
+                    Ok(areas) => {
+                        for (area, tests) in &areas {
+                            let mut cmd = command();
+                            cmd.args(exact(tests));
+                            tallies.push(test_binary(&mut cmd, &format!("{}/{area}", b.package)));
+                        }
+                    }
+                    Err(e) => tallies.push(Tally {
+                        name: b.name.clone(),
+                        error: Some(format!("{e:#}")),
+                        ..Tally::default()
+                    }),
+                }
             }
             tallies.push(test_binary(
                 cargo().args(["test", "--workspace", "--doc"]),
@@ -235,7 +262,52 @@ fn run_counting(cmd: &mut Command, tally: &mut Tally) -> Result<std::process::Ex
 struct Binary {
     name: String,
     path: PathBuf,
+    package: String,
     package_dir: PathBuf,
+    /// The integration binary: run once per area, each named `package/area`.
+    per_area: bool,
+}
+
+/// The tests of a libtest binary by area, the first segment of their path (`fastpath` for
+/// `fastpath::known_frames`), from its `--list` output.
+pub fn areas_of(listing: &str) -> BTreeMap<String, Vec<String>> {
+    let mut areas: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in listing
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(": test"))
+    {
+        let area = name.split_once("::").map_or("", |(a, _)| a);
+        areas
+            .entry(area.to_string())
+            .or_default()
+            .push(name.to_string());
+    }
+    areas
+}
+
+/// [`areas_of`] the tests `exe --list` names.
+pub fn list_areas(exe: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let out = Command::new(exe)
+        .arg("--list")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("listing the tests of {}", exe.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed ({})", exe.display(), out.status);
+    }
+    let areas = areas_of(&String::from_utf8_lossy(&out.stdout));
+    if areas.is_empty() {
+        bail!("{} --list named no tests", exe.display());
+    }
+    Ok(areas)
+}
+
+/// libtest arguments that run exactly `tests` (its filters alone match substrings: `fastpath::`
+/// would also run `vm_fastpath::`).
+pub fn exact(tests: &[String]) -> Vec<String> {
+    std::iter::once("--exact".to_string())
+        .chain(tests.iter().cloned())
+        .collect()
 }
 
 /// `cargo test --workspace --no-run`: every test executable, from cargo's JSON messages.
@@ -283,11 +355,14 @@ fn test_binaries() -> Result<Vec<Binary>> {
         } else {
             " (unit)"
         };
+        let per_area = kind.is_empty() && target == INTEGRATION;
         let name = format!("{package}/{target}{kind}");
         binaries.push(Binary {
             name,
             path: PathBuf::from(exe),
+            package,
             package_dir,
+            per_area,
         });
     }
     if binaries.is_empty() {
@@ -306,7 +381,7 @@ fn test_profile(line: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Tally, test_profile};
+    use super::{Tally, areas_of, exact, test_profile};
 
     #[test]
     fn only_test_harnesses_count() {
@@ -332,5 +407,32 @@ mod tests {
         assert_eq!(t.failures, ["churn_1000_cycles"]);
         assert!(!t.ok());
         assert!(t.line().contains("failing: churn_1000_cycles"));
+    }
+
+    #[test]
+    fn splits_a_listing_by_area() {
+        let listing = "fastpath::known_frames: test\n\
+                       vm_fastpath::on_a_trunk: test\n\
+                       fastpath::counters_balance: test\n\
+                       proptests::frames::parse: test\n\
+                       top_level: test\n\
+                       \n\
+                       5 tests, 0 benchmarks\n";
+        let areas = areas_of(listing);
+        assert_eq!(
+            areas.keys().collect::<Vec<_>>(),
+            ["", "fastpath", "proptests", "vm_fastpath"]
+        );
+        assert_eq!(
+            areas["fastpath"],
+            ["fastpath::known_frames", "fastpath::counters_balance"]
+        );
+        assert_eq!(areas["vm_fastpath"], ["vm_fastpath::on_a_trunk"]);
+        assert_eq!(areas["proptests"], ["proptests::frames::parse"]);
+        assert_eq!(areas[""], ["top_level"]);
+        assert_eq!(
+            exact(&areas["vm_fastpath"]),
+            ["--exact", "vm_fastpath::on_a_trunk"]
+        );
     }
 }

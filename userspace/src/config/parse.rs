@@ -375,7 +375,8 @@ impl Parser<'_> {
                         "must be a positive number of seconds".into(),
                     ));
                 }
-                Duration::from_secs_f64(secs)
+                // Past Duration's range (1e300) is past the bound below, not a panic.
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
             }
             Value::String(s) => {
                 parse_duration(s).map_err(|reason| self.invalid("stats-interval", v, reason))?
@@ -463,7 +464,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err("must be longer than zero".into());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| "too long to be a duration".to_string())
 }
 
 /// CPU ids from a list such as `1`, `0-1` or `1,3-4`.

@@ -101,7 +101,8 @@ fn unknown_key_is_named_with_a_suggestion_and_the_known_keys() {
     assert!(msg.contains("debug, log-level, log-format"), "{msg}");
     let e = error(r#"{"hosts": ["unix:///x"]}"#);
     assert!(!e.to_string().contains("did you mean"), "{e}");
-    // A dotted top-level key is a key, not a log option (found by tests/proptests.rs).
+    // A dotted top-level key is a key, not a log option (found by
+    // tests/integration/proptests.rs).
     let e = error(r#"{"log.level": "info"}"#);
     assert!(
         e.to_string()
@@ -260,6 +261,17 @@ fn cores_and_interval_values_are_checked() {
     assert!(e.to_string().contains("unknown unit \"h\""), "{e}");
     let e = error(r#"{"stats-interval": "10ms"}"#);
     assert!(e.to_string().contains("between 100ms and 1h"), "{e}");
+    // Finite but past Duration's range (found by tests/integration/proptests.rs): an error,
+    // not a panic.
+    let e = error(r#"{"stats-interval": 4.0935429818199917e+294}"#);
+    assert!(e.to_string().contains("between 100ms and 1h"), "{e}");
+    let huge = "9".repeat(300);
+    assert_eq!(
+        parse_duration(&huge).unwrap_err(),
+        "too long to be a duration"
+    );
+    let e = error(&format!(r#"{{"stats-interval": "{huge}s"}}"#));
+    assert!(e.to_string().contains("too long to be a duration"), "{e}");
 }
 
 #[test]

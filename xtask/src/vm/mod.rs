@@ -5,6 +5,7 @@
 //! Layout: [`kernel`] fetches and caches the kernel, [`initramfs`] builds the guest's PID 1
 //! (`init.sh`), [`qemu`] boots it, streams the console and decides pass/fail from the lines the
 //! guest prints (never from qemu's exit code).
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,22 +14,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::cargo::{cargo, is_root, workspace_root};
-use crate::test::Tally;
+use crate::test::{INTEGRATION, Tally, exact, list_areas};
 
 mod initramfs;
 mod kernel;
 mod qemu;
 
-/// Integration test binaries (`[[test]]` names in `tests/Cargo.toml`, crate `xmacvlan-tests`)
-/// that run inside the VM. To add one: add its name here. Its VM-only tests should be
-/// `#[ignore = "..."]` on the host: the guest runs every binary with `--include-ignored`,
-/// `--test-threads=1` and `XMACVLAN_IN_VM=1`. Each binary costs ~1 s of startup plus its tests
-/// at ~10x the host's CPU time: keep this list short.
+/// Areas of the integration binary (modules of `tests/integration/main.rs`, crate
+/// `xmacvlan-tests`) that run inside the VM. To add one: add its name here. Its VM-only tests
+/// should be `#[ignore = "..."]` on the host: the guest runs every area with
+/// `--include-ignored`, `--test-threads=1` and `XMACVLAN_IN_VM=1`, one run of the binary per
+/// area. Each run costs ~1 s of startup plus its tests at ~10x the host's CPU time: keep this
+/// list short.
 pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan"];
 
-/// Per test binary, inside the guest (TCG is slow: generous).
+/// Per area (or test binary), inside the guest (TCG is slow: generous).
 const DEFAULT_BINARY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Boot, module loading and shutdown, on top of the binaries' time.
+/// Boot, module loading and shutdown, on top of the areas' time.
 const BOOT_BUDGET: Duration = Duration::from_secs(120);
 
 /// System packages the VM needs: (package, a file proving it is installed).
@@ -46,12 +48,14 @@ const USAGE: &str = "\
 usage: cargo xtask vm-test [-- OPTIONS]
 
 Boots a stock Debian 6.1 kernel (802.1Q, macvlan, veth as modules) under qemu with the host's /
-as a read-only root plus a tmpfs overlay, and runs the VM test binaries inside as root.
+as a read-only root plus a tmpfs overlay, and runs the VM areas of the integration tests
+inside as root.
 
 options:
   --shell          a root shell in the VM instead of the tests (Ctrl-D powers off; Ctrl-A X quits qemu)
-  --test NAME      run only this test binary (repeatable; default: all of the VM list)
-  --timeout SECS   per test binary, inside the guest (default 300)
+  --test NAME      run only this area of the integration binary (e.g. `fastpath`), or this
+                   test binary of xmacvlan-tests (`no_alloc`) (repeatable; default: the VM areas)
+  --timeout SECS   per area or test binary, inside the guest (default 300)
   --kvm            use KVM instead of TCG (only where KVM can boot a stock kernel)
   --append ARGS    extra kernel command-line arguments (e.g. `loglevel=7`)
 ";
@@ -84,7 +88,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--test" => o.tests.push(
                 it.next()
-                    .context("--test needs a test binary name")?
+                    .context("--test needs an area or test binary name")?
                     .clone(),
             ),
             "--timeout" => {
@@ -108,7 +112,7 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-/// `cargo xtask vm-test`: fails unless every binary passed.
+/// `cargo xtask vm-test`: fails unless every area passed.
 pub fn run(args: &[String]) -> Result<()> {
     let tallies = run_with(&parse(args)?)?;
     let broken: Vec<String> = tallies
@@ -128,7 +132,7 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The VM part of `cargo xtask test`: every VM binary's tally (an error only when the VM
+/// The VM part of `cargo xtask test`: every VM area's tally (an error only when the VM
 /// could not be prepared).
 pub fn run_for_suite() -> Result<Vec<Tally>> {
     run_with(&parse(&[])?)
@@ -217,13 +221,16 @@ fn run_with(opts: &Options) -> Result<Vec<Tally>> {
     result
 }
 
-/// A test binary built on the host: its `[[test]]` name and executable.
+/// One run of a test binary built on the host: an area of the integration binary (its
+/// executable and the area's tests, exactly) or a whole `[[test]]` binary (no tests named).
 pub struct TestBinary {
     pub name: String,
     pub path: PathBuf,
+    pub tests: Vec<String>,
 }
 
-/// `cargo test --no-run` for the VM binaries; their paths from cargo's JSON messages.
+/// `cargo test --no-run` for the test binaries of xmacvlan-tests (paths from cargo's JSON
+/// messages), and one run per name: an area of the integration binary, or a binary.
 fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
     let mut cmd = cargo();
     cmd.args([
@@ -232,12 +239,10 @@ fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
         "--message-format=json-render-diagnostics",
         "-p",
         "xmacvlan-tests",
+        "--tests",
     ]);
-    for n in names {
-        cmd.args(["--test", n]);
-    }
     println!(
-        "xtask: vm: building the VM test binaries: {}",
+        "xtask: vm: building the test binaries for: {}",
         names.join(" ")
     );
     let out = cmd
@@ -249,31 +254,54 @@ fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
         bail!("building the VM test binaries failed ({})", out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut binaries = Vec::new();
+    let mut built = BTreeMap::new();
     for line in text.lines() {
-        if !line.contains("\"reason\":\"compiler-artifact\"") {
+        if !line.contains("\"reason\":\"compiler-artifact\"")
+            || !line.contains("\"target\":{\"kind\":[\"test\"]")
+        {
             continue;
         }
-        let (Some(target), Some(exe)) = (json_str(line, "\"target\":{", "name"), exe_of(line))
-        else {
-            continue;
-        };
-        if names.contains(&target) {
-            binaries.push(TestBinary {
-                name: target,
-                path: PathBuf::from(exe),
-            });
+        if let (Some(target), Some(exe)) = (json_str(line, "\"target\":{", "name"), exe_of(line)) {
+            built.insert(target, PathBuf::from(exe));
         }
     }
+    let integration = built
+        .get(INTEGRATION)
+        .with_context(|| format!("cargo built no `{INTEGRATION}` test binary"))?;
+    let areas = list_areas(integration)?;
+    runs_of(names, &built, integration, &areas)
+}
+
+/// The run for each name: a binary of that name other than the integration binary itself, else
+/// that area of the integration binary.
+fn runs_of(
+    names: &[String],
+    built: &BTreeMap<String, PathBuf>,
+    integration: &Path,
+    areas: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<TestBinary>> {
+    let mut runs = Vec::new();
     for n in names {
-        if !binaries.iter().any(|b| &b.name == n) {
-            bail!(
-                "no test binary `{n}` in crate xmacvlan-tests: add a `[[test]] name = \"{n}\"` \
-                 block to tests/Cargo.toml, or fix VM_TESTS in xtask/src/vm/mod.rs"
-            );
-        }
+        let run = match (built.get(n), areas.get(n)) {
+            (Some(path), _) if n != INTEGRATION => TestBinary {
+                name: n.clone(),
+                path: path.clone(),
+                tests: Vec::new(),
+            },
+            (_, Some(tests)) if !n.is_empty() => TestBinary {
+                name: n.clone(),
+                path: integration.to_path_buf(),
+                tests: tests.clone(),
+            },
+            _ => bail!(
+                "no area `{n}` in the integration tests (a `mod {n};` in \
+                 tests/integration/main.rs) and no test binary `{n}` in crate xmacvlan-tests: \
+                 fix VM_TESTS in xtask/src/vm/mod.rs or the --test name"
+            ),
+        };
+        runs.push(run);
     }
-    Ok(binaries)
+    Ok(runs)
 }
 
 /// The string value of `key` in the first JSON object that starts at `after` in `line`.
@@ -322,10 +350,16 @@ fn guest_script(root: &Path, nonce: &str, binaries: &[TestBinary], opts: &Option
         let _ = writeln!(
             s,
             "echo; echo \"xmacvlan VM: kernel $(uname -r), host / read-only + tmpfs overlay, \
-             XMACVLAN_IN_VM=1.\"; echo \"Test binaries (run with --include-ignored --test-threads=1):\""
+             XMACVLAN_IN_VM=1.\"; echo \"Test binaries, with the area to filter on (run with --include-ignored \
+             --test-threads=1):\""
         );
         for b in binaries {
-            let _ = writeln!(s, "echo \"  {}\"", b.path.display());
+            let filter = if b.tests.is_empty() {
+                String::new()
+            } else {
+                format!(" {}::", b.name)
+            };
+            let _ = writeln!(s, "echo \"  {}{filter}\"", b.path.display());
         }
         let _ = writeln!(
             s,
@@ -337,9 +371,17 @@ fn guest_script(root: &Path, nonce: &str, binaries: &[TestBinary], opts: &Option
     let secs = opts.timeout.as_secs();
     for b in binaries {
         let _ = writeln!(s, "echo \"==> vm-test: {} (timeout {secs} s)\"", b.name);
+        let only: String = if b.tests.is_empty() {
+            String::new()
+        } else {
+            exact(&b.tests)
+                .iter()
+                .map(|a| format!(" {}", quote(a)))
+                .collect()
+        };
         let _ = writeln!(
             s,
-            "timeout -k 10 {secs} {} --include-ignored --test-threads=1 --nocapture",
+            "timeout -k 10 {secs} {} --include-ignored --test-threads=1 --nocapture{only}",
             quote(&b.path.to_string_lossy())
         );
         let _ = writeln!(s, "echo \"XMVM:{nonce}:result {} $?\"", b.name);
@@ -375,17 +417,62 @@ mod tests {
             tests: vec!["vm_vlan".into()],
             timeout: Duration::from_secs(300),
         };
-        let bins = [TestBinary {
-            name: "vm_vlan".into(),
-            path: PathBuf::from("/w/target/debug/deps/vm_vlan-1234"),
-        }];
+        let bins = [
+            TestBinary {
+                name: "vm_vlan".into(),
+                path: PathBuf::from("/w/target/debug/deps/integration-1234"),
+                tests: vec!["vm_vlan::a".into(), "vm_vlan::b".into()],
+            },
+            TestBinary {
+                name: "no_alloc".into(),
+                path: PathBuf::from("/w/target/debug/deps/no_alloc-1234"),
+                tests: vec![],
+            },
+        ];
         let s = guest_script(Path::new("/w"), "n0", &bins, &opts);
         assert!(s.contains("XMACVLAN_IN_VM=1"));
         assert!(s.contains(
-            "timeout -k 10 300 '/w/target/debug/deps/vm_vlan-1234' --include-ignored --test-threads=1"
+            "timeout -k 10 300 '/w/target/debug/deps/integration-1234' --include-ignored \
+             --test-threads=1 --nocapture '--exact' 'vm_vlan::a' 'vm_vlan::b'\n"
         ));
+        assert!(s.contains(
+            "timeout -k 10 300 '/w/target/debug/deps/no_alloc-1234' --include-ignored \
+             --test-threads=1 --nocapture\n"
+        ));
+        assert!(s.contains("echo \"==> vm-test: vm_vlan (timeout 300 s)\""));
         assert!(s.contains("echo \"XMVM:n0:result vm_vlan $?\""));
+        assert!(s.contains("echo \"XMVM:n0:result no_alloc $?\""));
         assert!(s.contains("XMVM:n0:kernel $(uname -r)"));
         assert_eq!(quote("it's"), r#"'it'\''s'"#);
+    }
+
+    #[test]
+    fn names_run_an_area_or_a_binary() {
+        let integration = PathBuf::from("/w/deps/integration-1");
+        let built: BTreeMap<String, PathBuf> = [
+            (INTEGRATION.to_string(), integration.clone()),
+            ("no_alloc".to_string(), PathBuf::from("/w/deps/no_alloc-1")),
+        ]
+        .into();
+        let areas =
+            crate::test::areas_of("vm_fastpath::x: test\nfastpath::y: test\nfastpath::z: test\n");
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let runs = runs_of(
+            &names(&["fastpath", "no_alloc"]),
+            &built,
+            &integration,
+            &areas,
+        )
+        .unwrap();
+        assert_eq!(runs[0].path, integration);
+        assert_eq!(runs[0].tests, ["fastpath::y", "fastpath::z"]);
+        assert_eq!(runs[1].path, PathBuf::from("/w/deps/no_alloc-1"));
+        assert!(runs[1].tests.is_empty(), "a whole binary");
+        for bad in ["vlan", "integration", ""] {
+            let err = runs_of(&names(&[bad]), &built, &integration, &areas)
+                .err()
+                .unwrap_or_else(|| panic!("`{bad}` is neither an area nor a binary"));
+            assert!(err.to_string().contains("fix VM_TESTS"), "{err}");
+        }
     }
 }

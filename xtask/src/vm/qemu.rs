@@ -1,6 +1,6 @@
 //! Booting the guest and judging the run from its console. qemu's exit code says nothing about
 //! the tests (it is 0 after any poweroff, panic or not): a run passes only if the guest printed
-//! a `result` line with code 0 for every binary and an `exit 0` line, with no kernel panic, in
+//! a `result` line with code 0 for every area (or binary) and an `exit 0` line, with no kernel panic, in
 //! time.
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -94,7 +94,8 @@ struct Outcome {
     panic: Option<String>,
     /// qemu could not run the guest (e.g. `KVM internal error`): no point waiting.
     fatal: Option<String>,
-    /// libtest's counts per binary, from its output after the guest's `==> vm-test: NAME`.
+    /// libtest's counts per area (or binary), from its output after the guest's
+    /// `==> vm-test: NAME`.
     counts: BTreeMap<String, Tally>,
     current: Option<String>,
 }
@@ -133,7 +134,7 @@ impl Outcome {
     }
 }
 
-/// Boot, run the tests, stream the console live, and judge: one tally per binary, and one
+/// Boot, run the tests, stream the console live, and judge: one tally per area, and one
 /// named `vm` for what went wrong with the VM itself (panic, timeout, no exit line).
 pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<Vec<Tally>> {
     let accel = if boot.kvm { "KVM" } else { "TCG" };
@@ -250,7 +251,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     println!("xtask: vm: VM ran {elapsed:.1} s");
     let passed = tallies.iter().filter(|t| t.ok()).count();
     println!(
-        "vm-test: {passed} binaries passed, {} failed",
+        "vm-test: {passed} areas passed, {} failed",
         tallies.len() - passed
     );
     for t in &mut tallies {
