@@ -271,6 +271,8 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
 /// DPDK's testpmd with its memif driver as the client, in the endpoint's namespace.
 struct Testpmd {
     child: Child,
+    /// EAL's runtime directory (/var/run/dpdk/<file-prefix>), removed on drop.
+    runtime_dir: std::path::PathBuf,
 }
 
 impl Testpmd {
@@ -279,6 +281,7 @@ impl Testpmd {
             "--vdev=net_memif0,role=client,socket={},socket-abstract=no",
             socket.display()
         );
+        let prefix = format!("xmvtp{}{mode}", std::process::id());
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -292,7 +295,7 @@ impl Testpmd {
                 "512",
                 "--no-pci",
             ])
-            .arg(format!("--file-prefix=xmvtp{}{mode}", std::process::id()))
+            .arg(format!("--file-prefix={prefix}"))
             .arg(vdev)
             .args([
                 "--",
@@ -306,7 +309,10 @@ impl Testpmd {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("dpdk-testpmd (Debian package dpdk-dev)");
-        Testpmd { child }
+        Testpmd {
+            child,
+            runtime_dir: Path::new("/var/run/dpdk").join(prefix),
+        }
     }
 
     fn wait_ready(&self, daemon: &Daemon) {
@@ -350,6 +356,7 @@ impl Drop for Testpmd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
