@@ -16,7 +16,7 @@ fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
         xdp_mode: XdpMode::Auto,
         bind: BindMode::Auto,
         cores: None,
-        duration: Some(0.3),
+        duration: Some(std::time::Duration::from_millis(300)),
         force,
         fix_offloads: false,
         json: None,

@@ -41,8 +41,8 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
     /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub duration: Option<Duration>,
     /// Replace an XDP program another tool attached to the interface.
     #[arg(long)]
     pub force: bool,
@@ -162,7 +162,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     );
     let start = Instant::now();
     let mut last = (0u64, Instant::now());
-    let deadline = a.duration.map(Duration::from_secs_f64);
+    let deadline = a.duration;
     while !crate::sys::interrupted().load(Ordering::Relaxed)
         && deadline.is_none_or(|d| start.elapsed() < d)
     {
@@ -265,4 +265,33 @@ fn refuse_if_xmacvlan_serves(a: &RunArgs, prog_id: u32) -> Result<()> {
     // Nobody holds it: a killed daemon's program attached through netlink; `xdp off` or
     // --force (below) removes it.
     Ok(())
+}
+
+/// `--duration`: seconds, fractions allowed, more than zero, at most a year.
+fn seconds(text: &str) -> Result<Duration, String> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    match text.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= YEAR => Ok(Duration::from_secs_f64(s)),
+        Ok(_) => Err(format!(
+            "`{text}` seconds is out of range: give more than 0 and at most {YEAR} (a year)"
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a number of seconds, e.g. 10 or 0.5"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_positive_seconds_up_to_a_year() {
+        assert_eq!(seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(seconds("10"), Ok(Duration::from_secs(10)));
+        // Too large for a Duration once: must be an error, not a panic.
+        for bad in ["0", "-1", "1e300", "inf", "NaN", "ten", ""] {
+            assert!(seconds(bad).is_err(), "{bad} accepted");
+        }
+    }
 }
