@@ -258,6 +258,7 @@ fn lab(a: LabArgs) -> Result<()> {
         cores: a.cores.unwrap_or_else(default_cores),
         consumer_threads: 1,
         endpoint_ring: 4096,
+        spin: xmacvlan::dataplane::SPIN,
     };
     let traffic = TrafficConfig {
         duration,

@@ -209,6 +209,7 @@ pub fn measure(
                 cores: cores.to_vec(),
                 consumer_threads: 1,
                 endpoint_ring: 4096,
+                spin: xmacvlan::dataplane::SPIN,
             };
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;

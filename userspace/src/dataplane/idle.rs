@@ -22,7 +22,8 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::xsk::wait::{Epoll, Event, EventFd, drain_eventfd};
 
-/// How long a thread keeps polling after its last work before it blocks.
+/// How long a thread keeps polling after its last work before it blocks, unless its
+/// configuration says otherwise ([`crate::dataplane::DataplaneConfig::spin`]).
 pub const SPIN: Duration = Duration::from_micros(50);
 
 /// Empty rounds spent with only a pause hint, before the clock is read.
@@ -108,10 +109,11 @@ pub struct Sleeper {
     empty_rounds: u32,
     idle_since: Option<Instant>,
     stuck: u32,
+    spin: Duration,
 }
 
 impl Sleeper {
-    /// An idle state for a thread woken by `waker`.
+    /// An idle state for a thread woken by `waker`, spinning [`SPIN`] before it blocks.
     pub fn new(waker: Arc<Waker>) -> Result<Self> {
         let epoll = Epoll::new().context("creating an epoll set for a dataplane thread")?;
         let idle = Self {
@@ -121,6 +123,7 @@ impl Sleeper {
             empty_rounds: 0,
             idle_since: None,
             stuck: 0,
+            spin: SPIN,
         };
         idle.watch(idle.waker.eventfd.as_raw_fd(), Source::EventFd)
             .context("watching a dataplane thread's eventfd")?;
@@ -132,6 +135,13 @@ impl Sleeper {
         self.epoll
             .add(fd, ((source as u64) << 32) | fd as u32 as u64)
             .with_context(|| format!("watching descriptor {fd} (epoll_ctl)"))
+    }
+
+    /// Poll for `spin` after the last work instead of [`SPIN`]; zero blocks at once, so the
+    /// thread's busy time is its work and its wake-ups, nothing else.
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
     }
 
     /// Stop watching `fd` (before it is handed away or closed).
@@ -150,13 +160,16 @@ impl Sleeper {
     /// [`Self::sleep`]); spins or yields the core meanwhile.
     #[inline]
     pub fn spun_out(&mut self) -> bool {
+        if self.spin.is_zero() {
+            return true;
+        }
         self.empty_rounds = self.empty_rounds.saturating_add(1);
         if self.empty_rounds <= SPIN_ROUNDS {
             std::hint::spin_loop();
             return false;
         }
         let since = *self.idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < SPIN {
+        if since.elapsed() < self.spin {
             std::thread::yield_now();
             return false;
         }
@@ -317,5 +330,24 @@ mod tests {
         assert!(idle.spun_out(), "after a timeout: straight back to sleep");
         idle.worked();
         assert!(!idle.spun_out(), "after work: spin first");
+    }
+
+    #[test]
+    fn a_zero_spin_blocks_right_after_work_and_a_long_one_keeps_polling() {
+        let mut idle = Sleeper::new(Waker::new().unwrap())
+            .unwrap()
+            .with_spin(Duration::ZERO);
+        idle.worked();
+        assert!(idle.spun_out(), "no spin: the first empty pass sleeps");
+        let mut idle = Sleeper::new(Waker::new().unwrap())
+            .unwrap()
+            .with_spin(Duration::from_secs(3600));
+        idle.worked();
+        for _ in 0..1000 {
+            assert!(
+                !idle.spun_out(),
+                "an hour's spin is not over after 1000 passes"
+            );
+        }
     }
 }

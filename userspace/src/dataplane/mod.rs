@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use crossbeam_queue::ArrayQueue;
@@ -48,7 +49,9 @@ mod worker;
 
 pub use consumer::{Consumer, latency_histogram};
 pub use endpoint::{EndpointCounters, EndpointSpec};
-pub use idle::{HotLoop, Mailbox, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin};
+pub use idle::{
+    HotLoop, Mailbox, SPIN, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin,
+};
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 use queue::WorkerHandle;
@@ -69,6 +72,9 @@ pub struct DataplaneConfig {
     pub consumer_threads: usize,
     /// Capacity of each endpoint's descriptor ring (user demux).
     pub endpoint_ring: usize,
+    /// How long a queue worker or consumer polls after its last work before it blocks
+    /// ([`SPIN`] by default): longer buys latency with CPU, zero makes busy time pure work.
+    pub spin: Duration,
 }
 
 /// A running dataplane. Endpoints can join and leave while it runs. Dropping it stops the
@@ -243,7 +249,7 @@ impl Dataplane {
         let mut spawned = 0;
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
-            let idle = w.idle()?;
+            let idle = w.idle()?.with_spin(cfg.spin);
             let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
@@ -262,7 +268,7 @@ impl Dataplane {
             .zip(dataplane_consumers)
             .enumerate()
         {
-            let idle = Sleeper::new(handle.commands.waker.clone())?;
+            let idle = Sleeper::new(handle.commands.waker.clone())?.with_spin(cfg.spin);
             let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
