@@ -15,9 +15,11 @@ use xmacvlan::dataplane::{SleepSource, Sleeper, Waker};
 /// never writes the reader's waker.
 pub const STOP_CHECK: Duration = Duration::from_millis(100);
 
-/// An idle state that blocks on the sockets `fds` (and on its own waker, never written).
-pub fn sleeper_on(fds: impl IntoIterator<Item = RawFd>) -> Result<Sleeper> {
-    let sleeper = Sleeper::new(Waker::new()?)?;
+/// An idle state that blocks on the sockets `fds` (and on its own waker, never written)
+/// after polling for `spin` (the dataplane's threads' [`xmacvlan::dataplane::SPIN`], or the
+/// run's own setting, the same for every mode).
+pub fn sleeper_on(fds: impl IntoIterator<Item = RawFd>, spin: Duration) -> Result<Sleeper> {
+    let sleeper = Sleeper::new(Waker::new()?)?.with_spin(spin);
     for fd in fds {
         sleeper.watch(fd, SleepSource::Socket)?;
     }

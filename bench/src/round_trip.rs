@@ -59,7 +59,7 @@ impl WireReceiver {
         let published = frames.clone();
         // It blocks until a block is handed over (full, or retired by its timer), as the
         // kernel-path reader does; the frames' latency is the kernel's stamp, not the read.
-        let mut sleeper = background::sleeper_on([ring.as_raw_fd()])?;
+        let mut sleeper = background::sleeper_on([ring.as_raw_fd()], xmacvlan::dataplane::SPIN)?;
         let reader = Background::spawn("xmv-wire-rx", move |stop| {
             read(ring, &sources, core, &published, stop, &mut sleeper)
         })?;

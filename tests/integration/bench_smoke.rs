@@ -28,8 +28,10 @@ fn compare_writes_every_field_of_every_run() {
     let written = compare::write_outputs(&results, &out).expect("writing the results");
 
     // Progress: from 0 to the total, never backwards.
-    // Flat out and one fixed load, each mode once; the testpmd anchor flat out.
-    let total = 2 * ALL_MODES.len() + 1;
+    // Flat out and one fixed load, each mode once; the testpmd anchor flat out; the cost
+    // point (the fixed load again, no spin) in the three demux modes.
+    let cost_rows = 3;
+    let total = 2 * ALL_MODES.len() + 1 + cost_rows;
     let port_runs = 3 * 2; // xdp, user, kernel, each with sinks and with reflectors
     // One endpoint count is the base and both extremes: every mode's capacity and the
     // anchor's, 2 probes at most.
@@ -52,6 +54,25 @@ fn compare_writes_every_field_of_every_run() {
     for run in runs {
         check_run(run);
     }
+    // The cost rows run the receive threads without a spin; every other row with the
+    // dataplane's usual one.
+    let spin = |r: &&Value| r["receive_spin_us"].as_u64().expect("receive_spin_us");
+    let mut cost: Vec<&str> = runs
+        .iter()
+        .filter(|r| spin(r) == 0)
+        .map(|r| {
+            assert_eq!(r["load"], "0.50", "{r:#}");
+            r["mode"].as_str().unwrap()
+        })
+        .collect();
+    cost.sort_unstable();
+    assert_eq!(cost, ["kernel", "user", "xdp"], "{json:#}");
+    let usual = xmacvlan::dataplane::SPIN.as_micros() as u64;
+    assert!(
+        runs.iter()
+            .filter(|r| spin(r) != 0)
+            .all(|r| spin(&r) == usual)
+    );
     // The fixed load is half the ceiling's flat-out rate.
     let ceiling = |load: &str| {
         runs.iter()
@@ -100,7 +121,8 @@ fn compare_writes_every_field_of_every_run() {
         );
     }
     // T1 is judged exactly when every mode found a lossless rate, T5 when xdp and testpmd
-    // did; this run has no 10 % and no 50 % load (T2, T3), one endpoint count (T4) and no
+    // did; T2 has its cost rows (judged unless they saturated the core or lost frames, which
+    // its text then says); this run has no 10 % load (T3), one endpoint count (T4) and no
     // idle daemon (T6).
     let found = |mode: &str| {
         capacity
@@ -119,7 +141,15 @@ fn compare_writes_every_field_of_every_run() {
         found("xdp") && found("testpmd"),
         "{json:#}"
     );
-    for t in [&targets[1], &targets[2], &targets[3], &targets[5]] {
+    let t2 = targets[1]["measured"].as_str().unwrap();
+    assert!(t2.starts_with("at 0.50 load, no spin: xdp "), "{t2}");
+    assert_eq!(
+        judged(&targets[1]),
+        !t2.ends_with("not a cost"),
+        "{:#}",
+        targets[1]
+    );
+    for t in [&targets[2], &targets[3], &targets[5]] {
         assert_eq!(t["verdict"], "not-measured", "{t:#}");
     }
 

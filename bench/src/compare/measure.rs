@@ -87,6 +87,10 @@ pub struct Measurement {
     pub loss: f64,
     /// Busy time of the receive core (user + system + irq + softirq) per delivered frame.
     pub cpu_ns_per_frame: f64,
+    /// How long the receive threads polled after their last work before blocking: with a
+    /// spin longer than the gap between frames the core reads busy whatever the work, so
+    /// the cost rows run with none.
+    pub receive_spin_us: u64,
     pub latency_ns: Latency,
     pub sent: u64,
     pub delivered: u64,
@@ -108,6 +112,9 @@ pub struct Setup<'a> {
     pub rx_core: usize,
     pub generator_core: usize,
     pub frame_size: usize,
+    /// How long the receive threads (the dataplane's, the kernel path's reader) poll after
+    /// their last work before they block: the same in every mode of a run.
+    pub spin: Duration,
 }
 
 /// What one run saw, before it becomes rates.
@@ -209,7 +216,7 @@ pub fn measure(
                 cores: cores.to_vec(),
                 consumer_threads: 1,
                 endpoint_ring: 4096,
-                spin: xmacvlan::dataplane::SPIN,
+                spin: setup.spin,
             };
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
@@ -268,7 +275,7 @@ pub fn measure(
         }
         Mode::Kernel => {
             placement::prepare_kernel_path(lab, setup.rx_core)?;
-            let kernel = KernelPath::start(lab, setup.rx_core)?;
+            let kernel = KernelPath::start(lab, setup.rx_core, setup.spin)?;
             placement::renice_receive_threads()?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
             let before = CpuSample::read(&cores)?;
@@ -312,6 +319,7 @@ pub fn measure(
         } else {
             busy_ns as f64 / delivered as f64
         },
+        receive_spin_us: setup.spin.as_micros() as u64,
         latency_ns: if histogram.is_empty() {
             Latency::default()
         } else {

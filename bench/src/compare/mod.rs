@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
+use xmacvlan::dataplane::SPIN;
 
 pub mod capacity;
 mod kernel_app;
@@ -148,12 +149,26 @@ struct Point {
     frame_size: usize,
     /// None = flat out; Some(f) = f x the ceiling's flat-out rate at this point.
     fraction: Option<f64>,
+    /// The receive threads' poll window after work: [`SPIN`], or zero for the cost point.
+    spin: Duration,
+}
+
+impl Point {
+    /// The cost point: a fixed load with no spin, so busy time is work and wake-ups (T2).
+    fn measures_cost(&self) -> bool {
+        self.spin.is_zero()
+    }
 }
 
 /// The modes point `p` measures: the configured ones, plus the anchor at the base count's
 /// 64-byte flat-out point (when it can run here).
 fn point_modes(cfg: &BenchConfig, p: &Point, base: usize, anchor: bool) -> Vec<Mode> {
     let mut modes = cfg.modes.clone();
+    if p.measures_cost() {
+        // The ceiling has no receive threads; the anchor runs flat out only.
+        modes.retain(|m| *m != Mode::Ceiling);
+        return modes;
+    }
     if anchor && p.endpoints == base && p.frame_size == 64 && p.fraction.is_none() {
         modes.push(Mode::Testpmd);
     }
@@ -168,6 +183,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints,
             frame_size: 64,
             fraction: None,
+            spin: SPIN,
         });
     }
     // Frame-size sweep and load sweep at 16 endpoints (or the first count configured).
@@ -177,6 +193,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints: base,
             frame_size,
             fraction: None,
+            spin: SPIN,
         });
     }
     // Fixed loads are fractions of the ceiling's rate: without the ceiling there are none.
@@ -190,6 +207,18 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints: base,
             frame_size: 64,
             fraction: Some(f),
+            spin: SPIN,
+        });
+    }
+    // The cost point (T2): the lowest load again, every receive thread blocking as soon as
+    // it is idle. With the spin, a gap between frames shorter than it keeps the core busy
+    // in every mode, and busy ns/frame is then 1/rate, not cost.
+    if let Some(lowest) = loads.iter().copied().reduce(f64::min) {
+        points.push(Point {
+            endpoints: base,
+            frame_size: 64,
+            fraction: Some(lowest),
+            spin: Duration::ZERO,
         });
     }
     points
@@ -279,6 +308,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 rx_core: cfg.rx_core,
                 generator_core: cfg.generator_core,
                 frame_size: point.frame_size,
+                spin: point.spin,
             };
             let rate = match point.fraction {
                 None => None,
@@ -299,9 +329,14 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                         done,
                         total,
                         &format!(
-                            "{} endpoints={endpoints} frame={}B load={load}",
+                            "{} endpoints={endpoints} frame={}B load={load}{}",
                             mode.name(),
-                            point.frame_size
+                            point.frame_size,
+                            if point.measures_cost() {
+                                " no spin"
+                            } else {
+                                ""
+                            }
                         ),
                     );
                     samples[m].push(measure::measure(&setup, mode, rate, cfg.duration)?);
@@ -371,6 +406,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 rx_core: cfg.rx_core,
                 generator_core: cfg.generator_core,
                 frame_size: 64,
+                spin: SPIN,
             };
             for app in PORT_APPS {
                 let mut samples: Vec<Vec<PortRun>> = vec![Vec::new(); port_modes.len()];
