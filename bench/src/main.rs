@@ -83,6 +83,10 @@ struct CompareArgs {
     /// fractions of the ceiling's rate, so without `ceiling` only flat-out runs are made.
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
+    /// Fixed loads, comma-separated fractions of the ceiling's flat-out rate (default:
+    /// 0.1,0.5,0.9, --quick 0.5); the lowest is also the cost point (no spin, T2).
+    #[arg(long, value_delimiter = ',')]
+    loads: Option<Vec<f64>>,
     /// The core that does all receive work (NAPI, XDP, workers, consumers).
     #[arg(long, default_value_t = 1)]
     rx_core: usize,
@@ -301,6 +305,12 @@ fn compare(a: CompareArgs) -> Result<()> {
             anyhow::bail!("--endpoints: each count must be between 1 and 4000");
         }
         cfg.endpoint_counts = e;
+    }
+    if let Some(loads) = a.loads {
+        if let Some(bad) = loads.iter().find(|f| !(0.001..=1.0).contains(*f)) {
+            anyhow::bail!("--loads: {bad} is not a fraction of the ceiling's rate in 0.001..=1");
+        }
+        cfg.load_fractions = loads;
     }
     if let Some(names) = a.modes {
         cfg.modes = names
