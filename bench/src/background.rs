@@ -9,17 +9,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use xmacvlan::dataplane::{SleepSource, Sleeper, Waker};
+use xmacvlan::dataplane::{IdlePolicy, SleepSource, Sleeper, Waker};
 
 /// How often a blocked reader looks at its stop flag: [`Background`] only sets the flag, it
 /// never writes the reader's waker.
 pub const STOP_CHECK: Duration = Duration::from_millis(100);
 
-/// An idle state that blocks on the sockets `fds` (and on its own waker, never written)
-/// after polling for `spin` (the dataplane's threads' [`xmacvlan::dataplane::SPIN`], or the
-/// run's own setting, the same for every mode).
-pub fn sleeper_on(fds: impl IntoIterator<Item = RawFd>, spin: Duration) -> Result<Sleeper> {
-    let sleeper = Sleeper::new(Waker::new()?)?.with_spin(spin);
+/// An idle state that blocks on the sockets `fds` (and on its own waker, never written),
+/// idling by `policy`: the dataplane threads' default, or the run's own, the same in every
+/// mode.
+pub fn sleeper_on(fds: impl IntoIterator<Item = RawFd>, policy: IdlePolicy) -> Result<Sleeper> {
+    let sleeper = Sleeper::new(Waker::new()?)?.with_policy(policy);
     for fd in fds {
         sleeper.watch(fd, SleepSource::Socket)?;
     }

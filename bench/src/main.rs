@@ -87,6 +87,11 @@ struct CompareArgs {
     /// 0.1,0.5,0.9, --quick 0.5); the lowest is also the cost point (no spin, T2).
     #[arg(long, value_delimiter = ',')]
     loads: Option<Vec<f64>>,
+    /// At the cost point, every mode's receive threads wait this many microseconds after a
+    /// wake-up by their sockets before reading, so frames arriving meanwhile share it
+    /// (0: read at once; at most 10000).
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    cost_coalesce_us: Option<u64>,
     /// The core that does all receive work (NAPI, XDP, workers, consumers).
     #[arg(long, default_value_t = 1)]
     rx_core: usize,
@@ -262,7 +267,7 @@ fn lab(a: LabArgs) -> Result<()> {
         cores: a.cores.unwrap_or_else(default_cores),
         consumer_threads: 1,
         endpoint_ring: 4096,
-        spin: xmacvlan::dataplane::SPIN,
+        idle: xmacvlan::dataplane::IdlePolicy::default(),
     };
     let traffic = TrafficConfig {
         duration,
@@ -311,6 +316,9 @@ fn compare(a: CompareArgs) -> Result<()> {
             anyhow::bail!("--loads: {bad} is not a fraction of the ceiling's rate in 0.001..=1");
         }
         cfg.load_fractions = loads;
+    }
+    if let Some(us) = a.cost_coalesce_us {
+        cfg.cost_coalesce = Duration::from_micros(us);
     }
     if let Some(names) = a.modes {
         cfg.modes = names

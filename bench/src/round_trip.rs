@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::dataplane::{HotLoop, Sleeper, latency_histogram, pin};
+use xmacvlan::dataplane::{HotLoop, IdlePolicy, Sleeper, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 
 use crate::background::{self, Background};
@@ -59,7 +59,7 @@ impl WireReceiver {
         let published = frames.clone();
         // It blocks until a block is handed over (full, or retired by its timer), as the
         // kernel-path reader does; the frames' latency is the kernel's stamp, not the read.
-        let mut sleeper = background::sleeper_on([ring.as_raw_fd()], xmacvlan::dataplane::SPIN)?;
+        let mut sleeper = background::sleeper_on([ring.as_raw_fd()], IdlePolicy::default())?;
         let reader = Background::spawn("xmv-wire-rx", move |stop| {
             read(ring, &sources, core, &published, stop, &mut sleeper)
         })?;

@@ -54,24 +54,27 @@ fn compare_writes_every_field_of_every_run() {
     for run in runs {
         check_run(run);
     }
-    // The cost rows run the receive threads without a spin; every other row with the
-    // dataplane's usual one.
-    let spin = |r: &&Value| r["receive_spin_us"].as_u64().expect("receive_spin_us");
-    let mut cost: Vec<&str> = runs
+    // The cost rows run the receive threads without a spin and with the run's coalescing;
+    // every other row idles as the dataplane does by default.
+    let us = |r: &Value, key: &str| r[key].as_u64().unwrap_or_else(|| panic!("{key}: {r:#}"));
+    let (cost, usual): (Vec<&Value>, Vec<&Value>) =
+        runs.iter().partition(|r| us(r, "receive_spin_us") == 0);
+    let mut cost_modes: Vec<&str> = cost
         .iter()
-        .filter(|r| spin(r) == 0)
         .map(|r| {
             assert_eq!(r["load"], "0.50", "{r:#}");
+            let coalesce = cfg.cost_coalesce.as_micros() as u64;
+            assert_eq!(us(r, "receive_coalesce_us"), coalesce, "{r:#}");
             r["mode"].as_str().unwrap()
         })
         .collect();
-    cost.sort_unstable();
-    assert_eq!(cost, ["kernel", "user", "xdp"], "{json:#}");
-    let usual = xmacvlan::dataplane::SPIN.as_micros() as u64;
+    cost_modes.sort_unstable();
+    assert_eq!(cost_modes, ["kernel", "user", "xdp"], "{json:#}");
+    let spin = xmacvlan::dataplane::SPIN.as_micros() as u64;
     assert!(
-        runs.iter()
-            .filter(|r| spin(r) != 0)
-            .all(|r| spin(&r) == usual)
+        usual
+            .iter()
+            .all(|r| us(r, "receive_spin_us") == spin && us(r, "receive_coalesce_us") == 0)
     );
     // The fixed load is half the ceiling's flat-out rate.
     let ceiling = |load: &str| {
@@ -142,7 +145,11 @@ fn compare_writes_every_field_of_every_run() {
         "{json:#}"
     );
     let t2 = targets[1]["measured"].as_str().unwrap();
-    assert!(t2.starts_with("at 0.50 load, no spin: xdp "), "{t2}");
+    let idling = format!("no spin, {} us coalescing", cfg.cost_coalesce.as_micros());
+    assert!(
+        t2.starts_with(&format!("at 0.50 load, {idling}: xdp ")),
+        "{t2}"
+    );
     assert_eq!(
         judged(&targets[1]),
         !t2.ends_with("not a cost"),

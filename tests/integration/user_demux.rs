@@ -191,7 +191,8 @@ fn kernel_baseline_delivers_exactly_what_each_endpoint_was_sent() {
     let (sent, finished) = lab
         .host
         .run(|| {
-            let kernel = KernelPath::start(&lab, SLOW_CORE, xmacvlan::dataplane::SPIN)?;
+            let kernel =
+                KernelPath::start(&lab, SLOW_CORE, xmacvlan::dataplane::IdlePolicy::default())?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
             let sent = run_traffic_until(
                 &lab,

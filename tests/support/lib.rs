@@ -38,7 +38,7 @@ pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
         cores: xmacvlan::dataplane::default_cores(),
         consumer_threads: 1,
         endpoint_ring: 4096,
-        spin: xmacvlan::dataplane::SPIN,
+        idle: xmacvlan::dataplane::IdlePolicy::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::afpacket::raw::{Frames, RawSocket};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use xmacvlan::dataplane::{HotLoop, SPIN, Sleeper, latency_histogram, pin};
+use xmacvlan::dataplane::{HotLoop, IdlePolicy, Sleeper, latency_histogram, pin};
 use xmacvlan::frame::read_payload;
 
 use crate::apps::AppKind;
@@ -52,7 +52,10 @@ impl KernelApp {
         let published = received.clone();
         // It spins briefly after work, then blocks on its sockets, as the dataplane's threads
         // and the memif clients do: the comparison is of paths, not of polling budgets.
-        let mut sleeper = background::sleeper_on(sockets.iter().map(|(s, _)| s.as_raw_fd()), SPIN)?;
+        let mut sleeper = background::sleeper_on(
+            sockets.iter().map(|(s, _)| s.as_raw_fd()),
+            IdlePolicy::default(),
+        )?;
         let reader = Background::spawn("xmv-kernel-app", move |stop| {
             serve(&sockets, kind, core, &published, stop, &mut sleeper)
         })?;

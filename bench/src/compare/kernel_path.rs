@@ -11,7 +11,8 @@ use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, Sleeper, close_in_parallel, latency_histogram, pin,
+    Consumer, EndpointCounters, HotLoop, IdlePolicy, Sleeper, close_in_parallel, latency_histogram,
+    pin,
 };
 
 use crate::background::{self, Background};
@@ -65,8 +66,8 @@ pub struct KernelEndpoint {
 
 impl KernelPath {
     /// Open a ring on every endpoint's host-namespace macvlan (call from a thread in the lab's
-    /// host namespace) and start reading them on `rx_core`, polling `spin` after work.
-    pub fn start(lab: &Lab, rx_core: usize, spin: Duration) -> Result<Self> {
+    /// host namespace) and start reading them on `rx_core`, idling by `idle`.
+    pub fn start(lab: &Lab, rx_core: usize, idle: IdlePolicy) -> Result<Self> {
         let mut readers = Vec::with_capacity(lab.endpoints.len());
         for (i, spec) in lab.endpoints.iter().enumerate() {
             let (index, device) = lab.host_device(i)?;
@@ -80,7 +81,7 @@ impl KernelPath {
         // The reader blocks until a block is handed over (full, or retired by its timer). Its
         // waker is never written: `Background` only sets a flag, so the reader looks at it
         // at least every STOP_CHECK.
-        let mut sleeper = background::sleeper_on(readers.iter().map(|(r, _)| r.as_raw_fd()), spin)?;
+        let mut sleeper = background::sleeper_on(readers.iter().map(|(r, _)| r.as_raw_fd()), idle)?;
         let reader = Background::spawn("xmv-kernel-rx", move |stop| {
             read_until_stopped(readers, rx_core, &published, stop, &mut sleeper)
         })?;

@@ -11,7 +11,7 @@ use crate::lab::{Lab, NIC};
 use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, latency_histogram};
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, IdlePolicy, latency_histogram};
 use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
 use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
 use xmacvlan::xdp::{Classifier, Program, Steering};
@@ -91,6 +91,8 @@ pub struct Measurement {
     /// spin longer than the gap between frames the core reads busy whatever the work, so
     /// the cost rows run with none.
     pub receive_spin_us: u64,
+    /// How long a receive thread woken by its sockets waited before reading (0: at once).
+    pub receive_coalesce_us: u64,
     pub latency_ns: Latency,
     pub sent: u64,
     pub delivered: u64,
@@ -112,9 +114,36 @@ pub struct Setup<'a> {
     pub rx_core: usize,
     pub generator_core: usize,
     pub frame_size: usize,
-    /// How long the receive threads (the dataplane's, the kernel path's reader) poll after
-    /// their last work before they block: the same in every mode of a run.
-    pub spin: Duration,
+    /// How the receive threads (the dataplane's, the kernel path's reader) idle: the same
+    /// in every mode of a run.
+    pub idle: IdlePolicy,
+}
+
+/// How receive threads idled, in words, when not as the dataplane does by default:
+/// "no spin", "no spin, 1000 us coalescing".
+pub fn idling(idle: IdlePolicy) -> Option<String> {
+    if idle == IdlePolicy::default() {
+        return None;
+    }
+    let mut words = if idle.spin.is_zero() {
+        "no spin".to_string()
+    } else {
+        format!("spin {} us", idle.spin.as_micros())
+    };
+    if !idle.coalesce.is_zero() {
+        words += &format!(", {} us coalescing", idle.coalesce.as_micros());
+    }
+    Some(words)
+}
+
+impl Measurement {
+    /// How this run's receive threads idled ([`idling`]).
+    pub fn idle_policy(&self) -> IdlePolicy {
+        IdlePolicy {
+            spin: Duration::from_micros(self.receive_spin_us),
+            coalesce: Duration::from_micros(self.receive_coalesce_us),
+        }
+    }
 }
 
 /// What one run saw, before it becomes rates.
@@ -216,7 +245,7 @@ pub fn measure(
                 cores: cores.to_vec(),
                 consumer_threads: 1,
                 endpoint_ring: 4096,
-                spin: setup.spin,
+                idle: setup.idle,
             };
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
@@ -275,7 +304,7 @@ pub fn measure(
         }
         Mode::Kernel => {
             placement::prepare_kernel_path(lab, setup.rx_core)?;
-            let kernel = KernelPath::start(lab, setup.rx_core, setup.spin)?;
+            let kernel = KernelPath::start(lab, setup.rx_core, setup.idle)?;
             placement::renice_receive_threads()?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
             let before = CpuSample::read(&cores)?;
@@ -319,7 +348,8 @@ pub fn measure(
         } else {
             busy_ns as f64 / delivered as f64
         },
-        receive_spin_us: setup.spin.as_micros() as u64,
+        receive_spin_us: setup.idle.spin.as_micros() as u64,
+        receive_coalesce_us: setup.idle.coalesce.as_micros() as u64,
         latency_ns: if histogram.is_empty() {
             Latency::default()
         } else {
@@ -352,6 +382,25 @@ mod tests {
         assert_eq!(
             names,
             [r#""ceiling""#, r#""xdp""#, r#""user""#, r#""kernel""#]
+        );
+    }
+
+    #[test]
+    fn idling_names_what_differs_from_the_default() {
+        let default = IdlePolicy::default();
+        assert_eq!(idling(default), None);
+        let no_spin = IdlePolicy {
+            spin: Duration::ZERO,
+            ..default
+        };
+        assert_eq!(idling(no_spin).as_deref(), Some("no spin"));
+        let coalesced = IdlePolicy {
+            coalesce: Duration::from_millis(1),
+            ..no_spin
+        };
+        assert_eq!(
+            idling(coalesced).as_deref(),
+            Some("no spin, 1000 us coalescing")
         );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use xmacvlan::dataplane::SPIN;
+use xmacvlan::dataplane::IdlePolicy;
 
 pub mod capacity;
 mod kernel_app;
@@ -51,6 +51,9 @@ pub struct BenchConfig {
     /// Run the external anchor (DPDK testpmd, `net_af_xdp`, `rxonly`) at the base endpoint
     /// count: flat out and its zero-loss capacity.
     pub anchors: bool,
+    /// At the cost point, how long every mode's receive threads wait after a wake-up by
+    /// their sockets before reading ([`IdlePolicy::coalesce`]).
+    pub cost_coalesce: Duration,
 }
 
 impl BenchConfig {
@@ -70,6 +73,7 @@ impl BenchConfig {
             capacity_steps: CAPACITY_STEPS,
             ingress: Ingress::XdpFrame,
             anchors: true,
+            cost_coalesce: DEFAULT_COST_COALESCE,
         }
     }
 
@@ -85,7 +89,21 @@ impl BenchConfig {
             ..Self::standard(out_dir)
         }
     }
+
+    /// How the receive threads idle at the cost point: no spin, so busy time is work and
+    /// wake-ups; coalescing as configured.
+    fn cost_idle(&self) -> IdlePolicy {
+        IdlePolicy {
+            spin: Duration::ZERO,
+            coalesce: self.cost_coalesce,
+        }
+    }
 }
+
+/// The cost point's coalescing, in every mode: the kernel path's TPACKET blocks already hand
+/// frames over by a 1 ms retire timer at 16 endpoints, so the XDP modes get the same batching
+/// and the point compares work per frame, not wake-up policies.
+pub const DEFAULT_COST_COALESCE: Duration = Duration::from_millis(1);
 
 /// The rate of the runs through ports: about a tenth of what the slowest mode carries on the
 /// 2-core development VM, so no mode queues and the latencies compare the paths.
@@ -149,14 +167,15 @@ struct Point {
     frame_size: usize,
     /// None = flat out; Some(f) = f x the ceiling's flat-out rate at this point.
     fraction: Option<f64>,
-    /// The receive threads' poll window after work: [`SPIN`], or zero for the cost point.
-    spin: Duration,
+    /// How the receive threads idle: the dataplane's default, or [`BenchConfig::cost_idle`]
+    /// at the cost point.
+    idle: IdlePolicy,
 }
 
 impl Point {
     /// The cost point: a fixed load with no spin, so busy time is work and wake-ups (T2).
     fn measures_cost(&self) -> bool {
-        self.spin.is_zero()
+        self.idle.spin.is_zero()
     }
 }
 
@@ -183,7 +202,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints,
             frame_size: 64,
             fraction: None,
-            spin: SPIN,
+            idle: IdlePolicy::default(),
         });
     }
     // Frame-size sweep and load sweep at 16 endpoints (or the first count configured).
@@ -193,7 +212,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints: base,
             frame_size,
             fraction: None,
-            spin: SPIN,
+            idle: IdlePolicy::default(),
         });
     }
     // Fixed loads are fractions of the ceiling's rate: without the ceiling there are none.
@@ -207,7 +226,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints: base,
             frame_size: 64,
             fraction: Some(f),
-            spin: SPIN,
+            idle: IdlePolicy::default(),
         });
     }
     // The cost point (T2): the lowest load again, every receive thread blocking as soon as
@@ -218,7 +237,7 @@ fn plan(cfg: &BenchConfig) -> Vec<Point> {
             endpoints: base,
             frame_size: 64,
             fraction: Some(lowest),
-            spin: Duration::ZERO,
+            idle: cfg.cost_idle(),
         });
     }
     points
@@ -308,7 +327,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 rx_core: cfg.rx_core,
                 generator_core: cfg.generator_core,
                 frame_size: point.frame_size,
-                spin: point.spin,
+                idle: point.idle,
             };
             let rate = match point.fraction {
                 None => None,
@@ -332,11 +351,9 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                             "{} endpoints={endpoints} frame={}B load={load}{}",
                             mode.name(),
                             point.frame_size,
-                            if point.measures_cost() {
-                                " no spin"
-                            } else {
-                                ""
-                            }
+                            measure::idling(point.idle)
+                                .map(|words| format!(" {words}"))
+                                .unwrap_or_default()
                         ),
                     );
                     samples[m].push(measure::measure(&setup, mode, rate, cfg.duration)?);
@@ -406,7 +423,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 rx_core: cfg.rx_core,
                 generator_core: cfg.generator_core,
                 frame_size: 64,
-                spin: SPIN,
+                idle: IdlePolicy::default(),
             };
             for app in PORT_APPS {
                 let mut samples: Vec<Vec<PortRun>> = vec![Vec::new(); port_modes.len()];

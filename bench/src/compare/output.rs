@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{Latency, Mode, Results, Row};
+use super::{Latency, Mode, Results, Row, measure};
 use crate::apps::AppKind;
 
 pub struct Written {
@@ -143,10 +143,9 @@ pub fn markdown(results: &Results) -> String {
             m.mode.name(),
             m.endpoints,
             m.frame_size,
-            if m.receive_spin_us == 0 {
-                format!("{} no spin", r.load)
-            } else {
-                r.load.clone()
+            match measure::idling(m.idle_policy()) {
+                Some(idling) => format!("{} {idling}", r.load),
+                None => r.load.clone(),
             },
             m.offered_pps / 1e6,
             m.generator_pps / 1e6,
@@ -390,6 +389,7 @@ mod tests {
                 delivered: 10,
                 lost_in_feed: 0,
                 receive_spin_us: 50,
+                receive_coalesce_us: 0,
                 lost_before_receive: 0,
                 dropped_after_receive: 0,
                 misdelivered: 0,

@@ -126,7 +126,7 @@ pub fn measure(
                     cores: vec![setup.rx_core],
                     consumer_threads: 1,
                     endpoint_ring: 4096,
-                    spin: xmacvlan::dataplane::SPIN,
+                    idle: xmacvlan::dataplane::IdlePolicy::default(),
                 };
                 let mut dp = Dataplane::start(&cfg, &[])?;
                 placement::pin_napi_threads(lab, setup.rx_core)?;

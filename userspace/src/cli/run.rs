@@ -146,7 +146,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         cores: a.cores.clone().unwrap_or_else(default_cores),
         consumer_threads: a.cores.as_ref().map(|c| c.len()).unwrap_or(1),
         endpoint_ring: 4096,
-        spin: crate::dataplane::SPIN,
+        idle: crate::dataplane::IdlePolicy::default(),
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
     for w in &dp.warnings {

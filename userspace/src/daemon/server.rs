@@ -386,7 +386,7 @@ impl Daemon {
             cores: self.settings.cores.clone(),
             consumer_threads: 1,
             endpoint_ring: 4096,
-            spin: crate::dataplane::SPIN,
+            idle: crate::dataplane::IdlePolicy::default(),
         })
     }
 

@@ -23,8 +23,31 @@ use crossbeam_queue::ArrayQueue;
 use crate::xsk::wait::{Epoll, Event, EventFd, drain_eventfd};
 
 /// How long a thread keeps polling after its last work before it blocks, unless its
-/// configuration says otherwise ([`crate::dataplane::DataplaneConfig::spin`]).
+/// [`IdlePolicy`] says otherwise.
 pub const SPIN: Duration = Duration::from_micros(50);
+
+/// How a dataplane thread idles: the default polls [`SPIN`] after work, then blocks, and
+/// reads as soon as it is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// Poll this long after the last work before blocking; zero blocks on the first empty
+    /// pass, so the thread's busy time is its work and its wake-ups, nothing else.
+    pub spin: Duration,
+    /// After a wake-up by its sockets alone, wait this long before reading, so the frames
+    /// that arrive meanwhile share one wake-up (a NIC's interrupt moderation, TPACKET's block
+    /// timer). Buys CPU at low rates with up to this much latency; zero reads at once.
+    /// Commands and ports' eventfds are never delayed; a busy thread never waits.
+    pub coalesce: Duration,
+}
+
+impl Default for IdlePolicy {
+    fn default() -> Self {
+        Self {
+            spin: SPIN,
+            coalesce: Duration::ZERO,
+        }
+    }
+}
 
 /// Empty rounds spent with only a pause hint, before the clock is read.
 const SPIN_ROUNDS: u32 = 64;
@@ -109,11 +132,11 @@ pub struct Sleeper {
     empty_rounds: u32,
     idle_since: Option<Instant>,
     stuck: u32,
-    spin: Duration,
+    policy: IdlePolicy,
 }
 
 impl Sleeper {
-    /// An idle state for a thread woken by `waker`, spinning [`SPIN`] before it blocks.
+    /// An idle state for a thread woken by `waker`, with the default [`IdlePolicy`].
     pub fn new(waker: Arc<Waker>) -> Result<Self> {
         let epoll = Epoll::new().context("creating an epoll set for a dataplane thread")?;
         let idle = Self {
@@ -123,7 +146,7 @@ impl Sleeper {
             empty_rounds: 0,
             idle_since: None,
             stuck: 0,
-            spin: SPIN,
+            policy: IdlePolicy::default(),
         };
         idle.watch(idle.waker.eventfd.as_raw_fd(), Source::EventFd)
             .context("watching a dataplane thread's eventfd")?;
@@ -137,10 +160,9 @@ impl Sleeper {
             .with_context(|| format!("watching descriptor {fd} (epoll_ctl)"))
     }
 
-    /// Poll for `spin` after the last work instead of [`SPIN`]; zero blocks at once, so the
-    /// thread's busy time is its work and its wake-ups, nothing else.
-    pub fn with_spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+    /// Idle by `policy` instead of the default.
+    pub fn with_policy(mut self, policy: IdlePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -160,7 +182,7 @@ impl Sleeper {
     /// [`Self::sleep`]); spins or yields the core meanwhile.
     #[inline]
     pub fn spun_out(&mut self) -> bool {
-        if self.spin.is_zero() {
+        if self.policy.spin.is_zero() {
             return true;
         }
         self.empty_rounds = self.empty_rounds.saturating_add(1);
@@ -169,7 +191,7 @@ impl Sleeper {
             return false;
         }
         let since = *self.idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.spin {
+        if since.elapsed() < self.policy.spin {
             std::thread::yield_now();
             return false;
         }
@@ -195,12 +217,19 @@ impl Sleeper {
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         let n = self.epoll.wait(&mut self.events, ms);
         self.waker.sleeping.store(false, Ordering::Relaxed);
+        let mut only_sockets = n > 0;
         for ev in &self.events[..n] {
             let data = ev.u64;
             if data >> 32 == Source::EventFd as u64 {
                 // Level-triggered: a signalled eventfd is reset, or it would wake us forever.
                 drain_eventfd(data as u32 as RawFd);
+                only_sockets = false;
             }
+        }
+        if only_sockets && !self.policy.coalesce.is_zero() {
+            // One syscall per wake-up, not per frame: what arrives meanwhile is read in the
+            // same pass.
+            std::thread::sleep(self.policy.coalesce);
         }
         // Still spun out: a wake-up that brings no work (a timeout) sleeps again after one
         // look; only work (`worked`) restarts the spin phase.
@@ -334,14 +363,18 @@ mod tests {
 
     #[test]
     fn a_zero_spin_blocks_right_after_work_and_a_long_one_keeps_polling() {
+        let policy = |spin| IdlePolicy {
+            spin,
+            coalesce: Duration::ZERO,
+        };
         let mut idle = Sleeper::new(Waker::new().unwrap())
             .unwrap()
-            .with_spin(Duration::ZERO);
+            .with_policy(policy(Duration::ZERO));
         idle.worked();
         assert!(idle.spun_out(), "no spin: the first empty pass sleeps");
         let mut idle = Sleeper::new(Waker::new().unwrap())
             .unwrap()
-            .with_spin(Duration::from_secs(3600));
+            .with_policy(policy(Duration::from_secs(3600)));
         idle.worked();
         for _ in 0..1000 {
             assert!(
@@ -349,5 +382,41 @@ mod tests {
                 "an hour's spin is not over after 1000 passes"
             );
         }
+    }
+
+    #[test]
+    fn a_socket_wake_up_waits_out_the_coalescing_and_a_command_does_not() {
+        use std::os::unix::net::UnixDatagram;
+        let coalesce = Duration::from_millis(30);
+        let waker = Waker::new().unwrap();
+        let mut idle = Sleeper::new(waker.clone())
+            .unwrap()
+            .with_policy(IdlePolicy {
+                spin: Duration::ZERO,
+                coalesce,
+            });
+        let (frames, peer) = UnixDatagram::pair().unwrap();
+        idle.watch(frames.as_raw_fd(), Source::Socket).unwrap();
+        peer.send(b"frame").unwrap();
+        let start = Instant::now();
+        assert_eq!(idle.sleep(Duration::from_secs(10), || false), Woke::Ready);
+        assert!(
+            start.elapsed() >= coalesce,
+            "read before the coalescing window ended"
+        );
+        frames.recv(&mut [0; 8]).unwrap();
+        // A command is served at once, whatever the coalescing (10 s here).
+        let mut idle = idle.with_policy(IdlePolicy {
+            spin: Duration::ZERO,
+            coalesce: Duration::from_secs(10),
+        });
+        let start = Instant::now();
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        assert_eq!(idle.sleep(Duration::from_secs(10), || false), Woke::Ready);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        other.join().unwrap();
     }
 }

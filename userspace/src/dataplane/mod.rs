@@ -50,7 +50,8 @@ mod worker;
 pub use consumer::{Consumer, latency_histogram};
 pub use endpoint::{EndpointCounters, EndpointSpec};
 pub use idle::{
-    HotLoop, Mailbox, SPIN, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop, pin,
+    HotLoop, IdlePolicy, Mailbox, SPIN, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop,
+    pin,
 };
 pub use port::{AppPort, PortInfo};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
@@ -72,9 +73,9 @@ pub struct DataplaneConfig {
     pub consumer_threads: usize,
     /// Capacity of each endpoint's descriptor ring (user demux).
     pub endpoint_ring: usize,
-    /// How long a queue worker or consumer polls after its last work before it blocks
-    /// ([`SPIN`] by default): longer buys latency with CPU, zero makes busy time pure work.
-    pub spin: Duration,
+    /// How queue workers and consumers idle ([`IdlePolicy::default`]: poll [`SPIN`], then
+    /// block, read at once).
+    pub idle: IdlePolicy,
 }
 
 /// A running dataplane. Endpoints can join and leave while it runs. Dropping it stops the
@@ -249,7 +250,7 @@ impl Dataplane {
         let mut spawned = 0;
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
-            let idle = w.idle()?.with_spin(cfg.spin);
+            let idle = w.idle()?.with_policy(cfg.idle);
             let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
@@ -268,7 +269,7 @@ impl Dataplane {
             .zip(dataplane_consumers)
             .enumerate()
         {
-            let idle = Sleeper::new(handle.commands.waker.clone())?.with_spin(cfg.spin);
+            let idle = Sleeper::new(handle.commands.waker.clone())?.with_policy(cfg.idle);
             let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()
@@ -283,7 +284,7 @@ impl Dataplane {
         }
         for _ in 0..spawned {
             started
-                .recv_timeout(std::time::Duration::from_secs(10))
+                .recv_timeout(Duration::from_secs(10))
                 .map_err(|_| anyhow::anyhow!("a dataplane thread did not start within 10 s"))?;
         }
         for spec in endpoints {
