@@ -336,6 +336,7 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
                 xdp_mode: xmacvlan::modes::XdpMode::Auto,
                 bind: xmacvlan::modes::BindMode::Copy,
                 cores: xmacvlan::dataplane::default_cores(),
+                idle: xmacvlan::dataplane::IdlePolicy::default(),
                 port_dir: t.root.join("ports"),
                 port_secret: None,
                 data_root: t.root.clone(),

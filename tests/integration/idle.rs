@@ -10,6 +10,8 @@
 //!   for it: no lost wake-up), then a paced burst is delivered exactly.
 //! - Commands issued while the threads are blocked complete within 1 s: add and remove an
 //!   endpoint, a histogram copy, stop.
+//! - The same with the largest receive coalescing (10 ms): every frame delivered, commands
+//!   as prompt.
 //! - A memif client's frames are taken after an idle period (the port's C2S eventfd wakes
 //!   the consumer), every frame reflected, none dropped.
 //! - The daemon (`XMACVLAN_BIN`), two endpoints and a sink connected, idles under 5 % of one
@@ -39,6 +41,8 @@ const IDLE: Duration = Duration::from_secs(1);
 const PROMPT: Duration = Duration::from_secs(1);
 /// The first frames' latency bound: half the threads' 1 s safety-net timeout.
 const FIRST_FRAME: Duration = Duration::from_millis(500);
+/// The coalescing of the coalescing variants: the daemon's largest (`receive-coalesce-us`).
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// One test at a time: each measures every dataplane thread of this process.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -143,11 +147,12 @@ fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result
     Ok(out)
 }
 
-fn blocks_then_wakes(demux: DemuxMode) {
+fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration) {
     require_root();
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab();
-    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+    let mut cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+    cfg.idle.coalesce = coalesce;
     let streams = lab_streams(&lab.endpoints, 64, false);
     let extra = EndpointSpec {
         name: "extra".into(),
@@ -205,12 +210,24 @@ fn blocks_then_wakes(demux: DemuxMode) {
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp);
+    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO);
 }
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User);
+    blocks_then_wakes(DemuxMode::User, Duration::ZERO);
+}
+
+/// `receive-coalesce-us`: the threads wait after a socket wakes them, never lose a frame to
+/// it, and still serve commands at once.
+#[test]
+fn coalescing_threads_deliver_exactly_and_serve_commands_xdp_demux() {
+    blocks_then_wakes(DemuxMode::Xdp, COALESCE);
+}
+
+#[test]
+fn coalescing_threads_deliver_exactly_and_serve_commands_user_demux() {
+    blocks_then_wakes(DemuxMode::User, COALESCE);
 }
 
 /// A directory removed on drop, also when the test fails.

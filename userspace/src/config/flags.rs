@@ -47,6 +47,10 @@ pub struct ConfigFlags {
     /// zerocopy, copy or auto.
     #[arg(long = "bind-mode", visible_alias = "bind", value_name = "MODE", value_parser = BindMode::from_str)]
     pub bind_mode: Option<BindMode>,
+    /// Wait this many microseconds after a socket wakes a dataplane thread, so frames
+    /// arriving meanwhile share the wake-up (0 = off, at most 10000).
+    #[arg(long = "receive-coalesce-us", value_name = "US", value_parser = coalesce_flag)]
+    pub receive_coalesce: Option<Duration>,
     /// Stats period: "1s", "500ms".
     #[arg(long = "stats-interval", value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -80,6 +84,10 @@ pub struct CoresFlag(pub Vec<usize>);
 
 fn cores_flag(text: &str) -> Result<CoresFlag, String> {
     parse_cores(text).map(CoresFlag)
+}
+
+fn coalesce_flag(text: &str) -> Result<Duration, String> {
+    coalesce_from_us(text.trim().parse().ok())
 }
 
 /// A parsed `--metrics-addr` (None = turned off with "").
@@ -125,6 +133,7 @@ impl ConfigFlags {
             demux_mode: self.demux_mode,
             xdp_mode: self.xdp_mode,
             bind_mode: self.bind_mode,
+            receive_coalesce: self.receive_coalesce,
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),

@@ -14,6 +14,9 @@ const MAX_CORE: usize = 1023;
 /// `stats-interval` bounds.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// `receive-coalesce-us` bound: past 10 ms a wake-up's frames would overflow the sockets'
+/// rings at rates a NIC queue carries.
+pub const MAX_COALESCE_US: u64 = 10_000;
 
 pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
@@ -81,6 +84,9 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     }
     if let Some(v) = map.get("bind-mode") {
         cfg.bind_mode = p.choice("bind-mode", v, BindMode::NAMES, BindMode::from_name)?;
+    }
+    if let Some(v) = map.get("receive-coalesce-us") {
+        cfg.receive_coalesce = p.coalesce(v)?;
     }
     if let Some(v) = map.get("stats-interval") {
         cfg.stats_interval = p.interval(v)?;
@@ -395,6 +401,14 @@ impl Parser<'_> {
         Ok(d)
     }
 
+    fn coalesce(&self, v: &Value) -> Result<Duration, ConfigError> {
+        const KEY: &str = "receive-coalesce-us";
+        let Value::Number(n) = v else {
+            return Err(self.wrong_type(KEY, "microseconds (a whole number, 0 = off)", v));
+        };
+        coalesce_from_us(n.as_u64()).map_err(|reason| self.invalid(KEY, v, reason))
+    }
+
     fn metrics_addr(&self, v: &Value) -> Result<Option<MetricsAddr>, ConfigError> {
         let s = match v {
             Value::Null => return Ok(None),
@@ -465,6 +479,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Duration::try_from_secs_f64(seconds).map_err(|_| "too long to be a duration".to_string())
+}
+
+/// `receive-coalesce-us`, the file's number or the flag's text: whole microseconds up to
+/// [`MAX_COALESCE_US`] (`None`: not a whole number).
+pub fn coalesce_from_us(us: Option<u64>) -> Result<Duration, String> {
+    match us {
+        Some(us) if us <= MAX_COALESCE_US => Ok(Duration::from_micros(us)),
+        _ => Err(format!(
+            "must be a whole number of microseconds from 0 (off) to {MAX_COALESCE_US}"
+        )),
+    }
 }
 
 /// CPU ids from a list such as `1`, `0-1` or `1,3-4`.

@@ -456,3 +456,30 @@ fn docker_plugin_defaults_on_and_turns_off_with_an_empty_string() {
     let keys: Vec<&str> = plan.restart.iter().map(|c| c.key).collect();
     assert_eq!(keys, vec!["docker-plugin"]);
 }
+
+#[test]
+fn receive_coalescing_is_whole_microseconds_up_to_ten_milliseconds() {
+    assert_eq!(parse("{}").unwrap().receive_coalesce, Duration::ZERO);
+    assert_eq!(
+        parse(r#"{"receive-coalesce-us": 1000}"#)
+            .unwrap()
+            .receive_coalesce,
+        Duration::from_millis(1)
+    );
+    for bad in ["-1", "10001", "1.5", "1e300"] {
+        let e = error(&format!(r#"{{"receive-coalesce-us": {bad}}}"#));
+        assert_eq!(e.key_name(), Some("receive-coalesce-us"));
+        assert!(
+            e.to_string().contains("from 0 (off) to 10000"),
+            "{bad}: {e}"
+        );
+    }
+    let e = error(r#"{"receive-coalesce-us": "1ms"}"#);
+    assert!(e.to_string().contains("microseconds"), "{e}");
+    // The flag takes the same values.
+    assert_eq!(
+        coalesce_from_us(Some(10_000)),
+        Ok(Duration::from_millis(10))
+    );
+    assert!(coalesce_from_us(None).is_err());
+}

@@ -9,7 +9,9 @@ use hdrhistogram::Histogram;
 
 use crate::config::DaemonConfig;
 use crate::control::State;
-use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, default_cores};
+use crate::dataplane::{
+    ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, IdlePolicy, default_cores,
+};
 use crate::ether::Mac;
 use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
@@ -25,6 +27,8 @@ pub struct Settings {
     pub xdp_mode: XdpMode,
     pub bind: BindMode,
     pub cores: Vec<usize>,
+    /// How the dataplane's threads idle (`receive-coalesce-us`).
+    pub idle: IdlePolicy,
     /// Where the endpoints' memif sockets go.
     pub port_dir: PathBuf,
     /// The secret every memif client must send (read from `port-secret-file` at start).
@@ -44,6 +48,10 @@ impl Settings {
             xdp_mode: cfg.xdp_mode,
             bind: cfg.bind_mode,
             cores: cfg.cores.clone().unwrap_or_else(default_cores),
+            idle: IdlePolicy {
+                coalesce: cfg.receive_coalesce,
+                ..IdlePolicy::default()
+            },
             port_dir: cfg.port_dir.clone(),
             port_secret: None,
             data_root: cfg.data_root.clone(),
@@ -386,7 +394,7 @@ impl Daemon {
             cores: self.settings.cores.clone(),
             consumer_threads: 1,
             endpoint_ring: 4096,
-            idle: crate::dataplane::IdlePolicy::default(),
+            idle: self.settings.idle,
         })
     }
 
