@@ -17,7 +17,7 @@ commands:
   test       the test suite: lints, unit and namespace integration tests (root), VM tests
              (`--no-vm` skips the VM part)
   bench      compare the XDP_DROP ceiling and the xdp, user and kernel demux modes in the
-             lab (about 6 minutes; `--quick` under one); results under target/bench/
+             lab (about 20 minutes; `--quick` under one); results under target/bench/
   vm-test    integration tests inside a VM with a stock Debian kernel (802.1Q)
   deps       install the system packages the build and the tests need (Debian/Ubuntu, root)
 ";
