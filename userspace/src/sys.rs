@@ -65,6 +65,20 @@ pub fn unmount_detach(target: &Path) -> io::Result<()> {
     check(unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) })
 }
 
+/// Wait until every CPU has left the RCU read-side sections it was in, NAPI polls included:
+/// a frame XDP redirected before a map change is then in its socket's ring (an AF_XDP RX
+/// descriptor becomes visible only at the poll's flush). `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// is `synchronize_rcu()`; where the kernel refuses it (nohz_full), a pause far longer than
+/// a NAPI poll stands in.
+pub fn synchronize_rcu() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if ret != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Monotonic clock in nanoseconds (vDSO: no syscall). The generator stamps frames with it and
 /// consumers subtract it, so both sides must use this one function.
 #[inline]

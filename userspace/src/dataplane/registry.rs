@@ -157,6 +157,9 @@ impl Dataplane {
             self.publish_tables()?;
         } else {
             self.clear_sockets(attached.slot);
+            // A frame redirected just before is still being flushed into its socket by a
+            // NAPI poll: let every poll finish, so the consumer's last drain counts it.
+            crate::sys::synchronize_rcu();
         }
         let handle = &mut self.consumers[attached.consumer];
         let finished = ask(
