@@ -90,7 +90,7 @@ struct CompareArgs {
     /// At the cost point, every mode's receive threads wait this many microseconds after a
     /// wake-up by their sockets before reading, so frames arriving meanwhile share it
     /// (0: read at once; at most 10000).
-    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=xmacvlan::config::MAX_COALESCE_US))]
     cost_coalesce_us: Option<u64>,
     /// The core that does all receive work (NAPI, XDP, workers, consumers).
     #[arg(long, default_value_t = 1)]

@@ -137,6 +137,12 @@ pub fn idling(idle: IdlePolicy) -> Option<String> {
 }
 
 impl Measurement {
+    /// Whether this is a cost row: receive threads that block as soon as they are idle, so
+    /// busy time is work and wake-ups (T2), not the latency users get.
+    pub fn measures_cost(&self) -> bool {
+        self.receive_spin_us == 0
+    }
+
     /// How this run's receive threads idled ([`idling`]).
     pub fn idle_policy(&self) -> IdlePolicy {
         IdlePolicy {

@@ -45,11 +45,10 @@ pub fn write_outputs(results: &Results, dir: &Path) -> Result<Written> {
             "p99 us",
             series(
                 results,
-                // The cost rows (no spin) measure CPU, not the latency users get.
                 |r| {
                     r.load != "flat-out"
                         && r.median.mode != Mode::Ceiling
-                        && r.median.receive_spin_us != 0
+                        && !r.median.measures_cost()
                 },
                 |r| r.median.offered_pps / 1e6,
                 |r| r.median.latency_ns.p99 as f64 / 1e3,

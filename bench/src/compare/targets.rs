@@ -79,13 +79,14 @@ pub fn judge(r: &Results) -> Vec<Target> {
         r.runs
             .iter()
             .filter(at_base)
-            .find(|x| x.median.mode == mode && x.load == load && x.median.receive_spin_us != 0)
+            .find(|x| x.median.mode == mode && x.load == load && !x.median.measures_cost())
     };
     // Cost (T2): the fixed-load rows whose threads block as soon as they are idle.
     let cost_row = |mode: Mode| -> Option<&Row> {
-        r.runs.iter().filter(at_base).find(|x| {
-            x.median.mode == mode && x.load != "flat-out" && x.median.receive_spin_us == 0
-        })
+        r.runs
+            .iter()
+            .filter(at_base)
+            .find(|x| x.median.mode == mode && x.load != "flat-out" && x.median.measures_cost())
     };
     let t1 = (|| {
         let (x, u, k, c) = (
