@@ -16,8 +16,9 @@ pub const MAX_QUEUES: u32 = c::MAX_QUEUES;
 
 pub const PROGRAM_CLASSIFY: &str = "xmv_classify";
 pub const PROGRAM_DROP_ALL: &str = "xmv_drop_all";
+pub const PROGRAM_REDIRECT_ALL: &str = "xmv_redirect_all";
 /// Every XDP program name xmacvlan attaches: how a leftover of a crashed run is recognized.
-pub const PROGRAMS: &[&str] = &[PROGRAM_CLASSIFY, PROGRAM_DROP_ALL];
+pub const PROGRAMS: &[&str] = &[PROGRAM_CLASSIFY, PROGRAM_DROP_ALL, PROGRAM_REDIRECT_ALL];
 pub const MAP_SLOTS: &str = "xmv_slots";
 pub const MAP_XSKS: &str = "xmv_xsks";
 pub const MAP_COUNTERS: &str = "xmv_counters";

@@ -23,6 +23,23 @@ pub enum Program {
     Classify,
     /// XDP_DROP everything: the benchmark's ceiling.
     DropAll,
+    /// Every frame to its queue's socket (per-queue steering), no lookup: the benchmark's
+    /// AF_XDP rxdrop anchor.
+    RedirectAll,
+}
+
+impl Program {
+    /// Every program of the embedded object, in [`abi::PROGRAMS`]' order.
+    pub const ALL: [Program; 3] = [Program::Classify, Program::DropAll, Program::RedirectAll];
+
+    /// The program's name in the object (and in the kernel, once loaded).
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Classify => abi::PROGRAM_CLASSIFY,
+            Program::DropAll => abi::PROGRAM_DROP_ALL,
+            Program::RedirectAll => abi::PROGRAM_REDIRECT_ALL,
+        }
+    }
 }
 
 pub struct Classifier {
@@ -61,10 +78,7 @@ impl Classifier {
             .map_max_entries(abi::MAP_XSKS, xsk_entries)
             .load(abi::CLASSIFIER_OBJECT)
             .map_err(|e| explain_load_error(e.into()))?;
-        let name = match program {
-            Program::Classify => abi::PROGRAM_CLASSIFY,
-            Program::DropAll => abi::PROGRAM_DROP_ALL,
-        };
+        let name = program.name();
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
@@ -101,10 +115,7 @@ impl Classifier {
         mode: XdpMode,
         warnings: &mut Vec<String>,
     ) -> Result<XdpMode> {
-        let name = match self.program {
-            Program::Classify => abi::PROGRAM_CLASSIFY,
-            Program::DropAll => abi::PROGRAM_DROP_ALL,
-        };
+        let name = self.program.name();
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
@@ -241,10 +252,7 @@ impl Classifier {
     /// frames shorter than an Ethernet header or longer than a page's worth (EINVAL).
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, std::io::Error> {
         use aya::programs::{ProgramError, TestRun, TestRunOptions};
-        let name = match self.program {
-            Program::Classify => abi::PROGRAM_CLASSIFY,
-            Program::DropAll => abi::PROGRAM_DROP_ALL,
-        };
+        let name = self.program.name();
         let prog: &Xdp = self
             .ebpf
             .program(name)
@@ -313,5 +321,30 @@ fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
         e.context("loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON)")
     } else {
         e.context("loading the embedded XDP classifier")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_is_named_in_the_abi_and_present_in_the_object() {
+        let names: Vec<&str> = Program::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            abi::PROGRAMS,
+            "abi::PROGRAMS recognizes leftovers by these names"
+        );
+        for name in names {
+            // The ELF symbol table holds each program's name, NUL-terminated.
+            let symbol = format!("{name}\0");
+            assert!(
+                abi::CLASSIFIER_OBJECT
+                    .windows(symbol.len())
+                    .any(|w| w == symbol.as_bytes()),
+                "{name} missing from the embedded object"
+            );
+        }
     }
 }
