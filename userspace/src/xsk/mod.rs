@@ -479,6 +479,25 @@ impl QueueRings {
         n
     }
 
+    /// An AF_XDP rxdrop pass: take up to one batch off the queue socket's receive ring and
+    /// give the frames straight back to the fill ring, unread (the benchmark's anchor for
+    /// any path that delivers into sockets). Returns the frames recycled. No allocation; a
+    /// syscall only when the driver asked for a fill-ring wake-up.
+    #[inline]
+    pub fn recycle_rx(&mut self) -> usize {
+        // Only as many as the fill ring takes, so none is left in our hands.
+        let room = (self.fill.nb_free(BATCH as u32) as usize).min(BATCH);
+        self.scratch.clear();
+        // Within the capacity of BATCH it was made with: no allocation.
+        self.scratch.resize(room, FrameDesc::default());
+        // SAFETY: consume overwrites the scratch descriptors; those it returns are frames of
+        // this queue's UMEM the kernel handed to the queue's socket, now ours, and they go
+        // back to the kernel below without being read or held anywhere else.
+        let n = unsafe { self.socket.rx.consume(&mut self.scratch) };
+        self.scratch.truncate(n);
+        self.produce_scratch()
+    }
+
     fn produce_scratch(&mut self) -> usize {
         if self.scratch.is_empty() {
             return 0;
