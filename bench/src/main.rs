@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Build a lab of namespaces and veths, run the dataplane and the generator, report.
     Lab(LabArgs),
-    /// Compare the XDP_DROP ceiling and the xdp, user and kernel demux modes (`cargo xtask bench`).
+    /// Compare the anchors (XDP_DROP, AF_XDP rxdrop, testpmd) and the xdp, user and kernel
+    /// demux modes (`cargo xtask bench`).
     Compare(CompareArgs),
     /// Send the lab's timestamped test frames out of any interface, e.g. one port of a real
     /// NIC towards `xmacvlan run` on another port or host: one stream per destination MAC.
@@ -79,8 +80,8 @@ struct CompareArgs {
     /// Endpoint counts to sweep, comma-separated (default: 1,16,256,1024).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
-    /// Only these modes, comma-separated (ceiling, xdp, user, kernel); the fixed loads are
-    /// fractions of the ceiling's rate, so without `ceiling` only flat-out runs are made.
+    /// Only these modes, comma-separated (ceiling, rxdrop, xdp, user, kernel); the fixed loads
+    /// are fractions of the ceiling's rate, so without `ceiling` only flat-out runs are made.
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Fixed loads, comma-separated fractions of the ceiling's flat-out rate (default:
@@ -328,7 +329,8 @@ fn compare(a: CompareArgs) -> Result<()> {
                     .into_iter()
                     .find(|m| m.name() == n)
                     .with_context(|| {
-                        format!("--modes: unknown mode `{n}` (ceiling, xdp, user, kernel)")
+                        let known: Vec<&str> = ALL_MODES.iter().map(|m| m.name()).collect();
+                        format!("--modes: unknown mode `{n}` ({})", known.join(", "))
                     })
             })
             .collect::<Result<_>>()?;

@@ -29,8 +29,8 @@ fn compare_writes_every_field_of_every_run() {
 
     // Progress: from 0 to the total, never backwards.
     // Flat out and one fixed load, each mode once; the testpmd anchor flat out; the cost
-    // point (the fixed load again, no spin) in the three demux modes.
-    let cost_rows = 3;
+    // point (the fixed load again, no spin) in the three demux modes and rxdrop.
+    let cost_rows = 4;
     let total = 2 * ALL_MODES.len() + 1 + cost_rows;
     let port_runs = 3 * 2; // xdp, user, kernel, each with sinks and with reflectors
     // One endpoint count is the base and both extremes: every mode's capacity and the
@@ -50,9 +50,17 @@ fn compare_writes_every_field_of_every_run() {
     let mut modes: Vec<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     modes.sort_unstable();
     modes.dedup();
-    assert_eq!(modes, ["ceiling", "kernel", "testpmd", "user", "xdp"]);
+    assert_eq!(
+        modes,
+        ["ceiling", "kernel", "rxdrop", "testpmd", "user", "xdp"]
+    );
     for run in runs {
         check_run(run);
+        // rxdrop runs at every point, so every row has its ratio to it.
+        assert!(
+            run["vs_rxdrop"].as_f64().is_some_and(|r| r >= 0.0),
+            "{run:#}"
+        );
     }
     // The cost rows run the receive threads without a spin and with the run's coalescing;
     // every other row idles as the dataplane does by default.
@@ -69,7 +77,7 @@ fn compare_writes_every_field_of_every_run() {
         })
         .collect();
     cost_modes.sort_unstable();
-    assert_eq!(cost_modes, ["kernel", "user", "xdp"], "{json:#}");
+    assert_eq!(cost_modes, ["kernel", "rxdrop", "user", "xdp"], "{json:#}");
     let spin = xmacvlan::dataplane::SPIN.as_micros() as u64;
     assert!(
         usual
@@ -105,7 +113,7 @@ fn compare_writes_every_field_of_every_run() {
     modes.sort_unstable();
     assert_eq!(
         modes,
-        ["ceiling", "kernel", "testpmd", "user", "xdp"],
+        ["ceiling", "kernel", "rxdrop", "testpmd", "user", "xdp"],
         "{json:#}"
     );
     for row in capacity {
@@ -143,6 +151,23 @@ fn compare_writes_every_field_of_every_run() {
         judged(&targets[4]),
         found("xdp") && found("testpmd"),
         "{json:#}"
+    );
+    // The rxdrop anchor is reported next to T1 and T5 when it has a capacity, next to T2
+    // when it has a cost row (it always does here); it judges none of them.
+    let measured = |t: &Value| t["measured"].as_str().unwrap().to_string();
+    for t in [&targets[0], &targets[4]] {
+        if judged(t) {
+            assert_eq!(
+                measured(t).contains("the AF_XDP rxdrop loop"),
+                found("rxdrop"),
+                "{t:#}"
+            );
+        }
+    }
+    assert!(
+        measured(&targets[1]).contains("the AF_XDP rxdrop loop"),
+        "{:#}",
+        targets[1]
     );
     let t2 = targets[1]["measured"].as_str().unwrap();
     let idling = format!("no spin, {} us coalescing", cfg.cost_coalesce.as_micros());
@@ -237,6 +262,12 @@ fn check_run(run: &Value) {
         // XDP_DROP delivers nothing to time.
         assert_eq!(max, 0, "{run:#}");
         assert!(run["vs_ceiling"].as_f64().is_some_and(|r| r == 1.0));
+    } else if run["mode"] == "rxdrop" {
+        // Recycled unread: nothing timed, but it received them, by its own socket.
+        assert_eq!(max, 0, "{run:#}");
+        assert!(delivered > 0, "rxdrop received nothing: {run:#}");
+        assert!(num("cpu_ns_per_frame") > 0.0, "{run:#}");
+        assert!(run["vs_rxdrop"].as_f64().is_some_and(|r| r == 1.0));
     } else if run["mode"] == "testpmd" {
         // rxonly frees frames unread: nothing timed, but it received them.
         assert_eq!(max, 0, "{run:#}");

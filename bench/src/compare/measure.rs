@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::kernel_path::KernelPath;
 use super::placement;
+use super::rxdrop::Rxdrop;
 use super::testpmd::Testpmd;
 use crate::generator::Stream;
 use crate::ingress::wire_counts;
@@ -22,6 +23,10 @@ use xmacvlan::xsk::QueueConfig;
 pub enum Mode {
     /// XDP_DROP on the NIC: the most any mode could deliver.
     Ceiling,
+    /// An AF_XDP socket that takes every frame and gives it straight back to the fill ring,
+    /// unread: the most any mode that delivers into sockets could (no demux, so the endpoint
+    /// count does not change it).
+    Rxdrop,
     Xdp,
     User,
     /// Plain kernel macvlan read with AF_PACKET TPACKET_V3: what Docker gives today.
@@ -31,27 +36,42 @@ pub enum Mode {
     Testpmd,
 }
 
-/// The modes every sweep point measures.
-pub const ALL_MODES: [Mode; 4] = [Mode::Ceiling, Mode::Xdp, Mode::User, Mode::Kernel];
+/// The modes every sweep point measures (the ceiling not at the cost point: it has no
+/// receive threads to idle).
+pub const ALL_MODES: [Mode; 5] = [
+    Mode::Ceiling,
+    Mode::Rxdrop,
+    Mode::Xdp,
+    Mode::User,
+    Mode::Kernel,
+];
 
 impl Mode {
-    /// The demux mode this mode measures (None: the ceiling and testpmd, no demux at all).
+    /// The demux mode this mode measures (None: the anchors, no demux at all).
     pub fn demux(self) -> Option<DemuxMode> {
         match self {
-            Mode::Ceiling | Mode::Testpmd => None,
+            Mode::Ceiling | Mode::Rxdrop | Mode::Testpmd => None,
             Mode::Xdp => Some(DemuxMode::Xdp),
             Mode::User => Some(DemuxMode::User),
             Mode::Kernel => Some(DemuxMode::Kernel),
         }
     }
 
-    /// `ceiling`, `testpmd`, else the demux mode's own name (`xdp`, `user`, `kernel`).
+    /// `ceiling`, `rxdrop`, `testpmd`, else the demux mode's own name (`xdp`, `user`,
+    /// `kernel`).
     pub fn name(self) -> &'static str {
         match self {
             Mode::Ceiling => "ceiling",
+            Mode::Rxdrop => "rxdrop",
             Mode::Testpmd => "testpmd",
             _ => self.demux().map_or("ceiling", DemuxMode::name),
         }
+    }
+
+    /// Whether the mode reads the frames' stamps (has latencies): the demux modes do; the
+    /// anchors drop or recycle frames unread.
+    pub fn timed(self) -> bool {
+        self.demux().is_some()
     }
 }
 
@@ -192,6 +212,20 @@ pub(super) fn queue_config(mode: Mode, endpoints: usize, frame_len: usize) -> Qu
     }
 }
 
+/// Send `traffic` to a receiver that counts on its own (`accounted`: received or dropped so
+/// far, what the drain waits for), and the receive core's busy time meanwhile.
+fn send_timed(
+    setup: &Setup,
+    traffic: &TrafficConfig,
+    accounted: &(dyn Fn() -> u64 + Sync),
+) -> Result<(crate::generator::Sent, u64)> {
+    let cores = [setup.rx_core];
+    let before = CpuSample::read(&cores)?;
+    let sent = run_traffic_until(setup.lab, 1, setup.streams, traffic, accounted)?;
+    let after = CpuSample::read(&cores)?;
+    Ok((sent, busy_ns_between(&before, &after)?))
+}
+
 /// How long a statistics query to testpmd may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -228,16 +262,14 @@ pub fn measure(
             drop_all.attach(index, NIC, XdpMode::Native, &mut Vec::new())?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
             let seen = || drop_all.counters().map(|c| c.seen).unwrap_or(0);
-            let before = CpuSample::read(&cores)?;
-            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &seen)?;
-            let after = CpuSample::read(&cores)?;
+            let (sent, busy_ns) = send_timed(setup, &traffic, &seen)?;
             Ok(Observed {
                 sent,
                 delivered: seen(),
                 received: seen(),
                 dropped: 0,
                 misdelivered: 0,
-                busy_ns: busy_ns_between(&before, &after)?,
+                busy_ns,
                 latency: latency_histogram(),
             })
         }
@@ -287,14 +319,33 @@ pub fn measure(
                 latency: histogram,
             })
         }
+        Mode::Rxdrop => {
+            let queue = queue_config(mode, lab.endpoints.len(), setup.frame_size);
+            let rxdrop = Rxdrop::start(setup.rx_core, setup.idle, &queue)?;
+            placement::pin_napi_threads(lab, setup.rx_core)?;
+            placement::renice_receive_threads()?;
+            let accounted = || rxdrop.accounted();
+            let (sent, busy_ns) = send_timed(setup, &traffic, &accounted)?;
+            let finished = rxdrop.stop()?;
+            Ok(Observed {
+                sent,
+                delivered: finished.frames,
+                received: finished.xdp.seen,
+                // As in the XDP modes: a full socket, or a frame redirected with no socket.
+                dropped: finished.socket_dropped + finished.xdp.pass_no_socket,
+                // One socket for every frame: there is nothing to misdeliver.
+                misdelivered: 0,
+                busy_ns,
+                // Recycled unread: no stamps to time.
+                latency: latency_histogram(),
+            })
+        }
         Mode::Testpmd => {
             let pmd = Testpmd::start(lab, setup.rx_core, setup.generator_core)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;
             // The drain asks testpmd (only after sending: the pacing is off).
             let delivered = || pmd.query(QUERY_TIMEOUT).map_or(0, |s| s.rx + s.missed);
-            let before = CpuSample::read(&cores)?;
-            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &delivered)?;
-            let after = CpuSample::read(&cores)?;
+            let (sent, busy_ns) = send_timed(setup, &traffic, &delivered)?;
             let stats = pmd.stop()?;
             Ok(Observed {
                 sent,
@@ -303,7 +354,7 @@ pub fn measure(
                 dropped: stats.missed,
                 // testpmd has one socket for every frame: there is nothing to misdeliver.
                 misdelivered: 0,
-                busy_ns: busy_ns_between(&before, &after)?,
+                busy_ns,
                 // rxonly frees frames unread: no stamps to time.
                 latency: latency_histogram(),
             })
@@ -313,9 +364,7 @@ pub fn measure(
             let kernel = KernelPath::start(lab, setup.rx_core, setup.idle)?;
             placement::renice_receive_threads()?;
             let delivered = || kernel.frames.load(Ordering::Relaxed);
-            let before = CpuSample::read(&cores)?;
-            let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &delivered)?;
-            let after = CpuSample::read(&cores)?;
+            let (sent, busy_ns) = send_timed(setup, &traffic, &delivered)?;
             let finished = kernel.stop()?;
             Ok(Observed {
                 sent,
@@ -323,7 +372,7 @@ pub fn measure(
                 received: finished.frames + finished.drops,
                 dropped: finished.drops,
                 misdelivered: finished.misdelivered,
-                busy_ns: busy_ns_between(&before, &after)?,
+                busy_ns,
                 latency: finished.latency,
             })
         }
@@ -387,7 +436,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [r#""ceiling""#, r#""xdp""#, r#""user""#, r#""kernel""#]
+            [
+                r#""ceiling""#,
+                r#""rxdrop""#,
+                r#""xdp""#,
+                r#""user""#,
+                r#""kernel""#
+            ]
         );
     }
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the ceiling and the three demux modes compared in one invocation,
+//! `cargo xtask bench`: the anchors and the three demux modes compared in one invocation,
 //! with the same generator and the same pinning (generator on one core, all receive work
 //! on another), repetitions interleaved (A B C D A B C D …) and medians reported.
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ pub mod kernel_path;
 mod measure;
 mod output;
 pub mod placement;
+pub mod rxdrop;
 mod summary;
 pub mod targets;
 pub mod testpmd;
@@ -133,8 +134,10 @@ pub struct Row {
     /// `generator` (flat out, nothing lost: the receiver could take more; its CPU ns/frame
     /// then includes idle busy-polling), or `offered` (a fixed load, delivered in full).
     pub limited_by: &'static str,
-    /// Delivered frames/s relative to the ceiling and to the kernel path of the same setting.
+    /// Delivered frames/s relative to the anchors and the kernel path of the same setting:
+    /// the XDP_DROP ceiling, the AF_XDP rxdrop loop, the kernel path.
     pub vs_ceiling: Option<f64>,
+    pub vs_rxdrop: Option<f64>,
     pub vs_kernel: Option<f64>,
 }
 
@@ -185,7 +188,8 @@ impl Point {
 fn point_modes(cfg: &BenchConfig, p: &Point, base: usize, anchor: bool) -> Vec<Mode> {
     let mut modes = cfg.modes.clone();
     if p.measures_cost() {
-        // The ceiling has no receive threads; the anchor runs flat out only.
+        // The ceiling has no receive threads (rxdrop has one, idling like the others); the
+        // testpmd anchor runs flat out only.
         modes.retain(|m| *m != Mode::Ceiling);
         return modes;
     }
@@ -269,12 +273,13 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 false
             }
         };
+    // Ports belong to the demux modes: the anchors have no endpoints.
     let port_modes: Vec<Mode> = match cfg.port_rate {
         Some(_) => cfg
             .modes
             .iter()
             .copied()
-            .filter(|m| *m != Mode::Ceiling)
+            .filter(|m| m.demux().is_some())
             .collect(),
         None => Vec::new(),
     };
@@ -401,14 +406,14 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                     }
                 }
             }
+            let vs = |anchor: Mode, m: &Measurement| {
+                of(anchor).filter(|&a| a > 0.0).map(|a| m.delivered_pps / a)
+            };
             for m in &medians {
                 rows.push(Row {
-                    vs_ceiling: of(Mode::Ceiling)
-                        .filter(|&c| c > 0.0)
-                        .map(|c| m.delivered_pps / c),
-                    vs_kernel: of(Mode::Kernel)
-                        .filter(|&k| k > 0.0)
-                        .map(|k| m.delivered_pps / k),
+                    vs_ceiling: vs(Mode::Ceiling, m),
+                    vs_rxdrop: vs(Mode::Rxdrop, m),
+                    vs_kernel: vs(Mode::Kernel, m),
                     limited_by: limited_by(m, rate),
                     median: m.clone(),
                     load: load.clone(),

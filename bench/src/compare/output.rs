@@ -45,11 +45,7 @@ pub fn write_outputs(results: &Results, dir: &Path) -> Result<Written> {
             "p99 us",
             series(
                 results,
-                |r| {
-                    r.load != "flat-out"
-                        && r.median.mode != Mode::Ceiling
-                        && !r.median.measures_cost()
-                },
+                |r| r.load != "flat-out" && r.median.mode.timed() && !r.median.measures_cost(),
                 |r| r.median.offered_pps / 1e6,
                 |r| r.median.latency_ns.p99 as f64 / 1e3,
             ),
@@ -119,17 +115,24 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs kernel |"
+        "Ratios: delivered frames/s over that of the same setting's `ceiling` (vs ceiling: \
+         XDP_DROP on the NIC, the most any mode could deliver), `rxdrop` (vs rxdrop: one AF_XDP \
+         socket whose frames go straight back to the fill ring, the most any mode delivering \
+         into sockets could) and `kernel` (vs kernel).\n"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs rxdrop | vs kernel |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.runs {
         let m = &r.median;
         let us = |ns: u64| {
-            // Neither XDP_DROP nor testpmd's rxonly reads the frames' stamps.
-            if matches!(m.mode, Mode::Ceiling | Mode::Testpmd) {
+            // The anchors drop or recycle frames unread: no stamps.
+            if !m.mode.timed() {
                 "–".to_string()
             } else {
                 format!("{:.1}", ns as f64 / 1e3)
@@ -138,7 +141,7 @@ pub fn markdown(results: &Results) -> String {
         let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             m.mode.name(),
             m.endpoints,
             m.frame_size,
@@ -160,6 +163,7 @@ pub fn markdown(results: &Results) -> String {
             us(m.latency_ns.p999),
             us(m.latency_ns.max),
             ratio(r.vs_ceiling),
+            ratio(r.vs_rxdrop),
             ratio(r.vs_kernel),
         );
     }
@@ -228,12 +232,17 @@ fn port_table(s: &mut String, results: &Results) {
     }
 }
 
-const COLORS: [(Mode, &str); 4] = [
-    (Mode::Ceiling, "#888888"),
-    (Mode::Xdp, "#1f77b4"),
-    (Mode::User, "#2ca02c"),
-    (Mode::Kernel, "#d62728"),
-];
+/// Each mode's line in the plots.
+fn colour(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Ceiling => "#888888",
+        Mode::Rxdrop => "#9467bd",
+        Mode::Xdp => "#1f77b4",
+        Mode::User => "#2ca02c",
+        Mode::Kernel => "#d62728",
+        Mode::Testpmd => "#ff7f0e",
+    }
+}
 
 /// A plain line chart: one polyline per mode, axes with a few ticks, a legend.
 fn svg(
@@ -312,11 +321,7 @@ fn svg(
         (ay0 + ay1) / 2.0
     );
     for (n, (mode, pts)) in data.iter().enumerate() {
-        let color = COLORS
-            .iter()
-            .find(|(m, _)| m == mode)
-            .map(|(_, c)| *c)
-            .unwrap_or("black");
+        let color = colour(*mode);
         let path: Vec<String> = pts
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
@@ -397,6 +402,7 @@ mod tests {
             repetitions: 1,
             limited_by: "generator",
             vs_ceiling: Some(0.5),
+            vs_rxdrop: None,
             vs_kernel: None,
         }
     }
@@ -412,8 +418,10 @@ mod tests {
             duration_s: 1.0,
             runs: vec![
                 row(Mode::Ceiling, 1, 2e6),
+                row(Mode::Rxdrop, 1, 1.5e6),
                 row(Mode::Xdp, 1, 1e6),
                 row(Mode::Ceiling, 16, 2e6),
+                row(Mode::Rxdrop, 16, 1.5e6),
                 row(Mode::Xdp, 16, 0.9e6),
             ],
             through_ports: [AppKind::Sink, AppKind::Reflect]
@@ -473,6 +481,20 @@ mod tests {
         let table = std::fs::read_to_string(&written.table).unwrap();
         assert_eq!(table.lines().filter(|l| l.starts_with("| xdp")).count(), 4);
         assert!(
+            table.contains("| vs ceiling | vs rxdrop | vs kernel |"),
+            "{table}"
+        );
+        // The anchors read no stamps: no latencies; every ratio column is there.
+        assert!(
+            table.contains(
+                "| rxdrop | 16 | 64 | flat-out | 1.500 | 1.500 | 1.500 | generator | 0.00% | \
+                 0.00% | 0.00% | 0.00% | 667 | – | – | – | – | 0.50 | – | – |"
+            ),
+            "{table}"
+        );
+        assert_eq!(json["runs"][1]["mode"], "rxdrop");
+        assert!(json["runs"][1]["vs_rxdrop"].is_null());
+        assert!(
             table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 20000 | – | 0.00% | 9.0 | 20.0 | 40.0 | 50.0 |"),
             "{table}"
         );
@@ -490,6 +512,7 @@ mod tests {
         );
         let svg = std::fs::read_to_string(&written.plots[0]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains(">xdp<"));
+        assert!(svg.contains(">rxdrop<") && svg.contains(colour(Mode::Rxdrop)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

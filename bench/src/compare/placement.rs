@@ -52,19 +52,25 @@ pub fn pin_napi_threads(lab: &Lab, core: usize) -> Result<usize> {
     Ok(pinned)
 }
 
-/// Nice value of the receive threads (workers, consumers, the kernel-path reader) in every
+/// Nice value of the receive threads (workers, consumers, the kernel-path reader, the rxdrop
+/// loop) in every
 /// mode. They busy-poll; at the same weight as the NAPI thread they would take two thirds of the
 /// shared core from it. A lower weight lets the kernel's receive work go first, as softirq
 /// does on the kernel path, while they still run whenever it pauses.
 pub const RECEIVE_THREAD_NICE: i32 = 10;
 
 /// Renice this process's receive threads (named `xmv-worker-…`, `xmv-consumer-…`,
-/// `xmv-kernel-rx`). Call after they started. Returns how many were reniced.
+/// `xmv-kernel-rx`, `xmv-rxdrop`). Call after they started. Returns how many were reniced.
 pub fn renice_receive_threads() -> Result<usize> {
     let threads = tasks_named("/proc/self/task", |comm| {
-        ["xmv-worker", "xmv-consumer", "xmv-kernel-rx"]
-            .iter()
-            .any(|p| comm.starts_with(p))
+        [
+            "xmv-worker",
+            "xmv-consumer",
+            "xmv-kernel-rx",
+            super::rxdrop::THREAD,
+        ]
+        .iter()
+        .any(|p| comm.starts_with(p))
     })?;
     for (tid, comm) in &threads {
         xmacvlan::sys::set_task_nice(*tid, RECEIVE_THREAD_NICE)

@@ -10,7 +10,10 @@ pub fn capacity_table(s: &mut String, results: &Results) {
         s,
         "\nZero-loss capacity: the highest offered rate with under {:.1} % loss, by bisection \
          on the offered rate (64 B). A row is flagged when the generator could not offer \
-         {GENERATOR_HEADROOM}x the capacity: the bound may then be the generator's.\n",
+         {GENERATOR_HEADROOM}x the capacity: the bound may then be the generator's. The \
+         anchors: `ceiling` (XDP_DROP) is the most any mode could carry, `rxdrop` (an AF_XDP \
+         socket recycling every frame unread) the most any mode delivering into sockets \
+         could.\n",
         LOSS_BOUND * 100.0
     );
     let _ = writeln!(

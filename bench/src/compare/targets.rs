@@ -88,6 +88,8 @@ pub fn judge(r: &Results) -> Vec<Target> {
             .filter(at_base)
             .find(|x| x.median.mode == mode && x.load != "flat-out" && x.median.measures_cost())
     };
+    // The AF_XDP rxdrop loop's capacity: reported next to T1 and T5, judged by neither.
+    let rxdrop = cap(Mode::Rxdrop, base);
     let t1 = (|| {
         let (x, u, k, c) = (
             cap(Mode::Xdp, base)?,
@@ -95,9 +97,12 @@ pub fn judge(r: &Results) -> Vec<Target> {
             cap(Mode::Kernel, base)?,
             cap(Mode::Ceiling, base)?,
         );
+        let vs_rxdrop = rxdrop
+            .map(|r| format!(", {:.2}x the AF_XDP rxdrop loop (not judged)", x / r))
+            .unwrap_or_default();
         Some((
             format!(
-                "xdp {:.2}x kernel, {:.2}x ceiling; user {:.2}x xdp",
+                "xdp {:.2}x kernel, {:.2}x the XDP_DROP ceiling{vs_rxdrop}; user {:.2}x xdp",
                 x / k,
                 x / c,
                 u / x
@@ -109,9 +114,15 @@ pub fn judge(r: &Results) -> Vec<Target> {
         let (x, k) = (cost_row(Mode::Xdp)?, cost_row(Mode::Kernel)?);
         let (xn, kn) = (x.median.cpu_ns_per_frame, k.median.cpu_ns_per_frame);
         let busy = |row: &Row| row.median.cpu_ns_per_frame * row.median.delivered_pps / 1e9;
+        // What the socket path alone costs at the same load and idling.
+        let vs_rxdrop = cost_row(Mode::Rxdrop)
+            .map(|r| r.median.cpu_ns_per_frame)
+            .filter(|&r| r > 0.0)
+            .map(|r| format!("; the AF_XDP rxdrop loop {r:.0} ns, xdp {:.2}x it", xn / r))
+            .unwrap_or_default();
         let measured = format!(
             "at {} load, {}: xdp {xn:.0} ns, kernel {kn:.0} ns ({:.2}x; receive core busy \
-             {:.0} % and {:.0} %, loss {:.2} % and {:.2} %)",
+             {:.0} % and {:.0} %, loss {:.2} % and {:.2} %){vs_rxdrop}",
             x.load,
             measure::idling(x.median.idle_policy()).unwrap_or_default(),
             xn / kn,
@@ -165,9 +176,21 @@ pub fn judge(r: &Results) -> Vec<Target> {
     })();
     let t5 = (|| {
         let (x, t) = (cap(Mode::Xdp, base)?, cap(Mode::Testpmd, base)?);
+        // Both are AF_XDP receivers: how close each comes to the bare socket loop.
+        let vs_rxdrop = rxdrop
+            .map(|r| {
+                format!(
+                    "; the AF_XDP rxdrop loop {:.3} Mpps: xdp {:.2}x, testpmd {:.2}x it (not judged)",
+                    r / 1e6,
+                    x / r,
+                    t / r
+                )
+            })
+            .unwrap_or_default();
         Some((
             format!(
-                "zero-loss capacity at {} endpoints: xdp {:.3} Mpps, testpmd {:.3} Mpps ({:.2}x)",
+                "zero-loss capacity at {} endpoints: xdp {:.3} Mpps, testpmd {:.3} Mpps \
+                 ({:.2}x){vs_rxdrop}",
                 base?,
                 x / 1e6,
                 t / 1e6,
@@ -276,6 +299,7 @@ mod tests {
             repetitions: 1,
             limited_by: "offered",
             vs_ceiling: None,
+            vs_rxdrop: None,
             vs_kernel: None,
         }
     }
@@ -348,7 +372,46 @@ mod tests {
         let t1 = &judge(&r)[0];
         assert_eq!(
             t1.measured,
-            "xdp 1.11x kernel, 0.67x ceiling; user 0.85x xdp"
+            "xdp 1.11x kernel, 0.67x the XDP_DROP ceiling; user 0.85x xdp"
+        );
+    }
+
+    #[test]
+    fn the_rxdrop_anchor_is_reported_next_to_t1_t2_t5_and_judges_nothing() {
+        let mut capacities = vec![
+            capacity(Mode::Ceiling, 16, 1.5e6),
+            capacity(Mode::Xdp, 16, 1.0e6),
+            capacity(Mode::User, 16, 0.85e6),
+            capacity(Mode::Kernel, 16, 0.9e6),
+            capacity(Mode::Testpmd, 16, 1.2e6),
+        ];
+        let runs = vec![
+            cost(Mode::Xdp, 900.0, "offered"),
+            cost(Mode::Kernel, 1000.0, "offered"),
+        ];
+        let without = judge(&results(capacities.clone(), runs.clone()));
+        capacities.push(capacity(Mode::Rxdrop, 16, 1.25e6));
+        let mut runs = runs;
+        runs.push(cost(Mode::Rxdrop, 300.0, "offered"));
+        let with = judge(&results(capacities, runs));
+        let verdicts = |t: &[Target]| t.iter().map(|t| t.verdict).collect::<Vec<_>>();
+        assert_eq!(verdicts(&with), verdicts(&without));
+        assert_eq!(
+            with[0].measured,
+            "xdp 1.11x kernel, 0.67x the XDP_DROP ceiling, 0.80x the AF_XDP rxdrop loop (not \
+             judged); user 0.85x xdp"
+        );
+        assert!(
+            with[1]
+                .measured
+                .ends_with("; the AF_XDP rxdrop loop 300 ns, xdp 3.00x it"),
+            "{}",
+            with[1].measured
+        );
+        assert_eq!(
+            with[4].measured,
+            "zero-loss capacity at 16 endpoints: xdp 1.000 Mpps, testpmd 1.200 Mpps (0.83x); \
+             the AF_XDP rxdrop loop 1.250 Mpps: xdp 0.80x, testpmd 0.96x it (not judged)"
         );
     }
 
