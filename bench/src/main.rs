@@ -93,6 +93,10 @@ struct CompareArgs {
     /// (0: read at once; at most 10000).
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=xmacvlan::config::MAX_COALESCE_US))]
     cost_coalesce_us: Option<u64>,
+    /// How the dataplane's receive work is laid out in threads: `run-to-completion` (one
+    /// thread, the daemon's default) or `split` (a queue worker thread beside the consumer).
+    #[arg(long, value_enum, default_value = "run-to-completion")]
+    receive_threads: xmacvlan::modes::Threads,
     /// The core that does all receive work (NAPI, XDP, workers, consumers).
     #[arg(long, default_value_t = 1)]
     rx_core: usize,
@@ -269,6 +273,7 @@ fn lab(a: LabArgs) -> Result<()> {
         consumer_threads: 1,
         endpoint_ring: 4096,
         idle: xmacvlan::dataplane::IdlePolicy::default(),
+        threads: xmacvlan::modes::Threads::RunToCompletion,
     };
     let traffic = TrafficConfig {
         duration,
@@ -335,6 +340,7 @@ fn compare(a: CompareArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
     }
+    cfg.threads = a.receive_threads;
     cfg.rx_core = a.rx_core;
     cfg.generator_core = a.generator_core;
     cfg.port_rate = (a.port_rate > 0).then_some(a.port_rate);

@@ -45,6 +45,8 @@ fn compare_writes_every_field_of_every_run() {
         .expect("bench-results.json is JSON");
     // The benchmark's default ingress hands the NIC xdp_frames, as a NIC does.
     assert_eq!(json["ingress"], "xdp-frame", "{json:#}");
+    // And runs the dataplane as the daemon does by default: one thread to completion.
+    assert_eq!(json["receive_threads"], "run-to-completion", "{json:#}");
     let runs = json["runs"].as_array().expect("a `runs` array");
     assert_eq!(runs.len(), total, "one row per mode and load: {json:#}");
     let mut modes: Vec<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();

@@ -337,6 +337,7 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
                 bind: xmacvlan::modes::BindMode::Copy,
                 cores: xmacvlan::dataplane::default_cores(),
                 idle: xmacvlan::dataplane::IdlePolicy::default(),
+                threads: xmacvlan::modes::Threads::RunToCompletion,
                 port_dir: t.root.join("ports"),
                 port_secret: None,
                 data_root: t.root.clone(),

@@ -3,15 +3,16 @@
 //! bounds the dataplane threads' own CPU time (from `/proc/self/task/*/schedstat`), never
 //! their speed.
 //!
-//! - Idle, the worker and the consumer use well under 5 % of one core over 3 s, also with an
-//!   idle memif client connected (interrupt mode).
+//! - Idle, the dataplane's threads (one running to completion, or a worker and a consumer
+//!   when split) use well under 5 % of one core over 3 s, also with an idle memif client
+//!   connected (interrupt mode).
 //! - After an idle period longer than the spin phase, the first frames (one per endpoint) are
 //!   delivered exactly, each within far less than the 1 s safety-net timeout (so none waited
 //!   for it: no lost wake-up), then a paced burst is delivered exactly.
 //! - Commands issued while the threads are blocked complete within 1 s: add and remove an
 //!   endpoint, a histogram copy, stop.
 //! - The same with the largest receive coalescing (10 ms): every frame delivered, commands
-//!   as prompt.
+//!   as prompt; and the same with split threads.
 //! - A memif client's frames are taken after an idle period (the port's C2S eventfd wakes
 //!   the consumer), every frame reflected, none dropped.
 //! - The daemon (`XMACVLAN_BIN`), two endpoints and a sink connected, idles under 5 % of one
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec};
 use xmacvlan::memif::{PortEvent, PortServer, PortServerConfig};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::{DemuxMode, Threads};
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
@@ -80,9 +81,13 @@ fn dataplane_cpu() -> (u64, u64, usize) {
 }
 
 /// The dataplane threads' CPU share of one core over [`MEASURE`]; asserts the bound.
-fn assert_idle_cpu(what: &str) -> f64 {
+fn assert_idle_cpu(what: &str, layout: Threads) -> f64 {
     let (before, slices_before, threads) = dataplane_cpu();
-    assert_eq!(threads, 2, "{what}: one worker and one consumer thread");
+    let expected = match layout {
+        Threads::RunToCompletion => 1,
+        Threads::Split => 2,
+    };
+    assert_eq!(threads, expected, "{what}: {layout} threads");
     let start = Instant::now();
     std::thread::sleep(MEASURE);
     let (after, slices_after, _) = dataplane_cpu();
@@ -147,12 +152,13 @@ fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result
     Ok(out)
 }
 
-fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration) {
+fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration, threads: Threads) {
     require_root();
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab();
     let mut cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     cfg.idle.coalesce = coalesce;
+    cfg.threads = threads;
     let streams = lab_streams(&lab.endpoints, 64, false);
     let extra = EndpointSpec {
         name: "extra".into(),
@@ -163,7 +169,10 @@ fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration) {
         .run(|| {
             let mut dp = Dataplane::start(&cfg, &lab.endpoints)?;
             std::thread::sleep(IDLE);
-            assert_idle_cpu(&format!("{demux:?} demux, {ENDPOINTS} endpoints"));
+            assert_idle_cpu(
+                &format!("{demux:?} demux, {ENDPOINTS} endpoints, {threads}"),
+                threads,
+            );
 
             // The first frame to each endpoint after a long idle: delivered, and none waited
             // for a timeout.
@@ -210,24 +219,35 @@ fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration) {
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO);
+    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO, Threads::RunToCompletion);
 }
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User, Duration::ZERO);
+    blocks_then_wakes(DemuxMode::User, Duration::ZERO, Threads::RunToCompletion);
+}
+
+/// `receive-threads split`: a worker thread beside the consumer, each blocking on its own.
+#[test]
+fn idle_split_threads_block_and_wake_for_frames_and_commands_xdp_demux() {
+    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO, Threads::Split);
+}
+
+#[test]
+fn idle_split_threads_block_and_wake_for_frames_and_commands_user_demux() {
+    blocks_then_wakes(DemuxMode::User, Duration::ZERO, Threads::Split);
 }
 
 /// `receive-coalesce-us`: the threads wait after a socket wakes them, never lose a frame to
 /// it, and still serve commands at once.
 #[test]
 fn coalescing_threads_deliver_exactly_and_serve_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp, COALESCE);
+    blocks_then_wakes(DemuxMode::Xdp, COALESCE, Threads::RunToCompletion);
 }
 
 #[test]
 fn coalescing_threads_deliver_exactly_and_serve_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User, COALESCE);
+    blocks_then_wakes(DemuxMode::User, COALESCE, Threads::RunToCompletion);
 }
 
 /// A directory removed on drop, also when the test fails.
@@ -284,7 +304,10 @@ fn port_idle_then_reflects(demux: DemuxMode) {
             let app = App::reflect(lab.host.name(), &socket, "idle-test", &dir.join("app.log"));
             connect(&mut dp, &server, &ep)?;
             std::thread::sleep(IDLE);
-            assert_idle_cpu(&format!("{demux:?} demux, an idle memif client connected"));
+            assert_idle_cpu(
+                &format!("{demux:?} demux, an idle memif client connected"),
+                cfg.threads,
+            );
 
             for (round, count) in [(1, 1u64), (2, 200)] {
                 let before = dp.port(&ep).expect("port connected");

@@ -85,6 +85,8 @@ fn full_endpoint_rings_drop_and_count_never_stall() {
     let mut cfg = lab.dataplane_config(&dataplane_config(DemuxMode::User, 1));
     cfg.cores = vec![FAST_CORE];
     cfg.endpoint_ring = RING;
+    // The worker on its own thread (and core), so that starving the consumer leaves it running.
+    cfg.threads = xmacvlan::modes::Threads::Split;
 
     let (sent, finished, ledger) = lab
         .host

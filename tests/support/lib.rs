@@ -39,6 +39,7 @@ pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
         consumer_threads: 1,
         endpoint_ring: 4096,
         idle: xmacvlan::dataplane::IdlePolicy::default(),
+        threads: xmacvlan::modes::Threads::RunToCompletion,
     }
 }
 

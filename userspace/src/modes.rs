@@ -97,6 +97,18 @@ choice! {
 }
 
 choice! {
+    /// How the receive work of a dataplane is laid out in threads (`receive-threads`).
+    #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    Threads {
+        /// One thread per receive core owns the fill rings, steers and serves every endpoint in one loop
+        RunToCompletion = "run-to-completion",
+        /// Each queue has a worker thread (fill ring, user demux steering) beside the consumers
+        Split = "split",
+    }
+}
+
+choice! {
     /// The binding a queue ended up with (what [`BindMode::Auto`] resolved to).
     #[derive(serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "lowercase")]
@@ -128,6 +140,7 @@ mod tests {
         same_spelling::<DemuxMode>(|m| m.name());
         same_spelling::<XdpMode>(|m| m.name());
         same_spelling::<BindMode>(|m| m.name());
+        same_spelling::<Threads>(|m| m.name());
         assert_eq!(
             DemuxMode::value_variants(),
             [DemuxMode::Xdp, DemuxMode::User]

@@ -13,7 +13,7 @@ use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use xmacvlan::dataplane::{Dataplane, DataplaneConfig, IdlePolicy, latency_histogram};
-use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::modes::{BindMode, DemuxMode, Threads, XdpMode};
 use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
 use xmacvlan::xdp::{Classifier, Program, Steering};
 use xmacvlan::xsk::QueueConfig;
@@ -137,6 +137,8 @@ pub struct Setup<'a> {
     /// How the receive threads (the dataplane's, the kernel path's reader) idle: the same
     /// in every mode of a run.
     pub idle: IdlePolicy,
+    /// The dataplane's thread layout (`xdp`, `user`).
+    pub threads: Threads,
 }
 
 /// How receive threads idled, in words, when not as the dataplane does by default:
@@ -284,6 +286,7 @@ pub fn measure(
                 consumer_threads: 1,
                 endpoint_ring: 4096,
                 idle: setup.idle,
+                threads: setup.threads,
             };
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;

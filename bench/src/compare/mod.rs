@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use xmacvlan::dataplane::IdlePolicy;
+use xmacvlan::modes::Threads;
 
 pub mod capacity;
 mod kernel_app;
@@ -55,6 +56,8 @@ pub struct BenchConfig {
     /// At the cost point, how long every mode's receive threads wait after a wake-up by
     /// their sockets before reading ([`IdlePolicy::coalesce`]).
     pub cost_coalesce: Duration,
+    /// The dataplane's thread layout (default: run to completion, as the daemon's).
+    pub threads: Threads,
 }
 
 impl BenchConfig {
@@ -76,6 +79,7 @@ impl BenchConfig {
             ingress: Ingress::XdpFrame,
             anchors: true,
             cost_coalesce: DEFAULT_COST_COALESCE,
+            threads: Threads::RunToCompletion,
         }
     }
 
@@ -151,6 +155,8 @@ pub struct Results {
     pub generator_core: usize,
     /// How the generated frames reached the lab NIC: `xdp-frame` or `skb`.
     pub ingress: Ingress,
+    /// The dataplane's thread layout in the `xdp` and `user` rows.
+    pub receive_threads: Threads,
     pub duration_s: f64,
     pub runs: Vec<Row>,
     /// Through ports into applications (and back), per mode, at `port_rate`.
@@ -334,6 +340,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 generator_core: cfg.generator_core,
                 frame_size: point.frame_size,
                 idle: point.idle,
+                threads: cfg.threads,
             };
             let rate = match point.fraction {
                 None => None,
@@ -430,6 +437,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 generator_core: cfg.generator_core,
                 frame_size: 64,
                 idle: IdlePolicy::default(),
+                threads: cfg.threads,
             };
             for app in PORT_APPS {
                 let mut samples: Vec<Vec<PortRun>> = vec![Vec::new(); port_modes.len()];
@@ -473,6 +481,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         rx_core: cfg.rx_core,
         generator_core: cfg.generator_core,
         ingress: cfg.ingress,
+        receive_threads: cfg.threads,
         duration_s: cfg.duration.as_secs_f64(),
         runs: rows,
         through_ports,

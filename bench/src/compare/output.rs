@@ -104,11 +104,12 @@ pub fn markdown(results: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Machine: {}. Generator on core {}, receive work on core {}, ingress `{}`; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
+        "Machine: {}. Generator on core {}, receive work on core {}, ingress `{}`, receive threads `{}`; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
         results.machine,
         results.generator_core,
         results.rx_core,
         results.ingress.name(),
+        results.receive_threads.name(),
         results.duration_s,
         results.load_average[0],
         results.load_average[1]
@@ -415,6 +416,7 @@ mod tests {
             rx_core: 1,
             generator_core: 0,
             ingress: crate::ingress::Ingress::XdpFrame,
+            receive_threads: xmacvlan::modes::Threads::RunToCompletion,
             duration_s: 1.0,
             runs: vec![
                 row(Mode::Ceiling, 1, 2e6),

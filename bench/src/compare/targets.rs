@@ -319,6 +319,7 @@ mod tests {
             rx_core: 1,
             generator_core: 0,
             ingress: crate::ingress::Ingress::XdpFrame,
+            receive_threads: xmacvlan::modes::Threads::RunToCompletion,
             duration_s: 1.0,
             runs,
             through_ports: Vec::new(),

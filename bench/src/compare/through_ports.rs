@@ -127,6 +127,7 @@ pub fn measure(
                     consumer_threads: 1,
                     endpoint_ring: 4096,
                     idle: xmacvlan::dataplane::IdlePolicy::default(),
+                    threads: setup.threads,
                 };
                 let mut dp = Dataplane::start(&cfg, &[])?;
                 placement::pin_napi_threads(lab, setup.rx_core)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::dataplane::{Dataplane, DataplaneConfig, EndpointSpec, default_cores};
-use crate::modes::{BindMode, DemuxMode, XdpMode};
+use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
 use crate::netlink::Netlink;
 use crate::telemetry::report::{Report, plural};
 use crate::xsk::QueueConfig;
@@ -134,6 +134,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     crate::sys::catch_interrupts();
     let queues = link.active_rx_queues();
+    let consumer_threads = a.cores.as_ref().map_or(1, Vec::len);
     let cfg = DataplaneConfig {
         ifname: a.iface.clone(),
         queues,
@@ -144,9 +145,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             ..QueueConfig::default()
         },
         cores: a.cores.clone().unwrap_or_else(default_cores),
-        consumer_threads: a.cores.as_ref().map(|c| c.len()).unwrap_or(1),
+        consumer_threads,
         endpoint_ring: 4096,
         idle: crate::dataplane::IdlePolicy::default(),
+        // One receive core: one thread does it all; several: a consumer thread on each.
+        threads: if consumer_threads == 1 {
+            Threads::RunToCompletion
+        } else {
+            Threads::Split
+        },
     };
     let dp = Dataplane::start(&cfg, &endpoints)?;
     for w in &dp.warnings {

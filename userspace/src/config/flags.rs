@@ -51,6 +51,9 @@ pub struct ConfigFlags {
     /// arriving meanwhile share the wake-up (0 = off, at most 10000).
     #[arg(long = "receive-coalesce-us", value_name = "US", value_parser = coalesce_flag)]
     pub receive_coalesce: Option<Duration>,
+    /// run-to-completion (one thread per NIC) or split (a worker thread per queue too).
+    #[arg(long = "receive-threads", value_name = "LAYOUT", value_parser = Threads::from_str)]
+    pub receive_threads: Option<Threads>,
     /// Stats period: "1s", "500ms".
     #[arg(long = "stats-interval", value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -134,6 +137,7 @@ impl ConfigFlags {
             xdp_mode: self.xdp_mode,
             bind_mode: self.bind_mode,
             receive_coalesce: self.receive_coalesce,
+            receive_threads: self.receive_threads,
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),

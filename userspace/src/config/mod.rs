@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::modes::choice;
-use crate::modes::{BindMode, DemuxMode, XdpMode};
+use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
 
 mod error;
 mod flags;
@@ -65,6 +65,7 @@ pub const KEYS: &[&str] = &[
     "xdp-mode",
     "bind-mode",
     "receive-coalesce-us",
+    "receive-threads",
     "stats-interval",
     "metrics-addr",
     "control-socket",
@@ -204,6 +205,9 @@ pub struct DaemonConfig {
     /// How long a dataplane thread woken by its sockets waits before reading, so frames
     /// arriving meanwhile share the wake-up (CPU for latency at low rates); zero: at once.
     pub receive_coalesce: Duration,
+    /// `run-to-completion`: one thread per NIC does all its receive work; `split`: a worker
+    /// thread per queue beside it.
+    pub receive_threads: Threads,
     pub stats_interval: Duration,
     /// None = no metrics endpoint (the default).
     pub metrics_addr: Option<MetricsAddr>,
@@ -229,6 +233,7 @@ impl Default for DaemonConfig {
             xdp_mode: XdpMode::Auto,
             bind_mode: BindMode::Auto,
             receive_coalesce: Duration::ZERO,
+            receive_threads: Threads::RunToCompletion,
             stats_interval: Duration::from_secs(1),
             metrics_addr: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
@@ -306,6 +311,9 @@ impl DaemonConfig {
         if let Some(v) = flags.receive_coalesce {
             self.receive_coalesce = v;
         }
+        if let Some(v) = flags.receive_threads {
+            self.receive_threads = v;
+        }
         if let Some(v) = flags.stats_interval {
             self.stats_interval = v;
         }
@@ -349,6 +357,7 @@ impl DaemonConfig {
                 "receive-coalesce-us",
                 json!(self.receive_coalesce.as_micros() as u64),
             ),
+            ("receive-threads", json!(self.receive_threads.name())),
             (
                 "stats-interval",
                 json!(format_duration(self.stats_interval)),
@@ -400,6 +409,7 @@ pub struct Overrides {
     pub xdp_mode: Option<XdpMode>,
     pub bind_mode: Option<BindMode>,
     pub receive_coalesce: Option<Duration>,
+    pub receive_threads: Option<Threads>,
     pub stats_interval: Option<Duration>,
     /// `Some(None)` turns metrics off.
     pub metrics_addr: Option<Option<MetricsAddr>>,

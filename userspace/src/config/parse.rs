@@ -88,6 +88,9 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     if let Some(v) = map.get("receive-coalesce-us") {
         cfg.receive_coalesce = p.coalesce(v)?;
     }
+    if let Some(v) = map.get("receive-threads") {
+        cfg.receive_threads = p.choice("receive-threads", v, Threads::NAMES, Threads::from_name)?;
+    }
     if let Some(v) = map.get("stats-interval") {
         cfg.stats_interval = p.interval(v)?;
     }

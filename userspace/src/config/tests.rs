@@ -483,3 +483,23 @@ fn receive_coalescing_is_whole_microseconds_up_to_ten_milliseconds() {
     );
     assert!(coalesce_from_us(None).is_err());
 }
+
+#[test]
+fn receive_threads_default_to_run_to_completion() {
+    assert_eq!(
+        parse("{}").unwrap().receive_threads,
+        Threads::RunToCompletion
+    );
+    assert_eq!(
+        parse(r#"{"receive-threads": "split"}"#)
+            .unwrap()
+            .receive_threads,
+        Threads::Split
+    );
+    let e = error(r#"{"receive-threads": "one"}"#);
+    assert_eq!(e.key_name(), Some("receive-threads"));
+    assert!(
+        e.to_string().contains("run-to-completion, split"),
+        "the choices are named: {e}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::dataplane::{
 use crate::ether::Mac;
 use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
-use crate::modes::{BindMode, DemuxMode, XdpMode};
+use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
 use crate::xsk::QueueConfig;
 
@@ -29,6 +29,8 @@ pub struct Settings {
     pub cores: Vec<usize>,
     /// How the dataplane's threads idle (`receive-coalesce-us`).
     pub idle: IdlePolicy,
+    /// How its receive work is laid out in threads (`receive-threads`).
+    pub threads: Threads,
     /// Where the endpoints' memif sockets go.
     pub port_dir: PathBuf,
     /// The secret every memif client must send (read from `port-secret-file` at start).
@@ -52,6 +54,7 @@ impl Settings {
                 coalesce: cfg.receive_coalesce,
                 ..IdlePolicy::default()
             },
+            threads: cfg.receive_threads,
             port_dir: cfg.port_dir.clone(),
             port_secret: None,
             data_root: cfg.data_root.clone(),
@@ -395,6 +398,7 @@ impl Daemon {
             consumer_threads: 1,
             endpoint_ring: 4096,
             idle: self.settings.idle,
+            threads: self.settings.threads,
         })
     }
 

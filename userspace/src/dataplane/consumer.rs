@@ -4,7 +4,7 @@
 //! An endpoint with a connected application port gets each frame copied into the port, and
 //! the port's frames transmitted (see `port_io`). The per-frame work of one endpoint
 //! (counts, misdelivery check, latency) is its [`Consumer`], which the kernel baseline uses
-//! too.
+//! too. Running to completion, the one consumer thread also runs the queues' worker passes.
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, Ordering::Relaxed};
@@ -18,6 +18,7 @@ use super::SocketStats;
 use super::endpoint::{EndpointCounters, EndpointSpec};
 use super::idle::{self, HotLoop, Mailbox, Sleeper, Waker, Woke, pin};
 use super::ports::{ClaimPolicy, ServedPort};
+use super::worker::Worker;
 use crate::abi::{Key, Mac};
 use crate::frame;
 use crate::xsk::{BATCH, QueueUmem, RxFrame, RxSocket, TxBatch};
@@ -89,13 +90,25 @@ pub struct ConsumerThread {
     pub stop: Arc<AtomicBool>,
     /// A source could not be watched: never block long.
     pub unwatched: bool,
+    /// The queues' workers, when this thread runs to completion: it owns their fill rings
+    /// and runs their passes between its endpoint passes (no worker threads, no wake-ups
+    /// between threads on one core). Empty otherwise.
+    pub workers: Vec<Worker>,
+}
+
+/// What a consumer thread hands back when it stops.
+pub struct Stopped {
+    pub endpoints: Vec<FinishedEndpoint>,
+    /// The queue sockets' counters of the workers it ran itself, in queue order.
+    pub queues: Vec<anyhow::Result<SocketStats>>,
 }
 
 /// What a consumer needs of every queue: its UMEM, its free-frame pools, TX staging.
 pub struct Queues {
     pub umems: Vec<QueueUmem>,
     pub free: Vec<Arc<ArrayQueue<RxFrame>>>,
-    /// Each queue's worker: woken when frames it should refill or reap are waiting.
+    /// Each queue's worker thread: woken when frames it should refill or reap are waiting.
+    /// Empty when this thread runs the workers itself.
     pub workers: Vec<Arc<Waker>>,
     /// The TX free-frame pool of each queue (its completions come back there).
     pub tx_free: Vec<Arc<ArrayQueue<RxFrame>>>,
@@ -112,8 +125,8 @@ impl ConsumerThread {
     /// Runs until `stop` and no work is left; returns the final numbers of the endpoints
     /// still served.
     /// `idle` is woken by `self.commands`' waker (made on the control side, so that its
-    /// failure fails the start).
-    pub fn run(mut self, mut idle: Sleeper) -> Vec<FinishedEndpoint> {
+    /// failure fails the start; it also watches the queue sockets of `self.workers`).
+    pub fn run(mut self, mut idle: Sleeper) -> Stopped {
         pin(self.core, "consumer");
         let mut hot = Some(HotLoop::enter());
         loop {
@@ -125,6 +138,10 @@ impl ConsumerThread {
                 hot = Some(HotLoop::enter());
             }
             let mut work = 0;
+            // User demux: steer a batch, then deliver it in the same pass.
+            for w in &mut self.workers {
+                work += w.pass();
+            }
             for served in &mut self.served {
                 work += poll(served, &mut self.queues, true);
             }
@@ -142,7 +159,10 @@ impl ConsumerThread {
             first.sockets.append(&mut self.queues.tx_sockets);
             first.sockets.append(&mut self.queues.retired);
         }
-        finished
+        Stopped {
+            endpoints: finished,
+            queues: self.workers.iter().map(Worker::finish).collect(),
+        }
     }
 
     /// Block until something can bring work (see `idle`). Ports are asked to signal their
@@ -159,15 +179,20 @@ impl ConsumerThread {
         if self.unwatched {
             timeout = UNSIGNALLED_PORT_WAIT;
         }
+        for w in &self.workers {
+            timeout = timeout.min(w.longest_sleep());
+        }
         let Self {
             served,
             commands,
             stop,
             queues,
+            workers,
             ..
         } = self;
         let mut pending = || {
             let mut pending = stop.load(Ordering::Acquire) || !commands.is_empty();
+            pending |= workers.iter().any(Worker::pending);
             for s in served.iter_mut() {
                 let Served {
                     source,
@@ -296,8 +321,10 @@ const UNSIGNALLED_PORT_WAIT: Duration = Duration::from_millis(1);
 /// then; the fill ring holds thousands, so a few frames can wait).
 #[inline]
 fn wake_refill(q: usize, free: &[Arc<ArrayQueue<RxFrame>>], workers: &[Arc<Waker>]) {
-    if free[q].len() >= BATCH {
-        workers[q].wake();
+    if let Some(worker) = workers.get(q)
+        && free[q].len() >= BATCH
+    {
+        worker.wake();
     }
 }
 
@@ -423,9 +450,11 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
                     *tag,
                     queues.mtu,
                 );
-                if sent > 0 {
+                if sent > 0
+                    && let Some(worker) = queues.workers.get(*tx_queue)
+                {
                     // Its completions are the worker's to reap.
-                    queues.workers[*tx_queue].wake();
+                    worker.wake();
                 }
                 handled += sent;
             }

@@ -7,15 +7,17 @@
 //! queue's worker parses (VLAN, MAC), looks the endpoint up and hands the descriptor (never
 //! a copy) to that endpoint's ring; consumers read the rings.
 //! Either way consumers give frames back through the queue's lock-free free-frame queue,
-//! and only the queue's worker touches its fill ring.
+//! and only the queue's worker touches its fill ring. With [`Threads::RunToCompletion`] the workers
+//! are not threads: the one consumer thread runs their passes in its own loop.
 //!
 //! An endpoint may have an application port ([`AppPort`], see [`Dataplane::connect_port`]):
 //! its consumer then copies each of its frames into the port and transmits the port's frames
 //! from the queue's TX pool; the worker reaps their completions.
 //!
 //! This file is the facade ([`Dataplane::start`] and what callers read); `queue.rs` opens a
-//! queue with its worker; endpoints join and leave in `registry.rs`, ports in `port_control.rs`, commands to the threads go through
-//! `commands.rs`, and `shutdown.rs` is the one stop sequence of `stop` and `Drop`.
+//! queue with its worker; endpoints join and leave in `registry.rs`, ports in
+//! `port_control.rs`, commands to the threads go through `commands.rs`, and `shutdown.rs` is
+//! the one stop sequence of `stop` and `Drop`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -26,7 +28,7 @@ use anyhow::{Context, Result};
 use crossbeam_queue::ArrayQueue;
 
 use crate::abi::{self, Counters};
-use crate::modes::{Bound, DemuxMode, XdpMode};
+use crate::modes::{Bound, DemuxMode, Threads, XdpMode};
 use crate::xdp::{Classifier, Program};
 pub use crate::xsk::SocketStats;
 use crate::xsk::{self, QueueConfig, QueueUmem, RxFrame};
@@ -76,6 +78,11 @@ pub struct DataplaneConfig {
     /// How queue workers and consumers idle ([`IdlePolicy::default`]: poll [`SPIN`], then
     /// block, read at once).
     pub idle: IdlePolicy,
+    /// [`Threads::RunToCompletion`] (needs `consumer_threads` 1): one thread owns every
+    /// queue's fill and completion rings, steers (user demux) and serves every endpoint in
+    /// one loop, on one core. [`Threads::Split`]: each queue has its own worker thread beside
+    /// the consumers.
+    pub threads: Threads,
 }
 
 /// A running dataplane. Endpoints can join and leave while it runs. Dropping it stops the
@@ -107,7 +114,7 @@ pub struct Dataplane {
 }
 
 struct ConsumerHandle {
-    thread: Option<JoinHandle<Vec<consumer::FinishedEndpoint>>>,
+    thread: Option<JoinHandle<consumer::Stopped>>,
     commands: Arc<Mailbox<consumer::Command>>,
     endpoints: usize,
     /// Whether it has its TX sockets (`user` demux: given with its first port).
@@ -169,16 +176,24 @@ impl Dataplane {
         let mut pending_threads = Vec::new();
         // Every thread's waker first: workers wake consumers and consumers wake workers.
         let threads = cfg.consumer_threads.max(1);
-        let worker_wakers = (0..cfg.queues)
-            .map(|_| Waker::new())
-            .collect::<Result<Vec<_>>>()?;
+        let one_thread = cfg.threads == Threads::RunToCompletion;
         let consumer_wakers = (0..threads)
             .map(|_| Waker::new())
+            .collect::<Result<Vec<_>>>()?;
+        // Run to completion: what would wake a queue's worker wakes the one thread instead.
+        let worker_wakers = (0..cfg.queues)
+            .map(|_| match one_thread {
+                true => Ok(consumer_wakers[0].clone()),
+                false => Waker::new(),
+            })
             .collect::<Result<Vec<_>>>()?;
         for q in 0..cfg.queues {
             let wakers = queue::Wakers {
                 worker: worker_wakers[q as usize].clone(),
-                consumers: consumer_wakers.clone(),
+                consumers: match one_thread {
+                    true => Vec::new(),
+                    false => consumer_wakers.clone(),
+                },
             };
             let (opened, worker) = queue::open(
                 cfg,
@@ -208,7 +223,10 @@ impl Dataplane {
                 queues: consumer::Queues {
                     umems: umems.clone(),
                     free: free.clone(),
-                    workers: worker_wakers.clone(),
+                    workers: match one_thread {
+                        true => Vec::new(),
+                        false => worker_wakers.clone(),
+                    },
                     tx_free: tx_free.clone(),
                     tx_sockets: Vec::new(),
                     tx_batches: (0..cfg.queues as u16).map(xsk::TxBatch::new).collect(),
@@ -217,6 +235,7 @@ impl Dataplane {
                 },
                 stop: stop_consumers.clone(),
                 unwatched: false,
+                workers: Vec::new(),
             });
             consumers.push(ConsumerHandle {
                 thread: None,
@@ -248,6 +267,9 @@ impl Dataplane {
         // dataplane's threads by name (pinning, renicing, tests) finds all of them.
         let (running, started) = std::sync::mpsc::channel::<()>();
         let mut spawned = 0;
+        if one_thread {
+            dataplane_consumers[0].workers = std::mem::take(&mut pending_threads);
+        }
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);
             let idle = w.idle()?.with_policy(cfg.idle);
@@ -270,6 +292,9 @@ impl Dataplane {
             .enumerate()
         {
             let idle = Sleeper::new(handle.commands.waker.clone())?.with_policy(cfg.idle);
+            for w in &c.workers {
+                w.watch(&idle)?;
+            }
             let running = running.clone();
             handle.thread = Some(
                 std::thread::Builder::new()

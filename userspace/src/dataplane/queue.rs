@@ -72,6 +72,7 @@ pub(super) fn open(
         rings,
         free: free.clone(),
         tx_free: tx_pool.clone(),
+        tx_frames: tx_pool_size,
         demux: cfg.demux,
         table: Arc::default(),
         updates: updates.clone(),

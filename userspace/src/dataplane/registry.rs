@@ -14,7 +14,7 @@ use super::{
 };
 use crate::abi;
 use crate::ether::{Mac, VlanId};
-use crate::modes::DemuxMode;
+use crate::modes::{DemuxMode, Threads};
 use crate::xdp::Steering;
 use crate::xsk::{self, RxFrame};
 
@@ -280,6 +280,13 @@ pub(super) fn validate_config(cfg: &DataplaneConfig) -> Result<()> {
         bail!(
             "core {bad} does not exist (this machine has cores 0-{})",
             available - 1
+        );
+    }
+    if cfg.threads == Threads::RunToCompletion && cfg.consumer_threads > 1 {
+        bail!(
+            "receive threads `run-to-completion` put every queue and endpoint on one thread, \
+             but {} consumer threads were asked for: give one core, or use `split`",
+            cfg.consumer_threads
         );
     }
     if cfg.queues == 0 || cfg.queues > abi::MAX_QUEUES {

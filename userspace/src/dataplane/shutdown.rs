@@ -30,7 +30,7 @@ impl Dataplane {
         self.stop_workers.store(true, Ordering::Release);
         // Threads blocked in epoll_wait see the flag now.
         self.workers.iter().for_each(|w| w.updates.waker.wake());
-        let workers = self
+        let mut workers: Vec<_> = self
             .workers
             .iter_mut()
             .filter_map(|w| w.thread.take())
@@ -46,7 +46,11 @@ impl Dataplane {
         let mut consumer_panicked = false;
         for c in &mut self.consumers {
             match c.thread.take().map(|t| t.join()) {
-                Some(Ok(finished)) => endpoints.extend(finished),
+                Some(Ok(stopped)) => {
+                    endpoints.extend(stopped.endpoints);
+                    // Run to completion: the queues' workers ran on this thread.
+                    workers.extend(stopped.queues);
+                }
                 Some(Err(_)) => consumer_panicked = true,
                 None => {}
             }

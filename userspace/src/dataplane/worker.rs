@@ -80,6 +80,10 @@ pub struct SteerTable {
 /// (every source of work wakes it), and the bound on any wake-up a bug might lose.
 pub const SAFETY_NET: Duration = Duration::from_secs(1);
 
+/// Batches a worker steers per pass at most (user demux): the rest waits for the next pass,
+/// after the endpoints were served and the fill ring refilled.
+const STEER_BATCHES: usize = 4;
+
 /// How long the worker blocks while TX frames are out: completions raise no event.
 const COMPLETION_WAIT: Duration = Duration::from_millis(1);
 
@@ -91,11 +95,14 @@ pub struct Worker {
     pub free: Arc<ArrayQueue<RxFrame>>,
     /// The queue's TX frames: ports' transmissions complete back into it.
     pub tx_free: Arc<ArrayQueue<RxFrame>>,
+    /// The TX pool's full size: fewer in it means completions are still to come.
+    pub tx_frames: usize,
     pub demux: DemuxMode,
     pub table: Arc<SteerTable>,
     /// New tables from the control side; checked once per loop. Its waker wakes this worker.
     pub updates: Arc<Mailbox<Arc<SteerTable>>>,
-    /// The consumer threads' wakers: woken after frames were handed to endpoint rings.
+    /// The consumer threads' wakers: woken after frames were handed to endpoint rings (none
+    /// when the consumer runs this worker itself).
     pub consumers: Vec<Arc<Waker>>,
     /// Tables applied so far: the control side waits on it before retiring an endpoint.
     pub applied: Arc<AtomicU64>,
@@ -114,12 +121,17 @@ struct Batch {
 
 impl Worker {
     /// The worker's idle state, made on the control side so that a failure fails the start:
-    /// woken by its mailbox, and by its queue socket (frames to steer in user demux; in
-    /// zero-copy mode a poll on it also kicks a driver that asked for a wake-up).
+    /// woken by its mailbox, and by its queue socket ([`Self::watch`]).
     pub fn idle(&self) -> Result<Sleeper> {
         let idle = Sleeper::new(self.updates.waker.clone())?;
-        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)?;
+        self.watch(&idle)?;
         Ok(idle)
+    }
+
+    /// Have `idle` wake for the queue socket: frames to steer in user demux; in zero-copy
+    /// mode a poll on it also kicks a driver that asked for a wake-up.
+    pub fn watch(&self, idle: &Sleeper) -> Result<()> {
+        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)
     }
 
     /// Runs until `stop`, then drains its socket once more; returns the kernel's counters for
@@ -127,58 +139,86 @@ impl Worker {
     /// `idle` is woken by `self.updates`' waker and watches the queue socket ([`Self::idle`]).
     pub fn run(mut self, mut idle: Sleeper) -> Result<SocketStats> {
         pin(self.core, &format!("queue {} worker", self.queue));
-        // Every TX frame starts in the pool; fewer means completions are still to come.
-        let tx_frames = self.tx_free.len();
         let hot = HotLoop::enter();
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            while let Some(table) = self.updates.pop() {
-                // Dropping the old table frees memory but allocates nothing.
-                self.table = table;
-                self.applied.fetch_add(1, Ordering::Release);
-            }
-            let mut work = 0;
-            if self.demux == DemuxMode::User {
-                let steered = self.steer_batch();
-                if steered > 0 {
-                    for c in &self.consumers {
-                        c.wake();
-                    }
-                }
-                work += steered;
-            }
-            let refilled = self.rings.refill(&self.free);
-            if refilled > 0 {
-                self.counters.refilled.fetch_add(refilled as u64, Relaxed);
-            }
-            work += refilled;
-            let completed = self.rings.reap_completions(&self.tx_free);
-            if completed > 0 {
-                self.counters
-                    .tx_completed
-                    .fetch_add(completed as u64, Relaxed);
-            }
-            work += completed;
-            if work > 0 {
+            if self.pass() > 0 {
                 idle.worked();
             } else if stopping {
                 drop(hot);
-                let mut stats = SocketStats::default();
-                stats.add(&self.rings.socket.statistics()?);
-                return Ok(stats);
+                return self.finish();
             } else if idle.spun_out() {
-                // Completions have no readiness event: while frames are out, look again soon.
-                let timeout = if self.tx_free.len() < tx_frames {
-                    COMPLETION_WAIT
-                } else {
-                    SAFETY_NET
-                };
-                let (stop, updates, free) = (&self.stop, &self.updates, &self.free);
-                idle.sleep(timeout, || {
-                    stop.load(Ordering::Acquire) || !updates.is_empty() || free.len() >= BATCH
-                });
+                let timeout = self.longest_sleep();
+                let stop = &self.stop;
+                idle.sleep(timeout, || stop.load(Ordering::Acquire) || self.pending());
             }
         }
+    }
+
+    /// One pass over the queue: apply new steering tables, steer a batch (user demux), give
+    /// freed frames back to the fill ring, reap TX completions. Returns the work done. A
+    /// thread that runs to completion calls this between its endpoint passes.
+    #[inline]
+    pub fn pass(&mut self) -> usize {
+        while let Some(table) = self.updates.pop() {
+            // Dropping the old table frees memory but allocates nothing.
+            self.table = table;
+            self.applied.fetch_add(1, Ordering::Release);
+        }
+        let mut work = 0;
+        if self.demux == DemuxMode::User {
+            // Several batches while they come full, so that a consumer pass (the same thread's
+            // next step, when running to completion) finds a few frames per endpoint, not one.
+            let mut steered = 0;
+            for _ in 0..STEER_BATCHES {
+                let n = self.steer_batch();
+                steered += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+            if steered > 0 {
+                for c in &self.consumers {
+                    c.wake();
+                }
+            }
+            work += steered;
+        }
+        let refilled = self.rings.refill(&self.free);
+        if refilled > 0 {
+            self.counters.refilled.fetch_add(refilled as u64, Relaxed);
+        }
+        work += refilled;
+        let completed = self.rings.reap_completions(&self.tx_free);
+        if completed > 0 {
+            self.counters
+                .tx_completed
+                .fetch_add(completed as u64, Relaxed);
+        }
+        work + completed
+    }
+
+    /// Whether work waits that raises no event of its own: a new table, or a batch of frames
+    /// to refill. Checked before blocking.
+    pub fn pending(&self) -> bool {
+        !self.updates.is_empty() || self.free.len() >= BATCH
+    }
+
+    /// The longest this queue lets its thread block: completions have no readiness event, so
+    /// while TX frames are out it looks again soon.
+    pub fn longest_sleep(&self) -> Duration {
+        if self.tx_free.len() < self.tx_frames {
+            COMPLETION_WAIT
+        } else {
+            SAFETY_NET
+        }
+    }
+
+    /// The kernel's counters for the queue's own socket, read once the queue is drained.
+    pub fn finish(&self) -> Result<SocketStats> {
+        let mut stats = SocketStats::default();
+        stats.add(&self.rings.socket.statistics()?);
+        Ok(stats)
     }
 
     /// Read one batch from the queue's socket and hand each frame to its endpoint's ring.
