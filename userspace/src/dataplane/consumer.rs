@@ -18,6 +18,7 @@ use super::SocketStats;
 use super::endpoint::{EndpointCounters, EndpointSpec};
 use super::idle::{self, HotLoop, Mailbox, Sleeper, Waker, Woke, pin};
 use super::ports::{ClaimPolicy, ServedPort};
+use super::visits::Visits;
 use super::worker::Worker;
 use crate::abi::{Key, Mac};
 use crate::frame;
@@ -94,6 +95,8 @@ pub struct ConsumerThread {
     /// and runs their passes between its endpoint passes (no worker threads, no wake-ups
     /// between threads on one core). Empty otherwise.
     pub workers: Vec<Worker>,
+    /// Which endpoints a pass visits: with many, only those with work.
+    pub visits: Visits,
 }
 
 /// What a consumer thread hands back when it stops.
@@ -142,15 +145,14 @@ impl ConsumerThread {
             for w in &mut self.workers {
                 work += w.pass();
             }
-            for served in &mut self.served {
-                work += poll(served, &mut self.queues, true);
-            }
+            work += self.serve(&mut idle);
             if work > 0 {
                 idle.worked();
             } else if stopping && self.commands.is_empty() {
                 break;
-            } else if idle.spun_out() {
-                self.sleep(&mut idle);
+            } else if idle.spun_out() && self.sleep(&mut idle) == Woke::Pending {
+                // Work is waiting that the pass did not visit: look everywhere.
+                self.visits.sweep_next();
             }
         }
         drop(hot);
@@ -165,9 +167,51 @@ impl ConsumerThread {
         }
     }
 
+    /// One pass over the endpoints: every one of them, or with many only those with work
+    /// (`visits`). Returns the frames handled.
+    #[inline]
+    fn serve(&mut self, idle: &mut Sleeper) -> usize {
+        let Self {
+            served,
+            queues,
+            workers,
+            visits,
+            ..
+        } = self;
+        let touched = workers
+            .iter_mut()
+            .filter_map(|w| w.touched.as_mut())
+            .flat_map(|t| t.drain(..));
+        let mut work = 0;
+        if !visits.sparse(served.len()) {
+            // A sweep visits every ring anyway.
+            touched.for_each(drop);
+            for s in served.iter_mut() {
+                let n = poll(s, queues, true);
+                if n >= BATCH {
+                    visits.carry(s.slot);
+                }
+                work += n;
+            }
+            return work;
+        }
+        let plan = visits.plan(|f| idle.ready(f), touched);
+        for &i in &plan {
+            let s = &mut served[i as usize];
+            let n = poll(s, queues, true);
+            if n >= BATCH {
+                visits.carry(s.slot);
+            }
+            work += n;
+        }
+        visits.done(plan);
+        work
+    }
+
     /// Block until something can bring work (see `idle`). Ports are asked to signal their
     /// transmissions only for the sleep, so a busy thread spares their clients the syscall.
-    fn sleep(&mut self, idle: &mut Sleeper) {
+    /// Returns how the first wait ended ([`Woke::Pending`]: work is waiting, not slept).
+    fn sleep(&mut self, idle: &mut Sleeper) -> Woke {
         let mut ports = false;
         let mut timeout = super::worker::SAFETY_NET;
         for p in self.served.iter().filter_map(|s| s.port.as_ref()) {
@@ -224,7 +268,8 @@ impl ConsumerThread {
         } else {
             timeout
         };
-        if idle.sleep(first, &mut pending) == Woke::TimedOut && ports && first < timeout {
+        let woke = idle.sleep(first, &mut pending);
+        if woke == Woke::TimedOut && ports && first < timeout {
             idle.sleep(timeout, &mut pending);
         }
         for s in served.iter_mut() {
@@ -232,6 +277,7 @@ impl ConsumerThread {
                 p.port.tx_arm(false);
             }
         }
+        woke
     }
 
     fn apply(&mut self, command: Command, idle: &Sleeper) {
@@ -242,11 +288,14 @@ impl ConsumerThread {
                         self.watch(idle, socket.as_raw_fd(), idle::Source::Socket);
                     }
                 }
-                self.served.push(*served)
+                self.served.push(*served);
+                let last = self.served.len() - 1;
+                self.visits.added(last, &self.served[last]);
             }
             Command::Remove { slot, reply } => {
                 if let Some(i) = self.served.iter().position(|s| s.slot == slot) {
                     let mut served = self.served.swap_remove(i);
+                    self.visits.removed(&served, i, self.served.get(i));
                     unwatch(idle, &served);
                     // Its frames already queued are its own: account for them first.
                     while poll(&mut served, &mut self.queues, false) > 0 {}
@@ -259,6 +308,7 @@ impl ConsumerThread {
                         self.watch(idle, fd.as_raw_fd(), idle::Source::EventFd);
                     }
                     self.served[i].port = Some(*port);
+                    self.visits.ported(slot, true);
                     let _ = reply.send(());
                 }
             }
@@ -271,6 +321,7 @@ impl ConsumerThread {
                         p.publish();
                         p.counters.live.store(false, Relaxed);
                     }
+                    self.visits.ported(slot, false);
                     let _ = reply.send(s.port.take());
                 }
             }
@@ -294,6 +345,8 @@ impl ConsumerThread {
                 "consumer thread: {e:#}; it naps instead of blocking from now on"
             ));
             self.unwatched = true;
+            // Epoll cannot say where that source's work is.
+            self.visits.disable();
         }
     }
 }

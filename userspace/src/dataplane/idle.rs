@@ -122,7 +122,7 @@ pub enum Source {
     EventFd = 1,
 }
 
-const EVENTS: usize = 64;
+pub(super) const EVENTS: usize = 64;
 
 /// One thread's idling state: the spin phase, its epoll set, its own [`Waker`].
 pub struct Sleeper {
@@ -196,6 +196,21 @@ impl Sleeper {
             return false;
         }
         true
+    }
+
+    /// Hand each watched socket that is readable now to `f`, without blocking: one
+    /// `epoll_wait(0)`, at most [`EVENTS`] of them (level-triggered: one left unreported,
+    /// or left with frames, is reported by a later call). Signalled eventfds are reset.
+    pub fn ready(&mut self, f: &mut dyn FnMut(RawFd)) {
+        let n = self.epoll.wait(&mut self.events, 0);
+        for ev in &self.events[..n] {
+            let fd = ev.u64 as u32 as RawFd;
+            if ev.u64 >> 32 == Source::EventFd as u64 {
+                drain_eventfd(fd);
+            } else {
+                f(fd);
+            }
+        }
     }
 
     /// Block until a watched source is ready, the [`Waker`] is written, or `timeout` passes,

@@ -47,6 +47,7 @@ mod registry;
 mod shutdown;
 mod slots;
 mod snapshot;
+mod visits;
 mod worker;
 
 pub use consumer::{Consumer, latency_histogram};
@@ -60,6 +61,7 @@ pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 use queue::WorkerHandle;
 use registry::{Attached, steering, validate_config, validate_endpoints};
 pub use snapshot::{EndpointSnapshot, Snapshot};
+pub use visits::SPARSE_FROM;
 pub use worker::{QueueCounters, QueueSnapshot};
 
 #[derive(Debug, Clone)]
@@ -236,6 +238,9 @@ impl Dataplane {
                 stop: stop_consumers.clone(),
                 unwatched: false,
                 workers: Vec::new(),
+                // Epoll finds the xdp demux's ready sockets; the user demux's filled rings are
+                // known only to a worker pass on the same thread.
+                visits: visits::Visits::new(cfg.demux == DemuxMode::Xdp || one_thread),
             });
             consumers.push(ConsumerHandle {
                 thread: None,
@@ -268,7 +273,13 @@ impl Dataplane {
         let (running, started) = std::sync::mpsc::channel::<()>();
         let mut spawned = 0;
         if one_thread {
-            dataplane_consumers[0].workers = std::mem::take(&mut pending_threads);
+            let mut inline = std::mem::take(&mut pending_threads);
+            if cfg.demux == DemuxMode::User {
+                for w in &mut inline {
+                    w.touched = Some(Vec::with_capacity(worker::STEER_BATCHES * xsk::BATCH));
+                }
+            }
+            dataplane_consumers[0].workers = inline;
         }
         for (handle, w) in dataplane.workers.iter_mut().zip(pending_threads) {
             let name = format!("xmv-worker-q{}", w.queue);

@@ -80,6 +80,7 @@ pub(super) fn open(
         applied: applied.clone(),
         counters: counters.clone(),
         stop: stop.clone(),
+        touched: None,
     };
     let handle = WorkerHandle {
         thread: None,

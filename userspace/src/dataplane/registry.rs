@@ -209,6 +209,7 @@ impl Dataplane {
         let entries: Vec<&Attached> = self.endpoints.values().collect();
         let table = Arc::new(worker::SteerTable {
             lookup: lookup::EndpointTable::new(entries.iter().map(|a| a.spec.key())),
+            slots: entries.iter().map(|a| a.slot).collect(),
             rings: entries
                 .iter()
                 .map(|a| a.ring.clone().expect("user demux ring"))

@@ -72,6 +72,8 @@ impl QueueCounters {
 #[derive(Default)]
 pub struct SteerTable {
     pub lookup: EndpointTable,
+    /// Each entry's endpoint slot.
+    pub slots: Vec<u32>,
     pub rings: Vec<Arc<ArrayQueue<RxFrame>>>,
     pub counters: Vec<Arc<EndpointCounters>>,
 }
@@ -82,7 +84,7 @@ pub const SAFETY_NET: Duration = Duration::from_secs(1);
 
 /// Batches a worker steers per pass at most (user demux): the rest waits for the next pass,
 /// after the endpoints were served and the fill ring refilled.
-const STEER_BATCHES: usize = 4;
+pub(super) const STEER_BATCHES: usize = 4;
 
 /// How long the worker blocks while TX frames are out: completions raise no event.
 const COMPLETION_WAIT: Duration = Duration::from_millis(1);
@@ -108,6 +110,10 @@ pub struct Worker {
     pub applied: Arc<AtomicU64>,
     pub counters: Arc<QueueCounters>,
     pub stop: Arc<AtomicBool>,
+    /// Running to completion in user demux: the slots of the endpoint rings this pass found
+    /// empty and pushed to, for the consumer's next pass (room for [`STEER_BATCHES`] full
+    /// batches, reserved; drained by the consumer after every pass). None: not recorded.
+    pub touched: Option<Vec<u32>>,
 }
 
 /// Batch-local counts, published once per batch.
@@ -230,6 +236,7 @@ impl Worker {
             rings,
             free,
             table,
+            touched,
             ..
         } = self;
         let table: &SteerTable = table;
@@ -244,8 +251,15 @@ impl Worker {
                 let _ = free.push(frame);
                 return;
             };
-            match table.rings[slot as usize].push(frame) {
-                Ok(()) => batch.steered += 1,
+            let ring = &table.rings[slot as usize];
+            let first = touched.is_some() && ring.is_empty();
+            match ring.push(frame) {
+                Ok(()) => {
+                    batch.steered += 1;
+                    if let Some(t) = touched.as_mut().filter(|t| first && t.len() < t.capacity()) {
+                        t.push(table.slots[slot as usize]);
+                    }
+                }
                 Err(frame) => {
                     batch.ring_full += 1;
                     table.counters[slot as usize]
