@@ -16,8 +16,9 @@ commands:
   run        run xmacvlan: the namespace lab by default, or `-- --iface IF --config FILE`
   test       the test suite: lints, unit and namespace integration tests (root), VM tests
              (`--no-vm` skips the VM part)
-  bench      compare the XDP_DROP ceiling and the xdp, user and kernel demux modes in the
-             lab (about 20 minutes; `--quick` under one); results under target/bench/
+  bench      compare the anchors (XDP_DROP, AF_XDP rxdrop, testpmd) and the xdp, user and
+             kernel demux modes in the lab (about 22 minutes; `--quick` under one); results
+             under target/bench/
   vm-test    integration tests inside a VM with a stock Debian kernel (802.1Q)
   deps       install the system packages the build and the tests need (Debian/Ubuntu, root)
 ";

@@ -62,7 +62,7 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     /// The full sweep, every setting 5 times (the issue asks for at least 5, with the spread):
-    /// about twenty minutes on the 2-core development VM.
+    /// about 22 minutes on the 2-core development VM.
     pub fn standard(out_dir: PathBuf) -> Self {
         Self {
             endpoint_counts: vec![1, 16, 256, 1024],
