@@ -190,7 +190,17 @@ impl Worker {
             }
             work += steered;
         }
-        let refilled = self.rings.refill(&self.free);
+        // Everything freed so far, not one batch: a pass of a thread running to completion
+        // may have freed many batches (a batch per endpoint), and what waits here is missing
+        // from the fill ring.
+        let mut refilled = 0;
+        loop {
+            let n = self.rings.refill(&self.free);
+            refilled += n;
+            if n < BATCH {
+                break;
+            }
+        }
         if refilled > 0 {
             self.counters.refilled.fetch_add(refilled as u64, Relaxed);
         }
