@@ -1,5 +1,5 @@
 //! How generated frames reach the lab NIC (`--ingress`). The two differ in what the NIC's
-//! receive path is handed, which decides who pays for the skb (see the README, "Ingress"):
+//! receive path is handed, which decides who pays for the skb (see docs/benchmark.md, "Ingress"):
 //! - `skb`: the generator's AF_XDP TX sends straight into the wire. Each frame reaches the NIC
 //!   as an skb: veth must copy it into an xdp_buff before XDP sees it, while the kernel path
 //!   takes the skb for free. The opposite of a NIC, against the XDP modes.

@@ -505,7 +505,7 @@ fn no_black_hole(demux: DemuxMode) {
                 udp_frames(&frames)
             );
             let during = dp.snapshot()?;
-            // What `xmacvlan stats` shows of it (the README quotes this).
+            // What `xmacvlan stats` shows of it (docs/architecture.md quotes this).
             eprintln!(
                 "{}",
                 live::tables(demux.name(), 0.0, std::slice::from_ref(&during))

@@ -1,19 +1,20 @@
-//! The README's walkthroughs, run as a newcomer would type them, so the README cannot drift
-//! from the program.
+//! The documentation's walkthroughs, run as a newcomer would type them, so the pages cannot
+//! drift from the program.
 //!
-//! Every ```sh block preceded by a `<!-- walkthrough: NAME -->` line is a walkthrough: its
-//! commands run in order in one bash, inside a network namespace of its own (so `xmv0`, the
-//! host shim and the metrics port are the lab's), with a private data root and control
-//! socket (through `XMACVLAN_DATA_ROOT` / `XMACVLAN_CONTROL_SOCKET`), private files, and the
-//! global names (the namespaces `web1`, `web2`, `wire`) made unique by a substitution
-//! table. Every command must succeed. `# ` comment lines right after a command are its
-//! output as the README shows it: the real output must have the same lines, word for word,
-//! numbers and ids aside (those vary from run to run; see [`shape`]). To add a walkthrough,
-//! mark its block; a name the walkthrough creates outside its namespace needs a
-//! substitution in [`Lab::substitutions`]. A walkthrough may start programs in the background
-//! (`… &`, then a shell loop that waits until they are ready); the shell is the leader of its
-//! own process group, and whatever of that group is still running when the walkthrough ends
-//! (or fails) gets SIGTERM, then SIGKILL.
+//! Every ```sh block preceded by a `<!-- walkthrough: NAME -->` line, in README.md or any
+//! docs/*.md page, is a walkthrough: its commands run in order in one bash, inside a network
+//! namespace of its own (so `xmv0`, the host shim and the metrics port are the lab's), with a
+//! private data root and control socket (through `XMACVLAN_DATA_ROOT` /
+//! `XMACVLAN_CONTROL_SOCKET`), private files, and the global names (the namespaces `web1`,
+//! `web2`, `wire`) made unique by a substitution table. Every command must succeed. `# `
+//! comment lines right after a command are its output as the page shows it: the real output
+//! must have the same lines, word for word, numbers and ids aside (those vary from run to run;
+//! see [`shape`]). To add a walkthrough, mark its block and name it in [`KNOWN`] (so a page
+//! that loses it, or a move out of the scanned pages, fails); a name the walkthrough creates
+//! outside its namespace needs a substitution in [`Lab::substitutions`]. A walkthrough may
+//! start programs in the background (`… &`, then a shell loop that waits until they are
+//! ready); the shell is the leader of its own process group, and whatever of that group is
+//! still running when the walkthrough ends (or fails) gets SIGTERM, then SIGKILL.
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,10 @@ use xmacvlan_tests::{require_root, xmacvlan_bin};
 
 const MARK: &str = "<!-- walkthrough: ";
 
-/// A command of a walkthrough and the output the README shows for it.
+/// The walkthroughs the documentation must have, wherever they live.
+const KNOWN: [&str; 3] = ["control", "daemon", "ports"];
+
+/// A command of a walkthrough and the output its page shows for it.
 #[derive(Debug, Clone, PartialEq)]
 struct Step {
     command: String,
@@ -36,12 +40,14 @@ struct Step {
 #[derive(Debug)]
 struct Walkthrough {
     name: String,
+    /// The page it was found in, relative to the workspace root.
+    page: String,
     steps: Vec<Step>,
 }
 
-/// The marked blocks of `readme`, in order.
-fn walkthroughs(readme: &str) -> Vec<Walkthrough> {
-    let lines: Vec<&str> = readme.lines().collect();
+/// The marked blocks of `text` (the page `page`), in order.
+fn walkthroughs(page: &str, text: &str) -> Vec<Walkthrough> {
+    let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -55,7 +61,7 @@ fn walkthroughs(readme: &str) -> Vec<Walkthrough> {
         assert_eq!(
             lines.get(i + 1).copied(),
             Some("```sh"),
-            "the `{name}` mark must sit right above a ```sh block"
+            "{page}: the `{name}` mark must sit right above a ```sh block"
         );
         let body: Vec<&str> = lines[i + 2..]
             .iter()
@@ -65,6 +71,7 @@ fn walkthroughs(readme: &str) -> Vec<Walkthrough> {
         i += 2 + body.len();
         out.push(Walkthrough {
             name: name.to_string(),
+            page: page.to_string(),
             steps: steps(&body),
         });
     }
@@ -150,7 +157,7 @@ impl Lab {
         }
     }
 
-    /// What the README says, and what this lab uses instead.
+    /// What the pages say, and what this lab uses instead.
     fn substitutions(&self) -> Vec<(String, String)> {
         let dir = self.dir.display();
         let p = &self.prefix;
@@ -304,15 +311,16 @@ fn run_walkthrough(w: &Walkthrough) {
         assert_eq!(
             status,
             0,
-            "walkthrough `{}`: `{command}` failed; stdout:\n{}\nstderr:\n{}",
+            "walkthrough `{}` ({}): `{command}` failed; stdout:\n{}\nstderr:\n{}",
             w.name,
+            w.page,
             out.join("\n"),
             shell.stderr()
         );
         let expected: Vec<String> = step.expected.iter().map(|l| lab.substitute(l)).collect();
         let shapes = |lines: &[String]| lines.iter().map(|l| shape(l)).collect::<Vec<_>>();
-        // Refreshing the README's samples: print every output that differs (also of commands
-        // the README shows no output for) instead of stopping at the first difference.
+        // Refreshing the pages' samples: print every output that differs (also of commands
+        // the page shows no output for) instead of stopping at the first difference.
         if std::env::var_os("XMACVLAN_WALKTHROUGH_SHOW").is_some() {
             if shapes(&out) != shapes(&expected) {
                 eprintln!("--- {command}\n{}", out.join("\n"));
@@ -325,41 +333,92 @@ fn run_walkthrough(w: &Walkthrough) {
         assert_eq!(
             shapes(&out),
             shapes(&expected),
-            "walkthrough `{}`: `{command}` printed\n{}\nbut the README shows\n{}",
+            "walkthrough `{}`: `{command}` printed\n{}\nbut {} shows\n{}",
             w.name,
             out.join("\n"),
+            w.page,
             expected.join("\n")
         );
     }
 }
 
-fn readme() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// README.md and every docs/*.md page, as (path relative to the workspace root, text), in
+/// a stable order.
+fn pages() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |rel: &str| {
+        let path = root.join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let docs = root.join("docs");
+    let mut names: Vec<String> = std::fs::read_dir(&docs)
+        .unwrap_or_else(|e| panic!("{}: {e}", docs.display()))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .collect();
+    names.sort();
+    std::iter::once("README.md".to_string())
+        .chain(names.into_iter().map(|n| format!("docs/{n}")))
+        .map(|rel| {
+            let text = read(&rel);
+            (rel, text)
+        })
+        .collect()
+}
+
+/// Every marked walkthrough of the documentation; each known one exactly once.
+fn all_walkthroughs() -> Vec<Walkthrough> {
+    let pages = pages();
+    let all: Vec<Walkthrough> = pages
+        .iter()
+        .flat_map(|(page, text)| walkthroughs(page, text))
+        .collect();
+    let scanned: Vec<&str> = pages.iter().map(|(page, _)| page.as_str()).collect();
+    for known in KNOWN {
+        let found: Vec<&str> = all
+            .iter()
+            .filter(|w| w.name == known)
+            .map(|w| w.page.as_str())
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "no `<!-- walkthrough: {known} -->` block in {scanned:?}: a page lost it, or it \
+             moved out of README.md and docs/*.md"
+        );
+        assert_eq!(
+            found.len(),
+            1,
+            "the `{known}` walkthrough is marked more than once: {found:?}"
+        );
+    }
+    all
 }
 
 #[test]
-fn the_readme_walkthroughs_run_as_shown() {
+fn the_documented_walkthroughs_run_as_shown() {
     require_root();
-    let all = walkthroughs(&readme());
-    let names: Vec<&str> = all.iter().map(|w| w.name.as_str()).collect();
-    for required in ["control", "daemon", "ports"] {
-        assert!(
-            names.contains(&required),
-            "no `{required}` walkthrough in {names:?}"
-        );
-    }
-    for w in &all {
+    for w in &all_walkthroughs() {
         run_walkthrough(w);
+    }
+}
+
+/// The scan itself, without root: every known walkthrough is found, in the page it lives in.
+#[test]
+fn every_known_walkthrough_is_found() {
+    let all = all_walkthroughs();
+    for known in KNOWN {
+        let w = all.iter().find(|w| w.name == known).unwrap();
+        assert!(!w.steps.is_empty(), "{}: `{known}` has no commands", w.page);
     }
 }
 
 #[test]
 fn parses_commands_outputs_and_shapes() {
     let text = "x\n<!-- walkthrough: t -->\n```sh\n# a description\nls \\\n  -l\n# out 1\n#\n\n# desc\necho hi   # note\n```\n";
-    let w = walkthroughs(text);
+    let w = walkthroughs("page.md", text);
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].name, "t");
+    assert_eq!(w[0].page, "page.md");
     assert_eq!(
         w[0].steps,
         [

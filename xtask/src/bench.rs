@@ -24,7 +24,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // Before the build: a release build is wasted if the run cannot start.
     if !is_root() {
         bail!(
-            "the benchmark builds namespaces and attaches XDP: rerun as root, e.g. `sudo -E cargo xtask bench`"
+            "the benchmark builds namespaces and attaches XDP: rerun as root, or with `sudo -E env \"PATH=$PATH\" cargo xtask bench`"
         );
     }
     build_release_programs()?;

@@ -36,7 +36,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "librte-net-memif23",
         "/usr/lib/x86_64-linux-gnu/librte_net_memif.so.23",
     ),
-    // The README walkthroughs (tests/integration/walkthrough.rs): `curl` for the metrics page,
+    // The documented walkthroughs (tests/integration/walkthrough.rs): `curl` for the metrics page,
     // `nsenter` to run them inside their own network namespace.
     ("curl", "/usr/bin/curl"),
     ("util-linux", "/usr/bin/nsenter"),

@@ -14,7 +14,7 @@ pub fn run(args: &[String]) -> Result<()> {
     build_release_programs()?;
     if !is_root() {
         bail!(
-            "the lab and the dataplane need root (namespaces, XDP, AF_XDP): rerun as root, e.g. `sudo -E cargo xtask run`"
+            "the lab and the dataplane need root (namespaces, XDP, AF_XDP): rerun as root, or with `sudo -E env \"PATH=$PATH\" cargo xtask run`"
         );
     }
     let bin = workspace_root().join("target/release");

@@ -87,7 +87,7 @@ pub fn run_all(args: &[String]) -> Result<()> {
     crate::deps::ensure_for_tests()?;
     if !is_root() {
         bail!(
-            "the integration tests create network namespaces and attach XDP: run as root (`sudo -E cargo xtask test`)"
+            "the integration tests create network namespaces and attach XDP: run as root, or with `sudo -E env \"PATH=$PATH\" cargo xtask test`"
         );
     }
     let started = Instant::now();
