@@ -31,6 +31,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nic;
 pub mod plugin;
+pub mod rollback;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod telemetry;
