@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use xmacvlan::frame;
 
-use crate::test_frame::TestFrame;
+use crate::test_frame::{TestFrame, set_flow};
 use crate::xsk_tx::TxPort;
 
 /// What one stream is, for accounting.
@@ -29,6 +29,9 @@ pub struct Stream {
     pub truncate_to: Option<usize>,
     /// Replace the test EtherType (e.g. ARP), making the frame a non-test frame.
     pub ethertype: Option<u16>,
+    /// Send as IPv4/UDP, frame N of the stream on flow N % this (source address and port):
+    /// a NIC's RSS then spreads the stream over its queues (it hashes IP headers only).
+    pub udp_flows: Option<u16>,
 }
 
 impl Stream {
@@ -38,6 +41,7 @@ impl Stream {
             kind,
             truncate_to: None,
             ethertype: None,
+            udp_flows: None,
         }
     }
 
@@ -55,9 +59,20 @@ impl Stream {
         }
     }
 
-    /// The frame bytes this stream sends (before per-send seq/timestamp patching).
+    /// As IPv4/UDP over `flows` flows (at least 1), so that RSS spreads it.
+    pub fn with_udp_flows(self, flows: u16) -> Self {
+        Self {
+            udp_flows: Some(flows.max(1)),
+            ..self
+        }
+    }
+
+    /// The frame bytes this stream sends (before per-send seq/timestamp/flow patching).
     pub fn bytes(&self, stream: u16) -> Vec<u8> {
-        let mut bytes = self.frame.build(stream);
+        let mut bytes = match self.udp_flows {
+            Some(_) => self.frame.build_udp(stream),
+            None => self.frame.build(stream),
+        };
         if let Some(ethertype) = self.ethertype {
             let tags = self.frame.vid.is_some() as usize + self.frame.qinq_outer.is_some() as usize;
             let at = 12 + 4 * tags;
@@ -108,6 +123,8 @@ impl Sent {
 struct Template {
     bytes: Vec<u8>,
     payload_at: Option<usize>,
+    /// (IPv4 header offset, flows) of a stream sent as UDP flows.
+    flows: Option<(usize, u16)>,
     seq: u64,
 }
 
@@ -262,9 +279,14 @@ pub fn run_paced(
             let bytes = s.bytes(i as u16);
             let payload_at =
                 frame::payload_offset(&bytes).filter(|at| at + frame::PAYLOAD_LEN <= bytes.len());
+            let flows = s
+                .udp_flows
+                .zip(payload_at)
+                .map(|(n, at)| (at - frame::UDP_HLEN - frame::IPV4_HLEN, n));
             Template {
                 bytes,
                 payload_at,
+                flows,
                 seq: 0,
             }
         })
@@ -335,6 +357,9 @@ pub fn run_paced(
             let t = &mut templates[s];
             if let Some(at) = t.payload_at {
                 frame::patch_payload(&mut t.bytes, at, t.seq, now);
+            }
+            if let Some((ip_at, flows)) = t.flows {
+                set_flow(&mut t.bytes, ip_at, (t.seq % u64::from(flows)) as u16);
             }
             if !port.stage(&t.bytes)? {
                 break;

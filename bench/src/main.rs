@@ -55,6 +55,11 @@ struct GenerateArgs {
     /// Frame length in bytes (without FCS), 60-3000.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
     frame_len: u16,
+    /// Send each stream as IPv4/UDP over this many flows (source address and port change
+    /// frame by frame), so that the receiving NIC's RSS spreads it over its queues; default:
+    /// plain test frames (EtherType 0x88b5), which RSS leaves on one queue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    udp_flows: Option<u16>,
     /// Transmit queue of the interface.
     #[arg(long, default_value_t = 0)]
     queue: u32,
@@ -209,7 +214,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 qinq_outer: None,
                 len: a.frame_len as usize,
             };
-            Stream::new(frame, StreamKind::Endpoint(i))
+            let stream = Stream::new(frame, StreamKind::Endpoint(i));
+            match a.udp_flows {
+                Some(flows) => stream.with_udp_flows(flows),
+                None => stream,
+            }
         })
         .collect::<Vec<_>>();
     let cfg = GeneratorConfig {

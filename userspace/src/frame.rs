@@ -5,7 +5,9 @@
 //! lab-only and lives in the bench crate (`xmacvlan_bench::test_frame`).
 //!
 //! Test frames use EtherType 0x88B5 (IEEE "local experimental"), which no kernel protocol
-//! handler claims, so frames that reach the kernel path are seen only by packet sockets.
+//! handler claims, so frames that reach the kernel path are seen only by packet sockets. A
+//! NIC's RSS hashes only IP headers, though: where a test needs its frames spread over a
+//! NIC's queues, the generator sends the same payload as IPv4/UDP to port [`TEST_UDP_PORT`].
 use crate::abi::{Key, Mac};
 
 pub const ETH_HLEN: usize = 14;
@@ -122,8 +124,15 @@ impl Payload {
     }
 }
 
-/// Offset of the test payload in a frame: after the tag (if any) and the EtherType.
-/// None if the frame is not a test frame.
+/// UDP destination port of test frames sent as IPv4/UDP flows (so that a NIC's RSS spreads
+/// them over its queues): the payload follows the UDP header.
+pub const TEST_UDP_PORT: u16 = ETHERTYPE_TEST;
+/// IPv4 header without options, and UDP header.
+pub const IPV4_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+
+/// Offset of the test payload in a frame: after the tag (if any) and the EtherType, or, in
+/// an IPv4/UDP test frame, after the UDP header. None if the frame is not a test frame.
 #[inline]
 pub fn payload_offset(frame: &[u8]) -> Option<usize> {
     let mut off = 12;
@@ -132,7 +141,19 @@ pub fn payload_offset(frame: &[u8]) -> Option<usize> {
         off += VLAN_HLEN;
         proto = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
     }
-    (proto == ETHERTYPE_TEST).then_some(off + 2)
+    let l3 = off + 2;
+    match proto {
+        ETHERTYPE_TEST => Some(l3),
+        ETHERTYPE_IPV4 => {
+            let ip = frame.get(l3..l3 + IPV4_HLEN + UDP_HLEN)?;
+            let udp = &ip[IPV4_HLEN..];
+            let is_test = ip[0] == 0x45
+                && ip[9] == 17
+                && u16::from_be_bytes([udp[2], udp[3]]) == TEST_UDP_PORT;
+            is_test.then_some(l3 + IPV4_HLEN + UDP_HLEN)
+        }
+        _ => None,
+    }
 }
 
 /// Read the test payload of a frame, if it carries one.
