@@ -9,6 +9,7 @@ pub mod dockerd;
 pub mod exact;
 pub mod fast_path;
 pub mod mem_port;
+pub mod nic_guest;
 pub mod pace;
 pub mod resources;
 pub mod rng;
