@@ -26,6 +26,24 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cargo build` of the programs the integration tests run as a user would (`xmacvlan`,
+/// `xmacvlan-cni`, `xmacvlan-sink`, `xmacvlan-reflect`, `xmacvlan-bench`), which `cargo test`
+/// builds only for their own package's tests.
+pub fn build_test_programs() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "xmacvlan",
+        "--bins",
+        "-p",
+        "xmacvlan-bench",
+        "--bin",
+        "xmacvlan-bench",
+    ]);
+    cmd
+}
+
 /// `cargo build --release` of the programs the lab and the benchmark run: `xmacvlan-bench`
 /// and xmacvlan's binaries (the sink and reflector on the lab's memif ports among them).
 pub fn build_release_programs() -> Result<()> {

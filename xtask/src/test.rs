@@ -107,20 +107,9 @@ pub fn run_all(args: &[String]) -> Result<()> {
             ]),
             "cargo clippy",
         ),
-        // The daemon, CLI, CNI and walkthrough tests run the real binaries (`xmacvlan`,
-        // `xmacvlan-cni`, `xmacvlan-sink`, `xmacvlan-reflect`, `xmacvlan-bench`), which
-        // `cargo test` builds only for their own package's tests.
+        // The daemon, CLI, CNI and walkthrough tests run the real binaries.
         step(
-            cargo().args([
-                "build",
-                "-p",
-                "xmacvlan",
-                "--bins",
-                "-p",
-                "xmacvlan-bench",
-                "--bin",
-                "xmacvlan-bench",
-            ]),
+            &mut crate::cargo::build_test_programs(),
             "cargo build (the binaries)",
         ),
     ];

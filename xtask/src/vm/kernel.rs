@@ -1,29 +1,46 @@
-//! The guest kernel: a stock Debian 6.1 kernel package fetched with apt into `target/vm/`,
-//! never installed. Kept there by package version: the uncompressed `vmlinux` (boots ~2x
-//! faster under TCG than the bzImage), the bzImage as a fallback, and the modules the VM needs.
+//! A guest's kernel: Debian kernel packages fetched with apt into `target/vm/GUEST/`, never
+//! installed. Kept there by package version: the uncompressed `vmlinux` (boots ~2x faster
+//! under TCG than the bzImage), the bzImage as a fallback, and the modules the guest loads,
+//! decompressed.
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-/// The meta package whose dependency names the current kernel ABI.
-const META_PACKAGE: &str = "linux-image-amd64";
-/// The kernel series the VM tests target: Debian 12's stock kernel.
-const SERIES_PREFIX: &str = "linux-image-6.1.";
+use super::apt::{self, Apt};
+use super::{image, modules};
 
-/// Modules the guest loads (8021q, macvlan, veth under test; virtio-pci, 9p and overlay for the
-/// host root). Their dependencies are added from `modprobe --show-depends`.
-pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "9pnet_virtio",
-    "9p",
-    "overlay",
-    "8021q",
-    "macvlan",
-    "veth",
-];
+/// Where a guest's kernel comes from and what it must have.
+pub struct KernelSource {
+    /// The meta package (`name` or `name/suite`) whose `linux-image-*` dependency names the
+    /// current kernel.
+    pub meta: &'static str,
+    /// Only kernels of this series (a package name prefix, and the `apt-cache search`
+    /// pattern for the newest one when the meta package points elsewhere).
+    pub series: Option<(&'static str, &'static str)>,
+    /// The oldest `uname -r` accepted (major, minor).
+    pub min_release: (u32, u32),
+    /// Why that minimum, for the message when apt offers an older one.
+    pub min_reason: &'static str,
+    /// Modules the guest loads, and more of them (one list can extend another); their
+    /// dependencies are added.
+    pub modules: &'static [&'static str],
+    pub extra_modules: &'static [&'static str],
+    /// The environment variable that names a kernel package instead of `meta`.
+    pub override_env: &'static str,
+}
+
+impl KernelSource {
+    fn wanted(&self) -> Vec<&'static str> {
+        self.modules
+            .iter()
+            .chain(self.extra_modules)
+            .copied()
+            .collect()
+    }
+}
 
 /// A kernel ready to boot, from the cache.
 #[derive(Debug)]
@@ -39,13 +56,14 @@ pub struct Kernel {
     pub modules: Vec<String>,
 }
 
-/// The cached kernel for the newest Debian 6.1 package apt knows, fetched on first use.
-pub fn ensure(vm_dir: &Path) -> Result<Kernel> {
-    let (package, version) = match candidate() {
+/// The cached kernel for the package apt names now, fetched on first use into `dir`.
+pub fn ensure(dir: &Path, source: &KernelSource, apt: &Apt) -> Result<Kernel> {
+    fs::create_dir_all(dir)?;
+    let (package, version) = match candidate(source, apt) {
         Ok(pv) => pv,
         Err(e) => {
             // Offline or no apt lists: a cached kernel still lets the tests run.
-            if let Some(k) = newest_cached(vm_dir) {
+            if let Some(k) = newest_cached(dir, source) {
                 println!(
                     "xtask: vm: apt cannot name a kernel ({e:#}); using cached {}",
                     k.id
@@ -56,101 +74,79 @@ pub fn ensure(vm_dir: &Path) -> Result<Kernel> {
         }
     };
     let id = format!("{package}_{version}");
-    let dir = vm_dir.join(&id);
-    if let Some(k) = load(&dir) {
+    let entry = dir.join(&id);
+    if let Some(k) = load(&entry, source) {
         return Ok(k);
     }
     println!(
         "xtask: vm: preparing kernel {id} in {} (first run only)",
-        dir.display()
+        entry.display()
     );
-    let started = std::time::Instant::now();
-    let work = vm_dir.join(format!("{id}.tmp{}", std::process::id()));
+    let work = dir.join(format!("{id}.tmp{}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let result = prepare(&package, &work);
-    if let Err(e) = result {
+    if let Err(e) = prepare(&package, source, apt, &work) {
         let _ = fs::remove_dir_all(&work);
         return Err(e);
     }
     // Publish by rename: a concurrent run sees either no entry or a complete one.
-    let old = vm_dir.join(format!("{id}.old"));
+    let old = dir.join(format!("{id}.old"));
     let _ = fs::remove_dir_all(&old);
-    if dir.exists() {
-        let _ = fs::rename(&dir, &old);
+    if entry.exists() {
+        let _ = fs::rename(&entry, &old);
     }
-    fs::rename(&work, &dir)
-        .with_context(|| format!("moving {} to {}", work.display(), dir.display()))?;
+    fs::rename(&work, &entry)
+        .with_context(|| format!("moving {} to {}", work.display(), entry.display()))?;
     let _ = fs::remove_dir_all(&old);
-    prune(vm_dir, &id);
-    let kernel =
-        load(&dir).with_context(|| format!("kernel cache {} is incomplete", dir.display()))?;
-    println!(
-        "xtask: vm: kernel {} ready in {:.1} s",
-        kernel.release,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(kernel)
+    prune(dir, &id);
+    load(&entry, source).with_context(|| format!("kernel cache {} is incomplete", entry.display()))
 }
 
-/// (package, version) of the kernel to use: `XMACVLAN_VM_KERNEL` if set, else the dependency of
-/// `linux-image-amd64` when it is a 6.1 kernel, else the newest `linux-image-6.1.0-N-amd64`.
-fn candidate() -> Result<(String, String)> {
-    let package = match std::env::var("XMACVLAN_VM_KERNEL") {
+/// (package, version) of the kernel to use: the override if set, else the meta package's
+/// `linux-image-*` dependency when it is of the series, else the series' newest.
+fn candidate(source: &KernelSource, apt: &Apt) -> Result<(String, String)> {
+    let package = match std::env::var(source.override_env) {
         Ok(p) if !p.is_empty() => p,
         _ => {
-            let mut dep = meta_dependency();
-            if dep.is_none() && crate::cargo::is_root() {
+            let image_dep = || {
+                apt.depends(source.meta)
+                    .ok()
+                    .and_then(|deps| deps.into_iter().find(|d| d.starts_with("linux-image-")))
+            };
+            let mut dep = image_dep();
+            if dep.is_none() && apt.is_host() && crate::cargo::is_root() {
                 // A fresh machine may have no package lists yet.
                 println!("xtask: vm: no apt package lists, running `apt-get update`");
                 let _ = Command::new("apt-get").arg("update").status();
-                dep = meta_dependency();
+                dep = image_dep();
             }
-            match dep {
-                Some(d) if d.starts_with(SERIES_PREFIX) => d,
-                _ => newest_in_series()?,
+            match (dep, source.series) {
+                (Some(d), Some((prefix, _))) if d.starts_with(prefix) => d,
+                (Some(d), None) => d,
+                (_, Some((_, pattern))) => newest_in_series(apt, pattern)?,
+                (None, None) => bail!(
+                    "apt names no kernel for `{}` (its linux-image-* dependency): check the \
+                     suite, or name a package in {}",
+                    source.meta,
+                    source.override_env
+                ),
             }
         }
     };
-    let show = output(
-        Command::new("apt-cache").args(["show", "--no-all-versions", &package]),
-        "apt-cache show",
-    )?;
-    let version = show
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .map(str::trim)
-        .with_context(|| {
-            format!("apt knows no package `{package}`: run `apt-get update` (Debian 12 sources)")
-        })?;
-    Ok((package, version.to_string()))
+    let version = apt.version(&package)?;
+    Ok((package, version))
 }
 
-fn meta_dependency() -> Option<String> {
+fn newest_in_series(apt: &Apt, pattern: &str) -> Result<String> {
     let text = output(
-        Command::new("apt-cache").args(["depends", META_PACKAGE]),
-        "apt-cache depends",
-    )
-    .ok()?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .map(|d| d.trim().to_string())
-        .find(|d| d.starts_with("linux-image-"))
-}
-
-fn newest_in_series() -> Result<String> {
-    let text = output(
-        Command::new("apt-cache").args([
-            "search",
-            "--names-only",
-            r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
-        ]),
+        apt.command("apt-cache")
+            .args(["search", "--names-only", pattern]),
         "apt-cache search",
     )?;
+    // linux-image-6.1.0-N-amd64-unsigned: the highest ABI number N.
     let abi = |name: &str| -> u32 {
-        name.trim_start_matches("linux-image-6.1.0-")
-            .split('-')
-            .next()
+        name.split('-')
+            .nth(3)
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
@@ -158,150 +154,132 @@ fn newest_in_series() -> Result<String> {
         .filter_map(|l| l.split_whitespace().next())
         .max_by_key(|n| abi(n))
         .map(str::to_string)
-        .context(
-            "apt knows no Debian 6.1 kernel (`linux-image-6.1.0-N-amd64-unsigned`): add Debian 12 \
-             (bookworm) sources and run `apt-get update`, or name a package in XMACVLAN_VM_KERNEL",
-        )
+        .with_context(|| {
+            format!(
+                "apt knows no kernel matching `{pattern}`: add Debian 12 (bookworm) sources and \
+                 run `apt-get update`, or name a package in XMACVLAN_VM_KERNEL"
+            )
+        })
 }
 
-/// Download, unpack, depmod, pick the modules, extract vmlinux; everything ends up in `work`.
-fn prepare(package: &str, work: &Path) -> Result<()> {
-    let status = Command::new("apt-get")
-        .args(["download", "-o", "APT::Sandbox::User=root", package])
-        .current_dir(work)
-        .status()
-        .context("running apt-get download")?;
-    if !status.success() {
-        bail!("`apt-get download {package}` failed ({status}): run `apt-get update` and retry");
+/// The packages that make up `package`: since Debian 13 a `linux-image-*` package only
+/// depends on `linux-base-*` (config, modules.order, modules.builtin), `linux-binary-*`
+/// (vmlinuz) and `linux-modules-*`; before, it carried all of them itself.
+fn package_set(package: &str, apt: &Apt) -> Result<Vec<String>> {
+    let deps = apt.depends(package)?;
+    if !deps.iter().any(|d| d.starts_with("linux-binary-")) {
+        return Ok(vec![package.to_string()]);
     }
-    let deb = fs::read_dir(work)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download produced no .deb")?;
-    let root = work.join("pkg");
-    crate::cargo::run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-        "dpkg-deb -x (unpacking the kernel package)",
-    )?;
-    let release = fs::read_dir(root.join("lib/modules"))
-        .context("the kernel package has no lib/modules")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .context("the kernel package has no lib/modules/RELEASE")?;
-    crate::cargo::run(
-        Command::new("depmod").arg("-b").arg(&root).arg(&release),
-        "depmod -b",
-    )?;
+    Ok(deps
+        .into_iter()
+        .filter(|d| {
+            ["linux-base-", "linux-binary-", "linux-modules-"]
+                .iter()
+                .any(|p| d.starts_with(p))
+        })
+        .collect())
+}
 
-    // Modules and their dependencies, in load order, each once.
-    let mut order: Vec<PathBuf> = Vec::new();
-    for module in MODULES {
-        let deps = output(
-            Command::new("modprobe").arg("-d").arg(&root).args([
-                "-S",
-                &release,
-                "--show-depends",
-                module,
-            ]),
-            "modprobe --show-depends",
-        )
-        .with_context(|| format!("module `{module}` is not in {package}"))?;
-        for line in deps.lines() {
-            if let Some(path) = line.trim().strip_prefix("insmod ") {
-                let path = PathBuf::from(path.trim());
-                if !order.contains(&path) {
-                    order.push(path);
-                }
-            }
-        }
+/// Download, unpack, pick and decompress the modules, extract vmlinux; all into `work`.
+fn prepare(package: &str, source: &KernelSource, apt: &Apt, work: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut specs = Vec::new();
+    for p in package_set(package, apt)? {
+        let version = apt.version(&p)?;
+        specs.push(format!("{p}={version}"));
     }
+    let debs = apt.download(&specs, &work.join("debs"))?;
+    let downloaded = started.elapsed().as_secs_f64();
+    let root = work.join("pkg");
+    apt::unpack(&debs, &root)?;
+    let unpacked = started.elapsed().as_secs_f64();
+    let moddir = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .filter_map(|d| fs::read_dir(root.join(d)).ok())
+        .flat_map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()))
+        .find(|p| p.join("modules.order").exists())
+        .with_context(|| format!("{package} has no lib/modules/RELEASE/modules.order"))?;
+    let release = moddir
+        .file_name()
+        .context("module directory")?
+        .to_string_lossy()
+        .into_owned();
+    check_release(&release, source)?;
+
+    let order = modules::Tree::open(&moddir)?.load_order(&source.wanted())?;
     let modules_dir = work.join("modules");
     fs::create_dir_all(&modules_dir)?;
     let mut list = String::new();
     for (i, path) in order.iter().enumerate() {
-        let name = path.file_name().context("module path")?.to_string_lossy();
-        if !name.ends_with(".ko") {
-            bail!(
-                "module {} is compressed; only plain .ko files are supported",
-                path.display()
-            );
-        }
-        let target = format!("{i:02}-{name}");
-        fs::copy(path, modules_dir.join(&target))
-            .with_context(|| format!("copying {}", path.display()))?;
+        let target = format!("{i:02}-{}", modules::plain_name(path));
+        modules::copy_plain(path, &modules_dir.join(&target))?;
         list.push_str(&target);
         list.push('\n');
     }
     fs::write(modules_dir.join("modules.list"), list)?;
-    fs::write(modules_dir.join("wanted"), MODULES.join(" "))?;
+    fs::write(modules_dir.join("wanted"), source.wanted().join(" "))?;
 
-    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
+    let in_boot = |name: &str| root.join(format!("boot/{name}-{release}"));
+    let vmlinuz = [in_boot("vmlinuz"), moddir.join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("{package} has no vmlinuz for {release}"))?;
     fs::copy(&vmlinuz, work.join("vmlinuz"))
         .with_context(|| format!("copying {}", vmlinuz.display()))?;
-    let _ = fs::copy(
-        root.join(format!("boot/config-{release}")),
-        work.join("config"),
-    );
-    match extract_vmlinux(&work.join("vmlinuz"), &work.join("vmlinux")) {
-        Ok(()) => {}
-        Err(e) => println!("xtask: vm: {e:#}; booting the compressed bzImage instead (slower)"),
+    for config in [in_boot("config"), moddir.join("config")] {
+        if fs::copy(&config, work.join("config")).is_ok() {
+            break;
+        }
+    }
+    if let Err(e) = image::extract_vmlinux(&work.join("vmlinuz"), &work.join("vmlinux")) {
+        println!("xtask: vm: {e:#}; booting the compressed bzImage instead (slower)");
     }
     fs::write(work.join("release"), format!("{release}\n"))?;
     fs::remove_dir_all(&root).ok();
-    fs::remove_file(&deb).ok();
+    let megabytes = apt::megabytes(&debs);
+    fs::remove_dir_all(work.join("debs")).ok();
+    println!(
+        "xtask: vm: kernel {release} ready in {:.1} s: downloaded {megabytes:.0} MB ({} \
+         packages) in {downloaded:.1} s, unpacked in {:.1} s, {} modules picked and the \
+         vmlinux extracted in {:.1} s",
+        started.elapsed().as_secs_f64(),
+        debs.len(),
+        unpacked - downloaded,
+        order.len(),
+        started.elapsed().as_secs_f64() - unpacked
+    );
     Ok(())
 }
 
-/// The bzImage carries the kernel as an XZ stream: find its magic and decompress until the
-/// result is an ELF file.
-fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
-    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
-    let data = fs::read(bzimage).with_context(|| format!("reading {}", bzimage.display()))?;
-    let offsets = data
-        .windows(XZ_MAGIC.len())
-        .enumerate()
-        .filter(|(_, w)| *w == XZ_MAGIC)
-        .map(|(i, _)| i);
-    for offset in offsets {
-        let file = fs::File::create(out)?;
-        let mut child = Command::new("xz")
-            .args(["-dc", "--single-stream"])
-            .stdin(Stdio::piped())
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("running xz (install xz-utils)")?;
-        // xz stops reading at the end of the stream: the rest of the write may fail, harmlessly.
-        let _ = child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(&data[offset..]);
-        let ok = child.wait()?.success();
-        let mut head = [0u8; 4];
-        let is_elf = fs::File::open(out)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-            .is_ok()
-            && head == *b"\x7fELF";
-        if ok && is_elf {
-            return Ok(());
-        }
+/// `6.1.0-50-amd64` → (6, 1).
+fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn check_release(release: &str, source: &KernelSource) -> Result<()> {
+    let (major, minor) = source.min_release;
+    match major_minor(release) {
+        Some(v) if v >= source.min_release => Ok(()),
+        _ => bail!(
+            "apt offers kernel {release} for `{}`, older than {major}.{minor} ({}): name a newer \
+             kernel package in {}",
+            source.meta,
+            source.min_reason,
+            source.override_env
+        ),
     }
-    let _ = fs::remove_file(out);
-    bail!("no XZ-compressed ELF kernel found in {}", bzimage.display())
 }
 
 /// Remove kernels other than `keep` (superseded by a newer package) and the work folders of
 /// runs that died.
-fn prune(vm_dir: &Path, keep: &str) {
-    let Ok(entries) = fs::read_dir(vm_dir) else {
+fn prune(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("linux-image-") || name == keep {
+        if !name.starts_with("linux-") || name == keep {
             continue;
         }
         let dead_work = name
@@ -317,7 +295,7 @@ fn prune(vm_dir: &Path, keep: &str) {
 }
 
 /// A complete cache entry, or None.
-fn load(dir: &Path) -> Option<Kernel> {
+fn load(dir: &Path, source: &KernelSource) -> Option<Kernel> {
     let release = fs::read_to_string(dir.join("release"))
         .ok()?
         .trim()
@@ -333,8 +311,8 @@ fn load(dir: &Path) -> Option<Kernel> {
     {
         return None;
     }
-    // Made for another module list (MODULES changed): prepare it again.
-    if fs::read_to_string(dir.join("modules/wanted")).ok()? != MODULES.join(" ") {
+    // Made for another module list (the source's modules changed): prepare it again.
+    if fs::read_to_string(dir.join("modules/wanted")).ok()? != source.wanted().join(" ") {
         return None;
     }
     let image = [dir.join("vmlinux"), dir.join("vmlinuz")]
@@ -349,15 +327,18 @@ fn load(dir: &Path) -> Option<Kernel> {
     })
 }
 
-fn newest_cached(vm_dir: &Path) -> Option<Kernel> {
-    let mut entries: Vec<_> = fs::read_dir(vm_dir)
+fn newest_cached(dir: &Path, source: &KernelSource) -> Option<Kernel> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("linux-"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     entries.sort();
-    entries.into_iter().rev().find_map(|(_, p)| load(&p))
+    entries
+        .into_iter()
+        .rev()
+        .find_map(|(_, p)| load(&p, source))
 }
 
 /// Run a command and return its stdout, failing with `what` and its stderr.
@@ -374,4 +355,31 @@ pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_release_versions() {
+        assert_eq!(major_minor("6.1.0-50-amd64"), Some((6, 1)));
+        assert_eq!(major_minor("7.3.4+deb13-amd64"), Some((7, 3)));
+        assert_eq!(major_minor("6.14+x"), Some((6, 14)));
+        assert_eq!(major_minor("amd64"), None);
+        let source = KernelSource {
+            meta: "linux-image-amd64/trixie-backports",
+            series: None,
+            min_release: (6, 14),
+            min_reason: "igb zero-copy",
+            modules: &[],
+            extra_modules: &[],
+            override_env: "X",
+        };
+        assert!(check_release("7.3.4+deb13-amd64", &source).is_ok());
+        let err = check_release("6.12.95+deb12-amd64", &source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("older than 6.14 (igb zero-copy)"), "{err}");
+    }
 }

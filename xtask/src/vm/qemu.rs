@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::TestBinary;
-use super::kernel::Kernel;
+use super::guest::Machine;
 use crate::test::Tally;
 
 pub struct Boot<'a> {
-    pub kernel: &'a Kernel,
-    pub initrd: &'a Path,
+    pub machine: &'a Machine,
     pub script: &'a Path,
     pub nonce: &'a str,
     pub kvm: bool,
@@ -29,11 +28,12 @@ pub struct Boot<'a> {
 
 impl Boot<'_> {
     fn command(&self) -> Command {
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let m = self.machine;
+        let mut cmd = m.emulator.command();
         if self.kvm {
             cmd.args(["-accel", "kvm", "-cpu", "host"]);
         } else {
-            cmd.args(["-accel", "tcg", "-cpu", "max"]);
+            cmd.args(["-accel", m.accel, "-cpu", "max"]);
         }
         let keep: String = self
             .keep
@@ -46,28 +46,24 @@ impl Boot<'_> {
             self.nonce,
             self.append
         );
-        cmd.args([
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
-        .arg("-kernel")
-        .arg(&self.kernel.image)
-        .arg("-initrd")
-        .arg(self.initrd)
-        .arg("-append")
-        .arg(append)
-        // The host's / as the guest's lower root. multidevs=remap keeps inode numbers of
-        // different host filesystems apart (without it /proc breaks inside the chroot).
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ]);
+        cmd.arg("-smp")
+            .arg(m.cpus.to_string())
+            .arg("-m")
+            .arg(m.memory_mb.to_string())
+            .args(["-nographic", "-no-reboot", "-nic", "none"])
+            .args(&m.nics)
+            .arg("-kernel")
+            .arg(&m.kernel.image)
+            .arg("-initrd")
+            .arg(&m.initrd)
+            .arg("-append")
+            .arg(append)
+            // The host's / as the guest's lower root. multidevs=remap keeps inode numbers of
+            // different host filesystems apart (without it /proc breaks inside the chroot).
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            ]);
         cmd
     }
 }
@@ -79,7 +75,7 @@ pub fn shell(boot: &Boot) -> Result<()> {
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .status()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {}", boot.machine.emulator.binary.display()))?;
     println!("xtask: vm: qemu exited ({status})");
     Ok(())
 }
@@ -138,9 +134,18 @@ impl Outcome {
 /// named `vm` for what went wrong with the VM itself (panic, timeout, no exit line).
 pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<Vec<Tally>> {
     let accel = if boot.kvm { "KVM" } else { "TCG" };
+    let m = boot.machine;
     println!(
-        "xtask: vm: booting {} under qemu ({accel}, 2 CPUs, 1 GiB); deadline {} s",
-        boot.kernel.release,
+        "xtask: vm: booting the {} guest: {} under {} ({accel}, {} CPUs, {} MiB); deadline {} s",
+        m.kind.name(),
+        m.kernel.release,
+        if m.emulator.version.is_empty() {
+            "the host's QEMU"
+        } else {
+            &m.emulator.version
+        },
+        m.cpus,
+        m.memory_mb,
         deadline.as_secs()
     );
     let started = Instant::now();
@@ -150,7 +155,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
+        .with_context(|| format!("starting {}", m.emulator.binary.display()))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<String>();
@@ -209,7 +214,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     let mut failures = Vec::new();
     for b in binaries {
         let mut t = outcome.counts.remove(&b.name).unwrap_or_default();
-        t.name = format!("vm/{}", b.name);
+        t.name = format!("{}/{}", m.tally_prefix(), b.name);
         let verdict = match outcome.results.get(&b.name) {
             Some(0) => "ok".to_string(),
             Some(124) | Some(137) => {
@@ -259,7 +264,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     }
     if !failures.is_empty() {
         tallies.push(Tally {
-            name: "vm".into(),
+            name: m.tally_prefix().into(),
             error: Some(failures.join("; ")),
             seconds: elapsed,
             ..Tally::default()
