@@ -1,12 +1,14 @@
 //! The traffic generator: AF_XDP copy-mode TX from a namespace into the lab's wire.
 //! Streams are frame templates sent round-robin; each frame carries its stream, a
 //! per-stream sequence number and the send time (monotonic ns, stamped once per batch).
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use xmacvlan::frame;
 
+use crate::flow::Window;
+pub use crate::flow::{Pace, PaceSent};
 use crate::test_frame::{TestFrame, set_flow};
 use crate::xsk_tx::TxPort;
 
@@ -91,16 +93,27 @@ pub const FRAME_SIZE: u32 = 4096;
 /// enough that waiting in it adds little to the latency samples.
 pub const MAX_IN_FLIGHT: usize = 256;
 
+/// How many frames a generator sends (unless its stop flag ends it first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// For this long. With a rate, exactly `rate × duration` frames (rounded to the nearest):
+    /// a generator that falls behind (its core busy, the TX ring full) sends what it owes
+    /// as soon as it can, after the duration if need be, rather than lose it. Without a
+    /// rate, as many as it can in that time.
+    For(Duration),
+    /// Exactly this many frames of each stream.
+    EachStream(u64),
+    /// Exactly this many frames in all, the streams taking turns.
+    Total(u64),
+}
+
 #[derive(Debug, Clone)]
 pub struct GeneratorConfig {
     pub ifname: String,
     pub queue: u32,
-    /// Stop after this long (unless `count` stops it first).
-    pub duration: Duration,
-    /// Frames per second for this generator; None = as fast as possible.
+    pub amount: Amount,
+    /// Frames per second for this generator, at least 1; None = as fast as possible.
     pub rate: Option<u64>,
-    /// Send exactly this many frames of each stream, then stop.
-    pub count: Option<u64>,
     pub core: Option<usize>,
     pub frame_size: u32,
     /// At most this many frames staged or in the TX ring. Frames are stamped when staged,
@@ -128,134 +141,63 @@ struct Template {
     seq: u64,
 }
 
-/// Flow control for tests that count every frame: the generator never has more frames in
-/// flight than the rings between it and the receiver hold, so a busy CPU slows the traffic
-/// down instead of overflowing a ring. (The bench sends unpaced: there, loss is the result.)
-#[derive(Clone, Copy)]
-pub struct Pace<'a> {
-    /// At most this many frames sent but not yet taken by the wire's veth peer (the lab NIC,
-    /// whose XDP runs on them) or dropped by it: the kernel's own counters of the wire,
-    /// `tx_packets` (the peer's XDP receive count) and `tx_dropped`. A veth ring holds 256.
-    pub before_xdp: u64,
-    /// `(delivered, window)`: at most `window` frames sent to the counted streams and not yet
-    /// counted by `delivered()` (frames the receiver got or counted as dropped).
-    pub delivered: Option<(&'a (dyn Fn() -> u64 + Sync), u64)>,
-    /// Which streams `delivered()` counts: by default every [`StreamKind::Endpoint`] stream.
-    pub counted: Option<&'a [bool]>,
-    /// What every generator sharing the wire has sent: the windows are over all of them.
-    pub sent: &'a PaceSent,
-    /// Fail when the window stays shut this long: frames went missing where nothing counts.
-    pub stall: Duration,
-}
-
-/// Frames sent by the generators sharing a pace: in all, and to endpoint streams.
-#[derive(Debug, Default)]
-pub struct PaceSent {
-    total: AtomicU64,
-    to_endpoints: AtomicU64,
-    /// The wire's counters when the first generator started (they never reset).
-    base: std::sync::OnceLock<u64>,
-}
-
-impl<'a> Pace<'a> {
-    /// The veth ring alone (tests whose receiver may drop on purpose, or is another process).
-    pub fn wire(sent: &'a PaceSent) -> Self {
-        Pace {
-            before_xdp: 128,
-            delivered: None,
-            counted: None,
-            sent,
-            stall: Duration::from_secs(10),
-        }
-    }
-
-    /// The veth ring and the receiver's rings (`window` below the smallest of them).
-    pub fn delivered(
-        sent: &'a PaceSent,
-        delivered: &'a (dyn Fn() -> u64 + Sync),
-        window: u64,
-    ) -> Self {
-        Pace {
-            delivered: Some((delivered, window)),
-            ..Pace::wire(sent)
-        }
-    }
-
-    /// Count only the streams marked true (e.g. the endpoints that stay attached).
-    pub fn counting(self, counted: &'a [bool]) -> Self {
-        Pace {
-            counted: Some(counted),
-            ..self
-        }
-    }
-}
-
-/// `/proc/thread-self/net/dev`: the interface's tx_packets + tx_dropped in the calling
-/// thread's namespace (where the generator runs).
-fn wire_taken(ifname: &str) -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(ifname)?.strip_prefix(':'))
-        .with_context(|| format!("no {ifname} in /proc/thread-self/net/dev"))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // rx: bytes packets errs drop fifo frame compressed multicast | tx: bytes packets errs drop
-    Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
-}
-
-/// How many more frames the pace allows now; an error once it has been shut for too long.
-struct Window<'a> {
-    pace: Pace<'a>,
-    ifname: String,
-    base: u64,
-    to_endpoint: Vec<bool>,
-    shut_since: Option<Instant>,
-}
-
-impl Window<'_> {
-    fn room(&mut self) -> Result<usize> {
-        let total = self.pace.sent.total.load(Ordering::Relaxed);
-        let taken = wire_taken(&self.ifname)?.saturating_sub(self.base);
-        let before_xdp = total.saturating_sub(taken);
-        let mut room = self.pace.before_xdp.saturating_sub(before_xdp);
-        let mut outstanding = 0;
-        if let Some((delivered, window)) = self.pace.delivered {
-            let to_endpoints = self.pace.sent.to_endpoints.load(Ordering::Relaxed);
-            outstanding = to_endpoints.saturating_sub(delivered());
-            room = room.min(window.saturating_sub(outstanding));
-        }
-        if room > 0 {
-            self.shut_since = None;
-        } else {
-            let since = *self.shut_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > self.pace.stall {
-                bail!(
-                    "flow control: no progress for {:?}: {before_xdp} of {total} frames sent \
-                     never reached {}'s peer (its tx_packets + tx_dropped), {outstanding} sent \
-                     to endpoints never delivered: frames went missing where no counter sees them",
-                    self.pace.stall,
-                    self.ifname
-                );
-            }
-        }
-        Ok(room as usize)
-    }
-
-    fn sent(&self, stream: usize) {
-        self.pace.sent.total.fetch_add(1, Ordering::Relaxed);
-        if self.to_endpoint[stream] {
-            self.pace.sent.to_endpoints.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Send `streams` until the duration, the count, or `stop`. Returns the frames handed to
-/// the kernel (submitted to TX and completed) per stream.
+/// Send `streams` until the amount is sent, or `stop`. Returns the frames handed to the
+/// kernel (submitted to TX and completed) per stream.
 pub fn run(cfg: &GeneratorConfig, streams: &[Stream], stop: &AtomicBool) -> Result<Sent> {
     run_paced(cfg, streams, stop, None)
+}
+
+/// A generator that has sent nothing for this long fails rather than wait forever.
+const STALL: Duration = Duration::from_secs(10);
+
+/// What the generator owes: a frame total, a per-stream limit, a deadline.
+struct Plan {
+    total: Option<u64>,
+    each: Option<u64>,
+    deadline: Option<Duration>,
+}
+
+impl Plan {
+    fn new(amount: Amount, rate: Option<u64>, streams: usize) -> Result<Plan> {
+        if rate == Some(0) {
+            bail!("a rate of 0 frames/s sends nothing: give at least 1");
+        }
+        Ok(match amount {
+            Amount::For(d) => match rate {
+                // Rounded to the nearest frame: 0.5 s at 3 frames/s is 2 frames.
+                Some(r) => Plan {
+                    total: Some(((d.as_nanos() * r as u128 + 500_000_000) / 1_000_000_000) as u64),
+                    each: None,
+                    deadline: None,
+                },
+                None => Plan {
+                    total: None,
+                    each: None,
+                    deadline: Some(d),
+                },
+            },
+            Amount::EachStream(n) => Plan {
+                total: Some(n.saturating_mul(streams as u64)),
+                each: Some(n),
+                deadline: None,
+            },
+            Amount::Total(n) => Plan {
+                total: Some(n),
+                each: None,
+                deadline: None,
+            },
+        })
+    }
+
+    /// Frames due by `elapsed` at `rate`: the first at once, then one every 1/rate, and never
+    /// more than the total.
+    fn due(&self, elapsed: Duration, rate: Option<u64>) -> u64 {
+        let by_rate = match rate {
+            Some(r) => (elapsed.as_nanos() * r as u128 / 1_000_000_000) as u64 + 1,
+            None => u64::MAX,
+        };
+        self.total.map_or(by_rate, |t| by_rate.min(t))
+    }
 }
 
 /// [`run`], and with `pace` never more in flight than it allows.
@@ -268,6 +210,7 @@ pub fn run_paced(
     if streams.is_empty() {
         bail!("the generator needs at least one stream");
     }
+    let plan = Plan::new(cfg.amount, cfg.rate, streams.len())?;
     if let Some(core) = cfg.core {
         core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
@@ -298,44 +241,27 @@ pub fn run_paced(
             port.max_frame()
         );
     }
-    let mut window = match pace {
-        Some(pace) => Some(Window {
-            pace,
-            base: {
-                let now = wire_taken(&cfg.ifname)?;
-                *pace.sent.base.get_or_init(|| now)
-            },
-            ifname: cfg.ifname.clone(),
-            to_endpoint: match pace.counted {
-                Some(c) if c.len() == streams.len() => c.to_vec(),
-                Some(c) => bail!("the pace counts {} streams of {}", c.len(), streams.len()),
-                None => streams
-                    .iter()
-                    .map(|s| matches!(s.kind, StreamKind::Endpoint(_)))
-                    .collect(),
-            },
-            shut_since: None,
-        }),
-        None => None,
-    };
+    let mut window = pace
+        .map(|pace| Window::new(pace, &cfg.ifname, streams))
+        .transpose()?;
     let mut sent = vec![0u64; streams.len()];
+    let mut total = 0u64;
     let mut next = 0usize;
     let start = Instant::now();
-    let mut done = false;
-    while !done {
+    let mut progress = (0u64, start);
+    loop {
         port.complete();
         let elapsed = start.elapsed();
-        if stop.load(Ordering::Relaxed) || elapsed >= cfg.duration {
+        if stop.load(Ordering::Relaxed)
+            || plan.deadline.is_some_and(|d| elapsed >= d)
+            || plan.total.is_some_and(|t| total >= t)
+        {
             break;
         }
-        let mut budget = match cfg.rate {
-            Some(rate) => {
-                let due = (elapsed.as_nanos() * rate as u128 / 1_000_000_000) as u64;
-                due.saturating_sub(sent.iter().sum::<u64>()) as usize
-            }
-            None => usize::MAX,
-        }
-        .min(cfg.max_in_flight.saturating_sub(port.pending()));
+        let mut budget =
+            plan.due(elapsed, cfg.rate)
+                .saturating_sub(total)
+                .min(cfg.max_in_flight.saturating_sub(port.pending()) as u64) as usize;
         if let Some(w) = &mut window
             && budget > 0
         {
@@ -350,8 +276,7 @@ pub fn run_paced(
         let now = xmacvlan::sys::monotonic_ns();
         while budget > 0 && port.room() > 0 {
             // Round-robin over streams that still have frames to send.
-            let Some(s) = pick(&sent, cfg.count, &mut next) else {
-                done = true;
+            let Some(s) = pick(&sent, plan.each, &mut next) else {
                 break;
             };
             let t = &mut templates[s];
@@ -366,13 +291,25 @@ pub fn run_paced(
             }
             t.seq += 1;
             sent[s] += 1;
+            total += 1;
             if let Some(w) = &window {
                 w.sent(s);
             }
             budget -= 1;
         }
-        if port.flush()? == 0 && port.complete() == 0 {
-            std::thread::yield_now();
+        if total != progress.0 {
+            progress = (total, Instant::now());
+        } else if progress.1.elapsed() > STALL {
+            bail!(
+                "no frame could be sent from {} for {STALL:?} ({total} sent, {} in flight)",
+                cfg.ifname,
+                port.pending()
+            );
+        }
+        let flushed = port.flush()?;
+        let completed = port.complete();
+        if flushed == 0 && completed == 0 {
+            idle(&plan, cfg.rate, start.elapsed(), total, port.pending());
         }
     }
     // Frames still staged or in flight are not yet sent: wait for the kernel to finish.
@@ -396,11 +333,31 @@ pub fn run_paced(
     })
 }
 
-fn pick(sent: &[u64], count: Option<u64>, next: &mut usize) -> Option<usize> {
+/// Nothing to send or reap this round. A paced generator with nothing in flight sleeps until
+/// its next frame is due (a spinning one would take the CPU its receiver needs); sleeping
+/// late only makes it catch up. Otherwise it yields.
+fn idle(plan: &Plan, rate: Option<u64>, elapsed: Duration, total: u64, in_flight: usize) {
+    if let Some(r) = rate
+        && in_flight == 0
+        && plan.due(elapsed, rate) <= total
+    {
+        let next_due = Duration::from_nanos((total as u128 * 1_000_000_000 / r as u128) as u64);
+        let wait = next_due
+            .saturating_sub(elapsed)
+            .min(Duration::from_millis(1));
+        if wait >= Duration::from_micros(50) {
+            std::thread::sleep(wait);
+            return;
+        }
+    }
+    std::thread::yield_now();
+}
+
+fn pick(sent: &[u64], each: Option<u64>, next: &mut usize) -> Option<usize> {
     for _ in 0..sent.len() {
         let s = *next;
         *next = (*next + 1) % sent.len();
-        if count.is_none_or(|c| sent[s] < c) {
+        if each.is_none_or(|c| sent[s] < c) {
             return Some(s);
         }
     }
@@ -409,7 +366,7 @@ fn pick(sent: &[u64], count: Option<u64>, next: &mut usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::pick;
+    use super::*;
 
     #[test]
     fn round_robin_skips_finished_streams() {
@@ -423,5 +380,50 @@ mod tests {
             .map(|_| pick(&[0, 0], None, &mut next).unwrap())
             .collect();
         assert_eq!(order, [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_rate_for_a_duration_is_exactly_rate_times_duration() {
+        let plan = |secs: f64, rate| {
+            Plan::new(Amount::For(Duration::from_secs_f64(secs)), Some(rate), 3)
+                .unwrap()
+                .total
+        };
+        assert_eq!(plan(1.0, 5_000), Some(5_000));
+        assert_eq!(plan(2.0, 1_000), Some(2_000));
+        assert_eq!(plan(0.5, 3), Some(2), "1.5 frames round to 2");
+        assert_eq!(plan(0.1, 1), Some(0));
+        let flat_out = Plan::new(Amount::For(Duration::from_secs(2)), None, 3).unwrap();
+        assert_eq!(
+            (flat_out.total, flat_out.deadline),
+            (None, Some(Duration::from_secs(2)))
+        );
+        assert!(Plan::new(Amount::Total(5), Some(0), 1).is_err());
+    }
+
+    #[test]
+    fn counts_are_totals_with_no_deadline() {
+        let each = Plan::new(Amount::EachStream(7), Some(100), 3).unwrap();
+        assert_eq!(
+            (each.total, each.each, each.deadline),
+            (Some(21), Some(7), None)
+        );
+        let total = Plan::new(Amount::Total(7), None, 3).unwrap();
+        assert_eq!(
+            (total.total, total.each, total.deadline),
+            (Some(7), None, None)
+        );
+    }
+
+    #[test]
+    fn frames_fall_due_from_the_start_and_stop_at_the_total() {
+        let plan = Plan::new(Amount::For(Duration::from_secs(1)), Some(1_000), 1).unwrap();
+        let at = |ms| plan.due(Duration::from_millis(ms), Some(1_000));
+        assert_eq!(at(0), 1, "the first frame at once");
+        assert_eq!(at(1), 2);
+        assert_eq!(at(999), 1_000, "the last one is due before the second ends");
+        assert_eq!(at(5_000), 1_000, "a late generator owes the total, no more");
+        let unpaced = Plan::new(Amount::Total(10), None, 1).unwrap();
+        assert_eq!(unpaced.due(Duration::ZERO, None), 10);
     }
 }

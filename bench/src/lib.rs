@@ -6,6 +6,7 @@ pub mod afpacket;
 pub mod apps;
 pub mod background;
 pub mod compare;
+pub mod flow;
 pub mod generator;
 pub mod ingress;
 pub mod lab;

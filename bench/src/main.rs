@@ -46,11 +46,15 @@ struct GenerateArgs {
     /// 802.1Q VLAN id of every frame; default: untagged.
     #[arg(long)]
     vlan: Option<VlanId>,
-    /// Seconds of traffic.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// Seconds of traffic [default: 10]; with `--rate`, exactly rate × duration frames (a
+    /// generator that falls behind catches up rather than send fewer).
+    #[arg(long, conflicts_with = "count")]
+    duration: Option<f64>,
+    /// Send exactly this many frames in all (the destinations taking turns), then stop.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
     /// Frames per second, all streams together; default: as fast as possible.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
     /// Frame length in bytes (without FCS), 60-3000.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
@@ -200,8 +204,11 @@ fn run() -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    use xmacvlan_bench::generator::{self, GeneratorConfig, Stream, StreamKind};
-    let duration = traffic_duration(a.duration)?;
+    use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Stream, StreamKind};
+    let amount = match a.count {
+        Some(n) => Amount::Total(n),
+        None => Amount::For(traffic_duration(a.duration.unwrap_or(10.0))?),
+    };
     let streams = a
         .dst
         .iter()
@@ -224,9 +231,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let cfg = GeneratorConfig {
         ifname: a.iface.clone(),
         queue: a.queue,
-        duration,
+        amount,
         rate: a.rate,
-        count: None,
         core: Some(a.core),
         frame_size: generator::FRAME_SIZE,
         max_in_flight: generator::MAX_IN_FLIGHT,

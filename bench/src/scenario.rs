@@ -12,7 +12,7 @@ use xmacvlan::telemetry::report::{
 };
 
 use crate::apps::{AppKind, AppOutcome, AppResult, LabPorts, sibling_program};
-use crate::generator::{self, GeneratorConfig, Sent, Stream, StreamKind};
+use crate::generator::{self, Amount, GeneratorConfig, Sent, Stream, StreamKind};
 use crate::lab::{self, Lab};
 use crate::round_trip::{Returned, WireReceiver};
 
@@ -158,13 +158,11 @@ pub fn run_traffic_until(
                 let cfg = GeneratorConfig {
                     ifname: lab.ingress.generator_device().into(),
                     queue: q,
-                    duration: if traffic.count.is_some() {
-                        Duration::from_secs(120)
-                    } else {
-                        traffic.duration
+                    amount: match traffic.count {
+                        Some(n) => Amount::EachStream(n),
+                        None => Amount::For(traffic.duration),
                     },
                     rate: traffic.rate.map(|r| (r / queues as u64).max(1)),
-                    count: traffic.count,
                     core: traffic.generator_core,
                     frame_size: generator::FRAME_SIZE,
                     max_in_flight: generator::MAX_IN_FLIGHT,

@@ -234,7 +234,7 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
     use xmacvlan::dataplane::{EndpointSpec, Snapshot};
     use xmacvlan::ipc::protocol::{Answer, Request};
     use xmacvlan::modes::DemuxMode;
-    use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
+    use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
     use xmacvlan_bench::scenario::lab_streams;
 
     let t = Trunk::new("daemon");
@@ -278,9 +278,8 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
         let cfg = GeneratorConfig {
             ifname: "v0p".into(),
             queue: 0,
-            duration: Duration::from_secs(60),
+            amount: Amount::EachStream(COUNT),
             rate: Some(5_000),
-            count: Some(COUNT),
             core: None,
             frame_size: 2048,
             max_in_flight: 64,

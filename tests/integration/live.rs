@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec};
 use xmacvlan::modes::DemuxMode;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::pace::{self, Delivered};
@@ -30,9 +30,8 @@ fn churn_under_traffic(demux: DemuxMode) {
     let gen_cfg = GeneratorConfig {
         ifname: lab::WIRE.into(),
         queue: 0,
-        duration: Duration::from_millis(1500),
+        amount: Amount::For(Duration::from_millis(1500)),
         rate: Some(50_000),
-        count: None,
         core: Some(0),
         frame_size: generator::FRAME_SIZE,
         max_in_flight: generator::MAX_IN_FLIGHT,

@@ -15,7 +15,7 @@ use xmacvlan::control::State;
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::app::App;
 use xmacvlan_tests::{require_root, xmacvlan_bin};
@@ -127,9 +127,8 @@ impl Lab {
         let cfg = GeneratorConfig {
             ifname: "v0p".into(),
             queue: 0,
-            duration: Duration::from_secs(20),
+            amount: Amount::EachStream(count),
             rate: Some(20_000),
-            count: Some(count),
             core: None,
             frame_size: generator::FRAME_SIZE,
             max_in_flight: generator::MAX_IN_FLIGHT,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec};
 use xmacvlan::modes::DemuxMode;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::accounting::Ledger;
@@ -52,7 +52,7 @@ fn soak(demux: DemuxMode, secs: u64) -> Outcome {
     let lab = bare_lab::build();
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     let gen_cfg = GeneratorConfig {
-        duration: Duration::from_secs(secs),
+        amount: Amount::For(Duration::from_secs(secs)),
         ..bare_lab::generator_until_stopped(None)
     };
     let never = std::sync::atomic::AtomicBool::new(false);

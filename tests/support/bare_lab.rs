@@ -1,6 +1,6 @@
 //! A lab of just a NIC and its wire, for tests that bring their own endpoint specs, and its
 //! teardown that proves no namespace outlived it.
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 
 use crate::namespaces_named;
@@ -29,9 +29,8 @@ pub fn generator_until_stopped(rate: Option<u64>) -> GeneratorConfig {
     GeneratorConfig {
         ifname: lab::WIRE.into(),
         queue: 0,
-        duration: std::time::Duration::from_secs(600),
+        amount: Amount::For(std::time::Duration::from_secs(600)),
         rate,
-        count: None,
         core: Some(0),
         frame_size: generator::FRAME_SIZE,
         max_in_flight: generator::MAX_IN_FLIGHT,

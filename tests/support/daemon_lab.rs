@@ -14,7 +14,7 @@ use xmacvlan::ipc::protocol::{Answer, Request};
 use xmacvlan::ipc::socket::request;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent, Stream};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent, Sent, Stream};
 use xmacvlan_bench::scenario::lab_streams;
 
 use crate::app::App;
@@ -192,9 +192,8 @@ impl Lab {
         let cfg = GeneratorConfig {
             ifname: "v0p".into(),
             queue: 0,
-            duration: Duration::from_secs(20),
+            amount: Amount::EachStream(count),
             rate: Some(20_000),
-            count: Some(count),
             core: None,
             frame_size: 2048,
             max_in_flight: generator::MAX_IN_FLIGHT,

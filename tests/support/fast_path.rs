@@ -14,7 +14,7 @@ use xmacvlan::dataplane::{EndpointSnapshot, EndpointSpec, Snapshot};
 use xmacvlan::ether::Mac;
 use xmacvlan::ipc::protocol::{Answer, Request};
 use xmacvlan::ipc::socket::request;
-use xmacvlan_bench::generator::{self, GeneratorConfig, Pace, PaceSent, Sent};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent, Sent};
 use xmacvlan_bench::scenario::lab_streams;
 
 use crate::app::App;
@@ -95,9 +95,8 @@ fn send(
     let cfg = GeneratorConfig {
         ifname: wire_if.into(),
         queue: 0,
-        duration: Duration::from_secs(30),
+        amount: Amount::EachStream(count),
         rate: Some(20_000),
-        count: Some(count),
         core: None,
         frame_size: 2048,
         max_in_flight: generator::MAX_IN_FLIGHT,
