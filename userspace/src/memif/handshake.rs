@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::port::{PortShared, ServerPort};
+use super::refusal::{Dir, Refusal};
 use super::shm::{Region, Ring};
 use super::sock;
 use super::wire::{self, ADD_RING_FLAG_C2S, Hello, Msg, NAME_SIZE, SECRET_SIZE, VERSION};
@@ -93,11 +94,9 @@ pub struct Handshake {
     s2c: Option<RingRequest>,
 }
 
-fn no_fd(fd: &Option<OwnedFd>, what: &str) -> Result<(), String> {
+fn no_fd(fd: &Option<OwnedFd>, what: &'static str) -> Result<(), Refusal> {
     match fd {
-        Some(_) => Err(format!(
-            "{what} came with a file descriptor it must not carry"
-        )),
+        Some(_) => Err(Refusal::UnwantedFd(what)),
         None => Ok(()),
     }
 }
@@ -120,7 +119,7 @@ impl Handshake {
         &self.client
     }
 
-    pub fn on_message(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step, String> {
+    pub fn on_message(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step, Refusal> {
         let kind = msg.kind();
         match (self.phase, msg) {
             (_, Msg::Disconnect { code, reason }) => Ok(Step::ClientLeft(format!(
@@ -130,104 +129,100 @@ impl Handshake {
             (Phase::AwaitInit, Msg::Init(init)) => {
                 no_fd(&fd, "INIT")?;
                 if init.version != VERSION {
-                    return Err(format!(
-                        "memif version {}.{} is not supported (this server speaks 2.0)",
-                        init.version >> 8,
-                        init.version & 0xff
-                    ));
+                    return Err(Refusal::Version(init.version));
                 }
                 if init.id != 0 {
-                    return Err(format!(
-                        "interface id {} does not exist: each endpoint's socket serves one \
-                         interface, id 0",
-                        init.id
-                    ));
+                    return Err(Refusal::InterfaceId(init.id));
                 }
                 if init.mode != wire::MODE_ETHERNET {
-                    return Err(format!(
-                        "interface mode {} is not served (ethernet only)",
-                        init.mode
-                    ));
+                    return Err(Refusal::Mode(init.mode));
                 }
                 if let Some(secret) = &self.cfg.secret
                     && *secret != init.secret
                 {
-                    return Err("wrong secret".into());
+                    return Err(Refusal::WrongSecret);
                 }
                 self.client = wire::field_text(&init.name);
                 self.phase = Phase::Setup;
                 Ok(Step::Reply(Msg::Ack))
             }
             (Phase::Setup, Msg::AddRegion(r)) => {
-                let fd = fd.ok_or("ADD_REGION came without the region's memfd")?;
+                let fd = fd.ok_or(Refusal::RegionWithoutFd)?;
                 let limits = self.cfg.limits;
                 if r.index as usize != self.regions.len() {
-                    return Err(format!(
-                        "region index {} out of order (expected {})",
-                        r.index,
-                        self.regions.len()
-                    ));
+                    return Err(Refusal::RegionOrder {
+                        index: r.index,
+                        expected: self.regions.len(),
+                    });
                 }
                 if r.index >= limits.max_regions {
-                    return Err(format!("more than {} regions", limits.max_regions));
+                    return Err(Refusal::TooManyRegions(limits.max_regions));
                 }
                 if self.total.saturating_add(r.size) > limits.max_total_size {
-                    return Err(format!(
-                        "regions over {} bytes in total",
-                        limits.max_total_size
-                    ));
+                    return Err(Refusal::RegionsTooLarge(limits.max_total_size));
                 }
-                let region = Region::from_client(fd, r.size, limits.max_region_size)
-                    .map_err(|e| format!("region {}: {e}", r.index))?;
+                let region =
+                    Region::from_client(fd, r.size, limits.max_region_size).map_err(|source| {
+                        Refusal::Region {
+                            index: r.index,
+                            source,
+                        }
+                    })?;
                 self.total += r.size;
                 self.regions.push(Arc::new(region));
                 Ok(Step::Reply(Msg::Ack))
             }
             (Phase::Setup, Msg::AddRing(r)) => {
-                let eventfd = fd.ok_or("ADD_RING came without the ring's eventfd")?;
+                let eventfd = fd.ok_or(Refusal::RingWithoutFd)?;
                 let c2s = r.flags & ADD_RING_FLAG_C2S != 0;
-                let dir = if c2s { "C2S" } else { "S2C" };
+                let dir = if c2s { Dir::C2S } else { Dir::S2C };
                 if r.index != 0 {
-                    return Err(format!("{dir} ring index {}: only ring 0 exists", r.index));
+                    return Err(Refusal::RingIndex {
+                        dir,
+                        index: r.index,
+                    });
                 }
                 let slot = if c2s { &mut self.c2s } else { &mut self.s2c };
                 if slot.is_some() {
-                    return Err(format!("{dir} ring 0 added twice"));
+                    return Err(Refusal::RingTwice(dir));
                 }
-                if r.log2_ring_size == 0 || r.log2_ring_size > self.cfg.limits.max_log2_ring_size {
-                    return Err(format!(
-                        "{dir} ring size 2^{} is outside 2^1..=2^{}",
-                        r.log2_ring_size, self.cfg.limits.max_log2_ring_size
-                    ));
+                let max = self.cfg.limits.max_log2_ring_size;
+                if r.log2_ring_size == 0 || r.log2_ring_size > max {
+                    return Err(Refusal::RingSize {
+                        dir,
+                        log2: r.log2_ring_size,
+                        max,
+                    });
                 }
-                let region = self.regions.get(r.region as usize).ok_or_else(|| {
-                    format!("{dir} ring in region {}, which was never added", r.region)
-                })?;
+                let region = self
+                    .regions
+                    .get(r.region as usize)
+                    .ok_or(Refusal::RingRegion {
+                        dir,
+                        region: r.region,
+                    })?;
                 let ring = Ring::new(region.clone(), r.offset as u64, r.log2_ring_size)
-                    .map_err(|e| format!("{dir} ring: {e}"))?;
+                    .map_err(|source| Refusal::Ring { dir, source })?;
                 let kind = sock::fd_kind(eventfd.as_fd());
                 if kind != "anon_inode:[eventfd]" {
-                    return Err(format!(
-                        "{dir} ring's interrupt descriptor is not an eventfd ({kind})"
-                    ));
+                    return Err(Refusal::NotEventfd { dir, kind });
                 }
                 sock::set_nonblocking(eventfd.as_fd())
-                    .map_err(|e| format!("{dir} eventfd: {e}"))?;
+                    .map_err(|source| Refusal::Eventfd { dir, source })?;
                 *slot = Some(RingRequest { ring, eventfd });
                 Ok(Step::Reply(Msg::Ack))
             }
             (Phase::Setup, Msg::Connect { .. }) => {
                 no_fd(&fd, "CONNECT")?;
                 let (Some(c2s), Some(s2c)) = (self.c2s.take(), self.s2c.take()) else {
-                    return Err("CONNECT before both rings (C2S 0 and S2C 0) were added".into());
+                    return Err(Refusal::RingsMissing);
                 };
-                for (dir, r) in [("C2S", &c2s.ring), ("S2C", &s2c.ring)] {
+                for (dir, r) in [(Dir::C2S, &c2s.ring), (Dir::S2C, &s2c.ring)] {
                     if r.cookie() != wire::COOKIE {
-                        return Err(format!(
-                            "{dir} ring has cookie {:#x}, not {:#x}",
-                            r.cookie(),
-                            wire::COOKIE
-                        ));
+                        return Err(Refusal::Cookie {
+                            dir,
+                            cookie: r.cookie(),
+                        });
                     }
                 }
                 let shared = PortShared::new();
@@ -246,14 +241,14 @@ impl Handshake {
                     client: self.client.clone(),
                 })
             }
-            (phase, _) => Err(format!(
-                "unexpected {kind} {}",
-                match phase {
+            (phase, _) => Err(Refusal::Unexpected {
+                kind,
+                phase: match phase {
                     Phase::AwaitInit => "before INIT",
                     Phase::Setup => "during setup",
                     Phase::Connected => "after CONNECT",
-                }
-            )),
+                },
+            }),
         }
     }
 }

@@ -10,11 +10,13 @@
 //! - [`handshake`]: the server's message-by-message checks.
 //! - [`port`]: the connected port the dataplane drives.
 //! - [`server`]: sockets, admission and the control thread.
+//! - [`refusal`]: why a client is refused or cut off (short on the wire, full in the log).
 //! - [`client`]: a client for Rust programs and tests.
 //! - [`secret`]: the optional shared secret, read from a private file.
 pub mod client;
 pub mod handshake;
 pub mod port;
+pub mod refusal;
 pub mod secret;
 pub mod server;
 #[allow(unsafe_code)]

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use super::handshake::{Handshake, Limits, ServerConfig, Step};
 use super::port::{PortShared, ServerPort};
+use super::refusal::Refusal;
 use super::sock::{self, Received};
 use super::wire::{MSG_SIZE, Msg, SECRET_SIZE};
 use crate::dataplane::PortInfo;
@@ -235,9 +236,7 @@ impl PortServer {
                     &inner.events,
                     endpoint,
                     s,
-                    CODE_SHUTDOWN,
-                    "the endpoint is no longer served",
-                    false,
+                    End::Refused(CODE_SHUTDOWN, &Refusal::Unserved),
                 );
             }
             let _ = std::fs::remove_file(&served.path);
@@ -252,8 +251,9 @@ impl PortServer {
         if let Some(served) = inner.endpoints.get_mut(endpoint)
             && let Some(s) = served.session.take()
         {
-            tracing::warn!(endpoint, pid = s.pid, "memif client dropped: {reason}");
-            end_session(&events, endpoint, s, CODE_REFUSED, reason, false);
+            let refusal = Refusal::NotAttached(reason.to_string());
+            tracing::warn!(endpoint, pid = s.pid, "memif client dropped: {refusal}");
+            end_session(&events, endpoint, s, End::Refused(CODE_REFUSED, &refusal));
         }
     }
 
@@ -316,28 +316,38 @@ impl Drop for PortServer {
     }
 }
 
-fn send_disconnect(sock: &OwnedFd, code: u32, reason: &str) {
-    let _ = sock::send(sock.as_fd(), &Msg::disconnect(code, reason).encode(), None);
+/// Tell a client why it is refused: the short reason (the caller logs the full one).
+fn send_disconnect(sock: &OwnedFd, code: u32, refusal: &Refusal) {
+    let _ = sock::send(
+        sock.as_fd(),
+        &Msg::disconnect(code, &refusal.wire()).encode(),
+        None,
+    );
+}
+
+/// How a session ends.
+enum End<'a> {
+    /// The daemon ends it: the client is sent DISCONNECT with this code and reason.
+    Refused(u32, &'a Refusal),
+    /// The client left (or stopped reading its socket): nothing is sent.
+    ClientLeft(&'a str),
 }
 
 /// Close a session: tell the client why (unless it left by itself), and if it was connected,
 /// take the port away from the dataplane.
-fn end_session(
-    events: &EventQueue,
-    endpoint: &str,
-    s: Session,
-    code: u32,
-    reason: &str,
-    client_left: bool,
-) {
-    if !client_left {
-        send_disconnect(&s.sock, code, reason);
-    }
+fn end_session(events: &EventQueue, endpoint: &str, s: Session, end: End<'_>) {
+    let reason = match end {
+        End::Refused(code, refusal) => {
+            send_disconnect(&s.sock, code, refusal);
+            refusal.to_string()
+        }
+        End::ClientLeft(reason) => reason.to_string(),
+    };
     if let Some((shared, _)) = s.connected {
         shared.close();
         events.send(PortEvent::Disconnected {
             endpoint: endpoint.to_string(),
-            reason: reason.to_string(),
+            reason,
         });
     }
 }
@@ -403,21 +413,18 @@ fn control_loop(inner: &Mutex<Inner>, stop: &AtomicBool) {
             }
             let Some(s) = &served.session else { continue };
             let why = if s.deadline.is_some_and(|d| now >= d) {
-                Some(format!(
-                    "handshake not completed within {:?}",
-                    inner.cfg.handshake_timeout
-                ))
+                Some(Refusal::HandshakeTimeout(inner.cfg.handshake_timeout))
             } else {
                 s.connected
                     .as_ref()
                     .map(|c| c.0.fault())
                     .filter(|f| *f != super::port::Fault::None)
-                    .map(|f| format!("protocol violation on the rings: {}", f.reason()))
+                    .map(Refusal::RingFault)
             };
             if let Some(why) = why {
                 let s = served.session.take().expect("checked above");
                 tracing::warn!(endpoint = %name, pid = s.pid, client = s.hs.client(), "memif client cut off: {why}");
-                end_session(&inner.events, name, s, CODE_PROTOCOL, &why, false);
+                end_session(&inner.events, name, s, End::Refused(CODE_PROTOCOL, &why));
             }
         }
     }
@@ -456,30 +463,24 @@ fn accept_clients(cfg: &PortServerConfig, endpoint: &str, served: &mut Served) {
         };
         let pid = sock::peer_cred(conn.as_fd()).map(|c| c.0).unwrap_or(0);
         let refusal = if let Some(s) = &served.session {
-            Some(format!(
-                "endpoint {endpoint} already has a client (pid {}{}): one client per endpoint",
-                s.pid,
-                if s.hs.client().is_empty() {
-                    String::new()
-                } else {
-                    format!(", \"{}\"", s.hs.client())
-                }
-            ))
+            Some(Refusal::Busy {
+                endpoint: endpoint.to_string(),
+                pid: s.pid,
+                client: s.hs.client().to_string(),
+            })
         } else {
             match netns_id(Path::new(&format!("/proc/{pid}/ns/net"))) {
                 Ok(ns) if ns == served.netns => None,
-                Ok(_) => Some(format!(
-                    "client pid {pid} is not in endpoint {endpoint}'s network namespace: run it \
-                     inside that namespace (the endpoint's container, or `ip netns exec`)"
-                )),
-                Err(e) => Some(format!(
-                    "cannot read client pid {pid}'s network namespace: {e}"
-                )),
+                Ok(_) => Some(Refusal::OtherNamespace {
+                    endpoint: endpoint.to_string(),
+                    pid,
+                }),
+                Err(source) => Some(Refusal::NamespaceUnreadable { pid, source }),
             }
         };
-        if let Some(reason) = refusal {
-            tracing::warn!(endpoint, pid, "memif client refused: {reason}");
-            send_disconnect(&conn, CODE_REFUSED, &reason);
+        if let Some(refusal) = refusal {
+            tracing::warn!(endpoint, pid, "memif client refused: {refusal}");
+            send_disconnect(&conn, CODE_REFUSED, &refusal);
             continue;
         }
         let server_cfg = ServerConfig {
@@ -509,7 +510,7 @@ fn read_session(wake: &Arc<EventFd>, events: &EventQueue, endpoint: &str, served
         let Some(s) = served.session.as_mut() else {
             return;
         };
-        let outcome: Result<Option<Step>, String> = match sock::recv(s.sock.as_fd(), &mut buf) {
+        let outcome: Result<Option<Step>, Refusal> = match sock::recv(s.sock.as_fd(), &mut buf) {
             Ok(Received::Empty) => return,
             Ok(Received::Closed) => {
                 let s = served.session.take().expect("present");
@@ -528,28 +529,22 @@ fn read_session(wake: &Arc<EventFd>, events: &EventQueue, endpoint: &str, served
                         "memif client left during the handshake"
                     );
                 }
-                end_session(events, endpoint, s, 0, reason, true);
+                end_session(events, endpoint, s, End::ClientLeft(reason));
                 return;
             }
-            Err(e) => Err(format!("reading the control socket failed: {e}")),
+            Err(e) => Err(Refusal::SocketRead(e)),
             Ok(Received::Record {
                 len,
                 mut fds,
                 truncated,
             }) => {
                 if truncated || len != MSG_SIZE {
-                    Err(format!(
-                        "malformed message: {len} bytes (every message is {MSG_SIZE}){}",
-                        if truncated { ", truncated" } else { "" }
-                    ))
+                    Err(Refusal::Malformed { len, truncated })
                 } else if fds.len() > 1 {
-                    Err(format!(
-                        "a message came with {} descriptors (at most one)",
-                        fds.len()
-                    ))
+                    Err(Refusal::Descriptors(fds.len()))
                 } else {
                     match Msg::decode(&buf[..MSG_SIZE]) {
-                        Err(e) => Err(format!("malformed message: {e}")),
+                        Err(e) => Err(e.into()),
                         Ok(msg) => s.hs.on_message(msg, fds.pop()).map(Some),
                     }
                 }
@@ -569,9 +564,7 @@ fn read_session(wake: &Arc<EventFd>, events: &EventQueue, endpoint: &str, served
                         events,
                         endpoint,
                         s,
-                        CODE_PROTOCOL,
-                        "client does not read its socket",
-                        true,
+                        End::ClientLeft("the client does not read its socket"),
                     );
                     return;
                 }
@@ -619,22 +612,20 @@ fn read_session(wake: &Arc<EventFd>, events: &EventQueue, endpoint: &str, served
                     events,
                     endpoint,
                     s,
-                    0,
-                    &format!("client sent DISCONNECT ({reason})"),
-                    true,
+                    End::ClientLeft(&format!("client sent DISCONNECT ({reason})")),
                 );
                 return;
             }
             Ok(None) => {}
-            Err(reason) => {
+            Err(refusal) => {
                 let s = served.session.take().expect("present");
                 tracing::warn!(
                     endpoint,
                     pid = s.pid,
                     client = s.hs.client(),
-                    "memif client refused: {reason}"
+                    "memif client refused: {refusal}"
                 );
-                end_session(events, endpoint, s, CODE_PROTOCOL, &reason, false);
+                end_session(events, endpoint, s, End::Refused(CODE_PROTOCOL, &refusal));
                 return;
             }
         }

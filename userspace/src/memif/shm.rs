@@ -11,6 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
+pub use super::refusal::{RegionError, RingError};
 use super::wire::COOKIE;
 
 /// The ring header: cookie, flags and head in the first cache line, tail in the second,
@@ -53,44 +54,34 @@ impl Region {
     /// Map a region a client sent. The memfd must be sealed against shrinking and at least
     /// `size` bytes long: then the client cannot truncate it under the daemon, and no access
     /// within `size` can raise SIGBUS.
-    pub fn from_client(fd: OwnedFd, size: u64, max_size: u64) -> Result<Region, String> {
+    pub fn from_client(fd: OwnedFd, size: u64, max_size: u64) -> Result<Region, RegionError> {
         if size == 0 || size > max_size {
-            return Err(format!(
-                "region size {size} is outside 1..={max_size} bytes"
-            ));
+            return Err(RegionError::Size {
+                size,
+                max: max_size,
+            });
         }
         // SAFETY: fcntl on a descriptor we own; F_GET_SEALS takes no argument.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
         if seals < 0 {
-            return Err(format!(
-                "the region's descriptor is not a sealable memfd ({}): create it with \
-                 memfd_create(MFD_ALLOW_SEALING) and seal it with F_SEAL_SHRINK",
-                io::Error::last_os_error()
-            ));
+            return Err(RegionError::NotMemfd(io::Error::last_os_error()));
         }
         if seals & libc::F_SEAL_SHRINK == 0 {
-            return Err(
-                "the region's memfd is not sealed with F_SEAL_SHRINK (a client could \
-                        truncate it under the daemon)"
-                    .into(),
-            );
+            return Err(RegionError::NotSealed);
         }
         // SAFETY: fstat writes one stat struct into the zeroed value we pass.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid, writable stat struct; `fd` is open.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-            return Err(format!(
-                "fstat of the region failed: {}",
-                io::Error::last_os_error()
-            ));
+            return Err(RegionError::Fstat(io::Error::last_os_error()));
         }
         if (st.st_size as u64) < size {
-            return Err(format!(
-                "the region's memfd has {} bytes, fewer than the {size} announced",
-                st.st_size
-            ));
+            return Err(RegionError::Short {
+                has: st.st_size as u64,
+                size,
+            });
         }
-        Self::map(fd, size as usize).map_err(|e| e.to_string())
+        Self::map(fd, size as usize).map_err(RegionError::Map)
     }
 
     /// Create a sealed region of `size` bytes (the client side).
@@ -267,19 +258,20 @@ pub struct Ring {
 impl Ring {
     /// The ring at `offset` of `region` with `1 << log2` descriptors, if it fits, is aligned
     /// and carries the cookie.
-    pub fn new(region: Arc<Region>, offset: u64, log2: u8) -> Result<Ring, String> {
+    pub fn new(region: Arc<Region>, offset: u64, log2: u8) -> Result<Ring, RingError> {
         if log2 > 15 {
-            return Err(format!("ring size 2^{log2} is over the protocol's 2^15"));
+            return Err(RingError::TooLarge(log2));
         }
         let bytes = ring_bytes(log2);
         if !offset.is_multiple_of(8) {
-            return Err(format!("ring offset {offset} is not 8-byte aligned"));
+            return Err(RingError::Misaligned(offset));
         }
         if !region.contains(offset, bytes) {
-            return Err(format!(
-                "a ring of {bytes} bytes at offset {offset} does not fit the {}-byte region",
-                region.len()
-            ));
+            return Err(RingError::DoesNotFit {
+                bytes,
+                offset,
+                region: region.len() as u64,
+            });
         }
         Ok(Ring {
             region,
@@ -396,15 +388,19 @@ mod tests {
         assert!(
             Region::from_client(dup(), 8192, 1 << 20)
                 .unwrap_err()
+                .to_string()
                 .contains("fewer than")
         );
         assert!(
             Region::from_client(dup(), 4096, 1024)
                 .unwrap_err()
+                .to_string()
                 .contains("outside")
         );
         let file = std::fs::File::open("/proc/self/exe").unwrap();
-        let err = Region::from_client(file.into(), 4096, 1 << 20).unwrap_err();
+        let err = Region::from_client(file.into(), 4096, 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a sealable memfd"), "{err}");
     }
 

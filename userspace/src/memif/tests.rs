@@ -177,6 +177,11 @@ impl Raw {
             match self.recv() {
                 Some(Msg::Disconnect { reason, .. }) => {
                     assert!(
+                        reason.contains(&0),
+                        "the reason fits its field whole, NUL-terminated: {:?}",
+                        wire::field_text(&reason)
+                    );
+                    assert!(
                         self.recv().is_none(),
                         "the socket is closed after DISCONNECT"
                     );
@@ -310,7 +315,7 @@ fn hostile_clients_are_refused_with_a_reason() {
                 Some(sealed(4096).fd()),
             );
         },
-        "fewer than",
+        "shorter than",
     );
     expect_refusal(
         &path,
@@ -362,7 +367,7 @@ fn hostile_clients_are_refused_with_a_reason() {
             setup(r);
             r.send(&ring(1, 12, 0), Some(ev.as_fd()));
         },
-        "does not fit",
+        "not fit",
     );
     expect_refusal(
         &path,
@@ -370,7 +375,7 @@ fn hostile_clients_are_refused_with_a_reason() {
             setup(r);
             r.send(&ring(1, 4, 65_280), Some(ev.as_fd()));
         },
-        "does not fit",
+        "not fit",
     );
     expect_refusal(
         &path,

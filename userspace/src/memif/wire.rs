@@ -234,11 +234,17 @@ impl Msg {
         })
     }
 
-    /// A DISCONNECT carrying `reason` (cut to the field's 96 bytes).
+    /// A DISCONNECT carrying `reason`, NUL-terminated: C clients read the field as a
+    /// string. The server's reasons fit (`super::refusal`); longer text is cut at a
+    /// character boundary.
     pub fn disconnect(code: u32, reason: &str) -> Msg {
+        let mut end = reason.len().min(REASON_SIZE - 1);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
         Msg::Disconnect {
             code,
-            reason: name_field(reason),
+            reason: name_field(&reason[..end]),
         }
     }
 

@@ -123,9 +123,13 @@ fn connect_connected_disconnect_ack_layout() {
     assert_eq!(d.encode(), want);
     assert_eq!(Msg::decode(&want).unwrap(), d);
     assert_eq!(Msg::Ack.encode(), record(&[(0, &[1, 0])]));
-    // The reason is cut at 96 bytes: it ends at offset 102, inside the record.
+    // A reason is cut at 95 bytes, so that a NUL ends it (C clients read a string): its last
+    // byte is at offset 100.
     let long = Msg::disconnect(0, &"x".repeat(200)).encode();
-    assert_eq!((long[101], long[102]), (b'x', 0));
+    assert_eq!((long[100], long[101]), (b'x', 0));
+    // Never inside a character: "é" is two bytes, and the 48th would straddle byte 95.
+    let accents = Msg::disconnect(0, &"é".repeat(60)).encode();
+    assert_eq!(&accents[6 + 92..6 + 96], &[0xc3, 0xa9, 0, 0]);
 }
 
 #[test]
