@@ -28,6 +28,7 @@ mod lab_ports;
 mod live;
 mod newcomer;
 mod ports;
+mod ports_chains;
 mod ports_daemon;
 mod proptests;
 mod proptests_memif;

@@ -31,7 +31,7 @@ use xmacvlan_tests::bare_lab::{StopOnDrop, generator_until_stopped};
 use xmacvlan_tests::capture::Capture;
 use xmacvlan_tests::exact::sent_where;
 use xmacvlan_tests::mem_port::{App, info};
-use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
+use xmacvlan_tests::{dataplane_config, namespaces_named, require_root, wait_until};
 
 const PER_STREAM: u64 = 2_000;
 
@@ -59,18 +59,6 @@ fn tear_down(lab: Lab) {
     let prefix = lab.prefix.clone();
     drop(lab);
     assert!(namespaces_named(&prefix).is_empty(), "namespaces left");
-}
-
-/// Wait until `done()` or `limit`; returns whether it got done.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    done()
 }
 
 fn exact_delivery(demux: DemuxMode) {

@@ -11,6 +11,7 @@ pub mod fast_path;
 pub mod mem_port;
 pub mod nic_guest;
 pub mod pace;
+pub mod raw_memif;
 pub mod resources;
 pub mod rng;
 use xmacvlan::dataplane::DataplaneConfig;
@@ -114,4 +115,16 @@ pub fn namespaces_named(prefix: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Wait until `done()` or `limit`; returns whether it got done.
+pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    done()
 }

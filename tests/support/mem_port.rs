@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crossbeam_queue::ArrayQueue;
-use xmacvlan::dataplane::{AppPort, PortInfo};
+use xmacvlan::dataplane::port::for_each_piece;
+use xmacvlan::dataplane::{AppPort, PortInfo, RxRefused, TxFrame};
 
 /// Bytes per buffer: a 1500-byte MTU frame with its header fits.
 pub const BUF: usize = 1536;
@@ -82,33 +83,38 @@ struct MemPort {
 }
 
 impl AppPort for MemPort {
-    fn rx_push(&mut self, frame: &[u8], strip_tag: bool) -> bool {
-        let len = frame.len() - if strip_tag { 4 } else { 0 };
-        if len > BUF || frame.len() < 16 && strip_tag {
-            return false;
-        }
+    fn rx_push(&mut self, frame: &[&[u8]], strip_tag: bool) -> Result<(), RxRefused> {
         let mut b = Buf {
-            len: len as u16,
+            len: 0,
             bytes: [0; BUF],
         };
-        if strip_tag {
-            b.bytes[..12].copy_from_slice(&frame[..12]);
-            b.bytes[12..len].copy_from_slice(&frame[16..]);
-        } else {
-            b.bytes[..len].copy_from_slice(frame);
+        let mut len = 0;
+        let mut fits = true;
+        for_each_piece(frame, strip_tag, |piece| {
+            match b.bytes.get_mut(len..len + piece.len()) {
+                Some(dst) if fits => {
+                    dst.copy_from_slice(piece);
+                    len += piece.len();
+                }
+                _ => fits = false,
+            }
+        });
+        if !fits {
+            return Err(RxRefused::TooBig);
         }
-        self.app.rx.push(b).is_ok()
+        b.len = len as u16;
+        self.app.rx.push(b).map_err(|_| RxRefused::NoBuffer)
     }
 
     fn rx_flush(&mut self) {
         self.app.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(&[u8])) -> usize {
+    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(TxFrame<'_>)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(b) = self.app.tx.pop() else { break };
-            send(b.frame());
+            send(TxFrame::Send(&[b.frame()]));
             n += 1;
         }
         n

@@ -1,5 +1,6 @@
 //! `xmacvlan-reflect SOCKET`: a memif client that sends every frame it receives back with
-//! its source and destination MACs swapped (testpmd's macswap), for round trips. Run it
+//! its source and destination MACs swapped (testpmd's macswap), for round trips. A frame
+//! longer than its buffers (`--buffer-size`) comes and goes in a chain of them. Run it
 //! inside the endpoint's network namespace.
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,19 +68,24 @@ fn main() -> Result<()> {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let c = client.counters;
     if args.json {
         let summary = serde_json::json!({
             "received": received,
             "reflected": sent,
             "not_sent": received - sent,
+            "chained": {"received": c.rx_chained, "sent": c.tx_chained, "broken": c.rx_broken},
             "seconds": seconds,
             "disconnected": why,
         });
         println!("{summary}");
     } else {
         println!(
-            "received {received} reflected {sent} not sent (transmit ring full) {} in {seconds:.1} s",
+            "received {received} reflected {sent} not sent (transmit ring full) {} in {seconds:.1} s | chained: received {} sent {} broken {}",
             received - sent,
+            c.rx_chained,
+            c.tx_chained,
+            c.rx_broken,
         );
         if let Some(w) = &why {
             println!("the daemon ended the connection: {w}");

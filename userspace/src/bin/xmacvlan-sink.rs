@@ -1,6 +1,8 @@
 //! `xmacvlan-sink SOCKET`: a memif client that receives an endpoint's frames, counts and
 //! checks them (destination MAC, no 802.1Q tag, per-stream order) and times the lab's
-//! timestamped ones into an HDR histogram. Run it inside the endpoint's network namespace.
+//! timestamped ones into an HDR histogram. A frame longer than its buffers (`--buffer-size`)
+//! arrives in a chain of them and is counted whole. Run it inside the endpoint's network
+//! namespace.
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -50,6 +52,9 @@ struct Summary {
     misdelivered: u64,
     tagged: u64,
     out_of_order: u64,
+    /// Frames that came in a chain of buffers, and chains dropped as broken.
+    chained: u64,
+    broken: u64,
     latency_us_p50: f64,
     latency_us_p99: f64,
     latency_us_p999: f64,
@@ -126,6 +131,7 @@ fn main() -> Result<()> {
         }
     }
     s.seconds = start.elapsed().as_secs_f64();
+    (s.chained, s.broken) = (client.counters.rx_chained, client.counters.rx_broken);
     if !hist.is_empty() {
         let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         (s.latency_us_p50, s.latency_us_p99, s.latency_us_p999) = (us(0.5), us(0.99), us(0.999));
@@ -144,7 +150,7 @@ fn main() -> Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!(
-            "{} frames {} bytes in {:.1} s ({:.0} frames/s) | timed {} untimed {} | misdelivered {} tagged {} out-of-order {} | latency us p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+            "{} frames {} bytes in {:.1} s ({:.0} frames/s) | timed {} untimed {} | misdelivered {} tagged {} out-of-order {} | chained {} broken {} | latency us p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
             s.frames,
             s.bytes,
             s.seconds,
@@ -154,6 +160,8 @@ fn main() -> Result<()> {
             s.misdelivered,
             s.tagged,
             s.out_of_order,
+            s.chained,
+            s.broken,
             s.latency_us_p50,
             s.latency_us_p99,
             s.latency_us_p999,

@@ -320,17 +320,19 @@ fn port_families(page: &mut Page, interfaces: &[Snapshot]) {
     page.family(
         name,
         "counter",
-        "Frames of the application port dropped, by reason (rx: ring_full, not_connected; tx: the rest).",
+        "Frames of the application port dropped, by reason (rx: ring_full, rx_too_big, not_connected; tx: the rest).",
     );
     for (s, e, p) in ports() {
         for (reason, v) in [
             ("ring_full", p.drop_ring_full),
+            ("rx_too_big", p.drop_rx_too_big),
             ("not_connected", p.drop_not_connected),
             ("spoofed", p.drop_spoofed),
             ("too_big", p.drop_too_big),
             ("runt", p.drop_runt),
             ("tagged", p.drop_tagged),
             ("no_frame", p.drop_no_frame),
+            ("bad_chain", p.drop_bad_chain),
         ] {
             page.sample(
                 name,
@@ -464,12 +466,14 @@ mod port_tests {
             tx_frames: 3,
             tx_bytes: 180,
             drop_ring_full: 2,
+            drop_rx_too_big: 0,
             drop_not_connected: 0,
             drop_spoofed: 5,
             drop_too_big: 0,
             drop_runt: 0,
             drop_tagged: 0,
             drop_no_frame: 0,
+            drop_bad_chain: 1,
         });
         let text = render(&[snap.clone()], &|_| None);
         let labels = "interface=\"v0\",endpoint=\"c0\",vlan=\"100\"";
@@ -482,6 +486,7 @@ mod port_tests {
             format!("xmacvlan_port_bytes_total{{{labels},direction=\"tx\"}} 180"),
             format!("xmacvlan_port_dropped_total{{{labels},reason=\"ring_full\"}} 2"),
             format!("xmacvlan_port_dropped_total{{{labels},reason=\"spoofed\"}} 5"),
+            format!("xmacvlan_port_dropped_total{{{labels},reason=\"bad_chain\"}} 1"),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -491,5 +496,9 @@ mod port_tests {
         let table = crate::telemetry::live::tables("user", 1.0, &[snap]);
         assert!(table.contains("PORT"), "{table}");
         assert!(table.contains("(pid 42)"), "{table}");
+        assert!(
+            table.contains("RX-TOO-BIG") && table.contains("BAD-CHAIN"),
+            "{table}"
+        );
     }
 }

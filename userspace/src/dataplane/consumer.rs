@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use super::SocketStats;
 use super::endpoint::{EndpointCounters, EndpointSpec};
 use super::idle::{self, HotLoop, Mailbox, Sleeper, Waker, Woke, pin};
+use super::port::RxRefused;
 use super::ports::{ClaimPolicy, ServedPort};
 use super::visits::Visits;
 use super::worker::Worker;
@@ -431,12 +432,15 @@ fn poll(served: &mut Served, queues: &mut Queues, transmit: bool) -> usize {
                 let tagged = strip
                     && bytes.len() >= 16
                     && u16::from_be_bytes([bytes[12], bytes[13]]) == crate::frame::TPID_8021Q;
-                if p.port.rx_push(bytes, tagged) {
-                    pushed = true;
-                    p.batch.rx_frames += 1;
-                    p.batch.rx_bytes += (bytes.len() - if tagged { 4 } else { 0 }) as u64;
-                } else {
-                    p.batch.ring_full += 1;
+                match p.port.rx_push(std::slice::from_ref(&bytes), tagged) {
+                    Ok(()) => {
+                        pushed = true;
+                        p.batch.rx_frames += 1;
+                        p.batch.rx_bytes += (bytes.len() - if tagged { 4 } else { 0 }) as u64;
+                    }
+                    Err(RxRefused::NoBuffer) => p.batch.ring_full += 1,
+                    Err(RxRefused::TooBig) => p.batch.rx_too_big += 1,
+                    Err(RxRefused::NotConnected) => p.batch.not_connected += 1,
                 }
             }
             Some(p) => p.batch.not_connected += 1,

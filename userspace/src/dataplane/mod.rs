@@ -56,7 +56,7 @@ pub use idle::{
     HotLoop, IdlePolicy, Mailbox, SPIN, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop,
     pin,
 };
-pub use port::{AppPort, PortInfo};
+pub use port::{AppPort, MAX_FRAME, PortInfo, RxRefused, TxFrame, TxRefused};
 pub use ports::{ClaimPolicy, PortCounters, PortSnapshot, TxVerdict, check_tx};
 use queue::WorkerHandle;
 use registry::{Attached, steering, validate_config, validate_endpoints};

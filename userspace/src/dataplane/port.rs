@@ -5,25 +5,70 @@
 //! handed over: no method blocks, allocates, or makes more than one syscall per batch.
 //! Everything the client controls (ring indices, descriptors, lengths) is read once and
 //! checked by the implementation; a misbehaving client can only hurt its own port.
+//!
+//! A frame crosses this interface as its segments, in order: one slice for most frames,
+//! several where it spans buffers (a multi-buffer AF_XDP frame's UMEM chunks, a chained memif
+//! frame). Passing `std::slice::from_ref(&bytes)` costs nothing, so a one-segment frame costs
+//! what a plain slice did.
 use std::time::SystemTime;
+
+/// The longest frame a port carries: a 9216-byte jumbo MTU, its Ethernet header, an 802.1Q
+/// tag and room for an FCS. Longer chains from an application are refused.
+pub const MAX_FRAME: usize = 9238;
+
+/// Why a port did not take a received frame; the dataplane counts each reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxRefused {
+    /// The application has too few free buffers for the whole frame now (its ring is full,
+    /// or nearly): the frame is dropped whole, never cut.
+    NoBuffer,
+    /// The frame is longer than the application's whole receive ring holds, chained: it
+    /// can never take it (its buffers are too small for this frame).
+    TooBig,
+    /// The application is gone (it left, or was cut off for breaking the protocol).
+    NotConnected,
+}
+
+/// Why a port refused a frame the application queued for transmission. The frame is taken
+/// from the application (its buffers go back) and counted, and the port stays up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxRefused {
+    /// A chain of descriptors still says "next" at the last descriptor the application
+    /// published: its end is missing (every known client publishes whole chains).
+    Unterminated,
+    /// A chain longer than [`MAX_FRAME`] bytes.
+    TooLong,
+}
+
+/// One item from [`AppPort::tx_drain`].
+#[derive(Debug, Clone, Copy)]
+pub enum TxFrame<'a> {
+    /// A frame to send, as its segments. The bytes are the port's own copy: the application
+    /// cannot change them while the callback runs.
+    Send(&'a [&'a [u8]]),
+    /// A frame the port refused; the dataplane counts it.
+    Refused(TxRefused),
+}
 
 /// A connected application's port, as the dataplane drives it.
 pub trait AppPort: Send {
-    /// Copy one received frame into the application's next free receive buffer. With
-    /// `strip_tag`, bytes 12..16 (the endpoint's 802.1Q tag) are left out, so the application
-    /// sees the frame as a macvlan device on the VLAN sub-interface would show it. Returns
-    /// false when the application has no free buffer (its ring is full) or the frame does
-    /// not fit one; the caller counts the drop. Frames become visible at [`Self::rx_flush`].
-    fn rx_push(&mut self, frame: &[u8], strip_tag: bool) -> bool;
+    /// Copy one received frame (its segments, in order) into the application's next free
+    /// receive buffers: one buffer, or a chain of them when it does not fit one. With
+    /// `strip_tag`, frame bytes 12..16 (the endpoint's 802.1Q tag) are left out, so the
+    /// application sees the frame as a macvlan device on the VLAN sub-interface would show
+    /// it. A frame is delivered whole or not at all. Frames become visible at
+    /// [`Self::rx_flush`].
+    fn rx_push(&mut self, frame: &[&[u8]], strip_tag: bool) -> Result<(), RxRefused>;
 
     /// Publish every frame pushed since the last flush: one store of the ring index and, if
     /// the application asked for interrupts, at most one eventfd write.
     fn rx_flush(&mut self);
 
     /// Hand up to `max` frames the application queued for transmission to `send`, oldest
-    /// first, then give their buffers back to the application. `send` copies the bytes out
-    /// before it returns. Returns how many frames were handed over.
-    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(&[u8])) -> usize;
+    /// first (refused ones as [`TxFrame::Refused`]), then give their buffers back to the
+    /// application. `send` copies the bytes out before it returns. Returns how many frames
+    /// were taken from the application, refused ones included.
+    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(TxFrame<'_>)) -> usize;
 
     /// False once the application disconnected or broke the protocol: the dataplane then
     /// detaches the port, and the endpoint's frames go to its kernel device again.
@@ -46,6 +91,60 @@ pub trait AppPort: Send {
     }
 }
 
+/// A frame's length: the sum of its segments.
+#[inline]
+pub fn frame_len(frame: &[&[u8]]) -> usize {
+    match frame {
+        [one] => one.len(),
+        _ => frame.iter().map(|s| s.len()).sum(),
+    }
+}
+
+/// Hand `piece` the frame's bytes in order, as contiguous pieces, leaving out bytes 12..16
+/// when `strip_tag` (a frame shorter than 16 bytes is passed whole).
+#[inline]
+pub fn for_each_piece(frame: &[&[u8]], strip_tag: bool, mut piece: impl FnMut(&[u8])) {
+    const TAG: std::ops::Range<usize> = 12..16;
+    let strip = strip_tag && frame_len(frame) >= TAG.end;
+    let mut at = 0;
+    for seg in frame {
+        let (start, end) = (at, at + seg.len());
+        at = end;
+        if !strip || end <= TAG.start || start >= TAG.end {
+            if !seg.is_empty() {
+                piece(seg);
+            }
+            continue;
+        }
+        // This segment overlaps the tag: what lies before it, then what lies after it.
+        let before = TAG.start.saturating_sub(start);
+        let after = TAG.end.saturating_sub(start).min(seg.len());
+        if before > 0 {
+            piece(&seg[..before]);
+        }
+        if after < seg.len() {
+            piece(&seg[after..]);
+        }
+    }
+}
+
+/// The frame as one slice: its only segment, or its segments copied into `buf` (None when
+/// they do not fit it).
+#[inline]
+pub fn contiguous<'a>(frame: &[&'a [u8]], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    if let [one] = frame {
+        return Some(one);
+    }
+    let len = frame_len(frame);
+    let out = buf.get_mut(..len)?;
+    let mut at = 0;
+    for seg in frame {
+        out[at..at + seg.len()].copy_from_slice(seg);
+        at += seg.len();
+    }
+    Some(out)
+}
+
 /// Who is attached to a port, for `stats` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortInfo {
@@ -54,4 +153,48 @@ pub struct PortInfo {
     /// The client's pid (from `SO_PEERCRED`).
     pub pid: u32,
     pub connected_at: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(frame: &[&[u8]], strip: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for_each_piece(frame, strip, |p| {
+            assert!(!p.is_empty(), "no empty pieces");
+            out.extend_from_slice(p)
+        });
+        out
+    }
+
+    #[test]
+    fn pieces_leave_the_tag_out_wherever_the_segments_split() {
+        let frame: Vec<u8> = (0..40).collect();
+        let mut want = frame.clone();
+        want.drain(12..16);
+        for a in 0..=frame.len() {
+            for b in a..=frame.len() {
+                let segs = [&frame[..a], &frame[a..b], &frame[b..]];
+                assert_eq!(pieces(&segs, true), want, "split at {a}, {b}");
+                assert_eq!(pieces(&segs, false), frame, "split at {a}, {b}");
+            }
+        }
+        let short: Vec<u8> = (0..15).collect();
+        assert_eq!(pieces(&[&short[..7], &short[7..]], true), short);
+    }
+
+    #[test]
+    fn contiguous_borrows_one_segment_and_copies_several() {
+        let frame: Vec<u8> = (0..100).collect();
+        let mut buf = [0u8; 64];
+        let one = contiguous(&[&frame[..]], &mut buf).unwrap();
+        assert_eq!(one.as_ptr(), frame.as_ptr(), "one segment is not copied");
+        assert_eq!(
+            contiguous(&[&frame[..30], &frame[30..60]], &mut buf).unwrap(),
+            &frame[..60]
+        );
+        assert!(contiguous(&[&frame[..50], &frame[50..]], &mut buf).is_none());
+        assert_eq!(frame_len(&[&frame[..50], &frame[50..]]), 100);
+    }
 }

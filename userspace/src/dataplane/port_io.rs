@@ -2,6 +2,7 @@
 //! into the queue's TX frames and submitted with one kick.
 use crossbeam_queue::ArrayQueue;
 
+use super::port::{MAX_FRAME, TxFrame, contiguous};
 use super::ports::{ServedPort, TxVerdict, check_tx};
 use crate::abi::Mac;
 use crate::xsk::{QueueUmem, RxFrame, RxSocket, StageError, TxBatch};
@@ -37,9 +38,25 @@ pub fn transmit(
         return 0;
     }
     let counts = &mut p.batch;
-    let taken = p
-        .port
-        .tx_drain(room, &mut |frame: &[u8]| match check_tx(frame, mac, mtu) {
+    let joined = &mut p.joined;
+    let taken = p.port.tx_drain(room, &mut |item| {
+        let TxFrame::Send(segments) = item else {
+            counts.bad_chain += 1;
+            return;
+        };
+        // Staging takes one slice: a frame in several segments is joined first.
+        let frame = match segments {
+            [one] => *one,
+            _ => {
+                let buf = joined.get_or_insert_with(|| vec![0; MAX_FRAME].into_boxed_slice());
+                let Some(frame) = contiguous(segments, buf) else {
+                    counts.too_big += 1;
+                    return;
+                };
+                frame
+            }
+        };
+        match check_tx(frame, mac, mtu) {
             TxVerdict::Send => match batch.stage(umem, pool, frame, tag) {
                 Ok(()) => {
                     counts.tx_frames += 1;
@@ -52,7 +69,8 @@ pub fn transmit(
             TxVerdict::Tagged => counts.tagged += 1,
             TxVerdict::Spoofed => counts.spoofed += 1,
             TxVerdict::TooBig => counts.too_big += 1,
-        });
+        }
+    });
     if batch.is_empty() {
         if socket.tx_pending() {
             // Frames an earlier kick left (kernel busy): kick again.

@@ -29,8 +29,10 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_frames: AtomicU64,
     pub tx_bytes: AtomicU64,
-    /// Received frames the application had no buffer for (its ring full, or frame too big).
+    /// Received frames the application had too few free buffers for (its ring full).
     pub drop_ring_full: AtomicU64,
+    /// Received frames longer than the application's whole receive ring holds, chained.
+    pub drop_rx_too_big: AtomicU64,
     /// Received frames that arrived after the port disconnected, before it was reaped.
     pub drop_not_connected: AtomicU64,
     /// Transmitted frames whose source MAC is not the endpoint's.
@@ -43,6 +45,9 @@ pub struct PortCounters {
     pub drop_tagged: AtomicU64,
     /// Transmitted frames for which the queue had no free UMEM frame.
     pub drop_no_frame: AtomicU64,
+    /// Transmitted chains of buffers the port refused: unterminated, or longer than the
+    /// largest frame ([`super::port::TxRefused`]).
+    pub drop_bad_chain: AtomicU64,
     /// False once the serving thread saw `is_connected()` turn false.
     pub live: AtomicBool,
 }
@@ -53,6 +58,7 @@ impl PortCounters {
     pub fn received(&self) -> u64 {
         self.rx_frames.load(Relaxed)
             + self.drop_ring_full.load(Relaxed)
+            + self.drop_rx_too_big.load(Relaxed)
             + self.drop_not_connected.load(Relaxed)
     }
 }
@@ -71,12 +77,17 @@ pub struct PortSnapshot {
     pub tx_frames: u64,
     pub tx_bytes: u64,
     pub drop_ring_full: u64,
+    /// Absent from the stats of a daemon that predates chained buffers.
+    #[serde(default)]
+    pub drop_rx_too_big: u64,
     pub drop_not_connected: u64,
     pub drop_spoofed: u64,
     pub drop_too_big: u64,
     pub drop_runt: u64,
     pub drop_tagged: u64,
     pub drop_no_frame: u64,
+    #[serde(default)]
+    pub drop_bad_chain: u64,
 }
 
 impl PortSnapshot {
@@ -94,18 +105,20 @@ impl PortSnapshot {
             tx_frames: c.tx_frames.load(Relaxed),
             tx_bytes: c.tx_bytes.load(Relaxed),
             drop_ring_full: c.drop_ring_full.load(Relaxed),
+            drop_rx_too_big: c.drop_rx_too_big.load(Relaxed),
             drop_not_connected: c.drop_not_connected.load(Relaxed),
             drop_spoofed: c.drop_spoofed.load(Relaxed),
             drop_too_big: c.drop_too_big.load(Relaxed),
             drop_runt: c.drop_runt.load(Relaxed),
             drop_tagged: c.drop_tagged.load(Relaxed),
             drop_no_frame: c.drop_no_frame.load(Relaxed),
+            drop_bad_chain: c.drop_bad_chain.load(Relaxed),
         }
     }
 
     /// Received frames not delivered to the application, by any reason.
     pub fn rx_dropped(&self) -> u64 {
-        self.drop_ring_full + self.drop_not_connected
+        self.drop_ring_full + self.drop_rx_too_big + self.drop_not_connected
     }
 
     /// The application's frames that did not leave, by any reason.
@@ -115,6 +128,7 @@ impl PortSnapshot {
             + self.drop_runt
             + self.drop_tagged
             + self.drop_no_frame
+            + self.drop_bad_chain
     }
 
     pub fn connected_at(&self) -> SystemTime {
@@ -168,6 +182,9 @@ pub struct ServedPort {
     pub counters: std::sync::Arc<PortCounters>,
     /// Batch-local counts, published once per batch.
     pub batch: PortBatch,
+    /// Where a frame the application sends in several segments is joined before it is
+    /// staged; made the first time one comes (memif ports hand over one segment).
+    pub joined: Option<Box<[u8]>>,
 }
 
 #[derive(Default)]
@@ -175,6 +192,7 @@ pub struct PortBatch {
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub ring_full: u64,
+    pub rx_too_big: u64,
     pub not_connected: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
@@ -183,6 +201,7 @@ pub struct PortBatch {
     pub runt: u64,
     pub tagged: u64,
     pub no_frame: u64,
+    pub bad_chain: u64,
 }
 
 impl ServedPort {
@@ -192,6 +211,7 @@ impl ServedPort {
             port,
             counters,
             batch: PortBatch::default(),
+            joined: None,
         }
     }
 
@@ -216,6 +236,7 @@ impl ServedPort {
             (&c.rx_frames, b.rx_frames),
             (&c.rx_bytes, b.rx_bytes),
             (&c.drop_ring_full, b.ring_full),
+            (&c.drop_rx_too_big, b.rx_too_big),
             (&c.drop_not_connected, b.not_connected),
             (&c.tx_frames, b.tx_frames),
             (&c.tx_bytes, b.tx_bytes),
@@ -224,6 +245,7 @@ impl ServedPort {
             (&c.drop_runt, b.runt),
             (&c.drop_tagged, b.tagged),
             (&c.drop_no_frame, b.no_frame),
+            (&c.drop_bad_chain, b.bad_chain),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);

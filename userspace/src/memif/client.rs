@@ -9,11 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::shm::{Desc, RING_FLAG_MASK_INT, Region, Ring, ring_bytes};
+use super::chain::gather;
+use super::shm::{DESC_FLAG_NEXT, Desc, RING_FLAG_MASK_INT, Region, Ring, ring_bytes};
 use super::sock::{self, Received};
 use super::wire::{
     self, ADD_RING_FLAG_C2S, AddRegion, AddRing, Init, MSG_SIZE, Msg, SECRET_SIZE, VERSION,
 };
+use crate::dataplane::MAX_FRAME;
+
+/// Buffer sizes a client may choose (memif has no limit of its own; these keep a ring's
+/// region within the daemon's default limits).
+pub const MIN_BUFFER: u32 = 64;
+pub const MAX_BUFFER: u32 = 65536;
 
 /// The connection flags of the client programs (`xmacvlan-sink`, `xmacvlan-reflect`).
 #[derive(clap::Args, Debug)]
@@ -29,6 +36,9 @@ pub struct ClientArgs {
     /// Ring size as a power of two.
     #[arg(long, default_value_t = 10)]
     pub log2_ring_size: u8,
+    /// Bytes per buffer; a longer frame comes (and goes) in a chain of buffers.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(MIN_BUFFER as i64..=MAX_BUFFER as i64))]
+    pub buffer_size: u32,
     /// A file holding the daemon's memif secret (its `port-secret-file`), if it has one.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
@@ -46,6 +56,7 @@ impl ClientArgs {
             name: self.name.clone().unwrap_or_else(|| program.to_string()),
             interrupt: !self.polling,
             log2_ring_size: self.log2_ring_size,
+            buffer_size: self.buffer_size,
             secret,
             ..ClientConfig::default()
         };
@@ -95,7 +106,21 @@ pub struct Client {
     c2s_pending: u16,
     /// The endpoint name the daemon gave in HELLO.
     pub server: String,
-    scratch: Vec<u8>,
+    pub counters: ClientCounters,
+    /// A frame read from the receive ring, whole.
+    scratch: Box<[u8]>,
+}
+
+/// What the client saw of chained buffers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientCounters {
+    /// Frames received in more than one buffer.
+    pub rx_chained: u64,
+    /// Received chains dropped: unterminated, longer than the largest frame, or outside the
+    /// region (the daemon never sends these).
+    pub rx_broken: u64,
+    /// Frames sent in more than one buffer.
+    pub tx_chained: u64,
 }
 
 fn recv_msg(sock: &OwnedFd, deadline: Instant) -> Result<Msg> {
@@ -130,6 +155,12 @@ fn refused(code: u32, reason: &[u8]) -> anyhow::Error {
 
 impl Client {
     pub fn connect(path: &Path, cfg: &ClientConfig) -> Result<Client> {
+        if !(MIN_BUFFER..=MAX_BUFFER).contains(&cfg.buffer_size) {
+            bail!(
+                "buffer size {} is outside {MIN_BUFFER}..={MAX_BUFFER} bytes",
+                cfg.buffer_size
+            );
+        }
         let deadline = Instant::now() + cfg.timeout;
         let sock =
             sock::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
@@ -235,88 +266,127 @@ impl Client {
             c2s_head: 0,
             c2s_pending: 0,
             server: wire::field_text(&hello.name),
-            scratch: vec![0u8; cfg.buffer_size as usize],
+            counters: ClientCounters::default(),
+            scratch: vec![0u8; MAX_FRAME].into_boxed_slice(),
         };
         // The server zeroed the indices at CONNECT: offer every receive buffer now.
         client.s2c.set_head(client.s2c.size());
         Ok(client)
     }
 
-    /// Take every frame the daemon has published, handing each to `f`; the buffers go back
-    /// to the daemon at once. Returns how many frames there were.
+    /// Take every frame the daemon has published, handing each to `f` whole (a chain of
+    /// buffers joined); the buffers go back to the daemon at once. Returns how many frames
+    /// there were.
     pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let tail = self.s2c.tail();
-        let n = tail.wrapping_sub(self.s2c_seen);
-        let n = n.min(self.s2c.size());
-        for i in 0..n {
-            let slot = self.s2c_seen.wrapping_add(i);
-            let d = self.s2c.desc(slot);
-            let len = (d.length.min(self.buffer_size)) as usize;
-            if self.region.read(d.offset as u64, &mut self.scratch[..len]) {
-                f(&self.scratch[..len]);
+        let end = self.published();
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut frames = 0;
+        while self.s2c_seen != end {
+            if let Some(len) = self.take_frame(end, &mut buf) {
+                f(&buf[..len]);
+                frames += 1;
             }
-            self.s2c.set_desc_length(slot, self.buffer_size);
         }
-        self.s2c_seen = self.s2c_seen.wrapping_add(n);
-        if n > 0 {
-            self.s2c
-                .set_head(self.s2c_seen.wrapping_add(self.s2c.size()));
-        }
-        n as usize
+        self.scratch = buf;
+        self.reoffer();
+        frames
     }
 
     /// Send every received frame back after `edit` changed it in place (a reflector):
     /// returns (received, sent). Frames the transmit ring has no room for are not sent.
     pub fn forward(&mut self, mut edit: impl FnMut(&mut [u8])) -> (usize, usize) {
-        let tail = self.s2c.tail();
-        let n = tail.wrapping_sub(self.s2c_seen).min(self.s2c.size());
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut sent = 0;
-        for i in 0..n {
-            let slot = self.s2c_seen.wrapping_add(i);
-            let d = self.s2c.desc(slot);
-            let len = d.length.min(self.buffer_size) as usize;
-            if self.region.read(d.offset as u64, &mut scratch[..len]) {
-                edit(&mut scratch[..len]);
-                sent += usize::from(self.send(&scratch[..len]));
+        let end = self.published();
+        let mut buf = std::mem::take(&mut self.scratch);
+        let (mut received, mut sent) = (0, 0);
+        while self.s2c_seen != end {
+            if let Some(len) = self.take_frame(end, &mut buf) {
+                received += 1;
+                edit(&mut buf[..len]);
+                sent += usize::from(self.send(&buf[..len]));
             }
-            self.s2c.set_desc_length(slot, self.buffer_size);
         }
-        self.scratch = scratch;
-        self.s2c_seen = self.s2c_seen.wrapping_add(n);
-        if n > 0 {
-            self.s2c
-                .set_head(self.s2c_seen.wrapping_add(self.s2c.size()));
+        self.scratch = buf;
+        if self.reoffer() {
             self.flush();
         }
-        (n as usize, sent)
+        (received, sent)
     }
 
-    /// Queue one frame for the daemon; false if the ring is full or the frame does not fit a
-    /// buffer. Frames leave at [`Self::flush`].
+    /// The end of what the daemon has published (no further than a ring from what we saw).
+    fn published(&self) -> u16 {
+        let n = self
+            .s2c
+            .tail()
+            .wrapping_sub(self.s2c_seen)
+            .min(self.s2c.size());
+        self.s2c_seen.wrapping_add(n)
+    }
+
+    /// Read the next published frame into `out`: its length, or None for a broken chain
+    /// (counted). Its buffers are marked free again, for [`Self::reoffer`].
+    fn take_frame(&mut self, end: u16, out: &mut [u8]) -> Option<usize> {
+        let from = self.s2c_seen;
+        let regions = std::slice::from_ref(&self.region);
+        let (slots, frame) = match gather(&self.s2c, regions, from, end, out) {
+            Ok(got) => (got.slots, got.frame.ok()),
+            Err(_) => (1, None),
+        };
+        for k in 0..slots {
+            self.s2c
+                .set_desc_length(from.wrapping_add(k), self.buffer_size);
+        }
+        self.s2c_seen = from.wrapping_add(slots);
+        match frame {
+            Some(_) if slots > 1 => self.counters.rx_chained += 1,
+            Some(_) => {}
+            None => self.counters.rx_broken += 1,
+        }
+        frame
+    }
+
+    /// Offer every buffer taken since the last call back to the daemon; whether there were any.
+    fn reoffer(&self) -> bool {
+        let head = self.s2c_seen.wrapping_add(self.s2c.size());
+        if self.s2c.head() == head {
+            return false;
+        }
+        self.s2c.set_head(head);
+        true
+    }
+
+    /// Queue one frame for the daemon, in a chain of buffers if it is longer than one; false
+    /// if the ring has too few free buffers or the frame is longer than [`MAX_FRAME`]
+    /// (nothing is queued then). Frames leave at [`Self::flush`].
     pub fn send(&mut self, frame: &[u8]) -> bool {
-        if frame.len() > self.buffer_size as usize {
+        if frame.len() > MAX_FRAME {
             return false;
         }
+        let size = self.buffer_size as usize;
+        let needed = frame.len().div_ceil(size).max(1);
         let slot = self.c2s_head.wrapping_add(self.c2s_pending);
-        let in_flight = slot.wrapping_sub(self.c2s.tail());
-        if in_flight >= self.c2s.size() {
+        let in_flight = slot.wrapping_sub(self.c2s.tail()) as usize;
+        if in_flight + needed > self.c2s.size() as usize {
             return false;
         }
-        let d = self.c2s.desc(slot);
-        let offset = d.offset as u64;
-        if !self.region.write(offset, frame) {
-            return false;
+        for k in 0..needed {
+            let chunk = &frame[k * size..frame.len().min((k + 1) * size)];
+            let at = slot.wrapping_add(k as u16);
+            let d = self.c2s.desc(at);
+            // Our own descriptors: offsets we laid out inside our region.
+            self.region.write(d.offset as u64, chunk);
+            self.c2s.set_desc(
+                at,
+                Desc {
+                    flags: if k + 1 < needed { DESC_FLAG_NEXT } else { 0 },
+                    length: chunk.len() as u32,
+                    ..d
+                },
+            );
         }
-        self.c2s.set_desc(
-            slot,
-            Desc {
-                flags: 0,
-                length: frame.len() as u32,
-                ..d
-            },
-        );
-        self.c2s_pending += 1;
+        self.c2s_pending += needed as u16;
+        if needed > 1 {
+            self.counters.tx_chained += 1;
+        }
         true
     }
 

@@ -7,12 +7,14 @@
 //! - [`wire`]: the 128-byte control messages.
 //! - [`sock`]: SOCK_SEQPACKET sockets, descriptor passing, peer credentials (unsafe).
 //! - [`shm`]: mapped regions, rings and descriptors (unsafe).
+//! - [`chain`]: frames over several buffers (`DESC_FLAG_NEXT`).
 //! - [`handshake`]: the server's message-by-message checks.
 //! - [`port`]: the connected port the dataplane drives.
 //! - [`server`]: sockets, admission and the control thread.
 //! - [`refusal`]: why a client is refused or cut off (short on the wire, full in the log).
 //! - [`client`]: a client for Rust programs and tests.
 //! - [`secret`]: the optional shared secret, read from a private file.
+pub mod chain;
 pub mod client;
 pub mod handshake;
 pub mod port;

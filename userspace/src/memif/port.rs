@@ -3,18 +3,17 @@
 //! `head`, the daemon fills them and moves `tail`. C2S ("s2m") carries the client's frames:
 //! the client fills buffers and moves `head`, the daemon consumes them and moves `tail`.
 //! The daemon keeps its own copy of the indices it owns and never trusts the client's.
+//! A frame longer than the client's buffer goes into a chain of them (see `super::chain`).
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::chain::{gather, locate};
 use super::shm::{DESC_FLAG_NEXT, Desc, RING_FLAG_MASK_INT, Region, Ring};
 use super::sock;
-use crate::dataplane::AppPort;
+use crate::dataplane::port::{for_each_piece, frame_len};
+use crate::dataplane::{AppPort, MAX_FRAME, RxRefused, TxFrame};
 use crate::xsk::wait::EventFd;
-
-/// The longest frame taken from a client (jumbo frame plus tag); longer chains are dropped
-/// and counted in [`PortShared::tx_too_long`].
-pub const MAX_TX_FRAME: usize = 9238;
 
 /// Why the daemon cut a connected client off (set once by the dataplane thread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +55,6 @@ pub struct PortShared {
     fault: AtomicU8,
     /// Written on a fault, so the control thread cuts the client off at once.
     fault_waker: OnceLock<Arc<EventFd>>,
-    /// Client frames longer than [`MAX_TX_FRAME`] (dropped).
-    pub tx_too_long: AtomicU64,
 }
 
 impl PortShared {
@@ -111,7 +108,10 @@ pub struct ServerPort {
     /// Next C2S slot to consume.
     c2s_next: u16,
     shared: Arc<PortShared>,
+    /// The client's frame being taken from C2S, copied out of its reach.
     scratch: Box<[u8]>,
+    /// The S2C descriptors of the chain being placed (as long as the ring).
+    chain: Box<[Desc]>,
 }
 
 impl ServerPort {
@@ -128,6 +128,7 @@ impl ServerPort {
             r.set_tail(0);
         }
         c2s.0.set_flags(RING_FLAG_MASK_INT);
+        let s2c_size = s2c.0.size() as usize;
         ServerPort {
             s2c: s2c.0,
             c2s: c2s.0,
@@ -138,22 +139,14 @@ impl ServerPort {
             pending: 0,
             c2s_next: 0,
             shared,
-            scratch: vec![0u8; MAX_TX_FRAME].into_boxed_slice(),
+            scratch: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            chain: vec![Desc::default(); s2c_size].into_boxed_slice(),
         }
     }
 
     fn fail(&self, f: Fault) {
         self.shared.set_fault(f);
     }
-}
-
-/// The region holding a descriptor's `len` bytes, or the fault the descriptor commits.
-fn locate<'a>(regions: &'a [Arc<Region>], d: &Desc, len: u32) -> Result<&'a Region, Fault> {
-    let region = regions.get(d.region as usize).ok_or(Fault::BadRegion)?;
-    if !region.contains(d.offset as u64, len as u64) {
-        return Err(Fault::OutsideRegion);
-    }
-    Ok(region)
 }
 
 impl ServerPort {
@@ -163,41 +156,111 @@ impl ServerPort {
     }
 }
 
+impl ServerPort {
+    /// Place a frame that does not fit the first offered buffer in a chain of them: every
+    /// buffer it needs is checked (and counted) before a byte is written, so a frame is
+    /// delivered whole or not at all and no descriptor is touched for a refused one.
+    fn push_chain(
+        &mut self,
+        frame: &[&[u8]],
+        strip: bool,
+        len: usize,
+        first: Desc,
+        offered: u16,
+    ) -> Result<(), RxRefused> {
+        let slot = self.s2c_tail.wrapping_add(self.pending);
+        let mut placed = 0usize;
+        let mut n = 0u16;
+        let mut d = first;
+        while placed < len {
+            if n == offered {
+                // The client's buffers are alike in practice (DPDK, VPP and libmemif size
+                // them all the same): judge by the first.
+                let ring_holds = self.s2c.size() as usize * first.length as usize;
+                return Err(if len > ring_holds {
+                    RxRefused::TooBig
+                } else {
+                    RxRefused::NoBuffer
+                });
+            }
+            if n > 0 {
+                d = self.s2c.desc(slot.wrapping_add(n));
+            }
+            let take = (len - placed).min(d.length as usize);
+            if let Err(f) = locate(&self.regions, &d, take as u32) {
+                self.fail(f);
+                return Err(RxRefused::NotConnected);
+            }
+            self.chain[n as usize] = Desc {
+                flags: DESC_FLAG_NEXT,
+                length: take as u32,
+                metadata: 0,
+                ..d
+            };
+            placed += take;
+            n += 1;
+        }
+        let chain = &mut self.chain[..n as usize];
+        chain[n as usize - 1].flags = 0;
+        let regions = &self.regions;
+        let (mut i, mut at) = (0usize, 0usize);
+        for_each_piece(frame, strip, |mut piece| {
+            while !piece.is_empty() {
+                let d = &chain[i];
+                let room = d.length as usize - at;
+                if room == 0 {
+                    (i, at) = (i + 1, 0);
+                    continue;
+                }
+                let k = room.min(piece.len());
+                // Checked by `locate` above, on this very copy of the descriptor.
+                regions[d.region as usize].write(d.offset as u64 + at as u64, &piece[..k]);
+                at += k;
+                piece = &piece[k..];
+            }
+        });
+        for (k, d) in chain.iter().enumerate() {
+            self.s2c.set_desc(slot.wrapping_add(k as u16), *d);
+        }
+        self.pending += n;
+        Ok(())
+    }
+}
+
 impl AppPort for ServerPort {
-    fn rx_push(&mut self, frame: &[u8], strip_tag: bool) -> bool {
+    fn rx_push(&mut self, frame: &[&[u8]], strip_tag: bool) -> Result<(), RxRefused> {
         if !self.shared.is_connected() {
-            return false;
+            return Err(RxRefused::NotConnected);
         }
         let slot = self.s2c_tail.wrapping_add(self.pending);
         let offered = self.s2c.head().wrapping_sub(slot);
         if offered > self.s2c.size() {
             // Either the client moved head past the ring, or it took buffers back.
             self.fail(Fault::BadIndex);
-            return false;
+            return Err(RxRefused::NotConnected);
         }
         if offered == 0 {
-            return false;
+            return Err(RxRefused::NoBuffer);
         }
-        let strip = strip_tag && frame.len() >= 16;
-        let len = if strip { frame.len() - 4 } else { frame.len() };
+        let total = frame_len(frame);
+        let strip = strip_tag && total >= 16;
+        let len = if strip { total - 4 } else { total };
         let d = self.s2c.desc(slot);
         if (d.length as usize) < len {
-            return false;
+            return self.push_chain(frame, strip, len, d, offered);
         }
         let region = match locate(&self.regions, &d, len as u32) {
             Ok(r) => r,
             Err(f) => {
                 self.fail(f);
-                return false;
+                return Err(RxRefused::NotConnected);
             }
         };
-        let at = d.offset as u64;
-        if strip {
-            region.write(at, &frame[..12]);
-            region.write(at + 12, &frame[16..]);
-        } else {
-            region.write(at, frame);
-        }
+        let mut at = d.offset as u64;
+        for_each_piece(frame, strip, |piece| {
+            region.write(at, piece);
+            at += piece.len() as u64;
+        });
         self.s2c.set_desc(
             slot,
             Desc {
@@ -208,7 +271,7 @@ impl AppPort for ServerPort {
             },
         );
         self.pending += 1;
-        true
+        Ok(())
     }
 
     fn rx_flush(&mut self) {
@@ -223,7 +286,7 @@ impl AppPort for ServerPort {
         }
     }
 
-    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(&[u8])) -> usize {
+    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(TxFrame<'_>)) -> usize {
         if !self.shared.is_connected() {
             return 0;
         }
@@ -234,54 +297,29 @@ impl AppPort for ServerPort {
             return 0;
         }
         let mut slot = self.c2s_next;
-        let mut sent = 0;
-        while sent < max && slot != head {
-            // One frame: a descriptor, or a chain of them, copied into our own buffer first
-            // so that the checks the dataplane makes hold for the bytes it sends.
-            let start = slot;
-            let mut len = 0usize;
-            let mut too_long = false;
-            loop {
-                if slot == head {
-                    // The chain's end is not published yet: take it next time, whole.
-                    slot = start;
-                    break;
+        let mut taken = 0;
+        while taken < max && slot != head {
+            // One frame, copied into our own buffer first so that the checks the dataplane
+            // makes hold for the bytes it sends.
+            let got = match gather(&self.c2s, &self.regions, slot, head, &mut self.scratch) {
+                Ok(got) => got,
+                Err(f) => {
+                    self.fail(f);
+                    return taken;
                 }
-                let d = self.c2s.desc(slot);
-                slot = slot.wrapping_add(1);
-                let region = match locate(&self.regions, &d, d.length) {
-                    Ok(r) => r,
-                    Err(f) => {
-                        self.fail(f);
-                        return sent;
-                    }
-                };
-                let n = d.length as usize;
-                if len + n > self.scratch.len() {
-                    too_long = true;
-                } else if !too_long {
-                    region.read(d.offset as u64, &mut self.scratch[len..len + n]);
-                    len += n;
-                }
-                if d.flags & DESC_FLAG_NEXT == 0 {
-                    break;
-                }
-            }
-            if slot == start {
-                break;
-            }
-            if too_long {
-                self.shared.tx_too_long.fetch_add(1, Ordering::Relaxed);
-            } else {
-                send(&self.scratch[..len]);
-                sent += 1;
+            };
+            slot = slot.wrapping_add(got.slots);
+            taken += 1;
+            match got.frame {
+                Ok(len) => send(TxFrame::Send(&[&self.scratch[..len]])),
+                Err(why) => send(TxFrame::Refused(why)),
             }
         }
         if slot != self.c2s_next {
             self.c2s_next = slot;
             self.c2s.set_tail(slot);
         }
-        sent
+        taken
     }
 
     fn is_connected(&self) -> bool {

@@ -10,7 +10,15 @@ use super::shm::{Desc, Region, Ring, ring_bytes};
 use super::sock::{self, Received};
 use super::wire::{self, AddRegion, AddRing, Init, MSG_SIZE, Msg, VERSION};
 use super::*;
-use crate::dataplane::AppPort;
+use crate::dataplane::{AppPort, RxRefused, TxFrame, TxRefused};
+
+/// A frame the port handed over, joined; a refused one fails the test.
+fn joined(item: TxFrame<'_>) -> Vec<u8> {
+    match item {
+        TxFrame::Send(segments) => segments.concat(),
+        TxFrame::Refused(why) => panic!("refused: {why:?}"),
+    }
+}
 
 struct Dir(PathBuf);
 impl Dir {
@@ -79,8 +87,9 @@ fn client_and_server_exchange_frames_both_ways() {
     // Server → client, tag stripped; a ring of 16 takes 16 and drops the 17th.
     let mut pushed = 0;
     for i in 0..17 {
-        if port.rx_push(&frame(i, 100, true), true) {
-            pushed += 1;
+        match port.rx_push(&[&frame(i, 100, true)], true) {
+            Ok(()) => pushed += 1,
+            Err(e) => assert_eq!(e, RxRefused::NoBuffer),
         }
     }
     assert_eq!(pushed, 16, "the 17th frame finds the ring full");
@@ -96,7 +105,7 @@ fn client_and_server_exchange_frames_both_ways() {
         assert_eq!(f, &want, "frame {i}");
     }
     // The buffers came back: 16 more fit.
-    assert!((0..16).all(|i| port.rx_push(&frame(i, 60, false), false)));
+    assert!((0..16).all(|i| port.rx_push(&[&frame(i, 60, false)], false).is_ok()));
     port.rx_flush();
     assert_eq!(client.recv(|f| assert_eq!(f.len(), 60)), 16);
 
@@ -106,8 +115,8 @@ fn client_and_server_exchange_frames_both_ways() {
     }
     client.flush();
     let mut sent = Vec::new();
-    assert_eq!(port.tx_drain(4, &mut |f| sent.push(f.to_vec())), 4);
-    assert_eq!(port.tx_drain(64, &mut |f| sent.push(f.to_vec())), 6);
+    assert_eq!(port.tx_drain(4, &mut |f| sent.push(joined(f))), 4);
+    assert_eq!(port.tx_drain(64, &mut |f| sent.push(joined(f))), 6);
     assert_eq!(
         sent,
         (0..10)
@@ -130,7 +139,10 @@ fn client_and_server_exchange_frames_both_ways() {
         _ => panic!("no Disconnected event"),
     }
     assert!(!port.is_connected());
-    assert!(!port.rx_push(&frame(0, 60, false), false));
+    assert_eq!(
+        port.rx_push(&[&frame(0, 60, false)], false),
+        Err(RxRefused::NotConnected)
+    );
     let _again = Client::connect(&path, &cfg).unwrap();
     connected_port(&srv);
     srv.unserve("ep1");
@@ -493,7 +505,10 @@ fn hostile_rings_cut_the_client_off() {
         },
     );
     s2c.set_head(1);
-    assert!(!port.rx_push(&frame(0, 200, false), false));
+    assert_eq!(
+        port.rx_push(&[&frame(0, 200, false)], false),
+        Err(RxRefused::NotConnected)
+    );
     assert_cut_off(&srv, &port, &raw, "outside its region");
     drop(raw);
 
@@ -522,50 +537,171 @@ fn hostile_rings_cut_the_client_off() {
     assert_eq!(port.tx_drain(64, &mut |_| panic!("nothing is sent")), 0);
     assert_cut_off(&srv, &port, &raw, "past the ring's size");
     drop(raw);
+}
 
-    // A chained frame over the longest allowed is dropped and counted, the next one passes.
-    let (raw, c2s, _s2c, _) = raw_connected(&path);
-    let mut port = connected_port(&srv);
-    for slot in 0..6 {
+/// Hand-written C2S descriptors: `(flags, length)` from `slot` on, each in its own 2 KiB
+/// buffer of the raw client's region.
+fn queue_c2s(c2s: &Ring, slot: u16, descs: &[(u16, u32)]) -> u16 {
+    for (i, &(flags, length)) in descs.iter().enumerate() {
+        let at = slot.wrapping_add(i as u16);
         c2s.set_desc(
-            slot,
+            at,
             Desc {
-                flags: 1,
+                flags,
                 region: 0,
-                length: 2048,
-                offset: 8192,
+                length,
+                offset: 8192 + (at as u32 % 16) * 2048,
                 metadata: 0,
             },
         );
     }
-    c2s.set_desc(
-        5,
-        Desc {
-            flags: 0,
-            region: 0,
-            length: 2048,
-            offset: 8192,
-            metadata: 0,
-        },
+    let head = slot.wrapping_add(descs.len() as u16);
+    c2s.set_head(head);
+    head
+}
+
+fn drained(port: &mut ServerPort) -> Vec<Result<usize, TxRefused>> {
+    let mut items = Vec::new();
+    port.tx_drain(64, &mut |item| {
+        items.push(match item {
+            TxFrame::Send(segments) => Ok(segments.concat().len()),
+            TxFrame::Refused(why) => Err(why),
+        })
+    });
+    items
+}
+
+#[test]
+fn hostile_chains_are_refused_and_the_port_stays_up() {
+    let dir = Dir::new("badchain");
+    let srv = server(&dir, HANDSHAKE_TIMEOUT_TEST);
+    let path = srv.serve("ep1", Path::new(OWN_NS)).unwrap();
+    let (raw, c2s, _s2c, _) = raw_connected(&path);
+    let mut port = connected_port(&srv);
+    const NEXT: u16 = super::shm::DESC_FLAG_NEXT;
+
+    // "Next" on the last descriptor published: the chain's end is missing.
+    let head = queue_c2s(&c2s, 0, &[(NEXT, 100), (NEXT, 100), (NEXT, 100)]);
+    assert_eq!(drained(&mut port), [Err(TxRefused::Unterminated)]);
+    assert_eq!(c2s.tail(), head, "its buffers go back");
+
+    // The whole ring, wrapping around, every descriptor "next": a loop with no end.
+    let head = queue_c2s(&c2s, head, &[(NEXT, 60); 16]);
+    assert_eq!(drained(&mut port), [Err(TxRefused::Unterminated)]);
+    assert_eq!(c2s.tail(), head);
+
+    // Longer than the largest frame, then a good frame behind it.
+    let mut descs = vec![(NEXT, 2048); 5];
+    descs.push((0, 2048));
+    descs.push((0, 60));
+    let head = queue_c2s(&c2s, head, &descs);
+    assert_eq!(
+        drained(&mut port),
+        [Err(TxRefused::TooLong), Ok(60)],
+        "6 x 2048 bytes is over {}",
+        crate::dataplane::MAX_FRAME
     );
-    c2s.set_desc(
-        6,
-        Desc {
-            flags: 0,
-            region: 0,
-            length: 60,
-            offset: 8192,
-            metadata: 0,
-        },
-    );
-    c2s.set_head(7);
-    let mut lens = Vec::new();
-    assert_eq!(port.tx_drain(64, &mut |f| lens.push(f.len())), 1);
-    assert_eq!(lens, [60]);
+    assert_eq!(c2s.tail(), head);
+
+    // A good chain still passes, and the client was never cut off.
+    let head = queue_c2s(&c2s, head, &[(NEXT, 2048), (NEXT, 2048), (0, 904)]);
+    assert_eq!(drained(&mut port), [Ok(5000)]);
+    assert_eq!(c2s.tail(), head);
     assert!(port.is_connected());
     drop(raw);
     assert!(matches!(
         srv.next_event(Duration::from_secs(5)),
         Some(PortEvent::Disconnected { .. })
     ));
+}
+
+fn small_buffers(log2_ring_size: u8) -> ClientConfig {
+    ClientConfig {
+        name: "chains".into(),
+        log2_ring_size,
+        buffer_size: 256,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn chained_frames_cross_both_ways_whole() {
+    let dir = Dir::new("chains");
+    let srv = server(&dir, HANDSHAKE_TIMEOUT_TEST);
+    let path = srv.serve("ep1", Path::new(OWN_NS)).unwrap();
+    let mut client = Client::connect(&path, &small_buffers(7)).unwrap();
+    let mut port = connected_port(&srv);
+    let max = crate::dataplane::MAX_FRAME;
+    let lens = [60, 256, 260, 261, 1500, 4000, max];
+
+    // Server to client, tag stripped: 260 bytes are 256 untagged, one buffer.
+    for (i, &len) in lens.iter().enumerate() {
+        assert_eq!(port.rx_push(&[&frame(i as u32, len, true)], true), Ok(()));
+    }
+    port.rx_flush();
+    let mut got = Vec::new();
+    assert_eq!(client.recv(|f| got.push(f.to_vec())), lens.len());
+    for (i, (f, &len)) in got.iter().zip(&lens).enumerate() {
+        let mut want = frame(i as u32, len, true);
+        want.drain(12..16);
+        assert_eq!(f, &want, "frame {i} ({len} bytes) whole");
+    }
+    assert_eq!(client.counters.rx_chained, 4, "261, 1500, 4000 and {max}");
+    assert_eq!(client.counters.rx_broken, 0);
+
+    // Client to server: every length but the largest is sent in a chain of 256-byte buffers.
+    for (i, &len) in lens.iter().enumerate() {
+        assert!(client.send(&frame(i as u32, len, false)), "{len} bytes");
+    }
+    assert!(!client.send(&vec![0u8; max + 1]), "longer than any frame");
+    client.flush();
+    let mut sent = Vec::new();
+    while sent.len() < lens.len() {
+        assert!(port.tx_drain(64, &mut |f| sent.push(joined(f))) > 0);
+    }
+    for (i, (f, &len)) in sent.iter().zip(&lens).enumerate() {
+        assert_eq!(
+            f,
+            &frame(i as u32, len, false),
+            "frame {i} ({len} bytes) whole"
+        );
+    }
+    assert_eq!(client.counters.tx_chained, 5);
+    assert_eq!(client.tx_in_flight(), 0);
+}
+
+#[test]
+fn a_frame_reaches_the_client_whole_or_not_at_all() {
+    let dir = Dir::new("whole");
+    let srv = server(&dir, HANDSHAKE_TIMEOUT_TEST);
+    let path = srv.serve("ep1", Path::new(OWN_NS)).unwrap();
+    // 16 buffers of 256 bytes: a 1500-byte frame takes 6.
+    let mut client = Client::connect(&path, &small_buffers(4)).unwrap();
+    let mut port = connected_port(&srv);
+    let push =
+        |port: &mut ServerPort, i: u32, len: usize| port.rx_push(&[&frame(i, len, false)], false);
+    assert_eq!(push(&mut port, 0, 1500), Ok(()));
+    assert_eq!(push(&mut port, 1, 1500), Ok(()));
+    assert_eq!(push(&mut port, 2, 1500), Err(RxRefused::NoBuffer), "4 left");
+    assert_eq!(push(&mut port, 3, 1024), Ok(()), "exactly the 4 left");
+    assert_eq!(push(&mut port, 4, 60), Err(RxRefused::NoBuffer));
+    port.rx_flush();
+    let mut got = Vec::new();
+    client.recv(|f| got.push(f.to_vec()));
+    assert_eq!(
+        got,
+        [
+            frame(0, 1500, false),
+            frame(1, 1500, false),
+            frame(3, 1024, false)
+        ]
+    );
+    // More than the whole ring holds (16 x 256): never deliverable.
+    assert_eq!(push(&mut port, 5, 4097), Err(RxRefused::TooBig));
+    assert_eq!(push(&mut port, 6, 4096), Ok(()), "the whole ring");
+    port.rx_flush();
+    got.clear();
+    client.recv(|f| got.push(f.to_vec()));
+    assert_eq!(got, [frame(6, 4096, false)]);
+    assert_eq!(client.counters.rx_broken, 0);
 }

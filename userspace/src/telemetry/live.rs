@@ -187,7 +187,7 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     }
     let _ = writeln!(
         s,
-        "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9}",
         "PORT",
         "CLIENT",
         "SINCE (UTC)",
@@ -196,11 +196,13 @@ fn port_table(s: &mut String, snap: &Snapshot) {
         "TX",
         "TX-BYTES",
         "RING-FULL",
+        "RX-TOO-BIG",
         "NOT-CONN",
         "SPOOFED",
         "TOO-BIG",
         "RUNT",
-        "TAGGED"
+        "TAGGED",
+        "BAD-CHAIN"
     );
     for e in served {
         let Some(p) = &e.port else {
@@ -218,7 +220,7 @@ fn port_table(s: &mut String, snap: &Snapshot) {
         };
         let _ = writeln!(
             s,
-            "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9}",
             e.name,
             client,
             utc(p.connected_since),
@@ -227,11 +229,13 @@ fn port_table(s: &mut String, snap: &Snapshot) {
             p.tx_frames,
             p.tx_bytes,
             p.drop_ring_full,
+            p.drop_rx_too_big,
             p.drop_not_connected,
             p.drop_spoofed,
             p.drop_too_big,
             p.drop_runt,
-            p.drop_tagged
+            p.drop_tagged,
+            p.drop_bad_chain
         );
     }
 }
