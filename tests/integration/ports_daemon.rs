@@ -6,16 +6,16 @@
 //! Needs root and the package's binaries (`cargo xtask test` builds them).
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use xmacvlan::control::State;
 use xmacvlan::netlink::Netlink;
+use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::app::App;
 use xmacvlan_tests::capture::Capture;
 use xmacvlan_tests::daemon_lab::{Daemon, Lab};
+use xmacvlan_tests::testpmd::Testpmd;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -268,98 +268,6 @@ fn no_client_no_black_hole_then_admission_and_kill_9_of_a_client() {
     lab.cli("network rm n1");
 }
 
-/// DPDK's testpmd with its memif driver as the client, in the endpoint's namespace.
-struct Testpmd {
-    child: Child,
-    /// EAL's runtime directory (/var/run/dpdk/<file-prefix>), removed on drop.
-    runtime_dir: std::path::PathBuf,
-}
-
-impl Testpmd {
-    fn start(netns: &str, socket: &Path, mode: &str, log: &Path) -> Testpmd {
-        let vdev = format!(
-            "--vdev=net_memif0,role=client,socket={},socket-abstract=no",
-            socket.display()
-        );
-        let prefix = format!("xmvtp{}{mode}", std::process::id());
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                netns,
-                "dpdk-testpmd",
-                "-l",
-                "0,1",
-                "--no-huge",
-                "-m",
-                "512",
-                "--no-pci",
-            ])
-            .arg(format!("--file-prefix={prefix}"))
-            .arg(vdev)
-            .args([
-                "--",
-                "--total-num-mbufs=16384",
-                &format!("--forward-mode={mode}"),
-                "--auto-start",
-                "-i",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("dpdk-testpmd (Debian package dpdk-dev)");
-        Testpmd {
-            child,
-            runtime_dir: Path::new("/var/run/dpdk").join(prefix),
-        }
-    }
-
-    fn wait_ready(&self, daemon: &Daemon) {
-        let needle = format!("memif client ready (pid {})", self.child.id());
-        daemon.wait_for_log(&needle, Duration::from_secs(60));
-    }
-
-    /// Stop forwarding and quit; the port's RX-packets as testpmd counted them.
-    fn stop(mut self) -> (u64, String) {
-        let mut stdin = self.child.stdin.take().unwrap();
-        stdin.write_all(b"show port stats 0\nstop\nquit\n").unwrap();
-        drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "testpmd did not quit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let stats = out
-            .split("NIC statistics for port 0")
-            .nth(1)
-            .unwrap_or_else(|| panic!("{out}"));
-        let rx = stats
-            .split("RX-packets:")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        (rx.parse().unwrap(), out)
-    }
-}
-
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.runtime_dir);
-    }
-}
-
 #[test]
 fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -373,11 +281,13 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
 
     // rxonly in c0's namespace, xmacvlan-sink on c1: each gets exactly its own frames.
     let tlog = log_path(&lab, "testpmd");
-    let testpmd = Testpmd::start(
+    let mut testpmd = Testpmd::start(
         lab.endpoints[0].name(),
         &lab.port_socket(0),
         "rxonly",
         &tlog,
+        &[],
+        &[],
     );
     // testpmd sets up its memory pool first: on a busy machine that takes a while.
     daemon.wait_for_port_within("c0", true, Duration::from_secs(60));
@@ -394,8 +304,9 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
     while (port_rx(&daemon, "c0") < N || port_rx(&daemon, "c1") < N) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (rx, out) = testpmd.stop();
-    assert_eq!(rx, N, "testpmd's count:\n{out}");
+    testpmd.wait_rx(N);
+    let (stats, out) = testpmd.stop();
+    assert_eq!(stats.rx_packets, N, "testpmd's count:\n{out}");
     assert_eq!(sink.stop_sink()["frames"], N);
     daemon.wait_for_port("c0", false);
 
@@ -407,6 +318,8 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
         &lab.port_socket(0),
         "macswap",
         &log_path(&lab, "macswap"),
+        &[],
+        &[],
     );
     daemon.wait_for_port_within("c0", true, Duration::from_secs(60));
     testpmd.wait_ready(&daemon);
@@ -459,5 +372,109 @@ fn testpmd_receives_exactly_its_frames_and_its_macswap_replies_leave_the_nic() {
     let (_, status) = daemon.terminate();
     assert!(status.success());
     lab.cli("endpoint rm c0 c1");
+    lab.cli("network rm n1");
+}
+
+/// Frames longer than testpmd's memif buffers, both ways: 1500-byte frames into 512-byte
+/// buffers (`bsize=512`, chains of 3) and mbufs of 384 data bytes (`--mbuf-size=512`, chains
+/// of 4), and its macswap replies back as chains that leave the NIC whole.
+#[test]
+fn testpmd_receives_and_sends_chained_frames() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new("tpchain");
+    lab.write_config("info", "xdp");
+    lab.create_network();
+    let c0 = lab.create_endpoint(0);
+    let daemon = lab.start_daemon();
+    const LEN: usize = 1500;
+    let streams = lab_streams(std::slice::from_ref(&c0), LEN, false);
+    let small = ["bsize=512"];
+    let mbufs = ["--mbuf-size=512"];
+
+    // rxonly: every frame whole (its length, in 4 mbufs), none dropped.
+    let mut testpmd = Testpmd::start(
+        lab.endpoints[0].name(),
+        &lab.port_socket(0),
+        "rxonly",
+        &log_path(&lab, "tp-chain-rx"),
+        &small,
+        &mbufs,
+    );
+    daemon.wait_for_port_within("c0", true, Duration::from_secs(60));
+    testpmd.wait_ready(&daemon);
+    testpmd.command("set verbose 1");
+    testpmd.wait_for_output("Change verbose level from 0 to 1");
+    // 300 frames take 900 of its 1024 buffers: none waits for testpmd to be scheduled.
+    const N: u64 = 300;
+    lab.send(&streams, N);
+    daemon.wait_for_frames(&[("c0", N)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port_rx(&daemon, "c0") < N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = daemon.stats()[0].endpoints[0].port.clone().unwrap();
+    testpmd.wait_rx(N);
+    let (stats, out) = testpmd.stop();
+    assert_eq!(
+        (stats.rx_packets, stats.rx_bytes),
+        (N, N * LEN as u64),
+        "testpmd's count: {port:?}\n{out}"
+    );
+    assert_eq!((port.rx_frames, port.rx_dropped()), (N, 0), "{port:?}");
+    let whole = format!("length={LEN} - nb_segs=4");
+    assert_eq!(
+        out.matches(&whole).count() as u64,
+        N,
+        "every frame in one piece of {LEN} bytes, in 4 mbufs:\n{out}"
+    );
+    daemon.wait_for_port("c0", false);
+
+    // macswap: testpmd sends each frame back in a chain; it leaves v0 whole.
+    let capture = lab.host.run(|| Capture::open("v0p")).unwrap();
+    let testpmd = Testpmd::start(
+        lab.endpoints[0].name(),
+        &lab.port_socket(0),
+        "macswap",
+        &log_path(&lab, "tp-chain-swap"),
+        &small,
+        &mbufs,
+    );
+    daemon.wait_for_port_within("c0", true, Duration::from_secs(60));
+    testpmd.wait_ready(&daemon);
+    const M: u64 = 200;
+    lab.send(&streams, M);
+    let mut replies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (replies.len() as u64) < M && Instant::now() < deadline {
+        if let Some(f) = capture.next(Duration::from_millis(200)).unwrap()
+            && f.len() >= 14
+            && f[0..6] == xmacvlan_bench::lab::GENERATOR_MAC
+            && f[6..12] == c0.mac
+        {
+            replies.push(f);
+        }
+    }
+    let port = daemon.stats()[0].endpoints[0].port.clone().unwrap();
+    let (stats, out) = testpmd.stop();
+    assert_eq!(replies.len() as u64, M, "{port:?}\n{out}");
+    for (i, f) in replies.iter().enumerate() {
+        assert_eq!(f.len(), LEN, "reply {i} whole");
+        let p = xmacvlan::frame::read_payload(f).expect("the payload came back");
+        assert_eq!(p.seq, i as u64, "in order");
+    }
+    assert_eq!((stats.rx_packets, stats.tx_packets), (M, M), "{out}");
+    assert_eq!(
+        (
+            port.rx_frames,
+            port.tx_frames,
+            port.drop_bad_chain,
+            port.tx_dropped()
+        ),
+        (M, M, 0, 0),
+        "{port:?}"
+    );
+    let (_, status) = daemon.terminate();
+    assert!(status.success());
+    lab.cli("endpoint rm c0");
     lab.cli("network rm n1");
 }

@@ -14,6 +14,7 @@ pub mod pace;
 pub mod raw_memif;
 pub mod resources;
 pub mod rng;
+pub mod testpmd;
 use xmacvlan::dataplane::DataplaneConfig;
 use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
 use xmacvlan::xsk::QueueConfig;
