@@ -80,12 +80,17 @@ fn main() -> Result<()> {
         });
         println!("{summary}");
     } else {
+        let chains = if c.rx_chained + c.tx_chained + c.rx_broken > 0 {
+            format!(
+                " | chained: received {} sent {} broken {}",
+                c.rx_chained, c.tx_chained, c.rx_broken
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "received {received} reflected {sent} not sent (transmit ring full) {} in {seconds:.1} s | chained: received {} sent {} broken {}",
+            "received {received} reflected {sent} not sent (transmit ring full) {} in {seconds:.1} s{chains}",
             received - sent,
-            c.rx_chained,
-            c.tx_chained,
-            c.rx_broken,
         );
         if let Some(w) = &why {
             println!("the daemon ended the connection: {w}");

@@ -150,7 +150,7 @@ fn main() -> Result<()> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!(
-            "{} frames {} bytes in {:.1} s ({:.0} frames/s) | timed {} untimed {} | misdelivered {} tagged {} out-of-order {} | chained {} broken {} | latency us p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+            "{} frames {} bytes in {:.1} s ({:.0} frames/s) | timed {} untimed {} | misdelivered {} tagged {} out-of-order {}{} | latency us p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
             s.frames,
             s.bytes,
             s.seconds,
@@ -160,8 +160,7 @@ fn main() -> Result<()> {
             s.misdelivered,
             s.tagged,
             s.out_of_order,
-            s.chained,
-            s.broken,
+            chains(s.chained, s.broken),
             s.latency_us_p50,
             s.latency_us_p99,
             s.latency_us_p999,
@@ -175,4 +174,12 @@ fn main() -> Result<()> {
         client.close("xmacvlan-sink done");
     }
     Ok(())
+}
+
+/// ` | chained N broken M`, when frames came in chains of buffers (else nothing).
+fn chains(chained: u64, broken: u64) -> String {
+    if chained + broken == 0 {
+        return String::new();
+    }
+    format!(" | chained {chained} broken {broken}")
 }
