@@ -97,14 +97,25 @@ impl Apt {
             .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > LISTS_MAX_AGE)
             .unwrap_or(true);
         if changed || stale || refresh {
-            apt.update(suites, &mirror, &lists)?;
-            fs::write(&stamp, "")?;
+            match apt.update(suites, &mirror, &lists) {
+                Ok(true) => fs::write(&stamp, "")?,
+                // Old lists kept (apt warned): try again next run.
+                Ok(false) => {}
+                // Offline with lists from an earlier run: they still name what is cached.
+                Err(e) if stamp.exists() && !changed => {
+                    println!(
+                        "xtask: vm: {e:#}\nxtask: vm: using the package lists of an earlier run"
+                    )
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(apt)
     }
 
-    /// `apt-get update` of the private lists; every suite must have produced a package list.
-    fn update(&self, suites: &[&str], mirror: &str, lists: &Path) -> Result<()> {
+    /// `apt-get update` of the private lists; every suite must have a package list. Whether
+    /// every list was fetched now (false: apt kept old ones, e.g. offline).
+    fn update(&self, suites: &[&str], mirror: &str, lists: &Path) -> Result<bool> {
         println!(
             "xtask: vm: apt-get update of {} (private lists)",
             suites.join(", ")
@@ -146,11 +157,18 @@ impl Apt {
                 suites.join(", ")
             );
         }
+        // Offline, apt keeps the old lists and says so only in warnings: show them.
+        for warning in stderr
+            .lines()
+            .filter(|l| l.starts_with("W:") || l.starts_with("E:"))
+        {
+            println!("xtask: vm: apt-get update: {warning}");
+        }
         println!(
             "xtask: vm: package lists ready in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        Ok(())
+        Ok(!stderr.contains("Failed to fetch"))
     }
 
     /// The host's own configuration (whose lists `apt-get update` may refresh).
