@@ -10,12 +10,14 @@
 //! - [`chain`]: frames over several buffers (`DESC_FLAG_NEXT`).
 //! - [`handshake`]: the server's message-by-message checks.
 //! - [`port`]: the connected port the dataplane drives.
-//! - [`server`]: sockets, admission and the control thread.
+//! - [`server`]: the sockets and the events the daemon reads; `control`: the thread that
+//!   admits clients and runs their handshakes.
 //! - [`refusal`]: why a client is refused or cut off (short on the wire, full in the log).
 //! - [`client`]: a client for Rust programs and tests.
 //! - [`secret`]: the optional shared secret, read from a private file.
 pub mod chain;
 pub mod client;
+mod control;
 pub mod handshake;
 pub mod port;
 pub mod refusal;
