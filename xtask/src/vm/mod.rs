@@ -7,21 +7,23 @@
 //! or a private configuration) without changing the host's; [`kernel`] fetches and caches a
 //! kernel ([`modules`] picks its modules, [`image`] extracts its vmlinux); [`emulator`]
 //! unpacks QEMU 10 for the igb guest; [`initramfs`] builds the guest's PID 1 (`init.sh`);
-//! [`qemu`] boots it, streams the console and decides pass/fail from the lines the guest prints
+//! [`binaries`] builds the test binaries and names each run, [`script`] writes what the
+//! guest runs; [`qemu`] boots it, streams the console and decides pass/fail from the lines the guest prints
 //! (never from qemu's exit code).
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cargo::{cargo, is_root, workspace_root};
-use crate::test::{INTEGRATION, Tally, exact, list_areas};
+use crate::cargo::{is_root, workspace_root};
+use crate::test::Tally;
+use binaries::build_tests;
+pub(crate) use binaries::{TestBinary, exe_of, json_str};
 use guest::{GuestKind, Machine};
 
 mod apt;
+mod binaries;
 mod emulator;
 mod guest;
 mod image;
@@ -29,6 +31,7 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod qemu;
+mod script;
 
 /// Areas of the integration binary (modules of `tests/integration/main.rs`, crate
 /// `xmacvlan-tests`) that run inside the stock guest (Debian 12's 6.1 kernel, veth pairs,
@@ -304,7 +307,14 @@ fn boot(
             p.display()
         );
     }
-    let script = guest_script(root, &nonce, &machine.setup_script(), binaries, opts);
+    let script = script::guest_script(
+        root,
+        &nonce,
+        &machine.setup_script(),
+        binaries,
+        opts.shell,
+        opts.timeout,
+    );
     std::fs::write(&script_path, script)
         .with_context(|| format!("writing {}", script_path.display()))?;
     let boot = qemu::Boot {
@@ -323,275 +333,4 @@ fn boot(
     };
     let _ = std::fs::remove_file(&script_path);
     result
-}
-
-/// One run of a test binary built on the host: an area of the integration binary (its
-/// executable and the area's tests, exactly) or a whole `[[test]]` binary (no tests named).
-pub struct TestBinary {
-    pub name: String,
-    pub path: PathBuf,
-    pub tests: Vec<String>,
-}
-
-/// `cargo test --no-run` for the test binaries of xmacvlan-tests (paths from cargo's JSON
-/// messages), and one run per name: an area of the integration binary, or a binary.
-fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
-    // The tests run the programs a user runs (`xmacvlan run`, `xmacvlan-bench generate`).
-    crate::cargo::run(
-        &mut crate::cargo::build_test_programs(),
-        "cargo build (the programs the VM tests run)",
-    )?;
-    let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-        "-p",
-        "xmacvlan-tests",
-        "--tests",
-    ]);
-    println!(
-        "xtask: vm: building the test binaries for: {}",
-        names.join(" ")
-    );
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("building the VM test binaries failed ({})", out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut built = BTreeMap::new();
-    for line in text.lines() {
-        if !line.contains("\"reason\":\"compiler-artifact\"")
-            || !line.contains("\"target\":{\"kind\":[\"test\"]")
-        {
-            continue;
-        }
-        if let (Some(target), Some(exe)) = (json_str(line, "\"target\":{", "name"), exe_of(line)) {
-            built.insert(target, PathBuf::from(exe));
-        }
-    }
-    let integration = built
-        .get(INTEGRATION)
-        .with_context(|| format!("cargo built no `{INTEGRATION}` test binary"))?;
-    let areas = list_areas(integration)?;
-    runs_of(names, &built, integration, &areas)
-}
-
-/// The run for each name: a binary of that name other than the integration binary itself, else
-/// that area of the integration binary.
-fn runs_of(
-    names: &[String],
-    built: &BTreeMap<String, PathBuf>,
-    integration: &Path,
-    areas: &BTreeMap<String, Vec<String>>,
-) -> Result<Vec<TestBinary>> {
-    let mut runs = Vec::new();
-    for n in names {
-        let run = match (built.get(n), areas.get(n)) {
-            (Some(path), _) if n != INTEGRATION => TestBinary {
-                name: n.clone(),
-                path: path.clone(),
-                tests: Vec::new(),
-            },
-            (_, Some(tests)) if !n.is_empty() => TestBinary {
-                name: n.clone(),
-                path: integration.to_path_buf(),
-                tests: tests.clone(),
-            },
-            _ => bail!(
-                "no area `{n}` in the integration tests (a `mod {n};` in \
-                 tests/integration/main.rs) and no test binary `{n}` in crate xmacvlan-tests: \
-                 fix VM_TESTS in xtask/src/vm/mod.rs or the --test name"
-            ),
-        };
-        runs.push(run);
-    }
-    Ok(runs)
-}
-
-/// The string value of `key` in the first JSON object that starts at `after` in `line`.
-pub(crate) fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
-    let rest = &line[line.find(after)? + after.len()..];
-    let needle = format!("\"{key}\":\"");
-    let rest = &rest[rest.find(&needle)? + needle.len()..];
-    let value = &rest[..rest.find('"')?];
-    (!value.contains('\\')).then(|| value.to_string())
-}
-
-pub(crate) fn exe_of(line: &str) -> Option<String> {
-    let needle = "\"executable\":\"";
-    let rest = &line[line.find(needle)? + needle.len()..];
-    let value = &rest[..rest.find('"')?];
-    (!value.contains('\\')).then(|| value.to_string())
-}
-
-/// Single-quote for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The script the guest runs after chroot (as /bin/sh, i.e. the host's dash): `setup` (the
-/// guest's own), then every binary.
-fn guest_script(
-    root: &Path,
-    nonce: &str,
-    setup: &str,
-    binaries: &[TestBinary],
-    opts: &Options,
-) -> String {
-    let mut s = String::new();
-    let term = std::env::var("TERM").unwrap_or_else(|_| "vt100".into());
-    let _ = writeln!(s, "# generated by `cargo xtask vm-test`");
-    let _ = writeln!(
-        s,
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-         XMACVLAN_IN_VM=1 RUST_BACKTRACE=1 TERM={}",
-        quote(&term)
-    );
-    let _ = writeln!(
-        s,
-        "cd {} || exit 126",
-        quote(&root.join("tests").to_string_lossy())
-    );
-    s.push_str(setup);
-    let _ = writeln!(s, "echo \"XMVM:{nonce}:kernel $(uname -r)\"");
-    let _ = writeln!(
-        s,
-        "echo \"XMVM:{nonce}:modules $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')\""
-    );
-    if opts.shell {
-        let _ = writeln!(
-            s,
-            "echo; echo \"xmacvlan VM: kernel $(uname -r), host / read-only + tmpfs overlay, \
-             XMACVLAN_IN_VM=1, guest $XMACVLAN_VM_GUEST.\"; echo \"Test binaries, with the area to filter on (run with --include-ignored \
-             --test-threads=1):\""
-        );
-        for b in binaries {
-            let filter = if b.tests.is_empty() {
-                String::new()
-            } else {
-                format!(" {}::", b.name)
-            };
-            let _ = writeln!(s, "echo \"  {}{filter}\"", b.path.display());
-        }
-        let _ = writeln!(
-            s,
-            "echo \"Ctrl-D or 'exit' powers the VM off; Ctrl-A X kills qemu.\"; echo"
-        );
-        let _ = writeln!(s, "setsid -c /bin/bash -i </dev/ttyS0 >/dev/ttyS0 2>&1");
-        return s;
-    }
-    let secs = opts.timeout.as_secs();
-    for b in binaries {
-        let _ = writeln!(s, "echo \"==> vm-test: {} (timeout {secs} s)\"", b.name);
-        let only: String = if b.tests.is_empty() {
-            String::new()
-        } else {
-            exact(&b.tests)
-                .iter()
-                .map(|a| format!(" {}", quote(a)))
-                .collect()
-        };
-        let _ = writeln!(
-            s,
-            "timeout -k 10 {secs} {} --include-ignored --test-threads=1 --nocapture{only}",
-            quote(&b.path.to_string_lossy())
-        );
-        let _ = writeln!(s, "echo \"XMVM:{nonce}:result {} $?\"", b.name);
-    }
-    let _ = writeln!(s, "exit 0");
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_test_executables_in_cargo_json() {
-        let line = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#xmacvlan-tests@0.1.0","manifest_path":"/w/tests/Cargo.toml","target":{"kind":["test"],"crate_types":["bin"],"name":"vm_vlan","src_path":"/w/tests/vm_vlan.rs","edition":"2024","doc":false,"doctest":false,"test":true},"profile":{},"features":[],"filenames":["/w/target/debug/deps/vm_vlan-1234"],"executable":"/w/target/debug/deps/vm_vlan-1234","fresh":true}"#;
-        assert_eq!(
-            json_str(line, "\"target\":{", "name").as_deref(),
-            Some("vm_vlan")
-        );
-        assert_eq!(
-            exe_of(line).as_deref(),
-            Some("/w/target/debug/deps/vm_vlan-1234")
-        );
-        assert_eq!(exe_of(r#"{"executable":null}"#), None);
-    }
-
-    #[test]
-    fn guest_script_runs_every_binary_and_reports_it() {
-        let opts = Options {
-            shell: false,
-            guest: None,
-            kvm: false,
-            append: String::new(),
-            tests: vec!["vm_vlan".into()],
-            timeout: Duration::from_secs(300),
-        };
-        let bins = [
-            TestBinary {
-                name: "vm_vlan".into(),
-                path: PathBuf::from("/w/target/debug/deps/integration-1234"),
-                tests: vec!["vm_vlan::a".into(), "vm_vlan::b".into()],
-            },
-            TestBinary {
-                name: "no_alloc".into(),
-                path: PathBuf::from("/w/target/debug/deps/no_alloc-1234"),
-                tests: vec![],
-            },
-        ];
-        let s = guest_script(Path::new("/w"), "n0", "export X=1\n", &bins, &opts);
-        assert!(s.contains("export X=1\necho \"XMVM:n0:kernel"));
-        assert!(s.contains("XMACVLAN_IN_VM=1"));
-        assert!(s.contains(
-            "timeout -k 10 300 '/w/target/debug/deps/integration-1234' --include-ignored \
-             --test-threads=1 --nocapture '--exact' 'vm_vlan::a' 'vm_vlan::b'\n"
-        ));
-        assert!(s.contains(
-            "timeout -k 10 300 '/w/target/debug/deps/no_alloc-1234' --include-ignored \
-             --test-threads=1 --nocapture\n"
-        ));
-        assert!(s.contains("echo \"==> vm-test: vm_vlan (timeout 300 s)\""));
-        assert!(s.contains("echo \"XMVM:n0:result vm_vlan $?\""));
-        assert!(s.contains("echo \"XMVM:n0:result no_alloc $?\""));
-        assert!(s.contains("XMVM:n0:kernel $(uname -r)"));
-        assert_eq!(quote("it's"), r#"'it'\''s'"#);
-    }
-
-    #[test]
-    fn names_run_an_area_or_a_binary() {
-        let integration = PathBuf::from("/w/deps/integration-1");
-        let built: BTreeMap<String, PathBuf> = [
-            (INTEGRATION.to_string(), integration.clone()),
-            ("no_alloc".to_string(), PathBuf::from("/w/deps/no_alloc-1")),
-        ]
-        .into();
-        let areas =
-            crate::test::areas_of("vm_fastpath::x: test\nfastpath::y: test\nfastpath::z: test\n");
-        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let runs = runs_of(
-            &names(&["fastpath", "no_alloc"]),
-            &built,
-            &integration,
-            &areas,
-        )
-        .unwrap();
-        assert_eq!(runs[0].path, integration);
-        assert_eq!(runs[0].tests, ["fastpath::y", "fastpath::z"]);
-        assert_eq!(runs[1].path, PathBuf::from("/w/deps/no_alloc-1"));
-        assert!(runs[1].tests.is_empty(), "a whole binary");
-        for bad in ["vlan", "integration", ""] {
-            let err = runs_of(&names(&[bad]), &built, &integration, &areas)
-                .err()
-                .unwrap_or_else(|| panic!("`{bad}` is neither an area nor a binary"));
-            assert!(err.to_string().contains("fix VM_TESTS"), "{err}");
-        }
-    }
 }
