@@ -8,6 +8,9 @@
 //! - A client whose whole ring is smaller than the frames: every frame counted RX-TOO-BIG.
 //! - Hostile chains (unterminated, longer than the largest frame) are counted BAD-CHAIN, the
 //!   port stays up, and the frame behind them leaves.
+//! - DPDK's testpmd on a port with no NIC behind it: 9000-byte frames go to it in chains of
+//!   its 2048-byte buffers, whole, and its macswap replies come back whole (the NIC side of
+//!   jumbo frames needs multi-buffer XDP; this is the memif side).
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -303,4 +306,106 @@ fn chained_buffers_through_the_dataplane_xdp_demux() {
 #[test]
 fn chained_buffers_through_the_dataplane_user_demux() {
     chains(DemuxMode::User);
+}
+
+/// A frame of `len` bytes from the generator's MAC to `dst`, numbered `seq`, every byte set.
+fn jumbo(dst: [u8; 6], seq: u16, len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seq as u8)
+        .collect();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&lab::GENERATOR_MAC);
+    f[12..14].copy_from_slice(&ETHERTYPE_TEST.to_be_bytes());
+    f[14..16].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// Push `frame` once the client has offered buffers (testpmd offers them once forwarding).
+fn push_when_offered(port: &mut xmacvlan::memif::ServerPort, frame: &[u8]) {
+    use xmacvlan::dataplane::{AppPort, RxRefused};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match port.rx_push(&[frame], false) {
+            Ok(()) => return,
+            Err(RxRefused::NoBuffer) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("testpmd took no buffer: {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn jumbo_frames_to_testpmd_and_back_in_chains() {
+    use xmacvlan::dataplane::{AppPort, TxFrame};
+    use xmacvlan_tests::testpmd::Testpmd;
+    require_root();
+    const LEN: usize = 9000;
+    const N: u64 = 100;
+    let ns =
+        xmacvlan::netns::NetnsGuard::create(&format!("xmvjumbo{}", std::process::id())).unwrap();
+    let dir =
+        SocketDir(std::env::temp_dir().join(format!("xmacvlan-jumbo-{}", std::process::id())));
+    let srv = PortServer::start(PortServerConfig::new(&dir.0)).unwrap();
+    let path = srv.serve("ep", &ns.path()).unwrap();
+    let dst = [0x02, 0x42, 0, 0, 0, 1];
+    for mode in ["rxonly", "macswap"] {
+        let log = dir.0.join(format!("testpmd-{mode}.log"));
+        // Default memif buffers (2048 bytes): a 9000-byte frame takes 5.
+        let mut testpmd = Testpmd::start(ns.name(), &path, mode, &log, &[], &[]);
+        let mut port = match srv.next_event(Duration::from_secs(60)) {
+            Some(PortEvent::Connected { port, .. }) => port,
+            _ => panic!(
+                "testpmd did not connect: {}",
+                std::fs::read_to_string(&log).unwrap()
+            ),
+        };
+        if mode == "rxonly" {
+            testpmd.command("set verbose 1");
+            testpmd.wait_for_output("Change verbose level from 0 to 1");
+        }
+        for seq in 0..N as u16 {
+            push_when_offered(&mut port, &jumbo(dst, seq, LEN));
+            port.rx_flush();
+        }
+        let stats = testpmd.wait_rx(N);
+        assert_eq!(
+            (stats.rx_packets, stats.rx_bytes),
+            (N, N * LEN as u64),
+            "{mode}"
+        );
+        if mode == "macswap" {
+            let mut back = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while (back.len() as u64) < N && Instant::now() < deadline {
+                port.tx_drain(64, &mut |item| match item {
+                    TxFrame::Send(segments) => back.push(segments.concat()),
+                    TxFrame::Refused(why) => panic!("testpmd's chain refused: {why:?}"),
+                });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(back.len() as u64, N, "every reply came back");
+            for (seq, f) in back.iter().enumerate() {
+                let mut want = jumbo(dst, seq as u16, LEN);
+                let (d, s) = want[..12].split_at_mut(6);
+                d.swap_with_slice(s);
+                assert!(
+                    f == &want,
+                    "reply {seq}: {} bytes, whole, MACs swapped",
+                    f.len()
+                );
+            }
+        }
+        let (stats, out) = testpmd.stop();
+        if mode == "rxonly" {
+            let whole = format!("length={LEN} - nb_segs=5");
+            assert_eq!(out.matches(&whole).count() as u64, N, "{stats:?}\n{out}");
+        } else {
+            assert_eq!(stats.tx_packets, N, "{out}");
+        }
+        match srv.next_event(Duration::from_secs(10)) {
+            Some(PortEvent::Disconnected { .. }) => {}
+            _ => panic!("{mode}: testpmd did not disconnect"),
+        }
+    }
 }
