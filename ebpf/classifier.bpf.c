@@ -16,6 +16,8 @@
 #define ETH_P_IPV6_BE bpf_htons(0x86DD)
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_ICMPV6_ 58
+#define IPPROTO_UDP_ 17
+#define DHCP_CLIENT_PORT_BE bpf_htons(68)
 
 const volatile struct xmv_config xmv_config = { .demux = XMV_DEMUX_XDP, .queues = 1 };
 
@@ -99,8 +101,10 @@ struct vlan_tag {
 };
 
 /* Traffic the endpoint's kernel device must see for its addresses to work: ARP, ICMP and
- * ICMPv6 (neighbour discovery lives there). An IP header too short to tell counts too: the
- * kernel decides what to do with it. `l3` points right after the EtherType. */
+ * ICMPv6 (neighbour discovery lives there), and DHCP to the client port (the daemon renews
+ * the endpoint's lease through its device; the server's unicast answers carry its MAC).
+ * An IP header too short to tell counts too: the kernel decides what to do with it. `l3`
+ * points right after the EtherType. */
 static __always_inline int is_control(__be16 proto, void *l3, void *data_end)
 {
 	if (proto == ETH_P_ARP_BE)
@@ -109,6 +113,13 @@ static __always_inline int is_control(__be16 proto, void *l3, void *data_end)
 		__u8 *ip = l3;
 		if ((void *)(ip + 10) > data_end)
 			return 1;
+		if (ip[9] == IPPROTO_UDP_) {
+			__u32 ihl = (ip[0] & 0x0f) * 4;
+			__u8 *udp = ip + ihl;
+			if (ihl < 20 || (void *)(udp + 4) > data_end)
+				return 1;
+			return *(__be16 *)(udp + 2) == DHCP_CLIENT_PORT_BE;
+		}
 		return ip[9] == IPPROTO_ICMP_;
 	}
 	if (proto == ETH_P_IPV6_BE) {

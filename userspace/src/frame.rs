@@ -74,12 +74,26 @@ pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
-/// ARP, ICMP, ICMPv6, or an IP header too short to tell (the C program's `is_control`).
+/// The DHCP client's UDP port: a lease's unicast answers go to the endpoint's kernel device.
+const DHCP_CLIENT_PORT: [u8; 2] = 68u16.to_be_bytes();
+
+/// ARP, ICMP, ICMPv6, UDP to the DHCP client port, or an IP or UDP header too short (or an
+/// IPv4 header length too small) to tell: the C program's `is_control`.
 #[inline]
 fn is_control(proto: u16, l3: &[u8]) -> bool {
     match proto {
         ETHERTYPE_ARP => true,
-        ETHERTYPE_IPV4 => l3.get(9).is_none_or(|&p| p == 1),
+        ETHERTYPE_IPV4 => match l3.get(9) {
+            None | Some(1) => true,
+            Some(17) => {
+                let ihl = usize::from(l3[0] & 0x0f) * 4;
+                ihl < 20
+                    || l3
+                        .get(ihl + 2..ihl + 4)
+                        .is_none_or(|p| p == DHCP_CLIENT_PORT)
+            }
+            Some(_) => false,
+        },
         ETHERTYPE_IPV6 => l3.get(6).is_none_or(|&p| p == 58),
         _ => false,
     }
@@ -253,8 +267,22 @@ mod tests {
         f[16..18].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         f[18 + 9] = 1; // ICMP
         assert_eq!(classify(&f), Class::Control(key));
+        f[18] = 0x45; // IPv4, 20-byte header
         f[18 + 9] = 17; // UDP
+        f[18 + 22..18 + 24].copy_from_slice(&9u16.to_be_bytes());
         assert_eq!(classify(&f), Class::Unicast(key));
+        f[18 + 22..18 + 24].copy_from_slice(&68u16.to_be_bytes());
+        assert_eq!(classify(&f), Class::Control(key), "DHCP to the client");
+        f[18] = 0x44;
+        assert_eq!(classify(&f), Class::Control(key), "header length too small");
+        f[18] = 0x4f; // 60-byte header: the UDP header lies past the frame's end
+        assert_eq!(
+            classify(&f),
+            Class::Control(key),
+            "UDP header past the end: too short"
+        );
+        f[18] = 0x45;
+        f[18 + 22..18 + 24].copy_from_slice(&9u16.to_be_bytes());
         assert_eq!(
             classify(&f[..18 + 9]),
             Class::Control(key),
