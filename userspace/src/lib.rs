@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod dhcp;
 pub mod doctor;
 pub mod ether;
 pub mod frame;
