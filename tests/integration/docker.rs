@@ -7,21 +7,19 @@
 //! xmacvlan's off the other, so the two containers share one L2 segment. The plugin socket has
 //! a unique name (`xmvt<pid>`), removed at the end like everything else.
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use xmacvlan::control::State;
 use xmacvlan::control::model::derived_mac;
-use xmacvlan::dataplane::Snapshot;
-use xmacvlan::ipc::protocol::{Answer, Request};
-use xmacvlan::ipc::socket::request;
 use xmacvlan::netlink::{MacVlanMode, Netlink};
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::Sent;
-use xmacvlan_tests::dockerd::{Dockerd, IMAGE, signal, text, wait_exit};
+use xmacvlan_tests::docker_lab::{
+    Parents, TempDir, Xmacvlan, ping, run_container, sandbox_of, wait_for,
+};
+use xmacvlan_tests::dockerd::{Dockerd, text};
 use xmacvlan_tests::fast_path;
-use xmacvlan_tests::{require_root, xmacvlan_bin};
+use xmacvlan_tests::require_root;
 
 /// (subnet, ip-range, gateway): the same flags for both drivers, one /24 apart (Docker's IPAM
 /// shares one pool between networks with the same subnet, so the second could not have the
@@ -32,206 +30,6 @@ const XV: (&str, &str, &str) = ("198.18.1.0/24", "198.18.1.128/26", "198.18.1.1"
 /// Both networks are dual-stack: (IPv6 subnet, gateway).
 const MV6: (&str, &str) = ("2001:db8:1::/64", "2001:db8:1::1");
 const XV6: (&str, &str) = ("2001:db8:2::/64", "2001:db8:2::1");
-
-/// The test's directory (logs, state, dockerd's roots); on failure the daemon's log is
-/// printed before it goes.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create() -> Self {
-        let dir = std::env::temp_dir().join(format!("xmv-docker-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (name, file) in [("xmacvlan daemon", "xmv.log"), ("dockerd", "dockerd.log")] {
-                let log = std::fs::read_to_string(self.0.join(file)).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                eprintln!("--- {name} log (last 40 lines) ---\n{}", tail.join("\n"));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The two veth ends in the host namespace (deleting them deletes every macvlan on them).
-struct Parents {
-    a: String,
-    b: String,
-}
-
-impl Parents {
-    fn create() -> Self {
-        let pid = std::process::id();
-        let (a, b) = (format!("xdkA{pid}"), format!("xdkB{pid}"));
-        let nl = Netlink::new().unwrap();
-        nl.add_veth(&a, &b, 1).unwrap();
-        let parents = Parents { a, b };
-        for name in [&parents.a, &parents.b] {
-            nl.set_up(nl.require_link(name).unwrap().index).unwrap();
-        }
-        parents
-    }
-
-    /// Host-side links on our parents (macvlans Docker or xmacvlan made, not yet moved).
-    fn children(&self) -> Vec<String> {
-        let nl = Netlink::new().unwrap();
-        let ours: Vec<u32> = [&self.a, &self.b]
-            .iter()
-            .filter_map(|n| nl.link_by_name(n).unwrap().map(|l| l.index))
-            .collect();
-        nl.links()
-            .unwrap()
-            .into_iter()
-            .filter(|l| l.kind.as_deref() == Some("macvlan"))
-            .filter(|l| l.parent_index.is_some_and(|p| ours.contains(&p)))
-            .map(|l| l.name)
-            .collect()
-    }
-
-    fn xdp_on_b(&self) -> Option<u32> {
-        Netlink::new()
-            .unwrap()
-            .require_link(&self.b)
-            .unwrap()
-            .xdp_prog_id
-    }
-}
-
-impl Drop for Parents {
-    fn drop(&mut self) {
-        if let Ok(nl) = Netlink::new()
-            && let Ok(Some(l)) = nl.link_by_name(&self.a)
-        {
-            let _ = nl.del_link(l.index);
-        }
-    }
-}
-
-/// `xmacvlan daemon` with the plugin on a unique socket.
-struct Xmacvlan {
-    dir: PathBuf,
-    plugin: PathBuf,
-    child: Option<Child>,
-    /// /run/docker did not exist before: the daemon made it, and it goes again.
-    made_run_docker: bool,
-}
-
-impl Xmacvlan {
-    fn new(dir: &Path) -> Self {
-        Xmacvlan {
-            dir: dir.to_path_buf(),
-            plugin: PathBuf::from(format!(
-                "/run/docker/plugins/xmvt{}.sock",
-                std::process::id()
-            )),
-            child: None,
-            made_run_docker: !Path::new("/run/docker").exists(),
-        }
-    }
-
-    fn driver(&self) -> String {
-        xmacvlan::plugin::docker::driver_name(&self.plugin)
-    }
-
-    fn data_root(&self) -> PathBuf {
-        self.dir.join("xmv-data")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("xmv.sock")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join("xmv.log")
-    }
-
-    /// Private: nothing lands in the host's /run/xmacvlan.
-    fn port_dir(&self) -> PathBuf {
-        self.dir.join("ports")
-    }
-
-    fn start(&mut self, demux: &str) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let child = Command::new(xmacvlan_bin())
-            .arg("--data-root")
-            .arg(self.data_root())
-            .arg("--control-socket")
-            .arg(self.socket())
-            .arg("daemon")
-            .arg("--port-dir")
-            .arg(self.port_dir())
-            .args(["--debug", "--demux-mode", demux, "--docker-plugin"])
-            .arg(&self.plugin)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.plugin).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the plugin socket never answered; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    fn kill_9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        signal(child.id(), "KILL");
-        assert!(wait_exit(&mut child, Duration::from_secs(10)));
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            if !wait_exit(&mut child, Duration::from_secs(30)) {
-                signal(child.id(), "KILL");
-                wait_exit(&mut child, Duration::from_secs(10));
-            }
-        }
-    }
-
-    fn state(&self) -> State {
-        State::load(&self.data_root()).unwrap()
-    }
-
-    fn stats(&self) -> Vec<Snapshot> {
-        match request(&self.socket(), &Request::Stats).unwrap() {
-            Answer::Stats { interfaces, .. } => interfaces,
-            other => panic!("stats answered {other:?}"),
-        }
-    }
-}
-
-impl Drop for Xmacvlan {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_file(&self.plugin);
-        if self.made_run_docker {
-            let _ = std::fs::remove_dir("/run/docker/plugins");
-            let _ = std::fs::remove_dir("/run/docker");
-        }
-    }
-}
 
 /// What a container's interface looks like from inside, read over netlink in its sandbox.
 #[derive(Debug)]
@@ -244,15 +42,6 @@ struct Readback {
     address6: (IpAddr, u8),
     default_via6: Option<IpAddr>,
     mtu: u32,
-}
-
-fn sandbox_of(docker: &Dockerd, container: &str) -> String {
-    docker.ok(&[
-        "inspect",
-        "-f",
-        "{{.NetworkSettings.SandboxKey}}",
-        container,
-    ])
 }
 
 fn read_back(docker: &Dockerd, container: &str) -> Readback {
@@ -312,14 +101,6 @@ fn assert_fast_path_serves(xmv: &Xmacvlan, docker: &Dockerd, parents: &Parents, 
         logs: &xmv.dir,
     };
     fast_path::no_black_hole_then_sink(&target, &wire, &parents.a, 300);
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// An on-link route in the container to the other network's subnet (same L2 segment).
@@ -408,40 +189,15 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn ping(docker: &Dockerd, from: &str, ip: &str) {
-    let out = docker.cli(&["exec", from, "ping", "-c", "3", "-W", "2", ip]);
-    assert!(
-        out.status.success(),
-        "{from} cannot ping {ip}: {}",
-        text(&out.stdout)
-    );
-}
-
-fn run_container(docker: &Dockerd, name: &str, network: &str) {
-    docker.ok(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        network,
-        "--stop-timeout",
-        "1",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
-}
-
 #[test]
 fn docker_xmacvlan_beside_docker_macvlan() {
     require_root();
-    let tmp = TempDir::create();
+    let tmp = TempDir::create("");
     let dir = tmp.0.clone();
     // Dropped in reverse: dockerd first (Docker releases its endpoints), then xmacvlan, then
     // the parents, then the directory.
-    let parents = Parents::create();
-    let mut xmv = Xmacvlan::new(&dir);
+    let parents = Parents::create("k");
+    let mut xmv = Xmacvlan::new(&dir, "");
     let mut docker = Dockerd::new(&dir);
     xmv.start("xdp");
     hostile_peers(&xmv.plugin);

@@ -24,6 +24,8 @@ fn delete_network_takes_orphans_with_it() {
         mode: Default::default(),
         subnets: vec![],
         host_shim: None,
+        dhcp: false,
+        mtu: None,
         options: Default::default(),
         created: 0,
     });
@@ -37,6 +39,8 @@ fn delete_network_takes_orphans_with_it() {
         netns: "/nonexistent/netns/gone".into(),
         ifname: "eth0".into(),
         created: 0,
+        mtu: None,
+        lease: None,
     });
     store.save(&state).unwrap();
     drop(store);

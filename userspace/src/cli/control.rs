@@ -55,12 +55,16 @@ pub struct NetworkCreateArgs {
     /// NAME=IP never handed out to endpoints (`host_shim=IP` is the host shim's address).
     #[arg(long)]
     pub aux_address: Vec<String>,
-    /// Driver options: parent=IF|IF.VID, macvlan_mode=bridge|private|vepa|passthru, host_shim=true.
+    /// Driver options: parent=IF|IF.VID, macvlan_mode=bridge|private|vepa|passthru,
+    /// host_shim=true, dhcp=true, mtu=N.
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opt: Vec<String>,
     /// Add a macvlan in this namespace so the host can reach the endpoints.
     #[arg(long)]
     pub host_shim: bool,
+    /// Endpoints lease their addresses from the segment's DHCP server (no --subnet).
+    #[arg(long)]
+    pub dhcp: bool,
     /// Accepted for Docker compatibility: an IPv6 --subnet is what enables IPv6.
     #[arg(long)]
     pub ipv6: bool,
@@ -165,6 +169,7 @@ pub fn execute_network(
                     aux_addresses: a.aux_address,
                     options: a.opt,
                     host_shim: a.host_shim,
+                    dhcp: a.dhcp,
                 },
             )?;
             writeln!(out, "{}", net.id)?;
@@ -238,6 +243,22 @@ pub fn execute_endpoint(
                 .network(&ep.network)
                 .map(|n| n.link.clone())
                 .unwrap_or_default();
+            if let Some(lease) = &ep.lease {
+                eprintln!(
+                    "{}: leased {} from DHCP server {} for {} s",
+                    ep.name,
+                    lease.cidr(),
+                    lease.server,
+                    lease.lease_s
+                );
+                if std::os::unix::net::UnixStream::connect(&global.control_socket).is_err() {
+                    eprintln!(
+                        "warning: {}: no daemon is running: the lease is renewed only once one \
+                         runs (`xmacvlan daemon`)",
+                        ep.name
+                    );
+                }
+            }
             tell_daemon(
                 &global.control_socket,
                 &Request::Attach {

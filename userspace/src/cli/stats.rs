@@ -48,6 +48,7 @@ pub fn main(socket: &Path, args: StatsArgs) -> Result<()> {
             uptime_s,
             interfaces,
             detached,
+            leases,
         } = &answer
         {
             write!(stdout, "{}", tables(demux, *uptime_s, interfaces))?;
@@ -56,6 +57,13 @@ pub fn main(socket: &Path, args: StatsArgs) -> Result<()> {
                     stdout,
                     "\ndetached by the daemon {} s after start: {} on {}: {}",
                     gone.at_uptime_s, gone.endpoint, gone.iface, gone.reason
+                )?;
+            }
+            for lost in leases {
+                writeln!(
+                    stdout,
+                    "\nDHCP lease lost {} s after start: {} ({}): {}",
+                    lost.at_uptime_s, lost.endpoint, lost.address, lost.problem
                 )?;
             }
         }

@@ -121,7 +121,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
     let mut drifts = drift::network(nl, net)?;
     let mut endpoints = serde_json::Map::new();
     for ep in state.endpoints_of(&net.name) {
-        drifts.extend(drift::endpoint(ep)?);
+        drifts.extend(drift::endpoint(ep, net.owner())?);
         endpoints.insert(
             ep.name.clone(),
             json!({
@@ -142,7 +142,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
         "Driver": net.driver,
         "EnableIPv6": net.subnets.iter().any(|s| !s.subnet.is_ipv4()),
         "IPAM": {
-            "Driver": "default",
+            "Driver": if net.dhcp { "dhcp" } else { "default" },
             "Options": {},
             "Config": net.subnets.iter().map(|s| json!({
                 "Subnet": s.subnet.to_string(),
@@ -152,6 +152,7 @@ pub fn network_view(nl: &Netlink, state: &State, net: &Network) -> Result<Value>
             })).collect::<Vec<_>>(),
         },
         "Options": net.options,
+        "Mtu": net.mtu,
         "Parent": {
             "Name": net.parent,
             "Link": net.link,
@@ -195,7 +196,14 @@ pub fn endpoint_view(state: &State, ep: &Endpoint) -> Result<Value> {
         "Netns": ep.netns,
         "Ifname": ep.ifname,
         "Device": device,
-        "Drift": drift::endpoint(ep)?,
+        "Mtu": ep.mtu,
+        "Lease": ep.lease,
+        "Drift": drift::endpoint(
+            ep,
+            state
+                .network(&ep.network)
+                .map_or(crate::control::model::Owner::Cli, Network::owner),
+        )?,
     }))
 }
 

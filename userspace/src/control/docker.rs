@@ -14,12 +14,13 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::endpoint::EndpointCreate;
 use super::model::{Cidr, Endpoint, Network};
-use super::network::NetworkCreate;
+use super::network::{NetworkCreate, SHIM_AUX};
 use super::provision::{self, Removal};
+use super::rollback::Rollback;
 use super::state::{State, Store};
 use crate::abi::Mac;
 use crate::netlink::Netlink;
@@ -60,6 +61,18 @@ pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result
         .find(|n| n.id == id)
     {
         return Ok(net);
+    }
+    let plan = super::network::plan(req).map_err(|e| anyhow!(e))?;
+    if plan.host_shim
+        && let Some(s) = plan.subnets.iter().find(|s| s.shim_address().is_none())
+    {
+        bail!(
+            "-o host_shim=true through Docker needs the shim's address in each subnet: add \
+             --aux-address {SHIM_AUX}=IP for {} (an address of it that no container gets: \
+             Docker's IPAM keeps aux addresses free, it does not know xmacvlan's own choice; \
+             Docker keeps one address per name, so name an IPv6 one {SHIM_AUX}6)",
+            s.subnet
+        );
     }
     super::network::create_with_id(data_root, req, id.to_string())
 }
@@ -144,7 +157,7 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         ip6: v6,
         mac: req.mac.map(|m| crate::ether::Mac(m).to_string()),
     };
-    let ep = super::endpoint::plan(&create, &state).map_err(|e| anyhow!(e))?;
+    let mut ep = super::endpoint::plan(&create, &state).map_err(|e| anyhow!(e))?;
     let nl = Netlink::new()?;
     let parent = nl.link_by_name(&net.parent)?.ok_or_else(|| {
         anyhow!(
@@ -160,14 +173,30 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         );
     }
     let index = nl.add_macvlan(&ep.ifname, parent.index, net.mode.netlink(), Some(ep.mac))?;
-    state.endpoints.push(ep.clone());
-    if let Err(e) = store.save(&state) {
-        let _ = nl.del_link(index);
-        return Err(e.context(format!(
-            "recording endpoint `{}` (its device was removed again)",
-            ep.name
-        )));
+    let nl = &nl;
+    let mut undo = Rollback::new();
+    undo.push(format!("the link `{}`", ep.ifname), move || {
+        nl.del_link(index)
+    });
+    if let Some(mtu) = net.mtu {
+        nl.set_mtu(index, mtu)
+            .with_context(|| format!("setting `{}`'s MTU to {mtu}", ep.ifname))?;
     }
+    if net.dhcp {
+        // On its own link with its own MAC, before Docker moves it: the address goes back to
+        // Docker in CreateEndpoint's answer (its IPAM, `null`, gave none).
+        super::lease::acquire(&mut ep, &net)?;
+        let leased = ep.clone();
+        undo.push(format!("the DHCP lease of `{}`", ep.name), move || {
+            super::lease::release(&leased, &[&leased]);
+            Ok(())
+        });
+    }
+    state.endpoints.push(ep.clone());
+    store
+        .save(&state)
+        .with_context(|| format!("recording endpoint `{}` (nothing was left behind)", ep.name))?;
+    undo.commit();
     Ok((ep, net))
 }
 
@@ -287,6 +316,7 @@ fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint
         ifname: host_ifname(name.strip_prefix("docker-").unwrap_or(name)),
         ..ep.clone()
     };
+    super::lease::release(&ep, &[&ep, &at_host]);
     for place in [&ep, &at_host] {
         match provision::remove_endpoint(place) {
             Ok(Removal::Deleted) => break,

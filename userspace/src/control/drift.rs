@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::model::{Endpoint, Network};
+use super::model::{Endpoint, Network, Owner};
 use super::provision::read_endpoint;
 use super::state::State;
 use crate::ether::Mac;
@@ -64,10 +64,10 @@ pub fn network(nl: &Netlink, net: &Network) -> Result<Vec<Drift>> {
     Ok(found)
 }
 
-/// Differences for one endpoint, read inside its namespace.
-pub fn endpoint(ep: &Endpoint) -> Result<Vec<Drift>> {
+/// Differences for one endpoint, read inside its namespace; `owner`: who removes it.
+pub fn endpoint(ep: &Endpoint, owner: Owner) -> Result<Vec<Drift>> {
     let subject = format!("endpoint {}", ep.name);
-    let fix = format!("`xmacvlan endpoint rm {}` clears the record", ep.name);
+    let fix = format!("{} clears the record", owner.removal(&ep.name));
     let problem = |p: String| Drift {
         subject: subject.clone(),
         problem: p,
@@ -136,7 +136,10 @@ pub fn check(state: &State) -> Result<Vec<Drift>> {
         all.extend(network(&nl, net)?);
     }
     for ep in &state.endpoints {
-        all.extend(endpoint(ep)?);
+        let owner = state
+            .network(&ep.network)
+            .map_or(Owner::Cli, Network::owner);
+        all.extend(endpoint(ep, owner)?);
     }
     Ok(all)
 }

@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::model::{Cidr, Endpoint, Network, check_ifname, check_mac, check_name, derived_mac};
 use super::provision::{self, Removal};
+use super::rollback::Rollback;
 use super::state::{State, Store};
 use super::{ipam, unix_now};
 use crate::ether::Mac;
@@ -52,6 +53,12 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
         return Err(format!(
             "endpoint `{}` already uses `{}` in namespace `{}`: choose another --ifname",
             other.name, req.ifname, req.netns
+        ));
+    }
+    if net.dhcp && (req.ip.is_some() || req.ip6.is_some()) {
+        return Err(format!(
+            "network `{}` leases its addresses from the DHCP server on its segment: drop --ip and --ip6",
+            net.name
         ));
     }
     let used: HashSet<IpAddr> = state
@@ -148,6 +155,8 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
         netns: req.netns.clone(),
         ifname: req.ifname.clone(),
         created: unix_now(),
+        mtu: net.mtu,
+        lease: None,
     })
 }
 
@@ -170,7 +179,8 @@ fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result
     Ok(())
 }
 
-/// Create an endpoint: plan, make the device in its namespace, record it.
+/// Create an endpoint: plan, make the device in its namespace, lease its address on a `dhcp`
+/// network, record it. A failure at any step undoes the steps before it.
 pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
     let (store, mut state) = Store::lock(data_root)?;
     let mut ep = plan(req, &state).map_err(|e| anyhow!(e))?;
@@ -190,14 +200,28 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
         );
     };
     provision::create_endpoint(&nl, parent.index, net.mode, &mut ep)?;
-    state.endpoints.push(ep.clone());
-    if let Err(e) = store.save(&state) {
-        let _ = provision::remove_endpoint(&ep);
-        return Err(e.context(format!(
-            "recording endpoint `{}` (its device was removed again)",
-            ep.name
-        )));
+    let mut undo = Rollback::new();
+    let made = ep.clone();
+    undo.push(format!("the device of endpoint `{}`", ep.name), move || {
+        provision::remove_endpoint(&made).map(drop)
+    });
+    if net.dhcp {
+        super::lease::acquire(&mut ep, &net)?;
+        let leased = ep.clone();
+        undo.push(
+            format!("the DHCP lease of endpoint `{}`", ep.name),
+            move || {
+                super::lease::release(&leased, &[&leased]);
+                Ok(())
+            },
+        );
+        super::lease::configure(&mut ep)?;
     }
+    state.endpoints.push(ep.clone());
+    store
+        .save(&state)
+        .with_context(|| format!("recording endpoint `{}` (nothing was left behind)", ep.name))?;
+    undo.commit();
     Ok(ep)
 }
 
@@ -206,19 +230,21 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
 pub enum Removed {
     /// No such endpoint: nothing to do (removing twice succeeds, like CNI DEL).
     Unknown,
-    Endpoint(Endpoint, Removal),
+    Endpoint(Box<Endpoint>, Removal),
 }
 
-/// Remove an endpoint's device (if it is still ours) and its record. Idempotent.
+/// Remove an endpoint's device (if it is still ours) and its record, giving its DHCP lease
+/// back first (through the device). Idempotent.
 pub fn remove(data_root: &Path, name: &str) -> Result<Removed> {
     let (store, mut state) = Store::lock(data_root)?;
     let Some(ep) = state.endpoint(name).cloned() else {
         return Ok(Removed::Unknown);
     };
+    super::lease::release(&ep, &[&ep]);
     let removal = provision::remove_endpoint(&ep)?;
     state.endpoints.retain(|e| e.name != ep.name);
     store.save(&state)?;
-    Ok(Removed::Endpoint(ep, removal))
+    Ok(Removed::Endpoint(Box::new(ep), removal))
 }
 
 #[cfg(test)]
@@ -255,6 +281,8 @@ mod tests {
                 addresses: vec![],
                 routes: vec![],
             }),
+            dhcp: false,
+            mtu: Some(9000),
             options: BTreeMap::new(),
             created: 0,
         });
@@ -294,6 +322,24 @@ mod tests {
         assert_eq!(ep.mac, [0x02, 0x42, 198, 18, 0, 4]);
         assert_eq!(ep.vlan, 7);
         assert_eq!(ep.spec().vid, 7);
+        assert_eq!(ep.mtu, Some(9000), "the network's MTU, for the fast path");
+    }
+
+    #[test]
+    fn a_dhcp_network_allocates_nothing_and_refuses_addresses() {
+        let mut st = state();
+        st.networks[0].subnets.clear();
+        st.networks[0].dhcp = true;
+        let ep = plan(&req("a"), &st).unwrap();
+        assert!(ep.addresses.is_empty() && ep.gateways.is_empty() && ep.lease.is_none());
+        assert_eq!(
+            ep.mac[..2],
+            [0x02, 0x42],
+            "a MAC chosen before asking the server"
+        );
+        let mut r = req("b");
+        r.ip = Some(Ipv4Addr::new(198, 18, 0, 9));
+        assert!(plan(&r, &st).unwrap_err().contains("drop --ip and --ip6"));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::endpoint::{self, EndpointCreate};
 use super::model::{Cidr, Endpoint, Mode, Network, ParentSpec, check_name};
-use super::network::{NetworkPlan, check_against};
+use super::network::{NetworkPlan, check_against, check_mtu_fits};
+use super::rollback::Rollback;
 use super::state::Store;
 use super::{provision, random_bytes, unix_now};
 use crate::ether::Mac;
@@ -71,55 +72,27 @@ pub fn attach(
     let parent_spec = check_network(net).map_err(|e| anyhow!(e))?;
     let (store, mut state) = Store::lock(data_root)?;
     let nl = Netlink::new()?;
-    let mut made_network = None;
-    let network = match state.network(&net.name).cloned() {
-        Some(existing) => {
-            check_same(&existing, net)?;
-            existing
-        }
-        None => {
-            let plan = NetworkPlan {
-                name: net.name.clone(),
-                parent: parent_spec.clone(),
-                mode: net.mode,
-                subnets: Vec::new(),
-                host_shim: false,
-                options: BTreeMap::new(),
-            };
-            check_against(&plan, &state).map_err(|e| anyhow!(e))?;
-            let parent = provision::ensure_parent(&nl, &parent_spec)?;
-            let network = Network {
-                id: random_bytes::<32>()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                name: net.name.clone(),
-                driver: "macvlan".into(),
-                parent: parent_spec.name.clone(),
-                link: parent.link,
-                vlan: parent.vlan,
-                created_parent: parent.created,
-                mode: net.mode,
-                subnets: Vec::new(),
-                host_shim: None,
-                options: BTreeMap::from([
-                    ("parent".into(), parent_spec.name.clone()),
-                    ("macvlan_mode".into(), net.mode.as_str().into()),
-                    (MADE_BY.into(), net.made_by.clone()),
-                ]),
-                created: unix_now(),
-            };
-            state.networks.push(network.clone());
-            made_network = Some(network.clone());
-            network
-        }
-    };
-    let undo_network = |nl: &Netlink| {
-        if let Some(n) = &made_network {
-            let _ = provision::remove_parent(nl, n);
-        }
-    };
-    let result = (|| -> Result<Endpoint> {
+    let nl = &nl;
+    let mut undo = Rollback::new();
+    let result = (|| -> Result<(Network, Endpoint)> {
+        let network = match state.network(&net.name).cloned() {
+            Some(existing) => {
+                check_same(&existing, net)?;
+                existing
+            }
+            None => {
+                let network = new_network(nl, &state, net, &parent_spec)?;
+                if network.created_parent {
+                    let made = network.clone();
+                    undo.push(
+                        format!("the VLAN sub-interface `{}`", made.parent),
+                        move || provision::remove_parent(nl, &made),
+                    );
+                }
+                state.networks.push(network.clone());
+                network
+            }
+        };
         // The network has no subnets, so planning allocates nothing: it checks the names,
         // the namespace's interface, the MAC and its uniqueness on the network.
         let mut planned = endpoint::plan(
@@ -139,7 +112,8 @@ pub fn attach(
             &state,
         )
         .map_err(|e| anyhow!(e))?;
-        let ns = Netns::open(&planned.netns)?;
+        planned.mtu = ep.mtu;
+        Netns::open(&planned.netns)?;
         let Some(parent) = nl.link_by_name(&network.parent)? else {
             bail!(
                 "parent `{}` of network `{}` does not exist: check `ip link show` on the host",
@@ -147,40 +121,76 @@ pub fn attach(
                 network.name
             );
         };
-        provision::create_endpoint(&nl, parent.index, network.mode, &mut planned)?;
-        let extra = ns.run(|| {
-            let nl = Netlink::new()?;
-            let index = nl.require_link(&planned.ifname)?.index;
-            if let Some(mtu) = ep.mtu {
-                nl.set_mtu(index, mtu).with_context(|| {
-                    format!(
-                        "setting MTU {mtu} (it must not exceed the parent `{}`'s MTU {})",
-                        network.parent, parent.mtu
-                    )
-                })?;
-            }
-            Ok(())
-        });
-        let saved = extra.and_then(|()| {
-            state.endpoints.push(planned.clone());
-            store.save(&state)
-        });
-        if let Err(e) = saved {
-            let _ = provision::remove_endpoint(&planned);
-            return Err(e);
+        if let Some(mtu) = ep.mtu {
+            check_mtu_fits(mtu, &network.parent, parent.mtu).map_err(|e| anyhow!(e))?;
         }
-        Ok(planned)
+        provision::create_endpoint(nl, parent.index, network.mode, &mut planned)?;
+        let made = planned.clone();
+        undo.push(format!("the device of `{}`", made.name), move || {
+            provision::remove_endpoint(&made).map(drop)
+        });
+        state.endpoints.push(planned.clone());
+        store.save(&state)?;
+        Ok((network, planned))
     })();
     match result {
-        Ok(ep) => Ok((network, ep)),
+        Ok(made) => {
+            undo.commit();
+            Ok(made)
+        }
         Err(e) => {
-            undo_network(&nl);
+            drop(undo);
             Err(e.context(format!(
                 "attaching `{}` to network `{}` (nothing was left behind)",
                 ep.ifname, net.name
             )))
         }
     }
+}
+
+/// A front end's network, recorded without subnets (its IPAM owns the addresses), with a
+/// missing `IF.VID` made.
+fn new_network(
+    nl: &Netlink,
+    state: &super::State,
+    net: &ExternalNetwork,
+    parent_spec: &ParentSpec,
+) -> Result<Network> {
+    let plan = NetworkPlan {
+        name: net.name.clone(),
+        parent: parent_spec.clone(),
+        mode: net.mode,
+        subnets: Vec::new(),
+        host_shim: false,
+        dhcp: false,
+        mtu: None,
+        options: BTreeMap::new(),
+    };
+    check_against(&plan, state).map_err(|e| anyhow!(e))?;
+    let parent = provision::ensure_parent(nl, parent_spec)?;
+    Ok(Network {
+        id: random_bytes::<32>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        name: net.name.clone(),
+        driver: "macvlan".into(),
+        parent: parent_spec.name.clone(),
+        link: parent.link,
+        vlan: parent.vlan,
+        created_parent: parent.created,
+        mode: net.mode,
+        subnets: Vec::new(),
+        host_shim: None,
+        dhcp: false,
+        mtu: None,
+        options: BTreeMap::from([
+            ("parent".into(), parent_spec.name.clone()),
+            ("macvlan_mode".into(), net.mode.as_str().into()),
+            (MADE_BY.into(), net.made_by.clone()),
+        ]),
+        created: unix_now(),
+    })
 }
 
 /// A network of that name exists: it must be the front end's and describe the same thing.

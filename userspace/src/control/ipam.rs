@@ -21,7 +21,7 @@ fn reserved(subnet: &Subnet, ip: IpAddr) -> Option<&'static str> {
     if ip == subnet.gateway {
         return Some("the gateway");
     }
-    if subnet.aux_addresses.get(super::network::SHIM_AUX) == Some(&ip) {
+    if subnet.shim_address() == Some(ip) {
         return Some("the host shim's address");
     }
     if subnet.aux_addresses.values().any(|a| *a == ip) {

@@ -1,7 +1,9 @@
 //! The control path: Docker-compatible macvlan networks and endpoints.
 //!
 //! - [`model`]: what a network and an endpoint are (plain serde data) and their value types;
-//! - [`ipam`]: address allocation; [`network`], [`endpoint`]: create/rm with validation;
+//! - [`ipam`]: address allocation; [`network_plan`]: `network create`'s flags checked;
+//!   [`network`], [`endpoint`]: create/rm with validation, undone on failure ([`rollback`]);
+//! - [`lease`]: DHCP leases of endpoints on `dhcp` networks (the client is [`crate::dhcp`]);
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
 //! - [`docker`]: the same, as the Docker network plugin drives it (Docker's ids, its link life cycle);
@@ -18,9 +20,12 @@ pub mod drift;
 pub mod endpoint;
 pub mod external;
 pub mod ipam;
+pub mod lease;
 pub mod model;
 pub mod network;
+pub mod network_plan;
 pub mod provision;
+pub mod rollback;
 pub mod state;
 
 pub use endpoint::EndpointCreate;
@@ -29,7 +34,7 @@ pub use network::NetworkCreate;
 pub use state::State;
 
 /// Random bytes from the kernel (ids, MACs of IPv6-only endpoints).
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -38,12 +43,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A random MAC in Docker's locally administered `02:42:…` space.
-fn random_mac() -> crate::abi::Mac {
+pub(crate) fn random_mac() -> crate::abi::Mac {
     let r = random_bytes::<4>();
     [0x02, 0x42, r[0], r[1], r[2], r[3]]
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

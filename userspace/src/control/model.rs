@@ -260,7 +260,25 @@ impl Subnet {
     pub fn pool(&self) -> Cidr {
         self.ip_range.unwrap_or(self.subnet)
     }
+
+    /// The host shim's address in this subnet: the aux address named `host_shim`, or any
+    /// name starting so (`host_shim6`: Docker keeps one aux address per name, so a
+    /// dual-stack network names its IPv6 one differently).
+    pub fn shim_address(&self) -> Option<IpAddr> {
+        self.aux_addresses
+            .get(SHIM_AUX)
+            .or_else(|| {
+                self.aux_addresses
+                    .iter()
+                    .find(|(name, _)| name.starts_with(SHIM_AUX))
+                    .map(|(_, ip)| ip)
+            })
+            .copied()
+    }
 }
+
+/// The aux address the host shim uses (chosen automatically when not given).
+pub const SHIM_AUX: &str = "host_shim";
 
 /// The host namespace's own macvlan on the parent, so the host can reach its containers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,11 +309,55 @@ pub struct Network {
     pub mode: Mode,
     pub subnets: Vec<Subnet>,
     pub host_shim: Option<HostShim>,
+    /// `-o dhcp=true`: endpoints lease their addresses from the segment's DHCP server (the
+    /// network has no subnets of its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+    /// `-o mtu=N`: the MTU of the endpoints' macvlans and the shim (the parent's if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// The `-o` options as given.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// Seconds since the Unix epoch.
     pub created: u64,
+}
+
+/// Who made a network's endpoints, and so who removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// `xmacvlan endpoint create`.
+    Cli,
+    /// Docker, through the network plugin.
+    Docker,
+    /// A CNI runtime (podman, a Kubernetes pod) through `xmacvlan-cni`.
+    Cni,
+}
+
+impl Network {
+    pub fn owner(&self) -> Owner {
+        if self.name == crate::control::docker::name_of(&self.id) {
+            Owner::Docker
+        } else if self.options.contains_key(crate::control::external::MADE_BY) {
+            Owner::Cni
+        } else {
+            Owner::Cli
+        }
+    }
+}
+
+impl Owner {
+    /// How a user removes endpoint `name` of such a network (never `xmacvlan endpoint rm`
+    /// for one a runtime owns: the runtime would keep a container whose link is gone).
+    pub fn removal(self, name: &str) -> String {
+        match self {
+            Owner::Cli => format!("`xmacvlan endpoint rm {name}`"),
+            Owner::Docker => {
+                "its container's removal (`docker rm`, or `docker network disconnect`)".into()
+            }
+            Owner::Cni => "its container's removal (`podman rm`, or deleting the pod)".into(),
+        }
+    }
 }
 
 /// One container's attachment to a network.
@@ -316,6 +378,13 @@ pub struct Endpoint {
     pub netns: String,
     pub ifname: String,
     pub created: u64,
+    /// The network's MTU (None: the parent's), copied like `vlan`: the largest frame the
+    /// endpoint's device takes, and so the fast path's limit for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// On a `dhcp` network: the lease its IPv4 address comes from, kept current by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::dhcp::Lease>,
 }
 
 impl Endpoint {

@@ -20,6 +20,8 @@ pub struct Parent {
     pub vlan: u16,
     /// True when this call created the VLAN sub-interface.
     pub created: bool,
+    /// The largest MTU a macvlan on it can have.
+    pub mtu: u32,
 }
 
 /// Find the parent; for a missing `IF.VID`, create the VLAN sub-interface on `IF` (up).
@@ -51,6 +53,8 @@ pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent> {
         link: trunk.clone(),
         vlan: *vid,
         created: true,
+        // A new VLAN device takes its trunk's MTU.
+        mtu: trunk_link.mtu,
     })
 }
 
@@ -73,6 +77,7 @@ fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent> {
             link: trunk,
             vlan: link.vlan_id.unwrap_or(0),
             created: false,
+            mtu: link.mtu,
         });
     }
     Ok(Parent {
@@ -80,6 +85,7 @@ fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent> {
         link: link.name,
         vlan: 0,
         created: false,
+        mtu: link.mtu,
     })
 }
 
@@ -95,12 +101,22 @@ pub fn remove_parent(nl: &Netlink, net: &Network) -> Result<()> {
 }
 
 /// The host shim: a macvlan beside the endpoints', with the host's addresses and routes to
-/// the ranges the endpoints live in.
-pub fn create_shim(nl: &Netlink, parent: u32, mode: Mode, shim: &HostShim) -> Result<()> {
+/// the ranges the endpoints live in, at the network's MTU.
+pub fn create_shim(
+    nl: &Netlink,
+    parent: u32,
+    mode: Mode,
+    mtu: Option<u32>,
+    shim: &HostShim,
+) -> Result<()> {
     let index = nl
         .add_macvlan(&shim.ifname, parent, mode.netlink(), Some(shim.mac))
         .context("creating the host shim")?;
     let configure = || -> Result<()> {
+        if let Some(mtu) = mtu {
+            nl.set_mtu(index, mtu)
+                .with_context(|| format!("setting the host shim's MTU to {mtu}"))?;
+        }
         nl.set_up(index)?;
         for addr in &shim.addresses {
             nl.add_address(index, addr.addr, addr.prefix)?;
@@ -153,6 +169,10 @@ pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint)
         let nl = Netlink::new()?;
         let index = nl.require_link(&ep.ifname)?.index;
         let mut configure = || -> Result<()> {
+            if let Some(mtu) = ep.mtu {
+                nl.set_mtu(index, mtu)
+                    .with_context(|| format!("setting the MTU to {mtu}"))?;
+            }
             nl.set_up(index)?;
             for addr in &ep.addresses {
                 nl.add_address(index, addr.addr, addr.prefix)?;

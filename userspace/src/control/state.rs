@@ -180,6 +180,8 @@ mod tests {
             mode: Mode::Bridge,
             subnets: vec![],
             host_shim: None,
+            dhcp: false,
+            mtu: None,
             options: Default::default(),
             created: 0,
         }

@@ -74,6 +74,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
     let mut daemon = Daemon::new(settings);
     let served = daemon.restore(&state);
     let plugin = crate::plugin::docker::start_for(&cfg)?;
+    let leases = super::leases::LeaseKeeper::start(cfg.data_root.clone())?;
     tracing::info!(
         pid = std::process::id(),
         socket = %cfg.control_socket.display(),
@@ -98,9 +99,18 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
         }
         socket.serve_pending(|request: Request| -> Result<Answer> {
             tracing::debug!(?request, "control request");
+            let attaching = match &request {
+                Request::Attach { endpoint, .. } => Some(endpoint.name.clone()),
+                _ => None,
+            };
             daemon
                 .handle(request)
-                .map(|answer| watch.annotate(answer))
+                .map(|answer| {
+                    if let Some(name) = &attaching {
+                        watch.served_again(name);
+                    }
+                    leases.annotate(watch.annotate(answer))
+                })
                 .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
         });
         daemon.pump_ports();
@@ -132,6 +142,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
     }
     tracing::info!("signal received: stopping");
     drop(plugin);
+    drop(leases);
     let stopped = daemon.shutdown();
     drop(socket);
     drop(pid_file);

@@ -117,6 +117,7 @@ impl Daemon {
                     .map(|p| p.snapshot())
                     .collect::<Result<_>>()?,
                 detached: Vec::new(),
+                leases: Vec::new(),
             }),
             Request::Histogram { endpoint, interval } => {
                 let histogram = if interval {

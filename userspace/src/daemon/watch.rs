@@ -7,11 +7,18 @@
 //! the endpoints whose namespace is gone, logs each at warn and lists them in `stats`.
 //!
 //! Only a namespace that no longer exists counts: a namespace file that is there but not a
-//! mount here (made in another mount namespace) is not proof the container went away.
+//! mount here (made in another mount namespace) is not proof the container went away, and
+//! neither is a sandbox that does not exist *yet*: Docker records the sandbox at Join and
+//! makes it, then moves the link in, a moment later. While the endpoint's link (its MAC) is
+//! still in the host's namespace, the endpoint is on its way in (or back), not gone.
+//!
+//! An endpoint the daemon serves again (the plugin re-attaches it once its link reached the
+//! sandbox) leaves the list `stats` shows.
 use std::path::Path;
 
 use super::server::Daemon;
 use crate::control::State;
+use crate::control::model::{Network, Owner};
 use crate::ipc::protocol::{Answer, Gone};
 
 /// Most detached endpoints `stats` remembers (the oldest are forgotten first).
@@ -42,6 +49,7 @@ impl Watch {
                     .map(move |e| (iface.clone(), e.name))
             })
             .collect();
+        let mut host_macs: Option<Vec<[u8; 6]>> = None;
         for (iface, name) in served {
             let Some(record) = state.endpoint(&name) else {
                 continue;
@@ -49,14 +57,22 @@ impl Watch {
             let Some(reason) = namespace_gone(&record.netns) else {
                 continue;
             };
+            let host_macs = host_macs.get_or_insert_with(host_macvlans);
+            if host_macs.contains(&record.mac) {
+                tracing::debug!(endpoint = %name, netns = %record.netns, "namespace not there yet, the link still in the host's: moving, not gone");
+                continue;
+            }
+            let owner = state
+                .network(&record.network)
+                .map_or(Owner::Cli, Network::owner);
             match daemon.detach(&name) {
                 Ok(_) => {
                     tracing::warn!(
                         endpoint = %name,
                         iface = %iface,
                         netns = %record.netns,
-                        "endpoint detached from the fast path: {reason}; remove its record with \
-                         `xmacvlan endpoint rm {name}`"
+                        "endpoint detached from the fast path: {reason}; {} removes its record",
+                        owner.removal(&name)
                     );
                     if self.gone.len() == REMEMBERED {
                         self.gone.remove(0);
@@ -73,6 +89,11 @@ impl Watch {
         }
     }
 
+    /// The daemon serves `endpoint` again: it is no longer one the daemon detached.
+    pub fn served_again(&mut self, endpoint: &str) {
+        self.gone.retain(|g| g.endpoint != endpoint);
+    }
+
     /// Add the endpoints detached on the daemon's own initiative to a stats answer.
     pub fn annotate(&self, answer: Answer) -> Answer {
         match answer {
@@ -80,16 +101,35 @@ impl Watch {
                 demux,
                 uptime_s,
                 interfaces,
+                leases,
                 ..
             } => Answer::Stats {
                 demux,
                 uptime_s,
                 interfaces,
                 detached: self.gone.clone(),
+                leases,
             },
             other => other,
         }
     }
+}
+
+/// The MACs of the macvlans in the daemon's (the host's) namespace; none if unreadable.
+fn host_macvlans() -> Vec<[u8; 6]> {
+    crate::netlink::Netlink::new()
+        .and_then(|nl| nl.links())
+        .map(|links| {
+            links
+                .into_iter()
+                .filter(|l| l.kind.as_deref() == Some("macvlan"))
+                .map(|l| l.mac)
+                .collect()
+        })
+        .unwrap_or_else(|e| {
+            tracing::debug!("watch: listing the host's links: {e:#}");
+            Vec::new()
+        })
 }
 
 /// Why the namespace `netns` (a name under /run/netns or a path) is gone, or None.

@@ -51,6 +51,9 @@ pub enum Answer {
         /// Endpoints the daemon detached on its own (their namespace went away).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         detached: Vec<Gone>,
+        /// DHCP leases the daemon could not keep (refused, expired unanswered).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leases: Vec<LeaseNote>,
     },
     Histogram {
         hgrm: String,
@@ -64,6 +67,16 @@ pub struct Gone {
     pub endpoint: String,
     pub iface: String,
     pub reason: String,
+    /// Seconds since the daemon started, when it noticed.
+    pub at_uptime_s: u64,
+}
+
+/// A DHCP lease the daemon could not keep, as `stats` shows it (until it is held again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseNote {
+    pub endpoint: String,
+    pub address: String,
+    pub problem: String,
     /// Seconds since the daemon started, when it noticed.
     pub at_uptime_s: u64,
 }

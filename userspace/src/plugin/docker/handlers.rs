@@ -112,7 +112,11 @@ fn create_network(ctx: &Context, r: api::CreateNetwork) -> Result<Outcome> {
             req.options.push(format!("{key}={value}"));
         }
     }
-    for data in r.ipv4_data.iter().chain(&r.ipv6_data) {
+    // `--ipam-driver null` (what a `dhcp` network wants) still sends a pool: everything.
+    let real = |d: &&api::IpamData| {
+        d.address_space != "null" && !["0.0.0.0/0", "::/0"].contains(&d.pool.as_str())
+    };
+    for data in r.ipv4_data.iter().chain(&r.ipv6_data).filter(real) {
         req.subnets.push(data.pool.clone());
         if !data.gateway.is_empty() {
             req.gateways.push(strip_prefix(&data.gateway, "--gateway")?);
@@ -179,23 +183,31 @@ fn create_endpoint(ctx: &Context, r: api::CreateEndpoint) -> Result<Outcome> {
         &ep.name,
     );
     tracing::info!(endpoint = %ep.name, network = %net.name, mac = %Mac(ep.mac), "docker: endpoint created");
-    // Docker wants back only what it did not give.
-    let body = if mac.is_none() {
-        json!({"Interface": {"MacAddress": Mac(ep.mac).to_string()}})
-    } else {
+    // Docker wants back only what it did not give: the MAC unless it chose one, the leased
+    // address on a `dhcp` network (its `null` IPAM gave none).
+    let mut interface = api::EndpointInterface::default();
+    if mac.is_none() {
+        interface.mac_address = Mac(ep.mac).to_string();
+    }
+    if let Some(lease) = &ep.lease {
+        interface.address = lease.cidr().to_string();
+    }
+    let body = if interface.mac_address.is_empty() && interface.address.is_empty() {
         json!({})
+    } else {
+        json!({ "Interface": interface })
     };
     Ok(ok(body))
 }
 
 fn join(ctx: &Context, r: api::Join) -> Result<Outcome> {
-    let (ep, net) = ctl::join(&ctx.data_root, &r.endpoint_id, &r.sandbox_key)?;
+    let (ep, _) = ctl::join(&ctx.data_root, &r.endpoint_id, &r.sandbox_key)?;
+    // The subnet's gateway, or the leased router.
     let gateway_of = |v4: bool| {
-        ep.addresses
+        ep.gateways
             .iter()
-            .filter(|a| a.is_ipv4() == v4)
-            .find_map(|a| net.subnets.iter().find(|s| s.subnet.contains_ip(a.addr)))
-            .map(|s| s.gateway.to_string())
+            .find(|g| g.is_ipv4() == v4)
+            .map(ToString::to_string)
             .unwrap_or_default()
     };
     let body = api::JoinResponse {
@@ -348,6 +360,18 @@ mod tests {
         assert!(e.contains("not a string"), "{e}");
         let e = call("nonsense", json!({"parent": "v0"}));
         assert!(e.contains("not an IP address"), "{e}");
+        let e = call("198.18.0.1/24", json!({"parent": "v0", "dhcp": "true"}));
+        assert!(e.contains("--ipam-driver null"), "{e}");
+        let e = call(
+            "198.18.0.1/24",
+            json!({"parent": "v0", "host_shim": "true"}),
+        );
+        assert!(
+            e.contains("--aux-address host_shim=IP for 198.18.0.0/24"),
+            "{e}"
+        );
+        let e = call("198.18.0.1/24", json!({"parent": "v0", "mtu": "huge"}));
+        assert!(e.contains("`-o mtu=huge` is not a number"), "{e}");
         let state = crate::control::State::load(&ctx.data_root).unwrap();
         assert!(state.networks.is_empty());
         let _ = std::fs::remove_dir_all(dir);
