@@ -17,7 +17,7 @@ use xmacvlan_bench::generator::Sent;
 use xmacvlan_tests::docker_lab::{
     Parents, TempDir, Xmacvlan, ping, run_container, sandbox_of, wait_for,
 };
-use xmacvlan_tests::dockerd::{Dockerd, text};
+use xmacvlan_tests::dockerd::Dockerd;
 use xmacvlan_tests::fast_path;
 use xmacvlan_tests::require_root;
 

@@ -141,6 +141,11 @@ impl Xmacvlan {
     }
 
     pub fn start(&mut self, demux: &str) {
+        self.start_with(demux, &[]);
+    }
+
+    /// [`Xmacvlan::start`] with more daemon flags.
+    pub fn start_with(&mut self, demux: &str, extra: &[&str]) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -157,6 +162,7 @@ impl Xmacvlan {
             .arg(self.port_dir())
             .args(["--debug", "--demux-mode", demux, "--docker-plugin"])
             .arg(&self.plugin)
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -195,6 +201,24 @@ impl Xmacvlan {
 
     pub fn state(&self) -> State {
         State::load(&self.data_root()).unwrap()
+    }
+
+    /// `xmacvlan ARGS…` against this daemon's state and socket: its stdout, or its stderr
+    /// as the error.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(xmacvlan_bin())
+            .arg("--data-root")
+            .arg(self.data_root())
+            .arg("--control-socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(text(&out.stderr))
+        }
     }
 
     pub fn stats(&self) -> Vec<Snapshot> {
