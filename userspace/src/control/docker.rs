@@ -20,11 +20,11 @@ use super::endpoint::EndpointCreate;
 use super::model::{Cidr, Endpoint, Network};
 use super::network::{NetworkCreate, SHIM_AUX};
 use super::provision::{self, Removal};
-use super::rollback::Rollback;
 use super::state::{State, Store};
 use crate::abi::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
+use crate::rollback::Rollback;
 
 /// The namespace an endpoint's link is in while no container holds it: the host's, where
 /// the daemon (and dockerd, and the CLI) run.
@@ -174,10 +174,12 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
     }
     let index = nl.add_macvlan(&ep.ifname, parent.index, net.mode.netlink(), Some(ep.mac))?;
     let nl = &nl;
-    let mut undo = Rollback::new();
-    undo.push(format!("the link `{}`", ep.ifname), move || {
-        nl.del_link(index)
-    });
+    let mut unit = ();
+    let mut undo = Rollback::new(&mut unit);
+    undo.on_rollback(super::undo_step(
+        format!("the link `{}`", ep.ifname),
+        move || nl.del_link(index),
+    ));
     if let Some(mtu) = net.mtu {
         nl.set_mtu(index, mtu)
             .with_context(|| format!("setting `{}`'s MTU to {mtu}", ep.ifname))?;
@@ -187,10 +189,13 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         // Docker in CreateEndpoint's answer (its IPAM, `null`, gave none).
         super::lease::acquire(&mut ep, &net)?;
         let leased = ep.clone();
-        undo.push(format!("the DHCP lease of `{}`", ep.name), move || {
-            super::lease::release(&leased, &[&leased]);
-            Ok(())
-        });
+        undo.on_rollback(super::undo_step(
+            format!("the DHCP lease of `{}`", ep.name),
+            move || {
+                super::lease::release(&leased, &[&leased]);
+                Ok(())
+            },
+        ));
     }
     state.endpoints.push(ep.clone());
     store

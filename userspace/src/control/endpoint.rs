@@ -9,12 +9,12 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::model::{Cidr, Endpoint, Network, check_ifname, check_mac, check_name, derived_mac};
 use super::provision::{self, Removal};
-use super::rollback::Rollback;
 use super::state::{State, Store};
 use super::{ipam, unix_now};
 use crate::ether::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
+use crate::rollback::Rollback;
 
 /// `endpoint create` as typed.
 #[derive(Debug, Clone)]
@@ -200,21 +200,23 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
         );
     };
     provision::create_endpoint(&nl, parent.index, net.mode, &mut ep)?;
-    let mut undo = Rollback::new();
+    let mut unit = ();
+    let mut undo = Rollback::new(&mut unit);
     let made = ep.clone();
-    undo.push(format!("the device of endpoint `{}`", ep.name), move || {
-        provision::remove_endpoint(&made).map(drop)
-    });
+    undo.on_rollback(super::undo_step(
+        format!("the device of endpoint `{}`", ep.name),
+        move || provision::remove_endpoint(&made).map(drop),
+    ));
     if net.dhcp {
         super::lease::acquire(&mut ep, &net)?;
         let leased = ep.clone();
-        undo.push(
+        undo.on_rollback(super::undo_step(
             format!("the DHCP lease of endpoint `{}`", ep.name),
             move || {
                 super::lease::release(&leased, &[&leased]);
                 Ok(())
             },
-        );
+        ));
         super::lease::configure(&mut ep)?;
     }
     state.endpoints.push(ep.clone());

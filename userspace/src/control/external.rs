@@ -12,12 +12,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::endpoint::{self, EndpointCreate};
 use super::model::{Cidr, Endpoint, Mode, Network, ParentSpec, check_name};
 use super::network::{NetworkPlan, check_against, check_mtu_fits};
-use super::rollback::Rollback;
 use super::state::Store;
 use super::{provision, random_bytes, unix_now};
 use crate::ether::Mac;
 use crate::netlink::Netlink;
 use crate::netns::Netns;
+use crate::rollback::Rollback;
 
 /// The option a network made by [`attach`] carries: who made it (and so removes it with its
 /// last endpoint). Never a `network create -o` key, so users cannot forge it.
@@ -73,7 +73,8 @@ pub fn attach(
     let (store, mut state) = Store::lock(data_root)?;
     let nl = Netlink::new()?;
     let nl = &nl;
-    let mut undo = Rollback::new();
+    let mut unit = ();
+    let mut undo = Rollback::new(&mut unit);
     let result = (|| -> Result<(Network, Endpoint)> {
         let network = match state.network(&net.name).cloned() {
             Some(existing) => {
@@ -84,10 +85,10 @@ pub fn attach(
                 let network = new_network(nl, &state, net, &parent_spec)?;
                 if network.created_parent {
                     let made = network.clone();
-                    undo.push(
+                    undo.on_rollback(super::undo_step(
                         format!("the VLAN sub-interface `{}`", made.parent),
                         move || provision::remove_parent(nl, &made),
-                    );
+                    ));
                 }
                 state.networks.push(network.clone());
                 network
@@ -126,9 +127,10 @@ pub fn attach(
         }
         provision::create_endpoint(nl, parent.index, network.mode, &mut planned)?;
         let made = planned.clone();
-        undo.push(format!("the device of `{}`", made.name), move || {
-            provision::remove_endpoint(&made).map(drop)
-        });
+        undo.on_rollback(super::undo_step(
+            format!("the device of `{}`", made.name),
+            move || provision::remove_endpoint(&made).map(drop),
+        ));
         state.endpoints.push(planned.clone());
         store.save(&state)?;
         Ok((network, planned))

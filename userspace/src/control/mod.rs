@@ -2,7 +2,8 @@
 //!
 //! - [`model`]: what a network and an endpoint are (plain serde data) and their value types;
 //! - [`ipam`]: address allocation; [`network_plan`]: `network create`'s flags checked;
-//!   [`network`], [`endpoint`]: create/rm with validation, undone on failure ([`rollback`]);
+//!   [`network`], [`endpoint`]: create/rm with validation, undone on failure
+//!   ([`crate::rollback`], with [`undo_step`]);
 //! - [`lease`]: DHCP leases of endpoints on `dhcp` networks (the client is [`crate::dhcp`]);
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
@@ -25,7 +26,6 @@ pub mod model;
 pub mod network;
 pub mod network_plan;
 pub mod provision;
-pub mod rollback;
 pub mod state;
 
 pub use endpoint::EndpointCreate;
@@ -52,4 +52,17 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// An undo step for a [`crate::rollback::Rollback`] over `()`: runs `undo` and logs what
+/// could not be undone (the caller's error is the one the user needs).
+pub(crate) fn undo_step<'a>(
+    what: String,
+    undo: impl FnOnce() -> anyhow::Result<()> + 'a,
+) -> impl FnOnce(&mut ()) + 'a {
+    move |_| {
+        if let Err(e) = undo() {
+            tracing::warn!("undoing {what} after a failure: {e:#}; remove it by hand");
+        }
+    }
 }

@@ -11,10 +11,10 @@ pub use super::network_plan::{
     MIN_MTU, NetworkCreate, NetworkPlan, OPTIONS, SHIM_AUX, assign_shim_addresses, check_against,
     check_mtu_fits, plan,
 };
-use super::rollback::Rollback;
 use super::state::Store;
 use super::{provision, random_bytes, unix_now};
 use crate::netlink::Netlink;
+use crate::rollback::Rollback;
 
 /// Create a network: validate, provision parent and shim, record it.
 pub fn create(data_root: &Path, req: &NetworkCreate) -> Result<Network> {
@@ -60,15 +60,16 @@ pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Resu
     }
     let name = plan.name.clone();
     let nl = &nl;
-    let mut undo = Rollback::new();
+    let mut unit = ();
+    let mut undo = Rollback::new(&mut unit);
     let made = (|| -> Result<Network> {
         let parent = provision::ensure_parent(nl, &plan.parent)?;
         if parent.created {
             let index = parent.index;
-            undo.push(
+            undo.on_rollback(super::undo_step(
                 format!("the VLAN sub-interface `{}`", plan.parent.name),
                 move || nl.del_link(index),
-            );
+            ));
         }
         if let Some(mtu) = plan.mtu {
             check_mtu_fits(mtu, &plan.parent.name, parent.mtu).map_err(|e| anyhow!(e))?;
@@ -92,9 +93,10 @@ pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Resu
         if let Some(shim) = &network.host_shim {
             provision::create_shim(nl, parent.index, network.mode, network.mtu, shim)?;
             let shim = shim.clone();
-            undo.push(format!("the host shim `{}`", shim.ifname), move || {
-                provision::remove_shim(nl, &shim)
-            });
+            undo.on_rollback(super::undo_step(
+                format!("the host shim `{}`", shim.ifname),
+                move || provision::remove_shim(nl, &shim),
+            ));
         }
         state.networks.push(network.clone());
         store.save(&state)?;
