@@ -124,7 +124,11 @@ fn twenty_fresh_containers_under_a_stream_are_never_reported_gone() {
                     frame_size: 2048,
                     max_in_flight: generator::MAX_IN_FLIGHT,
                 };
-                generator::run(&cfg, &lab_streams(&[spec.clone()], 64, false), &stop)
+                generator::run(
+                    &cfg,
+                    &lab_streams(std::slice::from_ref(&spec), 64, false),
+                    &stop,
+                )
             });
             // Stop the stream whatever happens below.
             struct Stop<'a>(&'a AtomicBool);

@@ -20,7 +20,7 @@ use crate::control::lease::{link, segment};
 use crate::control::state::Store;
 use crate::control::{Endpoint, State, unix_now};
 use crate::dhcp::{self, DhcpError, Extended, Lease, Phase};
-use crate::ipc::protocol::{Answer, LeaseNote};
+use crate::ipc::protocol::LeaseNote;
 
 /// How long one renewal waits for the server's answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -60,24 +60,9 @@ impl LeaseKeeper {
         })
     }
 
-    /// Add the leases the daemon lost to a stats answer.
-    pub fn annotate(&self, answer: Answer) -> Answer {
-        match answer {
-            Answer::Stats {
-                demux,
-                uptime_s,
-                interfaces,
-                detached,
-                ..
-            } => Answer::Stats {
-                demux,
-                uptime_s,
-                interfaces,
-                detached,
-                leases: self.notes.lock().map(|n| n.clone()).unwrap_or_default(),
-            },
-            other => other,
-        }
+    /// The leases the daemon could not keep, for `stats`.
+    pub fn notes(&self) -> Vec<LeaseNote> {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
     }
 }
 

@@ -109,7 +109,7 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
                     if let Some(name) = &attaching {
                         watch.served_again(name);
                     }
-                    leases.annotate(watch.annotate(answer))
+                    watch.annotate(answer, leases.notes())
                 })
                 .inspect_err(|e| tracing::warn!("control request failed: {e:#}"))
         });

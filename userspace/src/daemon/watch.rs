@@ -19,7 +19,7 @@ use std::path::Path;
 use super::server::Daemon;
 use crate::control::State;
 use crate::control::model::{Network, Owner};
-use crate::ipc::protocol::{Answer, Gone};
+use crate::ipc::protocol::{Answer, Gone, LeaseNote};
 
 /// Most detached endpoints `stats` remembers (the oldest are forgotten first).
 const REMEMBERED: usize = 64;
@@ -94,14 +94,14 @@ impl Watch {
         self.gone.retain(|g| g.endpoint != endpoint);
     }
 
-    /// Add the endpoints detached on the daemon's own initiative to a stats answer.
-    pub fn annotate(&self, answer: Answer) -> Answer {
+    /// Add to a stats answer the endpoints detached on the daemon's own initiative and the
+    /// DHCP leases it could not keep.
+    pub fn annotate(&self, answer: Answer, leases: Vec<LeaseNote>) -> Answer {
         match answer {
             Answer::Stats {
                 demux,
                 uptime_s,
                 interfaces,
-                leases,
                 ..
             } => Answer::Stats {
                 demux,
