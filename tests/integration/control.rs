@@ -495,7 +495,15 @@ fn every_validation_error_is_clear_and_creates_nothing() {
         ),
         (
             "network create --subnet 198.18.1.0/24 -o parent=v1 -o mtu=9000 n2",
-            "unknown option `-o mtu`",
+            "MTU 9000 is larger than parent `v1`'s MTU 1500",
+        ),
+        (
+            "network create --subnet 198.18.1.0/24 -o parent=v1 -o vlan=7 n2",
+            "unknown option `-o vlan`",
+        ),
+        (
+            "network create --dhcp --subnet 198.18.1.0/24 -o parent=v1 n2",
+            "takes no --subnet",
         ),
         (
             "network create --subnet 198.18.1.0/24 -o parent=v1 -o macvlan_mode=nat n2",
