@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Endpoint, Network};
 
-const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "state.lock";
 const VERSION: u32 = 1;
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
@@ -81,6 +81,9 @@ struct Keeper {
     notes: Arc<Mutex<Vec<LeaseNote>>>,
     /// Per endpoint: no try before this (Unix seconds), after one that got no answer.
     next_try: HashMap<String, u64>,
+    /// The state as last read, and the state file's modification time then: the file is
+    /// read again only once it changed (a daemon with no leases opens nothing).
+    state: Option<(SystemTime, State)>,
 }
 
 /// What one try came to.
@@ -97,6 +100,22 @@ impl Keeper {
             started: Instant::now(),
             notes,
             next_try: HashMap::new(),
+            state: None,
+        }
+    }
+
+    /// The state, read again only if its file changed since the last read.
+    fn state(&mut self) -> Result<State> {
+        let modified = std::fs::metadata(self.data_root.join(crate::control::state::STATE_FILE))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match &self.state {
+            Some((at, state)) if *at == modified => Ok(state.clone()),
+            _ => {
+                let state = State::load(&self.data_root)?;
+                self.state = Some((modified, state.clone()));
+                Ok(state)
+            }
         }
     }
 
@@ -118,7 +137,7 @@ impl Keeper {
 
     /// Try every lease that is due; how long to sleep until the next one is.
     fn pass(&mut self) -> Result<Duration> {
-        let state = State::load(&self.data_root)?;
+        let state = self.state()?;
         let now = unix_now();
         let leased: Vec<&Endpoint> = state
             .endpoints
