@@ -12,7 +12,7 @@ use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::ether::Mac;
 use xmacvlan::ipc::protocol::{Answer, Request};
 use xmacvlan::ipc::socket::request;
-use xmacvlan_bench::generator::{self, GeneratorConfig};
+use xmacvlan_bench::generator::{self, Amount, GeneratorConfig};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::docker_lab::{Parents, TempDir, Xmacvlan};
 use xmacvlan_tests::dockerd::{Dockerd, IMAGE};
@@ -117,9 +117,8 @@ fn twenty_fresh_containers_under_a_stream_are_never_reported_gone() {
                 let cfg = GeneratorConfig {
                     ifname: parents.a.clone(),
                     queue: 0,
-                    duration: Duration::from_secs(120),
+                    amount: Amount::For(Duration::from_secs(120)),
                     rate: Some(RATE),
-                    count: None,
                     core: None,
                     frame_size: 2048,
                     max_in_flight: generator::MAX_IN_FLIGHT,
