@@ -14,6 +14,7 @@ use xmacvlan::netns::NetnsGuard;
 use xmacvlan_tests::cni_lab::{
     CNI_DIR, Lab, Run, daemon_endpoints, served_by_fast_path, sibling_bin,
 };
+use xmacvlan_tests::udhcpd::{Pool, Udhcpd};
 
 fn ours() -> PathBuf {
     sibling_bin("xmacvlan-cni")
@@ -727,19 +728,6 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
     let c0 = c0.to_str().unwrap();
     // A DHCP server on the wire side (busybox udhcpd on v0p) and the dhcp IPAM plugin's
     // daemon on a private socket, both in the host namespace.
-    let conf_path = lab.dir.join("udhcpd.conf");
-    std::fs::write(
-        &conf_path,
-        format!(
-            "start 198.18.50.100\nend 198.18.50.110\ninterface v0p\nlease_file {}\n\
-             pidfile {}\noption subnet 255.255.255.0\noption router 198.18.50.1\n\
-             option lease 600\n",
-            lab.dir.join("udhcpd.leases").display(),
-            lab.dir.join("udhcpd.pid").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(lab.dir.join("udhcpd.leases"), "").unwrap();
     lab.host
         .run(|| {
             let nl = Netlink::new()?;
@@ -747,6 +735,18 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
             nl.add_address(v0p, "198.18.50.1".parse()?, 24)
         })
         .unwrap();
+    let server = Udhcpd::start(
+        lab.host.name(),
+        "v0p",
+        &lab.dir,
+        &Pool {
+            first: "198.18.50.100",
+            last: "198.18.50.110",
+            router: "198.18.50.1",
+            dns: "198.18.50.53",
+            lease_s: 600,
+        },
+    );
     let spawn = |cmd: &mut std::process::Command| {
         lab.host
             .run(|| {
@@ -758,11 +758,6 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
             })
             .unwrap()
     };
-    let _server = spawn(
-        std::process::Command::new("/bin/busybox")
-            .args(["udhcpd", "-f"])
-            .arg(&conf_path),
-    );
     let socket = lab.dir.join("dhcp.sock");
     let _dhcp = spawn(
         std::process::Command::new(reference("dhcp"))
@@ -797,6 +792,17 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
         "{kernel}"
     );
     assert_eq!(lab.state().endpoints[0].addresses[0].to_string(), address);
+    // The server leased it to the container's MAC (as xmacvlan's own client does for Docker).
+    let mac = Mac(lab.state().endpoints[0].mac).to_string();
+    let leased_ip = || server.lease_of(&mac).map(|l| l.ip);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while leased_ip().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        leased_ip().map(|ip| format!("{ip}/24")),
+        Some(address.clone())
+    );
     ok(
         &lab.plugin(&ours(), "CHECK", "ctr-d", c0, "eth0", &with_prev(&conf, &v)),
         "CHECK dhcp",
@@ -807,4 +813,14 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
     );
     assert_eq!(Lab::links(&lab.containers[0]), ["lo"]);
     assert!(lab.state().endpoints.is_empty());
+    // The dhcp plugin released the lease through the device before it went.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.lease_of(&mac).and_then(|l| l.expires_in).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never saw the RELEASE: {:?}",
+            server.lease_of(&mac)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
