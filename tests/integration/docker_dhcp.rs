@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::control::Endpoint;
 use xmacvlan::ether::Mac;
+use xmacvlan::ipc::protocol::{Answer, LeaseNote, Request};
+use xmacvlan::ipc::socket::request;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::{Netns, NetnsGuard};
 use xmacvlan_tests::app::App;
@@ -63,6 +65,14 @@ fn eth0(netns: &str) -> (String, IpAddr, u8) {
             Ok((Mac(link.mac).to_string(), v4.0, v4.1))
         })
         .unwrap()
+}
+
+/// The leases `stats` lists as lost.
+fn lease_notes(xmv: &Xmacvlan) -> Vec<LeaseNote> {
+    match request(&xmv.socket(), &Request::Stats).unwrap() {
+        Answer::Stats { leases, .. } => leases,
+        other => panic!("stats answered {other:?}"),
+    }
 }
 
 fn record(xmv: &Xmacvlan, name: &str) -> Endpoint {
@@ -197,6 +207,29 @@ fn docker_and_cli_endpoints_lease_renew_and_release() {
         "{}",
         xmv.log_text()
     );
+
+    // A server that stops answering: the lease runs out, which is logged and listed by
+    // `stats`; the container keeps its address, and once the server is back the daemon gets
+    // that same address again.
+    server.stop();
+    wait(
+        "the lease to be reported lost",
+        Duration::from_secs(30),
+        || lease_notes(&xmv).iter().any(|n| n.endpoint == name),
+    );
+    let note = lease_notes(&xmv).remove(0);
+    assert!(note.problem.contains("expired"), "{note:?}");
+    assert_eq!(note.address, address.to_string());
+    assert!(xmv.log_text().contains("DHCP lease lost"));
+    assert_eq!(eth0(&sandbox).1, address, "never a silent address change");
+    server.resume();
+    wait(
+        "the lease to be held again",
+        Duration::from_secs(30),
+        || lease_notes(&xmv).is_empty(),
+    );
+    assert_eq!(record(&xmv, &name).lease.unwrap().address, lease.address);
+    assert!(xmv.log_text().contains("DHCP lease held again"));
 
     // docker rm releases the lease: the server expires it at once.
     docker.ok(&["rm", "-f", "c1"]);

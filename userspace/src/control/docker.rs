@@ -187,15 +187,7 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
     if net.dhcp {
         // On its own link with its own MAC, before Docker moves it: the address goes back to
         // Docker in CreateEndpoint's answer (its IPAM, `null`, gave none).
-        super::lease::acquire(&mut ep, &net)?;
-        let leased = ep.clone();
-        undo.on_rollback(super::undo_step(
-            format!("the DHCP lease of `{}`", ep.name),
-            move || {
-                super::lease::release(&leased, &[&leased]);
-                Ok(())
-            },
-        ));
+        super::lease::acquire_undoably(&mut ep, &net, &mut undo)?;
     }
     state.endpoints.push(ep.clone());
     store

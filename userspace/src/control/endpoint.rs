@@ -208,15 +208,7 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
         move || provision::remove_endpoint(&made).map(drop),
     ));
     if net.dhcp {
-        super::lease::acquire(&mut ep, &net)?;
-        let leased = ep.clone();
-        undo.on_rollback(super::undo_step(
-            format!("the DHCP lease of endpoint `{}`", ep.name),
-            move || {
-                super::lease::release(&leased, &[&leased]);
-                Ok(())
-            },
-        ));
+        super::lease::acquire_undoably(&mut ep, &net, &mut undo)?;
         super::lease::configure(&mut ep)?;
     }
     state.endpoints.push(ep.clone());

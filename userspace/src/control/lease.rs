@@ -9,6 +9,7 @@ use super::model::{Cidr, Endpoint, Network};
 use crate::dhcp::{self, Lease};
 use crate::netlink::Netlink;
 use crate::netns::Netns;
+use crate::rollback::Rollback;
 
 /// The segment a network's endpoints are on, as messages name it.
 pub fn segment(net: &Network) -> String {
@@ -33,9 +34,27 @@ pub fn link(ep: &Endpoint, segment: String) -> dhcp::Link {
     }
 }
 
+/// [`acquire`] as a step of a create: the lease is released again if a later step fails.
+pub fn acquire_undoably(
+    ep: &mut Endpoint,
+    net: &Network,
+    undo: &mut Rollback<'_, ()>,
+) -> Result<()> {
+    acquire(ep, net)?;
+    let leased = ep.clone();
+    undo.on_rollback(super::undo_step(
+        format!("the DHCP lease of endpoint `{}`", ep.name),
+        move || {
+            release(&leased, &[&leased]);
+            Ok(())
+        },
+    ));
+    Ok(())
+}
+
 /// Lease an address for a new endpoint (its device exists, in the namespace its record
 /// names); the record gets the lease, its address and its router as gateway.
-pub fn acquire(ep: &mut Endpoint, net: &Network) -> Result<Lease> {
+fn acquire(ep: &mut Endpoint, net: &Network) -> Result<Lease> {
     let lease = dhcp::acquire(&link(ep, segment(net)), dhcp::ACQUIRE_TIMEOUT, None)
         .with_context(|| format!("leasing an address for endpoint `{}`", ep.name))?;
     tracing::info!(

@@ -178,7 +178,9 @@ fn lease_of(ack: &Message, from: Mac, server: Ipv4Addr, renewals: u32) -> Result
     let mask = o
         .subnet_mask
         .ok_or_else(|| bad("its DHCPACK has no subnet mask (option 1)"))?;
-    let prefix = prefix_of(mask).ok_or_else(|| bad("its subnet mask is not contiguous"))?;
+    let prefix = prefix_of(mask)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("its subnet mask is empty or not contiguous"))?;
     if ack.yiaddr.is_unspecified() || ack.yiaddr.is_broadcast() || ack.yiaddr.is_multicast() {
         return Err(bad("it granted no usable address"));
     }
@@ -403,6 +405,8 @@ mod tests {
         ack.options.subnet_mask = Some(Ipv4Addr::new(255, 0, 255, 0));
         let e = lease_of(&ack, [2; 6], server, 0).unwrap_err();
         assert!(e.to_string().contains("not contiguous"), "{e}");
+        ack.options.subnet_mask = Some(Ipv4Addr::UNSPECIFIED);
+        assert!(lease_of(&ack, [2; 6], server, 0).is_err(), "a /0 lease");
         ack.options.subnet_mask = Some(Ipv4Addr::new(255, 255, 255, 0));
         ack.options.routers = vec![server];
         let l = lease_of(&ack, [2; 6], server, 3).unwrap();
