@@ -149,6 +149,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_endpoint_served_again_leaves_the_list() {
+        let gone = |endpoint: &str| Gone {
+            endpoint: endpoint.into(),
+            iface: "v0".into(),
+            reason: "its network namespace `x` is gone".into(),
+            at_uptime_s: 1,
+        };
+        let mut watch = Watch {
+            gone: vec![gone("a"), gone("b")],
+        };
+        watch.served_again("a");
+        let stats = Answer::Stats {
+            demux: "xdp".into(),
+            uptime_s: 2.0,
+            interfaces: Vec::new(),
+            detached: Vec::new(),
+            leases: Vec::new(),
+        };
+        let Answer::Stats { detached, .. } = watch.annotate(stats, Vec::new()) else {
+            unreachable!()
+        };
+        assert_eq!(detached, [gone("b")]);
+    }
+
+    #[test]
     fn only_an_absent_namespace_is_gone() {
         assert_eq!(namespace_gone("/proc/self/ns/net"), None);
         let reason = namespace_gone("xmv-no-such-netns-for-sure").unwrap();
