@@ -3,12 +3,14 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use xmacvlan::abi::Key;
 use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec};
 use xmacvlan::modes::DemuxMode;
 use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;
 use xmacvlan_tests::pace::{self, Delivered};
+use xmacvlan_tests::resources;
 use xmacvlan_tests::{dataplane_config, require_root};
 
 fn churn_under_traffic(demux: DemuxMode) {
@@ -127,4 +129,137 @@ fn xdp_demux_endpoints_join_and_leave_under_traffic() {
 fn user_demux_endpoints_join_and_leave_under_traffic() {
     require_root();
     churn_under_traffic(DemuxMode::User);
+}
+
+/// The classifier's key map of the XDP program attached to `ifname` (in the calling thread's
+/// namespace), opened by id: what a test uses to make the kernel refuse the next key.
+fn key_map_of(ifname: &str) -> aya::maps::HashMap<aya::maps::MapData, Key, u32> {
+    let link = xmacvlan::netlink::Netlink::new()
+        .and_then(|nl| nl.require_link(ifname))
+        .unwrap();
+    let prog = link.xdp_prog_id.expect("an XDP program on the lab NIC");
+    let maps = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog)
+        .expect("the attached program is loaded")
+        .map_ids()
+        .unwrap()
+        .expect("the program's map ids");
+    let id = maps
+        .into_iter()
+        .find(|&id| {
+            aya::maps::MapInfo::from_id(id)
+                .is_ok_and(|m| m.name_as_str() == Some(xmacvlan::abi::MAP_SLOTS))
+        })
+        .expect("the classifier's key map");
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).unwrap()).unwrap();
+    aya::maps::HashMap::try_from(map).unwrap()
+}
+
+/// Keys no endpoint has (VLAN 4000, made-up MACs) until the map refuses one; returns them.
+fn fill(map: &mut aya::maps::HashMap<aya::maps::MapData, Key, u32>) -> Vec<Key> {
+    let mut filler = Vec::new();
+    for i in 0u32.. {
+        let [_, a, b, c] = i.to_be_bytes();
+        let key = Key {
+            vid: 4000,
+            mac: [0x02, 0xff, 0xee, a, b, c],
+        };
+        if map.insert(key, 0, 0).is_err() {
+            return filler;
+        }
+        filler.push(key);
+    }
+    unreachable!()
+}
+
+/// An attach that fails at its last step (the kernel refuses the endpoint's classifier key)
+/// leaves nothing behind: the endpoint is not listed, its sockets are closed, its slot is
+/// free; once there is room the same endpoint attaches and gets exactly its frames.
+fn failed_attach_leaves_nothing(demux: DemuxMode) {
+    let lab = Lab::build(&Topology {
+        vlans: vec![0],
+        endpoints_per_vlan: 2,
+        kernel_devices: KernelDevices::None,
+        ..Topology::default()
+    })
+    .unwrap();
+    let all = lab.endpoints.clone();
+    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+    let count = 2_000u64;
+    let gen_cfg = GeneratorConfig {
+        ifname: lab::WIRE.into(),
+        queue: 0,
+        duration: Duration::from_secs(30),
+        rate: Some(20_000),
+        count: Some(count),
+        core: Some(0),
+        frame_size: generator::FRAME_SIZE,
+        max_in_flight: generator::MAX_IN_FLIGHT,
+    };
+    let streams = lab_streams(&all, 64, false);
+    let stop = AtomicBool::new(false);
+    let (sent, finished) = lab
+        .host
+        .run(|| {
+            let mut dp = Dataplane::start(&cfg, &all[..1])?;
+            let before = resources::stable(Duration::from_secs(2));
+            let mut map = key_map_of(lab::NIC);
+            let filler = fill(&mut map);
+            let refused = dp.add_endpoint(all[1].clone()).unwrap_err();
+            assert!(
+                format!("{refused:#}").contains(&all[1].name),
+                "{demux:?}: the error names the endpoint: {refused:#}"
+            );
+            assert_eq!(
+                dp.endpoints(),
+                all[..1],
+                "{demux:?}: a failed attach left the endpoint listed"
+            );
+            let after = resources::settle_to(&before, Duration::from_secs(5));
+            assert!(
+                after.is_ok(),
+                "{demux:?}: a failed attach left resources behind: before {before:?}, after {after:?}"
+            );
+            for key in &filler {
+                map.remove(key)?;
+            }
+            dp.add_endpoint(all[1].clone())?;
+            let frames = Delivered::of(&dp, |_| true);
+            let delivered = || frames.frames();
+            let pace_sent = PaceSent::default();
+            let pace = Pace::delivered(&pace_sent, &delivered, pace::WINDOW);
+            let sent = lab
+                .wire
+                .run(|| generator::run_paced(&gen_cfg, &streams, &stop, Some(pace)))?;
+            lab::wait_for_drain(
+                || frames.frames(),
+                sent.total(),
+                Duration::from_millis(500),
+                Duration::from_secs(10),
+            );
+            anyhow::Ok((sent, dp.stop()?))
+        })
+        .unwrap();
+    for (i, e) in finished.endpoints.iter().enumerate() {
+        assert_eq!(
+            (e.frames, e.misdelivered, e.dropped),
+            (sent.per_stream[i], 0, 0),
+            "{demux:?} {}",
+            e.spec.name
+        );
+    }
+    assert_eq!(sent.total(), count);
+}
+
+#[test]
+fn xdp_demux_failed_attach_leaves_nothing() {
+    require_root();
+    failed_attach_leaves_nothing(DemuxMode::Xdp);
+}
+
+#[test]
+fn user_demux_failed_attach_leaves_nothing() {
+    require_root();
+    failed_attach_leaves_nothing(DemuxMode::User);
 }
