@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, in_hot_loop};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, require_root};
@@ -64,10 +64,10 @@ fn hot_loops_allocate_nothing_per_frame() {
     let sweeps = 4;
     let sparse = xmacvlan::dataplane::SPARSE_FROM / 2;
     for (demux, per_vlan) in [
-        (DemuxMode::Xdp, sweeps),
-        (DemuxMode::User, sweeps),
-        (DemuxMode::Xdp, sparse),
-        (DemuxMode::User, sparse),
+        (Demux::Xdp, sweeps),
+        (Demux::User, sweeps),
+        (Demux::Xdp, sparse),
+        (Demux::User, sparse),
     ] {
         let topology = Topology {
             vlans: vec![100, 0],

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use xmacvlan::dataplane::{ClaimPolicy, Dataplane, in_hot_loop};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{TrafficConfig, lab_streams, run_traffic_until};
 use xmacvlan_tests::accounting::Ledger;
@@ -79,7 +79,7 @@ fn port_loops_allocate_nothing_per_frame() {
         "counter counts"
     );
 
-    for demux in [DemuxMode::Xdp, DemuxMode::User] {
+    for demux in [Demux::Xdp, Demux::User] {
         let lab = Lab::build(&Topology {
             vlans: vec![100, 0],
             endpoints_per_vlan: 4,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
-use xmacvlan::dataplane::{ClaimPolicy, Dataplane, EndpointSpec, PortCounters, PortSnapshot};
+use xmacvlan::dataplane::{ClaimPolicy, Dataplane, EndpointSpec, PortLink, PortSnapshot};
 use xmacvlan::memif::{PortEvent, PortServer, PortServerConfig};
 
 use crate::lab::Lab;
@@ -193,7 +193,7 @@ pub struct LabPorts {
     server: PortServer,
     dir: PathBuf,
     apps: Vec<(String, AppProcess)>,
-    counters: Vec<Arc<PortCounters>>,
+    counters: Vec<Arc<PortLink>>,
 }
 
 impl LabPorts {
@@ -304,7 +304,7 @@ impl LabPorts {
             .apps
             .iter()
             .map(|(name, _)| {
-                dp.port_counters(name)
+                dp.port_link(name)
                     .ok_or_else(|| anyhow!("endpoint {name} has no port"))
             })
             .collect::<Result<_>>()?;
@@ -312,7 +312,7 @@ impl LabPorts {
     }
 
     /// The ports' live counters (to read from the generator's threads).
-    pub fn counters(&self) -> Vec<Arc<PortCounters>> {
+    pub fn counters(&self) -> Vec<Arc<PortLink>> {
         self.counters.clone()
     }
 

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use xmacvlan::dataplane::{DataplaneConfig, default_cores};
+use xmacvlan::config::DataplaneFlags;
+use xmacvlan::dataplane::DataplaneConfig;
 use xmacvlan::ether::{Mac, VlanId};
-use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
-use xmacvlan::xsk::QueueConfig;
 use xmacvlan_bench::ingress::Ingress;
 use xmacvlan_bench::lab::{KernelDevices, Topology};
 use xmacvlan_bench::scenario::{LabApp, TrafficConfig, run_lab};
@@ -136,25 +135,10 @@ struct LabArgs {
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// How frames reach the endpoints (the daemon's `--demux-mode`).
-    #[arg(
-        long = "demux-mode",
-        visible_alias = "demux",
-        value_enum,
-        default_value = "xdp"
-    )]
-    demux: DemuxMode,
-    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    xdp_mode: XdpMode,
-    /// How the AF_XDP sockets bind (the daemon's `--bind-mode`).
-    #[arg(
-        long = "bind-mode",
-        visible_alias = "bind",
-        value_enum,
-        default_value = "auto"
-    )]
-    bind: BindMode,
-    /// Receive queues of the lab NIC (one worker and one generator each).
+    /// The dataplane's options, as `xmacvlan run` and the daemon take them.
+    #[command(flatten)]
+    dataplane: DataplaneFlags,
+    /// Receive queues of the lab NIC (a generator each; `--ingress skb` only).
     #[arg(long, default_value_t = 1)]
     queues: u32,
     /// VLANs with endpoints, comma-separated; 0 = untagged.
@@ -166,9 +150,6 @@ struct LabArgs {
     /// Frame length in bytes (without FCS), 60-3000.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
     frame_len: u16,
-    /// Cores for the receive threads (default: all but core 0).
-    #[arg(long, value_delimiter = ',')]
-    cores: Option<Vec<usize>>,
     /// Core for the generator.
     #[arg(long, default_value_t = 0)]
     generator_core: usize,
@@ -275,21 +256,11 @@ fn lab(a: LabArgs) -> Result<()> {
         mtu: None,
         ingress: a.ingress,
     };
-    let dataplane = DataplaneConfig {
-        ifname: String::new(),
+    let mut dataplane = DataplaneConfig {
         queues: a.queues,
-        demux: a.demux,
-        xdp_mode: a.xdp_mode,
-        queue: QueueConfig {
-            bind: a.bind,
-            ..QueueConfig::default()
-        },
-        cores: a.cores.unwrap_or_else(default_cores),
-        consumer_threads: 1,
-        endpoint_ring: 4096,
-        idle: xmacvlan::dataplane::IdlePolicy::default(),
-        threads: xmacvlan::modes::Threads::RunToCompletion,
+        ..DataplaneConfig::default()
     };
+    dataplane.apply(&a.dataplane).map_err(anyhow::Error::msg)?;
     let traffic = TrafficConfig {
         duration,
         rate: a.rate,

@@ -300,7 +300,7 @@ pub fn run_lab(
         let sent = match &ports {
             Some(p) => {
                 let counters = p.counters();
-                let received = move || counters.iter().map(|c| c.received()).sum();
+                let received = move || counters.iter().map(|c| c.counters.received()).sum();
                 run_traffic_until(&lab, topology.queues, &streams, traffic, &received)?
             }
             None => run_traffic(&lab, &dp, topology.queues, &streams, traffic)?,

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec, SocketStats};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::test_frame::TestFrame;
@@ -68,7 +68,7 @@ fn churned(n: usize) -> EndpointSpec {
     }
 }
 
-fn churn(demux: DemuxMode) -> Outcome {
+fn churn(demux: Demux) -> Outcome {
     let steady: Vec<EndpointSpec> = (0..8)
         .map(|i| {
             let vid = [100, 0][i % 2];
@@ -211,7 +211,7 @@ fn churn(demux: DemuxMode) -> Outcome {
 #[test]
 fn churn_1000_cycles_under_traffic_leaks_nothing() {
     require_root();
-    for demux in [DemuxMode::Xdp, DemuxMode::User] {
+    for demux in [Demux::Xdp, Demux::User] {
         let o = churn(demux);
         assert!(o.frames_sent > 0 && o.seconds > 0.0);
         println!(

@@ -2,7 +2,6 @@
 use std::path::PathBuf;
 
 use xmacvlan::cli::run::{RunArgs, run};
-use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::NetnsGuard;
 use xmacvlan::xdp::{Classifier, Program, Steering};
@@ -12,10 +11,7 @@ fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
     RunArgs {
         iface: iface.into(),
         config,
-        demux: DemuxMode::Xdp,
-        xdp_mode: XdpMode::Auto,
-        bind: BindMode::Auto,
-        cores: None,
+        dataplane: Default::default(),
         duration: Some(std::time::Duration::from_millis(300)),
         force,
         fix_offloads: false,
@@ -50,7 +46,12 @@ fn refuses_an_interface_with_another_xdp_program_and_runs_on_a_free_one() {
 
         // Another tool's program on nic0: refused, and left in place.
         let mut foreign = Classifier::load(Program::DropAll, Steering::PerEndpoint, 1)?;
-        foreign.attach(nic, "nic0", XdpMode::Native, &mut Vec::new())?;
+        foreign.attach(
+            nic,
+            "nic0",
+            xmacvlan::modes::XdpMode::Native,
+            &mut Vec::new(),
+        )?;
         let before = nl.require_link("nic0")?.xdp_prog_id;
         assert!(before.is_some());
         let err = run(args("nic0", config.clone(), false)).unwrap_err();

@@ -332,11 +332,13 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
         .run(|| {
             let mut daemon = Daemon::new(Settings {
                 demux: DemuxMode::Xdp,
-                xdp_mode: xmacvlan::modes::XdpMode::Auto,
-                bind: xmacvlan::modes::BindMode::Copy,
-                cores: xmacvlan::dataplane::default_cores(),
-                idle: xmacvlan::dataplane::IdlePolicy::default(),
-                threads: xmacvlan::modes::Threads::RunToCompletion,
+                dataplane: xmacvlan::dataplane::DataplaneConfig {
+                    queue: xmacvlan::xsk::QueueConfig {
+                        bind: xmacvlan::modes::BindMode::Copy,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
                 port_dir: t.root.join("ports"),
                 port_secret: None,
                 data_root: t.root.clone(),

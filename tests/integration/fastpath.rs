@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, Finished};
 use xmacvlan::frame::BROADCAST;
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
@@ -69,7 +69,7 @@ fn adversarial_streams(lab: &Lab) -> Vec<Stream> {
 
 /// Run the lab with known traffic; the lab is torn down before this returns, and the test
 /// fails if any of its namespaces survived.
-fn run_exact(demux: DemuxMode, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>) {
+fn run_exact(demux: Demux, queues: u32) -> (Finished, Vec<Stream>, Vec<u64>) {
     let topology = Topology {
         queues,
         kernel_devices: KernelDevices::None,
@@ -162,14 +162,14 @@ fn check_exact(finished: &Finished, streams: &[Stream], sent: &[u64], queues: u3
 #[test]
 fn xdp_demux_delivers_exactly_and_counts_add_up() {
     require_root();
-    let (finished, streams, sent) = run_exact(DemuxMode::Xdp, 1);
+    let (finished, streams, sent) = run_exact(Demux::Xdp, 1);
     check_exact(&finished, &streams, &sent, 1);
 }
 
 #[test]
 fn user_demux_delivers_exactly_and_counts_add_up() {
     require_root();
-    let (finished, streams, sent) = run_exact(DemuxMode::User, 1);
+    let (finished, streams, sent) = run_exact(Demux::User, 1);
     check_exact(&finished, &streams, &sent, 1);
     let steered: u64 = finished.queues.iter().map(|q| q.steered).sum();
     assert_eq!(steered, finished.xdp.redirected);
@@ -178,7 +178,7 @@ fn user_demux_delivers_exactly_and_counts_add_up() {
 #[test]
 fn every_queue_is_served() {
     require_root();
-    let (finished, streams, sent) = run_exact(DemuxMode::Xdp, 2);
+    let (finished, streams, sent) = run_exact(Demux::Xdp, 2);
     check_exact(&finished, &streams, &sent, 2);
     for (i, q) in finished.queues.iter().enumerate() {
         assert!(q.refilled > 0, "queue {i} never received: {q:?}");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec};
 use xmacvlan::memif::{PortEvent, PortServer, PortServerConfig};
-use xmacvlan::modes::{DemuxMode, Threads};
+use xmacvlan::modes::{Demux, Threads};
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::{Stream, StreamKind};
 use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
@@ -152,13 +152,13 @@ fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result
     Ok(out)
 }
 
-fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration, threads: Threads) {
+fn blocks_then_wakes(demux: Demux, coalesce: Duration, threads: Threads) {
     require_root();
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab();
     let mut cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     cfg.idle.coalesce = coalesce;
-    cfg.threads = threads;
+    cfg.layout = xmacvlan::dataplane::Layout::for_cores(Some(threads), 1);
     let streams = lab_streams(&lab.endpoints, 64, false);
     let extra = EndpointSpec {
         name: "extra".into(),
@@ -219,35 +219,35 @@ fn blocks_then_wakes(demux: DemuxMode, coalesce: Duration, threads: Threads) {
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO, Threads::RunToCompletion);
+    blocks_then_wakes(Demux::Xdp, Duration::ZERO, Threads::RunToCompletion);
 }
 
 #[test]
 fn idle_threads_block_and_wake_for_frames_and_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User, Duration::ZERO, Threads::RunToCompletion);
+    blocks_then_wakes(Demux::User, Duration::ZERO, Threads::RunToCompletion);
 }
 
 /// `receive-threads split`: a worker thread beside the consumer, each blocking on its own.
 #[test]
 fn idle_split_threads_block_and_wake_for_frames_and_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp, Duration::ZERO, Threads::Split);
+    blocks_then_wakes(Demux::Xdp, Duration::ZERO, Threads::Split);
 }
 
 #[test]
 fn idle_split_threads_block_and_wake_for_frames_and_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User, Duration::ZERO, Threads::Split);
+    blocks_then_wakes(Demux::User, Duration::ZERO, Threads::Split);
 }
 
 /// `receive-coalesce-us`: the threads wait after a socket wakes them, never lose a frame to
 /// it, and still serve commands at once.
 #[test]
 fn coalescing_threads_deliver_exactly_and_serve_commands_xdp_demux() {
-    blocks_then_wakes(DemuxMode::Xdp, COALESCE, Threads::RunToCompletion);
+    blocks_then_wakes(Demux::Xdp, COALESCE, Threads::RunToCompletion);
 }
 
 #[test]
 fn coalescing_threads_deliver_exactly_and_serve_commands_user_demux() {
-    blocks_then_wakes(DemuxMode::User, COALESCE, Threads::RunToCompletion);
+    blocks_then_wakes(Demux::User, COALESCE, Threads::RunToCompletion);
 }
 
 /// A directory removed on drop, also when the test fails.
@@ -287,7 +287,7 @@ fn connect(dp: &mut Dataplane, server: &PortServer, endpoint: &str) -> anyhow::R
     anyhow::bail!("no client connected to {endpoint}'s port within 10 s")
 }
 
-fn port_idle_then_reflects(demux: DemuxMode) {
+fn port_idle_then_reflects(demux: Demux) {
     require_root();
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab();
@@ -306,7 +306,7 @@ fn port_idle_then_reflects(demux: DemuxMode) {
             std::thread::sleep(IDLE);
             assert_idle_cpu(
                 &format!("{demux:?} demux, an idle memif client connected"),
-                cfg.threads,
+                cfg.layout.threads(),
             );
 
             for (round, count) in [(1, 1u64), (2, 200)] {
@@ -353,12 +353,12 @@ fn port_idle_then_reflects(demux: DemuxMode) {
 
 #[test]
 fn idle_with_a_memif_client_blocks_and_wakes_for_its_frames_xdp_demux() {
-    port_idle_then_reflects(DemuxMode::Xdp);
+    port_idle_then_reflects(Demux::Xdp);
 }
 
 #[test]
 fn idle_with_a_memif_client_blocks_and_wakes_for_its_frames_user_demux() {
-    port_idle_then_reflects(DemuxMode::User);
+    port_idle_then_reflects(Demux::User);
 }
 
 /// The daemon's own CPU time (utime + stime, `/proc/PID/stat`, in clock ticks of 10 ms) and

@@ -12,7 +12,7 @@ use std::time::Duration;
 use xmacvlan::abi::Mac;
 use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP};
-use xmacvlan::modes::{DemuxMode, Threads};
+use xmacvlan::modes::{Demux, Threads};
 use xmacvlan_bench::generator::{self, Pace, PaceSent, Stream, StreamKind};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, run_traffic};
@@ -167,7 +167,7 @@ fn random_traffic(eps: &[EndpointSpec], rng: &mut Rng) -> Vec<(Stream, Fate)> {
     out
 }
 
-fn isolation(demux: DemuxMode, threads: Threads) {
+fn isolation(demux: Demux, threads: Threads) {
     let mut rng = Rng::seeded(&format!("isolation {demux:?}"));
     let eps = endpoints();
     assert!(
@@ -179,7 +179,7 @@ fn isolation(demux: DemuxMode, threads: Threads) {
     // The lab's own endpoints are not used: only its NIC and wire.
     let lab = bare_lab::build();
     let mut cfg = lab.dataplane_config(&dataplane_config(demux, 1));
-    cfg.threads = threads;
+    cfg.layout = xmacvlan::dataplane::Layout::for_cores(Some(threads), 1);
     let config = TrafficConfig {
         count: Some(PER_STREAM),
         rate: Some(100_000),
@@ -231,7 +231,7 @@ fn isolation(demux: DemuxMode, threads: Threads) {
     let ledger = Ledger::finished(sent.total(), &finished, &[]);
     ledger.assert_balanced(&format!("{demux:?}"));
     assert_eq!(ledger.dropped_total(), 0, "{demux:?}: {ledger:#?}");
-    if demux == DemuxMode::User {
+    if demux == Demux::User {
         let steered: u64 = finished.queues.iter().map(|q| q.steered).sum();
         assert_eq!(
             steered, delivered,
@@ -250,13 +250,13 @@ fn isolation(demux: DemuxMode, threads: Threads) {
 #[test]
 fn xdp_demux_isolates_64_endpoints_on_4_vlans() {
     require_root();
-    isolation(DemuxMode::Xdp, Threads::RunToCompletion);
+    isolation(Demux::Xdp, Threads::RunToCompletion);
 }
 
 #[test]
 fn user_demux_isolates_64_endpoints_on_4_vlans() {
     require_root();
-    isolation(DemuxMode::User, Threads::RunToCompletion);
+    isolation(Demux::User, Threads::RunToCompletion);
 }
 
 /// Split threads: `xdp` demux still visits only readable sockets (epoll), `user` demux
@@ -264,13 +264,13 @@ fn user_demux_isolates_64_endpoints_on_4_vlans() {
 #[test]
 fn xdp_demux_isolates_64_endpoints_with_split_threads() {
     require_root();
-    isolation(DemuxMode::Xdp, Threads::Split);
+    isolation(Demux::Xdp, Threads::Split);
 }
 
 #[test]
 fn user_demux_isolates_64_endpoints_with_split_threads() {
     require_root();
-    isolation(DemuxMode::User, Threads::Split);
+    isolation(Demux::User, Threads::Split);
 }
 
 const REUSE_CYCLES: usize = 20;
@@ -278,7 +278,7 @@ const REUSE_CYCLES: usize = 20;
 /// Endpoint "a" (one MAC) and "b" (another) take turns in one slot while frames to both
 /// flow: each removal leaves the holder's frames in flight, and the next add takes the freed
 /// slot (read back from the classifier's key map).
-fn slot_reuse(demux: DemuxMode) {
+fn slot_reuse(demux: Demux) {
     let steady: Vec<EndpointSpec> = (0..6)
         .map(|i| EndpointSpec {
             name: format!("steady-{i}"),
@@ -371,7 +371,7 @@ fn wait_for_frames(dp: &Dataplane, name: &str) {
 }
 
 fn check_reuse(
-    demux: DemuxMode,
+    demux: Demux,
     streams: &[Stream],
     sent: &[u64],
     finished: &Finished,
@@ -424,11 +424,11 @@ fn check_reuse(
 #[test]
 fn xdp_demux_reused_slot_never_gets_old_frames() {
     require_root();
-    slot_reuse(DemuxMode::Xdp);
+    slot_reuse(Demux::Xdp);
 }
 
 #[test]
 fn user_demux_reused_slot_never_gets_old_frames() {
     require_root();
-    slot_reuse(DemuxMode::User);
+    slot_reuse(Demux::User);
 }

@@ -3,7 +3,7 @@
 //! Every endpoint's application must get exactly its own frames (sinks: checked MAC, no tag,
 //! timed), every reflected frame must come back on the wire from its endpoint and be timed,
 //! and the lab must leave no namespace or socket behind. Needs root.
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan::telemetry::report::Report;
 use xmacvlan_bench::apps::LAB_PORT_ROOT;
 use xmacvlan_bench::lab::Topology;
@@ -14,7 +14,7 @@ use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 /// an application is descheduled for the whole run.
 const PER_ENDPOINT: u64 = 300;
 
-fn run(demux: DemuxMode, app: LabApp) -> Report {
+fn run(demux: Demux, app: LabApp) -> Report {
     let traffic = TrafficConfig {
         count: Some(PER_ENDPOINT),
         pace: Pacing::Delivered,
@@ -35,7 +35,7 @@ fn lab_delivers_exactly_into_sinks_and_back_from_reflectors() {
     require_root();
     // This process's labs only: other suites may run labs at the same time.
     let ours = format!("xmvlab{}-", std::process::id());
-    for demux in [DemuxMode::Xdp, DemuxMode::User] {
+    for demux in [Demux::Xdp, Demux::User] {
         let report = run(demux, LabApp::Sink);
         let text = report.to_text();
         assert_eq!(report.endpoints.len(), 6, "{text}");

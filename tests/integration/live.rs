@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use xmacvlan::abi::Key;
 use xmacvlan::dataplane::{Dataplane, EndpointResult, EndpointSpec};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;
@@ -13,7 +13,7 @@ use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::resources;
 use xmacvlan_tests::{dataplane_config, require_root};
 
-fn churn_under_traffic(demux: DemuxMode) {
+fn churn_under_traffic(demux: Demux) {
     let lab = Lab::build(&Topology {
         vlans: vec![0],
         endpoints_per_vlan: 5,
@@ -122,13 +122,13 @@ fn churn_under_traffic(demux: DemuxMode) {
 #[test]
 fn xdp_demux_endpoints_join_and_leave_under_traffic() {
     require_root();
-    churn_under_traffic(DemuxMode::Xdp);
+    churn_under_traffic(Demux::Xdp);
 }
 
 #[test]
 fn user_demux_endpoints_join_and_leave_under_traffic() {
     require_root();
-    churn_under_traffic(DemuxMode::User);
+    churn_under_traffic(Demux::User);
 }
 
 /// The classifier's key map of the XDP program attached to `ifname` (in the calling thread's
@@ -176,7 +176,7 @@ fn fill(map: &mut aya::maps::HashMap<aya::maps::MapData, Key, u32>) -> Vec<Key> 
 /// An attach that fails at its last step (the kernel refuses the endpoint's classifier key)
 /// leaves nothing behind: the endpoint is not listed, its sockets are closed, its slot is
 /// free; once there is room the same endpoint attaches and gets exactly its frames.
-fn failed_attach_leaves_nothing(demux: DemuxMode) {
+fn failed_attach_leaves_nothing(demux: Demux) {
     let lab = Lab::build(&Topology {
         vlans: vec![0],
         endpoints_per_vlan: 2,
@@ -186,13 +186,13 @@ fn failed_attach_leaves_nothing(demux: DemuxMode) {
     .unwrap();
     let all = lab.endpoints.clone();
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+    // Frames to each endpoint.
     let count = 2_000u64;
     let gen_cfg = GeneratorConfig {
         ifname: lab::WIRE.into(),
         queue: 0,
-        duration: Duration::from_secs(30),
+        amount: Amount::EachStream(count),
         rate: Some(20_000),
-        count: Some(count),
         core: Some(0),
         frame_size: generator::FRAME_SIZE,
         max_in_flight: generator::MAX_IN_FLIGHT,
@@ -203,9 +203,10 @@ fn failed_attach_leaves_nothing(demux: DemuxMode) {
         .host
         .run(|| {
             let mut dp = Dataplane::start(&cfg, &all[..1])?;
-            let before = resources::stable(Duration::from_secs(2));
             let mut map = key_map_of(lab::NIC);
             let filler = fill(&mut map);
+            // After the filling: the test's own map handle and keys are part of the baseline.
+            let before = resources::stable(Duration::from_secs(2));
             let refused = dp.add_endpoint(all[1].clone()).unwrap_err();
             assert!(
                 format!("{refused:#}").contains(&all[1].name),
@@ -249,17 +250,17 @@ fn failed_attach_leaves_nothing(demux: DemuxMode) {
             e.spec.name
         );
     }
-    assert_eq!(sent.total(), count);
+    assert_eq!(sent.per_stream, [count, count], "every frame sent");
 }
 
 #[test]
 fn xdp_demux_failed_attach_leaves_nothing() {
     require_root();
-    failed_attach_leaves_nothing(DemuxMode::Xdp);
+    failed_attach_leaves_nothing(Demux::Xdp);
 }
 
 #[test]
 fn user_demux_failed_attach_leaves_nothing() {
     require_root();
-    failed_attach_leaves_nothing(DemuxMode::User);
+    failed_attach_leaves_nothing(Demux::User);
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{ClaimPolicy, Dataplane, PortSnapshot};
 use xmacvlan::frame::read_payload;
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan::telemetry::live;
@@ -61,7 +61,7 @@ fn tear_down(lab: Lab) {
     assert!(namespaces_named(&prefix).is_empty(), "namespaces left");
 }
 
-fn exact_delivery(demux: DemuxMode) {
+fn exact_delivery(demux: Demux) {
     let lab = lab(vec![100, 0], 2, KernelDevices::None);
     let streams = lab_streams(&lab.endpoints, 64, true);
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
@@ -140,13 +140,13 @@ fn exact_delivery(demux: DemuxMode) {
 #[test]
 fn ports_get_exactly_their_endpoints_frames_untagged_xdp_demux() {
     require_root();
-    exact_delivery(DemuxMode::Xdp);
+    exact_delivery(Demux::Xdp);
 }
 
 #[test]
 fn ports_get_exactly_their_endpoints_frames_untagged_user_demux() {
     require_root();
-    exact_delivery(DemuxMode::User);
+    exact_delivery(Demux::User);
 }
 
 /// A frame from `src` with `len` bytes, ethertype `ethertype`, numbered `seq` at byte 20.
@@ -177,7 +177,7 @@ const PLAN: TxPlan = TxPlan {
     too_big: 3,
 };
 
-fn transmit(demux: DemuxMode, queues: u32) {
+fn transmit(demux: Demux, queues: u32) {
     let lab = lab_with_queues(vec![100, 0], 1, KernelDevices::None, queues);
     let cfg = lab.dataplane_config(&dataplane_config(demux, queues));
     let apps: Vec<App> = lab.endpoints.iter().map(|_| App::new(16, 1024)).collect();
@@ -328,13 +328,13 @@ fn transmit(demux: DemuxMode, queues: u32) {
 #[test]
 fn port_tx_tags_on_the_wire_and_drops_bad_frames_xdp_demux() {
     require_root();
-    transmit(DemuxMode::Xdp, 1);
+    transmit(Demux::Xdp, 1);
 }
 
 #[test]
 fn port_tx_tags_on_the_wire_and_drops_bad_frames_user_demux() {
     require_root();
-    transmit(DemuxMode::User, 1);
+    transmit(Demux::User, 1);
 }
 
 /// Two queues: the endpoints (slots 0 and 1) transmit on different queues, each through its
@@ -342,13 +342,13 @@ fn port_tx_tags_on_the_wire_and_drops_bad_frames_user_demux() {
 #[test]
 fn port_tx_on_two_queues_user_demux() {
     require_root();
-    transmit(DemuxMode::User, 2);
+    transmit(Demux::User, 2);
 }
 
 #[test]
 fn port_tx_on_two_queues_xdp_demux() {
     require_root();
-    transmit(DemuxMode::Xdp, 2);
+    transmit(Demux::Xdp, 2);
 }
 
 const ENDPOINT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -416,7 +416,7 @@ fn tcp_syns(frames: &[Vec<u8>]) -> usize {
         .count()
 }
 
-fn no_black_hole(demux: DemuxMode) {
+fn no_black_hole(demux: Demux) {
     let lab = lab(vec![0], 1, KernelDevices::OwnNamespace);
     let endpoint = lab.endpoints[0].clone();
     let ns = Netns::open(&format!("{}-{}", lab.prefix, endpoint.name)).unwrap();
@@ -563,16 +563,16 @@ fn no_black_hole(demux: DemuxMode) {
 #[test]
 fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_xdp_demux() {
     require_root();
-    no_black_hole(DemuxMode::Xdp);
+    no_black_hole(Demux::Xdp);
 }
 
 #[test]
 fn no_black_hole_kernel_before_and_after_a_port_the_port_in_between_user_demux() {
     require_root();
-    no_black_hole(DemuxMode::User);
+    no_black_hole(Demux::User);
 }
 
-fn reap_under_traffic(demux: DemuxMode) {
+fn reap_under_traffic(demux: Demux) {
     let lab = lab(vec![0], 2, KernelDevices::None);
     let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
     let what = format!("{demux:?} demux");
@@ -673,11 +673,11 @@ fn reap_under_traffic(demux: DemuxMode) {
 #[test]
 fn a_port_that_goes_away_under_traffic_is_reaped_and_replaced_xdp_demux() {
     require_root();
-    reap_under_traffic(DemuxMode::Xdp);
+    reap_under_traffic(Demux::Xdp);
 }
 
 #[test]
 fn a_port_that_goes_away_under_traffic_is_reaped_and_replaced_user_demux() {
     require_root();
-    reap_under_traffic(DemuxMode::User);
+    reap_under_traffic(Demux::User);
 }

@@ -19,7 +19,7 @@ use xmacvlan::dataplane::{ClaimPolicy, Dataplane, PortSnapshot};
 use xmacvlan::frame::{ETHERTYPE_TEST, TPID_8021Q, read_payload};
 use xmacvlan::memif::shm::{DESC_FLAG_NEXT, Desc};
 use xmacvlan::memif::{Client, ClientConfig, PortEvent, PortServer, PortServerConfig};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::lab_streams;
@@ -69,7 +69,7 @@ fn connect(srv: &PortServer, path: &Path, log2_ring_size: u8) -> (Client, PortEv
     (client, event)
 }
 
-fn chains(demux: DemuxMode) {
+fn chains(demux: Demux) {
     require_root();
     let what = format!("{demux:?} demux");
     let lab = Lab::build(&Topology {
@@ -300,12 +300,12 @@ fn chains(demux: DemuxMode) {
 
 #[test]
 fn chained_buffers_through_the_dataplane_xdp_demux() {
-    chains(DemuxMode::Xdp);
+    chains(Demux::Xdp);
 }
 
 #[test]
 fn chained_buffers_through_the_dataplane_user_demux() {
-    chains(DemuxMode::User);
+    chains(Demux::User);
 }
 
 /// A frame of `len` bytes from the generator's MAC to `dst`, numbered `seq`, every byte set.

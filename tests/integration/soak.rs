@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::generator::{self, Amount, GeneratorConfig, Pace, PaceSent};
 use xmacvlan_bench::lab;
 use xmacvlan_bench::scenario::lab_streams;
@@ -36,7 +36,7 @@ struct Outcome {
     rss_first: u64,
 }
 
-fn soak(demux: DemuxMode, secs: u64) -> Outcome {
+fn soak(demux: Demux, secs: u64) -> Outcome {
     let endpoints: Vec<EndpointSpec> = (0..8)
         .map(|i| {
             let vid = [100, 0][i % 2];
@@ -148,7 +148,7 @@ fn soak_at_full_rate_keeps_memory_flat_and_accounts_every_frame() {
         secs > WARMUP_SECS,
         "SOAK_SECS must exceed the {WARMUP_SECS} s warm-up"
     );
-    for demux in [DemuxMode::Xdp, DemuxMode::User] {
+    for demux in [Demux::Xdp, Demux::User] {
         let o = soak(demux, secs);
         assert!(o.delivered > 0 && o.rss_first > 0);
         println!(

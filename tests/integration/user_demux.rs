@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::Dataplane;
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan_bench::compare::kernel_path::KernelPath;
 use xmacvlan_bench::compare::placement::tasks_named;
 use xmacvlan_bench::generator::StreamKind;
@@ -82,11 +82,11 @@ fn full_endpoint_rings_drop_and_count_never_stall() {
     })
     .expect("building the lab");
     let streams = lab_streams(&lab.endpoints, 64, false);
-    let mut cfg = lab.dataplane_config(&dataplane_config(DemuxMode::User, 1));
+    let mut cfg = lab.dataplane_config(&dataplane_config(Demux::User, 1));
     cfg.cores = vec![FAST_CORE];
     cfg.endpoint_ring = RING;
     // The worker on its own thread (and core), so that starving the consumer leaves it running.
-    cfg.threads = xmacvlan::modes::Threads::Split;
+    cfg.layout = xmacvlan::dataplane::Layout::Split { serving: 1 };
 
     let (sent, finished, ledger) = lab
         .host

@@ -36,7 +36,7 @@ use anyhow::{Context, Result, bail, ensure};
 use xmacvlan::abi::Counters;
 use xmacvlan::dataplane::{Dataplane, EndpointCounters, Finished};
 use xmacvlan::frame::{BROADCAST, ETHERTYPE_ARP};
-use xmacvlan::modes::DemuxMode;
+use xmacvlan::modes::Demux;
 use xmacvlan::netlink::Netlink;
 use xmacvlan::netns::Netns;
 use xmacvlan_bench::generator::{Stream, StreamKind};
@@ -492,7 +492,7 @@ fn default_lab_has_its_kernel_vlan_objects_and_delivers_exactly() {
         pace: Pacing::Delivered,
         ..TrafficConfig::default()
     };
-    let cfg = lab.dataplane_config(&dataplane_config(DemuxMode::Xdp, 1));
+    let cfg = lab.dataplane_config(&dataplane_config(Demux::Xdp, 1));
     let (finished, sent) = lab
         .host
         .run(|| {
@@ -569,7 +569,7 @@ fn run_with_side_job<T: Send>(
     watch: &str,
     side: impl FnOnce(&EndpointCounters) -> Result<T> + Send,
 ) -> (Finished, Vec<u64>, T, u64) {
-    let cfg = lab.dataplane_config(&dataplane_config(DemuxMode::Xdp, 1));
+    let cfg = lab.dataplane_config(&dataplane_config(Demux::Xdp, 1));
     lab.host
         .run(|| {
             let router_before = tx_packets(&lab.wire, ROUTER_DEV)?;

@@ -18,7 +18,7 @@ pub mod rng;
 pub mod testpmd;
 pub mod udhcpd;
 use xmacvlan::dataplane::DataplaneConfig;
-use xmacvlan::modes::{BindMode, DemuxMode, XdpMode};
+use xmacvlan::modes::{BindMode, Demux, XdpMode};
 use xmacvlan::xsk::QueueConfig;
 
 /// Integration tests create namespaces and attach XDP: fail clearly without root.
@@ -30,9 +30,8 @@ pub fn require_root() {
 }
 
 /// The dataplane settings the tests use (interface filled in by the lab).
-pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
+pub fn dataplane_config(demux: Demux, queues: u32) -> DataplaneConfig {
     DataplaneConfig {
-        ifname: String::new(),
         queues,
         demux,
         xdp_mode: XdpMode::Native,
@@ -40,11 +39,7 @@ pub fn dataplane_config(demux: DemuxMode, queues: u32) -> DataplaneConfig {
             bind: BindMode::Copy,
             ..QueueConfig::default()
         },
-        cores: xmacvlan::dataplane::default_cores(),
-        consumer_threads: 1,
-        endpoint_ring: 4096,
-        idle: xmacvlan::dataplane::IdlePolicy::default(),
-        threads: xmacvlan::modes::Threads::RunToCompletion,
+        ..DataplaneConfig::default()
     }
 }
 

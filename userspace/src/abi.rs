@@ -58,60 +58,46 @@ pub struct Config {
 pub const DEMUX_XDP: u32 = c::DEMUX_XDP;
 pub const DEMUX_USER: u32 = c::DEMUX_USER;
 
-/// `struct xmv_counters`, one per CPU in the map; see the header for how they add up.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub seen: u64,
-    pub tagged: u64,
-    pub hit: u64,
-    pub redirected: u64,
-    pub pass_no_socket: u64,
-    pub pass_miss: u64,
-    pub pass_bcast_mcast: u64,
-    pub pass_qinq: u64,
-    pub malformed: u64,
-    pub pass_control: u64,
-    /// Older snapshots (before claim policies) lack it.
-    #[serde(default)]
-    pub pass_unclaimed: u64,
+crate::counter_set! {
+    /// `struct xmv_counters`, one per CPU in the map: every frame the classifier sees gets
+    /// exactly one verdict (`seen` = the sum of the verdicts); `tagged` and `hit` classify
+    /// what was seen (`hit` = `redirected` + `pass_no_socket`).
+    #[repr(C)]
+    pub struct Counters in "xdp" {
+        /// Frames the classifier saw.
+        seen: Info, "SEEN";
+        /// Frames that carried an 802.1Q tag.
+        tagged: Info, "TAGGED";
+        /// Frames whose (VLAN, MAC) is an endpoint's.
+        hit: Info, "HIT";
+        /// Redirected into an AF_XDP socket: the fast path.
+        redirected: Verdict, "REDIRECTED";
+        /// To the kernel: the key is known but no socket is in the XSKMAP for this queue.
+        pass_no_socket: Verdict, "NO-SOCKET";
+        /// To the kernel: unicast to a (VLAN, MAC) no endpoint owns.
+        pass_miss: Verdict, "MISS";
+        /// To the kernel: group-bit destinations (ARP, ND, broadcast, multicast).
+        pass_bcast_mcast: Verdict, "BCAST/MCAST";
+        /// To the kernel: an 802.1ad outer tag or a second tag.
+        pass_qinq: Verdict, "QINQ";
+        /// Shorter than its Ethernet/802.1Q header (to the kernel, which drops it).
+        malformed: Verdict, "MALFORMED";
+        /// To the kernel: an endpoint's ARP, ICMP or ICMPv6 (ND), which its kernel device answers.
+        pass_control: Verdict, "CONTROL";
+        /// To the kernel: a known endpoint not claimed now (no port connected).
+        pass_unclaimed: Verdict, "UNCLAIMED";
+    }
 }
 
 impl Counters {
-    pub fn add(&mut self, o: &Counters) {
-        self.seen += o.seen;
-        self.tagged += o.tagged;
-        self.hit += o.hit;
-        self.redirected += o.redirected;
-        self.pass_no_socket += o.pass_no_socket;
-        self.pass_miss += o.pass_miss;
-        self.pass_bcast_mcast += o.pass_bcast_mcast;
-        self.pass_qinq += o.pass_qinq;
-        self.malformed += o.malformed;
-        self.pass_control += o.pass_control;
-        self.pass_unclaimed += o.pass_unclaimed;
-    }
-
     /// Frames that got a verdict; equals `seen` when the program's accounting is right.
     pub fn verdicts(&self) -> u64 {
-        self.redirected
-            + self.pass_no_socket
-            + self.pass_miss
-            + self.pass_bcast_mcast
-            + self.pass_qinq
-            + self.malformed
-            + self.pass_control
-            + self.pass_unclaimed
+        crate::counters::Counts::sum(self, crate::counters::Kind::Verdict)
     }
 
+    /// Frames passed on to the kernel, by any verdict.
     pub fn passed(&self) -> u64 {
-        self.pass_no_socket
-            + self.pass_miss
-            + self.pass_bcast_mcast
-            + self.pass_qinq
-            + self.malformed
-            + self.pass_control
-            + self.pass_unclaimed
+        self.verdicts() - self.redirected
     }
 }
 

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod dhcp;

@@ -69,6 +69,39 @@ choice! {
 }
 
 choice! {
+    /// How a running dataplane steers claimed frames to endpoints: the two fast paths of
+    /// [`DemuxMode`], without `kernel` (which runs no dataplane).
+    #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    Demux {
+        /// The XDP program steers frames into per-endpoint AF_XDP sockets (kernel demux)
+        Xdp = "xdp",
+        /// Pinned workers demux in userspace from one socket per queue (zero-copy handoff)
+        User = "user",
+    }
+}
+
+impl DemuxMode {
+    /// The dataplane's demux for this mode; None for `kernel`, which runs none.
+    pub fn fast_path(self) -> Option<Demux> {
+        match self {
+            DemuxMode::Xdp => Some(Demux::Xdp),
+            DemuxMode::User => Some(Demux::User),
+            DemuxMode::Kernel => None,
+        }
+    }
+}
+
+impl From<Demux> for DemuxMode {
+    fn from(d: Demux) -> Self {
+        match d {
+            Demux::Xdp => DemuxMode::Xdp,
+            Demux::User => DemuxMode::User,
+        }
+    }
+}
+
+choice! {
     /// Where the XDP program runs (`--xdp-mode`, `xdp-mode`).
     #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "lowercase")]

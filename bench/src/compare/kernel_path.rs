@@ -1,7 +1,7 @@
 //! The `kernel` baseline: what Docker's macvlan gives a container today. No XDP; each
 //! endpoint's macvlan device (in the lab's host namespace) is read with AF_PACKET TPACKET_V3,
 //! by one thread pinned to the receive core, with the same per-frame work as the fast path's
-//! consumers (the same `Consumer`: counters, misdelivery check, latency histogram).
+//! endpoints with the probe on (the same counts and [`Probe`]: misdelivery check, latency).
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,10 +10,35 @@ use std::time::Duration;
 use crate::afpacket::{PacketRing, RingConfig};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use xmacvlan::dataplane::probe::ProbeCounts;
 use xmacvlan::dataplane::{
-    Consumer, EndpointCounters, HotLoop, IdlePolicy, Sleeper, close_in_parallel, latency_histogram,
-    pin,
+    EndpointSpec, HotLoop, IdlePolicy, Probe, Sleeper, close_in_parallel, latency_histogram, pin,
 };
+
+/// One macvlan's reader: what the fast path counts and probes for an endpoint.
+struct Consumer {
+    name: String,
+    frames: u64,
+    probe: Probe,
+    found: ProbeCounts,
+}
+
+impl Consumer {
+    fn new(spec: &EndpointSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            frames: 0,
+            probe: Probe::new(spec.key()),
+            found: ProbeCounts::default(),
+        }
+    }
+
+    #[inline]
+    fn on_frame(&mut self, bytes: &[u8], now_ns: u64) {
+        self.frames += 1;
+        self.probe.observe(bytes, now_ns, &mut self.found);
+    }
+}
 
 use crate::background::{self, Background};
 use crate::lab::Lab;
@@ -73,7 +98,7 @@ impl KernelPath {
             let (index, device) = lab.host_device(i)?;
             let ring = PacketRing::open(index, ring_config(lab.endpoints.len()))
                 .with_context(|| format!("opening an AF_PACKET ring on {device}"))?;
-            let consumer = Consumer::new(spec, Arc::new(EndpointCounters::default()));
+            let consumer = Consumer::new(spec);
             readers.push((ring, consumer));
         }
         let frames = Arc::new(AtomicU64::new(0));
@@ -127,7 +152,6 @@ fn read_until_stopped(
                 }
                 let now = xmacvlan::sys::monotonic_ns();
                 let n = ring.poll_block(0, |bytes| consumer.on_frame(bytes, now))?;
-                consumer.publish();
                 pass += n;
             }
             if pass > 0 {
@@ -155,9 +179,9 @@ fn read_until_stopped(
     let mut rings = Vec::with_capacity(readers.len());
     for (mut ring, consumer) in readers {
         let endpoint = KernelEndpoint {
-            name: consumer.name().to_string(),
-            frames: consumer.counters.frames.load(Ordering::Relaxed),
-            misdelivered: consumer.counters.misdelivered.load(Ordering::Relaxed),
+            name: consumer.name.clone(),
+            frames: consumer.frames,
+            misdelivered: consumer.found.misdelivered,
             drops: ring.stats()?.drops,
         };
         finished.frames += endpoint.frames;
@@ -165,7 +189,7 @@ fn read_until_stopped(
         finished.drops += endpoint.drops;
         finished
             .latency
-            .add(&consumer.latency)
+            .add(&consumer.probe.latency)
             .context("merging latency histograms")?;
         finished.endpoints.push(endpoint);
         rings.push(ring);

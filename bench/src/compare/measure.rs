@@ -12,7 +12,7 @@ use crate::lab::{Lab, NIC};
 use crate::scenario::{TrafficConfig, run_traffic, run_traffic_until};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, IdlePolicy, latency_histogram};
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, IdlePolicy, Layout, latency_histogram};
 use xmacvlan::modes::{BindMode, DemuxMode, Threads, XdpMode};
 use xmacvlan::telemetry::cpu::{CpuSample, busy_ns_between};
 use xmacvlan::xdp::{Classifier, Program, Steering};
@@ -279,14 +279,16 @@ pub fn measure(
             let cfg = DataplaneConfig {
                 ifname: NIC.into(),
                 queues: 1,
-                demux: mode.demux().expect("a demux mode"),
+                demux: mode
+                    .demux()
+                    .and_then(|d| d.fast_path())
+                    .expect("a fast demux mode"),
                 xdp_mode: XdpMode::Native,
                 queue: queue_config(mode, lab.endpoints.len(), setup.frame_size),
+                layout: Layout::for_cores(Some(setup.threads), 1),
                 cores: cores.to_vec(),
-                consumer_threads: 1,
-                endpoint_ring: 4096,
                 idle: setup.idle,
-                threads: setup.threads,
+                ..DataplaneConfig::default()
             };
             let dp = Dataplane::start(&cfg, &lab.endpoints)?;
             placement::pin_napi_threads(lab, setup.rx_core)?;

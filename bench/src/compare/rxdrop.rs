@@ -96,6 +96,9 @@ fn recycle_until_stopped(
     idle: &mut Sleeper,
 ) -> Result<(u64, SocketStats)> {
     pin(core, "the rxdrop loop");
+    // Where a frame the fill ring did not take would wait (it always takes them: room is
+    // asked for first); made before the hot loop.
+    let spill = xmacvlan::xsk::FramePool::new(xsk::BATCH, []);
     let mut total = 0u64;
     {
         let _hot = HotLoop::enter();
@@ -103,7 +106,7 @@ fn recycle_until_stopped(
             // Read before the pass: the stop comes after the drain, so an empty pass after
             // seeing it means every frame that reached the socket was counted.
             let stopping = stop.load(Ordering::Acquire);
-            let n = rings.recycle_rx();
+            let n = rings.recycle_rx(&spill);
             if n > 0 {
                 total += n as u64;
                 frames.store(total, Ordering::Relaxed);

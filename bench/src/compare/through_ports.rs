@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, latency_histogram};
-use xmacvlan::modes::{DemuxMode, XdpMode};
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, Layout, latency_histogram};
+use xmacvlan::modes::{Demux, XdpMode};
 
 use super::kernel_app::KernelApp;
 use super::measure::{Latency, Mode, Setup, queue_config};
@@ -113,9 +113,9 @@ pub fn measure(
             }
             _ => {
                 let demux = if mode == Mode::Xdp {
-                    DemuxMode::Xdp
+                    Demux::Xdp
                 } else {
-                    DemuxMode::User
+                    Demux::User
                 };
                 let cfg = DataplaneConfig {
                     ifname: NIC.into(),
@@ -124,10 +124,8 @@ pub fn measure(
                     xdp_mode: XdpMode::Native,
                     queue: queue_config(mode, endpoints, setup.frame_size),
                     cores: vec![setup.rx_core],
-                    consumer_threads: 1,
-                    endpoint_ring: 4096,
-                    idle: xmacvlan::dataplane::IdlePolicy::default(),
-                    threads: setup.threads,
+                    layout: Layout::for_cores(Some(setup.threads), 1),
+                    ..DataplaneConfig::default()
                 };
                 let mut dp = Dataplane::start(&cfg, &[])?;
                 placement::pin_napi_threads(lab, setup.rx_core)?;
@@ -140,7 +138,7 @@ pub fn measure(
                     Some(setup.rx_core),
                 )?;
                 let counters = ports.counters();
-                let received = move || counters.iter().map(|c| c.received()).sum();
+                let received = move || counters.iter().map(|c| c.counters.received()).sum();
                 let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &received)?;
                 let mut seen = Seen {
                     sent,

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use xmacvlan::dataplane::{Dataplane, EndpointSpec};
-use xmacvlan::modes::{BindMode, Bound, DemuxMode};
+use xmacvlan::modes::{BindMode, Bound, Demux};
 use xmacvlan::xsk::QueueConfig;
 use xmacvlan_tests::nic_guest::{
     NicGuest, UnicastFilter, changed, delta, nic_stats, rx_queue_packets,
@@ -169,7 +169,7 @@ fn a_starved_fill_ring_drops_in_the_nic_and_every_frame_xdp_saw_is_counted_once(
         vid,
         mac: mac.parse::<xmacvlan::ether::Mac>().expect("a MAC").0,
     };
-    let mut cfg = dataplane_config(DemuxMode::Xdp, 4);
+    let mut cfg = dataplane_config(Demux::Xdp, 4);
     cfg.ifname = guest.nic.clone();
     cfg.cores = vec![1];
     cfg.queue = QueueConfig {

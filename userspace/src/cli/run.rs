@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::dataplane::{Dataplane, DataplaneConfig, EndpointSpec, default_cores};
-use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
+use crate::config::DataplaneFlags;
+use crate::dataplane::{Dataplane, DataplaneConfig, EndpointSpec};
 use crate::netlink::Netlink;
 use crate::telemetry::report::{Report, plural};
-use crate::xsk::QueueConfig;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -19,27 +18,8 @@ pub struct RunArgs {
     /// Endpoints file: {"endpoints": [{"name": "c1", "vid": 100, "mac": "02:42:c6:12:00:02"}]}.
     #[arg(long)]
     pub config: PathBuf,
-    /// How frames reach the endpoints.
-    #[arg(
-        long = "demux-mode",
-        visible_alias = "demux",
-        value_enum,
-        default_value = "xdp"
-    )]
-    pub demux: DemuxMode,
-    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    pub xdp_mode: XdpMode,
-    /// How the AF_XDP sockets bind: zero-copy, copy, or zero-copy where the driver can.
-    #[arg(
-        long = "bind-mode",
-        visible_alias = "bind",
-        value_enum,
-        default_value = "auto"
-    )]
-    pub bind: BindMode,
-    /// Cores for workers and consumers, comma-separated (default: all but core 0).
-    #[arg(long, value_delimiter = ',')]
-    pub cores: Option<Vec<usize>>,
+    #[command(flatten)]
+    pub dataplane: DataplaneFlags,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub duration: Option<Duration>,
@@ -134,27 +114,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     crate::sys::catch_interrupts();
     let queues = link.active_rx_queues();
-    let consumer_threads = a.cores.as_ref().map_or(1, Vec::len);
-    let cfg = DataplaneConfig {
+    let mut cfg = DataplaneConfig {
         ifname: a.iface.clone(),
         queues,
-        demux: a.demux,
-        xdp_mode: a.xdp_mode,
-        queue: QueueConfig {
-            bind: a.bind,
-            ..QueueConfig::default()
-        },
-        cores: a.cores.clone().unwrap_or_else(default_cores),
-        consumer_threads,
-        endpoint_ring: 4096,
-        idle: crate::dataplane::IdlePolicy::default(),
-        // One receive core: one thread does it all; several: a consumer thread on each.
-        threads: if consumer_threads == 1 {
-            Threads::RunToCompletion
-        } else {
-            Threads::Split
-        },
+        ..DataplaneConfig::default()
     };
+    cfg.apply(&a.dataplane).map_err(anyhow::Error::msg)?;
     let dp = Dataplane::start(&cfg, &endpoints)?;
     for w in &dp.warnings {
         eprintln!("xmacvlan: {w}");

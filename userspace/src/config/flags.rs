@@ -34,26 +34,8 @@ pub struct ConfigFlags {
     /// A log driver option, KEY=VALUE (max-size=10m, max-file=3, path=..., tag=...); repeatable.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     pub log_opts: Vec<String>,
-    /// CPUs for workers and consumers: "1-3" or "1,3".
-    #[arg(long, value_name = "LIST", value_parser = cores_flag)]
-    pub cores: Option<CoresFlag>,
-    /// xdp, user or kernel.
-    // The modes derive `ValueEnum` for `run`, which lacks `kernel`: parse as daemon.json does.
-    #[arg(long = "demux-mode", visible_alias = "demux", value_name = "MODE", value_parser = DemuxMode::from_str)]
-    pub demux_mode: Option<DemuxMode>,
-    /// native, generic or auto.
-    #[arg(long = "xdp-mode", value_name = "MODE", value_parser = XdpMode::from_str)]
-    pub xdp_mode: Option<XdpMode>,
-    /// zerocopy, copy or auto.
-    #[arg(long = "bind-mode", visible_alias = "bind", value_name = "MODE", value_parser = BindMode::from_str)]
-    pub bind_mode: Option<BindMode>,
-    /// Wait this many microseconds after a socket wakes a dataplane thread, so frames
-    /// arriving meanwhile share the wake-up (0 = off, at most 10000).
-    #[arg(long = "receive-coalesce-us", value_name = "US", value_parser = coalesce_flag)]
-    pub receive_coalesce: Option<Duration>,
-    /// run-to-completion (one thread per NIC) or split (a worker thread per queue too).
-    #[arg(long = "receive-threads", value_name = "LAYOUT", value_parser = Threads::from_str)]
-    pub receive_threads: Option<Threads>,
+    #[command(flatten)]
+    pub dataplane: DataplaneFlags,
     /// Stats period: "1s", "500ms".
     #[arg(long = "stats-interval", value_name = "DURATION", value_parser = parse_duration)]
     pub stats_interval: Option<Duration>,
@@ -71,6 +53,36 @@ pub struct ConfigFlags {
     /// name for `docker network create -d`); "" turns the plugin off.
     #[arg(long = "docker-plugin", value_name = "PATH", value_parser = docker_plugin_flag)]
     pub docker_plugin: Option<DockerPluginFlag>,
+}
+
+/// The dataplane's options: the same flags wherever a dataplane runs (`xmacvlan daemon`, where
+/// each overrides its `daemon.json` key, `xmacvlan run`, and the lab), parsed once, here;
+/// `DataplaneConfig::apply` puts them into effect.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct DataplaneFlags {
+    /// xdp (the classifier steers into per-endpoint sockets), user (the queue's owner steers
+    /// in userspace), or kernel (daemon only: no fast path).
+    // Parsed as daemon.json parses it: `run` and the lab refuse `kernel` with a message.
+    #[arg(long = "demux-mode", visible_alias = "demux", value_name = "MODE", value_parser = DemuxMode::from_str)]
+    pub demux_mode: Option<DemuxMode>,
+    /// native, generic or auto (native, falling back to generic).
+    #[arg(long = "xdp-mode", value_name = "MODE", value_parser = XdpMode::from_str)]
+    pub xdp_mode: Option<XdpMode>,
+    /// zerocopy, copy or auto (zero-copy where the driver can).
+    #[arg(long = "bind-mode", visible_alias = "bind", value_name = "MODE", value_parser = BindMode::from_str)]
+    pub bind_mode: Option<BindMode>,
+    /// CPUs for the receive threads: "1-3" or "1,3" [default: all but core 0].
+    #[arg(long, value_name = "LIST", value_parser = cores_flag)]
+    pub cores: Option<CoresFlag>,
+    /// run-to-completion (one thread owns every queue and serves every endpoint) or split (a
+    /// thread per queue, and one serving thread per core) [default: run-to-completion with
+    /// one core, split with several].
+    #[arg(long = "receive-threads", value_name = "LAYOUT", value_parser = Threads::from_str)]
+    pub receive_threads: Option<Threads>,
+    /// Wait this many microseconds after a socket wakes a dataplane thread, so frames
+    /// arriving meanwhile share the wake-up (0 = off, at most 10000).
+    #[arg(long = "receive-coalesce-us", value_name = "US", value_parser = coalesce_flag)]
+    pub receive_coalesce: Option<Duration>,
 }
 
 /// A parsed `--docker-plugin` (None = turned off with "").
@@ -132,12 +144,12 @@ impl ConfigFlags {
             log_format: self.log_format,
             log_driver: self.log_driver_override(file)?,
             data_root: None,
-            cores: self.cores.clone().map(|c| c.0),
-            demux_mode: self.demux_mode,
-            xdp_mode: self.xdp_mode,
-            bind_mode: self.bind_mode,
-            receive_coalesce: self.receive_coalesce,
-            receive_threads: self.receive_threads,
+            cores: self.dataplane.cores.clone().map(|c| c.0),
+            demux_mode: self.dataplane.demux_mode,
+            xdp_mode: self.dataplane.xdp_mode,
+            bind_mode: self.dataplane.bind_mode,
+            receive_coalesce: self.dataplane.receive_coalesce,
+            receive_threads: self.dataplane.receive_threads,
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),
@@ -215,6 +227,7 @@ mod tests {
     fn the_mode_flags_have_the_spelling_of_run_too() {
         let long = flags(&["--demux-mode", "user", "--bind-mode", "copy"]);
         let short = flags(&["--demux", "user", "--bind", "copy"]);
+        let (long, short) = (long.dataplane, short.dataplane);
         assert_eq!(long.demux_mode, Some(DemuxMode::User));
         assert_eq!(long.bind_mode, Some(BindMode::Copy));
         assert_eq!(

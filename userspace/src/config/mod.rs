@@ -27,7 +27,7 @@ mod parse;
 mod reload;
 
 pub use error::{ConfigError, ErrorKind};
-pub use flags::{ConfigFlags, CoresFlag, DockerPluginFlag, MetricsFlag};
+pub use flags::{ConfigFlags, CoresFlag, DataplaneFlags, DockerPluginFlag, MetricsFlag};
 pub use parse::{
     MAX_COALESCE_US, MetricsAddrError, coalesce_from_us, parse_cores, parse_docker_plugin,
     parse_duration, parse_metrics_addr, parse_size,

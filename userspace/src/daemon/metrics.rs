@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 use crate::config::MetricsAddr;
-use crate::dataplane::{EndpointSnapshot, QueueSnapshot, Snapshot};
+use crate::counters::{Counts, Field, Kind};
+use crate::dataplane::{EndpointSnapshot, Snapshot};
 
 /// How long a scraper may take to send its request or read the answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -130,115 +131,22 @@ fn answer(mut stream: impl Scrape, page: &Mutex<String>) {
 }
 
 /// The exposition text of the interfaces' counters; `latency(endpoint)` gives the last
-/// interval's histogram for the latency quantiles.
+/// interval's histogram for the latency quantiles. Every counter set is written from its one
+/// declaration (`crate::counters`): a counter added there appears here.
 pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogram<u64>>) -> String {
     let mut page = Page::default();
-    let name = "xmacvlan_xdp_frames_total";
-    page.family(
-        name,
-        "counter",
-        "Frames the XDP classifier saw, by verdict.",
-    );
     for s in interfaces {
-        let x = &s.xdp;
-        for (verdict, v) in [
-            ("redirected", x.redirected),
-            ("pass_no_socket", x.pass_no_socket),
-            ("pass_miss", x.pass_miss),
-            ("pass_bcast_mcast", x.pass_bcast_mcast),
-            ("pass_qinq", x.pass_qinq),
-            ("pass_control", x.pass_control),
-            ("pass_unclaimed", x.pass_unclaimed),
-            ("malformed", x.malformed),
-        ] {
-            page.sample(
-                name,
-                &format!("interface=\"{}\",verdict=\"{verdict}\"", s.interface),
-                v,
-            );
+        let iface = format!("interface=\"{}\"", s.interface);
+        page.counts(&s.xdp, &iface);
+        for (i, q) in s.queues.iter().enumerate() {
+            let labels = format!("{iface},queue=\"{i}\"");
+            page.counts(&q.counts, &labels);
+            page.counts(&q.socket, &labels);
         }
-    }
-    let queue_families: [(&str, &str, &str, QueueValues); 2] = [
-        (
-            "xmacvlan_queue_frames_total",
-            "Frames per receive queue's worker, by outcome.",
-            "outcome",
-            |q| {
-                vec![
-                    ("rx", q.rx),
-                    ("steered", q.steered),
-                    ("dropped_unknown", q.dropped_unknown),
-                    ("dropped_ring_full", q.dropped_ring_full),
-                ]
-            },
-        ),
-        (
-            "xmacvlan_xsk_stat_total",
-            "The kernel's AF_XDP socket statistics (XDP_STATISTICS) of each queue's socket.",
-            "stat",
-            |q| {
-                let k = &q.socket;
-                vec![
-                    ("rx_dropped", k.rx_dropped),
-                    ("rx_invalid_descs", k.rx_invalid_descs),
-                    ("rx_ring_full", k.rx_ring_full),
-                    ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
-                    ("tx_invalid_descs", k.tx_invalid_descs),
-                    ("tx_ring_empty_descs", k.tx_ring_empty_descs),
-                ]
-            },
-        ),
-    ];
-    for (name, help, label, values) in queue_families {
-        page.family(name, "counter", help);
-        for s in interfaces {
-            for (i, q) in s.queues.iter().enumerate() {
-                for (what, v) in values(q) {
-                    let labels = format!(
-                        "interface=\"{}\",queue=\"{i}\",{label}=\"{what}\"",
-                        s.interface
-                    );
-                    page.sample(name, &labels, v);
-                }
-            }
-        }
-    }
-    let endpoint_families: [(&str, &str, EndpointValues); 3] = [
-        (
-            "xmacvlan_endpoint_frames_total",
-            "Frames delivered to the endpoint.",
-            |e| vec![(None, e.frames)],
-        ),
-        (
-            "xmacvlan_endpoint_bytes_total",
-            "Bytes delivered to the endpoint.",
-            |e| vec![(None, e.bytes)],
-        ),
-        (
-            "xmacvlan_endpoint_dropped_total",
-            "Frames for the endpoint that were dropped or misdelivered, by reason.",
-            |e| {
-                vec![
-                    (Some("ring_full"), e.dropped_ring_full),
-                    (Some("socket_rx_dropped"), e.socket.rx_dropped),
-                    (Some("socket_rx_ring_full"), e.socket.rx_ring_full),
-                    (Some("misdelivered"), e.misdelivered),
-                    (Some("not_connected"), e.dropped_not_connected),
-                ]
-            },
-        ),
-    ];
-    for (name, help, values) in endpoint_families {
-        page.family(name, "counter", help);
-        for s in interfaces {
-            for e in &s.endpoints {
-                for (reason, v) in values(e) {
-                    let reason = reason
-                        .map(|r| format!(",reason=\"{r}\""))
-                        .unwrap_or_default();
-                    page.sample(name, &format!("{}{reason}", endpoint_labels(s, e)), v);
-                }
-            }
+        for e in &s.endpoints {
+            let labels = endpoint_labels(s, e);
+            page.counts(&e.counts, &labels);
+            page.counts(&e.socket, &labels);
         }
     }
     port_families(&mut page, interfaces);
@@ -263,7 +171,7 @@ pub fn render(interfaces: &[Snapshot], latency: &dyn Fn(&str) -> Option<Histogra
             }
         }
     }
-    page.0
+    page.finish()
 }
 
 /// Per connected application port: who, and its frames, bytes and drops.
@@ -295,51 +203,8 @@ fn port_families(page: &mut Page, interfaces: &[Snapshot]) {
     for (s, e, p) in ports() {
         page.sample(name, &endpoint_labels(s, e), p.connected_since);
     }
-    for (name, help, rx, tx) in [
-        (
-            "xmacvlan_port_frames_total",
-            "Frames copied into (rx) and sent from (tx) the application port.",
-            (|p| p.rx_frames) as fn(&crate::dataplane::PortSnapshot) -> u64,
-            (|p| p.tx_frames) as fn(&crate::dataplane::PortSnapshot) -> u64,
-        ),
-        (
-            "xmacvlan_port_bytes_total",
-            "Bytes copied into (rx) and sent from (tx) the application port, untagged.",
-            |p| p.rx_bytes,
-            |p| p.tx_bytes,
-        ),
-    ] {
-        page.family(name, "counter", help);
-        for (s, e, p) in ports() {
-            let l = endpoint_labels(s, e);
-            page.sample(name, &format!("{l},direction=\"rx\""), rx(p));
-            page.sample(name, &format!("{l},direction=\"tx\""), tx(p));
-        }
-    }
-    let name = "xmacvlan_port_dropped_total";
-    page.family(
-        name,
-        "counter",
-        "Frames of the application port dropped, by reason (rx: ring_full, rx_too_big, not_connected; tx: the rest).",
-    );
     for (s, e, p) in ports() {
-        for (reason, v) in [
-            ("ring_full", p.drop_ring_full),
-            ("rx_too_big", p.drop_rx_too_big),
-            ("not_connected", p.drop_not_connected),
-            ("spoofed", p.drop_spoofed),
-            ("too_big", p.drop_too_big),
-            ("runt", p.drop_runt),
-            ("tagged", p.drop_tagged),
-            ("no_frame", p.drop_no_frame),
-            ("bad_chain", p.drop_bad_chain),
-        ] {
-            page.sample(
-                name,
-                &format!("{},reason=\"{reason}\"", endpoint_labels(s, e)),
-                v,
-            );
-        }
+        page.counts(&p.counts, &endpoint_labels(s, e));
     }
 }
 
@@ -351,9 +216,6 @@ fn label_value(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-type QueueValues = fn(&QueueSnapshot) -> Vec<(&'static str, u64)>;
-type EndpointValues = fn(&EndpointSnapshot) -> Vec<(Option<&'static str>, u64)>;
-
 fn endpoint_labels(s: &Snapshot, e: &EndpointSnapshot) -> String {
     format!(
         "interface=\"{}\",endpoint=\"{}\",vlan=\"{}\"",
@@ -361,17 +223,100 @@ fn endpoint_labels(s: &Snapshot, e: &EndpointSnapshot) -> String {
     )
 }
 
+/// The page being written: families in the order first seen, each with its samples, so a
+/// family's samples stay together under one HELP and TYPE whichever interface they are of.
 #[derive(Default)]
-struct Page(String);
+struct Page {
+    families: Vec<Family>,
+}
+
+struct Family {
+    name: String,
+    kind: &'static str,
+    help: String,
+    samples: Vec<String>,
+}
 
 impl Page {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    fn family(&mut self, name: &str, kind: &'static str, help: &str) -> &mut Family {
+        let at = match self.families.iter().position(|f| f.name == name) {
+            Some(at) => at,
+            None => {
+                self.families.push(Family {
+                    name: name.to_string(),
+                    kind,
+                    help: help.to_string(),
+                    samples: Vec::new(),
+                });
+                self.families.len() - 1
+            }
+        };
+        &mut self.families[at]
     }
 
     fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        let family = self.family(name, "counter", "");
+        family.samples.push(format!("{name}{{{labels}}} {value}"));
     }
+
+    /// Every counter of a set, each a sample of its family (see [`Field::metric`]).
+    fn counts<C: Counts>(&mut self, counts: &C, labels: &str) {
+        for (field, value) in counts.fields() {
+            let (name, label) = field.metric(C::SET);
+            let help = family_help::<C>(field);
+            self.family(&name, "counter", &help);
+            let labels = match label {
+                Some((key, v)) => format!("{labels},{key}=\"{v}\""),
+                None => labels.to_string(),
+            };
+            self.sample(&name, &labels, value);
+        }
+    }
+
+    fn finish(self) -> String {
+        let mut text = String::new();
+        for f in self.families {
+            let _ = writeln!(
+                text,
+                "# HELP {} {}\n# TYPE {} {}",
+                f.name, f.help, f.name, f.kind
+            );
+            for s in f.samples {
+                text.push_str(&s);
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+/// The HELP of the family `field` of set `C` is a sample of: the field's own meaning when it
+/// is alone in its family, else what the family counts and the label that tells its members
+/// apart.
+fn family_help<C: Counts>(field: &Field) -> String {
+    let (family, label) = field.metric(C::SET);
+    let members: Vec<&Field> = C::FIELDS
+        .iter()
+        .filter(|f| f.metric(C::SET).0 == family)
+        .collect();
+    let (Some((key, _)), [_, _, ..]) = (label, members.as_slice()) else {
+        return field.help.to_string();
+    };
+    let of = match C::SET {
+        "xdp" => "the XDP classifier",
+        "xsk" => "the AF_XDP socket (the kernel's XDP_STATISTICS)",
+        set => set,
+    };
+    let values: Vec<&str> = members
+        .iter()
+        .filter_map(|f| f.metric(C::SET).1.map(|(_, v)| v))
+        .collect();
+    let what = match field.kind {
+        Kind::Bytes => "Bytes",
+        Kind::Dropped => "Frames dropped",
+        _ => "Frames",
+    };
+    format!("{what} at the {of}, by {key}: {}.", values.join(", "))
 }
 
 #[cfg(test)]
@@ -392,14 +337,14 @@ mod tests {
             name: "c0".into(),
             vid: 100,
             mac: "02:42:c6:12:00:02".into(),
-            frames: 9,
-            bytes: 576,
-            misdelivered: 0,
-            untimed: 0,
-            dropped_ring_full: 2,
+            counts: crate::dataplane::EndpointCounts {
+                frames: 9,
+                bytes: 576,
+                dropped_ring_full: 2,
+                ..Default::default()
+            },
             socket: Default::default(),
             claim: Default::default(),
-            dropped_not_connected: 0,
             port: None,
         });
         let mut h = crate::dataplane::latency_histogram();
@@ -461,19 +406,16 @@ mod port_tests {
             pid: 42,
             connected_since: 1_700_000_000,
             connected: true,
-            rx_frames: 7,
-            rx_bytes: 420,
-            tx_frames: 3,
-            tx_bytes: 180,
-            drop_ring_full: 2,
-            drop_rx_too_big: 0,
-            drop_not_connected: 0,
-            drop_spoofed: 5,
-            drop_too_big: 0,
-            drop_runt: 0,
-            drop_tagged: 0,
-            drop_no_frame: 0,
-            drop_bad_chain: 1,
+            counts: crate::dataplane::PortCounts {
+                rx_frames: 7,
+                rx_bytes: 420,
+                tx_frames: 3,
+                tx_bytes: 180,
+                drop_ring_full: 2,
+                drop_spoofed: 5,
+                drop_bad_chain: 1,
+                ..Default::default()
+            },
         });
         let text = render(&[snap.clone()], &|_| None);
         let labels = "interface=\"v0\",endpoint=\"c0\",vlan=\"100\"";

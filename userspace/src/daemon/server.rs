@@ -9,28 +9,21 @@ use hdrhistogram::Histogram;
 
 use crate::config::DaemonConfig;
 use crate::control::State;
-use crate::dataplane::{
-    ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec, IdlePolicy, default_cores,
-};
+use crate::dataplane::{ClaimPolicy, Dataplane, DataplaneConfig, EndpointSpec};
 use crate::ether::Mac;
 use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
-use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
+use crate::modes::{Demux, DemuxMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
-use crate::xsk::QueueConfig;
 
 /// How the daemon builds each interface's dataplane (from daemon.json and flags).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `kernel`: no fast path (endpoints work through their macvlan devices).
     pub demux: DemuxMode,
-    pub xdp_mode: XdpMode,
-    pub bind: BindMode,
-    pub cores: Vec<usize>,
-    /// How the dataplane's threads idle (`receive-coalesce-us`).
-    pub idle: IdlePolicy,
-    /// How its receive work is laid out in threads (`receive-threads`).
-    pub threads: Threads,
+    /// Every interface's dataplane starts from this (`demux-mode` and the other dataplane
+    /// keys of `daemon.json`); its interface, queues and demux are filled in per interface.
+    pub dataplane: DataplaneConfig,
     /// Where the endpoints' memif sockets go.
     pub port_dir: PathBuf,
     /// The secret every memif client must send (read from `port-secret-file` at start).
@@ -47,14 +40,7 @@ impl Settings {
     pub fn from_config(cfg: &DaemonConfig) -> Self {
         Self {
             demux: cfg.demux_mode,
-            xdp_mode: cfg.xdp_mode,
-            bind: cfg.bind_mode,
-            cores: cfg.cores.clone().unwrap_or_else(default_cores),
-            idle: IdlePolicy {
-                coalesce: cfg.receive_coalesce,
-                ..IdlePolicy::default()
-            },
-            threads: cfg.receive_threads,
+            dataplane: DataplaneConfig::from_daemon(cfg),
             port_dir: cfg.port_dir.clone(),
             port_secret: None,
             data_root: cfg.data_root.clone(),
@@ -215,7 +201,7 @@ impl Daemon {
         match self.planes.get_mut(iface) {
             Some(plane) => plane.add_endpoint_with(endpoint.clone(), self.settings.claim)?,
             None => {
-                let cfg = self.config_for(iface, demux)?;
+                let cfg = self.config_for(iface, demux.fast_path().expect("not kernel"))?;
                 let mut plane = Dataplane::start(&cfg, &[])?;
                 for w in &plane.warnings {
                     tracing::warn!(iface, "{w}");
@@ -365,7 +351,7 @@ impl Daemon {
 
     /// The dataplane for `iface`. An XDP program a crashed xmacvlan left behind is replaced;
     /// anyone else's is not.
-    fn config_for(&self, iface: &str, demux: DemuxMode) -> Result<DataplaneConfig> {
+    fn config_for(&self, iface: &str, demux: Demux) -> Result<DataplaneConfig> {
         let nl = crate::netlink::Netlink::new()?;
         let link = nl.require_link(iface)?;
         if let Some(id) = link.xdp_prog_id {
@@ -390,16 +376,7 @@ impl Daemon {
             ifname: iface.to_string(),
             queues: link.active_rx_queues(),
             demux,
-            xdp_mode: self.settings.xdp_mode,
-            queue: QueueConfig {
-                bind: self.settings.bind,
-                ..QueueConfig::default()
-            },
-            cores: self.settings.cores.clone(),
-            consumer_threads: 1,
-            endpoint_ring: 4096,
-            idle: self.settings.idle,
-            threads: self.settings.threads,
+            ..self.settings.dataplane.clone()
         })
     }
 

@@ -12,6 +12,8 @@
 //! what a plain slice did.
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 /// The longest frame a port carries: a 9216-byte jumbo MTU, its Ethernet header, an 802.1Q
 /// tag and room for an FCS. Longer chains from an application are refused.
 pub const MAX_FRAME: usize = 9238;
@@ -145,8 +147,21 @@ pub fn contiguous<'a>(frame: &[&'a [u8]], buf: &'a mut [u8]) -> Option<&'a [u8]>
     Some(out)
 }
 
+/// When the classifier claims an endpoint's frames for the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaimPolicy {
+    /// From the moment the endpoint is added; the dataplane itself counts (and, with the
+    /// probe, times) its frames (the lab, the benchmark, `xmacvlan run`).
+    #[default]
+    Always,
+    /// Only while an application port is connected; otherwise its frames go to its kernel
+    /// macvlan device, as with Docker's driver.
+    WhileConnected,
+}
+
 /// Who is attached to a port, for `stats` and the logs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
     /// The name the client gave in its memif INIT message.
     pub client: String,

@@ -1,101 +1,279 @@
-//! One receive queue of the dataplane, opened as a unit: its UMEM and socket, its free-frame
-//! queue and TX pool, its counters, and its worker (returned ready to spawn).
+//! One receive queue of the NIC, the unit everything per queue hangs off: its UMEM, its free
+//! frames and TX frames, its counters, and who owns its rings.
+//!
+//! A queue is two halves. [`NicQueue`] is shared (behind an `Arc`) by every thread that
+//! touches the queue's frames: it holds the UMEM they are read from, the pools they are given
+//! back to, the counters, and the waker of the queue's owner. [`QueueOwner`] is held by
+//! exactly one thread: the fill and completion rings and the queue's own socket (the
+//! kernel's single-producer/single-consumer rings allow no other arrangement). Its pass hands
+//! free frames back to the kernel, reaps transmitted ones and, in `user` demux, steers what
+//! the queue's socket received to the endpoints.
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use anyhow::Result;
-use crossbeam_queue::ArrayQueue;
 
-use super::idle::{Mailbox, Waker};
-use super::{DataplaneConfig, QueueCounters, SocketStats, worker};
-use crate::modes::{Bound, DemuxMode};
-use crate::xdp::Classifier;
-use crate::xsk::{self, QueueUmem, RxFrame};
+use super::idle::{Mailbox, Sleeper, Source, Waker};
+use super::steer::{self, SteerTable, Steering};
+use crate::xsk::{self, BATCH, FramePool, QueueConfig, QueueRings, QueueUmem, SocketStats};
 
-/// The dataplane's side of a queue worker.
-pub(super) struct WorkerHandle {
-    pub(super) thread: Option<JoinHandle<Result<SocketStats>>>,
-    /// The queue socket's kernel counters, readable from here.
-    pub(super) socket: xsk::StatsHandle,
-    pub(super) updates: Arc<Mailbox<Arc<worker::SteerTable>>>,
-    pub(super) applied: Arc<AtomicU64>,
+crate::counter_set! {
+    /// What a queue did with its frames.
+    pub struct QueueCounts (live QueueCounters) in "queue" {
+        /// Frames read from the queue's own socket (`user` demux).
+        rx: Frames, "RX";
+        /// Frames the userspace demux handed to an endpoint's ring.
+        steered: Info, "STEERED";
+        /// Claimed by XDP but unknown to the userspace demux (an endpoint being removed).
+        dropped_unknown: Dropped(reason = "unknown"), "UNKNOWN";
+        /// The endpoint's ring was full: dropped and recycled, never waited for.
+        dropped_ring_full: Dropped(reason = "ring_full"), "RING-FULL";
+        /// Frames read off any socket of this queue, by whoever read them.
+        received: Info, "RECEIVED";
+        /// Frames handed back to the kernel's fill ring.
+        refilled: Info, "REFILLED";
+        /// Ports' transmitted frames back from the completion ring.
+        tx_completed: Info, "TX-DONE";
+    }
 }
 
-/// Who wakes the queue's worker (its mailbox's waker) and whom it wakes.
-pub(super) struct Wakers {
-    pub(super) worker: Arc<Waker>,
-    pub(super) consumers: Vec<Arc<Waker>>,
+/// A queue at one moment: its counters, the kernel's counters of its socket, and where its
+/// frames are.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    #[serde(flatten)]
+    pub counts: QueueCounts,
+    /// The kernel's counters for the queue's own socket.
+    pub socket: SocketStats,
+    /// Receive frames of the queue's UMEM.
+    #[serde(default)]
+    pub frames: u64,
+    /// Of those, in the free pool now (read, waiting for the fill ring).
+    #[serde(default)]
+    pub frames_free: u64,
+    /// Of those, with the kernel: handed to the fill ring and not read back yet (in the fill
+    /// ring, the driver's ring or a socket's receive ring).
+    #[serde(default)]
+    pub frames_in_kernel: u64,
+    /// Frames a pool could not take back (lost for good; must be 0).
+    #[serde(default)]
+    pub frames_lost: u64,
+    /// Frames of the queue's TX pool free now, of `tx_pool` (all of them when idle: none lost).
+    #[serde(default)]
+    pub tx_pool_free: u64,
+    #[serde(default)]
+    pub tx_pool: u64,
 }
 
-/// What the dataplane keeps of an opened queue.
-pub(super) struct Opened {
-    pub(super) umem: QueueUmem,
-    pub(super) bound: Bound,
-    /// Frames consumers give back, for the worker's fill ring.
-    pub(super) free: Arc<ArrayQueue<RxFrame>>,
-    pub(super) tx_pool: Arc<ArrayQueue<RxFrame>>,
-    pub(super) tx_pool_size: usize,
-    pub(super) counters: Arc<QueueCounters>,
-    pub(super) handle: WorkerHandle,
+impl QueueSnapshot {
+    /// Receive frames neither free nor with the kernel: being served, or waiting in an
+    /// endpoint's ring. 0 once the queue is idle, or a frame was lost.
+    pub fn frames_elsewhere(&self) -> u64 {
+        self.frames
+            .saturating_sub(self.frames_free + self.frames_in_kernel)
+    }
 }
 
-/// Open queue `q` of `cfg.ifname` (user demux: and steer the queue's frames to its socket);
-/// the worker is built, not started. Why a bind fell back goes to `warnings`.
-pub(super) fn open(
-    cfg: &DataplaneConfig,
-    q: u32,
-    classifier: &mut Classifier,
-    stop: &Arc<AtomicBool>,
-    wakers: Wakers,
+/// A snapshot reads as its counts (`snapshot.refilled`).
+impl std::ops::Deref for QueueSnapshot {
+    type Target = QueueCounts;
+    fn deref(&self) -> &QueueCounts {
+        &self.counts
+    }
+}
+
+/// The shared half of a queue.
+pub struct NicQueue {
+    pub id: u16,
+    pub umem: QueueUmem,
+    /// Receive frames read and given back, for the fill ring.
+    pub free: FramePool,
+    /// Frames for the ports' transmissions; completions come back here.
+    pub tx: FramePool,
+    pub counters: QueueCounters,
+    /// Wakes the thread that owns the queue's rings (frames to refill, TX to reap).
+    pub owner: Arc<Waker>,
+    /// The queue socket's kernel counters, readable from any thread.
+    socket: xsk::StatsHandle,
+    /// Frames the kernel got when the queue opened (before any refill).
+    initial_fill: u64,
+}
+
+impl NicQueue {
+    /// Give a frame read from this queue back (any thread); the owner is woken once a
+    /// batch waits, so the fill ring never waits on a few frames.
+    #[inline]
+    pub fn give_back(&self, frame: xsk::RxFrame) {
+        self.free.put(frame);
+    }
+
+    /// After a batch was given back: wake the owner if a batch is waiting for it.
+    #[inline]
+    pub fn after_give_back(&self) {
+        if self.free.len() >= BATCH {
+            self.owner.wake();
+        }
+    }
+
+    /// The queue's numbers now (a syscall for the socket's counters).
+    pub fn snapshot(&self) -> Result<QueueSnapshot> {
+        Ok(self.snapshot_with(self.socket.statistics()?))
+    }
+
+    /// The queue's numbers with socket counters read elsewhere (at stop, by the owner).
+    pub fn snapshot_with(&self, socket: SocketStats) -> QueueSnapshot {
+        let counts = self.counters.read();
+        QueueSnapshot {
+            counts,
+            socket,
+            frames: self.free.size() as u64,
+            frames_free: self.free.len() as u64,
+            frames_in_kernel: (self.initial_fill + counts.refilled).saturating_sub(counts.received),
+            frames_lost: self.free.lost() + self.tx.lost(),
+            tx_pool_free: self.tx.len() as u64,
+            tx_pool: self.tx.size() as u64,
+        }
+    }
+}
+
+/// Whom the queue's owner hands frames to: the classifier steers (`xdp` demux, nothing to do)
+/// or the owner does (`user` demux).
+pub enum QueueDemux {
+    Kernel,
+    User(Steering),
+}
+
+/// The owning half of a queue: its rings, held by one thread.
+pub struct QueueOwner {
+    pub queue: Arc<NicQueue>,
+    rings: QueueRings,
+    demux: QueueDemux,
+}
+
+/// How long the owner blocks while TX frames are out: completions raise no event.
+const COMPLETION_WAIT: Duration = Duration::from_millis(1);
+
+/// The longest a thread blocks with nothing that could have been missed: a safety net only
+/// (every source of work wakes it), and the bound on any wake-up a bug might lose.
+pub const SAFETY_NET: Duration = Duration::from_secs(1);
+
+/// Open queue `id` of `ifname`: its UMEM and first socket, every receive frame handed to the
+/// fill ring, a sixteenth set aside for TX. `owner` wakes the thread that will own it; why a
+/// zero-copy bind fell back goes to `warnings`.
+pub fn open(
+    ifname: &str,
+    id: u32,
+    cfg: &QueueConfig,
+    user_demux: Option<Arc<Mailbox<Arc<SteerTable>>>>,
+    owner: Arc<Waker>,
     warnings: &mut Vec<String>,
-) -> Result<(Opened, worker::Worker)> {
-    let (umem, mut rings, bound) = xsk::open_queue(&cfg.ifname, q, &cfg.queue, warnings)?;
+) -> Result<(QueueOwner, crate::modes::Bound)> {
+    let (umem, mut rings, bound) = xsk::open_queue(ifname, id, cfg, warnings)?;
     let tx_frames = rings.take_tx_frames();
-    let tx_pool_size = tx_frames.len();
-    let tx_pool = Arc::new(ArrayQueue::new(tx_pool_size.max(1)));
-    for f in tx_frames {
-        let _ = tx_pool.push(f);
-    }
-    if cfg.demux == DemuxMode::User {
-        classifier.set_socket(classifier.xsk_index(0, q), &rings.socket)?;
-    }
-    let free = Arc::new(ArrayQueue::new(cfg.queue.frames as usize));
-    let counters = Arc::new(QueueCounters::default());
-    let updates = Arc::new(Mailbox::new(16, wakers.worker));
-    let applied = Arc::new(AtomicU64::new(0));
-    let socket = rings.socket.stats_handle();
-    let worker = worker::Worker {
-        queue: q as u16,
-        core: cfg.cores[q as usize % cfg.cores.len()],
-        umem: umem.clone(),
-        rings,
-        free: free.clone(),
-        tx_free: tx_pool.clone(),
-        tx_frames: tx_pool_size,
-        demux: cfg.demux,
-        table: Arc::default(),
-        updates: updates.clone(),
-        consumers: wakers.consumers,
-        applied: applied.clone(),
-        counters: counters.clone(),
-        stop: stop.clone(),
-        touched: None,
-    };
-    let handle = WorkerHandle {
-        thread: None,
-        socket,
-        updates,
-        applied,
-    };
-    let opened = Opened {
+    let tx = FramePool::new(tx_frames.len(), tx_frames);
+    let initial_fill = u64::from(cfg.frames) - tx.size() as u64;
+    let queue = Arc::new(NicQueue {
+        id: umem.queue(),
         umem,
-        bound,
-        free,
-        tx_pool,
-        tx_pool_size,
-        counters,
-        handle,
+        free: FramePool::new(initial_fill as usize, []),
+        tx,
+        counters: QueueCounters::default(),
+        owner,
+        socket: rings.socket.stats_handle(),
+        initial_fill,
+    });
+    let demux = match user_demux {
+        Some(updates) => QueueDemux::User(Steering::new(updates)),
+        None => QueueDemux::Kernel,
     };
-    Ok((opened, worker))
+    Ok((
+        QueueOwner {
+            queue,
+            rings,
+            demux,
+        },
+        bound,
+    ))
 }
+
+impl QueueOwner {
+    /// The queue socket (`user` demux: where the classifier sends the queue's claimed frames).
+    pub fn socket(&self) -> &xsk::RxSocket {
+        &self.rings.socket
+    }
+
+    /// Have `idle` wake for the queue socket: frames to steer in `user` demux; in zero-copy a
+    /// poll on it also kicks a driver that asked for a wake-up.
+    pub fn watch(&self, idle: &Sleeper) -> Result<()> {
+        idle.watch(self.rings.socket.as_raw_fd(), Source::Socket)
+    }
+
+    /// One pass: apply new steering tables, steer up to a few batches (`user` demux), give
+    /// every freed frame back to the fill ring, reap TX completions. Steered frames for
+    /// endpoints of the calling thread are noted in `touched`. Returns the work done.
+    #[inline]
+    pub fn pass(&mut self, touched: &mut Vec<u32>) -> usize {
+        let q = &*self.queue;
+        let mut work = 0;
+        if let QueueDemux::User(steering) = &mut self.demux {
+            work += steering.pass(&mut self.rings.socket, q, touched);
+        }
+        // Everything freed so far, not one batch: a pass of a thread running to completion
+        // may have freed many batches (a batch per endpoint), and what waits here is missing
+        // from the fill ring.
+        let mut refilled = 0;
+        loop {
+            let n = self.rings.refill(&q.free);
+            refilled += n;
+            if n < BATCH {
+                break;
+            }
+        }
+        if refilled > 0 {
+            q.counters.refilled.fetch_add(refilled as u64, Relaxed);
+        }
+        let completed = self.rings.reap_completions(&q.tx);
+        if completed > 0 {
+            q.counters.tx_completed.fetch_add(completed as u64, Relaxed);
+        }
+        work + refilled + completed
+    }
+
+    /// Whether work waits that raises no event of its own: a new table, or a batch of frames
+    /// to refill. Checked before blocking.
+    pub fn pending(&self) -> bool {
+        let table = match &self.demux {
+            QueueDemux::User(s) => s.pending(),
+            QueueDemux::Kernel => false,
+        };
+        table || self.queue.free.len() >= BATCH
+    }
+
+    /// The longest this queue lets its thread block: completions have no readiness event, so
+    /// while TX frames are out it looks again soon.
+    pub fn longest_sleep(&self) -> Duration {
+        if self.queue.tx.len() < self.queue.tx.size() {
+            COMPLETION_WAIT
+        } else {
+            SAFETY_NET
+        }
+    }
+
+    /// The kernel's counters for the queue's own socket, read once the queue is drained.
+    pub fn finish(&self) -> Result<SocketStats> {
+        self.rings.socket.statistics()
+    }
+
+    /// Tables applied so far (`user` demux): the control side waits on it.
+    pub fn steering(&self) -> Option<&Steering> {
+        match &self.demux {
+            QueueDemux::User(s) => Some(s),
+            QueueDemux::Kernel => None,
+        }
+    }
+}
+
+/// Frames per steering pass at most, and the touched list's room: see [`steer::STEER_BATCHES`].
+pub const TOUCHED: usize = steer::STEER_BATCHES * BATCH;

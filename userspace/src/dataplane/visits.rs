@@ -15,7 +15,7 @@
 //! a hint were ever missed.
 use std::os::fd::RawFd;
 
-use super::consumer::{Served, Source};
+use super::endpoint::{Served, Source};
 
 /// Endpoints from which a thread visits only those with work (below, a full sweep costs less
 /// than the `epoll_wait` that finds them).
@@ -234,22 +234,22 @@ mod tests {
     }
 
     fn served(slot: u32) -> Served {
-        use super::super::{consumer::Consumer, endpoint::EndpointSpec, ports::ClaimPolicy};
+        use super::super::{endpoint::EndpointSpec, port::ClaimPolicy};
         let spec = EndpointSpec {
             name: format!("e{slot}"),
             vid: 0,
             mac: [2, 0, 0, 0, 0, slot as u8],
         };
-        Served {
+        let ring = std::sync::Arc::new(crossbeam_queue::ArrayQueue::new(1));
+        Served::new(
             slot,
-            consumer: Consumer::new(&spec, Default::default()),
-            source: Source::Ring(std::sync::Arc::new(crossbeam_queue::ArrayQueue::new(1))),
-            claim: ClaimPolicy::Always,
-            mac: spec.mac,
-            tag: None,
-            tx_queue: 0,
-            port: None,
-        }
+            &spec,
+            Source::Ring(ring),
+            ClaimPolicy::Always,
+            0,
+            Default::default(),
+            false,
+        )
     }
 
     /// Indexes a plan visits, sorted.

@@ -2,7 +2,8 @@
 //! `--watch` line (in the spirit of `xdp-bench`) and the daemon's debug summary line.
 use std::fmt::Write as _;
 
-use crate::dataplane::Snapshot;
+use crate::counters::{self, Counts, Kind};
+use crate::dataplane::{EndpointCounts, PortCounts, QueueSnapshot, Snapshot, SocketStats};
 use crate::telemetry::report::plural;
 
 /// Per-second rates of one interface between two snapshots.
@@ -28,7 +29,7 @@ impl Rates {
             let dropped: u64 = s.endpoints.iter().map(|e| e.dropped()).sum::<u64>()
                 + s.queues
                     .iter()
-                    .map(|q| q.dropped_unknown + q.dropped_ring_full)
+                    .map(|q| q.counts.sum(Kind::Dropped))
                     .sum::<u64>();
             (frames, bytes, dropped)
         };
@@ -101,72 +102,33 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
         );
     }
     for snap in interfaces {
-        let x = &snap.xdp;
         let _ = writeln!(
             s,
             "\n{} (demux {}, XDP {}, bind {})",
             snap.interface, snap.demux, snap.xdp_mode, snap.bind
         );
-        let _ = writeln!(
-            s,
-            "  XDP: seen {} tagged {} hit {} redirected {} | passed: no-socket {} miss {} bcast/mcast {} qinq {} control {} unclaimed {} malformed {}",
-            x.seen,
-            x.tagged,
-            x.hit,
-            x.redirected,
-            x.pass_no_socket,
-            x.pass_miss,
-            x.pass_bcast_mcast,
-            x.pass_qinq,
-            x.pass_control,
-            x.pass_unclaimed,
-            x.malformed
-        );
+        let _ = writeln!(s, "  XDP: {}", counters::line(&snap.xdp));
         for (i, q) in snap.queues.iter().enumerate() {
-            let k = &q.socket;
-            let _ = writeln!(
-                s,
-                "  queue {i}: rx {} steered {} dropped: unknown {} ring-full {} | socket rx_dropped {} rx_invalid_descs {} rx_ring_full {} rx_fill_ring_empty_descs {} tx_invalid_descs {} tx_ring_empty_descs {}",
-                q.rx,
-                q.steered,
-                q.dropped_unknown,
-                q.dropped_ring_full,
-                k.rx_dropped,
-                k.rx_invalid_descs,
-                k.rx_ring_full,
-                k.rx_fill_ring_empty_descs,
-                k.tx_invalid_descs,
-                k.tx_ring_empty_descs
-            );
+            let _ = writeln!(s, "  {}", queue_line(i, q));
         }
         let _ = writeln!(
             s,
-            "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            "  {:<16} {:>5} {:<17} {} {}",
             "ENDPOINT",
             "VLAN",
             "MAC",
-            "FRAMES",
-            "BYTES",
-            "UNTIMED",
-            "RING-FULL",
-            "SOCK-DROP",
-            "SOCK-FULL",
-            "MISDELIVERED"
+            counters::header::<EndpointCounts>(),
+            counters::header_of::<SocketStats>(&[Kind::Dropped]),
         );
         for e in &snap.endpoints {
             let _ = writeln!(
                 s,
-                "  {:<16} {:>5} {:<17} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10} {:>12}",
+                "  {:<16} {:>5} {:<17} {} {}",
                 e.name,
                 e.vid,
                 e.mac,
-                e.frames,
-                e.bytes,
-                e.untimed,
-                e.dropped_ring_full,
-                e.socket.rx_dropped,
-                e.socket.rx_ring_full,
-                e.misdelivered
+                counters::cells(&e.counts),
+                counters::cells_of(&e.socket, &[Kind::Dropped]),
             );
         }
         port_table(&mut s, snap);
@@ -187,22 +149,11 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     }
     let _ = writeln!(
         s,
-        "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9}",
+        "  {:<16} {:<24} {:<19} {}",
         "PORT",
         "CLIENT",
         "SINCE (UTC)",
-        "RX",
-        "RX-BYTES",
-        "TX",
-        "TX-BYTES",
-        "RING-FULL",
-        "RX-TOO-BIG",
-        "NOT-CONN",
-        "SPOOFED",
-        "TOO-BIG",
-        "RUNT",
-        "TAGGED",
-        "BAD-CHAIN"
+        counters::header::<PortCounts>()
     );
     for e in served {
         let Some(p) = &e.port else {
@@ -220,24 +171,29 @@ fn port_table(s: &mut String, snap: &Snapshot) {
         };
         let _ = writeln!(
             s,
-            "  {:<16} {:<24} {:<19} {:>10} {:>12} {:>10} {:>12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6} {:>6} {:>9}",
+            "  {:<16} {:<24} {:<19} {}",
             e.name,
             client,
             utc(p.connected_since),
-            p.rx_frames,
-            p.rx_bytes,
-            p.tx_frames,
-            p.tx_bytes,
-            p.drop_ring_full,
-            p.drop_rx_too_big,
-            p.drop_not_connected,
-            p.drop_spoofed,
-            p.drop_too_big,
-            p.drop_runt,
-            p.drop_tagged,
-            p.drop_bad_chain
+            counters::cells(&p.counts)
         );
     }
+}
+
+/// `queue 0: rx 0 steered 0 … | frames 7680 free 0 in-kernel 7680 lost 0 | tx pool 512/512 |
+/// socket rx-dropped 0 …`: a queue's counters, where its frames are, and its socket's.
+pub fn queue_line(i: usize, q: &QueueSnapshot) -> String {
+    format!(
+        "queue {i}: {} | frames {} free {} in-kernel {} lost {} | tx pool {}/{} | socket {}",
+        counters::line(&q.counts),
+        q.frames,
+        q.frames_free,
+        q.frames_in_kernel,
+        q.frames_lost,
+        q.tx_pool_free,
+        q.tx_pool,
+        counters::line(&q.socket)
+    )
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.

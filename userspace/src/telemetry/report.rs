@@ -212,33 +212,9 @@ impl Report {
                 us(|p| p.max),
             );
         }
-        let x = &self.xdp;
-        let _ = writeln!(
-            out,
-            "XDP: seen {} tagged {} hit {} redirected {} | to kernel: miss {} bcast/mcast {} arp/icmp {} qinq {} malformed {} no-socket {} unclaimed {}",
-            x.seen,
-            x.tagged,
-            x.hit,
-            x.redirected,
-            x.pass_miss,
-            x.pass_bcast_mcast,
-            x.pass_control,
-            x.pass_qinq,
-            x.malformed,
-            x.pass_no_socket,
-            x.pass_unclaimed
-        );
+        let _ = writeln!(out, "XDP: {}", crate::counters::line(&self.xdp));
         for (q, s) in self.queues.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "queue {q}: refilled {} | user demux: rx {} steered {} dropped (ring full {}, unknown {}) | queue socket: kernel drops {}",
-                s.refilled,
-                s.rx,
-                s.steered,
-                s.dropped_ring_full,
-                s.dropped_unknown,
-                s.socket.dropped()
-            );
+            let _ = writeln!(out, "{}", super::live::queue_line(q, s));
         }
         if let Some(s) = &self.sent {
             let _ = writeln!(

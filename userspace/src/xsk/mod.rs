@@ -15,8 +15,10 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+mod pool;
 mod send;
 pub mod wait;
+pub use pool::FramePool;
 pub use send::{StageError, TxBatch};
 
 /// Frames handled per ring operation.
@@ -336,27 +338,25 @@ impl StatsHandle {
     }
 }
 
-/// The kernel's counters of one AF_XDP socket (`XDP_STATISTICS`), or a sum over sockets.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SocketStats {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub tx_ring_empty_descs: u64,
+crate::counter_set! {
+    /// The kernel's counters of one AF_XDP socket (`XDP_STATISTICS`), or a sum over sockets.
+    pub struct SocketStats in "xsk" {
+        /// Frames redirected to the socket that found no free buffer (fill ring empty).
+        rx_dropped: Dropped(reason = "rx_dropped"), "RX-DROPPED";
+        /// Invalid descriptors on the socket's receive side.
+        rx_invalid_descs: Info, "RX-INVALID";
+        /// Frames redirected to the socket whose receive ring was full.
+        rx_ring_full: Dropped(reason = "rx_ring_full"), "RX-RING-FULL";
+        /// Times the fill ring was found empty.
+        rx_fill_ring_empty_descs: Info, "FILL-EMPTY";
+        /// Invalid descriptors on the socket's TX ring.
+        tx_invalid_descs: Info, "TX-INVALID";
+        /// Times the TX ring was found empty.
+        tx_ring_empty_descs: Info, "TX-EMPTY";
+    }
 }
 
 impl SocketStats {
-    pub fn add(&mut self, s: &SocketStats) {
-        self.rx_dropped += s.rx_dropped;
-        self.rx_invalid_descs += s.rx_invalid_descs;
-        self.rx_ring_full += s.rx_ring_full;
-        self.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
-        self.tx_invalid_descs += s.tx_invalid_descs;
-        self.tx_ring_empty_descs += s.tx_ring_empty_descs;
-    }
-
     /// Frames the kernel redirected to the socket but could not place in it.
     pub fn dropped(&self) -> u64 {
         self.rx_dropped + self.rx_ring_full
@@ -439,16 +439,16 @@ impl QueueRings {
     /// Hand frames from `free` back to the kernel's fill ring, at most one batch. Wakes the
     /// driver only when it asked to be woken (need_wakeup). Returns the frames handed back.
     #[inline]
-    pub fn refill(&mut self, free: &crossbeam_queue::ArrayQueue<RxFrame>) -> usize {
+    pub fn refill(&mut self, free: &FramePool) -> usize {
         let room = self.fill.nb_free(BATCH as u32) as usize;
         self.scratch.clear();
         while self.scratch.len() < room.min(BATCH) {
-            match free.pop() {
+            match free.take() {
                 Some(frame) => self.scratch.push(frame.desc),
                 None => break,
             }
         }
-        self.produce_scratch()
+        self.produce_scratch(free)
     }
 
     /// The frames set aside for transmission, as values for the queue's TX free-frame pool.
@@ -464,7 +464,7 @@ impl QueueRings {
     /// Take up to one batch of transmitted frames off the completion ring (shared by every
     /// socket of the queue) and give them back to the TX pool `tx_free`. No syscall.
     #[inline]
-    pub fn reap_completions(&mut self, tx_free: &crossbeam_queue::ArrayQueue<RxFrame>) -> usize {
+    pub fn reap_completions(&mut self, tx_free: &FramePool) -> usize {
         self.scratch.clear();
         self.scratch.resize(BATCH, FrameDesc::default());
         // SAFETY: the completion ring only returns descriptors of this queue's UMEM that a
@@ -472,8 +472,7 @@ impl QueueRings {
         let n = unsafe { self.comp.consume(&mut self.scratch) };
         let queue = self.socket.queue;
         for desc in &self.scratch[..n] {
-            // Cannot fail: the pool holds all of the queue's TX frames.
-            let _ = tx_free.push(RxFrame { desc: *desc, queue });
+            tx_free.put(RxFrame { desc: *desc, queue });
         }
         self.scratch.clear();
         n
@@ -484,7 +483,7 @@ impl QueueRings {
     /// any path that delivers into sockets). Returns the frames recycled. No allocation; a
     /// syscall only when the driver asked for a fill-ring wake-up.
     #[inline]
-    pub fn recycle_rx(&mut self) -> usize {
+    pub fn recycle_rx(&mut self, spill: &FramePool) -> usize {
         // Only as many as the fill ring takes, so none is left in our hands.
         let room = (self.fill.nb_free(BATCH as u32) as usize).min(BATCH);
         self.scratch.clear();
@@ -495,17 +494,22 @@ impl QueueRings {
         // back to the kernel below without being read or held anywhere else.
         let n = unsafe { self.socket.rx.consume(&mut self.scratch) };
         self.scratch.truncate(n);
-        self.produce_scratch()
+        self.produce_scratch(spill)
     }
 
-    fn produce_scratch(&mut self) -> usize {
+    /// Hand the scratch descriptors to the fill ring; any it does not take (it was asked for
+    /// room first, so none should be) go to `spill` rather than being forgotten.
+    fn produce_scratch(&mut self, spill: &FramePool) -> usize {
         if self.scratch.is_empty() {
             return 0;
         }
         // SAFETY: every descriptor came from an RxFrame of this queue's UMEM that was moved
         // in (so no one else holds it), and nb_free guaranteed room for all of them.
         let n = unsafe { self.fill.produce(&self.scratch) };
-        debug_assert_eq!(n, self.scratch.len());
+        let queue = self.socket.queue;
+        for desc in self.scratch.drain(..).skip(n) {
+            spill.put(RxFrame { desc, queue });
+        }
         if self.fill.needs_wakeup() {
             // A syscall, but only when the driver went to sleep and asked for it.
             let _ = self.fill.wakeup(self.socket.rx.fd_mut(), 0);

@@ -3,10 +3,9 @@
 //! back to the pool through the queue's completion ring (reaped by the queue's worker).
 use std::io::Write;
 
-use crossbeam_queue::ArrayQueue;
 use xsk_rs::FrameDesc;
 
-use super::{BATCH, QueueUmem, RxFrame, RxSocket};
+use super::{BATCH, FramePool, QueueUmem, RxFrame, RxSocket};
 
 /// Why a frame could not be staged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +46,7 @@ impl TxBatch {
     pub fn stage(
         &mut self,
         umem: &QueueUmem,
-        pool: &ArrayQueue<RxFrame>,
+        pool: &FramePool,
         frame: &[u8],
         tag: Option<[u8; 4]>,
     ) -> Result<(), StageError> {
@@ -56,7 +55,7 @@ impl TxBatch {
         if self.descs.len() >= BATCH {
             return Err(StageError::BatchFull);
         }
-        let Some(free) = pool.pop() else {
+        let Some(free) = pool.take() else {
             return Err(StageError::NoFrame);
         };
         let mut desc = free.desc;
@@ -66,7 +65,7 @@ impl TxBatch {
         let mut cursor = data.cursor();
         let needed = frame.len() + tag.map_or(0, |t| t.len());
         if needed > cursor.buf_len() {
-            let _ = pool.push(free);
+            pool.put(free);
             return Err(StageError::TooBig);
         }
         cursor.set_pos(0);
@@ -86,7 +85,7 @@ impl TxBatch {
     /// Put the staged frames on `socket`'s TX ring and kick it once. The caller asked
     /// [`RxSocket::tx_room`] before staging, so the ring takes them all; any it would not
     /// take go back to `pool` and are returned as not sent.
-    pub fn submit(&mut self, socket: &mut RxSocket, pool: &ArrayQueue<RxFrame>) -> usize {
+    pub fn submit(&mut self, socket: &mut RxSocket, pool: &FramePool) -> usize {
         if self.descs.is_empty() {
             return 0;
         }
@@ -94,7 +93,7 @@ impl TxBatch {
         // is held by no ring; once produced, only the completion ring gives it back.
         let sent = unsafe { socket.tx.produce(&self.descs) };
         for desc in self.descs.drain(..).skip(sent) {
-            let _ = pool.push(RxFrame {
+            pool.put(RxFrame {
                 desc,
                 queue: self.queue,
             });

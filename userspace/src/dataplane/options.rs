@@ -1,0 +1,129 @@
+//! What a dataplane is started with: [`DataplaneConfig`], its defaults, and the two ways
+//! users set it — the dataplane flags (`xmacvlan run`, the lab) and `daemon.json` (the daemon,
+//! whose flags override the file's keys before this reads them).
+use super::{IdlePolicy, default_cores};
+use crate::config::{DaemonConfig, DataplaneFlags};
+use crate::modes::{Demux, Threads, XdpMode};
+use crate::xsk::QueueConfig;
+
+/// How the receive work of a dataplane is laid out in threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One thread, on the first of `cores`, owns every queue's rings, steers (`user` demux)
+    /// and serves every endpoint in one loop: nothing waits for another thread's wake-up.
+    RunToCompletion,
+    /// Each queue has a thread of its own (its rings, its steering) and `serving` threads
+    /// serve the endpoints, spread over them.
+    Split { serving: usize },
+}
+
+impl Layout {
+    /// The layout for `cores` receive cores: `threads` when given, else running to completion
+    /// on one core and split (a serving thread per core) on several.
+    pub fn for_cores(threads: Option<Threads>, cores: usize) -> Self {
+        match threads {
+            Some(Threads::RunToCompletion) => Layout::RunToCompletion,
+            Some(Threads::Split) => Layout::Split {
+                serving: cores.max(1),
+            },
+            None if cores <= 1 => Layout::RunToCompletion,
+            None => Layout::Split { serving: cores },
+        }
+    }
+
+    /// Its name (`run-to-completion`, `split`), as the flags and `daemon.json` spell it.
+    pub fn threads(self) -> Threads {
+        match self {
+            Layout::RunToCompletion => Threads::RunToCompletion,
+            Layout::Split { .. } => Threads::Split,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub ifname: String,
+    pub queues: u32,
+    pub demux: Demux,
+    pub xdp_mode: XdpMode,
+    pub queue: QueueConfig,
+    /// Cores for the threads, handed out round-robin.
+    pub cores: Vec<usize>,
+    pub layout: Layout,
+    /// Capacity of each endpoint's descriptor ring (`user` demux).
+    pub endpoint_ring: usize,
+    /// How the threads idle ([`IdlePolicy::default`]: poll [`super::SPIN`], then block).
+    pub idle: IdlePolicy,
+    /// Time and check every frame that carries the generator's timestamp ([`probe`]): the
+    /// lab, the benchmark and tests; off, a frame's bytes are never parsed.
+    pub probe: bool,
+}
+
+impl Default for DataplaneConfig {
+    /// One queue, `xdp` demux, native XDP falling back to generic, AF_XDP zero-copy falling
+    /// back to copy, one thread running to completion on the default cores, the probe on.
+    fn default() -> Self {
+        Self {
+            ifname: String::new(),
+            queues: 1,
+            demux: Demux::Xdp,
+            xdp_mode: XdpMode::Auto,
+            queue: QueueConfig::default(),
+            cores: default_cores(),
+            layout: Layout::RunToCompletion,
+            endpoint_ring: 4096,
+            idle: IdlePolicy::default(),
+            probe: true,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// Put the flags given into effect (over the defaults, for `run` and the lab). `kernel`
+    /// is refused: it runs no dataplane.
+    pub fn apply(&mut self, flags: &DataplaneFlags) -> Result<(), String> {
+        if let Some(mode) = flags.demux_mode {
+            self.demux = mode.fast_path().ok_or_else(|| {
+                "--demux-mode kernel runs no dataplane (frames stay on the macvlan devices): \
+                 use xdp or user here; the daemon accepts kernel"
+                    .to_string()
+            })?;
+        }
+        if let Some(m) = flags.xdp_mode {
+            self.xdp_mode = m;
+        }
+        if let Some(b) = flags.bind_mode {
+            self.queue.bind = b;
+        }
+        if let Some(c) = &flags.cores {
+            self.cores = c.0.clone();
+        }
+        self.layout = Layout::for_cores(flags.receive_threads, self.cores.len());
+        if let Some(c) = flags.receive_coalesce {
+            self.idle.coalesce = c;
+        }
+        Ok(())
+    }
+
+    /// The dataplane settings of a `daemon.json` (`cores`, `xdp-mode`, `bind-mode`,
+    /// `receive-threads`, `receive-coalesce-us`); interface, queues and demux are the daemon's
+    /// to fill in per interface.
+    pub fn from_daemon(cfg: &DaemonConfig) -> Self {
+        let cores = cfg.cores.clone().unwrap_or_else(default_cores);
+        let defaults = Self::default();
+        Self {
+            xdp_mode: cfg.xdp_mode,
+            queue: QueueConfig {
+                bind: cfg.bind_mode,
+                ..defaults.queue
+            },
+            layout: Layout::for_cores(Some(cfg.receive_threads), cores.len()),
+            cores,
+            idle: IdlePolicy {
+                coalesce: cfg.receive_coalesce,
+                ..IdlePolicy::default()
+            },
+            ..defaults
+        }
+    }
+}
