@@ -60,6 +60,10 @@ pub struct QueueSnapshot {
     /// Frames a pool could not take back (lost for good; must be 0).
     #[serde(default)]
     pub frames_lost: u64,
+    /// Frames the kernel delivered while they were not its to deliver (a driver handing a
+    /// buffer over twice): dropped, not served twice. Must be 0 on a sound driver.
+    #[serde(default)]
+    pub frames_duplicate: u64,
     /// Frames of the queue's TX pool free now, of `tx_pool` (all of them when idle: none lost).
     #[serde(default)]
     pub tx_pool_free: u64,
@@ -132,6 +136,7 @@ impl NicQueue {
             frames_free: self.free.len() as u64,
             frames_in_kernel: (self.initial_fill + counts.refilled).saturating_sub(counts.received),
             frames_lost: self.free.lost() + self.tx.lost(),
+            frames_duplicate: self.umem.duplicates(),
             tx_pool_free: self.tx.len() as u64,
             tx_pool: self.tx.size() as u64,
         }

@@ -180,16 +180,17 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     }
 }
 
-/// `queue 0: rx 0 steered 0 … | frames 7680 free 0 in-kernel 7680 lost 0 | tx pool 512/512 |
+/// `queue 0: rx 0 steered 0 … | frames 7680 free 0 in-kernel 7680 lost 0 duplicate 0 | tx pool 512/512 |
 /// socket rx-dropped 0 …`: a queue's counters, where its frames are, and its socket's.
 pub fn queue_line(i: usize, q: &QueueSnapshot) -> String {
     format!(
-        "queue {i}: {} | frames {} free {} in-kernel {} lost {} | tx pool {}/{} | socket {}",
+        "queue {i}: {} | frames {} free {} in-kernel {} lost {} duplicate {} | tx pool {}/{} | socket {}",
         counters::line(&q.counts),
         q.frames,
         q.frames_free,
         q.frames_in_kernel,
         q.frames_lost,
+        q.frames_duplicate,
         q.tx_pool_free,
         q.tx_pool,
         counters::line(&q.socket)

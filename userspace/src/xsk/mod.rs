@@ -15,6 +15,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+mod ledger;
 mod pool;
 mod send;
 pub mod wait;
@@ -76,6 +77,8 @@ pub struct QueueUmem {
     ifname: Interface,
     queue: u16,
     rx_ring: u32,
+    /// Which frames the kernel holds, shared by every socket of the queue.
+    ledger: std::sync::Arc<ledger::Ledger>,
 }
 
 /// What the queue's worker owns: the fill ring, the completion ring, and the queue's own
@@ -94,6 +97,7 @@ pub struct RxSocket {
     rx: RxQueue,
     tx: TxQueue,
     queue: u16,
+    ledger: std::sync::Arc<ledger::Ledger>,
     scratch: Vec<FrameDesc>,
     /// Set only while dropping: fields drop in order, so this closes after `rx` and `_tx`.
     last_reference: Option<OwnedFd>,
@@ -165,6 +169,10 @@ fn try_open_queue(
             .map_err(|_| anyhow!("interface name {ifname:?} contains a NUL byte"))?,
         queue: u16::try_from(queue).context("queue id")?,
         rx_ring: cfg.rx_ring,
+        ledger: std::sync::Arc::new(ledger::Ledger::new(
+            cfg.frames as usize,
+            cfg.frame_size as usize,
+        )),
     };
     let (socket, rings) = queue_umem.create_socket(flags)?;
     let (fill, comp) = rings
@@ -183,6 +191,9 @@ fn try_open_queue(
     let free = rings.fill.nb_free(cfg.frames) as usize;
     if free < descs.len() {
         bail!("fill ring has room for {free} of {} frames", descs.len());
+    }
+    for desc in &descs {
+        queue_umem.ledger.given(desc.addr());
     }
     // SAFETY: the descriptors are this UMEM's own, fresh from Umem::new, and owned by no
     // other ring.
@@ -211,6 +222,12 @@ pub fn ring_size(n: u32) -> Result<QueueSize> {
 impl QueueUmem {
     pub fn queue(&self) -> u16 {
         self.queue
+    }
+
+    /// Frames the kernel delivered twice (dropped, see `ledger`): must stay 0 on a sound
+    /// driver.
+    pub fn duplicates(&self) -> u64 {
+        self.ledger.duplicates()
     }
 
     /// Another socket on this queue, sharing the UMEM (`XDP_SHARED_UMEM`; the kernel makes it
@@ -266,6 +283,7 @@ impl QueueUmem {
                 rx,
                 tx,
                 queue: self.queue,
+                ledger: self.ledger.clone(),
                 scratch: vec![FrameDesc::default(); BATCH],
                 last_reference: None,
             },
@@ -287,7 +305,8 @@ impl QueueUmem {
 impl RxSocket {
     /// Take up to [`BATCH`] received frames and hand each to `f`, with the monotonic time
     /// read once after the batch was taken (so it is never earlier than a frame's send time).
-    /// No allocation; no syscall (the clock is vDSO).
+    /// A frame the kernel had already handed over is not passed on (see `ledger`). Returns
+    /// the frames passed on. No allocation; no syscall (the clock is vDSO).
     #[inline]
     pub fn recv(&mut self, mut f: impl FnMut(RxFrame, u64)) -> usize {
         // SAFETY: the scratch descriptors are overwritten by consume, and the frames it
@@ -297,7 +316,12 @@ impl RxSocket {
             return 0;
         }
         let now = crate::sys::monotonic_ns();
+        let mut passed = 0;
         for desc in &self.scratch[..n] {
+            if !self.ledger.taken(desc.addr()) {
+                continue;
+            }
+            passed += 1;
             f(
                 RxFrame {
                     desc: *desc,
@@ -306,7 +330,7 @@ impl RxSocket {
                 now,
             );
         }
-        n
+        passed
     }
 
     /// The queue this socket is bound to.
@@ -494,6 +518,8 @@ impl QueueRings {
         // back to the kernel below without being read or held anywhere else.
         let n = unsafe { self.socket.rx.consume(&mut self.scratch) };
         self.scratch.truncate(n);
+        let ledger = &self.socket.ledger;
+        self.scratch.retain(|d| ledger.taken(d.addr()));
         self.produce_scratch(spill)
     }
 
@@ -506,6 +532,9 @@ impl QueueRings {
         // SAFETY: every descriptor came from an RxFrame of this queue's UMEM that was moved
         // in (so no one else holds it), and nb_free guaranteed room for all of them.
         let n = unsafe { self.fill.produce(&self.scratch) };
+        for desc in &self.scratch[..n] {
+            self.socket.ledger.given(desc.addr());
+        }
         let queue = self.socket.queue;
         for desc in self.scratch.drain(..).skip(n) {
             spill.put(RxFrame { desc, queue });
