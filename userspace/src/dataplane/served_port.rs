@@ -59,6 +59,7 @@ impl PortCounts {
             + self.drop_runt
             + self.drop_tagged
             + self.drop_no_frame
+            + self.drop_bad_chain
     }
 }
 
