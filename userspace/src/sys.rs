@@ -401,3 +401,20 @@ pub fn poll_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) -> io::Result<
     }
     Ok(p.iter().map(|x| x.revents != 0).collect())
 }
+
+/// Random bytes from the kernel (ids, MACs, DHCP transaction ids).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -7,6 +7,14 @@ use anyhow::{Context, Result};
 
 use super::model::{Cidr, Endpoint, Network};
 use crate::dhcp::{self, Lease};
+
+/// The control path reads a lease as the address it gives the endpoint (the DHCP client sits
+/// below the control path and does not know its types).
+impl Lease {
+    pub fn cidr(&self) -> Cidr {
+        Cidr::new(self.address.into(), self.prefix)
+    }
+}
 use crate::netlink::Netlink;
 use crate::netns::Netns;
 use crate::rollback::Rollback;

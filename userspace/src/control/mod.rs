@@ -14,7 +14,6 @@
 //!
 //! The dataplane reads its endpoints with [`State::load`]: each [`Endpoint`] carries its name,
 //! network, VLAN id (0 = untagged), MAC, addresses, namespace and interface name.
-use std::io::Read;
 
 pub mod docker;
 pub mod drift;
@@ -33,25 +32,12 @@ pub use model::{Cidr, Endpoint, Mode, Network, Subnet};
 pub use network::NetworkCreate;
 pub use state::State;
 
-/// Random bytes from the kernel (ids, MACs of IPv6-only endpoints).
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("reading /dev/urandom");
-    bytes
-}
+pub(crate) use crate::sys::{random_bytes, unix_now};
 
 /// A random MAC in Docker's locally administered `02:42:…` space.
 pub(crate) fn random_mac() -> crate::abi::Mac {
     let r = random_bytes::<4>();
     [0x02, 0x42, r[0], r[1], r[2], r[3]]
-}
-
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// An undo step for a [`crate::rollback::Rollback`] over `()`: runs `undo` and logs what

@@ -196,13 +196,13 @@ fn lease_of(ack: &Message, from: Mac, server: Ipv4Addr, renewals: u32) -> Result
         lease_s,
         t1_s,
         t2_s,
-        granted_at: crate::control::unix_now(),
+        granted_at: crate::sys::unix_now(),
         renewals,
     })
 }
 
 fn random_xid() -> u32 {
-    u32::from_ne_bytes(crate::control::random_bytes::<4>())
+    u32::from_ne_bytes(crate::sys::random_bytes::<4>())
 }
 
 /// Where a message goes: the frame's destination MAC, and the IP header's addresses.

@@ -95,10 +95,6 @@ impl Lease {
             Phase::Bound
         }
     }
-
-    pub fn cidr(&self) -> crate::control::Cidr {
-        crate::control::Cidr::new(self.address.into(), self.prefix)
-    }
 }
 
 #[cfg(test)]
