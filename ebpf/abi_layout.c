@@ -46,5 +46,6 @@ int main(void)
 	       XMV_CLAIMED);
 	printf("pub const DEMUX_XDP: u32 = %d;\npub const DEMUX_USER: u32 = %d;\n", XMV_DEMUX_XDP,
 	       XMV_DEMUX_USER);
+	printf("pub const RUN_PRIORITY: u32 = %d;\n", XMV_RUN_PRIORITY);
 	return 0;
 }

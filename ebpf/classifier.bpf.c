@@ -209,6 +209,15 @@ int xmv_classify(struct xdp_md *ctx)
 	return verdict;
 }
 
+/* How libxdp's multi-program dispatcher runs the classifier when it shares the interface with
+ * other XDP programs (BTF metadata its loader reads; the daemon can override both): after
+ * programs of a lower priority, such as filters (xdp-filter runs at 10), and on to the next
+ * program for every frame it passes to the kernel. */
+struct {
+	__uint(priority, XMV_RUN_PRIORITY);
+	__uint(XDP_PASS, 1);
+} _xmv_classify SEC(".xdp_run_config");
+
 /* The ceiling of the benchmark: what the NIC path costs with nothing done. */
 SEC("xdp")
 int xmv_drop_all(struct xdp_md *ctx)

@@ -10,6 +10,9 @@
 #define XMV_MAX_SLOTS 4096
 #define XMV_MAX_QUEUES 64
 
+/* The classifier's default run priority in a libxdp dispatcher chain (lower runs first). */
+#define XMV_RUN_PRIORITY 50
+
 /* How claimed frames are steered (xmv_config.demux). */
 #define XMV_DEMUX_XDP 0  /* xsks[slot * queues + rx_queue]: one socket per endpoint per queue */
 #define XMV_DEMUX_USER 1 /* xsks[rx_queue]: one socket per queue, a worker demuxes in userspace */

@@ -342,6 +342,7 @@ fn the_daemon_serves_endpoints_of_both_vlans_from_the_state() {
                 port_dir: t.root.join("ports"),
                 port_secret: None,
                 data_root: t.root.clone(),
+                detach_on_exit: true,
                 // Counted by the dataplane's consumer without a memif client (the daemon
                 // binary's tests attach clients).
                 claim: xmacvlan::dataplane::ClaimPolicy::Always,

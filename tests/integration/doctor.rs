@@ -38,6 +38,15 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         let facts = interface_facts(&nl, "xdoc0")?;
         let link = facts.link.as_ref().expect("xdoc0 exists");
         assert_eq!(link.driver.as_deref(), Some("veth"));
+        // Asked of the kernel (netdev generic netlink, 6.3+): veth runs XDP in its driver,
+        // redirects, takes multi-buffer frames, and has no zero-copy.
+        let kernel = link.xdp_features.as_ref().unwrap().expect("a 6.3+ kernel");
+        assert!(kernel.native_xdp() && kernel.redirect() && kernel.multi_buffer());
+        assert!(!kernel.zero_copy());
+        assert!(
+            xmacvlan::netlink::xdp_features(index)?.is_some_and(|f| f == kernel),
+            "the library function the dataplane calls says the same"
+        );
         let f = check_interface(&facts, false);
         assert_eq!(severity(&f, "exists"), Severity::Ok);
         assert_eq!(severity(&f, "link-up"), Severity::Ok);
@@ -64,6 +73,7 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             pid_file: Some(PathBuf::from("/nonexistent/xmacvlan.pid")),
             control_socket: Some(PathBuf::from("/nonexistent/xmacvlan.sock")),
             config: None,
+            fix: false,
         };
         let report = examine(&args)?;
         let on_veth: Vec<Finding> = report
@@ -103,6 +113,13 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         assert_eq!(severity(&live, "xdp-program"), Severity::Ok);
 
         drop(classifier);
+        // The kernel releases a link's last reference from a work queue: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while nl.require_link("xdoc0")?.xdp_prog_id.is_some()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let f = check_interface(&interface_facts(&nl, "xdoc0")?, false);
         assert_eq!(
             severity(&f, "xdp-program"),

@@ -35,6 +35,7 @@ mod ports_chains;
 mod ports_daemon;
 mod proptests;
 mod proptests_memif;
+mod restart;
 mod soak;
 mod user_demux;
 mod vm_fastpath;

@@ -117,12 +117,23 @@ impl Lab {
     }
 
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with("", &[])
+    }
+
+    /// [`Self::start_daemon`] with more daemon flags and environment variables.
+    pub fn start_daemon_with(&self, flags: &str, env: &[(&str, &std::path::Path)]) -> Daemon {
         let log = self.dir.join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
-        let child = self
-            .command(&format!("daemon --config {}", self.config().display()))
+        let mut command = self.command(&format!(
+            "daemon --config {} {flags}",
+            self.config().display()
+        ));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -161,23 +172,27 @@ impl Lab {
 
     /// `xmacvlan-sink` in `c{i}`'s namespace, once the daemon shows its port connected.
     pub fn attach_sink(&self, daemon: &Daemon, i: usize) -> App {
+        self.attach_sink_with(daemon, i, &[])
+    }
+
+    /// [`Self::attach_sink`] with more sink flags.
+    pub fn attach_sink_with(&self, daemon: &Daemon, i: usize, flags: &[&str]) -> App {
         let log = self.dir.join(format!(
             "sink-c{i}-{}.log",
             Instant::now().elapsed().as_nanos()
         ));
         let secret = self.port_secret_file();
         let secret = secret.to_str().unwrap();
-        let extra: &[&str] = if std::path::Path::new(secret).exists() {
-            &["--secret-file", secret]
-        } else {
-            &[]
-        };
+        let mut extra: Vec<&str> = flags.to_vec();
+        if std::path::Path::new(secret).exists() {
+            extra.extend(["--secret-file", secret]);
+        }
         let sink = App::sink_with(
             self.endpoints[i].name(),
             &self.port_socket(i),
             &format!("sink-c{i}"),
             &log,
-            extra,
+            &extra,
         );
         daemon.wait_for_port(&format!("c{i}"), true);
         sink
@@ -211,6 +226,33 @@ impl Lab {
                 )
             })
             .unwrap()
+    }
+
+    /// `cat /sys/class/net/DEV/FILE` as seen in namespace `netns`, as a number.
+    pub fn sysfs_number(netns: &str, dev: &str, file: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "cat"])
+            .arg(format!("/sys/class/net/{dev}/{file}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{dev}/{file} in {netns}: {text:?}"))
+    }
+
+    /// How often `v0`'s carrier went down or up since it was made.
+    pub fn carrier_changes_of_v0(&self) -> u64 {
+        Self::sysfs_number(self.host.name(), "v0", "carrier_changes")
+    }
+
+    /// Unicast frames endpoint `c{i}`'s kernel device (its macvlan) received so far.
+    pub fn kernel_unicast_rx(&self, i: usize) -> u64 {
+        let state = State::load(&self.dir.join("data")).unwrap();
+        let ifname = &state.endpoint(&format!("c{i}")).unwrap().ifname;
+        let ns = self.endpoints[i].name();
+        Self::sysfs_number(ns, ifname, "statistics/rx_packets")
+            - Self::sysfs_number(ns, ifname, "statistics/multicast")
     }
 
     pub fn xdp_on_v0(&self) -> Option<u32> {
@@ -336,15 +378,20 @@ impl Daemon {
     }
 
     /// SIGTERM and wait; returns how long the daemon took to exit, and its status.
-    pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+    pub fn terminate(self) -> (Duration, std::process::ExitStatus) {
+        self.stop_with("TERM")
+    }
+
+    /// Send `signal` and wait for the daemon to exit; how long it took, and its status.
+    pub fn stop_with(mut self, signal: &str) -> (Duration, std::process::ExitStatus) {
         let start = Instant::now();
-        self.signal("TERM");
+        self.signal(signal);
         let deadline = start + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (start.elapsed(), status);
             }
-            assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+            assert!(Instant::now() < deadline, "the daemon ignored SIG{signal}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -144,15 +144,26 @@ impl Xmacvlan {
         self.start_with(demux, &[]);
     }
 
+    /// The daemon's bpffs: its classifier stays pinned there between its runs, and goes with
+    /// the unmount (the host's /sys/fs/bpf keeps nothing of a test).
+    fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+
     /// [`Xmacvlan::start`] with more daemon flags.
     pub fn start_with(&mut self, demux: &str, extra: &[&str]) {
         assert!(self.child.is_none());
+        if !xmacvlan::sys::is_bpffs(&self.bpffs()).unwrap_or(false) {
+            std::fs::create_dir_all(self.bpffs()).unwrap();
+            xmacvlan::sys::mount_bpffs(&self.bpffs()).unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())
             .unwrap();
         let child = Command::new(xmacvlan_bin())
+            .env(xmacvlan::xdp::bpffs::BPFFS_ENV, self.bpffs())
             .arg("--data-root")
             .arg(self.data_root())
             .arg("--control-socket")
@@ -232,6 +243,7 @@ impl Xmacvlan {
 impl Drop for Xmacvlan {
     fn drop(&mut self) {
         self.stop();
+        let _ = xmacvlan::sys::unmount_detach(&self.bpffs());
         let _ = std::fs::remove_file(&self.plugin);
         if self.made_run_docker {
             let _ = std::fs::remove_dir("/run/docker/plugins");

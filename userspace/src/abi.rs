@@ -13,6 +13,8 @@ pub mod c {
 
 pub const MAX_SLOTS: u32 = c::MAX_SLOTS;
 pub const MAX_QUEUES: u32 = c::MAX_QUEUES;
+/// The classifier's run priority in a libxdp dispatcher chain unless configured otherwise.
+pub const RUN_PRIORITY: u32 = c::RUN_PRIORITY;
 
 pub const PROGRAM_CLASSIFY: &str = "xmv_classify";
 pub const PROGRAM_DROP_ALL: &str = "xmv_drop_all";
@@ -27,6 +29,7 @@ pub const MAP_CLAIMED: &str = "xmv_claimed";
 pub const UNCLAIMED: u32 = c::UNCLAIMED;
 pub const CLAIMED: u32 = c::CLAIMED;
 pub const MAP_EVENTS: &str = "xmv_events";
+pub const MAP_EVENT_BUDGET: &str = "xmv_event_budget";
 pub const GLOBAL_CONFIG: &str = "xmv_config";
 
 /// A MAC's six bytes, as the classifier and the frames carry them; as text (parsed,

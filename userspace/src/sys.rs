@@ -67,6 +67,33 @@ pub fn unmount_detach(target: &Path) -> io::Result<()> {
     check(unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) })
 }
 
+/// Whether `path` is the root of a mounted BPF file system (statfs magic `BPF_FS_MAGIC`).
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    let p = cstring(path)?;
+    // SAFETY: `p` is NUL-terminated and outlives the call; `st` is a plain struct the call
+    // fills, zero-initialised so no field is read uninitialised.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: both pointers are valid for the call.
+    check(unsafe { libc::statfs(p.as_ptr(), &mut st) })?;
+    Ok(st.f_type as libc::c_long == BPF_FS_MAGIC)
+}
+
+/// Mount a BPF file system on `target` (`mount -t bpf bpf TARGET`).
+pub fn mount_bpffs(target: &Path) -> io::Result<()> {
+    let dst = cstring(target)?;
+    // SAFETY: every string is NUL-terminated and outlives the call; data may be null.
+    check(unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            dst.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    })
+}
+
 /// Wait until every CPU has left the RCU read-side sections it was in, NAPI polls included:
 /// a frame XDP redirected before a map change is then in its socket's ring (an AF_XDP RX
 /// descriptor becomes visible only at the poll's flush). `membarrier(MEMBARRIER_CMD_GLOBAL)`

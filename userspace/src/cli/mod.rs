@@ -42,6 +42,7 @@ pub struct GlobalArgs {
 }
 
 pub mod control;
+pub mod down;
 pub mod run;
 pub mod stats;
 pub mod view;
@@ -62,6 +63,8 @@ pub enum Command {
     Doctor(crate::doctor::DoctorArgs),
     /// Run the dataplane on a NIC with endpoints from a file, until Ctrl-C.
     Run(run::RunArgs),
+    /// Detach the XDP classifier a stopped daemon left attached to IFACE, and remove its pins.
+    Down(down::DownArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -116,6 +119,7 @@ pub fn main() -> anyhow::Result<()> {
             crate::daemon::run::main(args, data_root_given.then(|| cli.global.data_root.clone()))
         }
         Command::Stats(args) => stats::main(&cli.global.control_socket, args),
+        Command::Down(args) => down::main(&cli.global.control_socket, args),
     }
 }
 

@@ -20,6 +20,11 @@ use crate::xsk::wait::drain_eventfd;
 pub struct DaemonArgs {
     #[command(flatten)]
     pub flags: ConfigFlags,
+    /// Detach XDP from every interface at exit, leaving nothing pinned (for an uninstall).
+    /// Without it the classifier stays attached for the next daemon to take over, so a
+    /// restart neither takes the link down nor loses the interface's XDP.
+    #[arg(long = "detach-on-exit")]
+    pub detach_on_exit: bool,
 }
 
 /// The loop sleeps in poll(2) until a control connection, a port event or a signal (its
@@ -48,13 +53,14 @@ pub fn main(args: DaemonArgs, data_root: Option<PathBuf>) -> Result<()> {
     let log = crate::logging::init(&LogConfig::from_daemon(&cfg))?;
     crate::sys::catch_interrupts();
     crate::sys::catch_hangups();
-    match serve(&args.flags, cfg, &log) {
+    match serve(&args, cfg, &log) {
         Ok(()) => Ok(()),
         Err(e) => crate::logging::fatal(format_args!("{e:#}")),
     }
 }
 
-fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
+fn serve(args: &DaemonArgs, mut cfg: DaemonConfig, log: &LogHandle) -> Result<()> {
+    let flags = &args.flags;
     // Before anything is created: a bad secret file leaves nothing behind.
     let port_secret = cfg
         .port_secret_file
@@ -71,8 +77,10 @@ fn serve(flags: &ConfigFlags, mut cfg: DaemonConfig, log: &LogHandle) -> Result<
     let state = crate::control::State::load(&cfg.data_root)?;
     let mut settings = Settings::from_config(&cfg);
     settings.port_secret = port_secret;
+    settings.detach_on_exit = args.detach_on_exit;
     let mut daemon = Daemon::new(settings);
     let served = daemon.restore(&state);
+    daemon.release_unserved();
     let plugin = crate::plugin::docker::start_for(&cfg)?;
     let leases = super::leases::LeaseKeeper::start(cfg.data_root.clone())?;
     tracing::info!(

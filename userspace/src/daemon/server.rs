@@ -15,6 +15,7 @@ use crate::ipc::protocol::{Answer, Request};
 use crate::memif::{PortEvent, PortServer, PortServerConfig};
 use crate::modes::{Demux, DemuxMode};
 use crate::telemetry::hgrm::{HgrmOptions, to_hgrm};
+use crate::xdp::{Classifier, PinDir, Program, Release, Takeover};
 
 /// How the daemon builds each interface's dataplane (from daemon.json and flags).
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct Settings {
     pub port_secret: Option<[u8; crate::memif::wire::SECRET_SIZE]>,
     /// The control state (each endpoint's network namespace, for admitting its client).
     pub data_root: PathBuf,
+    /// Detach XDP from every interface at exit (`--detach-on-exit`, for an uninstall); by
+    /// default the classifier stays attached, pinned, for the next daemon to take over.
+    pub detach_on_exit: bool,
     /// When endpoints' frames are claimed: the daemon runs with
     /// [`ClaimPolicy::WhileConnected`] (no client, no black hole); `Always` serves in-process
     /// tests of the dataplane path that count frames without a client.
@@ -44,6 +48,7 @@ impl Settings {
             port_dir: cfg.port_dir.clone(),
             port_secret: None,
             data_root: cfg.data_root.clone(),
+            detach_on_exit: false,
             claim: ClaimPolicy::WhileConnected,
         }
     }
@@ -202,7 +207,7 @@ impl Daemon {
             Some(plane) => plane.add_endpoint_with(endpoint.clone(), self.settings.claim)?,
             None => {
                 let cfg = self.config_for(iface, demux.fast_path().expect("not kernel"))?;
-                let mut plane = Dataplane::start(&cfg, &[])?;
+                let mut plane = start_plane(&cfg)?;
                 for w in &plane.warnings {
                     tracing::warn!(iface, "{w}");
                 }
@@ -288,7 +293,7 @@ impl Daemon {
                         if plane.port(&endpoint).is_some() {
                             match plane.disconnect_port(&endpoint) {
                                 Ok(last) => {
-                                    tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames,
+                                    tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames, port_ring_full = last.drop_ring_full,
                                     "port disconnected ({reason}): the endpoint's frames go to its kernel device again")
                                 }
                                 Err(e) => {
@@ -304,7 +309,7 @@ impl Daemon {
             for (endpoint, result) in plane.reap_disconnected() {
                 match result {
                     Ok(last) => {
-                        tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames,
+                        tracing::info!(endpoint = %endpoint, rx = last.rx_frames, tx = last.tx_frames, port_ring_full = last.drop_ring_full,
                         "port gone: the endpoint's frames go to its kernel device again")
                     }
                     Err(e) => tracing::warn!(endpoint = %endpoint, "reaping its port: {e:#}"),
@@ -342,36 +347,18 @@ impl Daemon {
             "endpoint detached"
         );
         if plane.endpoints().is_empty() {
-            let plane = self.planes.remove(&iface).expect("present");
+            let mut plane = self.planes.remove(&iface).expect("present");
+            plane.classifier_mut().set_release(Release::Detach);
             plane.stop()?;
             tracing::info!(iface, "last endpoint gone: dataplane stopped, XDP detached");
         }
         Ok(true)
     }
 
-    /// The dataplane for `iface`. An XDP program a crashed xmacvlan left behind is replaced;
-    /// anyone else's is not.
+    /// The dataplane for `iface`.
     fn config_for(&self, iface: &str, demux: Demux) -> Result<DataplaneConfig> {
         let nl = crate::netlink::Netlink::new()?;
         let link = nl.require_link(iface)?;
-        if let Some(id) = link.xdp_prog_id {
-            match crate::xdp::program_name(id) {
-                Some(name) if crate::abi::PROGRAMS.contains(&name.as_str()) => {
-                    tracing::warn!(
-                        iface,
-                        id,
-                        "replacing the XDP program a previous xmacvlan left behind (crashed or killed)"
-                    );
-                    crate::nic::detach_xdp(&nl, link.index)?;
-                }
-                other => bail!(
-                    "{iface} already has another XDP program attached (id {id}{}); xmacvlan will \
-                     not replace it: see it with `bpftool prog show id {id}`, detach it with \
-                     `ip link set dev {iface} xdp off`",
-                    other.map(|n| format!(", `{n}`")).unwrap_or_default()
-                ),
-            }
-        }
         Ok(DataplaneConfig {
             ifname: iface.to_string(),
             queues: link.active_rx_queues(),
@@ -477,20 +464,193 @@ impl Daemon {
             .collect()
     }
 
-    /// Stop every dataplane (detaching XDP, closing sockets).
+    /// Stop every dataplane. Every endpoint goes back to its kernel device first, so no frame
+    /// waits for a daemon that is gone; the frames already claimed reach the ports, which are
+    /// closed last. The classifiers stay attached for the next daemon unless `detach_on_exit`.
     pub fn shutdown(&mut self) -> Result<()> {
-        // Clients are told first; their sockets go with the server.
-        drop(self.ports.take());
         let mut first_error = None;
-        for (iface, plane) in std::mem::take(&mut self.planes) {
-            match plane.stop() {
-                Ok(_) => tracing::info!(iface, "dataplane stopped, XDP detached"),
+        for (iface, plane) in &mut self.planes {
+            match plane.release_claims() {
+                Ok(n) => tracing::info!(
+                    iface,
+                    endpoints = n,
+                    "endpoints released to their kernel devices"
+                ),
+                Err(e) => {
+                    tracing::error!(iface, "releasing the endpoints' claims: {e:#}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        for plane in self.planes.values() {
+            wait_drained(plane);
+        }
+        for (iface, mut plane) in std::mem::take(&mut self.planes) {
+            let release = match self.settings.detach_on_exit {
+                true => Release::Detach,
+                false => Release::Keep,
+            };
+            plane.classifier_mut().set_release(release);
+            let pins = plane.classifier_mut().pins().cloned();
+            let stopped = plane.stop();
+            if let Ok(finished) = &stopped {
+                for e in &finished.endpoints {
+                    let port = e.port.as_ref();
+                    tracing::info!(
+                        iface,
+                        endpoint = %e.spec.name,
+                        frames = e.frames,
+                        dropped = e.dropped,
+                        rx = port.map_or(0, |p| p.rx_frames),
+                        port_ring_full = port.map_or(0, |p| p.drop_ring_full),
+                        "endpoint stopped"
+                    );
+                }
+            }
+            match stopped {
+                Ok(_) if release == Release::Detach => {
+                    tracing::info!(iface, "dataplane stopped, XDP detached")
+                }
+                Ok(_) => tracing::info!(
+                    iface,
+                    pins = %pins.map(|p| p.path().display().to_string()).unwrap_or_default(),
+                    "dataplane stopped; XDP stays attached for the next daemon (`xmacvlan down {iface}` removes it)"
+                ),
                 Err(e) => {
                     tracing::error!(iface, "stopping the dataplane: {e:#}");
                     first_error.get_or_insert(e);
                 }
             }
         }
+        // Clients are told last: the frames claimed before the release are in their rings.
+        drop(self.ports.take());
         first_error.map_or(Ok(()), Err)
     }
+
+    /// Detach the classifiers a previous daemon left pinned on interfaces this one does not
+    /// serve (their endpoints are gone), unless a live xmacvlan process still holds them.
+    pub fn release_unserved(&mut self) {
+        for (iface, pins) in PinDir::all(&crate::xdp::bpffs::bpffs_root()) {
+            if self.planes.contains_key(&iface) {
+                continue;
+            }
+            let id = crate::xdp::pinned_program_id(&pins);
+            if let Some(pid) = id.and_then(|id| {
+                crate::ipc::alive::holders_of_bpf_program(id)
+                    .first()
+                    .copied()
+            }) {
+                tracing::debug!(
+                    iface,
+                    pid,
+                    "pinned classifier held by another xmacvlan process: left alone"
+                );
+                continue;
+            }
+            match pins.remove() {
+                Ok(()) => {
+                    tracing::info!(iface, program = ?id, "no endpoint here any more: the classifier a previous daemon left is detached")
+                }
+                Err(e) => tracing::warn!(iface, "removing a previous daemon's classifier: {e}"),
+            }
+        }
+    }
+}
+
+/// Start `cfg`'s dataplane on the interface's pinned classifier: the one a previous daemon
+/// left is taken over without a detach (see [`Takeover`]).
+fn start_plane(cfg: &DataplaneConfig) -> Result<Dataplane> {
+    let root = crate::xdp::bpffs::bpffs_root();
+    let pins = PinDir::new(&root, &cfg.ifname);
+    if let Some(id) = crate::xdp::pinned_program_id(&pins)
+        && let Some(pid) = crate::ipc::alive::holders_of_bpf_program(id).first()
+    {
+        bail!(
+            "{}'s classifier (program {id}, pinned in {}) is in use by xmacvlan process {pid}: \
+             another daemon serves this interface; stop it first (kill {pid})",
+            cfg.ifname,
+            pins.path().display()
+        );
+    }
+    let mut warnings = Vec::new();
+    let (classifier, takeover) = Classifier::attach_persistent(
+        Program::Classify,
+        crate::dataplane::steering(cfg.demux),
+        cfg.queues,
+        &cfg.ifname,
+        cfg.xdp_mode,
+        false,
+        &root,
+        &mut warnings,
+    )?;
+    let iface = cfg.ifname.as_str();
+    for w in &warnings {
+        tracing::warn!(iface, "{w}");
+    }
+    match &takeover {
+        Takeover::Fresh { replaced: None } => {}
+        Takeover::Fresh {
+            replaced: Some((id, name)),
+        } => tracing::warn!(
+            iface,
+            id,
+            name,
+            "replaced the XDP program a previous xmacvlan left behind (crashed or killed)"
+        ),
+        Takeover::Adopted {
+            program_id,
+            stale_claims,
+            stale_keys,
+        } => {
+            tracing::info!(
+                iface,
+                program_id,
+                "took over the classifier a previous daemon left attached (no detach, no link flap)"
+            );
+            if *stale_claims > 0 {
+                tracing::warn!(
+                    iface,
+                    stale_claims,
+                    stale_keys,
+                    "the previous daemon died without releasing its endpoints: their claims are cleared"
+                );
+            }
+        }
+        Takeover::Replaced {
+            old_program_id,
+            program_id,
+            why,
+        } => tracing::info!(
+            iface,
+            old_program_id,
+            program_id,
+            "replaced the pinned classifier in place (bpf_link_update, no detach): {why}"
+        ),
+    }
+    Dataplane::start_with(cfg, classifier, &[])
+}
+
+/// After the claims are released: wait (at most a second) until the consumers have read the
+/// frames claimed before from the sockets, so the stop closes none with frames in it. Done
+/// when every redirected frame is read or counted as dropped, or when the counts stand still
+/// (endpoints removed earlier keep the sum below the classifier's count).
+fn wait_drained(plane: &Dataplane) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(1);
+    let (mut last, mut still) = (u64::MAX, 0);
+    while Instant::now() < deadline {
+        let Ok(s) = plane.snapshot() else { return };
+        let accounted = s
+            .endpoints
+            .iter()
+            .map(|e| e.frames + e.dropped())
+            .chain(s.queues.iter().map(|q| q.socket.dropped()))
+            .sum::<u64>();
+        still = if accounted == last { still + 1 } else { 0 };
+        if accounted >= s.xdp.redirected || still >= 5 {
+            return;
+        }
+        last = accounted;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    tracing::warn!(iface = %plane.config().ifname, "claimed frames still in the sockets after 1 s: the stop drops them");
 }

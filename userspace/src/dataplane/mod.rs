@@ -132,6 +132,14 @@ impl std::ops::Deref for EndpointResult {
     }
 }
 
+/// How the classifier steers claimed frames for a fast-path demux mode.
+pub fn steering(demux: Demux) -> Steering {
+    match demux {
+        Demux::Xdp => Steering::PerEndpoint,
+        Demux::User => Steering::PerQueue,
+    }
+}
+
 impl Dataplane {
     /// Attach the classifier to `cfg.ifname` (calling thread's namespace), open the queues,
     /// start the threads and add `endpoints`. On error everything made so far is released.
@@ -141,18 +149,33 @@ impl Dataplane {
         let ifindex = crate::sys::if_index(&cfg.ifname).with_context(|| {
             format!("no interface named `{}` (check `ip link show`)", cfg.ifname)
         })?;
+        let mut classifier = Classifier::load(Program::Classify, steering(cfg.demux), cfg.queues)?;
+        let mut warnings = Vec::new();
+        classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
+        let mut dataplane = Self::start_with(cfg, classifier, endpoints)?;
+        let later = std::mem::replace(&mut dataplane.warnings, warnings);
+        dataplane.warnings.extend(later);
+        Ok(dataplane)
+    }
+
+    /// [`Self::start`] with a classifier the caller loaded and attached to `cfg.ifname` (the
+    /// daemon's, pinned to outlive it: [`Classifier::attach_persistent`]).
+    pub fn start_with(
+        cfg: &DataplaneConfig,
+        mut classifier: Classifier,
+        endpoints: &[EndpointSpec],
+    ) -> Result<Self> {
+        attach::validate_config(cfg)?;
+        attach::validate_endpoints(endpoints)?;
+        let Some((_, attached)) = classifier.attached() else {
+            anyhow::bail!("the classifier for {} is not attached", cfg.ifname);
+        };
         crate::sys::raise_rlimit(libc::RLIMIT_NOFILE, 1 << 20);
         let mtu = crate::netlink::Netlink::new()
             .and_then(|nl| nl.require_link(&cfg.ifname))
             .map(|l| l.mtu)
             .with_context(|| format!("reading the MTU of {}", cfg.ifname))?;
-        let steering_kind = match cfg.demux {
-            Demux::Xdp => Steering::PerEndpoint,
-            Demux::User => Steering::PerQueue,
-        };
-        let mut classifier = Classifier::load(Program::Classify, steering_kind, cfg.queues)?;
         let mut warnings = Vec::new();
-        let attached = classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
 
         // The threads first: each queue's owner is woken through its thread's mailbox.
         let owner_of = |q: u32| match cfg.layout {
@@ -294,6 +317,21 @@ impl Dataplane {
 
     pub fn xdp_counters(&self) -> Result<Counters> {
         self.classifier.counters()
+    }
+
+    /// Stop claiming every endpoint's frames and wait until frames redirected before are in
+    /// their sockets: from here on the endpoints' kernel devices get their traffic, and a
+    /// [`Self::stop`] hands the last claimed frames to the ports still connected. The daemon
+    /// does this before it stops (the classifier may outlive it).
+    pub fn release_claims(&mut self) -> Result<u32> {
+        let released = self.classifier.unclaim_all()?;
+        crate::sys::synchronize_rcu();
+        Ok(released)
+    }
+
+    /// The classifier, for its owner's lifecycle decisions (see [`Classifier::set_release`]).
+    pub fn classifier_mut(&mut self) -> &mut Classifier {
+        &mut self.classifier
     }
 
     /// Live counters of every attached endpoint, in attach order.

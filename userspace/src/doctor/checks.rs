@@ -1,56 +1,11 @@
 //! The checks, as pure functions over gathered facts, so they are tested without root.
 use std::collections::HashMap;
 
-use super::facts::{DaemonFacts, InterfaceFacts, LinkFacts, SystemFacts};
+use super::facts::{DaemonFacts, InterfaceFacts, SystemFacts};
 use super::{Finding, Severity};
 use crate::sys::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN};
 
-/// Drivers with native (driver-mode) XDP, as named by `ethtool -i` / the sysfs driver link.
-pub const NATIVE_XDP_DRIVERS: &[&str] = &[
-    "veth",
-    "virtio_net",
-    "tun",
-    "i40e",
-    "ice",
-    "ixgbe",
-    "ixgbevf",
-    "igb",
-    "igc",
-    "mlx4_en",
-    "mlx5_core",
-    "ena",
-    "bnxt_en",
-    "qede",
-    "nfp",
-    "sfc",
-    "hv_netvsc",
-    "netfront",
-    "stmmac",
-    "st_gmac",
-    "mvneta",
-    "mvpp2",
-    "dpaa2_eth",
-    "fec",
-    "enetc",
-    "thunder-nicvf",
-    "tsnep",
-    "lan966x-switch",
-    "bond",
-];
-
-/// Drivers with AF_XDP zero-copy support.
-pub const ZEROCOPY_DRIVERS: &[&str] = &[
-    "i40e",
-    "ice",
-    "ixgbe",
-    "igc",
-    "mlx5_core",
-    "stmmac",
-    "st_gmac",
-    "tsnep",
-];
-
-fn ok(check: &'static str, what: String) -> Finding {
+pub(super) fn ok(check: &'static str, what: String) -> Finding {
     Finding {
         check,
         subject: None,
@@ -61,7 +16,7 @@ fn ok(check: &'static str, what: String) -> Finding {
     }
 }
 
-fn problem(
+pub(super) fn problem(
     check: &'static str,
     severity: Severity,
     what: String,
@@ -483,7 +438,7 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
             Some(format!("ip link set {name} up")),
         )
     });
-    out.extend(check_driver(name, link));
+    out.extend(super::xdp::check_driver(name, link));
     let kind = link.kind.as_deref().or(link.driver.as_deref());
     out.push(if crate::nic::offload_can_strip_tags(kind) {
         check_rx_vlan_offload(name, &link.ethtool_features)
@@ -504,36 +459,8 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
     } else {
         check_promiscuous(name, link.promiscuous)
     });
-    out.push(match (link.xdp_prog_id, link.xdp_prog_holders.first()) {
-        (Some(id), Some(pid)) if !daemon_running => held_by_xmacvlan(name, id, *pid),
-        _ => check_xdp_program(
-            name,
-            link.xdp_prog_id,
-            link.xdp_prog_name.as_deref(),
-            daemon_running,
-        ),
-    });
+    out.extend(super::xdp::check_xdp_programs(name, link, daemon_running));
     tag(out, name)
-}
-
-/// xmacvlan's classifier held by a live xmacvlan process that is not the daemon this doctor
-/// looked for (another `xmacvlan run`, a daemon on another socket): `xdp off` cannot remove
-/// a program held by a BPF link, stopping that process does.
-fn held_by_xmacvlan(name: &str, id: u32, pid: u32) -> Finding {
-    problem(
-        "xdp-program",
-        Severity::Warn,
-        format!(
-            "xmacvlan's classifier (id {id}) on {name} is held by xmacvlan process {pid}, not by \
-             the daemon this doctor checked"
-        ),
-        "another `xmacvlan run`, or a daemon on another control socket, serves this interface; \
-         a new daemon or run cannot attach to it while that process lives",
-        Some(format!(
-            "see it: ps -o pid,args -p {pid}; stop it: kill {pid} (or check that daemon: \
-             xmacvlan --control-socket PATH doctor)"
-        )),
-    )
 }
 
 fn tag(mut findings: Vec<Finding>, name: &str) -> Vec<Finding> {
@@ -541,63 +468,6 @@ fn tag(mut findings: Vec<Finding>, name: &str) -> Vec<Finding> {
         f.subject = Some(name.to_string());
     }
     findings
-}
-
-/// Driver, native XDP and zero-copy support.
-pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
-    let Some(driver) = link.driver.as_deref() else {
-        return vec![problem(
-            "driver",
-            Severity::Warn,
-            format!("could not tell the driver of {name}"),
-            "native XDP and zero-copy depend on the driver",
-            Some(format!(
-                "install ethtool (apt-get install -y ethtool) and check `ethtool -i {name}`"
-            )),
-        )];
-    };
-    let mut out = vec![ok("driver", format!("{name} uses driver {driver}"))];
-    out.push(if NATIVE_XDP_DRIVERS.contains(&driver) {
-        ok(
-            "native-xdp",
-            format!("driver {driver} runs XDP natively (xdp-mode native or auto)"),
-        )
-    } else {
-        problem(
-            "native-xdp",
-            Severity::Warn,
-            format!("driver {driver} is not known to run XDP natively: generic (skb) mode only"),
-            "generic XDP runs after the kernel has built a socket buffer, which costs most of \
-             what the fast path saves",
-            Some(
-                "nothing to set: with xdp-mode auto (the default) xmacvlan falls back to generic \
-                 mode on its own; for speed use a NIC whose driver has native XDP (i40e, ice, \
-                 mlx5_core, ...)"
-                    .into(),
-            ),
-        )
-    });
-    out.push(if ZEROCOPY_DRIVERS.contains(&driver) {
-        ok(
-            "zero-copy",
-            format!("driver {driver} supports AF_XDP zero-copy (bind-mode zerocopy or auto)"),
-        )
-    } else {
-        problem(
-            "zero-copy",
-            Severity::Warn,
-            format!("driver {driver} has no AF_XDP zero-copy: copy mode only"),
-            "in copy mode the kernel copies every frame into the UMEM, roughly ten times the \
-             cost of zero-copy",
-            Some(
-                "nothing to set: with bind-mode auto (the default) xmacvlan uses copy mode here \
-                 on its own (bind-mode zerocopy would refuse to start); for zero-copy use a NIC \
-                 whose driver has it: i40e, ice, mlx5_core, ixgbe or igc"
-                    .into(),
-            ),
-        )
-    });
-    out
 }
 
 /// `rx-vlan-offload` from `ethtool -k` text, or why it could not be read.
@@ -668,55 +538,6 @@ pub fn check_promiscuous(name: &str, promiscuous: bool) -> Finding {
          NIC is promiscuous; if endpoint frames never arrive, this is the first suspect",
         Some(format!(
             "ip link set {name} promisc on   (or add one MAC to the filter: bridge fdb add MAC dev {name} self permanent)"
-        )),
-    )
-}
-
-/// Another XDP program, or xmacvlan's own left behind by a dead daemon.
-pub fn check_xdp_program(
-    name: &str,
-    prog_id: Option<u32>,
-    prog_name: Option<&str>,
-    daemon_running: bool,
-) -> Finding {
-    let Some(id) = prog_id else {
-        return ok(
-            "xdp-program",
-            format!("no XDP program is attached to {name}"),
-        );
-    };
-    let ours = prog_name.is_some_and(|n| crate::abi::PROGRAMS.contains(&n));
-    let label = match prog_name {
-        Some(n) => format!("id {id}, `{n}`"),
-        None => format!("id {id}"),
-    };
-    if ours && daemon_running {
-        return ok(
-            "xdp-program",
-            format!("xmacvlan's classifier is attached to {name} ({label})"),
-        );
-    }
-    if ours {
-        return problem(
-            "xdp-program",
-            Severity::Warn,
-            format!(
-                "xmacvlan's classifier is attached to {name} ({label}) but no daemon is running"
-            ),
-            "a crashed daemon left it behind: it still steers frames into sockets nobody reads, \
-             so endpoint traffic on the fast path is lost",
-            Some(format!("ip link set dev {name} xdp off")),
-        );
-    }
-    problem(
-        "xdp-program",
-        Severity::Error,
-        format!("another XDP program is attached to {name} ({label})"),
-        "an interface runs one XDP program: xmacvlan refuses to replace it unless told to, \
-         and while it stays the fast path cannot start",
-        Some(format!(
-            "see what it is: bpftool prog show id {id}; detach it: ip link set dev {name} xdp off \
-             (or start xmacvlan with --force to replace it)"
         )),
     )
 }

@@ -74,6 +74,33 @@ pub struct LinkFacts {
     pub driver: Option<String>,
     /// `ethtool -k IF` output, or why it is missing.
     pub ethtool_features: Result<String, String>,
+    /// What the kernel reports the device can do for XDP (None: a kernel before 6.3), or why
+    /// it could not be asked.
+    pub xdp_features: Result<Option<crate::netlink::XdpFeatures>, String>,
+    /// xmacvlan's classifier pinned for this interface (kept attached between daemons).
+    pub pinned: Option<PinnedFacts>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PinnedFacts {
+    pub dir: PathBuf,
+    pub program_id: u32,
+    /// Endpoints it still claims, keys it still knows.
+    pub claims: u32,
+    pub keys: u32,
+}
+
+/// The classifier pinned for interface `name`, if any (None too when it cannot be read).
+pub fn pinned_facts(name: &str) -> Option<PinnedFacts> {
+    let pins = crate::xdp::PinDir::for_interface(name);
+    let classifier = crate::xdp::Classifier::open_pinned(&pins).ok()??;
+    let (claims, keys) = classifier.state_counts().ok()?;
+    Some(PinnedFacts {
+        dir: pins.path().to_path_buf(),
+        program_id: classifier.program_id().ok()?,
+        claims,
+        keys,
+    })
 }
 
 fn read(path: &str) -> Option<String> {
@@ -245,6 +272,8 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
                 .unwrap_or_default(),
             xdp_prog_id: link.xdp_prog_id,
             ethtool_features: features,
+            xdp_features: crate::netlink::xdp_features(link.index).map_err(|e| e.to_string()),
+            pinned: pinned_facts(name),
         }),
     })
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 pub mod checks;
 pub mod facts;
+pub mod xdp;
 
 pub use checks::{check_daemon_state, check_interface, check_system};
 pub use facts::{
@@ -45,6 +46,10 @@ pub struct DoctorArgs {
     /// which may be absent].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Clear the claims a dead daemon left in the classifier pinned on each --iface (only
+    /// while no daemon runs), then check.
+    #[arg(long, requires = "ifaces")]
+    pub fix: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -192,6 +197,11 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
     let mut findings = check_system(&system);
     findings.push(checks::check_config(&config_path, exists, &config, running));
     findings.extend(check_daemon_state(&daemon));
+    if args.fix {
+        for name in &args.ifaces {
+            findings.push(fix_stale_claims(name, daemon.daemon_running()));
+        }
+    }
     if !args.ifaces.is_empty() {
         let nl = crate::netlink::Netlink::new()?;
         for name in &args.ifaces {
@@ -200,6 +210,45 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
         }
     }
     Ok(Report { findings })
+}
+
+/// `--fix`: release what a dead daemon's classifier still claims on `name`.
+fn fix_stale_claims(name: &str, daemon_running: bool) -> Finding {
+    let finding = |severity, what: String| Finding {
+        check: "fix",
+        subject: Some(name.to_string()),
+        severity,
+        what,
+        why: None,
+        fix: None,
+    };
+    if daemon_running {
+        return finding(
+            Severity::Ok,
+            "a daemon runs: it owns the claims, nothing to fix".into(),
+        );
+    }
+    let pins = crate::xdp::PinDir::for_interface(name);
+    match crate::xdp::Classifier::open_pinned(&pins).and_then(|c| match c {
+        Some(mut c) => c.clear_state().map(Some),
+        None => Ok(None),
+    }) {
+        Ok(Some((claims, keys))) => finding(
+            Severity::Ok,
+            format!(
+                "cleared {claims} stale claims and {keys} keys of the classifier pinned in {}",
+                pins.path().display()
+            ),
+        ),
+        Ok(None) => finding(
+            Severity::Ok,
+            format!("no classifier is pinned in {}", pins.path().display()),
+        ),
+        Err(e) => finding(
+            Severity::Error,
+            format!("clearing the pinned classifier's claims: {e:#}"),
+        ),
+    }
 }
 
 /// `xmacvlan doctor`: print the report and exit 1 if something is wrong.

@@ -11,12 +11,15 @@ use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+    XdpAttached,
 };
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan};
 
 mod error;
+pub mod features;
 mod route;
 pub use error::{NetlinkError, errno_of};
+pub use features::{FeatureQueryError, XdpFeatures, xdp_features};
 pub use route::{Route, route_message};
 /// Re-exported so callers need not depend on rtnetlink for the mode.
 pub use rtnetlink::packet_route::link::MacVlanMode;
@@ -39,6 +42,8 @@ pub struct Link {
     pub vlan_id: Option<u16>,
     /// Id of the attached XDP program, if any.
     pub xdp_prog_id: Option<u32>,
+    /// That program runs in generic (skb) mode, not in the driver.
+    pub xdp_generic: bool,
     /// Receive queues allocated (IFLA_NUM_RX_QUEUES); see [`Link::active_rx_queues`].
     pub rx_queues: u32,
 }
@@ -322,6 +327,7 @@ impl Link {
             macvlan_mode: None,
             vlan_id: None,
             xdp_prog_id: None,
+            xdp_generic: false,
             rx_queues: 1,
         };
         for attr in &msg.attributes {
@@ -335,7 +341,10 @@ impl Link {
                     link.xdp_prog_id = xdp.iter().find_map(|x| match x {
                         LinkXdp::ProgId(id) if *id != 0 => Some(*id),
                         _ => None,
-                    })
+                    });
+                    link.xdp_generic = xdp
+                        .iter()
+                        .any(|x| matches!(x, LinkXdp::Attached(XdpAttached::SocketBuffer)));
                 }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {

@@ -1,14 +1,27 @@
-//! The XDP classifier: load the embedded C object with aya, attach it, and keep its maps.
-//! Detaching happens when the [`Classifier`] is dropped (aya detaches owned links on drop).
+//! The XDP classifier: the embedded C object loaded with aya, its maps, and how it is held on
+//! an interface.
+//!
+//! Two ways to hold it: [`Classifier::load`] + [`Classifier::attach`] own the attachment, which
+//! ends when the [`Classifier`] is dropped (`xmacvlan run`, the benchmark, tests);
+//! [`Classifier::attach_persistent`] (`persist.rs`) pins link, program and maps in bpffs
+//! (`bpffs.rs`), so the classifier stays attached when its daemon stops and the next daemon
+//! takes it over without detaching.
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, XskMap};
-use aya::programs::{Xdp, XdpMode as AyaMode};
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf, XskMap};
+use aya::programs::Xdp;
 
-use crate::abi::{self, Config, Counters, Event, Key};
+use crate::abi::{self, Counters, Event, Key};
 use crate::modes::XdpMode;
+
+pub mod bpffs;
+mod load;
+mod persist;
+
+pub use bpffs::PinDir;
+pub use persist::{Release, Takeover, pinned_program_id, release_pinned};
 
 /// How claimed frames are steered: per-endpoint sockets (`xdp`) or one per queue (`user`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,118 +55,85 @@ impl Program {
     }
 }
 
-pub struct Classifier {
-    ebpf: Ebpf,
-    program: Program,
+/// Errors of attaching and pinning the classifier that callers tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error(
+        "{iface} already has another XDP program attached (id {id}{}); xmacvlan will not \
+         replace it: see it with `bpftool prog show id {id}`, detach it with \
+         `ip link set dev {iface} xdp off`, or let xmacvlan replace it (--force)",
+        name.as_ref().map(|n| format!(", `{n}`")).unwrap_or_default()
+    )]
+    Foreign {
+        iface: String,
+        id: u32,
+        name: Option<String>,
+    },
+    #[error("bpffs at {}: {source} (xmacvlan pins the classifier there to keep it attached across restarts; \
+             mount one with `mount -t bpf bpf /sys/fs/bpf`, or set LIBXDP_BPFFS to a bpffs mount)", path.display())]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The maps userspace works with, whichever way the program is held.
+struct Maps {
     slots: HashMap<MapData, Key, u32>,
     claimed: Array<MapData, u32>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, Counters>,
     events: RingBuf<MapData>,
+}
+
+/// Every map of the object by name, in the order they are pinned and taken over.
+const MAP_NAMES: [&str; 6] = [
+    abi::MAP_SLOTS,
+    abi::MAP_CLAIMED,
+    abi::MAP_XSKS,
+    abi::MAP_COUNTERS,
+    abi::MAP_EVENTS,
+    abi::MAP_EVENT_BUDGET,
+];
+
+impl Maps {
+    /// Build from the object's maps by name (`take` hands each over once).
+    fn from_named(mut take: impl FnMut(&str) -> Result<aya::maps::Map>) -> Result<Self> {
+        Ok(Self {
+            slots: HashMap::try_from(take(abi::MAP_SLOTS)?)?,
+            claimed: Array::try_from(take(abi::MAP_CLAIMED)?)?,
+            xsks: XskMap::try_from(take(abi::MAP_XSKS)?)?,
+            counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?)?,
+            events: RingBuf::try_from(take(abi::MAP_EVENTS)?)?,
+        })
+    }
+}
+
+/// How the program is held on the interface.
+enum Holder {
+    /// Loaded by this process; its link (once attached) goes when the classifier is dropped.
+    Owned { ebpf: aya::Ebpf, program: Program },
+    /// Attached through pins in bpffs: it stays attached when dropped, unless released.
+    Pinned {
+        /// Held open so that whoever looks for the program's users finds this process.
+        #[allow(dead_code)]
+        program: aya::programs::ProgramFd,
+        program_id: u32,
+        pins: PinDir,
+        on_drop: Release,
+    },
+}
+
+pub struct Classifier {
+    holder: Holder,
+    maps: Maps,
     queues: u32,
     steering: Steering,
     attached: Option<(u32, XdpMode)>,
 }
 
 impl Classifier {
-    /// Load the embedded object for a NIC with `queues` receive queues.
-    pub fn load(program: Program, steering: Steering, queues: u32) -> Result<Self> {
-        if queues == 0 || queues > abi::MAX_QUEUES {
-            bail!("queue count {queues} out of range 1..={}", abi::MAX_QUEUES);
-        }
-        raise_memlock_limit();
-        let config = Config {
-            demux: match steering {
-                Steering::PerEndpoint => abi::DEMUX_XDP,
-                Steering::PerQueue => abi::DEMUX_USER,
-            },
-            queues,
-        };
-        let xsk_entries = match steering {
-            Steering::PerEndpoint => abi::MAX_SLOTS * queues,
-            Steering::PerQueue => queues,
-        };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(abi::GLOBAL_CONFIG, &config, true)
-            .map_max_entries(abi::MAP_XSKS, xsk_entries)
-            .load(abi::CLASSIFIER_OBJECT)
-            .map_err(|e| explain_load_error(e.into()))?;
-        let name = program.name();
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
-            .try_into()?;
-        prog.load()
-            .map_err(|e| explain_load_error(e.into()))
-            .with_context(|| format!("loading XDP program {name} into the kernel"))?;
-        let slots = HashMap::try_from(take_map(&mut ebpf, abi::MAP_SLOTS)?)?;
-        let claimed = Array::try_from(take_map(&mut ebpf, abi::MAP_CLAIMED)?)?;
-        let xsks = XskMap::try_from(take_map(&mut ebpf, abi::MAP_XSKS)?)?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, abi::MAP_COUNTERS)?)?;
-        let events = RingBuf::try_from(take_map(&mut ebpf, abi::MAP_EVENTS)?)?;
-        Ok(Self {
-            ebpf,
-            program,
-            slots,
-            claimed,
-            xsks,
-            counters,
-            events,
-            queues,
-            steering,
-            attached: None,
-        })
-    }
-
-    /// Attach to interface `ifindex` (in the calling thread's namespace). Returns the mode
-    /// that worked: `Auto` resolves to `Native` or `Generic`. Why `Auto` fell back goes to
-    /// `warnings`, for the caller to log or print.
-    pub fn attach(
-        &mut self,
-        ifindex: u32,
-        ifname: &str,
-        mode: XdpMode,
-        warnings: &mut Vec<String>,
-    ) -> Result<XdpMode> {
-        let name = self.program.name();
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .expect("program present since load")
-            .try_into()?;
-        let try_mode = |prog: &mut Xdp, m: AyaMode| prog.attach_to_if_index(ifindex, m).map(|_| ());
-        let used = match mode {
-            XdpMode::Native => {
-                try_mode(prog, AyaMode::Driver).map_err(|e| {
-                    anyhow!(e).context(format!(
-                        "attaching XDP in native (driver) mode to {ifname}: the driver may not \
-                         support it; use --xdp-mode generic or auto"
-                    ))
-                })?;
-                XdpMode::Native
-            }
-            XdpMode::Generic => {
-                try_mode(prog, AyaMode::Skb)
-                    .with_context(|| format!("attaching XDP in generic mode to {ifname}"))?;
-                XdpMode::Generic
-            }
-            XdpMode::Auto => match try_mode(prog, AyaMode::Driver) {
-                Ok(()) => XdpMode::Native,
-                Err(native) => {
-                    try_mode(prog, AyaMode::Skb).with_context(|| {
-                        format!("attaching XDP to {ifname}: native failed ({native}), generic too")
-                    })?;
-                    warnings.push(format!(
-                        "{ifname}: native XDP refused ({native}); using generic XDP"
-                    ));
-                    XdpMode::Generic
-                }
-            },
-        };
-        self.attached = Some((ifindex, used));
-        Ok(used)
-    }
-
     pub fn attached(&self) -> Option<(u32, XdpMode)> {
         self.attached
     }
@@ -166,6 +146,25 @@ impl Classifier {
         self.steering
     }
 
+    /// The kernel's id of the running program.
+    pub fn program_id(&self) -> Result<u32> {
+        match &self.holder {
+            Holder::Owned { .. } => Ok(self.owned_program()?.info()?.id()),
+            Holder::Pinned { program_id, .. } => Ok(*program_id),
+        }
+    }
+
+    /// The program of a classifier this process loaded.
+    fn owned_program(&self) -> Result<&Xdp> {
+        match &self.holder {
+            Holder::Owned { ebpf, program } => ebpf
+                .program(program.name())
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| anyhow!("program {} missing since load", program.name())),
+            Holder::Pinned { .. } => bail!("a classifier held through its pins runs no test"),
+        }
+    }
+
     /// Claim frames with `key` for endpoint `slot`, at once.
     pub fn insert_key(&mut self, key: Key, slot: u32) -> Result<()> {
         self.insert_key_with(key, slot, true)
@@ -174,15 +173,11 @@ impl Classifier {
     /// Know `key` as endpoint `slot`'s; its frames are claimed only while `claimed` (see
     /// [`Self::set_claimed`]), else they go to the kernel, counted as `pass_unclaimed`.
     pub fn insert_key_with(&mut self, key: Key, slot: u32, claimed: bool) -> Result<()> {
-        if slot >= abi::MAX_SLOTS {
-            bail!(
-                "slot {slot} out of range (at most {} endpoints)",
-                abi::MAX_SLOTS
-            );
-        }
+        check_slot(slot)?;
         // The flag first: the key must never be live with a stale flag of the slot's last user.
         self.set_claimed(slot, claimed)?;
-        self.slots
+        self.maps
+            .slots
             .insert(key, slot, 0)
             .with_context(|| format!("adding {key:?} to the classifier"))
     }
@@ -190,32 +185,64 @@ impl Classifier {
     /// Start (true) or stop claiming endpoint `slot`'s frames. Takes effect for the next
     /// frame the program sees; frames already redirected stay on their way.
     pub fn set_claimed(&mut self, slot: u32, claimed: bool) -> Result<()> {
-        if slot >= abi::MAX_SLOTS {
-            bail!(
-                "slot {slot} out of range (at most {} endpoints)",
-                abi::MAX_SLOTS
-            );
-        }
+        check_slot(slot)?;
         let value = if claimed {
             abi::CLAIMED
         } else {
             abi::UNCLAIMED
         };
-        self.claimed
+        self.maps
+            .claimed
             .set(slot, value, 0)
             .with_context(|| format!("setting the claim flag of endpoint slot {slot}"))
     }
 
+    /// Stop claiming every slot: from the next frame on, every endpoint's frames go to its
+    /// kernel device. Returns how many slots were claimed.
+    pub fn unclaim_all(&mut self) -> Result<u32> {
+        let claimed = self.claimed_slots()?;
+        for &slot in &claimed {
+            self.set_claimed(slot, false)?;
+        }
+        Ok(claimed.len() as u32)
+    }
+
+    /// How many slots are claimed and how many keys are known.
+    pub fn state_counts(&self) -> Result<(u32, u32)> {
+        let claims = self.claimed_slots()?.len() as u32;
+        Ok((claims, self.maps.slots.keys().count() as u32))
+    }
+
+    fn claimed_slots(&self) -> Result<Vec<u32>> {
+        let mut claimed = Vec::new();
+        for slot in 0..abi::MAX_SLOTS {
+            let flag = self.maps.claimed.get(&slot, 0);
+            if flag.context("reading a claim flag")? != abi::UNCLAIMED {
+                claimed.push(slot);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Forget every key (their frames go to the kernel as misses). Returns how many there were.
+    pub fn clear_keys(&mut self) -> Result<u32> {
+        let keys = self
+            .maps
+            .slots
+            .keys()
+            .collect::<Result<Vec<Key>, _>>()
+            .context("listing the classifier's keys")?;
+        for key in &keys {
+            self.remove_key(key)?;
+        }
+        Ok(keys.len() as u32)
+    }
+
     /// Stop claiming frames with `key`; a missing key is not an error.
     pub fn remove_key(&mut self, key: &Key) -> Result<()> {
-        match self.slots.remove(key) {
+        match self.maps.slots.remove(key) {
             Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {key:?} from the classifier")),
         }
     }
@@ -230,19 +257,16 @@ impl Classifier {
     }
 
     pub fn set_socket(&mut self, index: u32, socket: &impl AsRawFd) -> Result<()> {
-        self.xsks
+        self.maps
+            .xsks
             .set(index, socket.as_raw_fd(), 0)
             .with_context(|| format!("inserting an AF_XDP socket at XSKMAP index {index}"))
     }
 
     pub fn clear_socket(&mut self, index: u32) -> Result<()> {
-        match self.xsks.unset(index) {
+        match self.maps.xsks.unset(index) {
             Ok(()) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("clearing XSKMAP index {index}")),
         }
     }
@@ -252,12 +276,9 @@ impl Classifier {
     /// frames shorter than an Ethernet header or longer than a page's worth (EINVAL).
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, std::io::Error> {
         use aya::programs::{ProgramError, TestRun, TestRunOptions};
-        let name = self.program.name();
-        let prog: &Xdp = self
-            .ebpf
-            .program(name)
-            .and_then(|p| p.try_into().ok())
-            .expect("program present since load");
+        let prog = self
+            .owned_program()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             ..TestRunOptions::default()
@@ -273,7 +294,7 @@ impl Classifier {
     /// mapped). Call regularly, so the ring does not fill and hold events back.
     pub fn drain_events(&mut self, mut f: impl FnMut(Event)) -> usize {
         let mut drained = 0;
-        while let Some(record) = self.events.next() {
+        while let Some(record) = self.maps.events.next() {
             if let Some(event) = Event::parse(&record) {
                 f(event);
             }
@@ -285,6 +306,7 @@ impl Classifier {
     /// The classifier's counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let per_cpu = self
+            .maps
             .counters
             .get(&0, 0)
             .context("reading the XDP counters")?;
@@ -294,6 +316,34 @@ impl Classifier {
         }
         Ok(total)
     }
+
+    /// Start the counters from zero (a daemon taking over a classifier counts its own frames).
+    fn reset_counters(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        self.maps
+            .counters
+            .set(0, zeros, 0)
+            .context("resetting the XDP counters")
+    }
+}
+
+fn check_slot(slot: u32) -> Result<()> {
+    if slot >= abi::MAX_SLOTS {
+        bail!(
+            "slot {slot} out of range (at most {} endpoints)",
+            abi::MAX_SLOTS
+        );
+    }
+    Ok(())
+}
+
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// The name of loaded BPF program `id`, if it is still loaded.
@@ -302,26 +352,6 @@ pub fn program_name(id: u32) -> Option<String> {
         .filter_map(|p| p.ok())
         .find(|p| p.id() == id)
         .and_then(|p| p.name_as_str().map(str::to_string))
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
-}
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so loading cannot fail
-/// on its default of 64 KiB there. Harmless on newer kernels.
-fn raise_memlock_limit() {
-    crate::sys::raise_rlimit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY);
-}
-
-fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        e.context("loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON)")
-    } else {
-        e.context("loading the embedded XDP classifier")
-    }
 }
 
 #[cfg(test)]
@@ -336,8 +366,8 @@ mod tests {
             abi::PROGRAMS,
             "abi::PROGRAMS recognizes leftovers by these names"
         );
-        for name in names {
-            // The ELF symbol table holds each program's name, NUL-terminated.
+        for name in names.iter().chain(&MAP_NAMES) {
+            // The ELF symbol table holds each program's and map's name, NUL-terminated.
             let symbol = format!("{name}\0");
             assert!(
                 abi::CLASSIFIER_OBJECT

@@ -1,0 +1,151 @@
+//! Loading the embedded object into the kernel, and attaching it with a link this process owns.
+use anyhow::{Context, Result, anyhow, bail};
+use aya::programs::{Xdp, XdpMode as AyaMode};
+use aya::{Ebpf, EbpfLoader};
+
+use super::{Classifier, Holder, Maps, Program, Steering};
+use crate::abi::{self, Config};
+use crate::modes::XdpMode;
+
+/// The load-time configuration of the program (a read-only global) for a NIC with `queues`
+/// receive queues.
+pub(super) fn config(steering: Steering, queues: u32) -> Config {
+    Config {
+        demux: match steering {
+            Steering::PerEndpoint => abi::DEMUX_XDP,
+            Steering::PerQueue => abi::DEMUX_USER,
+        },
+        queues,
+    }
+}
+
+/// Load `program` of the embedded object (verified, not attached).
+pub(super) fn load_object(program: Program, steering: Steering, queues: u32) -> Result<Ebpf> {
+    if queues == 0 || queues > abi::MAX_QUEUES {
+        bail!("queue count {queues} out of range 1..={}", abi::MAX_QUEUES);
+    }
+    raise_memlock_limit();
+    let config = config(steering, queues);
+    let xsk_entries = match steering {
+        Steering::PerEndpoint => abi::MAX_SLOTS * queues,
+        Steering::PerQueue => queues,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(abi::GLOBAL_CONFIG, &config, true)
+        .map_max_entries(abi::MAP_XSKS, xsk_entries)
+        .load(abi::CLASSIFIER_OBJECT)
+        .map_err(|e| explain_load_error(e.into()))?;
+    let name = program.name();
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| explain_load_error(e.into()))
+        .with_context(|| format!("loading XDP program {name} into the kernel"))?;
+    Ok(ebpf)
+}
+
+/// The program `name` of a loaded object.
+pub(super) fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing since load"))?
+        .try_into()?)
+}
+
+/// Take every map the classifier works with out of a loaded object.
+pub(super) fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
+    Maps::from_named(|name| {
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
+    })
+}
+
+impl Classifier {
+    /// Load the embedded object for a NIC with `queues` receive queues.
+    pub fn load(program: Program, steering: Steering, queues: u32) -> Result<Self> {
+        let mut ebpf = load_object(program, steering, queues)?;
+        let maps = take_maps(&mut ebpf)?;
+        Ok(Self {
+            holder: Holder::Owned { ebpf, program },
+            maps,
+            queues,
+            steering,
+            attached: None,
+        })
+    }
+
+    /// Attach to interface `ifindex` (in the calling thread's namespace) for as long as this
+    /// classifier lives. Returns the mode that worked: `Auto` resolves to `Native` or
+    /// `Generic`. Why `Auto` fell back goes to `warnings`, for the caller to log or print.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+        warnings: &mut Vec<String>,
+    ) -> Result<XdpMode> {
+        let Holder::Owned { ebpf, program } = &mut self.holder else {
+            bail!("this classifier is attached through its pins already");
+        };
+        let prog = program_mut(ebpf, program.name())?;
+        let used = attach_in_mode(ifname, mode, warnings, |m| {
+            prog.attach_to_if_index(ifindex, m).map(|_| ())
+        })?;
+        self.attached = Some((ifindex, used));
+        Ok(used)
+    }
+}
+
+/// Run `attach` in the mode asked for; `Auto` tries native first, then generic.
+pub(super) fn attach_in_mode(
+    ifname: &str,
+    mode: XdpMode,
+    warnings: &mut Vec<String>,
+    mut attach: impl FnMut(AyaMode) -> Result<(), aya::programs::ProgramError>,
+) -> Result<XdpMode> {
+    Ok(match mode {
+        XdpMode::Native => {
+            attach(AyaMode::Driver).map_err(|e| {
+                anyhow!(e).context(format!(
+                    "attaching XDP in native (driver) mode to {ifname}: the driver may not \
+                     support it; use --xdp-mode generic or auto"
+                ))
+            })?;
+            XdpMode::Native
+        }
+        XdpMode::Generic => {
+            attach(AyaMode::Skb)
+                .with_context(|| format!("attaching XDP in generic mode to {ifname}"))?;
+            XdpMode::Generic
+        }
+        XdpMode::Auto => match attach(AyaMode::Driver) {
+            Ok(()) => XdpMode::Native,
+            Err(native) => {
+                attach(AyaMode::Skb).with_context(|| {
+                    format!("attaching XDP to {ifname}: native failed ({native}), generic too")
+                })?;
+                warnings.push(format!(
+                    "{ifname}: native XDP refused ({native}); using generic XDP"
+                ));
+                XdpMode::Generic
+            }
+        },
+    })
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so loading cannot fail
+/// on its default of 64 KiB there. Harmless on newer kernels.
+fn raise_memlock_limit() {
+    crate::sys::raise_rlimit(libc::RLIMIT_MEMLOCK, libc::RLIM_INFINITY);
+}
+
+fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        e.context("loading the XDP program needs root, or CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON)")
+    } else {
+        e.context("loading the embedded XDP classifier")
+    }
+}
