@@ -54,6 +54,12 @@ impl<'a> ProgramWatch<'a> {
         }
     }
 
+    /// Watch until [`Self::stop`] (or until the test fails: the stop guard it returns stops it
+    /// when dropped, so a failing test's scope does not wait forever).
+    fn stopper(&self) -> StopOnDrop<'_> {
+        StopOnDrop(&self.stop)
+    }
+
     fn run(&self) {
         while !self.stop.load(Ordering::Relaxed) {
             let id = self.lab.xdp_on_v0();
@@ -64,6 +70,14 @@ impl<'a> ProgramWatch<'a> {
             drop(seen);
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -115,6 +129,7 @@ fn restart_under_traffic(
     };
     let (sent, second, first_out, second_out, dropped) = std::thread::scope(|s| {
         s.spawn(|| watch.run());
+        let _stop = watch.stopper();
         let traffic = s.spawn(|| lab.burst(std::slice::from_ref(c0), FRAMES));
         first.wait_for_frames(&[("c0", 2000)]);
         let (_, status) = first.stop_with(signal);
@@ -253,6 +268,7 @@ fn a_pinned_classifier_of_another_build_is_replaced_in_place_and_down_removes_it
     let watch = ProgramWatch::new(&lab);
     let daemon = std::thread::scope(|s| {
         s.spawn(|| watch.run());
+        let _stop = watch.stopper();
         let daemon = lab.start_daemon_with("", &bpffs.env());
         let line = daemon.wait_for_log(
             "replaced the pinned classifier in place",
