@@ -248,4 +248,12 @@ int xmv_redirect_all(struct xdp_md *ctx)
 	return verdict;
 }
 
+/* Never attached: `doctor` loads it to learn whether this kernel runs freplace
+ * (BPF_PROG_TYPE_EXT) programs, the pieces libxdp's multi-program dispatcher is made of. */
+SEC("freplace/xmv_drop_all")
+int xmv_freplace_probe(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -19,6 +19,8 @@ pub const RUN_PRIORITY: u32 = c::RUN_PRIORITY;
 pub const PROGRAM_CLASSIFY: &str = "xmv_classify";
 pub const PROGRAM_DROP_ALL: &str = "xmv_drop_all";
 pub const PROGRAM_REDIRECT_ALL: &str = "xmv_redirect_all";
+/// Loaded by `doctor` only, to learn whether the kernel runs freplace programs.
+pub const PROGRAM_FREPLACE_PROBE: &str = "xmv_freplace_probe";
 /// Every XDP program name xmacvlan attaches: how a leftover of a crashed run is recognized.
 pub const PROGRAMS: &[&str] = &[PROGRAM_CLASSIFY, PROGRAM_DROP_ALL, PROGRAM_REDIRECT_ALL];
 pub const MAP_SLOTS: &str = "xmv_slots";

@@ -42,6 +42,7 @@ pub fn check_system(f: &SystemFacts) -> Vec<Finding> {
         check_vlan(f.vlan_loaded, f.kernel_config.as_ref()),
         check_macvlan(f.macvlan_loaded, f.kernel_config.as_ref()),
         check_bpffs(&f.mounts),
+        super::xdp::check_dispatcher_support(&f.freplace),
     ]
 }
 
@@ -278,8 +279,9 @@ pub fn check_bpffs(proc_mounts: &str) -> Finding {
         "bpffs",
         Severity::Warn,
         "bpffs is not mounted at /sys/fs/bpf".into(),
-        "xmacvlan does not pin objects there today, but `bpftool` and tools that pin or inspect \
-         BPF maps and programs expect it",
+        "the daemon pins its classifier there to keep it attached across restarts; it mounts \
+         one when it starts, but one mounted in a private mount namespace (systemd's \
+         PrivateMounts=, `ip netns exec`) goes away with the daemon, and its classifier with it",
         Some("mount -t bpf bpf /sys/fs/bpf".into()),
     )
 }

@@ -29,6 +29,8 @@ pub struct SystemFacts {
     pub macvlan_loaded: bool,
     /// Text of /proc/mounts.
     pub mounts: String,
+    /// Loading a freplace program (what libxdp's dispatcher is made of): Ok, or why not.
+    pub freplace: Result<(), String>,
 }
 
 /// Facts about a daemon that runs or ran.
@@ -163,6 +165,7 @@ pub fn system_facts() -> SystemFacts {
             || Path::new("/sys/module/8021q").exists(),
         macvlan_loaded: Path::new("/sys/module/macvlan").exists(),
         mounts: read("/proc/mounts").unwrap_or_default(),
+        freplace: crate::xdp::probe_freplace().map_err(|e| e.to_string()),
     }
 }
 

@@ -21,6 +21,7 @@ fn system() -> SystemFacts {
         macvlan_loaded: true,
         mounts: "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid,nodev,noexec,relatime,mode=700 0 0\n"
             .into(),
+        freplace: Ok(()),
     }
 }
 
@@ -403,9 +404,9 @@ fn xdp_programs_ours_or_foreign() {
     assert_eq!(f.severity, Severity::Warn);
     assert!(f.what.contains("no daemon is running and it is not pinned"));
     assert_eq!(f.fix.as_deref(), Some("ip link set dev v0 xdp off"));
-    let f = check_xdp_program("v0", Some(99), Some("xdp_dispatcher"), true);
+    let f = check_xdp_program("v0", Some(99), Some("xdp_filter"), true);
     assert_eq!(f.severity, Severity::Error);
-    assert!(f.what.contains("id 99, `xdp_dispatcher`"), "{}", f.what);
+    assert!(f.what.contains("id 99, `xdp_filter`"), "{}", f.what);
     assert!(f.fix.unwrap().contains("bpftool prog show id 99"));
 }
 
@@ -471,7 +472,7 @@ fn report_text_json_and_exit_codes() {
     );
     assert!(text.contains("fix: ip link set v0 promisc on"), "{text}");
     assert!(
-        text.trim_end().ends_with("0 errors, 2 warnings, 12 ok"),
+        text.trim_end().ends_with("0 errors, 2 warnings, 13 ok"),
         "{text}"
     );
     let json = report.to_json();

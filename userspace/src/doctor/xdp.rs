@@ -164,6 +164,37 @@ pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
     out
 }
 
+/// Whether libxdp's multi-program dispatcher (through which XDP programs share an interface)
+/// can run on this kernel: it is made of freplace programs.
+pub fn check_dispatcher_support(freplace: &Result<(), String>) -> Finding {
+    match freplace {
+        Ok(()) => ok(
+            "xdp-dispatcher",
+            "this kernel runs freplace programs: libxdp's multi-program dispatcher works here \
+             (xdp-loader, xdp-filter)"
+                .into(),
+        ),
+        Err(e) => problem(
+            "xdp-dispatcher",
+            Severity::Warn,
+            format!(
+                "this kernel refuses freplace (BPF_PROG_TYPE_EXT) programs ({e}): libxdp's \
+                 multi-program dispatcher cannot run here"
+            ),
+            "XDP programs share an interface only through that dispatcher; without it libxdp \
+             loads a program alone (`Falling back to loading single prog without dispatcher`) \
+             and xmacvlan needs the interface to itself. Some hardened kernels refuse every \
+             program attached through a BPF trampoline (fentry, LSM, freplace); the message \
+             libxdp prints about `ulimit -l` is a guess: BPF memory has been charged to the \
+             cgroup, not RLIMIT_MEMLOCK, since Linux 5.11",
+            Some(
+                "nothing xmacvlan can change: on this kernel run one XDP program per interface"
+                    .into(),
+            ),
+        ),
+    }
+}
+
 /// The XDP program on the interface: xmacvlan's (kept attached between daemons, or left
 /// behind), or someone else's.
 pub fn check_xdp_programs(name: &str, link: &LinkFacts, daemon_running: bool) -> Vec<Finding> {
@@ -296,6 +327,19 @@ pub fn check_xdp_program(
             Some(format!("ip link set dev {name} xdp off")),
         );
     }
+    if prog_name == Some("xdp_dispatcher") {
+        return problem(
+            "xdp-program",
+            Severity::Error,
+            format!("{name} runs libxdp's multi-program dispatcher ({label})"),
+            "other XDP programs share the interface through it; xmacvlan does not join a \
+             dispatcher yet and will not replace it unless told to",
+            Some(format!(
+                "see its programs: xdp-loader status {name}; unload them: xdp-loader unload \
+                 {name} --all (or start xmacvlan with --force to replace them)"
+            )),
+        );
+    }
     problem(
         "xdp-program",
         Severity::Error,
@@ -413,5 +457,22 @@ mod tests {
             found.iter().all(|f| f.severity == Severity::Ok),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn a_kernel_refusing_freplace_is_told_and_a_dispatcher_is_named() {
+        assert_eq!(check_dispatcher_support(&Ok(())).severity, Severity::Ok);
+        let refused = check_dispatcher_support(&Err("Operation not permitted".into()));
+        assert_eq!(refused.severity, Severity::Warn);
+        assert!(
+            refused.what.contains("refuses freplace"),
+            "{}",
+            refused.what
+        );
+        assert!(refused.why.unwrap().contains("not RLIMIT_MEMLOCK"));
+        let f = check_xdp_program("eth0", Some(7), Some("xdp_dispatcher"), true);
+        assert_eq!(f.severity, Severity::Error);
+        assert!(f.what.contains("multi-program dispatcher"), "{}", f.what);
+        assert!(f.fix.unwrap().contains("xdp-loader status eth0"));
     }
 }

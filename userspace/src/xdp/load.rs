@@ -135,6 +135,30 @@ pub(super) fn attach_in_mode(
     })
 }
 
+/// Whether this kernel runs freplace (`BPF_PROG_TYPE_EXT`) programs, which libxdp's
+/// multi-program dispatcher is built from (each program sharing an interface replaces a stub
+/// of the dispatcher): loads a stub and a replacement for it, attaches nothing. Some
+/// hardened kernels refuse every program attached through a BPF trampoline.
+pub fn probe_freplace() -> Result<(), std::io::Error> {
+    let err = |e: String| std::io::Error::other(e);
+    let mut ebpf = load_object(Program::DropAll, Steering::PerEndpoint, 1)
+        .map_err(|e| err(format!("{e:#}")))?;
+    let target = program_mut(&mut ebpf, abi::PROGRAM_DROP_ALL)
+        .and_then(|p| Ok(p.fd()?.try_clone()?))
+        .map_err(|e| err(format!("{e:#}")))?;
+    let probe: &mut aya::programs::Extension = ebpf
+        .program_mut(abi::PROGRAM_FREPLACE_PROBE)
+        .ok_or_else(|| err("the freplace probe is missing from the embedded object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+    match probe.load(target, abi::PROGRAM_DROP_ALL) {
+        Ok(()) => Ok(()),
+        Err(aya::programs::ProgramError::LoadError { io_error, .. }) => Err(io_error),
+        Err(aya::programs::ProgramError::SyscallError(e)) => Err(e.io_error),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so loading cannot fail
 /// on its default of 64 KiB there. Harmless on newer kernels.
 fn raise_memlock_limit() {

@@ -21,6 +21,7 @@ mod load;
 mod persist;
 
 pub use bpffs::PinDir;
+pub use load::probe_freplace;
 pub use persist::{Release, Takeover, pinned_program_id, release_pinned};
 
 /// How claimed frames are steered: per-endpoint sockets (`xdp`) or one per queue (`user`).
@@ -58,6 +59,13 @@ impl Program {
 /// Errors of attaching and pinning the classifier that callers tell apart.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
+    #[error(
+        "{iface} runs libxdp's multi-program dispatcher (id {id}): other XDP programs share the \
+         interface through it, and xmacvlan does not join a dispatcher yet; see them with \
+         `xdp-loader status {iface}`, unload them with `xdp-loader unload {iface} --all`, or \
+         let xmacvlan replace them (--force)"
+    )]
+    Dispatcher { iface: String, id: u32 },
     #[error(
         "{iface} already has another XDP program attached (id {id}{}); xmacvlan will not \
          replace it: see it with `bpftool prog show id {id}`, detach it with \

@@ -93,6 +93,13 @@ impl Classifier {
             Some(id) => {
                 let name = super::program_name(id);
                 let ours = name.as_deref().is_some_and(|n| abi::PROGRAMS.contains(&n));
+                if name.as_deref() == Some("xdp_dispatcher") && !force {
+                    return Err(XdpError::Dispatcher {
+                        iface: ifname.to_string(),
+                        id,
+                    }
+                    .into());
+                }
                 if !ours && !force {
                     return Err(XdpError::Foreign {
                         iface: ifname.to_string(),
