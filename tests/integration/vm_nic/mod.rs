@@ -37,6 +37,7 @@ use xmacvlan_tests::nic_guest::{
 };
 use xmacvlan_tests::{require_root, xmacvlan_bin};
 
+mod restart;
 mod starvation;
 
 /// Untagged endpoints, and endpoints on VLAN [`VID`].
