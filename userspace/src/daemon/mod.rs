@@ -2,6 +2,7 @@
 //! by the CLI (`endpoint create|rm` attach and detach live, `stats` reads from it). What
 //! travels over that socket, and how clients reach it, is in [`crate::ipc`].
 pub mod leases;
+mod lifecycle;
 pub mod metrics;
 pub mod run;
 pub mod server;
