@@ -220,7 +220,7 @@ impl Lab {
                         let nl = Netlink::new()?;
                         let index =
                             nl.add_macvlan(&temp_name, parent, Mode::Bridge, Some(ep.mac))?;
-                        nl.set_netns(index, &ns_file)
+                        Ok(nl.set_netns(index, &ns_file)?)
                     })?;
                     let addr = IpAddr::V4(Ipv4Addr::new(198, 18, vlan_index as u8, 10 + i as u8));
                     ns.run(|| {
@@ -228,7 +228,7 @@ impl Lab {
                         let index = nl.require_link(&temp_name)?.index;
                         nl.set_name(index, "eth0")?;
                         nl.add_address(index, addr, 24)?;
-                        nl.set_up(index)
+                        Ok(nl.set_up(index)?)
                     })
                     .with_context(|| format!("configuring endpoint {}", ep.name))?;
                 }

@@ -732,7 +732,7 @@ fn dhcp_ipam_gets_a_lease_through_the_container_interface() {
         .run(|| {
             let nl = Netlink::new()?;
             let v0p = nl.require_link("v0p")?.index;
-            nl.add_address(v0p, "198.18.50.1".parse()?, 24)
+            Ok(nl.add_address(v0p, "198.18.50.1".parse()?, 24)?)
         })
         .unwrap();
     let server = Udhcpd::start(

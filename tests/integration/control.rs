@@ -131,7 +131,7 @@ impl Drop for Lab {
 
 fn link_names(ns: &Netns) -> Vec<String> {
     let mut names: Vec<String> = ns
-        .run(|| Netlink::new()?.links())
+        .run(|| Ok(Netlink::new()?.links()?))
         .unwrap()
         .into_iter()
         .map(|l| l.name)
@@ -237,7 +237,10 @@ fn network_and_endpoints_round_trip_through_the_kernel() {
     .unwrap();
 
     // Endpoint a: Docker's derived MAC, the first addresses of the ranges, default routes.
-    let host_v0 = lab.host.run(|| Netlink::new()?.require_link("v0")).unwrap();
+    let host_v0 = lab
+        .host
+        .run(|| Ok(Netlink::new()?.require_link("v0")?))
+        .unwrap();
     let ra = read(&lab.endpoints[0], "eth0");
     assert_eq!(ra.link.kind.as_deref(), Some("macvlan"));
     assert_eq!(ra.link.macvlan_mode, Some(MacVlanMode::Bridge));
@@ -579,7 +582,7 @@ fn every_validation_error_is_clear_and_creates_nothing() {
     lab.endpoints[1]
         .run(|| {
             let nl = Netlink::new()?;
-            nl.del_link(nl.require_link("eth0")?.index)
+            Ok(nl.del_link(nl.require_link("eth0")?.index)?)
         })
         .unwrap();
     lab.cli(&["endpoint", "rm", "e1"]).unwrap();
@@ -635,7 +638,7 @@ fn drift_is_reported_and_endpoint_rm_is_idempotent() {
     lab.endpoints[1]
         .run(|| {
             let nl = Netlink::new()?;
-            nl.del_link(nl.require_link("eth0")?.index)
+            Ok(nl.del_link(nl.require_link("eth0")?.index)?)
         })
         .unwrap();
 
@@ -644,7 +647,7 @@ fn drift_is_reported_and_endpoint_rm_is_idempotent() {
     lab.host
         .run(|| {
             let nl = Netlink::new()?;
-            nl.del_link(nl.require_link(&shim)?.index)
+            Ok(nl.del_link(nl.require_link(&shim)?.index)?)
         })
         .unwrap();
     let drift = lab.inspect("network", "n")["Drift"].to_string();
@@ -674,7 +677,7 @@ fn vlan_parent_is_created_or_the_missing_8021q_is_named() {
             // A kernel with 802.1Q: the sub-interface exists, is ours, and goes with the network.
             let vlan = lab
                 .host
-                .run(|| Netlink::new()?.require_link("v0.100"))
+                .run(|| Ok(Netlink::new()?.require_link("v0.100")?))
                 .unwrap();
             assert_eq!(vlan.vlan_id, Some(100));
             let n = lab.inspect("network", "n");
@@ -823,7 +826,7 @@ fn a_failure_after_provisioning_rolls_back() {
         .run(|| {
             let nl = Netlink::new()?;
             let v0p = nl.require_link("v0p")?.index;
-            nl.add_route("198.18.0.128".parse()?, 25, None, v0p)
+            Ok(nl.add_route("198.18.0.128".parse()?, 25, None, v0p)?)
         })
         .unwrap();
     let before = lab.snapshot();

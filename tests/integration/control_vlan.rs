@@ -69,7 +69,7 @@ impl Trunk {
     fn host_links(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .host
-            .run(|| Netlink::new()?.links())
+            .run(|| Ok(Netlink::new()?.links()?))
             .unwrap()
             .into_iter()
             .map(|l| l.name)
@@ -162,7 +162,10 @@ fn networks_on_two_vlans_of_one_trunk() {
         "the fast path's VLAN id"
     );
     assert_eq!(state.endpoint("e200").unwrap().spec().vid, 200);
-    let dev = t.e100.run(|| Netlink::new()?.require_link("eth0")).unwrap();
+    let dev = t
+        .e100
+        .run(|| Ok(Netlink::new()?.require_link("eth0")?))
+        .unwrap();
     assert_eq!(dev.kind.as_deref(), Some("macvlan"));
     assert_eq!(
         dev.parent_index,
@@ -213,7 +216,7 @@ fn an_existing_vlan_parent_is_used_and_kept() {
     t.cli(&["network", "rm", "n"]).unwrap();
     let still = t
         .host
-        .run(|| Netlink::new()?.require_link("v0.300"))
+        .run(|| Ok(Netlink::new()?.require_link("v0.300")?))
         .unwrap();
     assert_eq!(
         still.index, v300,

@@ -112,7 +112,7 @@ fn route_to(docker: &Dockerd, container: &str, subnet: &str) {
         .run(|| {
             let nl = Netlink::new()?;
             let index = nl.require_link("eth0")?.index;
-            nl.add_route(net, prefix, None, index)
+            Ok(nl.add_route(net, prefix, None, index)?)
         })
         .unwrap();
 }

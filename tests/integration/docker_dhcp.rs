@@ -44,7 +44,7 @@ fn wire(parents: &Parents) -> NetnsGuard {
         let a = nl.require_link(&parents.a)?.index;
         nl.add_address(a, WIRE_HOST.parse()?, 24)?;
         nl.set_up(a)?;
-        nl.set_up(nl.require_link("lo")?.index)
+        Ok(nl.set_up(nl.require_link("lo")?.index)?)
     })
     .unwrap();
     ns

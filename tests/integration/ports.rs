@@ -424,7 +424,7 @@ fn no_black_hole(demux: Demux) {
         .run(|| {
             let nl = Netlink::new()?;
             let index = nl.require_link(lab::WIRE)?.index;
-            nl.add_address(index, WIRE_IP.into(), 24)
+            Ok(nl.add_address(index, WIRE_IP.into(), 24)?)
         })
         .unwrap();
     // The endpoint's services, on its kernel device, as a container would run them.

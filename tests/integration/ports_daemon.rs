@@ -31,7 +31,7 @@ fn address_the_wire(lab: &Lab) {
     lab.host
         .run(|| {
             let nl = Netlink::new()?;
-            nl.add_address(nl.require_link("v0p")?.index, IpAddr::V4(WIRE_IP), 24)
+            Ok(nl.add_address(nl.require_link("v0p")?.index, IpAddr::V4(WIRE_IP), 24)?)
         })
         .unwrap();
 }

@@ -239,7 +239,7 @@ fn add_address(ns: &Netns, addr: Ipv4Addr) -> Result<()> {
     ns.run(|| {
         let nl = Netlink::new()?;
         let eth0 = nl.require_link("eth0")?.index;
-        nl.add_address(eth0, IpAddr::V4(addr), 24)
+        Ok(nl.add_address(eth0, IpAddr::V4(addr), 24)?)
     })
 }
 

@@ -209,7 +209,7 @@ impl Lab {
     /// Link names in a namespace, sorted.
     pub fn links(ns: &NetnsGuard) -> Vec<String> {
         let mut names: Vec<String> = ns
-            .run(|| Netlink::new()?.links())
+            .run(|| Ok(Netlink::new()?.links()?))
             .unwrap()
             .into_iter()
             .map(|l| l.name)

@@ -45,7 +45,7 @@ fn lab() -> Result<Lab> {
         nl.set_mac(ia, SRC)?;
         nl.set_mac(ib, DST)?;
         nl.set_up(ia)?;
-        nl.set_up(ib)
+        Ok(nl.set_up(ib)?)
     })?;
     Ok(Lab { ns, a, b })
 }

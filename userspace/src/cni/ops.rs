@@ -138,7 +138,7 @@ fn check_master(conf: &NetConf) -> CniResult<()> {
     let spec = crate::control::model::ParentSpec::parse(&conf.master)
         .map_err(|e| CniError::new(INVALID_CONFIG, e))?;
     let nl = crate::netlink::Netlink::new()
-        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", &e))?;
+        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", &e.into()))?;
     let exists = |name: &str| nl.link_by_name(name).ok().flatten().is_some();
     let found = exists(&spec.name) || spec.vlan.as_ref().is_some_and(|(trunk, _)| exists(trunk));
     if !found {

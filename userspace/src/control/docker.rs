@@ -178,7 +178,7 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
     let mut undo = Rollback::new(&mut unit);
     undo.on_rollback(super::undo_step(
         format!("the link `{}`", ep.ifname),
-        move || nl.del_link(index),
+        move || Ok(nl.del_link(index)?),
     ));
     if let Some(mtu) = net.mtu {
         nl.set_mtu(index, mtu)

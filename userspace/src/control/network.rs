@@ -68,7 +68,7 @@ pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Resu
             let index = parent.index;
             undo.on_rollback(super::undo_step(
                 format!("the VLAN sub-interface `{}`", plan.parent.name),
-                move || nl.del_link(index),
+                move || Ok(nl.del_link(index)?),
             ));
         }
         if let Some(mtu) = plan.mtu {

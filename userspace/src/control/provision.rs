@@ -46,7 +46,7 @@ pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent> {
     let index = nl.add_vlan(&spec.name, trunk_link.index, *vid)?;
     if let Err(e) = nl.set_up(index) {
         let _ = nl.del_link(index);
-        return Err(e);
+        return Err(e.into());
     }
     Ok(Parent {
         index,
@@ -95,7 +95,7 @@ pub fn remove_parent(nl: &Netlink, net: &Network) -> Result<()> {
         return Ok(());
     }
     match nl.link_by_name(&net.parent)? {
-        Some(link) if link.kind.as_deref() == Some("vlan") => nl.del_link(link.index),
+        Some(link) if link.kind.as_deref() == Some("vlan") => Ok(nl.del_link(link.index)?),
         _ => Ok(()),
     }
 }
@@ -135,7 +135,7 @@ pub fn create_shim(
 pub fn remove_shim(nl: &Netlink, shim: &HostShim) -> Result<()> {
     match nl.link_by_name(&shim.ifname)? {
         Some(link) if link.kind.as_deref() == Some("macvlan") && link.mac == shim.mac => {
-            nl.del_link(link.index)
+            Ok(nl.del_link(link.index)?)
         }
         _ => Ok(()),
     }

@@ -7,7 +7,6 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
-use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
@@ -18,8 +17,11 @@ use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, LinkVeth, LinkVlan};
 mod error;
 pub mod features;
 mod route;
-pub use error::{NetlinkError, errno_of};
+pub use error::{KernelError, NetlinkError, errno_of};
 pub use features::{FeatureQueryError, XdpFeatures, xdp_features};
+
+/// What every request here returns.
+pub type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 pub use route::{Route, route_message};
 /// Re-exported so callers need not depend on rtnetlink for the mode.
 pub use rtnetlink::packet_route::link::MacVlanMode;
@@ -70,12 +72,17 @@ impl Netlink {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the netlink runtime")?;
-        let (connection, handle) = runtime.block_on(async {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().context("opening a NETLINK_ROUTE socket")?;
-            anyhow::Ok((connection, handle))
-        })?;
+            .map_err(|source| NetlinkError::Connect {
+                what: "starting the netlink runtime",
+                source,
+            })?;
+        let (connection, handle) = runtime
+            .block_on(async { rtnetlink::new_connection() })
+            .map(|(connection, handle, _)| (connection, handle))
+            .map_err(|source| NetlinkError::Connect {
+                what: "opening a NETLINK_ROUTE socket",
+                source,
+            })?;
         runtime.spawn(connection);
         Ok(Self { runtime, handle })
     }
@@ -95,7 +102,7 @@ impl Netlink {
         match self.block(request.try_next()) {
             Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(NetlinkError::new(format!("reading link `{name}`"), e).into()),
+            Err(e) => Err(NetlinkError::new(format!("reading link `{name}`"), e)),
         }
     }
 
@@ -104,14 +111,16 @@ impl Netlink {
         match self.block(request.try_next()) {
             Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(NetlinkError::new(format!("reading link #{index}"), e).into()),
+            Err(e) => Err(NetlinkError::new(format!("reading link #{index}"), e)),
         }
     }
 
     /// The link named `name`, or an error that says it is missing.
     pub fn require_link(&self, name: &str) -> Result<Link> {
         self.link_by_name(name)?
-            .ok_or_else(|| anyhow!("no interface named `{name}` (check `ip link show`)"))
+            .ok_or_else(|| NetlinkError::NoSuchLink {
+                name: name.to_string(),
+            })
     }
 
     pub fn links(&self) -> Result<Vec<Link>> {
@@ -172,11 +181,10 @@ impl Netlink {
         }
         match self.block(self.handle.link().add(builder.build()).execute()) {
             Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Err(anyhow!(
-                "cannot create macvlan `{name}`: an interface with that name already exists in \
-                 the target namespace (choose another --ifname)"
-            )),
-            Err(e) => Err(NetlinkError::new(format!("creating macvlan `{name}`"), e).into()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Err(NetlinkError::NameTaken {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(NetlinkError::new(format!("creating macvlan `{name}`"), e)),
         }
     }
 
@@ -185,18 +193,16 @@ impl Netlink {
         let msg = vlan_message(name, parent, vid);
         match self.block(self.handle.link().add(msg).execute()) {
             Ok(()) => self.index_of(name),
-            Err(e) if errno_of(&e) == Some(libc::EOPNOTSUPP) => Err(anyhow!(
-                "cannot create VLAN sub-interface `{name}`: this kernel has no 802.1Q support \
-                 (CONFIG_VLAN_8021Q is not set and module `8021q` is not loaded; try `modprobe 8021q`, \
-                 or use a kernel built with it)"
-            )),
-            Err(e) => Err(NetlinkError::new(format!("creating VLAN `{name}`"), e).into()),
+            Err(e) if errno_of(&e) == Some(libc::EOPNOTSUPP) => Err(NetlinkError::NoVlanSupport {
+                name: name.to_string(),
+            }),
+            Err(e) => Err(NetlinkError::new(format!("creating VLAN `{name}`"), e)),
         }
     }
 
     fn add(&self, msg: LinkMessage, what: &str) -> Result<()> {
         self.block(self.handle.link().add(msg).execute())
-            .map_err(|e| NetlinkError::new(what.to_string(), e).into())
+            .map_err(|e| NetlinkError::new(what, e))
     }
 
     fn index_of(&self, name: &str) -> Result<u32> {
@@ -205,7 +211,7 @@ impl Netlink {
 
     fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
         self.block(self.handle.link().set(msg).execute())
-            .map_err(|e| NetlinkError::new(what.to_string(), e).into())
+            .map_err(|e| NetlinkError::new(what, e))
     }
 
     pub fn set_up(&self, index: u32) -> Result<()> {
@@ -262,15 +268,13 @@ impl Netlink {
         match self.block(self.handle.link().del(index).execute()) {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
-            Err(e) => Err(NetlinkError::new(format!("deleting link #{index}"), e).into()),
+            Err(e) => Err(NetlinkError::new(format!("deleting link #{index}"), e)),
         }
     }
 
     pub fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
         self.block(self.handle.address().add(index, addr, prefix).execute())
-            .map_err(|e| {
-                NetlinkError::new(format!("adding {addr}/{prefix} to link #{index}"), e).into()
-            })
+            .map_err(|e| NetlinkError::new(format!("adding {addr}/{prefix} to link #{index}"), e))
     }
 
     /// Addresses (with prefix length) on link `index`.

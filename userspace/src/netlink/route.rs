@@ -1,14 +1,13 @@
 //! Routes in the main table: add one, and read them back (what `ip route` / `ip -6 route` show).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::Result;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 
-use super::{Netlink, NetlinkError, errno_of};
+use super::{Netlink, NetlinkError, Result, errno_of};
 
 /// A route as xmacvlan reads it back. A default route has destination `0.0.0.0/0` or `::/0`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,7 +97,7 @@ impl Netlink {
                     }
                     _ => "",
                 };
-                NetlinkError::new(format!("adding route `{shown}` on link #{oif}{hint}"), e).into()
+                NetlinkError::new(format!("adding route `{shown}` on link #{oif}{hint}"), e)
             })
     }
 
