@@ -218,7 +218,7 @@ impl LabPorts {
                 Ok(s) => s,
                 Err(e) => {
                     remove_dir(&dir);
-                    return Err(e);
+                    return Err(e.into());
                 }
             },
             dir,

@@ -231,7 +231,8 @@ impl Daemon {
             Ok(path) => path,
             Err(e) => {
                 let _ = self.detach(&endpoint.name);
-                return Err(e.context(format!("endpoint {}: its memif port", endpoint.name)));
+                return Err(anyhow::Error::from(e)
+                    .context(format!("endpoint {}: its memif port", endpoint.name)));
             }
         };
         tracing::info!(iface, endpoint = %endpoint.name, vid = endpoint.vid,

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-
 use super::chain::gather;
+use super::error::MemifError;
 use super::shm::{DESC_FLAG_NEXT, Desc, RING_FLAG_MASK_INT, Region, Ring, ring_bytes};
 use super::sock::{self, Received};
 use super::wire::{
@@ -46,7 +45,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     /// Connect to the endpoint's port, named `--name` or else `program`.
-    pub fn connect(&self, program: &str) -> Result<Client> {
+    pub fn connect(&self, program: &str) -> Result<Client, MemifError> {
         let secret = self
             .secret_file
             .as_deref()
@@ -123,74 +122,74 @@ pub struct ClientCounters {
     pub tx_chained: u64,
 }
 
-fn recv_msg(sock: &OwnedFd, deadline: Instant) -> Result<Msg> {
+fn recv_msg(sock: &OwnedFd, deadline: Instant) -> Result<Msg, MemifError> {
     let mut buf = [0u8; MSG_SIZE + 1];
     loop {
-        match sock::recv(sock.as_fd(), &mut buf)? {
+        match sock::recv(sock.as_fd(), &mut buf)
+            .map_err(MemifError::io("reading the server's answer"))?
+        {
             Received::Record { len, .. } if len == MSG_SIZE => {
                 return Ok(Msg::decode(&buf[..MSG_SIZE])?);
             }
-            Received::Record { len, .. } => bail!("the server sent a {len}-byte message"),
-            Received::Closed => bail!("the server closed the connection"),
+            Received::Record { len, .. } => return Err(MemifError::MessageLength(len)),
+            Received::Closed => return Err(MemifError::Closed),
             Received::Empty => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    bail!("no answer from the server in time");
+                    return Err(MemifError::Timeout);
                 }
                 crate::sys::poll_readable(
                     &[sock.as_raw_fd()],
                     left.as_millis().clamp(1, 1000) as i32,
-                )?;
+                )
+                .map_err(MemifError::io("waiting for the server's answer"))?;
             }
         }
     }
 }
 
-fn refused(code: u32, reason: &[u8]) -> anyhow::Error {
-    anyhow::anyhow!(
-        "the server refused the connection (code {code}): {}",
-        wire::field_text(reason)
-    )
+fn refused(code: u32, reason: &[u8]) -> MemifError {
+    MemifError::Refused {
+        code,
+        reason: wire::field_text(reason),
+    }
 }
 
 impl Client {
-    pub fn connect(path: &Path, cfg: &ClientConfig) -> Result<Client> {
+    pub fn connect(path: &Path, cfg: &ClientConfig) -> Result<Client, MemifError> {
         if !(MIN_BUFFER..=MAX_BUFFER).contains(&cfg.buffer_size) {
-            bail!(
-                "buffer size {} is outside {MIN_BUFFER}..={MAX_BUFFER} bytes",
-                cfg.buffer_size
-            );
+            return Err(MemifError::BufferSize(cfg.buffer_size));
         }
         let deadline = Instant::now() + cfg.timeout;
-        let sock =
-            sock::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
+        let sock = sock::connect(path)
+            .map_err(MemifError::io(format!("connecting to {}", path.display())))?;
         let hello = match recv_msg(&sock, deadline)? {
             Msg::Hello(h) => h,
             Msg::Disconnect { code, reason } => return Err(refused(code, &reason)),
-            other => bail!("expected HELLO, the server sent {}", other.kind()),
+            other => return Err(MemifError::NoHello(other.kind())),
         };
         if hello.min_version > VERSION || hello.max_version < VERSION {
-            bail!(
-                "the server speaks memif {:#x}..{:#x}, not 2.0",
-                hello.min_version,
-                hello.max_version
-            );
+            return Err(MemifError::Version {
+                min: hello.min_version,
+                max: hello.max_version,
+            });
         }
         if cfg.log2_ring_size > hello.max_log2_ring_size {
-            bail!(
-                "ring size 2^{} is over the server's 2^{}",
-                cfg.log2_ring_size,
-                hello.max_log2_ring_size
-            );
+            return Err(MemifError::RingTooLarge {
+                asked: cfg.log2_ring_size,
+                max: hello.max_log2_ring_size,
+            });
         }
         let n = 1u64 << cfg.log2_ring_size;
         let ring_len = ring_bytes(cfg.log2_ring_size).next_multiple_of(64);
         let buffers_at = 2 * ring_len;
         let size = buffers_at + 2 * n * cfg.buffer_size as u64;
-        let region = Arc::new(Region::create("xmacvlan memif region 0", size as usize)?);
-        let c2s = Ring::new(region.clone(), 0, cfg.log2_ring_size).map_err(anyhow::Error::msg)?;
-        let s2c =
-            Ring::new(region.clone(), ring_len, cfg.log2_ring_size).map_err(anyhow::Error::msg)?;
+        let region = Arc::new(
+            Region::create("xmacvlan memif region 0", size as usize)
+                .map_err(MemifError::io("creating the shared memory region"))?,
+        );
+        let c2s = Ring::new(region.clone(), 0, cfg.log2_ring_size)?;
+        let s2c = Ring::new(region.clone(), ring_len, cfg.log2_ring_size)?;
         for (ring, first) in [(&c2s, 0u64), (&s2c, n)] {
             ring.init();
             for i in 0..n {
@@ -207,7 +206,8 @@ impl Client {
             }
         }
         s2c.set_flags(if cfg.interrupt { 0 } else { RING_FLAG_MASK_INT });
-        let (c2s_event, s2c_event) = (sock::eventfd()?, sock::eventfd()?);
+        let eventfd = || sock::eventfd().map_err(MemifError::io("creating the rings' eventfds"));
+        let (c2s_event, s2c_event) = (eventfd()?, eventfd()?);
         let init = Msg::Init(Init {
             version: VERSION,
             id: cfg.id,
@@ -242,16 +242,17 @@ impl Client {
         ];
         for (msg, fd) in &sends {
             sock::send(sock.as_fd(), &msg.encode(), *fd)
-                .with_context(|| format!("sending {}", msg.kind()))?;
+                .map_err(MemifError::io(format!("sending {}", msg.kind())))?;
             match recv_msg(&sock, deadline)? {
                 Msg::Ack => {}
                 Msg::Connected { .. } if matches!(msg, Msg::Connect { .. }) => {}
                 Msg::Disconnect { code, reason } => return Err(refused(code, &reason)),
-                other => bail!(
-                    "unexpected {} from the server after {}",
-                    other.kind(),
-                    msg.kind()
-                ),
+                other => {
+                    return Err(MemifError::Unexpected {
+                        got: other.kind(),
+                        sent: msg.kind(),
+                    });
+                }
             }
         }
         let client = Client {
@@ -413,13 +414,14 @@ impl Client {
 
     /// Sleep until the daemon signals frames or the control socket has something (interrupt
     /// mode), or for up to `timeout` (polling mode sleeps a tenth of it, at most 1 ms).
-    pub fn wait(&self, timeout: Duration) -> Result<()> {
+    pub fn wait(&self, timeout: Duration) -> Result<(), MemifError> {
         if self.s2c.tail() != self.s2c_seen {
             return Ok(());
         }
         if self.s2c.flags() & RING_FLAG_MASK_INT == 0 {
             let ms = timeout.as_millis().clamp(1, 1000) as i32;
-            crate::sys::poll_readable(&[self.s2c_event.as_raw_fd(), self.sock.as_raw_fd()], ms)?;
+            crate::sys::poll_readable(&[self.s2c_event.as_raw_fd(), self.sock.as_raw_fd()], ms)
+                .map_err(MemifError::io("waiting for frames"))?;
             sock::drain_eventfd(self.s2c_event.as_fd());
         } else {
             std::thread::sleep((timeout / 10).min(Duration::from_millis(1)));

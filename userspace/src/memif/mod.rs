@@ -15,9 +15,11 @@
 //! - [`refusal`]: why a client is refused or cut off (short on the wire, full in the log).
 //! - [`client`]: a client for Rust programs and tests.
 //! - [`secret`]: the optional shared secret, read from a private file.
+//! - [`error`]: why a port (either side) could not be set up.
 pub mod chain;
 pub mod client;
 mod control;
+pub mod error;
 pub mod handshake;
 pub mod port;
 pub mod refusal;
@@ -30,6 +32,7 @@ pub mod sock;
 pub mod wire;
 
 pub use client::{Client, ClientConfig};
+pub use error::MemifError;
 pub use port::{PortShared, ServerPort};
 pub use server::{PortEvent, PortServer, PortServerConfig, PortStatus};
 

@@ -4,35 +4,31 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-
+use super::error::MemifError;
 use super::wire::SECRET_SIZE;
 
 /// Read the secret in `path`: 1 to 24 bytes, one trailing newline ignored, no NUL; the file
 /// must not be readable or writable by group or others.
-pub fn read_secret_file(path: &Path) -> Result<[u8; SECRET_SIZE]> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("reading the memif secret file {}", path.display()))?;
+pub fn read_secret_file(path: &Path) -> Result<[u8; SECRET_SIZE], MemifError> {
+    let unreadable = |source| MemifError::SecretUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
-            "the memif secret file {} is open to group or others (mode {mode:o}): \
-             `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
+        return Err(MemifError::SecretNotPrivate {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("reading the memif secret file {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(unreadable)?;
     let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     if text.is_empty() || text.len() > SECRET_SIZE || text.contains(&0) {
-        bail!(
-            "the memif secret in {} must be 1 to {SECRET_SIZE} bytes without NUL (it has {}): \
-             e.g. `head -c 12 /dev/urandom | base64 > {}`",
-            path.display(),
-            text.len(),
-            path.display()
-        );
+        return Err(MemifError::SecretMalformed {
+            path: path.to_path_buf(),
+            len: text.len(),
+        });
     }
     let mut secret = [0u8; SECRET_SIZE];
     secret[..text.len()].copy_from_slice(text);
@@ -65,13 +61,19 @@ mod tests {
             ("nul", &b"a\0b"[..], 0o600, "without NUL"),
         ] {
             let path = file(name, contents, mode);
-            let err = format!("{:#}", read_secret_file(&path).unwrap_err());
+            let err = format!(
+                "{:#}",
+                anyhow::Error::from(read_secret_file(&path).unwrap_err())
+            );
             assert!(err.contains(needle), "{name}: {err}");
             assert!(err.contains(&path.display().to_string()), "{name}: {err}");
             std::fs::remove_file(path).unwrap();
         }
         let missing = std::env::temp_dir().join("xmv-secret-missing");
-        let err = format!("{:#}", read_secret_file(&missing).unwrap_err());
+        let err = format!(
+            "{:#}",
+            anyhow::Error::from(read_secret_file(&missing).unwrap_err())
+        );
         assert!(err.contains("No such file"), "{err}");
         std::fs::remove_file(ok).unwrap();
         std::fs::remove_file(full).unwrap();

@@ -15,9 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-
 use super::control::{CODE_REFUSED, CODE_SHUTDOWN, End, Session, control_loop, end_session};
+use super::error::MemifError;
 use super::handshake::Limits;
 use super::port::ServerPort;
 use super::refusal::Refusal;
@@ -123,18 +122,19 @@ pub fn socket_path(dir: &Path, endpoint: &str) -> PathBuf {
 }
 
 impl PortServer {
-    pub fn start(cfg: PortServerConfig) -> Result<PortServer> {
+    pub fn start(cfg: PortServerConfig) -> Result<PortServer, MemifError> {
         if !cfg.dir.is_absolute() {
-            bail!(
-                "the port socket directory {} must be an absolute path",
-                cfg.dir.display()
-            );
+            return Err(MemifError::RelativeDir(cfg.dir));
         }
-        std::fs::create_dir_all(&cfg.dir)
-            .with_context(|| format!("creating the port socket directory {}", cfg.dir.display()))?;
+        std::fs::create_dir_all(&cfg.dir).map_err(MemifError::io(format!(
+            "creating the port socket directory {}",
+            cfg.dir.display()
+        )))?;
         let (tx, rx) = channel();
-        let events_ready = Arc::new(EventFd::new().context("creating the port events' eventfd")?);
-        let wake = Arc::new(EventFd::new().context("creating the port thread's eventfd")?);
+        let events_ready =
+            Arc::new(EventFd::new().map_err(MemifError::io("creating the port events' eventfd"))?);
+        let wake =
+            Arc::new(EventFd::new().map_err(MemifError::io("creating the port thread's eventfd"))?);
         let inner = Arc::new(Mutex::new(Inner {
             cfg,
             endpoints: HashMap::new(),
@@ -150,7 +150,7 @@ impl PortServer {
             std::thread::Builder::new()
                 .name("xmacvlan-ports".into())
                 .spawn(move || control_loop(&inner, &stop))
-                .context("starting the port control thread")?
+                .map_err(MemifError::io("starting the port control thread"))?
         };
         Ok(PortServer {
             inner,
@@ -168,29 +168,29 @@ impl PortServer {
 
     /// Listen for `endpoint`'s client; `netns` is the endpoint's namespace (a path whose
     /// inode names it, e.g. /run/netns/NAME). Returns the socket's path.
-    pub fn serve(&self, endpoint: &str, netns: &Path) -> Result<PathBuf> {
+    pub fn serve(&self, endpoint: &str, netns: &Path) -> Result<PathBuf, MemifError> {
         if endpoint.is_empty() || endpoint.contains('/') || endpoint.starts_with('.') {
-            bail!("endpoint name {endpoint:?} cannot name a socket file");
+            return Err(MemifError::BadEndpointName(endpoint.to_string()));
         }
         let mut inner = self.lock();
         if inner.endpoints.contains_key(endpoint) {
-            bail!("endpoint {endpoint} already has a port");
+            return Err(MemifError::AlreadyServed(endpoint.to_string()));
         }
-        let ns = netns_id(netns)
-            .with_context(|| format!("endpoint {endpoint}: its namespace {}", netns.display()))?;
+        let ns = netns_id(netns).map_err(MemifError::io(format!(
+            "endpoint {endpoint}: its namespace {}",
+            netns.display()
+        )))?;
         let path = socket_path(&inner.cfg.dir, endpoint);
         // A socket file left by a daemon that died: nothing listens on it any more.
         match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_socket_like() => std::fs::remove_file(&path)
-                .with_context(|| format!("removing the stale socket {}", path.display()))?,
-            Ok(_) => bail!(
-                "{} exists and is not a socket: move it away",
-                path.display()
-            ),
+            Ok(m) if m.file_type().is_socket_like() => std::fs::remove_file(&path).map_err(
+                MemifError::io(format!("removing the stale socket {}", path.display())),
+            )?,
+            Ok(_) => return Err(MemifError::NotASocket(path)),
             Err(_) => {}
         }
-        let listener =
-            sock::listen(&path, 8).with_context(|| format!("listening on {}", path.display()))?;
+        let listener = sock::listen(&path, 8)
+            .map_err(MemifError::io(format!("listening on {}", path.display())))?;
         inner.endpoints.insert(
             endpoint.to_string(),
             Served {

@@ -128,8 +128,14 @@ fn client_and_server_exchange_frames_both_ways() {
     assert_eq!(client.tx_in_flight(), 0);
 
     // A second client is refused while the first is connected.
-    let err = Client::connect(&path, &cfg).err().unwrap().to_string();
-    assert!(err.contains("already has a client"), "{err}");
+    // The client tells a refusal (with the server's reason) from a failure of its own.
+    match Client::connect(&path, &cfg).err().unwrap() {
+        MemifError::Refused { code, reason } => {
+            assert_eq!(code, super::control::CODE_REFUSED);
+            assert!(reason.contains("already has a client"), "{reason}");
+        }
+        other => panic!("not a refusal: {other:#}"),
+    }
 
     // Leaving: the port is told, the endpoint is free again.
     client.close("done");
