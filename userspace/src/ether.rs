@@ -15,22 +15,32 @@ impl Mac {
     }
 }
 
-impl FromStr for Mac {
-    type Err = String;
+/// Why a text is not a [`Mac`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    #[error("invalid MAC address `{text}`: expected six hex bytes like 02:00:00:00:00:01")]
+    NotSixBytes { text: String },
+    #[error("invalid MAC address `{text}`: `{byte}` is not a hex byte")]
+    NotHex { text: String, byte: String },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Mac {
+    type Err = MacError;
+
+    fn from_str(s: &str) -> Result<Self, MacError> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!(
-                "invalid MAC address `{s}`: expected six hex bytes like 02:00:00:00:00:01"
-            ));
+            return Err(MacError::NotSixBytes { text: s.into() });
         }
         let mut mac = [0u8; 6];
         for (out, part) in mac.iter_mut().zip(parts) {
             *out = u8::from_str_radix(part, 16)
                 .ok()
                 .filter(|_| part.len() == 2)
-                .ok_or_else(|| format!("invalid MAC address `{s}`: `{part}` is not a hex byte"))?;
+                .ok_or_else(|| MacError::NotHex {
+                    text: s.into(),
+                    byte: part.into(),
+                })?;
         }
         Ok(Self(mac))
     }
@@ -106,11 +116,11 @@ impl VlanId {
     pub const MIN: u16 = 1;
     pub const MAX: u16 = 4094;
 
-    pub fn new(id: u16) -> Result<Self, String> {
+    pub fn new(id: u16) -> Result<Self, VlanIdError> {
         if (Self::MIN..=Self::MAX).contains(&id) {
             Ok(Self(id))
         } else {
-            Err(out_of_range(&id.to_string()))
+            Err(VlanIdError::OutOfRange(id.to_string()))
         }
     }
 
@@ -119,30 +129,27 @@ impl VlanId {
     }
 }
 
-fn out_of_range(text: &str) -> String {
-    format!(
-        "VLAN id {text} is out of range: 802.1Q ids are {}-{}",
-        VlanId::MIN,
-        VlanId::MAX
-    )
+/// Why a text is not a [`VlanId`]; each carries the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VlanIdError {
+    #[error("`{0}` is not a VLAN id: write a number from {min} to {max}", min = VlanId::MIN, max = VlanId::MAX)]
+    NotANumber(String),
+    #[error("VLAN id {0} is out of range: 802.1Q ids are {min}-{max}", min = VlanId::MIN, max = VlanId::MAX)]
+    OutOfRange(String),
 }
 
 impl FromStr for VlanId {
-    type Err = String;
+    type Err = VlanIdError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, VlanIdError> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!(
-                "`{s}` is not a VLAN id: write a number from {} to {}",
-                Self::MIN,
-                Self::MAX
-            ));
+            return Err(VlanIdError::NotANumber(s.into()));
         }
         // All digits: anything that does not fit a u16 is out of range too.
         s.parse::<u16>()
-            .map_err(|_| out_of_range(s))
-            .and_then(Self::new)
-            .map_err(|_| out_of_range(s))
+            .ok()
+            .and_then(|id| Self::new(id).ok())
+            .ok_or_else(|| VlanIdError::OutOfRange(s.into()))
     }
 }
 
@@ -183,11 +190,18 @@ mod tests {
     #[test]
     fn bad_macs_name_the_input_and_the_form() {
         assert_eq!(
-            "02:0a:ff:00:10".parse::<Mac>().unwrap_err(),
+            "02:0a:ff:00:10".parse::<Mac>().unwrap_err().to_string(),
             "invalid MAC address `02:0a:ff:00:10`: expected six hex bytes like 02:00:00:00:00:01"
         );
         assert_eq!(
             "02:0a:ff:00:10:zz".parse::<Mac>().unwrap_err(),
+            MacError::NotHex {
+                text: "02:0a:ff:00:10:zz".into(),
+                byte: "zz".into()
+            }
+        );
+        assert_eq!(
+            "02:0a:ff:00:10:zz".parse::<Mac>().unwrap_err().to_string(),
             "invalid MAC address `02:0a:ff:00:10:zz`: `zz` is not a hex byte"
         );
         for bad in [
@@ -209,14 +223,16 @@ mod tests {
         assert_eq!("1".parse::<VlanId>().unwrap().get(), 1);
         assert_eq!("4094".parse::<VlanId>().unwrap().to_string(), "4094");
         for bad in ["0", "4095", "40950", "99999999999999999999"] {
+            let e = bad.parse::<VlanId>().unwrap_err();
+            assert_eq!(e, VlanIdError::OutOfRange(bad.into()));
             assert_eq!(
-                bad.parse::<VlanId>().unwrap_err(),
+                e.to_string(),
                 format!("VLAN id {bad} is out of range: 802.1Q ids are 1-4094")
             );
         }
         for bad in ["", "-1", "10a", " 5"] {
             assert_eq!(
-                bad.parse::<VlanId>().unwrap_err(),
+                bad.parse::<VlanId>().unwrap_err().to_string(),
                 format!("`{bad}` is not a VLAN id: write a number from 1 to 4094")
             );
         }

@@ -37,16 +37,25 @@ macro_rules! choice {
         }
 
         impl ::std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(word: &str) -> Result<Self, String> {
-                Self::from_name(word).ok_or_else(|| {
-                    format!("\"{word}\" is not one of {}", Self::NAMES.join(", "))
+            type Err = $crate::modes::NotOneOf;
+            fn from_str(word: &str) -> Result<Self, Self::Err> {
+                Self::from_name(word).ok_or_else(|| $crate::modes::NotOneOf {
+                    word: word.to_string(),
+                    names: Self::NAMES,
                 })
             }
         }
     };
 }
 pub(crate) use choice;
+
+/// A word that is none of a [`choice!`] enum's words, with the words it could have been.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("\"{word}\" is not one of {}", .names.join(", "))]
+pub struct NotOneOf {
+    pub word: String,
+    pub names: &'static [&'static str],
+}
 
 choice! {
     /// Who steers claimed frames to endpoints (`--demux`, `demux-mode`).
@@ -197,9 +206,8 @@ mod tests {
             DemuxMode::from_str("kernel", false).is_err(),
             "not a `--demux` value"
         );
-        assert_eq!(
-            "fast".parse::<DemuxMode>().unwrap_err(),
-            r#""fast" is not one of xdp, user, kernel"#
-        );
+        let e = "fast".parse::<DemuxMode>().unwrap_err();
+        assert_eq!((e.word.as_str(), e.names), ("fast", DemuxMode::NAMES));
+        assert_eq!(e.to_string(), r#""fast" is not one of xdp, user, kernel"#);
     }
 }

@@ -265,6 +265,7 @@ impl NetConf {
         let mac = runtime_mac.or(string(&obj, "mac")?);
         if let Some(m) = &mac {
             m.parse::<crate::ether::Mac>()
+                .map_err(|e| e.to_string())
                 .and_then(|parsed| crate::control::model::check_mac(&parsed))
                 .map_err(|e| invalid(format!("`mac` {m}: {e}")))?;
         }

@@ -1,6 +1,8 @@
 //! Errors from reading `daemon.json`: each names the file, the key and what would be accepted.
 use std::fmt;
 
+use super::parse::{MAX_COALESCE_US, MAX_CORE};
+
 /// What is wrong with one key (or with the file as a whole).
 #[derive(Debug)]
 pub enum ErrorKind {
@@ -30,11 +32,79 @@ pub enum ErrorKind {
         allowed: &'static [&'static str],
     },
     /// `max-size` is not a size.
-    BadSize { value: String, reason: String },
+    BadSize { value: String, reason: ValueError },
     /// `metrics-addr` names an address other than loopback.
     NonLoopback { value: String },
     /// Any other bad value, with the reason.
-    Invalid { value: String, reason: String },
+    Invalid { value: String, reason: ValueError },
+}
+
+/// Why a value was refused, whether a key's or a flag's: the parse helpers' errors (the
+/// [`ConfigError`] around one names the key and quotes the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("it does not start with a number")]
+    SizeNotANumber,
+    #[error("unknown unit \"{0}\"")]
+    SizeUnit(String),
+    #[error("must be at least 1 byte")]
+    SizeTooSmall,
+    #[error("must be a whole number of bytes above 0")]
+    SizeNotWhole,
+    #[error("not a duration: use \"1s\", \"500ms\" or \"2m\"")]
+    NotADuration,
+    #[error("unknown unit \"{0}\": use ms, s or m (\"500ms\", \"1s\", \"2m\")")]
+    DurationUnit(String),
+    #[error("must be longer than zero")]
+    NotLongerThanZero,
+    #[error("too long to be a duration")]
+    DurationTooLong,
+    #[error("must be a positive number of seconds")]
+    NotPositiveSeconds,
+    #[error("must be between 100ms and 1h")]
+    IntervalRange,
+    #[error("must be a whole number of microseconds from 0 (off) to {MAX_COALESCE_US}")]
+    Coalesce,
+    #[error(
+        "\"{0}\" is not a CPU id or range; write ids from 0 to {MAX_CORE} like \"0-1\" or \"1,3-4\""
+    )]
+    NotACpu(String),
+    #[error("CPU ids are whole numbers from 0 to {MAX_CORE}")]
+    CpuId,
+    #[error("range \"{0}\" runs backwards")]
+    Backwards(String),
+    #[error("lists no CPU; leave the key out to use the default cores")]
+    NoCpu,
+    #[error("CPU {0} is listed twice")]
+    CpuTwice(usize),
+    #[error("must be an absolute path")]
+    NotAbsolute,
+    #[error(
+        "must be an absolute path ending in .sock (Docker looks for \
+         /run/docker/plugins/NAME.sock), or \"\" to turn the plugin off"
+    )]
+    DockerPluginPath,
+    #[error("must be a whole number of files from 1 to 1000")]
+    MaxFile,
+    #[error("use 1-48 characters from [A-Za-z0-9._-]")]
+    Tag,
+    #[error("write options as KEY=VALUE, e.g. --log-opt max-size=10m")]
+    LogOpt,
+    #[error(transparent)]
+    Metrics(MetricsAddrError),
+}
+
+/// Why a metrics address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsAddrError {
+    #[error("not a loopback address: metrics are only served on loopback or a Unix socket")]
+    NonLoopback,
+    #[error("a Unix socket needs an absolute path: unix:/run/xmacvlan/metrics.sock")]
+    RelativeUnixPath,
+    #[error("not an address: use 127.0.0.1:9100, [::1]:9100 or unix:/run/xmacvlan/metrics.sock")]
+    NotAnAddress,
+    #[error("port 0 would pick a random port: choose one, e.g. 127.0.0.1:9100")]
+    PortZero,
 }
 
 /// An error in `daemon.json` (or in a flag that overrides it).

@@ -89,7 +89,7 @@ pub struct DataplaneFlags {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerPluginFlag(pub Option<PathBuf>);
 
-fn docker_plugin_flag(text: &str) -> Result<DockerPluginFlag, String> {
+fn docker_plugin_flag(text: &str) -> Result<DockerPluginFlag, ValueError> {
     parse_docker_plugin(text).map(DockerPluginFlag)
 }
 
@@ -97,11 +97,11 @@ fn docker_plugin_flag(text: &str) -> Result<DockerPluginFlag, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoresFlag(pub Vec<usize>);
 
-fn cores_flag(text: &str) -> Result<CoresFlag, String> {
+fn cores_flag(text: &str) -> Result<CoresFlag, ValueError> {
     parse_cores(text).map(CoresFlag)
 }
 
-fn coalesce_flag(text: &str) -> Result<Duration, String> {
+fn coalesce_flag(text: &str) -> Result<Duration, ValueError> {
     coalesce_from_us(text.trim().parse().ok())
 }
 
@@ -109,10 +109,8 @@ fn coalesce_flag(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsFlag(pub Option<MetricsAddr>);
 
-fn metrics_flag(text: &str) -> Result<MetricsFlag, String> {
-    parse_metrics_addr(text)
-        .map(MetricsFlag)
-        .map_err(|e| e.to_string())
+fn metrics_flag(text: &str) -> Result<MetricsFlag, MetricsAddrError> {
+    parse_metrics_addr(text).map(MetricsFlag)
 }
 
 impl ConfigFlags {
@@ -180,7 +178,7 @@ impl ConfigFlags {
                     "log-opts",
                     ErrorKind::Invalid {
                         value: format!("--log-opt {opt}"),
-                        reason: "write options as KEY=VALUE, e.g. --log-opt max-size=10m".into(),
+                        reason: ValueError::LogOpt,
                     },
                 ));
             };

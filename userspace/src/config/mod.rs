@@ -26,11 +26,11 @@ mod flags;
 mod parse;
 mod reload;
 
-pub use error::{ConfigError, ErrorKind};
+pub use error::{ConfigError, ErrorKind, MetricsAddrError, ValueError};
 pub use flags::{ConfigFlags, CoresFlag, DataplaneFlags, DockerPluginFlag, MetricsFlag};
 pub use parse::{
-    MAX_COALESCE_US, MetricsAddrError, coalesce_from_us, parse_cores, parse_docker_plugin,
-    parse_duration, parse_metrics_addr, parse_size,
+    MAX_COALESCE_US, coalesce_from_us, parse_cores, parse_docker_plugin, parse_duration,
+    parse_metrics_addr, parse_size,
 };
 pub use reload::{Change, ReloadPlan, diff_for_reload};
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::error::{ConfigError, ErrorKind, suggest};
+use super::error::{ConfigError, ErrorKind, MetricsAddrError, ValueError, suggest};
 use super::*;
 
 /// The largest CPU id accepted in `cores` (Linux's default CPU_SETSIZE is 1024).
-const MAX_CORE: usize = 1023;
+pub(super) const MAX_CORE: usize = 1023;
 /// `stats-interval` bounds.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -119,16 +119,13 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
 
 /// `docker-plugin`: "" = off, else an absolute path to a `.sock` file (Docker discovers
 /// plugins by that suffix).
-pub fn parse_docker_plugin(text: &str) -> Result<Option<PathBuf>, String> {
+pub fn parse_docker_plugin(text: &str) -> Result<Option<PathBuf>, ValueError> {
     if text.is_empty() {
         return Ok(None);
     }
     let path = PathBuf::from(text);
     if !text.starts_with('/') || path.extension().is_none_or(|e| e != "sock") {
-        return Err(
-            "must be an absolute path ending in .sock (Docker looks for /run/docker/plugins/NAME.sock),              or \"\" to turn the plugin off"
-                .into(),
-        );
+        return Err(ValueError::DockerPluginPath);
     }
     Ok(Some(path))
 }
@@ -173,7 +170,7 @@ impl Parser<'_> {
         )
     }
 
-    fn invalid(&self, key: &str, v: &Value, reason: String) -> ConfigError {
+    fn invalid(&self, key: &str, v: &Value, reason: ValueError) -> ConfigError {
         let value = match v {
             Value::String(s) => format!("\"{s}\""),
             other => other.to_string(),
@@ -225,7 +222,7 @@ impl Parser<'_> {
     fn absolute_path(&self, key: &str, v: &Value) -> Result<PathBuf, ConfigError> {
         let s = self.string(key, v, "a path (string)")?;
         if !s.starts_with('/') {
-            return Err(self.invalid(key, v, "must be an absolute path".into()));
+            return Err(self.invalid(key, v, ValueError::NotAbsolute));
         }
         Ok(PathBuf::from(s))
     }
@@ -290,7 +287,7 @@ impl Parser<'_> {
                             key,
                             ErrorKind::BadSize {
                                 value: n.to_string(),
-                                reason: "must be a whole number of bytes above 0".into(),
+                                reason: ValueError::SizeNotWhole,
                             },
                         ));
                     }
@@ -310,11 +307,7 @@ impl Parser<'_> {
             o.max_file = match n {
                 Some(n @ 1..=1000) => n as u32,
                 _ => {
-                    return Err(self.invalid(
-                        key,
-                        v,
-                        "must be a whole number of files from 1 to 1000".into(),
-                    ));
+                    return Err(self.invalid(key, v, ValueError::MaxFile));
                 }
             };
         }
@@ -331,11 +324,7 @@ impl Parser<'_> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
-            return Err(self.invalid(
-                "log-opts.tag",
-                v,
-                "use 1-48 characters from [A-Za-z0-9._-]".into(),
-            ));
+            return Err(self.invalid("log-opts.tag", v, ValueError::Tag));
         }
         Ok(s.to_string())
     }
@@ -352,11 +341,7 @@ impl Parser<'_> {
                     match item.as_u64() {
                         Some(c) if c as usize <= MAX_CORE => cores.push(c as usize),
                         _ => {
-                            return Err(self.invalid(
-                                "cores",
-                                item,
-                                format!("CPU ids are whole numbers from 0 to {MAX_CORE}"),
-                            ));
+                            return Err(self.invalid("cores", item, ValueError::CpuId));
                         }
                     }
                 }
@@ -378,11 +363,7 @@ impl Parser<'_> {
             Value::Number(n) => {
                 let secs = n.as_f64().unwrap_or(-1.0);
                 if !(secs.is_finite() && secs > 0.0) {
-                    return Err(self.invalid(
-                        "stats-interval",
-                        v,
-                        "must be a positive number of seconds".into(),
-                    ));
+                    return Err(self.invalid("stats-interval", v, ValueError::NotPositiveSeconds));
                 }
                 // Past Duration's range (1e300) is past the bound below, not a panic.
                 Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
@@ -399,7 +380,7 @@ impl Parser<'_> {
             }
         };
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
-            return Err(self.invalid("stats-interval", v, "must be between 100ms and 1h".into()));
+            return Err(self.invalid("stats-interval", v, ValueError::IntervalRange));
         }
         Ok(d)
     }
@@ -428,90 +409,76 @@ impl Parser<'_> {
             MetricsAddrError::NonLoopback => {
                 self.err("metrics-addr", ErrorKind::NonLoopback { value: s.clone() })
             }
-            MetricsAddrError::Invalid(reason) => self.invalid("metrics-addr", v, reason),
+            other => self.invalid("metrics-addr", v, ValueError::Metrics(other)),
         })
     }
 }
 
 /// A size: bytes, or a number with a binary unit `k`, `m`, `g` (`kb`, `kib`, ... also work,
 /// any case), as dockerd's `max-size`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
     let t = text.trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| "it does not start with a number".to_string())?;
+    let number: f64 = number.parse().map_err(|_| ValueError::SizeNotANumber)?;
     let multiplier: u64 = match unit.trim() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown unit \"{other}\"")),
+        other => return Err(ValueError::SizeUnit(other.to_string())),
     };
     let bytes = number * multiplier as f64;
     if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err("must be at least 1 byte".into());
+        return Err(ValueError::SizeTooSmall);
     }
     Ok(bytes as u64)
 }
 
 /// A duration: `250ms`, `1s`, `1.5s`, `2m`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| "not a duration: use \"1s\", \"500ms\" or \"2m\"".to_string())?;
+    let number: f64 = number.parse().map_err(|_| ValueError::NotADuration)?;
     let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1000.0,
         "m" => number * 60.0,
-        other => {
-            return Err(format!(
-                "unknown unit \"{other}\": use ms, s or m (\"500ms\", \"1s\", \"2m\")"
-            ));
-        }
+        other => return Err(ValueError::DurationUnit(other.to_string())),
     };
     if !(seconds.is_finite() && seconds > 0.0) {
-        return Err("must be longer than zero".into());
+        return Err(ValueError::NotLongerThanZero);
     }
-    Duration::try_from_secs_f64(seconds).map_err(|_| "too long to be a duration".to_string())
+    Duration::try_from_secs_f64(seconds).map_err(|_| ValueError::DurationTooLong)
 }
 
 /// `receive-coalesce-us`, the file's number or the flag's text: whole microseconds up to
 /// [`MAX_COALESCE_US`] (`None`: not a whole number).
-pub fn coalesce_from_us(us: Option<u64>) -> Result<Duration, String> {
+pub fn coalesce_from_us(us: Option<u64>) -> Result<Duration, ValueError> {
     match us {
         Some(us) if us <= MAX_COALESCE_US => Ok(Duration::from_micros(us)),
-        _ => Err(format!(
-            "must be a whole number of microseconds from 0 (off) to {MAX_COALESCE_US}"
-        )),
+        _ => Err(ValueError::Coalesce),
     }
 }
 
 /// CPU ids from a list such as `1`, `0-1` or `1,3-4`.
-pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
+pub fn parse_cores(text: &str) -> Result<Vec<usize>, ValueError> {
     let mut cores = Vec::new();
     for part in text.split(',').map(str::trim) {
-        let id = |s: &str| -> Result<usize, String> {
-            match s.trim().parse::<usize>() {
-                Ok(c) if c <= MAX_CORE => Ok(c),
-                _ => Err(format!(
-                    "\"{part}\" is not a CPU id or range; write ids from 0 to {MAX_CORE} like \"0-1\" or \"1,3-4\""
-                )),
-            }
+        let id = |s: &str| match s.trim().parse::<usize>() {
+            Ok(c) if c <= MAX_CORE => Ok(c),
+            _ => Err(ValueError::NotACpu(part.to_string())),
         };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (id(a)?, id(b)?);
                 if a > b {
-                    return Err(format!("range \"{part}\" runs backwards"));
+                    return Err(ValueError::Backwards(part.to_string()));
                 }
                 cores.extend(a..=b);
             }
@@ -521,35 +488,17 @@ pub fn parse_cores(text: &str) -> Result<Vec<usize>, String> {
     check_cores(cores)
 }
 
-fn check_cores(cores: Vec<usize>) -> Result<Vec<usize>, String> {
+fn check_cores(cores: Vec<usize>) -> Result<Vec<usize>, ValueError> {
     if cores.is_empty() {
-        return Err("lists no CPU; leave the key out to use the default cores".into());
+        return Err(ValueError::NoCpu);
     }
     let mut seen = std::collections::BTreeSet::new();
     for c in &cores {
         if !seen.insert(*c) {
-            return Err(format!("CPU {c} is listed twice"));
+            return Err(ValueError::CpuTwice(*c));
         }
     }
     Ok(cores)
-}
-
-/// Why a metrics address was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetricsAddrError {
-    NonLoopback,
-    Invalid(String),
-}
-
-impl std::fmt::Display for MetricsAddrError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NonLoopback => f.write_str(
-                "not a loopback address: metrics are only served on loopback or a Unix socket",
-            ),
-            Self::Invalid(reason) => f.write_str(reason),
-        }
-    }
 }
 
 /// `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100` or `unix:/absolute/path`; anything that
@@ -561,9 +510,7 @@ pub fn parse_metrics_addr(text: &str) -> Result<Option<MetricsAddr>, MetricsAddr
     }
     if let Some(path) = t.strip_prefix("unix:") {
         if !path.starts_with('/') {
-            return Err(MetricsAddrError::Invalid(
-                "a Unix socket needs an absolute path: unix:/run/xmacvlan/metrics.sock".into(),
-            ));
+            return Err(MetricsAddrError::RelativeUnixPath);
         }
         return Ok(Some(MetricsAddr::Unix(PathBuf::from(path))));
     }
@@ -575,18 +522,13 @@ pub fn parse_metrics_addr(text: &str) -> Result<Option<MetricsAddr>, MetricsAddr
         None => t.parse::<SocketAddr>().ok(),
     };
     let Some(addr) = addr else {
-        return Err(MetricsAddrError::Invalid(
-            "not an address: use 127.0.0.1:9100, [::1]:9100 or unix:/run/xmacvlan/metrics.sock"
-                .into(),
-        ));
+        return Err(MetricsAddrError::NotAnAddress);
     };
     if !addr.ip().is_loopback() {
         return Err(MetricsAddrError::NonLoopback);
     }
     if addr.port() == 0 {
-        return Err(MetricsAddrError::Invalid(
-            "port 0 would pick a random port: choose one, e.g. 127.0.0.1:9100".into(),
-        ));
+        return Err(MetricsAddrError::PortZero);
     }
     Ok(Some(MetricsAddr::Tcp(addr)))
 }

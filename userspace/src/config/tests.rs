@@ -266,8 +266,9 @@ fn cores_and_interval_values_are_checked() {
     let e = error(r#"{"stats-interval": 4.0935429818199917e+294}"#);
     assert!(e.to_string().contains("between 100ms and 1h"), "{e}");
     let huge = "9".repeat(300);
+    assert_eq!(parse_duration(&huge), Err(ValueError::DurationTooLong));
     assert_eq!(
-        parse_duration(&huge).unwrap_err(),
+        ValueError::DurationTooLong.to_string(),
         "too long to be a duration"
     );
     let e = error(&format!(r#"{{"stats-interval": "{huge}s"}}"#));
@@ -446,6 +447,8 @@ fn docker_plugin_defaults_on_and_turns_off_with_an_empty_string() {
             e.contains(r#"key "docker-plugin""#) && e.contains("ending in .sock"),
             "{e}"
         );
+        assert!(!e.contains("  "), "one space between words: {e}");
+        assert_eq!(parse_docker_plugin(bad), Err(ValueError::DockerPluginPath));
     }
     let e = parse(r#"{"docker-plugin": false}"#)
         .unwrap_err()

@@ -132,7 +132,7 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
     }
     let mac = match &req.mac {
         Some(text) => {
-            let mac = text.parse::<Mac>()?.0;
+            let mac = text.parse::<Mac>().map_err(|e| e.to_string())?.0;
             check_mac(&mac)?;
             mac
         }
