@@ -602,7 +602,7 @@ fn drift_is_reported_and_endpoint_rm_is_idempotent() {
         .unwrap();
     assert!(
         lab.host
-            .run(|| drift::check(&lab.state()))
+            .run(|| Ok(drift::check(&lab.state())?))
             .unwrap()
             .is_empty()
     );
@@ -626,7 +626,7 @@ fn drift_is_reported_and_endpoint_rm_is_idempotent() {
         "{drift}"
     );
     assert!(drift.contains("is not the endpoint's macvlan"), "{drift}");
-    let found = lab.host.run(|| drift::check(&lab.state())).unwrap();
+    let found = lab.host.run(|| Ok(drift::check(&lab.state())?)).unwrap();
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].subject == "endpoint a" && found[1].subject == "endpoint b");
 

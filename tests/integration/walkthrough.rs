@@ -198,8 +198,9 @@ impl Drop for Lab {
             std::thread::sleep(Duration::from_millis(1500));
         }
         for name in ["web1", "web2", "wire"] {
-            let _ = xmacvlan::netns::Netns::open(&format!("{}-{name}", self.prefix))
-                .and_then(|ns| ns.delete());
+            if let Ok(ns) = xmacvlan::netns::Netns::open(&format!("{}-{name}", self.prefix)) {
+                let _ = ns.delete();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

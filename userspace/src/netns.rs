@@ -9,6 +9,31 @@ use anyhow::{Context, Result, bail};
 
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// Why a namespace could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "network namespace `{name}` does not exist (looked for {}); create it with \
+         `ip netns add {name}`",
+        .path.display()
+    )]
+    Missing { name: String, path: PathBuf },
+    #[error("opening network namespace {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", not_a_namespace(.name, .path))]
+    NotANamespace { name: String, path: PathBuf },
+    #[error("setns into network namespace `{name}`")]
+    Enter {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A named network namespace. Dropping the value does not delete it: [`NetnsGuard`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -17,15 +42,15 @@ pub struct Netns {
 
 impl Netns {
     /// Refer to an existing namespace by name or by path (`/run/netns/x`, `/proc/PID/ns/net`).
-    pub fn open(name_or_path: &str) -> Result<Self> {
+    pub fn open(name_or_path: &str) -> Result<Self, NetnsError> {
         let ns = Self {
             name: name_or_path.to_string(),
         };
         if !ns.path().exists() {
-            bail!(
-                "network namespace `{name_or_path}` does not exist (looked for {}); create it with `ip netns add {name_or_path}`",
-                ns.path().display()
-            );
+            return Err(NetnsError::Missing {
+                name: ns.name,
+                path: Self::path_of(name_or_path),
+            });
         }
         Ok(ns)
     }
@@ -86,30 +111,48 @@ impl Netns {
     }
 
     /// Open the namespace, refusing a path that is not one (setns would say only EINVAL).
-    pub fn file(&self) -> Result<File> {
+    pub fn file(&self) -> Result<File, NetnsError> {
         let path = self.path();
-        let file = File::open(&path)
-            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(source) => return Err(NetnsError::Open { path, source }),
+        };
         if !is_namespace_file(&file) {
-            bail!("{}", not_a_namespace(&self.name, &path));
+            return Err(NetnsError::NotANamespace {
+                name: self.name.clone(),
+                path,
+            });
         }
         Ok(file)
     }
 
     /// Move the calling thread into this namespace for the rest of its life.
-    pub fn enter_current_thread(&self) -> Result<()> {
+    pub fn enter_current_thread(&self) -> Result<(), NetnsError> {
         let file = self.file()?;
-        crate::sys::setns_net(file.as_fd())
-            .with_context(|| format!("setns into network namespace `{}`", self.name))
+        self.enter(&file)
+    }
+
+    fn enter(&self, file: &File) -> Result<(), NetnsError> {
+        crate::sys::setns_net(file.as_fd()).map_err(|source| NetnsError::Enter {
+            name: self.name.clone(),
+            source,
+        })
     }
 
     /// Run `f` on a thread inside this namespace and return its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        self.within(f)
+    }
+
+    /// [`Self::run`] for `f` with an error type of its own, which also takes the namespace's.
+    pub fn within<T: Send, E: From<NetnsError> + Send>(
+        &self,
+        f: impl FnOnce() -> Result<T, E> + Send,
+    ) -> Result<T, E> {
         let file = self.file()?;
         std::thread::scope(|s| {
             s.spawn(move || {
-                crate::sys::setns_net(file.as_fd())
-                    .with_context(|| format!("setns into network namespace `{}`", self.name))?;
+                self.enter(&file)?;
                 f()
             })
             .join()
@@ -234,7 +277,8 @@ mod tests {
             .and_then(|ns| ns.file())
             .unwrap_err();
         std::fs::remove_file(&path).unwrap();
-        let msg = format!("{err:#}");
+        assert!(matches!(err, NetnsError::NotANamespace { .. }), "{err:?}");
+        let msg = err.to_string();
         assert!(msg.contains("is not a network namespace here"), "{msg}");
         assert!(msg.contains("not a mounted namespace"), "{msg}");
         let hint = not_a_namespace("web1", Path::new("/run/netns/web1"));

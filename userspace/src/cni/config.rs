@@ -95,7 +95,7 @@ impl Env {
         let path = need("CNI_PATH", !matches!(command, Version))?;
         if attach {
             crate::control::model::check_ifname(&ifname, "CNI_IFNAME")
-                .map_err(|e| CniError::new(INVALID_ENVIRONMENT, e))?;
+                .map_err(|e| CniError::new(INVALID_ENVIRONMENT, e.to_string()))?;
             let ok = container_id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
@@ -218,7 +218,7 @@ impl NetConf {
         check_version(&cni_version, command)?;
         let name = string(&obj, "name")?
             .ok_or_else(|| invalid("`name` (the network's name) is missing"))?;
-        crate::control::model::check_name(&name, "network").map_err(invalid)?;
+        crate::control::model::check_name(&name, "network").map_err(|e| invalid(e.to_string()))?;
         match string(&obj, "type")?.as_deref() {
             Some("xmacvlan") => {}
             other => {
@@ -265,7 +265,7 @@ impl NetConf {
         let mac = runtime_mac.or(string(&obj, "mac")?);
         if let Some(m) = &mac {
             m.parse::<crate::ether::Mac>()
-                .map_err(|e| e.to_string())
+                .map_err(crate::control::ControlError::from)
                 .and_then(|parsed| crate::control::model::check_mac(&parsed))
                 .map_err(|e| invalid(format!("`mac` {m}: {e}")))?;
         }

@@ -1,6 +1,11 @@
 //! CNI's error result: `{"cniVersion", "code", "msg", "details"}` on stdout, exit status 1.
 //! Codes 1-99 are the spec's well-known ones; 100+ are xmacvlan's own.
+use std::error::Error;
+
 use serde::{Deserialize, Serialize};
+
+use crate::control::ControlError;
+use crate::netns::NetnsError;
 
 /// Incompatible CNI version.
 pub const INCOMPATIBLE_VERSION: u32 = 1;
@@ -44,12 +49,38 @@ impl CniError {
     }
 
     /// An error with its cause chain in `details`.
-    pub fn with_cause(code: u32, msg: impl Into<String>, cause: &anyhow::Error) -> Self {
+    pub fn with_cause(code: u32, msg: impl Into<String>, cause: &(dyn Error + 'static)) -> Self {
         Self {
-            details: format!("{cause:#}"),
+            details: chain(cause),
             ..Self::new(code, msg)
         }
     }
+
+    /// A control-path failure while `doing` something: the code says what kind of failure
+    /// it is, the message has the whole chain.
+    pub fn control(doing: impl std::fmt::Display, e: &ControlError) -> Self {
+        Self::new(code_of(e), format!("{doing}: {}", chain(e)))
+    }
+}
+
+/// The CNI code of a control-path failure, from what went wrong (under the steps' names).
+pub fn code_of(e: &ControlError) -> u32 {
+    match e.cause() {
+        ControlError::Invalid(_) => INVALID_CONFIG,
+        ControlError::State(_) => IO_FAILURE,
+        ControlError::Namespace(NetnsError::Missing { .. } | NetnsError::NotANamespace { .. }) => {
+            UNKNOWN_CONTAINER
+        }
+        _ => PROVISION_FAILED,
+    }
+}
+
+/// An error and its sources, as `{:#}` prints an `anyhow::Error`: `a: b: c`.
+pub fn chain(e: &(dyn Error + 'static)) -> String {
+    anyhow::Chain::new(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl std::fmt::Display for CniError {
@@ -63,3 +94,37 @@ impl std::fmt::Display for CniError {
 }
 
 pub type CniResult<T> = Result<T, CniError>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::control::StateError;
+
+    #[test]
+    fn the_code_follows_what_went_wrong_under_the_steps() {
+        let invalid = ControlError::Invalid("`-o mtu=x` is not a number".into());
+        let attached = invalid.rolled_back("attaching `eth0` to network `n`".into());
+        assert_eq!(code_of(&attached), INVALID_CONFIG);
+        let e = CniError::control("creating the endpoint", &attached);
+        assert_eq!(
+            e.msg,
+            "creating the endpoint: attaching `eth0` to network `n` (nothing was left behind): \
+             `-o mtu=x` is not a number"
+        );
+        let conflict = ControlError::Conflict("MTU 9000 is larger".into());
+        assert_eq!(code_of(&conflict), PROVISION_FAILED);
+        let state = ControlError::State(StateError::Version {
+            path: PathBuf::from("/x/state.json"),
+            found: 9,
+            understood: 1,
+        });
+        assert_eq!(code_of(&state), IO_FAILURE);
+        let gone = ControlError::Namespace(NetnsError::Missing {
+            name: "ns".into(),
+            path: PathBuf::from("/run/netns/ns"),
+        });
+        assert_eq!(code_of(&gone), UNKNOWN_CONTAINER);
+    }
+}

@@ -96,10 +96,6 @@ fn unlink_port(conf: &NetConf, record: &Record) {
     let _ = std::fs::remove_dir(link.parent().expect("has a parent"));
 }
 
-fn provision_error(msg: impl Into<String>, e: &anyhow::Error) -> CniError {
-    CniError::new(PROVISION_FAILED, format!("{}: {e:#}", msg.into()))
-}
-
 fn state(conf: &NetConf) -> CniResult<State> {
     State::load(&conf.data_root)
         .map_err(|e| CniError::with_cause(IO_FAILURE, "reading xmacvlan's state (dataRoot)", &e))
@@ -116,7 +112,7 @@ fn ask(conf: &NetConf, request: &Request) -> CniResult<Answer> {
                 "the xmacvlan daemon at {} did not answer: {e:#}",
                 conf.control_socket.display()
             ),
-            &e,
+            e.as_ref(),
         )),
     }
 }
@@ -136,9 +132,9 @@ fn not_running(conf: &NetConf) -> CniError {
 /// made by the control path).
 fn check_master(conf: &NetConf) -> CniResult<()> {
     let spec = crate::control::model::ParentSpec::parse(&conf.master)
-        .map_err(|e| CniError::new(INVALID_CONFIG, e))?;
+        .map_err(|e| CniError::new(INVALID_CONFIG, e.to_string()))?;
     let nl = crate::netlink::Netlink::new()
-        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", &e.into()))?;
+        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", &e))?;
     let exists = |name: &str| nl.link_by_name(name).ok().flatten().is_some();
     let found = exists(&spec.name) || spec.vlan.as_ref().is_some_and(|(trunk, _)| exists(trunk));
     if !found {
@@ -177,8 +173,9 @@ fn addresses_of(a: &Addressing) -> ExternalAddresses {
 pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     ask(conf, &Request::Ping)?;
     check_master(conf)?;
-    crate::netns::Netns::open(&env.netns)
-        .map_err(|e| CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {e:#}"), &e))?;
+    crate::netns::Netns::open(&env.netns).map_err(|e| {
+        CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {}", chain(&e)), &e)
+    })?;
     let name = endpoint_name(&conf.name, &env.container_id, &env.ifname);
     // Checked before IPAM: releasing a lease on failure would release the existing one's.
     if state(conf)?.endpoint(&name).is_some() {
@@ -206,7 +203,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         mtu: conf.mtu,
     };
     let (net, _) = external::attach(&conf.data_root, &network, &device)
-        .map_err(|e| provision_error("creating the endpoint", &e))?;
+        .map_err(|e| CniError::control("creating the endpoint", &e))?;
     let netns_inode = match std::fs::metadata(&env.netns) {
         Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
         Err(e) => {
@@ -241,7 +238,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             remove_device(CniError::with_cause(
                 IO_FAILURE,
                 format!("recording the attachment (dataRoot) or its port link (portDir): {e:#}"),
-                &e,
+                e.as_ref(),
             ))
         })?;
     let mut addressing = ipam::add(env, conf).map_err(remove_device)?;
@@ -255,7 +252,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         remove_device(e)
     };
     let ep = external::configure(&conf.data_root, &name, &addresses_of(&addressing))
-        .map_err(|e| undo(provision_error("configuring the endpoint", &e)))?;
+        .map_err(|e| undo(CniError::control("configuring the endpoint", &e)))?;
     ask(
         conf,
         &Request::Attach {
@@ -293,7 +290,7 @@ fn detach(conf: &NetConf, name: &str) {
 /// dhcp releases it through the device).
 fn remove_device(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
     endpoint::remove(&conf.data_root, &ep.name)
-        .map_err(|e| provision_error(format!("removing endpoint {}", ep.name), &e))?;
+        .map_err(|e| CniError::control(format_args!("removing endpoint {}", ep.name), &e))?;
     if let Some(record) = read_record(&conf.data_root, &ep.name) {
         unlink_port(conf, &record);
     }
@@ -313,7 +310,7 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
         remove_device(conf, ep)?;
     }
     external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY)
-        .map_err(|e| provision_error("removing the network's record", &e))?;
+        .map_err(|e| CniError::control("removing the network's record", &e))?;
     Ok(())
 }
 
@@ -356,7 +353,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
         )));
     }
     let device = provision::read_endpoint(&ep)
-        .map_err(|e| provision_error("reading the interface back", &e))?
+        .map_err(|e| CniError::control("reading the interface back", &e))?
         .ok_or_else(|| {
             mismatch(format!(
                 "interface {} is gone from namespace {}",
@@ -483,7 +480,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
         }
     }
     external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY)
-        .map_err(|e| provision_error("removing the network's record", &e))?;
+        .map_err(|e| CniError::control("removing the network's record", &e))?;
     first_error.map_or(Ok(()), Err)
 }
 

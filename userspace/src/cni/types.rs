@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::error::*;
 use crate::control::Cidr;
+use crate::control::model::CidrError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
@@ -54,7 +55,7 @@ fn cidr_field(v: &Value, key: &str, what: &str) -> CniResult<Cidr> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad(what, format!("an entry has no `{key}`")))?
         .parse()
-        .map_err(|e: String| bad(what, e))
+        .map_err(|e: CidrError| bad(what, e))
 }
 
 fn list<'a>(v: &'a Value, key: &str, what: &str) -> CniResult<&'a [Value]> {

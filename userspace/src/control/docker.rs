@@ -14,9 +14,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-
 use super::endpoint::EndpointCreate;
+use super::error::{ControlError, During};
 use super::model::{Cidr, Endpoint, Network};
 use super::network::{NetworkCreate, SHIM_AUX};
 use super::provision::{self, Removal};
@@ -33,9 +32,11 @@ pub const HOST_NETNS: &str = "/proc/self/ns/net";
 pub const DST_PREFIX: &str = "eth";
 
 /// Docker's ids are 64 hex digits; anything else is refused before it names a file or link.
-pub fn check_id(id: &str, what: &str) -> Result<()> {
+pub fn check_id(id: &str, what: &str) -> Result<(), ControlError> {
     if id.len() < 12 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("{what} `{id}` is not a Docker id (12-64 hex digits)");
+        return Err(ControlError::Invalid(format!(
+            "{what} `{id}` is not a Docker id (12-64 hex digits)"
+        )));
     }
     Ok(())
 }
@@ -53,7 +54,11 @@ pub fn host_ifname(endpoint_id: &str) -> String {
 /// CreateNetwork: `xmacvlan network create`'s validation and provisioning with Docker's id.
 /// A network already recorded under that id is returned as it is (dockerd replays its
 /// networks after a restart).
-pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result<Network> {
+pub fn create_network(
+    data_root: &Path,
+    req: &NetworkCreate,
+    id: &str,
+) -> Result<Network, ControlError> {
     check_id(id, "NetworkID")?;
     if let Some(net) = State::load(data_root)?
         .networks
@@ -62,17 +67,17 @@ pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result
     {
         return Ok(net);
     }
-    let plan = super::network::plan(req).map_err(|e| anyhow!(e))?;
+    let plan = super::network::plan(req)?;
     if plan.host_shim
         && let Some(s) = plan.subnets.iter().find(|s| s.shim_address().is_none())
     {
-        bail!(
+        return Err(ControlError::Invalid(format!(
             "-o host_shim=true through Docker needs the shim's address in each subnet: add \
              --aux-address {SHIM_AUX}=IP for {} (an address of it that no container gets: \
              Docker's IPAM keeps aux addresses free, it does not know xmacvlan's own choice; \
              Docker keeps one address per name, so name an IPv6 one {SHIM_AUX}6)",
             s.subnet
-        );
+        )));
     }
     super::network::create_with_id(data_root, req, id.to_string())
 }
@@ -80,7 +85,7 @@ pub fn create_network(data_root: &Path, req: &NetworkCreate, id: &str) -> Result
 /// DeleteNetwork: as `xmacvlan network rm`; an unknown id is already gone. Docker deletes a
 /// network only once it has no endpoints on it, so endpoints still recorded are orphans (a
 /// DeleteEndpoint that found no daemon): they go first, links included.
-pub fn delete_network(data_root: &Path, id: &str) -> Result<Option<Network>> {
+pub fn delete_network(data_root: &Path, id: &str) -> Result<Option<Network>, ControlError> {
     check_id(id, "NetworkID")?;
     let Some(net) = network_by_id(&State::load(data_root)?, id).cloned() else {
         return Ok(None);
@@ -92,7 +97,7 @@ pub fn delete_network(data_root: &Path, id: &str) -> Result<Option<Network>> {
 }
 
 /// The endpoints still recorded on the Docker network `id` (see [`delete_network`]).
-pub fn orphans(data_root: &Path, id: &str) -> Result<Vec<String>> {
+pub fn orphans(data_root: &Path, id: &str) -> Result<Vec<String>, ControlError> {
     let state = State::load(data_root)?;
     let Some(net) = network_by_id(&state, id) else {
         return Ok(Vec::new());
@@ -107,11 +112,11 @@ fn network_by_id<'a>(state: &'a State, id: &str) -> Option<&'a Network> {
     state.networks.iter().find(|n| n.id == id)
 }
 
-fn no_network(id: &str) -> anyhow::Error {
-    anyhow!(
+fn no_network(id: &str) -> ControlError {
+    ControlError::NotFound(format!(
         "network {id} is not an xmacvlan network (not in the state: was it removed with \
          `xmacvlan network rm`?); remove it with `docker network rm` and create it again"
-    )
+    ))
 }
 
 /// What Docker's IPAM gave the endpoint.
@@ -127,7 +132,10 @@ pub struct DockerEndpoint {
 /// CreateEndpoint: checked by `endpoint create`'s planner (addresses inside the subnets and
 /// free, MAC unicast and free), then the macvlan is made in the host namespace and recorded.
 /// Docker's addresses are recorded as given, never allocated again. Idempotent per id.
-pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoint, Network)> {
+pub fn create_endpoint(
+    data_root: &Path,
+    req: &DockerEndpoint,
+) -> Result<(Endpoint, Network), ControlError> {
     check_id(&req.network_id, "NetworkID")?;
     check_id(&req.endpoint_id, "EndpointID")?;
     let (store, mut state) = Store::lock(data_root)?;
@@ -140,12 +148,18 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
     }
     let v4 = |c: &Option<Cidr>| match c.map(|c| c.addr) {
         Some(IpAddr::V4(ip)) => Ok(Some(ip)),
-        Some(IpAddr::V6(ip)) => Err(anyhow!("Interface.Address {ip} is not IPv4")),
+        Some(IpAddr::V6(ip)) => Err(ControlError::Invalid(format!(
+            "Interface.Address {ip} is not IPv4"
+        ))),
         None => Ok(None),
     };
     let v6 = match req.address6.map(|c| c.addr) {
         Some(IpAddr::V6(ip)) => Some(ip),
-        Some(IpAddr::V4(ip)) => bail!("Interface.AddressIPv6 {ip} is not IPv6"),
+        Some(IpAddr::V4(ip)) => {
+            return Err(ControlError::Invalid(format!(
+                "Interface.AddressIPv6 {ip} is not IPv6"
+            )));
+        }
         None => None,
     };
     let create = EndpointCreate {
@@ -157,20 +171,19 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         ip6: v6,
         mac: req.mac.map(|m| crate::ether::Mac(m).to_string()),
     };
-    let mut ep = super::endpoint::plan(&create, &state).map_err(|e| anyhow!(e))?;
+    let mut ep = super::endpoint::plan(&create, &state)?;
     let nl = Netlink::new()?;
     let parent = nl.link_by_name(&net.parent)?.ok_or_else(|| {
-        anyhow!(
+        ControlError::NotFound(format!(
             "parent `{}` of network `{}` is gone: recreate it, or remove the network",
-            net.parent,
-            net.name
-        )
+            net.parent, net.name
+        ))
     })?;
     if nl.link_by_name(&ep.ifname)?.is_some() {
-        bail!(
+        return Err(ControlError::Conflict(format!(
             "interface `{}` already exists in the host namespace: remove it (a leftover?)",
             ep.ifname
-        );
+        )));
     }
     let index = nl.add_macvlan(&ep.ifname, parent.index, net.mode.netlink(), Some(ep.mac))?;
     let nl = &nl;
@@ -178,11 +191,11 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
     let mut undo = Rollback::new(&mut unit);
     undo.on_rollback(super::undo_step(
         format!("the link `{}`", ep.ifname),
-        move || Ok(nl.del_link(index)?),
+        move || nl.del_link(index),
     ));
     if let Some(mtu) = net.mtu {
         nl.set_mtu(index, mtu)
-            .with_context(|| format!("setting `{}`'s MTU to {mtu}", ep.ifname))?;
+            .during(|| format!("setting `{}`'s MTU to {mtu}", ep.ifname))?;
     }
     if net.dhcp {
         // On its own link with its own MAC, before Docker moves it: the address goes back to
@@ -190,34 +203,46 @@ pub fn create_endpoint(data_root: &Path, req: &DockerEndpoint) -> Result<(Endpoi
         super::lease::acquire_undoably(&mut ep, &net, &mut undo)?;
     }
     state.endpoints.push(ep.clone());
-    store
-        .save(&state)
-        .with_context(|| format!("recording endpoint `{}` (nothing was left behind)", ep.name))?;
+    store.save(&state).map_err(|e| {
+        ControlError::from(e).rolled_back(format!("recording endpoint `{}`", ep.name))
+    })?;
     undo.commit();
     Ok((ep, net))
 }
 
-fn endpoint_mut<'a>(state: &'a mut State, endpoint_id: &str) -> Result<&'a mut Endpoint> {
+fn endpoint_mut<'a>(
+    state: &'a mut State,
+    endpoint_id: &str,
+) -> Result<&'a mut Endpoint, ControlError> {
     let name = name_of(endpoint_id);
     state
         .endpoints
         .iter_mut()
         .find(|e| e.name == name)
-        .ok_or_else(|| anyhow!("endpoint {endpoint_id} is not in xmacvlan's state"))
+        .ok_or_else(|| {
+            ControlError::NotFound(format!("endpoint {endpoint_id} is not in xmacvlan's state"))
+        })
 }
 
 /// Join: the sandbox the link goes to and the name Docker will give it there. Docker makes
 /// the sandbox's namespace after Join, so the name is a prediction (`eth0`, or the next `ethN`
 /// after the ones there) that [`settle`] corrects once the link has arrived.
-pub fn join(data_root: &Path, endpoint_id: &str, sandbox: &str) -> Result<(Endpoint, Network)> {
+pub fn join(
+    data_root: &Path,
+    endpoint_id: &str,
+    sandbox: &str,
+) -> Result<(Endpoint, Network), ControlError> {
     check_id(endpoint_id, "EndpointID")?;
     if !sandbox.starts_with('/') || sandbox.len() > 256 || sandbox.split('/').any(|c| c == "..") {
-        bail!("SandboxKey `{sandbox}` is not an absolute path to a network namespace");
+        return Err(ControlError::Invalid(format!(
+            "SandboxKey `{sandbox}` is not an absolute path to a network namespace"
+        )));
     }
     let (store, mut state) = Store::lock(data_root)?;
     // Not there yet (or a file with no namespace mounted on it yet): count what is recorded.
     let ifname = Netns::open(sandbox)
-        .and_then(|ns| ns.run(|| next_ifname(&Netlink::new()?)))
+        .map_err(ControlError::from)
+        .and_then(|ns| ns.within(|| next_ifname(&Netlink::new()?)))
         .unwrap_or_else(|_| {
             let here = state
                 .endpoints
@@ -230,16 +255,15 @@ pub fn join(data_root: &Path, endpoint_id: &str, sandbox: &str) -> Result<(Endpo
     ep.netns = sandbox.to_string();
     ep.ifname = ifname;
     let ep = ep.clone();
-    let net = state
-        .network(&ep.network)
-        .cloned()
-        .ok_or_else(|| anyhow!("network `{}` of the endpoint is gone", ep.network))?;
+    let net = state.network(&ep.network).cloned().ok_or_else(|| {
+        ControlError::NotFound(format!("network `{}` of the endpoint is gone", ep.network))
+    })?;
     store.save(&state)?;
     Ok((ep, net))
 }
 
 /// One past the highest `ethN` in the calling thread's namespace (`eth0` when none).
-fn next_ifname(nl: &Netlink) -> Result<String> {
+fn next_ifname(nl: &Netlink) -> Result<String, ControlError> {
     let next = nl
         .links()?
         .iter()
@@ -250,7 +274,7 @@ fn next_ifname(nl: &Netlink) -> Result<String> {
 }
 
 /// Leave: Docker moves the link back to the host under its host name.
-pub fn leave(data_root: &Path, endpoint_id: &str) -> Result<Endpoint> {
+pub fn leave(data_root: &Path, endpoint_id: &str) -> Result<Endpoint, ControlError> {
     check_id(endpoint_id, "EndpointID")?;
     let (store, mut state) = Store::lock(data_root)?;
     let ep = endpoint_mut(&mut state, endpoint_id)?;
@@ -263,7 +287,7 @@ pub fn leave(data_root: &Path, endpoint_id: &str) -> Result<Endpoint> {
 
 /// After Join: the name the link really got in the sandbox (found by its MAC), recorded if it
 /// differs from the one predicted. Ok(None) while Docker has not moved it yet.
-pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
+pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>, ControlError> {
     let name = name_of(endpoint_id);
     let Some(ep) = State::load(data_root)?.endpoint(&name).cloned() else {
         return Ok(None);
@@ -272,12 +296,14 @@ pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
         return Ok(None);
     };
     // A sandbox file with no namespace mounted on it yet fails setns: not there yet.
-    let Ok(found) = ns.run(|| {
-        Ok(Netlink::new()?
-            .links()?
-            .into_iter()
-            .find(|l| l.mac == ep.mac && l.kind.as_deref() == Some("macvlan"))
-            .map(|l| l.name))
+    let Ok(found) = ns.within(|| {
+        Ok::<_, ControlError>(
+            Netlink::new()?
+                .links()?
+                .into_iter()
+                .find(|l| l.mac == ep.mac && l.kind.as_deref() == Some("macvlan"))
+                .map(|l| l.name),
+        )
     }) else {
         return Ok(None);
     };
@@ -297,12 +323,15 @@ pub fn settle(data_root: &Path, endpoint_id: &str) -> Result<Option<String>> {
 
 /// DeleteEndpoint: the link is deleted where the record says, else under its host name in
 /// the host namespace (Docker moved it back); then the record goes. Unknown ids are gone.
-pub fn delete_endpoint(data_root: &Path, endpoint_id: &str) -> Result<Option<Endpoint>> {
+pub fn delete_endpoint(
+    data_root: &Path,
+    endpoint_id: &str,
+) -> Result<Option<Endpoint>, ControlError> {
     check_id(endpoint_id, "EndpointID")?;
     delete_endpoint_named(data_root, &name_of(endpoint_id))
 }
 
-fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint>> {
+fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint>, ControlError> {
     let (store, mut state) = Store::lock(data_root)?;
     let Some(ep) = state.endpoint(name).cloned() else {
         return Ok(None);

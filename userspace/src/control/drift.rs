@@ -3,9 +3,9 @@
 //! at dataplane startup; never repaired silently.
 use std::net::IpAddr;
 
-use anyhow::Result;
 use serde::Serialize;
 
+use super::error::ControlError;
 use super::model::{Endpoint, Network, Owner};
 use super::provision::read_endpoint;
 use super::state::State;
@@ -22,7 +22,7 @@ pub struct Drift {
 }
 
 /// Differences for a network's host-side objects, read in the calling thread's namespace.
-pub fn network(nl: &Netlink, net: &Network) -> Result<Vec<Drift>> {
+pub fn network(nl: &Netlink, net: &Network) -> Result<Vec<Drift>, ControlError> {
     let subject = format!("network {}", net.name);
     let mut found = Vec::new();
     let mut report = |problem: String| {
@@ -65,7 +65,7 @@ pub fn network(nl: &Netlink, net: &Network) -> Result<Vec<Drift>> {
 }
 
 /// Differences for one endpoint, read inside its namespace; `owner`: who removes it.
-pub fn endpoint(ep: &Endpoint, owner: Owner) -> Result<Vec<Drift>> {
+pub fn endpoint(ep: &Endpoint, owner: Owner) -> Result<Vec<Drift>, ControlError> {
     let subject = format!("endpoint {}", ep.name);
     let fix = format!("{} clears the record", owner.removal(&ep.name));
     let problem = |p: String| Drift {
@@ -129,7 +129,7 @@ pub fn endpoint(ep: &Endpoint, owner: Owner) -> Result<Vec<Drift>> {
 
 /// Every difference between the state and the kernel (networks read in the calling thread's
 /// namespace, which must be the one they were created in).
-pub fn check(state: &State) -> Result<Vec<Drift>> {
+pub fn check(state: &State) -> Result<Vec<Drift>, ControlError> {
     let nl = Netlink::new()?;
     let mut all = Vec::new();
     for net in &state.networks {

@@ -5,8 +5,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-
+use super::error::ControlError;
 use super::model::{Cidr, Endpoint, Network, check_ifname, check_mac, check_name, derived_mac};
 use super::provision::{self, Removal};
 use super::state::{State, Store};
@@ -30,36 +29,36 @@ pub struct EndpointCreate {
 }
 
 /// Work out the endpoint record: names, addresses (IPAM), MAC. Pure: state in, record out.
-pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
+pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, ControlError> {
     check_name(&req.name, "endpoint")?;
     check_ifname(&req.ifname, "--ifname")?;
     if let Some(other) = state.endpoint(&req.name) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "an endpoint named `{}` already exists (on network `{}`): choose another name or remove it first",
             req.name, other.network
-        ));
+        )));
     }
     let net = state.network(&req.network).ok_or_else(|| {
-        format!(
+        ControlError::NotFound(format!(
             "no such network `{}`: see `xmacvlan network ls`",
             req.network
-        )
+        ))
     })?;
     if let Some(other) = state
         .endpoints
         .iter()
         .find(|e| e.netns == req.netns && e.ifname == req.ifname)
     {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "endpoint `{}` already uses `{}` in namespace `{}`: choose another --ifname",
             other.name, req.ifname, req.netns
-        ));
+        )));
     }
     if net.dhcp && (req.ip.is_some() || req.ip6.is_some()) {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "network `{}` leases its addresses from the DHCP server on its segment: drop --ip and --ip6",
             net.name
-        ));
+        )));
     }
     let used: HashSet<IpAddr> = state
         .endpoints_of(&net.name)
@@ -79,11 +78,11 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
             .peekable();
         if subnets.peek().is_none() {
             if let Some(ip) = requested {
-                return Err(format!(
+                return Err(ControlError::Invalid(format!(
                     "network `{}` has no {family} subnet, so {ip} cannot be assigned: drop --{} or add an {family} --subnet to the network",
                     net.name,
                     if v4 { "ip" } else { "ip6" }
-                ));
+                )));
             }
             continue;
         }
@@ -94,7 +93,7 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
                     .iter()
                     .find(|s| s.subnet.contains_ip(ip))
                     .ok_or_else(|| {
-                        format!(
+                        ControlError::Invalid(format!(
                             "address {ip} is outside every {family} subnet of network `{}`: pick one inside {}",
                             net.name,
                             net.subnets
@@ -103,28 +102,25 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
                                 .map(|s| s.subnet.to_string())
                                 .collect::<Vec<_>>()
                                 .join(", ")
-                        )
+                        ))
                     })?;
                 if let Some(owner) = state
                     .endpoints_of(&net.name)
                     .find(|e| e.addresses.iter().any(|a| a.addr == ip))
                 {
-                    return Err(format!(
+                    return Err(ControlError::Conflict(format!(
                         "address {ip} is already in use on this network, by endpoint `{}`: pick another one or omit it to have one allocated",
                         owner.name
-                    ));
+                    )));
                 }
                 ipam::check_requested(subnet, ip, &used)?;
                 (subnet, ip)
             }
             None => subnets
                 .find_map(|s| ipam::allocate(s, &used).map(|ip| (s, ip)))
-                .ok_or_else(|| {
-                    format!(
-                        "no free {family} address left on network `{}`: remove an endpoint, or \
-                         create the network with a larger --ip-range or --subnet",
-                        net.name
-                    )
+                .ok_or_else(|| ControlError::NoFreeAddress {
+                    family,
+                    network: net.name.clone(),
                 })?,
         };
         addresses.push(Cidr::new(ip, subnet.subnet.prefix));
@@ -132,7 +128,7 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
     }
     let mac = match &req.mac {
         Some(text) => {
-            let mac = text.parse::<Mac>().map_err(|e| e.to_string())?.0;
+            let mac = text.parse::<Mac>()?.0;
             check_mac(&mac)?;
             mac
         }
@@ -160,30 +156,30 @@ pub fn plan(req: &EndpointCreate, state: &State) -> Result<Endpoint, String> {
     })
 }
 
-fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result<(), String> {
+fn check_mac_free(net: &Network, state: &State, mac: &crate::abi::Mac) -> Result<(), ControlError> {
     if let Some(other) = state.endpoints_of(&net.name).find(|e| e.mac == *mac) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "MAC address {} is already used by endpoint `{}` on network `{}`: choose another --mac-address or omit it",
             Mac(*mac),
             other.name,
             net.name
-        ));
+        )));
     }
     if net.host_shim.as_ref().is_some_and(|s| s.mac == *mac) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "MAC address {} is the host shim's on network `{}`: choose another --mac-address or omit it",
             Mac(*mac),
             net.name
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Create an endpoint: plan, make the device in its namespace, lease its address on a `dhcp`
 /// network, record it. A failure at any step undoes the steps before it.
-pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
+pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint, ControlError> {
     let (store, mut state) = Store::lock(data_root)?;
-    let mut ep = plan(req, &state).map_err(|e| anyhow!(e))?;
+    let mut ep = plan(req, &state)?;
     Netns::open(&ep.netns)?;
     let net = state
         .network(&ep.network)
@@ -191,13 +187,11 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
         .expect("plan checked the network");
     let nl = Netlink::new()?;
     let Some(parent) = nl.link_by_name(&net.parent)? else {
-        bail!(
+        return Err(ControlError::NotFound(format!(
             "parent `{}` of network `{}` is gone (deleted behind xmacvlan's back?): recreate it, \
              or remove the network with `xmacvlan network rm {}`",
-            net.parent,
-            net.name,
-            net.name
-        );
+            net.parent, net.name, net.name
+        )));
     };
     provision::create_endpoint(&nl, parent.index, net.mode, &mut ep)?;
     let mut unit = ();
@@ -212,9 +206,9 @@ pub fn create(data_root: &Path, req: &EndpointCreate) -> Result<Endpoint> {
         super::lease::configure(&mut ep)?;
     }
     state.endpoints.push(ep.clone());
-    store
-        .save(&state)
-        .with_context(|| format!("recording endpoint `{}` (nothing was left behind)", ep.name))?;
+    store.save(&state).map_err(|e| {
+        ControlError::from(e).rolled_back(format!("recording endpoint `{}`", ep.name))
+    })?;
     undo.commit();
     Ok(ep)
 }
@@ -229,7 +223,7 @@ pub enum Removed {
 
 /// Remove an endpoint's device (if it is still ours) and its record, giving its DHCP lease
 /// back first (through the device). Idempotent.
-pub fn remove(data_root: &Path, name: &str) -> Result<Removed> {
+pub fn remove(data_root: &Path, name: &str) -> Result<Removed, ControlError> {
     let (store, mut state) = Store::lock(data_root)?;
     let Some(ep) = state.endpoint(name).cloned() else {
         return Ok(Removed::Unknown);
@@ -333,7 +327,12 @@ mod tests {
         );
         let mut r = req("b");
         r.ip = Some(Ipv4Addr::new(198, 18, 0, 9));
-        assert!(plan(&r, &st).unwrap_err().contains("drop --ip and --ip6"));
+        assert!(
+            plan(&r, &st)
+                .unwrap_err()
+                .to_string()
+                .contains("drop --ip and --ip6")
+        );
     }
 
     #[test]
@@ -344,6 +343,8 @@ mod tests {
             st.endpoints.push(ep);
         }
         let e = plan(&req("c"), &st).unwrap_err();
+        assert!(matches!(e, ControlError::NoFreeAddress { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("no free IPv4 address left on network `net`"),
             "{e}"
@@ -355,6 +356,7 @@ mod tests {
 
     #[test]
     fn request_errors() {
+        let plan = |r: &EndpointCreate, st: &State| plan(r, st).map_err(|e| e.to_string());
         let mut st = state();
         st.endpoints.push(plan(&req("a"), &st).unwrap());
         assert!(plan(&req("a"), &st).unwrap_err().contains("already exists"));
@@ -409,6 +411,31 @@ mod tests {
         let mut r = req("b");
         r.ip6 = Some("2001:db8:1::9".parse().unwrap());
         assert!(plan(&r, &st).unwrap_err().contains("has no IPv6 subnet"));
+    }
+
+    /// What a caller decides on (the CNI plugin's error code) is the variant, not the text.
+    #[test]
+    fn request_errors_say_which_kind_they_are() {
+        let mut st = state();
+        st.endpoints.push(plan(&req("a"), &st).unwrap());
+        let refused = |r: &EndpointCreate| plan(r, &st).unwrap_err();
+        assert!(matches!(refused(&req("a")), ControlError::Conflict(_)));
+        let mut r = req("b");
+        r.network = "nope".into();
+        assert!(matches!(refused(&r), ControlError::NotFound(_)));
+        let mut r = req("b");
+        r.mac = Some("zz".into());
+        assert!(matches!(refused(&r), ControlError::Invalid(_)));
+        r.mac = Some("02:42:c6:12:00:04".into());
+        assert!(matches!(refused(&r), ControlError::Conflict(_)));
+        let mut r = req("b");
+        r.ip = Some(Ipv4Addr::new(198, 18, 0, 4));
+        assert!(matches!(refused(&r), ControlError::Conflict(_)));
+        r.ip = Some(Ipv4Addr::new(198, 18, 0, 1));
+        assert!(
+            matches!(refused(&r), ControlError::Invalid(_)),
+            "the gateway"
+        );
     }
 
     #[test]

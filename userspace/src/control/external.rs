@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-
 use super::endpoint::{self, EndpointCreate};
+use super::error::{ControlError, During};
 use super::model::{Cidr, Endpoint, Mode, Network, ParentSpec, check_name};
 use super::network::{NetworkPlan, check_against, check_mtu_fits};
 use super::state::Store;
@@ -56,7 +55,7 @@ pub struct ExternalAddresses {
 }
 
 /// Check a network description (name, parent spelling) without touching anything.
-pub fn check_network(net: &ExternalNetwork) -> Result<ParentSpec, String> {
+pub fn check_network(net: &ExternalNetwork) -> Result<ParentSpec, ControlError> {
     check_name(&net.name, "network")?;
     ParentSpec::parse(&net.parent)
 }
@@ -68,14 +67,14 @@ pub fn attach(
     data_root: &Path,
     net: &ExternalNetwork,
     ep: &ExternalEndpoint,
-) -> Result<(Network, Endpoint)> {
-    let parent_spec = check_network(net).map_err(|e| anyhow!(e))?;
+) -> Result<(Network, Endpoint), ControlError> {
+    let parent_spec = check_network(net)?;
     let (store, mut state) = Store::lock(data_root)?;
     let nl = Netlink::new()?;
     let nl = &nl;
     let mut unit = ();
     let mut undo = Rollback::new(&mut unit);
-    let result = (|| -> Result<(Network, Endpoint)> {
+    let result = (|| -> Result<(Network, Endpoint), ControlError> {
         let network = match state.network(&net.name).cloned() {
             Some(existing) => {
                 check_same(&existing, net)?;
@@ -111,19 +110,17 @@ pub fn attach(
                 ),
             },
             &state,
-        )
-        .map_err(|e| anyhow!(e))?;
+        )?;
         planned.mtu = ep.mtu;
         Netns::open(&planned.netns)?;
         let Some(parent) = nl.link_by_name(&network.parent)? else {
-            bail!(
+            return Err(ControlError::NotFound(format!(
                 "parent `{}` of network `{}` does not exist: check `ip link show` on the host",
-                network.parent,
-                network.name
-            );
+                network.parent, network.name
+            )));
         };
         if let Some(mtu) = ep.mtu {
-            check_mtu_fits(mtu, &network.parent, parent.mtu).map_err(|e| anyhow!(e))?;
+            check_mtu_fits(mtu, &network.parent, parent.mtu)?;
         }
         provision::create_endpoint(nl, parent.index, network.mode, &mut planned)?;
         let made = planned.clone();
@@ -142,8 +139,8 @@ pub fn attach(
         }
         Err(e) => {
             drop(undo);
-            Err(e.context(format!(
-                "attaching `{}` to network `{}` (nothing was left behind)",
+            Err(e.rolled_back(format!(
+                "attaching `{}` to network `{}`",
                 ep.ifname, net.name
             )))
         }
@@ -157,7 +154,7 @@ fn new_network(
     state: &super::State,
     net: &ExternalNetwork,
     parent_spec: &ParentSpec,
-) -> Result<Network> {
+) -> Result<Network, ControlError> {
     let plan = NetworkPlan {
         name: net.name.clone(),
         parent: parent_spec.clone(),
@@ -168,7 +165,7 @@ fn new_network(
         mtu: None,
         options: BTreeMap::new(),
     };
-    check_against(&plan, state).map_err(|e| anyhow!(e))?;
+    check_against(&plan, state)?;
     let parent = provision::ensure_parent(nl, parent_spec)?;
     Ok(Network {
         id: random_bytes::<32>()
@@ -196,18 +193,16 @@ fn new_network(
 }
 
 /// A network of that name exists: it must be the front end's and describe the same thing.
-fn check_same(existing: &Network, net: &ExternalNetwork) -> Result<()> {
+fn check_same(existing: &Network, net: &ExternalNetwork) -> Result<(), ControlError> {
     if existing.options.get(MADE_BY) != Some(&net.made_by) {
-        bail!(
+        return Err(ControlError::Conflict(format!(
             "network `{}` already exists in xmacvlan's state and was not made by {}: give the \
              CNI network another name, or remove it with `xmacvlan network rm {}`",
-            existing.name,
-            net.made_by,
-            existing.name
-        );
+            existing.name, net.made_by, existing.name
+        )));
     }
     if existing.parent != net.parent || existing.mode != net.mode {
-        bail!(
+        return Err(ControlError::Conflict(format!(
             "network `{}` already exists with master `{}` and mode {}, not `{}` and {}: every \
              attachment of one network must use the same config",
             existing.name,
@@ -215,7 +210,7 @@ fn check_same(existing: &Network, net: &ExternalNetwork) -> Result<()> {
             existing.mode.as_str(),
             net.parent,
             net.mode.as_str()
-        );
+        )));
     }
     Ok(())
 }
@@ -223,21 +218,29 @@ fn check_same(existing: &Network, net: &ExternalNetwork) -> Result<()> {
 /// Give a device made by [`attach`] its addresses and routes, and record them. A default
 /// route of a family the namespace already has (another network's) is left to it, as
 /// `endpoint create` does. On error the caller removes the endpoint (device and record).
-pub fn configure(data_root: &Path, name: &str, given: &ExternalAddresses) -> Result<Endpoint> {
+pub fn configure(
+    data_root: &Path,
+    name: &str,
+    given: &ExternalAddresses,
+) -> Result<Endpoint, ControlError> {
     let (store, mut state) = Store::lock(data_root)?;
     let ep = state
         .endpoints
         .iter_mut()
         .find(|e| e.name == name)
-        .ok_or_else(|| anyhow!("endpoint `{name}` is not recorded (removed meanwhile?)"))?;
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "endpoint `{name}` is not recorded (removed meanwhile?)"
+            ))
+        })?;
     let ns = Netns::open(&ep.netns)?;
     let ifname = ep.ifname.clone();
-    let installed = ns.run(|| {
+    let installed = ns.within(|| {
         let nl = Netlink::new()?;
         let index = nl.require_link(&ifname)?.index;
         for a in &given.addresses {
             nl.add_address(index, a.addr, a.prefix)
-                .with_context(|| format!("adding the address {a}"))?;
+                .during(|| format!("adding the address {a}"))?;
         }
         let mut installed = Vec::new();
         for gw in &given.gateways {
@@ -250,14 +253,14 @@ pub fn configure(data_root: &Path, name: &str, given: &ExternalAddresses) -> Res
                 IpAddr::from([0u8; 16])
             };
             nl.add_route(any, 0, Some(*gw), index)
-                .with_context(|| format!("adding the default route via {gw}"))?;
+                .during(|| format!("adding the default route via {gw}"))?;
             installed.push(*gw);
         }
         for (dst, gw) in &given.routes {
             nl.add_route(dst.network().addr, dst.prefix, *gw, index)
-                .with_context(|| format!("adding the route {dst} via {gw:?}"))?;
+                .during(|| format!("adding the route {dst} via {gw:?}"))?;
         }
-        Ok(installed)
+        Ok::<_, ControlError>(installed)
     })?;
     ep.addresses = given.addresses.clone();
     ep.gateways = installed;
@@ -268,7 +271,11 @@ pub fn configure(data_root: &Path, name: &str, given: &ExternalAddresses) -> Res
 
 /// Remove the network if the front end made it and its last endpoint is gone. A network
 /// that still has endpoints (another attachment raced in) stays.
-pub fn remove_network_if_unused(data_root: &Path, name: &str, made_by: &str) -> Result<bool> {
+pub fn remove_network_if_unused(
+    data_root: &Path,
+    name: &str,
+    made_by: &str,
+) -> Result<bool, ControlError> {
     let state = super::State::load(data_root)?;
     let Some(net) = state.network(name) else {
         return Ok(false);
@@ -280,7 +287,7 @@ pub fn remove_network_if_unused(data_root: &Path, name: &str, made_by: &str) -> 
     }
     match super::network::remove(data_root, name) {
         Ok(_) => Ok(true),
-        Err(e) if e.to_string().contains("has active endpoints") => Ok(false),
+        Err(ControlError::NetworkInUse { .. }) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use super::ControlError;
 use super::model::{Subnet, ip_to_u128, u128_to_ip};
 
 /// Addresses of `subnet` that are never allocatable.
@@ -49,23 +50,27 @@ pub fn allocate(subnet: &Subnet, used: &HashSet<IpAddr>) -> Option<IpAddr> {
 }
 
 /// Check a requested `--ip`/`--ip6` against its subnet: inside, not reserved, not taken.
-pub fn check_requested(subnet: &Subnet, ip: IpAddr, used: &HashSet<IpAddr>) -> Result<(), String> {
+pub fn check_requested(
+    subnet: &Subnet,
+    ip: IpAddr,
+    used: &HashSet<IpAddr>,
+) -> Result<(), ControlError> {
     if !subnet.subnet.contains_ip(ip) {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "address {ip} is outside subnet {}: pick one inside it",
             subnet.subnet
-        ));
+        )));
     }
     if let Some(what) = reserved(subnet, ip) {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "address {ip} is {what} of subnet {}: pick another one",
             subnet.subnet
-        ));
+        )));
     }
     if used.contains(&ip) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "address {ip} is already in use on this network: pick another one or omit it to have one allocated"
-        ));
+        )));
     }
     Ok(())
 }
@@ -162,35 +167,44 @@ mod tests {
         let mut shim = s.clone();
         shim.aux_addresses
             .insert(super::super::network::SHIM_AUX.into(), ip("198.18.0.127"));
-        let e = check_requested(&shim, ip("198.18.0.127"), &used).unwrap_err();
+        let e = check_requested(&shim, ip("198.18.0.127"), &used)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is the host shim's address"), "{e}");
         // Outside the ip-range but inside the subnet is allowed, as in Docker.
         assert!(check_requested(&s, ip("198.18.0.10"), &used).is_ok());
-        let e = check_requested(&s, ip("198.18.1.10"), &used).unwrap_err();
+        let e = check_requested(&s, ip("198.18.1.10"), &used)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside subnet 198.18.0.0/24"), "{e}");
         assert!(
             check_requested(&s, ip("198.18.0.1"), &used)
                 .unwrap_err()
+                .to_string()
                 .contains("gateway")
         );
         assert!(
             check_requested(&s, ip("198.18.0.0"), &used)
                 .unwrap_err()
+                .to_string()
                 .contains("network address")
         );
         assert!(
             check_requested(&s, ip("198.18.0.255"), &used)
                 .unwrap_err()
+                .to_string()
                 .contains("broadcast")
         );
         assert!(
             check_requested(&s, ip("198.18.0.9"), &used)
                 .unwrap_err()
+                .to_string()
                 .contains("aux-address")
         );
         assert!(
             check_requested(&s, ip("198.18.0.20"), &used)
                 .unwrap_err()
+                .to_string()
                 .contains("already in use")
         );
     }

@@ -3,8 +3,7 @@
 //! back when it is removed. The daemon extends the leases in between (`daemon::leases`).
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
-
+use super::error::{ControlError, During};
 use super::model::{Cidr, Endpoint, Network};
 use crate::dhcp::{self, Lease};
 
@@ -47,14 +46,14 @@ pub fn acquire_undoably(
     ep: &mut Endpoint,
     net: &Network,
     undo: &mut Rollback<'_, ()>,
-) -> Result<()> {
+) -> Result<(), ControlError> {
     acquire(ep, net)?;
     let leased = ep.clone();
     undo.on_rollback(super::undo_step(
         format!("the DHCP lease of endpoint `{}`", ep.name),
         move || {
             release(&leased, &[&leased]);
-            Ok(())
+            Ok::<(), ControlError>(())
         },
     ));
     Ok(())
@@ -62,9 +61,9 @@ pub fn acquire_undoably(
 
 /// Lease an address for a new endpoint (its device exists, in the namespace its record
 /// names); the record gets the lease, its address and its router as gateway.
-fn acquire(ep: &mut Endpoint, net: &Network) -> Result<Lease> {
+fn acquire(ep: &mut Endpoint, net: &Network) -> Result<Lease, ControlError> {
     let lease = dhcp::acquire(&link(ep, segment(net)), dhcp::ACQUIRE_TIMEOUT, None)
-        .with_context(|| format!("leasing an address for endpoint `{}`", ep.name))?;
+        .during(|| format!("leasing an address for endpoint `{}`", ep.name))?;
     tracing::info!(
         endpoint = %ep.name,
         address = %lease.cidr(),
@@ -109,18 +108,18 @@ pub fn release(ep: &Endpoint, places: &[&Endpoint]) {
 /// Give the endpoint's device (in its namespace) the leased address and, unless the
 /// namespace already has one, a default route via the lease's router. `ep.gateways` keeps
 /// only the route installed.
-pub fn configure(ep: &mut Endpoint) -> Result<()> {
+pub fn configure(ep: &mut Endpoint) -> Result<(), ControlError> {
     let Some(lease) = ep.lease.clone() else {
         return Ok(());
     };
     let address: Cidr = lease.cidr();
     let ns = Netns::open(&ep.netns)?;
     let ifname = ep.ifname.clone();
-    let installed = ns.run(|| {
+    let installed = ns.within(|| {
         let nl = Netlink::new()?;
         let index = nl.require_link(&ifname)?.index;
         nl.add_address(index, address.addr, address.prefix)
-            .with_context(|| format!("adding the leased address {address} to `{ifname}`"))?;
+            .during(|| format!("adding the leased address {address} to `{ifname}`"))?;
         let Some(router) = lease.routers.first() else {
             return Ok(None);
         };
@@ -128,8 +127,8 @@ pub fn configure(ep: &mut Endpoint) -> Result<()> {
             return Ok(None);
         }
         nl.add_route(IpAddr::from([0u8; 4]), 0, Some(IpAddr::V4(*router)), index)
-            .with_context(|| format!("adding the default route via {router}"))?;
-        Ok(Some(IpAddr::V4(*router)))
+            .during(|| format!("adding the default route via {router}"))?;
+        Ok::<_, ControlError>(Some(IpAddr::V4(*router)))
     })?;
     ep.gateways = installed.into_iter().collect();
     Ok(())

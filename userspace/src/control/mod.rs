@@ -7,6 +7,7 @@
 //! - [`lease`]: DHCP leases of endpoints on `dhcp` networks (the client is [`crate::dhcp`]);
 //! - [`provision`]: the kernel objects over rtnetlink; [`drift`]: state versus kernel;
 //! - [`state`]: the persisted state under `--data-root` (locked, atomically written);
+//! - [`error`]: why a request failed, by what a caller decides on ([`ControlError`]);
 //! - [`docker`]: the same, as the Docker network plugin drives it (Docker's ids, its link life cycle);
 //! - [`external`]: networks and endpoints whose addresses another IPAM chose (CNI).
 //!
@@ -18,6 +19,7 @@
 pub mod docker;
 pub mod drift;
 pub mod endpoint;
+pub mod error;
 pub mod external;
 pub mod ipam;
 pub mod lease;
@@ -28,6 +30,7 @@ pub mod provision;
 pub mod state;
 
 pub use endpoint::EndpointCreate;
+pub use error::{ControlError, StateError};
 pub use model::{Cidr, Endpoint, Mode, Network, Subnet};
 pub use network::NetworkCreate;
 pub use state::State;
@@ -42,12 +45,13 @@ pub(crate) fn random_mac() -> crate::abi::Mac {
 
 /// An undo step for a [`crate::rollback::Rollback`] over `()`: runs `undo` and logs what
 /// could not be undone (the caller's error is the one the user needs).
-pub(crate) fn undo_step<'a>(
+pub(crate) fn undo_step<'a, E: Into<anyhow::Error>>(
     what: String,
-    undo: impl FnOnce() -> anyhow::Result<()> + 'a,
+    undo: impl FnOnce() -> Result<(), E> + 'a,
 ) -> impl FnOnce(&mut ()) + 'a {
     move |_| {
         if let Err(e) = undo() {
+            let e = e.into();
             tracing::warn!("undoing {what} after a failure: {e:#}; remove it by hand");
         }
     }

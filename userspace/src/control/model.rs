@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::ControlError;
 use crate::abi::Mac;
 use crate::ether::VlanId;
 use crate::netlink::MacVlanMode;
@@ -73,21 +74,37 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Why a text is not a [`Cidr`]; each carries the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{0}` is not a CIDR prefix: write it as 198.18.0.0/24 or 2001:db8::/64")]
+    NoPrefix(String),
+    #[error("`{text}`: `{addr}` is not an IP address")]
+    NotAnAddress { text: String, addr: String },
+    #[error("`{text}`: the prefix length must be 0-{max}")]
+    PrefixLength { text: String, max: u8 },
+}
+
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| {
-            format!("`{s}` is not a CIDR prefix: write it as 198.18.0.0/24 or 2001:db8::/64")
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError::NoPrefix(s.into()))?;
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::NotAnAddress {
+            text: s.into(),
+            addr: addr.into(),
         })?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}`: `{addr}` is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("`{s}`: the prefix length must be 0-{max}"))?;
+        let prefix: u8 =
+            prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| CidrError::PrefixLength {
+                    text: s.into(),
+                    max,
+                })?;
         Ok(Cidr { addr, prefix })
     }
 }
@@ -132,22 +149,22 @@ pub struct ParentSpec {
 
 impl ParentSpec {
     /// Docker's reading: a name with a dot whose suffix is a number is `IF.VID`.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, ControlError> {
         check_ifname(name, "-o parent")?;
         let vlan = match name.rsplit_once('.') {
             Some((link, vid)) if !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) => {
                 // All digits: the only way to fail is the range.
                 let id: VlanId = vid.parse().map_err(|_| {
-                    format!(
+                    ControlError::Invalid(format!(
                         "VLAN id {vid} in `-o parent={name}` is out of range: 802.1Q ids are {}-{}",
                         VlanId::MIN,
                         VlanId::MAX
-                    )
+                    ))
                 })?;
                 if link.is_empty() {
-                    return Err(format!(
+                    return Err(ControlError::Invalid(format!(
                         "`-o parent={name}` has no interface before the VLAN id: write it as IF.VID, e.g. eth0.100"
-                    ));
+                    )));
                 }
                 Some((link.to_string(), id.get()))
             }
@@ -161,7 +178,7 @@ impl ParentSpec {
 }
 
 /// A Linux interface name: 1-15 bytes, no `/`, no whitespace, not `.` or `..`.
-pub fn check_ifname(name: &str, what: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str, what: &str) -> Result<(), ControlError> {
     if name.is_empty()
         || name.len() > 15
         || name == "."
@@ -169,23 +186,23 @@ pub fn check_ifname(name: &str, what: &str) -> Result<(), String> {
         || name.contains(['/', ':'])
         || name.chars().any(char::is_whitespace)
     {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "{what} `{name}` is not a valid interface name: use 1-15 characters without `/`, `:` or spaces"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Network and endpoint names, as Docker accepts them.
-pub fn check_name(name: &str, what: &str) -> Result<(), String> {
+pub fn check_name(name: &str, what: &str) -> Result<(), ControlError> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && name.len() <= 64;
     if !ok {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "invalid {what} name `{name}`: use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
-        ));
+        )));
     }
     Ok(())
 }
@@ -228,17 +245,20 @@ impl Mode {
     }
 }
 
+/// A `macvlan_mode` that is none of [`Mode`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown macvlan mode `{0}`: use -o macvlan_mode=bridge|private|vepa|passthru")]
+pub struct UnknownMode(pub String);
+
 impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
         match s {
             "bridge" => Ok(Mode::Bridge),
             "private" => Ok(Mode::Private),
             "vepa" => Ok(Mode::Vepa),
             "passthru" => Ok(Mode::Passthru),
-            _ => Err(format!(
-                "unknown macvlan mode `{s}`: use -o macvlan_mode=bridge|private|vepa|passthru"
-            )),
+            _ => Err(UnknownMode(s.into())),
         }
     }
 }
@@ -405,18 +425,18 @@ pub fn derived_mac(ip: Ipv4Addr) -> Mac {
 }
 
 /// A `--mac-address` must name one unicast station.
-pub fn check_mac(mac: &Mac) -> Result<(), String> {
+pub fn check_mac(mac: &Mac) -> Result<(), ControlError> {
     if mac[0] & 1 == 1 {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "MAC address {} is a multicast address: use a unicast one (first byte even, e.g. 02:…)",
             crate::ether::Mac(*mac)
-        ));
+        )));
     }
     if *mac == [0; 6] {
-        return Err(
+        return Err(ControlError::Invalid(
             "MAC address 00:00:00:00:00:00 is not usable: give a real one or omit --mac-address"
                 .into(),
-        );
+        ));
     }
     Ok(())
 }
@@ -457,25 +477,18 @@ mod tests {
 
     #[test]
     fn cidr_parse_errors_say_what_is_wrong() {
-        assert!(
-            "198.18.0.0"
-                .parse::<Cidr>()
-                .unwrap_err()
-                .contains("not a CIDR")
+        let err = |s: &str| s.parse::<Cidr>().unwrap_err().to_string();
+        assert!(err("198.18.0.0").contains("not a CIDR"));
+        assert!(err("198.18.0.0/33").contains("0-32"));
+        assert!(err("2001:db8::/129").contains("0-128"));
+        assert!(err("nope/24").contains("not an IP"));
+        assert_eq!(
+            "198.18.0.0/33".parse::<Cidr>(),
+            Err(CidrError::PrefixLength {
+                text: "198.18.0.0/33".into(),
+                max: 32
+            })
         );
-        assert!(
-            "198.18.0.0/33"
-                .parse::<Cidr>()
-                .unwrap_err()
-                .contains("0-32")
-        );
-        assert!(
-            "2001:db8::/129"
-                .parse::<Cidr>()
-                .unwrap_err()
-                .contains("0-128")
-        );
-        assert!("nope/24".parse::<Cidr>().unwrap_err().contains("not an IP"));
         let json = serde_json::to_string(&c("2001:db8::/64")).unwrap();
         assert_eq!(json, "\"2001:db8::/64\"");
         assert_eq!(
@@ -504,19 +517,15 @@ mod tests {
         // A dotted name without a numeric suffix is a plain link name.
         assert_eq!(ParentSpec::parse("br.lan").unwrap().vlan, None);
         for bad in ["eth0.0", "eth0.4095", "eth0.40950"] {
-            let e = ParentSpec::parse(bad).unwrap_err();
+            let e = ParentSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains("out of range") && e.contains("1-4094"), "{e}");
         }
-        assert!(
-            ParentSpec::parse(".100")
-                .unwrap_err()
-                .contains("no interface")
-        );
-        assert!(
-            ParentSpec::parse("averyveryverylongname")
-                .unwrap_err()
-                .contains("1-15")
-        );
+        let err = |s: &str| match ParentSpec::parse(s).unwrap_err() {
+            ControlError::Invalid(e) => e,
+            other => panic!("{s}: not Invalid: {other:?}"),
+        };
+        assert!(err(".100").contains("no interface"));
+        assert!(err("averyveryverylongname").contains("1-15"));
         assert!(ParentSpec::parse("").is_err());
     }
 
@@ -526,6 +535,7 @@ mod tests {
         assert!(
             check_name("-web", "network")
                 .unwrap_err()
+                .to_string()
                 .contains("starting with")
         );
         assert!(check_name("a b", "endpoint").is_err());
@@ -539,6 +549,7 @@ mod tests {
             "source"
                 .parse::<Mode>()
                 .unwrap_err()
+                .to_string()
                 .contains("bridge|private|vepa|passthru")
         );
         assert_eq!(serde_json::to_string(&Mode::Vepa).unwrap(), "\"vepa\"");
@@ -554,6 +565,7 @@ mod tests {
         assert!(
             check_mac(&[0x03, 0, 0, 0, 0, 1])
                 .unwrap_err()
+                .to_string()
                 .contains("multicast")
         );
         assert!(check_mac(&[0; 6]).is_err());

@@ -4,8 +4,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-
+use super::error::{ControlError, During};
 use super::model::{HostShim, Network, Subnet, derived_mac};
 pub use super::network_plan::{
     MIN_MTU, NetworkCreate, NetworkPlan, OPTIONS, SHIM_AUX, assign_shim_addresses, check_against,
@@ -17,7 +16,7 @@ use crate::netlink::Netlink;
 use crate::rollback::Rollback;
 
 /// Create a network: validate, provision parent and shim, record it.
-pub fn create(data_root: &Path, req: &NetworkCreate) -> Result<Network> {
+pub fn create(data_root: &Path, req: &NetworkCreate) -> Result<Network, ControlError> {
     let id: String = random_bytes::<32>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -26,12 +25,16 @@ pub fn create(data_root: &Path, req: &NetworkCreate) -> Result<Network> {
 }
 
 /// [`create`] with the id given (Docker's NetworkID for networks made through the plugin).
-pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Result<Network> {
-    let mut plan = plan(req).map_err(|e| anyhow!(e))?;
+pub fn create_with_id(
+    data_root: &Path,
+    req: &NetworkCreate,
+    id: String,
+) -> Result<Network, ControlError> {
+    let mut plan = plan(req)?;
     let (store, mut state) = Store::lock(data_root)?;
-    check_against(&plan, &state).map_err(|e| anyhow!(e))?;
+    check_against(&plan, &state)?;
     let shim = if plan.host_shim {
-        let addresses = assign_shim_addresses(&mut plan.subnets).map_err(|e| anyhow!(e))?;
+        let addresses = assign_shim_addresses(&mut plan.subnets)?;
         let mac = match addresses.iter().find_map(|a| match a.addr {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
@@ -53,26 +56,26 @@ pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Resu
     if let Some(shim) = &shim
         && nl.link_by_name(&shim.ifname)?.is_some()
     {
-        bail!(
+        return Err(ControlError::Conflict(format!(
             "interface `{}` (the host shim's name) already exists: remove it",
             shim.ifname
-        );
+        )));
     }
     let name = plan.name.clone();
     let nl = &nl;
     let mut unit = ();
     let mut undo = Rollback::new(&mut unit);
-    let made = (|| -> Result<Network> {
+    let made = (|| -> Result<Network, ControlError> {
         let parent = provision::ensure_parent(nl, &plan.parent)?;
         if parent.created {
             let index = parent.index;
             undo.on_rollback(super::undo_step(
                 format!("the VLAN sub-interface `{}`", plan.parent.name),
-                move || Ok(nl.del_link(index)?),
+                move || nl.del_link(index),
             ));
         }
         if let Some(mtu) = plan.mtu {
-            check_mtu_fits(mtu, &plan.parent.name, parent.mtu).map_err(|e| anyhow!(e))?;
+            check_mtu_fits(mtu, &plan.parent.name, parent.mtu)?;
         }
         let network = Network {
             id,
@@ -109,37 +112,35 @@ pub fn create_with_id(data_root: &Path, req: &NetworkCreate, id: String) -> Resu
         }
         Err(e) => {
             drop(undo);
-            Err(e.context(format!(
-                "creating network `{name}` (nothing was left behind)"
-            )))
+            Err(e.rolled_back(format!("creating network `{name}`")))
         }
     }
 }
 
 /// Remove a network that has no endpoints: its shim, its VLAN sub-interface if xmacvlan
 /// made it, and its record.
-pub fn remove(data_root: &Path, name: &str) -> Result<Network> {
+pub fn remove(data_root: &Path, name: &str) -> Result<Network, ControlError> {
     let (store, mut state) = Store::lock(data_root)?;
-    let network = state
-        .network(name)
-        .cloned()
-        .ok_or_else(|| anyhow!("no such network `{name}`: see `xmacvlan network ls`"))?;
-    let attached: Vec<&str> = state
+    let network = state.network(name).cloned().ok_or_else(|| {
+        ControlError::NotFound(format!(
+            "no such network `{name}`: see `xmacvlan network ls`"
+        ))
+    })?;
+    let attached: Vec<String> = state
         .endpoints_of(&network.name)
-        .map(|e| e.name.as_str())
+        .map(|e| e.name.clone())
         .collect();
     if !attached.is_empty() {
-        bail!(
-            "network `{}` has active endpoints ({}): remove them first with `xmacvlan endpoint rm`",
-            network.name,
-            attached.join(", ")
-        );
+        return Err(ControlError::NetworkInUse {
+            network: network.name,
+            endpoints: attached,
+        });
     }
     let nl = Netlink::new()?;
     if let Some(shim) = &network.host_shim {
-        provision::remove_shim(&nl, shim).context("removing the host shim")?;
+        provision::remove_shim(&nl, shim).during(|| "removing the host shim".into())?;
     }
-    provision::remove_parent(&nl, &network).context("removing the VLAN sub-interface")?;
+    provision::remove_parent(&nl, &network).during(|| "removing the VLAN sub-interface".into())?;
     state.networks.retain(|n| n.id != network.id);
     store.save(&state)?;
     Ok(network)

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
+use super::ControlError;
 use super::model::{Cidr, Mode, ParentSpec, Subnet, check_name, ip_to_u128, u128_to_ip};
 use super::state::State;
 
@@ -44,45 +45,51 @@ pub struct NetworkPlan {
 }
 
 /// Check the flags: driver, `-o` options, subnets and what must lie inside them.
-pub fn plan(req: &NetworkCreate) -> Result<NetworkPlan, String> {
+pub fn plan(req: &NetworkCreate) -> Result<NetworkPlan, ControlError> {
     check_name(&req.name, "network")?;
     if req.driver != "macvlan" {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "unsupported driver `{}`: xmacvlan only provides `-d macvlan`",
             req.driver
-        ));
+        )));
     }
     let mut options = BTreeMap::new();
     for opt in &req.options {
-        let (key, value) = opt
-            .split_once('=')
-            .ok_or_else(|| format!("`-o {opt}` is not KEY=VALUE: write e.g. -o parent=eth0"))?;
+        let (key, value) = opt.split_once('=').ok_or_else(|| {
+            ControlError::Invalid(format!(
+                "`-o {opt}` is not KEY=VALUE: write e.g. -o parent=eth0"
+            ))
+        })?;
         if !OPTIONS.contains(&key) {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "unknown option `-o {key}`: macvlan networks accept -o {}",
                 OPTIONS.join(", -o ")
-            ));
+            )));
         }
         if options.insert(key.to_string(), value.to_string()).is_some() {
-            return Err(format!("`-o {key}` is given twice: keep one"));
+            return Err(ControlError::Invalid(format!(
+                "`-o {key}` is given twice: keep one"
+            )));
         }
     }
     let parent = options.get("parent").ok_or_else(|| {
-        "-o parent=IF is required: name the host interface the macvlans attach to (IF.VID for a VLAN)"
-            .to_string()
+        ControlError::Invalid(
+            "-o parent=IF is required: name the host interface the macvlans attach to (IF.VID for a VLAN)"
+                .to_string(),
+        )
     })?;
     let parent = ParentSpec::parse(parent)?;
     let mode = options
         .get("macvlan_mode")
-        .map_or(Ok(Mode::Bridge), |m| m.parse())?;
+        .map_or(Ok(Mode::Bridge), |m| m.parse::<Mode>())?;
     let host_shim = req.host_shim || flag(&options, "host_shim")?;
     let dhcp = req.dhcp || flag(&options, "dhcp")?;
     if host_shim && mode == Mode::Passthru {
-        return Err(
+        return Err(ControlError::Invalid(
             "--host-shim needs a second macvlan on the parent, which macvlan_mode=passthru forbids: \
              use bridge mode or drop --host-shim"
                 .into(),
-        );
+        ));
     }
     let subnets = if dhcp {
         check_dhcp(req, host_shim)?;
@@ -107,161 +114,176 @@ pub fn plan(req: &NetworkCreate) -> Result<NetworkPlan, String> {
 }
 
 /// A boolean `-o KEY=true|false` (absent: false).
-fn flag(options: &BTreeMap<String, String>, key: &str) -> Result<bool, String> {
+fn flag(options: &BTreeMap<String, String>, key: &str) -> Result<bool, ControlError> {
     match options.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(format!("`-o {key}={other}`: use true or false")),
+        Some(other) => Err(ControlError::Invalid(format!(
+            "`-o {key}={other}`: use true or false"
+        ))),
     }
 }
 
 /// On a DHCP network the server owns the addresses: xmacvlan's subnets would hand out
 /// addresses of their own.
-fn check_dhcp(req: &NetworkCreate, host_shim: bool) -> Result<(), String> {
+fn check_dhcp(req: &NetworkCreate, host_shim: bool) -> Result<(), ControlError> {
     if !(req.subnets.is_empty()
         && req.gateways.is_empty()
         && req.ip_ranges.is_empty()
         && req.aux_addresses.is_empty())
     {
-        return Err(
+        return Err(ControlError::Invalid(
             "-o dhcp=true: the segment's DHCP server hands out the addresses, so the network takes \
              no --subnet, --gateway, --ip-range or --aux-address (with Docker: \
              `docker network create --ipam-driver null -o dhcp=true …`)"
                 .into(),
-        );
+        ));
     }
     if host_shim {
-        return Err(
+        return Err(ControlError::Invalid(
             "-o dhcp=true with a host shim is not supported: the shim needs a subnet and an \
              address of its own; create the network without host_shim"
                 .into(),
-        );
+        ));
     }
     Ok(())
 }
 
 /// `-o mtu=N`: a number a link can carry (the parent's MTU is checked when it is found).
-pub fn parse_mtu(text: &str, ipv6: bool) -> Result<u32, String> {
+pub fn parse_mtu(text: &str, ipv6: bool) -> Result<u32, ControlError> {
     let mtu: u32 = text.parse().map_err(|_| {
-        format!("`-o mtu={text}` is not a number: give the MTU in bytes, e.g. -o mtu=9000")
+        ControlError::Invalid(format!(
+            "`-o mtu={text}` is not a number: give the MTU in bytes, e.g. -o mtu=9000"
+        ))
     })?;
     let min = if ipv6 { MIN_MTU_IPV6 } else { MIN_MTU };
     if !(min..=65535).contains(&mtu) {
-        return Err(format!(
+        return Err(ControlError::Invalid(format!(
             "`-o mtu={mtu}` is out of range: use {min}-65535{}",
             if ipv6 {
                 " (IPv6 needs at least 1280)"
             } else {
                 ""
             }
-        ));
+        )));
     }
     Ok(mtu)
 }
 
 /// A macvlan cannot be larger than its parent: say which is which and what to change.
-pub fn check_mtu_fits(mtu: u32, parent: &str, parent_mtu: u32) -> Result<(), String> {
+pub fn check_mtu_fits(mtu: u32, parent: &str, parent_mtu: u32) -> Result<(), ControlError> {
     if mtu > parent_mtu {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "MTU {mtu} is larger than parent `{parent}`'s MTU {parent_mtu}: a macvlan cannot \
              exceed its parent; raise the parent's (`ip link set {parent} mtu {mtu}`) or give \
              a smaller MTU"
-        ));
+        )));
     }
     Ok(())
 }
 
-fn parse_all(values: &[String], what: &str) -> Result<Vec<Cidr>, String> {
+fn parse_all(values: &[String], what: &str) -> Result<Vec<Cidr>, ControlError> {
     values
         .iter()
-        .map(|v| v.parse::<Cidr>().map_err(|e| format!("{what} {e}")))
+        .map(|v| {
+            v.parse::<Cidr>()
+                .map_err(|e| ControlError::Invalid(format!("{what} {e}")))
+        })
         .collect()
 }
 
 /// Docker's matching: every gateway, range and aux address belongs to the subnet containing it.
-fn plan_subnets(req: &NetworkCreate) -> Result<Vec<Subnet>, String> {
+fn plan_subnets(req: &NetworkCreate) -> Result<Vec<Subnet>, ControlError> {
     if req.subnets.is_empty() {
-        return Err("at least one --subnet is required (e.g. --subnet 198.18.0.0/24)".into());
+        return Err(ControlError::Invalid(
+            "at least one --subnet is required (e.g. --subnet 198.18.0.0/24)".into(),
+        ));
     }
     let cidrs = parse_all(&req.subnets, "--subnet")?;
     for (i, c) in cidrs.iter().enumerate() {
         if c.network() != *c {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--subnet {c} has host bits set: write it as {}",
                 c.network()
-            ));
+            )));
         }
         let max = if c.is_ipv4() { 30 } else { 126 };
         if c.prefix > max {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--subnet {c} is too small for a gateway and an endpoint: use /{max} or shorter"
-            ));
+            )));
         }
         if let Some(other) = cidrs[..i].iter().find(|o| o.overlaps(c)) {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--subnet {c} overlaps --subnet {other}: give disjoint subnets"
-            ));
+            )));
         }
     }
-    let subnet_of = |ip: IpAddr, what: &str| -> Result<usize, String> {
+    let subnet_of = |ip: IpAddr, what: &str| -> Result<usize, ControlError> {
         cidrs.iter().position(|c| c.contains_ip(ip)).ok_or_else(|| {
-            format!(
+            ControlError::Invalid(format!(
                 "{what} {ip} is outside every --subnet ({}): pick an address inside its subnet",
                 list(&cidrs)
-            )
+            ))
         })
     };
     let mut gateways: Vec<Option<IpAddr>> = vec![None; cidrs.len()];
     for gw in &req.gateways {
         let ip: IpAddr = gw
             .parse()
-            .map_err(|_| format!("--gateway `{gw}` is not an IP address"))?;
+            .map_err(|_| ControlError::Invalid(format!("--gateway `{gw}` is not an IP address")))?;
         let i = subnet_of(ip, "--gateway")?;
         let c = cidrs[i];
         if ip_to_u128(ip) == c.first() || (c.is_ipv4() && ip_to_u128(ip) == c.last()) {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--gateway {ip} is the network or broadcast address of {c}: pick a host address"
-            ));
+            )));
         }
         if gateways[i].replace(ip).is_some() {
-            return Err(format!("subnet {c} has more than one --gateway: keep one"));
+            return Err(ControlError::Invalid(format!(
+                "subnet {c} has more than one --gateway: keep one"
+            )));
         }
     }
     let mut ranges: Vec<Option<Cidr>> = vec![None; cidrs.len()];
     for range in parse_all(&req.ip_ranges, "--ip-range")? {
         let i = cidrs.iter().position(|c| c.contains(&range)).ok_or_else(|| {
-            format!(
+            ControlError::Invalid(format!(
                 "--ip-range {range} is outside every --subnet ({}): give a range inside its subnet",
                 list(&cidrs)
-            )
+            ))
         })?;
         if range.network() != range {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--ip-range {range} has host bits set: write it as {}",
                 range.network()
-            ));
+            )));
         }
         if ranges[i].replace(range).is_some() {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "subnet {} has more than one --ip-range: keep one",
                 cidrs[i]
-            ));
+            )));
         }
     }
     let mut aux: Vec<BTreeMap<String, IpAddr>> = vec![BTreeMap::new(); cidrs.len()];
     for entry in &req.aux_addresses {
         let (name, ip) = entry.split_once('=').ok_or_else(|| {
-            format!("--aux-address `{entry}` is not NAME=IP: write e.g. router=198.18.0.254")
+            ControlError::Invalid(format!(
+                "--aux-address `{entry}` is not NAME=IP: write e.g. router=198.18.0.254"
+            ))
         })?;
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("--aux-address `{entry}`: `{ip}` is not an IP address"))?;
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            ControlError::Invalid(format!(
+                "--aux-address `{entry}`: `{ip}` is not an IP address"
+            ))
+        })?;
         let i = subnet_of(ip, "--aux-address")?;
         if aux[i].insert(name.to_string(), ip).is_some() {
-            return Err(format!(
+            return Err(ControlError::Invalid(format!(
                 "--aux-address name `{name}` is used twice in subnet {}",
                 cidrs[i]
-            ));
+            )));
         }
     }
     Ok(cidrs
@@ -286,27 +308,27 @@ fn list(cidrs: &[Cidr]) -> String {
 }
 
 /// Check a plan against the networks that already exist.
-pub fn check_against(plan: &NetworkPlan, state: &State) -> Result<(), String> {
+pub fn check_against(plan: &NetworkPlan, state: &State) -> Result<(), ControlError> {
     if state.networks.iter().any(|n| n.name == plan.name) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "a network named `{}` already exists: choose another name or remove it first",
             plan.name
-        ));
+        )));
     }
     if let Some(other) = state.networks.iter().find(|n| n.parent == plan.parent.name) {
-        return Err(format!(
+        return Err(ControlError::Conflict(format!(
             "network `{}` already uses parent interface `{}`: one macvlan network per parent \
              (use another parent, or a VLAN of it such as {}.10)",
             other.name, plan.parent.name, plan.parent.name
-        ));
+        )));
     }
     for s in &plan.subnets {
         for n in &state.networks {
             if let Some(o) = n.subnets.iter().find(|o| o.subnet.overlaps(&s.subnet)) {
-                return Err(format!(
+                return Err(ControlError::Conflict(format!(
                     "--subnet {} overlaps subnet {} of network `{}`: pick a disjoint subnet",
                     s.subnet, o.subnet, n.name
-                ));
+                )));
             }
         }
     }
@@ -315,7 +337,7 @@ pub fn check_against(plan: &NetworkPlan, state: &State) -> Result<(), String> {
 
 /// The shim's address in each subnet: its `host_shim` aux address, else the highest free host
 /// address outside the ip-range (recorded as that aux address so IPAM never hands it out).
-pub fn assign_shim_addresses(subnets: &mut [Subnet]) -> Result<Vec<Cidr>, String> {
+pub fn assign_shim_addresses(subnets: &mut [Subnet]) -> Result<Vec<Cidr>, ControlError> {
     let mut addresses = Vec::new();
     for s in subnets.iter_mut() {
         let ip = match s.shim_address() {
@@ -334,11 +356,11 @@ pub fn assign_shim_addresses(subnets: &mut [Subnet]) -> Result<Vec<Cidr>, String
                             && !s.ip_range.is_some_and(|r| r.contains_ip(*ip))
                     })
                     .ok_or_else(|| {
-                        format!(
+                        ControlError::Invalid(format!(
                             "no address left in {} for the host shim outside --ip-range: \
                              give one with --aux-address {SHIM_AUX}=IP",
                             s.subnet
-                        )
+                        ))
                     })?;
                 s.aux_addresses.insert(SHIM_AUX.into(), ip);
                 ip
@@ -364,8 +386,12 @@ mod tests {
         }
     }
 
+    /// A refused plan's message: every flag error is `Invalid`.
     fn err(r: &NetworkCreate) -> String {
-        plan(r).unwrap_err()
+        match plan(r).unwrap_err() {
+            ControlError::Invalid(e) => e,
+            other => panic!("not Invalid: {other:?}"),
+        }
     }
 
     #[test]
@@ -471,6 +497,8 @@ mod tests {
         r.options.push("mtu=1200".into());
         assert!(err(&r).contains("IPv6 needs at least 1280"));
         let e = check_mtu_fits(9000, "v0", 1500).unwrap_err();
+        assert!(matches!(e, ControlError::Conflict(_)), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("larger than parent `v0`'s MTU 1500") && e.contains("mtu 9000"),
             "{e}"
@@ -521,6 +549,8 @@ mod tests {
         let mut state = State::default();
         state.networks.push(existing.clone());
         let e = check_against(&p, &state).unwrap_err();
+        assert!(matches!(e, ControlError::Conflict(_)), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("overlaps subnet 198.18.0.0/16 of network `n0`"),
             "{e}"
@@ -529,12 +559,14 @@ mod tests {
         assert!(
             check_against(&p, &state)
                 .unwrap_err()
+                .to_string()
                 .contains("already uses parent interface `v0`")
         );
         state.networks[0].name = "n1".into();
         assert!(
             check_against(&p, &state)
                 .unwrap_err()
+                .to_string()
                 .contains("already exists")
         );
     }

@@ -4,8 +4,7 @@
 //! ("the host"), except endpoint devices, which live in their own namespace.
 use std::net::IpAddr;
 
-use anyhow::{Context, Result, anyhow, bail};
-
+use super::error::{ControlError, During};
 use super::model::{Endpoint, HostShim, Mode, Network, ParentSpec};
 use crate::ether::Mac;
 use crate::netlink::{Link, Netlink, Route};
@@ -26,22 +25,22 @@ pub struct Parent {
 
 /// Find the parent; for a missing `IF.VID`, create the VLAN sub-interface on `IF` (up).
 /// An existing link is used as it is, as Docker does, and its VLAN id read from the kernel.
-pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent> {
+pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent, ControlError> {
     if let Some(link) = nl.link_by_name(&spec.name)? {
         return existing_parent(nl, link);
     }
     let Some((trunk, vid)) = &spec.vlan else {
-        bail!(
+        return Err(ControlError::NotFound(format!(
             "parent interface `{}` does not exist: check `ip link show`, or give -o parent=IF.VID \
              to have a VLAN sub-interface created on IF",
             spec.name
-        );
+        )));
     };
     let trunk_link = nl.link_by_name(trunk)?.ok_or_else(|| {
-        anyhow!(
+        ControlError::NotFound(format!(
             "parent interface `{trunk}` (the trunk of -o parent={}) does not exist: check `ip link show`",
             spec.name
-        )
+        ))
     })?;
     let index = nl.add_vlan(&spec.name, trunk_link.index, *vid)?;
     if let Err(e) = nl.set_up(index) {
@@ -58,13 +57,13 @@ pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent> {
     })
 }
 
-fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent> {
+fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent, ControlError> {
     if link.loopback {
-        bail!(
+        return Err(ControlError::Invalid(format!(
             "parent interface `{}` is the loopback device: macvlans need an Ethernet parent \
              (a NIC, bond, veth or VLAN sub-interface): give another -o parent",
             link.name
-        );
+        )));
     }
     if link.kind.as_deref() == Some("vlan") {
         let trunk = link
@@ -90,7 +89,7 @@ fn existing_parent(nl: &Netlink, link: Link) -> Result<Parent> {
 }
 
 /// Delete the VLAN sub-interface if xmacvlan made it and it still is a VLAN device.
-pub fn remove_parent(nl: &Netlink, net: &Network) -> Result<()> {
+pub fn remove_parent(nl: &Netlink, net: &Network) -> Result<(), ControlError> {
     if !net.created_parent {
         return Ok(());
     }
@@ -108,14 +107,14 @@ pub fn create_shim(
     mode: Mode,
     mtu: Option<u32>,
     shim: &HostShim,
-) -> Result<()> {
+) -> Result<(), ControlError> {
     let index = nl
         .add_macvlan(&shim.ifname, parent, mode.netlink(), Some(shim.mac))
-        .context("creating the host shim")?;
-    let configure = || -> Result<()> {
+        .during(|| "creating the host shim".into())?;
+    let configure = || -> Result<(), ControlError> {
         if let Some(mtu) = mtu {
             nl.set_mtu(index, mtu)
-                .with_context(|| format!("setting the host shim's MTU to {mtu}"))?;
+                .during(|| format!("setting the host shim's MTU to {mtu}"))?;
         }
         nl.set_up(index)?;
         for addr in &shim.addresses {
@@ -132,7 +131,7 @@ pub fn create_shim(
 }
 
 /// Delete the shim if it is still the macvlan xmacvlan made (same MAC).
-pub fn remove_shim(nl: &Netlink, shim: &HostShim) -> Result<()> {
+pub fn remove_shim(nl: &Netlink, shim: &HostShim) -> Result<(), ControlError> {
     match nl.link_by_name(&shim.ifname)? {
         Some(link) if link.kind.as_deref() == Some("macvlan") && link.mac == shim.mac => {
             Ok(nl.del_link(link.index)?)
@@ -147,15 +146,20 @@ pub fn remove_shim(nl: &Netlink, shim: &HostShim) -> Result<()> {
 /// A namespace that already has a default route of a family (another network's endpoint
 /// got there first) keeps it, as in Docker, where one network provides the default gateway:
 /// that gateway is dropped from `ep.gateways`, so the record says which routes are ours.
-pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint) -> Result<()> {
+pub fn create_endpoint(
+    nl: &Netlink,
+    parent: u32,
+    mode: Mode,
+    ep: &mut Endpoint,
+) -> Result<(), ControlError> {
     let ns = Netns::open(&ep.netns)?;
-    let taken = ns.run(|| Ok(Netlink::new()?.link_by_name(&ep.ifname)?.is_some()))?;
+    let taken =
+        ns.within(|| Ok::<_, ControlError>(Netlink::new()?.link_by_name(&ep.ifname)?.is_some()))?;
     if taken {
-        bail!(
+        return Err(ControlError::Conflict(format!(
             "namespace `{}` already has an interface named `{}`: choose another --ifname",
-            ep.netns,
-            ep.ifname
-        );
+            ep.netns, ep.ifname
+        )));
     }
     nl.add_macvlan_in(
         &ep.ifname,
@@ -165,13 +169,13 @@ pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint)
         &ns.file()?,
     )?;
     let (ifname, netns) = (ep.ifname.clone(), ep.netns.clone());
-    ns.run(|| {
+    ns.within(|| {
         let nl = Netlink::new()?;
         let index = nl.require_link(&ep.ifname)?.index;
-        let mut configure = || -> Result<()> {
+        let mut configure = || -> Result<(), ControlError> {
             if let Some(mtu) = ep.mtu {
                 nl.set_mtu(index, mtu)
-                    .with_context(|| format!("setting the MTU to {mtu}"))?;
+                    .during(|| format!("setting the MTU to {mtu}"))?;
             }
             nl.set_up(index)?;
             for addr in &ep.addresses {
@@ -195,7 +199,7 @@ pub fn create_endpoint(nl: &Netlink, parent: u32, mode: Mode, ep: &mut Endpoint)
         };
         configure()
     })
-    .with_context(|| format!("configuring `{ifname}` in namespace `{netns}`"))
+    .during(|| format!("configuring `{ifname}` in namespace `{netns}`"))
     .inspect_err(|_| {
         // Whatever step failed, the device goes again (only if it is still ours).
         let _ = remove_endpoint(ep);
@@ -212,11 +216,11 @@ pub enum Removal {
     NotOurs(String),
 }
 
-pub fn remove_endpoint(ep: &Endpoint) -> Result<Removal> {
+pub fn remove_endpoint(ep: &Endpoint) -> Result<Removal, ControlError> {
     let Ok(ns) = Netns::open(&ep.netns) else {
         return Ok(Removal::AlreadyGone);
     };
-    ns.run(|| {
+    ns.within(|| {
         let nl = Netlink::new()?;
         match nl.link_by_name(&ep.ifname)? {
             None => Ok(Removal::AlreadyGone),
@@ -244,11 +248,11 @@ pub struct Device {
 }
 
 /// Read the endpoint's device back; `Ok(None)` when it (or its namespace) is gone.
-pub fn read_endpoint(ep: &Endpoint) -> Result<Option<Device>> {
+pub fn read_endpoint(ep: &Endpoint) -> Result<Option<Device>, ControlError> {
     let Ok(ns) = Netns::open(&ep.netns) else {
         return Ok(None);
     };
-    ns.run(|| {
+    ns.within(|| {
         let nl = Netlink::new()?;
         let Some(link) = nl.link_by_name(&ep.ifname)? else {
             return Ok(None);

@@ -9,9 +9,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::error::StateError;
 use super::model::{Endpoint, Network};
 
 pub const STATE_FILE: &str = "state.json";
@@ -28,7 +28,7 @@ pub struct State {
 
 impl State {
     /// Read the state under `data_root`; an absent state file is an empty state.
-    pub fn load(data_root: &Path) -> Result<State> {
+    pub fn load(data_root: &Path) -> Result<State, StateError> {
         let path = data_root.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -38,22 +38,23 @@ impl State {
                     ..State::default()
                 });
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(source) => {
+                return Err(StateError::Io {
+                    what: format!("reading {}", path.display()),
+                    source,
+                });
+            }
         };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "state file {} is corrupted ({e}); it was left as it is: repair it, or move it \
-                 away to start from an empty state (the kernel objects it listed stay in place)",
-                path.display()
-            )
-        })?;
+        let state: State = match serde_json::from_slice(&bytes) {
+            Ok(state) => state,
+            Err(reason) => return Err(StateError::Corrupted { path, reason }),
+        };
         if state.version != VERSION {
-            bail!(
-                "state file {} has version {}, this xmacvlan understands version {VERSION}: \
-                 use the xmacvlan that wrote it",
-                path.display(),
-                state.version
-            );
+            return Err(StateError::Version {
+                path,
+                found: state.version,
+                understood: VERSION,
+            });
         }
         Ok(state)
     }
@@ -92,25 +93,27 @@ pub struct Store {
 
 impl Store {
     /// Take the exclusive lock (waiting for other writers) and read the current state.
-    pub fn lock(data_root: &Path) -> Result<(Store, State)> {
-        std::fs::create_dir_all(data_root)
-            .map_err(|e| needs_root(e, data_root))
-            .with_context(|| {
-                format!(
-                    "creating the data root {} (choose another with --data-root)",
-                    data_root.display()
-                )
-            })?;
+    pub fn lock(data_root: &Path) -> Result<(Store, State), StateError> {
+        std::fs::create_dir_all(data_root).map_err(|e| {
+            let what = format!(
+                "creating the data root {} (choose another with --data-root)",
+                data_root.display()
+            );
+            StateError::io(what, data_root, e)
+        })?;
         let lock_path = data_root.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| needs_root(e, data_root))
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        lock.lock()
-            .with_context(|| format!("locking {}", lock_path.display()))?;
+            .map_err(|e| {
+                StateError::io(format!("opening {}", lock_path.display()), data_root, e)
+            })?;
+        lock.lock().map_err(|source| StateError::Io {
+            what: format!("locking {}", lock_path.display()),
+            source,
+        })?;
         let state = State::load(data_root)?;
         Ok((
             Store {
@@ -122,12 +125,12 @@ impl Store {
     }
 
     /// Replace the state file atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save(&self, state: &State) -> Result<()> {
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
         let path = self.root.join(STATE_FILE);
         let tmp = self
             .root
             .join(format!("{STATE_FILE}.tmp.{}", std::process::id()));
-        let write = || -> Result<()> {
+        let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
             serde_json::to_writer_pretty(&mut file, state)?;
             file.write_all(b"\n")?;
@@ -136,24 +139,13 @@ impl Store {
             File::open(&self.root)?.sync_all()?;
             Ok(())
         };
-        write().map_err(|e| {
+        write().map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            e.context(format!("writing {}", path.display()))
+            StateError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            }
         })
-    }
-}
-
-/// A permission error on the data root says what it takes, not only "Permission denied".
-fn needs_root(e: std::io::Error, data_root: &Path) -> anyhow::Error {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        anyhow::anyhow!(
-            "{e}: changing networks and endpoints creates kernel devices and writes {}: run it \
-             as root (sudo xmacvlan ...) or with CAP_NET_ADMIN and write access to that \
-             directory (or choose another --data-root)",
-            data_root.display()
-        )
-    } else {
-        e.into()
     }
 }
 
@@ -210,7 +202,9 @@ mod tests {
         let root = temp_root("bad");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join(STATE_FILE), "{\"version\": 1, \"netw").unwrap();
-        let e = format!("{:#}", State::load(&root).unwrap_err());
+        let e = State::load(&root).unwrap_err();
+        assert!(matches!(e, StateError::Corrupted { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("corrupted") && e.contains("left as it is"),
             "{e}"
@@ -225,7 +219,12 @@ mod tests {
             r#"{"version": 9, "networks": [], "endpoints": []}"#,
         )
         .unwrap();
-        assert!(format!("{:#}", State::load(&root).unwrap_err()).contains("version 9"));
+        assert!(
+            State::load(&root)
+                .unwrap_err()
+                .to_string()
+                .contains("version 9")
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
