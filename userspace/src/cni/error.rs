@@ -1,7 +1,5 @@
 //! CNI's error result: `{"cniVersion", "code", "msg", "details"}` on stdout, exit status 1.
 //! Codes 1-99 are the spec's well-known ones; 100+ are xmacvlan's own.
-use std::error::Error;
-
 use serde::{Deserialize, Serialize};
 
 use crate::control::ControlError;
@@ -49,17 +47,18 @@ impl CniError {
     }
 
     /// An error with its cause chain in `details`.
-    pub fn with_cause(code: u32, msg: impl Into<String>, cause: &(dyn Error + 'static)) -> Self {
+    pub fn with_cause(code: u32, msg: impl Into<String>, cause: impl Into<anyhow::Error>) -> Self {
         Self {
-            details: chain(cause),
+            details: format!("{:#}", cause.into()),
             ..Self::new(code, msg)
         }
     }
 
     /// A control-path failure while `doing` something: the code says what kind of failure
     /// it is, the message has the whole chain.
-    pub fn control(doing: impl std::fmt::Display, e: &ControlError) -> Self {
-        Self::new(code_of(e), format!("{doing}: {}", chain(e)))
+    pub fn control(doing: impl std::fmt::Display, e: ControlError) -> Self {
+        let code = code_of(&e);
+        Self::new(code, format!("{doing}: {:#}", anyhow::Error::from(e)))
     }
 }
 
@@ -73,14 +72,6 @@ pub fn code_of(e: &ControlError) -> u32 {
         }
         _ => PROVISION_FAILED,
     }
-}
-
-/// An error and its sources, as `{:#}` prints an `anyhow::Error`: `a: b: c`.
-pub fn chain(e: &(dyn Error + 'static)) -> String {
-    anyhow::Chain::new(e)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 impl std::fmt::Display for CniError {
@@ -107,7 +98,7 @@ mod tests {
         let invalid = ControlError::Invalid("`-o mtu=x` is not a number".into());
         let attached = invalid.rolled_back("attaching `eth0` to network `n`".into());
         assert_eq!(code_of(&attached), INVALID_CONFIG);
-        let e = CniError::control("creating the endpoint", &attached);
+        let e = CniError::control("creating the endpoint", attached);
         assert_eq!(
             e.msg,
             "creating the endpoint: attaching `eth0` to network `n` (nothing was left behind): \

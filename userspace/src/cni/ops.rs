@@ -98,7 +98,7 @@ fn unlink_port(conf: &NetConf, record: &Record) {
 
 fn state(conf: &NetConf) -> CniResult<State> {
     State::load(&conf.data_root)
-        .map_err(|e| CniError::with_cause(IO_FAILURE, "reading xmacvlan's state (dataRoot)", &e))
+        .map_err(|e| CniError::with_cause(IO_FAILURE, "reading xmacvlan's state (dataRoot)", e))
 }
 
 /// Ask the daemon; a daemon that is not running is error 50.
@@ -112,7 +112,7 @@ fn ask(conf: &NetConf, request: &Request) -> CniResult<Answer> {
                 "the xmacvlan daemon at {} did not answer: {e:#}",
                 conf.control_socket.display()
             ),
-            e.as_ref(),
+            e,
         )),
     }
 }
@@ -134,7 +134,7 @@ fn check_master(conf: &NetConf) -> CniResult<()> {
     let spec = crate::control::model::ParentSpec::parse(&conf.master)
         .map_err(|e| CniError::new(INVALID_CONFIG, e.to_string()))?;
     let nl = crate::netlink::Netlink::new()
-        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", &e))?;
+        .map_err(|e| CniError::with_cause(IO_FAILURE, "opening rtnetlink", e))?;
     let exists = |name: &str| nl.link_by_name(name).ok().flatten().is_some();
     let found = exists(&spec.name) || spec.vlan.as_ref().is_some_and(|(trunk, _)| exists(trunk));
     if !found {
@@ -174,7 +174,8 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     ask(conf, &Request::Ping)?;
     check_master(conf)?;
     crate::netns::Netns::open(&env.netns).map_err(|e| {
-        CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {}", chain(&e)), &e)
+        let e = anyhow::Error::from(e);
+        CniError::with_cause(UNKNOWN_CONTAINER, format!("CNI_NETNS: {e:#}"), e)
     })?;
     let name = endpoint_name(&conf.name, &env.container_id, &env.ifname);
     // Checked before IPAM: releasing a lease on failure would release the existing one's.
@@ -203,7 +204,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         mtu: conf.mtu,
     };
     let (net, _) = external::attach(&conf.data_root, &network, &device)
-        .map_err(|e| CniError::control("creating the endpoint", &e))?;
+        .map_err(|e| CniError::control("creating the endpoint", e))?;
     let netns_inode = match std::fs::metadata(&env.netns) {
         Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
         Err(e) => {
@@ -238,7 +239,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
             remove_device(CniError::with_cause(
                 IO_FAILURE,
                 format!("recording the attachment (dataRoot) or its port link (portDir): {e:#}"),
-                e.as_ref(),
+                e,
             ))
         })?;
     let mut addressing = ipam::add(env, conf).map_err(remove_device)?;
@@ -252,7 +253,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         remove_device(e)
     };
     let ep = external::configure(&conf.data_root, &name, &addresses_of(&addressing))
-        .map_err(|e| undo(CniError::control("configuring the endpoint", &e)))?;
+        .map_err(|e| undo(CniError::control("configuring the endpoint", e)))?;
     ask(
         conf,
         &Request::Attach {
@@ -290,7 +291,7 @@ fn detach(conf: &NetConf, name: &str) {
 /// dhcp releases it through the device).
 fn remove_device(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
     endpoint::remove(&conf.data_root, &ep.name)
-        .map_err(|e| CniError::control(format_args!("removing endpoint {}", ep.name), &e))?;
+        .map_err(|e| CniError::control(format_args!("removing endpoint {}", ep.name), e))?;
     if let Some(record) = read_record(&conf.data_root, &ep.name) {
         unlink_port(conf, &record);
     }
@@ -310,7 +311,7 @@ pub fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
         remove_device(conf, ep)?;
     }
     external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY)
-        .map_err(|e| CniError::control("removing the network's record", &e))?;
+        .map_err(|e| CniError::control("removing the network's record", e))?;
     Ok(())
 }
 
@@ -353,7 +354,7 @@ pub fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
         )));
     }
     let device = provision::read_endpoint(&ep)
-        .map_err(|e| CniError::control("reading the interface back", &e))?
+        .map_err(|e| CniError::control("reading the interface back", e))?
         .ok_or_else(|| {
             mismatch(format!(
                 "interface {} is gone from namespace {}",
@@ -480,7 +481,7 @@ pub fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
         }
     }
     external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY)
-        .map_err(|e| CniError::control("removing the network's record", &e))?;
+        .map_err(|e| CniError::control("removing the network's record", e))?;
     first_error.map_or(Ok(()), Err)
 }
 

@@ -351,6 +351,7 @@ fn delete_endpoint_named(data_root: &Path, name: &str) -> Result<Option<Endpoint
             // A sandbox Docker tore down can leave its file behind with no namespace on it
             // (setns: EINVAL); the link went with the namespace.
             Err(e) if place.netns != HOST_NETNS => {
+                let e = anyhow::Error::from(e);
                 tracing::debug!(endpoint = %ep.name, "sandbox gone: {e:#}")
             }
             Err(e) => return Err(e),

@@ -97,6 +97,7 @@ pub fn release(ep: &Endpoint, places: &[&Endpoint]) {
         }
     }
     if let Some(e) = last {
+        let e = anyhow::Error::from(e);
         tracing::warn!(
             endpoint = %ep.name,
             "releasing the DHCP lease of {}: {e:#}; the server takes it back when it expires",

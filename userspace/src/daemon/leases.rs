@@ -308,6 +308,7 @@ fn try_once(ep: &Endpoint, segment: String, now: u64) -> Outcome {
         ) => Outcome::Lost(e.to_string()),
         // The link is moving (Docker's Join) or the namespace is going: try again soon.
         Err(e) => {
+            let e = anyhow::Error::from(e);
             tracing::debug!(endpoint = %ep.name, "DHCP renewal not tried: {e:#}");
             Outcome::NoAnswer
         }

@@ -147,6 +147,7 @@ impl Daemon {
                 found.into_iter().map(|d| d.subject).collect()
             }
             Err(e) => {
+                let e = anyhow::Error::from(e);
                 tracing::warn!("comparing the state with the kernel: {e:#}");
                 Vec::new()
             }

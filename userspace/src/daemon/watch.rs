@@ -35,6 +35,7 @@ impl Watch {
         let state = match State::load(data_root) {
             Ok(state) => state,
             Err(e) => {
+                let e = anyhow::Error::from(e);
                 tracing::debug!("watch: reading the state: {e:#}");
                 return;
             }
@@ -127,6 +128,7 @@ fn host_macvlans() -> Vec<[u8; 6]> {
                 .collect()
         })
         .unwrap_or_else(|e| {
+            let e = anyhow::Error::from(e);
             tracing::debug!("watch: listing the host's links: {e:#}");
             Vec::new()
         })

@@ -3,13 +3,12 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::api;
 use crate::control::docker::{self as ctl, DockerEndpoint};
-use crate::control::{Cidr, NetworkCreate};
+use crate::control::{Cidr, ControlError, NetworkCreate};
 use crate::ether::Mac;
 use crate::ipc::protocol::{Answer, Request};
 use crate::ipc::{Notified, notify};
@@ -20,6 +19,19 @@ pub struct Context {
     pub data_root: PathBuf,
     pub control_socket: PathBuf,
 }
+
+/// Why a call was refused: Docker shows the message (its `Err`) to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The request is not what the protocol says: its body, an id, an address.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The control path refused or failed (the same errors as `xmacvlan network|endpoint`).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+type Result<T, E = PluginError> = std::result::Result<T, E>;
 
 /// What one call produced: the HTTP status and the JSON body; `joined` names an endpoint
 /// whose link Docker is about to move (see [`ctl::settle`]).
@@ -77,20 +89,21 @@ pub fn handle(ctx: &Context, path: &str, body: &[u8]) -> Outcome {
     };
     result.unwrap_or_else(|e| Outcome {
         status: 200,
-        body: json!({"Err": format!("{e:#}")}),
+        body: json!({"Err": format!("{:#}", anyhow::Error::from(e))}),
         joined: None,
     })
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| anyhow!("malformed request body: {e}"))
+    serde_json::from_slice(body)
+        .map_err(|e| PluginError::BadRequest(format!("malformed request body: {e}")))
 }
 
 /// `198.18.0.1/24` → `198.18.0.1` (Docker sends gateways and aux addresses in CIDR form).
 fn strip_prefix(text: &str, what: &str) -> Result<String> {
     let ip = text.split_once('/').map_or(text, |(ip, _)| ip);
     ip.parse::<IpAddr>()
-        .map_err(|_| anyhow!("{what} `{text}` is not an IP address"))?;
+        .map_err(|_| PluginError::BadRequest(format!("{what} `{text}` is not an IP address")))?;
     Ok(ip.to_string())
 }
 
@@ -103,11 +116,16 @@ fn create_network(ctx: &Context, r: api::CreateNetwork) -> Result<Outcome> {
     };
     if let Some(generic) = r.options.get(api::GENERIC) {
         let Value::Object(map) = generic else {
-            bail!("Options[{}] is not an object", api::GENERIC);
+            return Err(PluginError::BadRequest(format!(
+                "Options[{}] is not an object",
+                api::GENERIC
+            )));
         };
         for (key, value) in map {
             let Value::String(value) = value else {
-                bail!("option `-o {key}` is not a string");
+                return Err(PluginError::BadRequest(format!(
+                    "option `-o {key}` is not a string"
+                )));
             };
             req.options.push(format!("{key}={value}"));
         }
@@ -155,14 +173,18 @@ fn cidr(text: &str, what: &str) -> Result<Option<Cidr>> {
     }
     text.parse()
         .map(Some)
-        .map_err(|e| anyhow!("Interface.{what} {e}"))
+        .map_err(|e| PluginError::BadRequest(format!("Interface.{what} {e}")))
 }
 
 fn create_endpoint(ctx: &Context, r: api::CreateEndpoint) -> Result<Outcome> {
     let iface = r.interface.unwrap_or_default();
     let mac = match iface.mac_address.as_str() {
         "" => None,
-        text => Some(text.parse::<Mac>().map_err(|e| anyhow!(e))?.0),
+        text => Some(
+            text.parse::<Mac>()
+                .map_err(|e| PluginError::BadRequest(e.to_string()))?
+                .0,
+        ),
     };
     let (ep, net) = ctl::create_endpoint(
         &ctx.data_root,
@@ -222,7 +244,7 @@ fn join(ctx: &Context, r: api::Join) -> Result<Outcome> {
     tracing::info!(endpoint = %ep.name, sandbox = %ep.netns, ifname = %ep.ifname, "docker: endpoint joined");
     Ok(Outcome {
         status: 200,
-        body: serde_json::to_value(body)?,
+        body: serde_json::to_value(body).expect("plain data"),
         joined: Some(r.endpoint_id),
     })
 }
@@ -250,13 +272,16 @@ fn delete_endpoint(ctx: &Context, r: api::EndpointOnly) -> Result<Outcome> {
 /// can be attached yet: the container is only starting).
 pub fn follow_sandbox(ctx: &Context, endpoint_id: &str) -> Result<()> {
     let name = ctl::name_of(endpoint_id);
-    let state = crate::control::State::load(&ctx.data_root)?;
+    let state = crate::control::State::load(&ctx.data_root).map_err(ControlError::from)?;
     let Some(ep) = state.endpoint(&name) else {
         return Ok(());
     };
-    let net = state
-        .network(&ep.network)
-        .ok_or_else(|| anyhow!("network `{}` of endpoint {name} is gone", ep.network))?;
+    let net = state.network(&ep.network).ok_or_else(|| {
+        ControlError::NotFound(format!(
+            "network `{}` of endpoint {name} is gone",
+            ep.network
+        ))
+    })?;
     tell_daemon(
         ctx,
         &Request::Detach {
@@ -322,6 +347,30 @@ mod tests {
         assert!(err(&o).contains("malformed request body"), "{}", err(&o));
         let o = handle(&ctx, "/NetworkDriver.Join", br#"{"EndpointID": "../x"}"#);
         assert!(err(&o).contains("not a Docker id"), "{}", err(&o));
+        assert!(!dir.exists(), "refused calls touch nothing");
+    }
+
+    /// A protocol violation and a refusal of the control path are told apart by their variant.
+    #[test]
+    fn refusals_say_whose_they_are() {
+        let (ctx, dir) = ctx("kinds");
+        let request = |generic: Value, gateway: &str| {
+            serde_json::from_value::<api::CreateNetwork>(json!({
+                "NetworkID": "cd".repeat(32),
+                "Options": {"com.docker.network.generic": generic},
+                "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "198.18.0.0/24", "Gateway": gateway}],
+            }))
+            .unwrap()
+        };
+        let refused = |r| create_network(&ctx, r).err().expect("refused");
+        match refused(request(json!({"parent": 7}), "198.18.0.1/24")) {
+            PluginError::BadRequest(e) => assert!(e.contains("not a string"), "{e}"),
+            other => panic!("not a bad request: {other:?}"),
+        }
+        match refused(request(json!({"parent": "xmv-none0"}), "198.18.9.1/24")) {
+            PluginError::Control(e) => assert!(matches!(e.cause(), ControlError::Invalid(_))),
+            other => panic!("not the control path's: {other:?}"),
+        }
         assert!(!dir.exists(), "refused calls touch nothing");
     }
 

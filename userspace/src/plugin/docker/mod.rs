@@ -153,12 +153,14 @@ fn serve(listener: &UnixListener, ctx: &Context, stop: &AtomicBool, wake: &Event
                 Ok(Some(ifname)) => {
                     tracing::debug!(endpoint = %crate::control::docker::name_of(id), %ifname, "docker: link in its sandbox");
                     if let Err(e) = handlers::follow_sandbox(ctx, id) {
+                        let e = anyhow::Error::from(e);
                         tracing::warn!("docker plugin: {e:#}");
                     }
                     false
                 }
                 Ok(None) => Instant::now() < *deadline,
                 Err(e) => {
+                    let e = anyhow::Error::from(e);
                     tracing::warn!("docker plugin: {e:#}");
                     false
                 }
