@@ -34,6 +34,14 @@ pub enum AppKind {
 }
 
 impl AppKind {
+    /// `sink` or `reflect`, as the flags and the JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Sink => "sink",
+            AppKind::Reflect => "reflect",
+        }
+    }
+
     pub fn program(self) -> &'static str {
         match self {
             AppKind::Sink => "xmacvlan-sink",

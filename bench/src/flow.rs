@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::generator::{Stream, StreamKind};
 
@@ -69,20 +69,11 @@ impl<'a> Pace<'a> {
     }
 }
 
-/// `/proc/thread-self/net/dev`: the interface's tx_packets + tx_dropped in the calling
-/// thread's namespace (where the generator runs).
+/// The interface's tx_packets + tx_dropped in the calling thread's namespace (where the
+/// generator runs).
 fn wire_taken(ifname: &str) -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-    let line = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(ifname)?.strip_prefix(':'))
-        .with_context(|| format!("no {ifname} in /proc/thread-self/net/dev"))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // rx: bytes packets errs drop fifo frame compressed multicast | tx: bytes packets errs drop
-    Ok(fields.get(9).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0))
+    let dev = crate::placed::DevStats::read(ifname)?;
+    Ok(dev.tx_packets + dev.tx_dropped)
 }
 
 /// How many more frames the pace allows now; an error once it has been shut for too long.

@@ -61,7 +61,7 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    /// The full sweep, every setting 5 times (the issue asks for at least 5, with the spread):
+    /// The full sweep, every setting 5 times (enough for a median and its spread):
     /// about 22 minutes on the 2-core development VM.
     pub fn standard(out_dir: PathBuf) -> Self {
         Self {

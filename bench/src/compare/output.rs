@@ -195,11 +195,11 @@ fn port_table(s: &mut String, results: &Results) {
     );
     let _ = writeln!(
         s,
-        "| mode | app | endpoints | offered fps | delivered fps | sent | returned | loss | p50 us | p99 us | p99.9 us | max us |"
+        "| mode | app | endpoints | offered fps | delivered fps | sent | returned | loss | unplaced | p50 us | p99 us | p99.9 us | max us |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.through_ports {
         let m = &r.median;
@@ -212,7 +212,7 @@ fn port_table(s: &mut String, results: &Results) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.2}% | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.2}% | {} | {} | {} | {} | {} |",
             m.mode.name(),
             match m.app {
                 AppKind::Sink => "sink (one way)",
@@ -225,10 +225,27 @@ fn port_table(s: &mut String, results: &Results) {
             m.returned
                 .map_or_else(|| "–".to_string(), |n| n.to_string()),
             m.loss * 100.0,
+            m.placed.unplaced,
             us(|l| l.p50),
             us(|l| l.p99),
             us(|l| l.p999),
             us(|l| l.max),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nWhere the frames went (each stage's loss by the counter that says why; `unplaced` \
+         is a loss no counter explains):\n"
+    );
+    for r in &results.through_ports {
+        let m = &r.median;
+        let _ = writeln!(
+            s,
+            "- {} {} {}: {}",
+            m.mode.name(),
+            m.app.name(),
+            m.endpoints,
+            m.placed.summary()
         );
     }
 }
@@ -454,6 +471,8 @@ mod tests {
                             max: 99_000,
                         }),
                         misdelivered: 0,
+                        placed: crate::placed::Placed::new(20_000, Vec::new()),
+                        nic_tx_dropped: 0,
                     },
                     repetitions: 1,
                 })
@@ -497,14 +516,19 @@ mod tests {
         assert_eq!(json["runs"][1]["mode"], "rxdrop");
         assert!(json["runs"][1]["vs_rxdrop"].is_null());
         assert!(
-            table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 20000 | – | 0.00% | 9.0 | 20.0 | 40.0 | 50.0 |"),
+            table.contains("| xdp | sink (one way) | 16 | 20000 | 20000 | 20000 | – | 0.00% | 0 | 9.0 | 20.0 | 40.0 | 50.0 |"),
             "{table}"
         );
         assert!(
-            table.contains("| xdp | reflect (round trip) | 16 | 20000 | 20000 | 20000 | 19990 | 0.00% | 30.0 | 60.0 | 90.0 | 99.0 |"),
+            table.contains("| xdp | reflect (round trip) | 16 | 20000 | 20000 | 20000 | 19990 | 0.00% | 0 | 30.0 | 60.0 | 90.0 | 99.0 |"),
             "{table}"
         );
         assert_eq!(json["through_ports"][1]["returned"], 19_990);
+        assert!(
+            table.contains("- xdp reflect 16: 20000 of 20000 arrived, none lost"),
+            "{table}"
+        );
+        assert_eq!(json["through_ports"][1]["placed"]["unplaced"], 0);
         assert_eq!(json["through_ports"][0]["app"], "sink");
         assert_eq!(json["through_ports"][0]["one_way_ns"]["p99"], 20_000);
         assert_eq!(

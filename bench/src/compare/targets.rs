@@ -1,5 +1,5 @@
-//! The performance targets (issue 18's T1-T6), each judged from one run's numbers as ratios
-//! within that run. A target the run has no numbers for says so instead of passing.
+//! The performance targets (T1-T6, docs/benchmark.md), each judged from one run's numbers as
+//! ratios within that run. A target the run has no numbers for says so instead of passing.
 use serde::Serialize;
 
 use super::capacity::CapacityRow;

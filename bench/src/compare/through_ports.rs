@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use xmacvlan::dataplane::{Dataplane, DataplaneConfig, Layout, latency_histogram};
+use xmacvlan::dataplane::{
+    Dataplane, DataplaneConfig, Layout, PortCounts, QueueCounts, SocketStats, latency_histogram,
+};
 use xmacvlan::modes::{Demux, XdpMode};
 
 use super::kernel_app::KernelApp;
@@ -21,6 +23,7 @@ use super::measure::{Latency, Mode, Setup, queue_config};
 use super::placement;
 use crate::apps::{AppKind, AppOutcome, LabPorts, sibling_program};
 use crate::lab::{self, NIC};
+use crate::placed::{DevStats, Placed, Stage};
 use crate::round_trip::WireReceiver;
 use crate::scenario::{Pacing, TrafficConfig, run_traffic_until};
 
@@ -48,6 +51,11 @@ pub struct PortRun {
     pub round_trip_ns: Option<Latency>,
     /// Frames an application got that were not its endpoint's. Must be 0.
     pub misdelivered: u64,
+    /// Where every frame sent went, stage by stage, each loss by its counted reason.
+    pub placed: Placed,
+    /// The lab NIC's veth's count of reflected frames it dropped (the dataplane's modes count
+    /// the same frames as the ports' DEV-DROP: a check of that counter).
+    pub nic_tx_dropped: u64,
 }
 
 fn latency_of(h: &Histogram<u64>) -> Option<Latency> {
@@ -66,6 +74,35 @@ struct Seen {
     misdelivered: u64,
     one_way: Histogram<u64>,
     returned: Option<crate::round_trip::Returned>,
+    /// The stages up to the applications (and back to the port, for reflectors).
+    stages: Vec<Stage>,
+    /// The ports' DEV-DROP (the dataplane's modes).
+    device_dropped: Option<u64>,
+    /// The lab NIC's veth's own count of what it dropped on transmit.
+    nic_tx_dropped: u64,
+}
+
+/// The lab's two veth ends' counters: the NIC's (host namespace) and the wire's.
+struct LabDevs {
+    nic: DevStats,
+    wire: DevStats,
+}
+
+impl LabDevs {
+    /// Read both; call from the lab's host namespace.
+    fn read(lab: &crate::lab::Lab) -> Result<Self> {
+        Ok(Self {
+            nic: DevStats::read(NIC)?,
+            wire: lab.wire.run(|| DevStats::read(lab::WIRE))?,
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            nic: self.nic.since(&before.nic),
+            wire: self.wire.since(&before.wire),
+        }
+    }
 }
 
 /// One run of `mode` (xdp, user or kernel) with `app` on every endpoint, at `rate` frames/s.
@@ -88,6 +125,7 @@ pub fn measure(
     let lab = setup.lab;
     let endpoints = lab.endpoints.len();
     let seen = lab.host.run(|| {
+        let devs_before = LabDevs::read(lab)?;
         let wire = match app {
             AppKind::Reflect => Some(WireReceiver::start(
                 lab,
@@ -103,12 +141,34 @@ pub fn measure(
                 let received = || kernel.received.load(Ordering::Relaxed);
                 let sent = run_traffic_until(lab, 1, setup.streams, &traffic, &received)?;
                 let finished = kernel.stop()?;
+                let devs = LabDevs::read(lab)?.since(&devs_before);
+                let to_endpoints = to_endpoints(setup.streams, &sent);
+                let mut stages = vec![Stage {
+                    name: "to the application (kernel path)",
+                    frames_in: to_endpoints,
+                    frames_out: finished.received,
+                    counted: vec![(
+                        "lab veth dropped",
+                        devs.wire.tx_dropped + devs.nic.rx_dropped,
+                    )],
+                }];
+                if app == AppKind::Reflect {
+                    stages.push(Stage {
+                        name: "sent back by the application",
+                        frames_in: finished.received,
+                        frames_out: finished.reflected,
+                        counted: vec![],
+                    });
+                }
                 Seen {
                     sent,
                     delivered: finished.received,
                     misdelivered: finished.misdelivered,
                     one_way: finished.latency,
                     returned: None,
+                    stages,
+                    device_dropped: None,
+                    nic_tx_dropped: 0,
                 }
             }
             _ => {
@@ -146,11 +206,18 @@ pub fn measure(
                     misdelivered: 0,
                     one_way: latency_histogram(),
                     returned: None,
+                    stages: Vec::new(),
+                    device_dropped: None,
+                    nic_tx_dropped: 0,
                 };
                 if let Some(w) = &wire {
                     wait_returned(w, seen.sent.total());
                 }
+                let mut ports_total = PortCounts::default();
+                let mut reflected = 0;
+                let mut not_sent = 0;
                 for result in ports.finish(&mut dp)? {
+                    ports_total.add(&result.port.counts);
                     match result.outcome {
                         AppOutcome::Sink { summary, latency } => {
                             seen.delivered += summary.frames;
@@ -159,10 +226,23 @@ pub fn measure(
                                 .add(&latency)
                                 .context("merging the sinks' histograms")?;
                         }
-                        AppOutcome::Reflect(summary) => seen.delivered += summary.received,
+                        AppOutcome::Reflect(summary) => {
+                            seen.delivered += summary.received;
+                            reflected += summary.reflected;
+                            not_sent += summary.not_sent;
+                        }
                     }
                 }
-                dp.stop()?;
+                let finished = dp.stop()?;
+                seen.device_dropped = Some(ports_total.drop_device);
+                seen.stages = dataplane_stages(
+                    to_endpoints(setup.streams, &seen.sent),
+                    &finished,
+                    &ports_total,
+                    seen.delivered,
+                    (app == AppKind::Reflect).then_some((reflected, not_sent)),
+                    &LabDevs::read(lab)?.since(&devs_before),
+                );
                 seen
             }
         };
@@ -170,7 +250,32 @@ pub fn measure(
             if mode == Mode::Kernel {
                 wait_returned(&w, seen.sent.total());
             }
-            seen.returned = Some(w.stop()?);
+            let returned = w.stop()?;
+            let devs = LabDevs::read(lab)?.since(&devs_before);
+            let from = seen.stages.last().map_or(0, |s| s.frames_out);
+            // The port's DEV-DROP counts what the lab NIC's veth drops here (its tx_dropped):
+            // the same frames, seen from both sides; the kernel path has only the veth's.
+            let dropped_by_nic = match seen.device_dropped {
+                Some(port) => ("dropped by the NIC's driver", port),
+                None => ("lab NIC's veth dropped", devs.nic.tx_dropped),
+            };
+            seen.stages.push(Stage {
+                name: "to the wire",
+                frames_in: from,
+                frames_out: devs.wire.rx_packets,
+                counted: vec![dropped_by_nic],
+            });
+            seen.nic_tx_dropped = devs.nic.tx_dropped;
+            seen.stages.push(Stage {
+                name: "read on the wire",
+                frames_in: devs.wire.rx_packets,
+                frames_out: returned.frames,
+                counted: vec![
+                    ("capture ring full", returned.ring_drops),
+                    ("wrong source", returned.wrong_source),
+                ],
+            });
+            seen.returned = Some(returned);
         }
         Ok(seen)
     })?;
@@ -196,7 +301,124 @@ pub fn measure(
         one_way_ns: latency_of(&seen.one_way),
         round_trip_ns: seen.returned.as_ref().and_then(|r| latency_of(&r.latency)),
         misdelivered: seen.misdelivered + seen.returned.as_ref().map_or(0, |r| r.wrong_source),
+        placed: Placed::new(to_endpoints(setup.streams, &seen.sent), seen.stages),
+        nic_tx_dropped: seen.nic_tx_dropped,
     })
+}
+
+/// The stages of a run through the dataplane: the classifier, the sockets (or the user
+/// demux's rings), the ports, the applications, and for reflectors their way back out of the
+/// ports.
+fn dataplane_stages(
+    to_endpoints: u64,
+    finished: &xmacvlan::dataplane::Finished,
+    ports: &PortCounts,
+    app_received: u64,
+    reflect: Option<(u64, u64)>,
+    devs: &LabDevs,
+) -> Vec<Stage> {
+    let x = &finished.xdp;
+    let seen_known = x.hit + x.pass_unclaimed;
+    let delivered: u64 = finished.endpoints.iter().map(|e| e.frames).sum();
+    let not_connected: u64 = finished
+        .endpoints
+        .iter()
+        .map(|e| e.dropped_not_connected)
+        .sum();
+    let mut sockets = SocketStats::default();
+    for e in &finished.endpoints {
+        sockets.add(&e.socket_stats);
+    }
+    let mut steered = QueueCounts::default();
+    let mut duplicates = 0;
+    for q in &finished.queues {
+        sockets.add(&q.socket);
+        steered.add(&q.counts);
+        duplicates += q.frames_duplicate;
+    }
+    let mut stages = vec![
+        Stage {
+            name: "to the NIC's XDP",
+            frames_in: to_endpoints,
+            frames_out: seen_known,
+            counted: vec![(
+                "lab veth dropped",
+                devs.wire.tx_dropped + devs.nic.rx_dropped,
+            )],
+        },
+        Stage {
+            name: "claimed by XDP",
+            frames_in: seen_known,
+            frames_out: x.redirected,
+            counted: vec![
+                ("passed: no socket", x.pass_no_socket),
+                ("passed: unclaimed", x.pass_unclaimed),
+            ],
+        },
+        Stage {
+            name: "into the endpoints' sockets or rings",
+            frames_in: x.redirected,
+            frames_out: delivered,
+            counted: vec![
+                ("socket dropped", sockets.rx_dropped),
+                ("socket ring full", sockets.rx_ring_full),
+                ("endpoint ring full", steered.dropped_ring_full),
+                ("unknown to the user demux", steered.dropped_unknown),
+                ("handed over twice", duplicates),
+            ],
+        },
+        Stage {
+            name: "into the ports",
+            frames_in: delivered,
+            frames_out: ports.rx_frames,
+            counted: vec![
+                ("port ring full", ports.drop_ring_full),
+                ("too big for the port", ports.drop_rx_too_big),
+                (
+                    "port not connected",
+                    ports.drop_not_connected + not_connected,
+                ),
+            ],
+        },
+        Stage {
+            name: "read by the applications",
+            frames_in: ports.rx_frames,
+            frames_out: app_received,
+            counted: vec![],
+        },
+    ];
+    if let Some((reflected, not_sent)) = reflect {
+        stages.push(Stage {
+            name: "sent back by the applications",
+            frames_in: app_received,
+            frames_out: reflected,
+            counted: vec![("its TX ring full", not_sent)],
+        });
+        stages.push(Stage {
+            name: "out of the ports",
+            frames_in: reflected,
+            frames_out: ports.tx_frames,
+            counted: vec![
+                ("spoofed", ports.drop_spoofed),
+                ("too big", ports.drop_too_big),
+                ("runt", ports.drop_runt),
+                ("tagged", ports.drop_tagged),
+                ("no TX frame", ports.drop_no_frame),
+                ("bad chain", ports.drop_bad_chain),
+            ],
+        });
+    }
+    stages
+}
+
+/// Frames sent to the endpoints' streams (not broadcast or unknown ones).
+fn to_endpoints(streams: &[crate::generator::Stream], sent: &crate::generator::Sent) -> u64 {
+    streams
+        .iter()
+        .zip(&sent.per_stream)
+        .filter(|(s, _)| matches!(s.kind, crate::generator::StreamKind::Endpoint(_)))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Reflected frames are still on their way back: wait for them, or until none came for a

@@ -20,7 +20,8 @@ crate::counter_set! {
         rx_frames: Frames(direction = "rx"), "RX";
         /// Bytes of those frames, untagged.
         rx_bytes: Bytes(direction = "rx"), "RX-BYTES";
-        /// Frames the application sent that left the NIC.
+        /// Frames the application sent that were handed to the NIC (DEV-DROP: of those, the
+        /// ones its driver dropped).
         tx_frames: Frames(direction = "tx"), "TX";
         /// Bytes of those frames, untagged.
         tx_bytes: Bytes(direction = "tx"), "TX-BYTES";
@@ -43,6 +44,9 @@ crate::counter_set! {
         /// Transmitted chains of buffers the port refused: unterminated, or longer than the
         /// largest frame ([`super::port::TxRefused`]).
         drop_bad_chain: Dropped(reason = "bad_chain"), "BAD-CHAIN";
+        /// Transmitted frames the NIC's driver dropped after taking them (in TX): copy mode,
+        /// its queue was full (a veth whose peer's ring is full does this).
+        drop_device: Dropped(reason = "device"), "DEV-DROP";
     }
 }
 
@@ -60,6 +64,7 @@ impl PortCounts {
             + self.drop_tagged
             + self.drop_no_frame
             + self.drop_bad_chain
+            + self.drop_device
     }
 }
 
@@ -259,7 +264,7 @@ pub fn transmit(
     let room = socket.tx_room().min(TX_PER_ROUND).min(pool.len());
     if room == 0 {
         if socket.tx_pending() {
-            socket.tx_kick();
+            p.batch.drop_device += socket.tx_kick();
         }
         return 0;
     }
@@ -300,12 +305,13 @@ pub fn transmit(
     if batch.is_empty() {
         if socket.tx_pending() {
             // Frames an earlier kick left (kernel busy): kick again.
-            socket.tx_kick();
+            counts.drop_device += socket.tx_kick();
         }
         return taken;
     }
     let staged = batch.len();
     let sent = batch.submit(socket, pool);
+    counts.drop_device += socket.tx_kick();
     if sent < staged {
         // Cannot happen (room was checked), but never uncounted.
         let lost = (staged - sent) as u64;

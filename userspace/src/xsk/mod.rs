@@ -424,11 +424,31 @@ impl RxSocket {
 
     /// Kick the kernel to transmit what this socket's TX ring holds, if the driver asked to be
     /// woken (copy mode always does). Called at most once per batch. A kernel that is busy or
-    /// out of buffers leaves the frames queued for the next kick.
+    /// out of buffers leaves the frames queued for the next kick. Returns the frames the
+    /// device dropped: in copy mode the kernel stops at a frame the driver refused
+    /// (`NET_XMIT_DROP`, e.g. a veth whose peer's ring is full), completes it unsent and
+    /// answers `EBUSY`.
     #[inline]
-    pub fn tx_kick(&mut self) {
-        if self.tx.needs_wakeup() {
-            let _ = self.tx.wakeup();
+    pub fn tx_kick(&mut self) -> u64 {
+        if !self.tx.needs_wakeup() {
+            return 0;
+        }
+        // SAFETY: a zero-length sendto on our own socket's fd with no buffer and no address:
+        // it only asks the kernel to process the TX ring.
+        let ret = unsafe {
+            libc::sendto(
+                self.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
+            1
+        } else {
+            0
         }
     }
 

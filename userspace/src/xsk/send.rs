@@ -82,7 +82,7 @@ impl TxBatch {
         Ok(())
     }
 
-    /// Put the staged frames on `socket`'s TX ring and kick it once. The caller asked
+    /// Put the staged frames on `socket`'s TX ring (the caller kicks it). The caller asked
     /// [`RxSocket::tx_room`] before staging, so the ring takes them all; any it would not
     /// take go back to `pool` and are returned as not sent.
     pub fn submit(&mut self, socket: &mut RxSocket, pool: &FramePool) -> usize {
@@ -98,7 +98,6 @@ impl TxBatch {
                 queue: self.queue,
             });
         }
-        socket.tx_kick();
         sent
     }
 }
