@@ -13,7 +13,11 @@ use xmacvlan_tests::pace::{self, Delivered};
 use xmacvlan_tests::resources;
 use xmacvlan_tests::{dataplane_config, require_root};
 
+/// The failed-attach tests count what the whole process holds: the area's tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn churn_under_traffic(demux: Demux) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&Topology {
         vlans: vec![0],
         endpoints_per_vlan: 5,
@@ -177,6 +181,7 @@ fn fill(map: &mut aya::maps::HashMap<aya::maps::MapData, Key, u32>) -> Vec<Key> 
 /// leaves nothing behind: the endpoint is not listed, its sockets are closed, its slot is
 /// free; once there is room the same endpoint attaches and gets exactly its frames.
 fn failed_attach_leaves_nothing(demux: Demux) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::build(&Topology {
         vlans: vec![0],
         endpoints_per_vlan: 2,

@@ -147,10 +147,8 @@ pub fn measure(
                     name: "to the application (kernel path)",
                     frames_in: to_endpoints,
                     frames_out: finished.received,
-                    counted: vec![(
-                        "lab veth dropped",
-                        devs.wire.tx_dropped + devs.nic.rx_dropped,
-                    )],
+                    // A veth counts a drop on both ends (the sender's tx, the receiver's rx).
+                    counted: vec![("lab veth dropped", devs.wire.tx_dropped)],
                 }];
                 if app == AppKind::Reflect {
                     stages.push(Stage {
@@ -341,10 +339,8 @@ fn dataplane_stages(
             name: "to the NIC's XDP",
             frames_in: to_endpoints,
             frames_out: seen_known,
-            counted: vec![(
-                "lab veth dropped",
-                devs.wire.tx_dropped + devs.nic.rx_dropped,
-            )],
+            // A veth counts a drop on both ends (the sender's tx, the receiver's rx).
+            counted: vec![("lab veth dropped", devs.wire.tx_dropped)],
         },
         Stage {
             name: "claimed by XDP",

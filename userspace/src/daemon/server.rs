@@ -285,7 +285,7 @@ impl Daemon {
                     };
                     match result {
                         Ok(()) => {
-                            tracing::info!(endpoint = %endpoint, "port connected: the endpoint's frames go to its client")
+                            tracing::info!(endpoint = %endpoint, "port connected: the endpoint's frames go to its client once it offers receive buffers")
                         }
                         Err(e) => ports.drop_client(&endpoint, &format!("{e:#}")),
                     }

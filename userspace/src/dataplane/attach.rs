@@ -11,7 +11,7 @@ use crossbeam_queue::ArrayQueue;
 use super::commands::{ask, send};
 use super::endpoint::{Served, Source};
 use super::port::{AppPort, ClaimPolicy, PortInfo};
-use super::served_port::{PortLink, PortSnapshot, ServedPort};
+use super::served_port::{Claim, PortLink, PortSnapshot, ServedPort};
 use super::snapshot::EndpointSnapshot;
 use super::steer::SteerTable;
 use super::thread::{Command, Finished};
@@ -354,25 +354,23 @@ impl Dataplane {
             self.threads[thread].has_tx_sockets = true;
         }
         let link: Arc<PortLink> = Arc::default();
-        let mut dp = Rollback::new(self);
+        // Claimed only while connected: the serving thread claims the endpoint once the
+        // client offers receive buffers, not now (it may not have offered any yet).
+        let claim = match claim {
+            ClaimPolicy::WhileConnected => Some(Claim::new(self.classifier.claim_switch()?, slot)),
+            ClaimPolicy::Always => None,
+        };
         ask(
-            &dp.threads[thread].commands,
+            &self.threads[thread].commands,
             |reply| Command::Connect {
                 slot,
-                port: Box::new(ServedPort::new(port, link.clone())),
+                port: Box::new(ServedPort::new(port, link.clone(), claim)),
                 reply,
             },
             || format!("the thread serving endpoint {name} did not take the port"),
         )?;
-        dp.on_rollback(move |dp| undo(dp.take_port(thread, slot).map(drop), "taking a port back"));
-        if claim == ClaimPolicy::WhileConnected {
-            dp.classifier
-                .set_claimed(slot, true)
-                .with_context(|| format!("connecting a port to endpoint {name}"))?;
-        }
-        dp.endpoints.get_mut(name).expect("looked up above").port =
+        self.endpoints.get_mut(name).expect("looked up above").port =
             Some(AttachedPort { info, link });
-        dp.commit();
         Ok(())
     }
 

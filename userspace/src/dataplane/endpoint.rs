@@ -118,6 +118,9 @@ impl Served {
     #[inline]
     pub fn pass(&mut self, lent: &mut Lent, transmit: bool) -> usize {
         let live = self.port.as_mut().is_some_and(ServedPort::check_live);
+        if let Some(p) = self.port.as_mut() {
+            p.follow_client(live);
+        }
         let mut handled = self.receive(lent.queues, live);
         if let Some(p) = self.port.as_mut() {
             if transmit && live {

@@ -62,6 +62,14 @@ pub trait AppPort: Send {
     /// [`Self::rx_flush`].
     fn rx_push(&mut self, frame: &[&[u8]], strip_tag: bool) -> Result<(), RxRefused>;
 
+    /// Receive buffers the application offers now. An endpoint claimed only while connected
+    /// has its frames claimed only while its application offers buffers (a client that has
+    /// connected but not yet offered any, or stopped refilling, gets none: its frames go to
+    /// its kernel device meanwhile). A port with no such notion offers room always.
+    fn rx_offered(&self) -> usize {
+        usize::MAX
+    }
+
     /// Publish every frame pushed since the last flush: one store of the ring index and, if
     /// the application asked for interrupts, at most one eventfd write.
     fn rx_flush(&mut self);

@@ -11,6 +11,7 @@ use super::port::{AppPort, MAX_FRAME, PortInfo, RxRefused, TxFrame, contiguous, 
 use super::queue::NicQueue;
 use crate::abi::Mac;
 use crate::frame::{ETH_HLEN, TPID_8021Q};
+use crate::xdp::ClaimSwitch;
 use crate::xsk::{RxSocket, StageError, TxBatch};
 
 crate::counter_set! {
@@ -47,6 +48,9 @@ crate::counter_set! {
         /// Transmitted frames the NIC's driver dropped after taking them (in TX): copy mode,
         /// its queue was full (a veth whose peer's ring is full does this).
         drop_device: Dropped(reason = "device"), "DEV-DROP";
+        /// Times the client offered no receive buffer for the stall time: its endpoint's
+        /// frames went to the kernel device until it offered buffers again.
+        stalls: Info, "STALLS";
     }
 }
 
@@ -177,16 +181,119 @@ pub struct ServedPort {
     /// Where a frame the application sends in several segments is joined before it is
     /// staged; made the first time one comes (memif ports hand over one segment).
     joined: Option<Box<[u8]>>,
+    /// The endpoint's claim, when it is claimed only while its client is ready
+    /// ([`super::ClaimPolicy::WhileConnected`]).
+    claim: Option<Claim>,
+}
+
+/// How often a thread looks whether a client awaited offers receive buffers (see
+/// [`ServedPort::awaiting_buffers`]): the longest its frames go to its kernel device after it
+/// does.
+pub const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a client may offer no receive buffer before its endpoint's frames go to its
+/// kernel device instead: it is not reading (stopped, or stuck). Frames meanwhile are
+/// RING-FULL drops; once it offers buffers again its frames are claimed again.
+pub const STALL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// An endpoint's claim while its port is connected, kept by the serving thread: claimed only
+/// while the client is connected and reading. Each change is one map update (a syscall),
+/// never one per frame.
+pub struct Claim {
+    switch: ClaimSwitch,
+    slot: u32,
+    claimed: bool,
+    /// Since when (monotonic ns) the client has offered no buffer while claimed.
+    starved_since: Option<u64>,
+}
+
+impl Claim {
+    pub fn new(switch: ClaimSwitch, slot: u32) -> Self {
+        Self {
+            switch,
+            slot,
+            claimed: false,
+            starved_since: None,
+        }
+    }
+
+    /// Follow the client: claim once it offers receive buffers (not at its handshake: a
+    /// client that has not offered any would have its frames dropped), release at once when
+    /// it goes, and when it has offered none for [`STALL`].
+    #[inline]
+    fn follow(&mut self, live: bool, offered: usize, counts: &mut PortCounts) {
+        let (want, starved_since) = claim_wanted(
+            self.claimed,
+            live,
+            offered,
+            self.starved_since,
+            crate::sys::monotonic_ns,
+        );
+        self.starved_since = starved_since;
+        if want == self.claimed {
+            return;
+        }
+        if !want && live {
+            counts.stalls += 1;
+        }
+        match self.switch.set(self.slot, want) {
+            Ok(()) => self.claimed = want,
+            // Left as it was; the next pass tries again.
+            Err(e) => crate::logging::warn(format_args!("endpoint slot {}: {e:#}", self.slot)),
+        }
+    }
+}
+
+/// The claim rule: whether an endpoint should be claimed, and since when its client has been
+/// starved, given whether it is claimed now, whether its client is connected, how many
+/// receive buffers it offers, and since when it has offered none (`now` is read only when
+/// needed).
+fn claim_wanted(
+    claimed: bool,
+    live: bool,
+    offered: usize,
+    starved_since: Option<u64>,
+    now: impl Fn() -> u64,
+) -> (bool, Option<u64>) {
+    match (live, offered, starved_since) {
+        (false, _, _) => (false, None),
+        // Not claimed yet (or released after a stall): only once it offers buffers.
+        (true, 0, _) if !claimed => (false, None),
+        (true, 0, None) => (true, Some(now())),
+        (true, 0, Some(since)) => (
+            now().saturating_sub(since) < STALL.as_nanos() as u64,
+            Some(since),
+        ),
+        (true, _, _) => (true, None),
+    }
 }
 
 impl ServedPort {
-    pub fn new(port: Box<dyn AppPort>, link: Arc<PortLink>) -> Self {
+    /// A port handed to its serving thread; with `claim`, the thread claims the endpoint's
+    /// frames as the client becomes ready and releases them as it goes.
+    pub fn new(port: Box<dyn AppPort>, link: Arc<PortLink>, claim: Option<Claim>) -> Self {
         link.connected.store(true, Relaxed);
         Self {
             port,
             link,
             batch: PortCounts::default(),
             joined: None,
+            claim,
+        }
+    }
+
+    /// Whether the endpoint waits for its client to offer receive buffers before it is
+    /// claimed (just connected, or released after a stall): no frame comes to wake the
+    /// serving thread meanwhile, so it must look at the client's ring now and then.
+    pub fn awaiting_buffers(&self) -> bool {
+        self.claim.as_ref().is_some_and(|c| !c.claimed) && self.link.connected.load(Relaxed)
+    }
+
+    /// Claim or release the endpoint by its client's state (see [`Claim`]); once per pass.
+    #[inline]
+    pub fn follow_client(&mut self, live: bool) {
+        if let Some(claim) = self.claim.as_mut() {
+            claim.follow(live, self.port.rx_offered(), &mut self.batch);
         }
     }
 
@@ -349,6 +456,31 @@ mod tests {
         assert_eq!(check(frame(other, 0x0800, 64)), TxVerdict::Spoofed);
         assert_eq!(check(frame(MAC, 0x0800, 1514)), TxVerdict::Send);
         assert_eq!(check(frame(MAC, 0x0800, 1515)), TxVerdict::TooBig);
+    }
+
+    #[test]
+    fn claimed_once_buffers_come_released_when_gone_or_starved() {
+        let stall = STALL.as_nanos() as u64;
+        let at = |t: u64| move || t;
+        // Connected, no buffer offered yet: not claimed; then claimed once some are.
+        assert_eq!(claim_wanted(false, true, 0, None, at(5)), (false, None));
+        assert_eq!(claim_wanted(false, true, 64, None, at(5)), (true, None));
+        // Claimed and starved: still claimed until the stall time has passed, then released.
+        assert_eq!(claim_wanted(true, true, 0, None, at(10)), (true, Some(10)));
+        assert_eq!(
+            claim_wanted(true, true, 0, Some(10), at(10 + stall - 1)),
+            (true, Some(10))
+        );
+        assert_eq!(
+            claim_wanted(true, true, 0, Some(10), at(10 + stall)),
+            (false, Some(10))
+        );
+        // Released after a stall, buffers offered again: claimed again.
+        assert_eq!(claim_wanted(false, true, 1, Some(10), at(99)), (true, None));
+        // A buffer between: the starvation clock starts over.
+        assert_eq!(claim_wanted(true, true, 3, Some(10), at(99)), (true, None));
+        // Gone: released at once, whatever it offered.
+        assert_eq!(claim_wanted(true, false, 64, None, at(5)), (false, None));
     }
 
     #[test]

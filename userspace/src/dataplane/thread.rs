@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use super::endpoint::{Lent, Served, Source};
 use super::idle::{self, HotLoop, Mailbox, Sleeper, Woke, pin};
 use super::queue::{NicQueue, QueueOwner, SAFETY_NET, TOUCHED};
-use super::served_port::ServedPort;
+use super::served_port::{CLAIM_POLL, ServedPort};
 use super::visits::Visits;
 use crate::xsk::{BATCH, RxSocket, SocketStats, TxBatch};
 
@@ -237,6 +237,10 @@ impl ReceiveThread {
             if p.port.tx_event().is_none() {
                 timeout = UNSIGNALLED_PORT_WAIT;
             }
+            if p.awaiting_buffers() {
+                // Nothing wakes the thread when a client offers its first buffers.
+                timeout = timeout.min(CLAIM_POLL);
+            }
         }
         if self.unwatched {
             timeout = UNSIGNALLED_PORT_WAIT;
@@ -266,6 +270,7 @@ impl ReceiveThread {
                     pending |= !ring.is_empty();
                 }
                 if let Some(p) = port.as_mut().filter(|p| p.link.connected.load(Relaxed)) {
+                    pending |= p.awaiting_buffers() && p.port.rx_offered() > 0;
                     pending |= p.port.tx_arm(true);
                     // Frames a busy kernel left on the TX ring wait for this thread's kick.
                     let socket = match source {

@@ -41,6 +41,10 @@ pub struct ClientArgs {
     /// A file holding the daemon's memif secret (its `port-secret-file`), if it has one.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Wait this many milliseconds after connecting before offering receive buffers, as a
+    /// client that sets its rings up late does (DPDK's takes about 100 ms).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub offer_delay_ms: u64,
 }
 
 impl ClientArgs {
@@ -57,6 +61,7 @@ impl ClientArgs {
             log2_ring_size: self.log2_ring_size,
             buffer_size: self.buffer_size,
             secret,
+            offer_delay: Duration::from_millis(self.offer_delay_ms),
             ..ClientConfig::default()
         };
         Client::connect(&self.socket, &cfg)
@@ -75,6 +80,8 @@ pub struct ClientConfig {
     /// [`Client::wait`] sleeps in poll instead of spinning.
     pub interrupt: bool,
     pub timeout: Duration,
+    /// How long to wait after CONNECTED before offering the receive buffers.
+    pub offer_delay: Duration,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +94,7 @@ impl Default for ClientConfig {
             secret: None,
             interrupt: true,
             timeout: Duration::from_secs(5),
+            offer_delay: Duration::ZERO,
         }
     }
 }
@@ -270,7 +278,9 @@ impl Client {
             counters: ClientCounters::default(),
             scratch: vec![0u8; MAX_FRAME].into_boxed_slice(),
         };
-        // The server zeroed the indices at CONNECT: offer every receive buffer now.
+        // The server zeroed the indices at CONNECT: offer every receive buffer (now, or as
+        // late as asked).
+        std::thread::sleep(cfg.offer_delay);
         client.s2c.set_head(client.s2c.size());
         Ok(client)
     }

@@ -274,6 +274,17 @@ impl AppPort for ServerPort {
         Ok(())
     }
 
+    fn rx_offered(&self) -> usize {
+        let slot = self.s2c_tail.wrapping_add(self.pending);
+        let offered = self.s2c.head().wrapping_sub(slot);
+        // More than the ring holds: a broken client, found out by the next push.
+        if offered > self.s2c.size() {
+            0
+        } else {
+            offered as usize
+        }
+    }
+
     fn rx_flush(&mut self) {
         if self.pending == 0 {
             return;

@@ -56,6 +56,23 @@ impl Program {
     }
 }
 
+/// The classifier's claim flags, from another thread ([`Classifier::claim_switch`]).
+pub struct ClaimSwitch(Array<MapData, u32>);
+
+impl ClaimSwitch {
+    /// Claim (true) or release endpoint `slot`'s frames, from the next frame on.
+    pub fn set(&mut self, slot: u32, claimed: bool) -> Result<()> {
+        let value = if claimed {
+            abi::CLAIMED
+        } else {
+            abi::UNCLAIMED
+        };
+        self.0
+            .set(slot, value, 0)
+            .with_context(|| format!("setting the claim flag of endpoint slot {slot}"))
+    }
+}
+
 /// Errors of attaching and pinning the classifier that callers tell apart.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -244,6 +261,24 @@ impl Classifier {
             self.remove_key(key)?;
         }
         Ok(keys.len() as u32)
+    }
+
+    /// A handle on the claim flags of its own, for the thread that serves an endpoint to
+    /// claim and unclaim it as its port's client becomes ready or goes (a syscall per change,
+    /// never per frame).
+    pub fn claim_switch(&self) -> Result<ClaimSwitch> {
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = self
+            .maps
+            .claimed
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the claim map's descriptor")?;
+        let map = MapData::from_fd(fd).context("opening the claim map again")?;
+        Ok(ClaimSwitch(Array::try_from(aya::maps::Map::Array(map))?))
     }
 
     /// Stop claiming frames with `key`; a missing key is not an error.
