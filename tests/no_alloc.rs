@@ -94,7 +94,7 @@ fn hot_loops_allocate_nothing_per_frame() {
             .run(|| {
                 let dp = Dataplane::start(&cfg, &lab.endpoints)?;
                 run_traffic(&lab, &dp, 1, &streams, &traffic)?;
-                dp.stop()
+                Ok(dp.stop()?)
             })
             .unwrap();
         let delivered: u64 = finished.endpoints.iter().map(|e| e.frames).sum();

@@ -140,9 +140,12 @@ fn frames_so_far(dp: &Dataplane) -> Vec<u64> {
         .collect()
 }
 
-fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn timed<T, E: Into<anyhow::Error>>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, E>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
-    let out = f()?;
+    let out = f().map_err(Into::into)?;
     let took = start.elapsed();
     println!("{what} while blocked: {took:?}");
     assert!(
@@ -277,7 +280,7 @@ fn connect(dp: &mut Dataplane, server: &PortServer, endpoint: &str) -> anyhow::R
                 endpoint: e,
                 port,
                 info,
-            }) if e == endpoint => return dp.connect_port(&e, port, info),
+            }) if e == endpoint => return Ok(dp.connect_port(&e, port, info)?),
             Some(PortEvent::Disconnected { reason, .. }) => {
                 anyhow::bail!("the client went away: {reason}")
             }

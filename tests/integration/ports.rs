@@ -247,7 +247,7 @@ fn transmit(demux: Demux, queues: u32) {
                 .endpoints
                 .iter()
                 .map(|e| dp.disconnect_port(&e.name))
-                .collect::<anyhow::Result<_>>()?;
+                .collect::<Result<_, _>>()?;
             let queues = dp.snapshot()?.queues;
             dp.stop()?;
             Ok((ports, queues))

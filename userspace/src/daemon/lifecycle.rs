@@ -77,7 +77,7 @@ pub(super) fn start_plane(cfg: &DataplaneConfig) -> Result<Dataplane> {
             "replaced the pinned classifier in place (bpf_link_update, no detach): {why}"
         ),
     }
-    Dataplane::start_with(cfg, classifier, &[])
+    Ok(Dataplane::start_with(cfg, classifier, &[])?)
 }
 
 /// After the claims are released: wait (at most a second) until the consumers have read the

@@ -106,7 +106,7 @@ impl Daemon {
                     .planes
                     .values()
                     .map(|p| p.snapshot())
-                    .collect::<Result<_>>()?,
+                    .collect::<Result<_, _>>()?,
                 detached: Vec::new(),
                 leases: Vec::new(),
             }),
@@ -214,7 +214,7 @@ impl Daemon {
                 }
                 if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
                     let _ = plane.stop();
-                    return Err(e);
+                    return Err(e.into());
                 }
                 tracing::info!(
                     iface,
@@ -280,7 +280,9 @@ impl Daemon {
                         .values_mut()
                         .find(|p| p.endpoints().iter().any(|e| e.name == endpoint));
                     let result = match plane {
-                        Some(plane) => plane.connect_port(&endpoint, port, info),
+                        Some(plane) => plane
+                            .connect_port(&endpoint, port, info)
+                            .map_err(anyhow::Error::from),
                         None => Err(anyhow::anyhow!("the endpoint is not on the fast path")),
                     };
                     match result {
@@ -479,6 +481,7 @@ impl Daemon {
                     "endpoints released to their kernel devices"
                 ),
                 Err(e) => {
+                    let e = anyhow::Error::from(e);
                     tracing::error!(iface, "releasing the endpoints' claims: {e:#}");
                     first_error.get_or_insert(e);
                 }
@@ -519,6 +522,7 @@ impl Daemon {
                     "dataplane stopped; XDP stays attached for the next daemon (`xmacvlan down {iface}` removes it)"
                 ),
                 Err(e) => {
+                    let e = anyhow::Error::from(e);
                     tracing::error!(iface, "stopping the dataplane: {e:#}");
                     first_error.get_or_insert(e);
                 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use crossbeam_queue::ArrayQueue;
 
-use super::commands::{ask, send};
+use super::commands::{Unanswered, ask, send};
 use super::endpoint::{Served, Source};
+use super::error::DataplaneError;
 use super::port::{AppPort, ClaimPolicy, PortInfo};
 use super::served_port::{Claim, PortLink, PortSnapshot, ServedPort};
 use super::snapshot::EndpointSnapshot;
@@ -86,7 +87,7 @@ impl Attached {
 impl Dataplane {
     /// Start serving an endpoint while running, its frames claimed at once
     /// ([`ClaimPolicy::Always`]).
-    pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<()> {
+    pub fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<(), DataplaneError> {
         self.add_endpoint_with(spec, ClaimPolicy::Always)
     }
 
@@ -94,23 +95,27 @@ impl Dataplane {
     /// classifier knows the endpoint but leaves its frames to its kernel device until a port
     /// connects ([`Self::connect_port`]). Sockets (or ring) first, the classifier's claim on
     /// its key last, so no claimed frame finds no home; a failed step undoes those before it.
-    pub fn add_endpoint_with(&mut self, spec: EndpointSpec, claim: ClaimPolicy) -> Result<()> {
+    pub fn add_endpoint_with(
+        &mut self,
+        spec: EndpointSpec,
+        claim: ClaimPolicy,
+    ) -> Result<(), DataplaneError> {
         validate_endpoints(std::slice::from_ref(&spec))?;
         if self.endpoints.contains_key(&spec.name) {
-            bail!("an endpoint named `{}` is already attached", spec.name);
+            return Err(DataplaneError::AlreadyAttached(spec.name));
         }
         if let Some(other) = self.endpoints.values().find(|a| a.spec.key() == spec.key()) {
-            bail!(
+            return Err(DataplaneError::Endpoint(format!(
                 "endpoint {} has the same VLAN {} and MAC {} as endpoint {}",
                 spec.name,
                 spec.vid,
                 Mac(spec.mac),
                 other.spec.name
-            );
+            )));
         }
         let name = spec.name.clone();
         self.attach_endpoint(spec, claim)
-            .with_context(|| format!("adding endpoint {name}"))
+            .map_err(DataplaneError::step(format!("adding endpoint {name}")))
     }
 
     fn attach_endpoint(&mut self, spec: EndpointSpec, claim: ClaimPolicy) -> Result<()> {
@@ -218,15 +223,18 @@ impl Dataplane {
     /// Stop serving an endpoint while running. Its classifier key goes first; frames
     /// already on their way to it are still counted as its own; then its sockets close and
     /// its slot is free for reuse. Returns its final numbers.
-    pub fn remove_endpoint(&mut self, name: &str) -> Result<EndpointResult> {
+    pub fn remove_endpoint(&mut self, name: &str) -> Result<EndpointResult, DataplaneError> {
         let attached = self
             .endpoints
             .remove(name)
-            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
-        self.classifier.remove_key(&attached.spec.key())?;
+            .ok_or_else(|| DataplaneError::NotAttached(name.to_string()))?;
+        self.classifier
+            .remove_key(&attached.spec.key())
+            .map_err(DataplaneError::step(format!("removing endpoint {name}")))?;
         if self.cfg.demux == Demux::User {
             // Owners must stop pushing to its ring before its thread drains it.
-            self.publish_tables()?;
+            self.publish_tables()
+                .map_err(DataplaneError::step(format!("removing endpoint {name}")))?;
         } else {
             self.clear_sockets(attached.slot);
             // A frame redirected just before is still being flushed into its socket by a
@@ -252,11 +260,14 @@ impl Dataplane {
 
     /// A copy of an endpoint's latency histogram, taken by its serving thread (empty without
     /// the probe).
-    pub fn latency_histogram(&self, name: &str) -> Result<hdrhistogram::Histogram<u64>> {
+    pub fn latency_histogram(
+        &self,
+        name: &str,
+    ) -> Result<hdrhistogram::Histogram<u64>, DataplaneError> {
         let attached = self
             .endpoints
             .get(name)
-            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
+            .ok_or_else(|| DataplaneError::NotAttached(name.to_string()))?;
         let latency = ask(
             &self.threads[attached.thread].commands,
             |reply| Command::Histogram {
@@ -329,18 +340,17 @@ impl Dataplane {
         name: &str,
         port: Box<dyn AppPort>,
         info: PortInfo,
-    ) -> Result<()> {
+    ) -> Result<(), DataplaneError> {
         let attached = self
             .endpoints
             .get(name)
-            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
+            .ok_or_else(|| DataplaneError::NotAttached(name.to_string()))?;
         if let Some(p) = &attached.port {
-            bail!(
+            return Err(DataplaneError::Port(format!(
                 "endpoint {name} already has a port connected (client `{}`, pid {}); \
                  disconnect it first",
-                p.info.client,
-                p.info.pid
-            );
+                p.info.client, p.info.pid
+            )));
         }
         let (slot, claim, thread) = (attached.slot, attached.claim, attached.thread);
         if self.cfg.demux == Demux::User && !self.threads[thread].has_tx_sockets {
@@ -348,8 +358,10 @@ impl Dataplane {
                 .queues
                 .iter()
                 .map(|q| q.umem.add_socket())
-                .collect::<Result<Vec<_>>>()
-                .context("opening TX sockets for the serving thread")?;
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(DataplaneError::step(
+                    "opening TX sockets for the serving thread",
+                ))?;
             send(&self.threads[thread].commands, Command::TxSockets(sockets))?;
             self.threads[thread].has_tx_sockets = true;
         }
@@ -357,7 +369,15 @@ impl Dataplane {
         // Claimed only while connected: the serving thread claims the endpoint once the
         // client offers receive buffers, not now (it may not have offered any yet).
         let claim = match claim {
-            ClaimPolicy::WhileConnected => Some(Claim::new(self.classifier.claim_switch()?, slot)),
+            ClaimPolicy::WhileConnected => {
+                let switch = self
+                    .classifier
+                    .claim_switch()
+                    .map_err(DataplaneError::step(format!(
+                        "connecting a port to endpoint {name}"
+                    )))?;
+                Some(Claim::new(switch, slot))
+            }
             ClaimPolicy::Always => None,
         };
         ask(
@@ -377,17 +397,23 @@ impl Dataplane {
     /// Take endpoint `name`'s port away: an endpoint claimed only while connected goes back to
     /// its kernel device first (frames already on their way count as `not_connected`); then the
     /// thread stops using the port, which is closed here. Returns its final numbers.
-    pub fn disconnect_port(&mut self, name: &str) -> Result<PortSnapshot> {
+    pub fn disconnect_port(&mut self, name: &str) -> Result<PortSnapshot, DataplaneError> {
         let attached = self
             .endpoints
             .get(name)
-            .ok_or_else(|| anyhow!("no endpoint named `{name}` is attached"))?;
+            .ok_or_else(|| DataplaneError::NotAttached(name.to_string()))?;
         if attached.port.is_none() {
-            bail!("endpoint {name} has no port connected");
+            return Err(DataplaneError::Port(format!(
+                "endpoint {name} has no port connected"
+            )));
         }
         let (slot, claim, thread) = (attached.slot, attached.claim, attached.thread);
         if claim == ClaimPolicy::WhileConnected {
-            self.classifier.set_claimed(slot, false)?;
+            self.classifier
+                .set_claimed(slot, false)
+                .map_err(DataplaneError::step(format!(
+                    "giving endpoint {name}'s frames back to its kernel device"
+                )))?;
         }
         let port = self.take_port(thread, slot);
         let p = self
@@ -405,7 +431,7 @@ impl Dataplane {
     /// Ports whose application went away (the serving thread saw `is_connected()` false):
     /// disconnect each (its endpoint back to the kernel) and return their final numbers. The
     /// daemon calls this every loop; cheap when nothing changed (an atomic load per port).
-    pub fn reap_disconnected(&mut self) -> Vec<(String, Result<PortSnapshot>)> {
+    pub fn reap_disconnected(&mut self) -> Vec<(String, Result<PortSnapshot, DataplaneError>)> {
         let gone: Vec<String> = self
             .endpoints
             .iter()
@@ -436,7 +462,7 @@ impl Dataplane {
     }
 
     /// Ask a thread for the port of `slot` back.
-    fn take_port(&self, thread: usize, slot: u32) -> Result<Option<ServedPort>> {
+    fn take_port(&self, thread: usize, slot: u32) -> Result<Option<ServedPort>, Unanswered> {
         ask(
             &self.threads[thread].commands,
             |reply| Command::Disconnect { slot, reply },
@@ -447,68 +473,73 @@ impl Dataplane {
 
 /// An undo step that failed: the kernel or a thread refused to take something back. Said in
 /// the log (nothing else can be done about it); the original error is what the caller sees.
-fn undo(result: Result<()>, what: &str) {
+fn undo<E: Into<anyhow::Error>>(result: Result<(), E>, what: &str) {
     if let Err(e) = result {
+        let e: anyhow::Error = e.into();
         crate::logging::warn(format_args!("undoing a failed attach: {what}: {e:#}"));
     }
 }
 
-pub(super) fn validate_config(cfg: &DataplaneConfig) -> Result<()> {
+pub(super) fn validate_config(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
     if cfg.cores.is_empty() {
-        bail!("no cores given for the dataplane threads");
+        return Err(DataplaneError::Config(
+            "no cores given for the dataplane threads".into(),
+        ));
     }
     let available = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(1);
     if let Some(bad) = cfg.cores.iter().find(|&&c| c >= available) {
-        bail!(
+        return Err(DataplaneError::Config(format!(
             "core {bad} does not exist (this machine has cores 0-{})",
             available - 1
-        );
+        )));
     }
     if let Layout::Split { serving: 0 } = cfg.layout {
-        bail!("a split layout needs at least one serving thread");
+        return Err(DataplaneError::Config(
+            "a split layout needs at least one serving thread".into(),
+        ));
     }
     if cfg.queues == 0 || cfg.queues > abi::MAX_QUEUES {
-        bail!(
+        return Err(DataplaneError::Config(format!(
             "{} queues: between 1 and {} are supported",
             cfg.queues,
             abi::MAX_QUEUES
-        );
+        )));
     }
     Ok(())
 }
 
-pub(super) fn validate_endpoints(endpoints: &[EndpointSpec]) -> Result<()> {
+pub(super) fn validate_endpoints(endpoints: &[EndpointSpec]) -> Result<(), DataplaneError> {
     if endpoints.len() > abi::MAX_SLOTS as usize {
-        bail!(
+        return Err(DataplaneError::Endpoint(format!(
             "{} endpoints: at most {} are supported",
             endpoints.len(),
             abi::MAX_SLOTS
-        );
+        )));
     }
     let mut seen = std::collections::HashSet::new();
     for e in endpoints {
         if e.vid > VlanId::MAX {
-            bail!(
+            return Err(DataplaneError::Endpoint(format!(
                 "endpoint {}: VLAN id {} out of range 0-{} (0: untagged)",
                 e.name,
                 e.vid,
                 VlanId::MAX
-            );
+            )));
         }
         if e.mac[0] & 1 != 0 {
-            bail!(
+            return Err(DataplaneError::Endpoint(format!(
                 "endpoint {}: {} is a multicast MAC; endpoints need unicast MACs",
                 e.name,
                 Mac(e.mac)
-            );
+            )));
         }
         if !seen.insert(e.key()) {
-            bail!(
+            return Err(DataplaneError::Endpoint(format!(
                 "endpoint {}: another endpoint already has VLAN {} and MAC {}",
                 e.name,
                 e.vid,
                 Mac(e.mac)
-            );
+            )));
         }
     }
     Ok(())

@@ -3,16 +3,19 @@
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
-
 use super::idle::Mailbox;
 
 /// How long a thread may take to take a command, and then to answer it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A thread that did not take a command, or did not answer it in time: what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Unanswered(pub(super) String);
+
 /// Push a command to a thread's queue (which wakes it), waiting briefly if it is full
 /// (commands are rare).
-pub(super) fn send<T>(queue: &Mailbox<T>, mut item: T) -> Result<()> {
+pub(super) fn send<T>(queue: &Mailbox<T>, mut item: T) -> Result<(), Unanswered> {
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
         match queue.push(item) {
@@ -21,7 +24,11 @@ pub(super) fn send<T>(queue: &Mailbox<T>, mut item: T) -> Result<()> {
                 item = back;
                 std::thread::sleep(Duration::from_micros(100));
             }
-            Err(_) => bail!("a dataplane thread is not taking commands"),
+            Err(_) => {
+                return Err(Unanswered(
+                    "a dataplane thread is not taking commands".into(),
+                ));
+            }
         }
     }
 }
@@ -32,10 +39,10 @@ pub(super) fn ask<T, R>(
     queue: &Mailbox<T>,
     make: impl FnOnce(SyncSender<R>) -> T,
     silent: impl FnOnce() -> String,
-) -> Result<R> {
+) -> Result<R, Unanswered> {
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     send(queue, make(reply))?;
     answer
         .recv_timeout(ANSWER_TIMEOUT)
-        .map_err(|_| anyhow!(silent()))
+        .map_err(|_| Unanswered(silent()))
 }

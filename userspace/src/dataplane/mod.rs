@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 
 use crate::abi::{self, Counters};
 use crate::modes::{Bound, Demux, XdpMode};
@@ -30,6 +30,7 @@ use crate::xsk;
 mod attach;
 mod commands;
 pub mod endpoint;
+mod error;
 mod idle;
 mod lookup;
 mod options;
@@ -45,6 +46,7 @@ mod thread;
 mod visits;
 
 pub use endpoint::{EndpointCounters, EndpointCounts, EndpointSpec};
+pub use error::{DataplaneError, Result};
 pub use idle::{
     HotLoop, IdlePolicy, Mailbox, SPIN, Sleeper, Source as SleepSource, Waker, Woke, in_hot_loop,
     pin,
@@ -146,12 +148,18 @@ impl Dataplane {
     pub fn start(cfg: &DataplaneConfig, endpoints: &[EndpointSpec]) -> Result<Self> {
         attach::validate_config(cfg)?;
         attach::validate_endpoints(endpoints)?;
-        let ifindex = crate::sys::if_index(&cfg.ifname).with_context(|| {
-            format!("no interface named `{}` (check `ip link show`)", cfg.ifname)
-        })?;
-        let mut classifier = Classifier::load(Program::Classify, steering(cfg.demux), cfg.queues)?;
+        let ifindex = crate::sys::if_index(&cfg.ifname)
+            .ok_or_else(|| DataplaneError::NoInterface(cfg.ifname.clone()))?;
         let mut warnings = Vec::new();
-        classifier.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
+        let classifier = (|| {
+            let mut c = Classifier::load(Program::Classify, steering(cfg.demux), cfg.queues)?;
+            c.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
+            anyhow::Ok(c)
+        })()
+        .map_err(DataplaneError::step(format!(
+            "attaching the classifier to {}",
+            cfg.ifname
+        )))?;
         let mut dataplane = Self::start_with(cfg, classifier, endpoints)?;
         let later = std::mem::replace(&mut dataplane.warnings, warnings);
         dataplane.warnings.extend(later);
@@ -162,11 +170,32 @@ impl Dataplane {
     /// daemon's, pinned to outlive it: [`Classifier::attach_persistent`]).
     pub fn start_with(
         cfg: &DataplaneConfig,
-        mut classifier: Classifier,
+        classifier: Classifier,
         endpoints: &[EndpointSpec],
     ) -> Result<Self> {
         attach::validate_config(cfg)?;
         attach::validate_endpoints(endpoints)?;
+        let mut cfg = cfg.clone();
+        let mut warnings = Vec::new();
+        if let Some(ifindex) = crate::sys::if_index(&cfg.ifname) {
+            // The kernel's own answer (6.3+); an older one, or a failed query, leaves `auto`
+            // to try.
+            let features = crate::netlink::xdp_features(ifindex).ok().flatten();
+            cfg.settle_bind(features.as_ref(), &mut warnings)?;
+        }
+        let mut dataplane = Self::assemble(&cfg, classifier).map_err(DataplaneError::step(
+            format!("starting the dataplane on {}", cfg.ifname),
+        ))?;
+        warnings.append(&mut dataplane.warnings);
+        dataplane.warnings = warnings;
+        for spec in endpoints {
+            dataplane.add_endpoint(spec.clone())?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Open the queues and start the threads, no endpoint yet.
+    fn assemble(cfg: &DataplaneConfig, mut classifier: Classifier) -> anyhow::Result<Self> {
         let Some((_, attached)) = classifier.attached() else {
             anyhow::bail!("the classifier for {} is not attached", cfg.ifname);
         };
@@ -304,9 +333,6 @@ impl Dataplane {
                 .recv_timeout(Duration::from_secs(10))
                 .map_err(|_| anyhow::anyhow!("a dataplane thread did not start within 10 s"))?;
         }
-        for spec in endpoints {
-            dataplane.add_endpoint(spec.clone())?;
-        }
         Ok(dataplane)
     }
 
@@ -316,7 +342,9 @@ impl Dataplane {
     }
 
     pub fn xdp_counters(&self) -> Result<Counters> {
-        self.classifier.counters()
+        self.classifier
+            .counters()
+            .map_err(DataplaneError::step("reading the classifier's counters"))
     }
 
     /// Stop claiming every endpoint's frames and wait until frames redirected before are in
@@ -324,7 +352,10 @@ impl Dataplane {
     /// [`Self::stop`] hands the last claimed frames to the ports still connected. The daemon
     /// does this before it stops (the classifier may outlive it).
     pub fn release_claims(&mut self) -> Result<u32> {
-        let released = self.classifier.unclaim_all()?;
+        let released = self
+            .classifier
+            .unclaim_all()
+            .map_err(DataplaneError::step("releasing the endpoints' claims"))?;
         crate::sys::synchronize_rcu();
         Ok(released)
     }
@@ -345,25 +376,31 @@ impl Dataplane {
     /// Everything countable, read now while the dataplane runs (a few syscalls per socket:
     /// for stats commands, not for hot loops).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let endpoints = self
-            .in_attach_order()
-            .into_iter()
-            .map(Attached::snapshot)
-            .collect::<Result<Vec<_>>>()?;
-        let queues = self
-            .queues
-            .iter()
-            .map(|q| q.snapshot())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Snapshot {
-            interface: self.cfg.ifname.clone(),
-            demux: self.cfg.demux,
-            xdp_mode: self.attached,
-            bind: self.bound,
-            xdp: self.classifier.counters()?,
-            queues,
-            endpoints,
-        })
+        let read = || {
+            let endpoints = self
+                .in_attach_order()
+                .into_iter()
+                .map(Attached::snapshot)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let queues = self
+                .queues
+                .iter()
+                .map(|q| q.snapshot())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::Ok(Snapshot {
+                interface: self.cfg.ifname.clone(),
+                demux: self.cfg.demux,
+                xdp_mode: self.attached,
+                bind: self.bound,
+                xdp: self.classifier.counters()?,
+                queues,
+                endpoints,
+            })
+        };
+        read().map_err(DataplaneError::step(format!(
+            "reading the counters of {}",
+            self.cfg.ifname
+        )))
     }
 
     /// Attached endpoints, in attach order.

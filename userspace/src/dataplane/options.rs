@@ -1,9 +1,9 @@
 //! What a dataplane is started with: [`DataplaneConfig`], its defaults, and the two ways
 //! users set it — the dataplane flags (`xmacvlan run`, the lab) and `daemon.json` (the daemon,
 //! whose flags override the file's keys before this reads them).
-use super::{IdlePolicy, default_cores};
+use super::{DataplaneError, IdlePolicy, default_cores};
 use crate::config::{DaemonConfig, DataplaneFlags};
-use crate::modes::{Demux, Threads, XdpMode};
+use crate::modes::{BindMode, Demux, Threads, XdpMode};
 use crate::xsk::QueueConfig;
 
 /// How the receive work of a dataplane is laid out in threads.
@@ -81,12 +81,14 @@ impl Default for DataplaneConfig {
 impl DataplaneConfig {
     /// Put the flags given into effect (over the defaults, for `run` and the lab). `kernel`
     /// is refused: it runs no dataplane.
-    pub fn apply(&mut self, flags: &DataplaneFlags) -> Result<(), String> {
+    pub fn apply(&mut self, flags: &DataplaneFlags) -> Result<(), DataplaneError> {
         if let Some(mode) = flags.demux_mode {
             self.demux = mode.fast_path().ok_or_else(|| {
-                "--demux-mode kernel runs no dataplane (frames stay on the macvlan devices): \
-                 use xdp or user here; the daemon accepts kernel"
-                    .to_string()
+                DataplaneError::Config(
+                    "--demux-mode kernel runs no dataplane (frames stay on the macvlan \
+                     devices): use xdp or user here; the daemon accepts kernel"
+                        .into(),
+                )
             })?;
         }
         if let Some(m) = flags.xdp_mode {
@@ -103,6 +105,36 @@ impl DataplaneConfig {
             self.idle.coalesce = c;
         }
         Ok(())
+    }
+
+    /// Settle `bind-mode auto` by what the kernel says the interface's driver can do (Linux
+    /// 6.3+): no zero-copy bind is tried where it has none, and an explicit `zerocopy` on such
+    /// a driver is refused before anything is made. Why `auto` settled for copy goes to
+    /// `warnings`. Without the kernel's answer (older kernels) `auto` tries, as before.
+    pub fn settle_bind(
+        &mut self,
+        features: Option<&crate::netlink::XdpFeatures>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), DataplaneError> {
+        let Some(f) = features.filter(|f| !f.zero_copy()) else {
+            return Ok(());
+        };
+        match self.queue.bind {
+            BindMode::Auto => {
+                self.queue.bind = BindMode::Copy;
+                warnings.push(format!(
+                    "{}: the kernel reports no AF_XDP zero-copy for its driver; using copy mode",
+                    self.ifname
+                ));
+                Ok(())
+            }
+            BindMode::Zerocopy => Err(DataplaneError::Config(format!(
+                "{}: the kernel reports no AF_XDP zero-copy for its driver (xdp-features {:#x}): \
+                 use --bind-mode copy or auto",
+                self.ifname, f.xdp
+            ))),
+            BindMode::Copy => Ok(()),
+        }
     }
 
     /// The dataplane settings of a `daemon.json` (`cores`, `xdp-mode`, `bind-mode`,
@@ -125,5 +157,54 @@ impl DataplaneConfig {
             },
             ..defaults
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::XdpFeatures;
+    use crate::netlink::features::xdp_act;
+
+    fn config(bind: BindMode) -> DataplaneConfig {
+        DataplaneConfig {
+            ifname: "nic0".into(),
+            queue: QueueConfig {
+                bind,
+                ..QueueConfig::default()
+            },
+            ..DataplaneConfig::default()
+        }
+    }
+
+    #[test]
+    fn auto_binds_by_what_the_kernel_says_the_driver_can() {
+        let veth = XdpFeatures {
+            xdp: xdp_act::BASIC | xdp_act::REDIRECT,
+            ..XdpFeatures::default()
+        };
+        let igb = XdpFeatures {
+            xdp: xdp_act::BASIC | xdp_act::REDIRECT | xdp_act::XSK_ZEROCOPY,
+            ..XdpFeatures::default()
+        };
+        let mut warnings = Vec::new();
+        let mut cfg = config(BindMode::Auto);
+        cfg.settle_bind(Some(&veth), &mut warnings).unwrap();
+        assert_eq!(cfg.queue.bind, BindMode::Copy);
+        assert_eq!(
+            warnings,
+            ["nic0: the kernel reports no AF_XDP zero-copy for its driver; using copy mode"]
+        );
+        let mut cfg = config(BindMode::Auto);
+        cfg.settle_bind(Some(&igb), &mut Vec::new()).unwrap();
+        assert_eq!(cfg.queue.bind, BindMode::Auto, "zero-copy is tried");
+        let mut cfg = config(BindMode::Auto);
+        cfg.settle_bind(None, &mut Vec::new()).unwrap();
+        assert_eq!(cfg.queue.bind, BindMode::Auto, "an older kernel: tried");
+        let e = config(BindMode::Zerocopy)
+            .settle_bind(Some(&veth), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use --bind-mode copy or auto"), "{e}");
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
+
+use super::error::DataplaneError;
 
 use super::thread::Finished as FinishedEndpoint;
 use super::{Dataplane, Finished, QueueSnapshot, SocketStats, close_in_parallel};
@@ -54,12 +56,15 @@ impl Dataplane {
     }
 
     /// Stop the threads (after they drain what is already queued) and collect the results.
-    pub fn stop(mut self) -> Result<Finished> {
-        let xdp = self.classifier.counters()?;
+    pub fn stop(mut self) -> Result<Finished, DataplaneError> {
+        let xdp = self
+            .classifier
+            .counters()
+            .map_err(DataplaneError::step("reading the classifier's counters"))?;
         let mut joined = self.join_threads();
         if joined.panicked {
             joined.discard();
-            return Err(anyhow!("a dataplane thread panicked"));
+            return Err(DataplaneError::Thread("a dataplane thread panicked".into()));
         }
         let mut queues = Vec::new();
         for q in &self.queues {
@@ -67,11 +72,17 @@ impl Dataplane {
                 Some(Ok(socket)) => queues.push(q.snapshot_with(socket)),
                 Some(Err(e)) => {
                     joined.discard();
-                    return Err(e);
+                    return Err(DataplaneError::step(format!(
+                        "reading the socket counters of queue {}",
+                        q.id
+                    ))(e));
                 }
                 None => {
                     joined.discard();
-                    return Err(anyhow!("queue {} had no owner", q.id));
+                    return Err(DataplaneError::Thread(format!(
+                        "queue {} had no owner thread to stop",
+                        q.id
+                    )));
                 }
             }
         }
