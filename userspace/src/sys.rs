@@ -6,7 +6,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub mod ethtool;
+pub mod membership;
 pub mod packet;
+
+pub use ethtool::active_rx_queues;
 
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
@@ -355,53 +359,6 @@ pub fn probe_af_xdp() -> io::Result<()> {
     // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     Ok(())
-}
-
-/// `struct ethtool_channels` of linux/ethtool.h.
-#[repr(C)]
-#[derive(Default)]
-struct EthtoolChannels {
-    cmd: u32,
-    max_rx: u32,
-    max_tx: u32,
-    max_other: u32,
-    max_combined: u32,
-    rx_count: u32,
-    tx_count: u32,
-    other_count: u32,
-    combined_count: u32,
-}
-
-const ETHTOOL_GCHANNELS: u32 = 0x3c;
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-
-/// Receive queues interface `name` uses now (rx-only plus combined channels, as `ethtool -l`
-/// shows them), in the calling thread's namespace. This is what AF_XDP binds against; the
-/// netlink queue count is what was allocated, which can be more (veth allocates one per CPU
-/// and uses one).
-pub fn active_rx_queues(name: &str) -> io::Result<u32> {
-    let socket =
-        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
-    let mut channels = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..Default::default()
-    };
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= ifr.ifr_name.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
-    // SAFETY: `ifr` names the interface and points at `channels`, which outlives the call and
-    // has the layout SIOCETHTOOL/ETHTOOL_GCHANNELS writes.
-    check(unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifr) })?;
-    Ok((channels.rx_count + channels.combined_count).max(1))
 }
 
 /// poll(2) for readability (or hangup/error) on `fds`, up to `timeout_ms` (-1: no limit).
