@@ -1,46 +1,48 @@
-//! Facts about a real NIC that decide whether the fast path can see its frames: receive
-//! queue count, VLAN tag stripping (rx VLAN offload), and a foreign XDP program.
-use std::process::Command;
+//! The NIC under a dataplane: the facts that decide whether the fast path sees its frames
+//! (receive queues, 802.1Q tag stripping, the NIC's receive filters, a foreign XDP program),
+//! and what xmacvlan changes on it while a dataplane runs, each change undone when the
+//! dataplane stops ([`NicChanges`]):
+//!
+//! - [`vlan`]: tagged endpoints need the tag in the frame; a NIC that strips it (rx VLAN
+//!   offload) has that turned off while they are served, and back on after.
+//! - [`filter`]: a NIC drops frames for MACs it does not own and for VLAN ids nothing
+//!   registered before XDP sees them; the endpoints' MACs and VLAN ids are added.
+//! - [`busy_poll`]: the receive threads poll the NIC's queues themselves (when asked), with
+//!   the device's interrupt deferral set for that time.
+use anyhow::Result;
 
-use anyhow::{Context, Result, bail};
+pub mod busy_poll;
+mod changes;
+pub mod filter;
+pub mod vlan;
 
-/// Whether the NIC strips 802.1Q tags before XDP sees the frame (`rx-vlan-offload: on`).
-/// None when ethtool is missing or does not know the feature.
+pub use busy_poll::BusyPoll;
+pub use changes::NicChanges;
+pub use vlan::{VlanStrategy, VlanTags, vlan_strategy};
+
+/// The kernel's name of rx VLAN offload (`ethtool -k` shows it as `rx-vlan-offload`,
+/// `ethtool -K` takes `rxvlan`): the NIC strips the 802.1Q tag before XDP sees the frame.
+pub const RX_VLAN_OFFLOAD: &str = "rx-vlan-hw-parse";
+/// The NIC drops frames of VLAN ids no VLAN device registered.
+pub const RX_VLAN_FILTER: &str = "rx-vlan-filter";
+
+/// Whether the NIC strips 802.1Q tags before XDP sees the frame (`rx-vlan-offload: on`), in
+/// the calling thread's namespace. None when the device cannot be asked or has no such
+/// feature.
 pub fn rx_vlan_offload(ifname: &str) -> Option<bool> {
-    let out = Command::new("ethtool")
-        .arg("-k")
-        .arg(ifname)
-        .output()
+    let features = crate::sys::ethtool::Ethtool::new()
+        .ok()?
+        .features(ifname)
         .ok()?;
-    parse_rx_vlan_offload(&String::from_utf8_lossy(&out.stdout))
+    Some(features.get(RX_VLAN_OFFLOAD)?.active)
 }
 
+/// `rx-vlan-offload` in `ethtool -k` text.
 pub fn parse_rx_vlan_offload(ethtool_k: &str) -> Option<bool> {
     ethtool_k.lines().find_map(|line| {
         let rest = line.trim().strip_prefix("rx-vlan-offload:")?;
         Some(rest.trim_start().starts_with("on"))
     })
-}
-
-/// Turn rx VLAN offload off so tags reach XDP (`ethtool -K IF rxvlan off`).
-pub fn disable_rx_vlan_offload(ifname: &str) -> Result<()> {
-    set_rx_vlan_offload(ifname, false)
-}
-
-/// `ethtool -K IF rxvlan on|off`.
-pub fn set_rx_vlan_offload(ifname: &str, on: bool) -> Result<()> {
-    let value = if on { "on" } else { "off" };
-    let status = Command::new("ethtool")
-        .args(["-K", ifname, "rxvlan", value])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running ethtool (install it: apt-get install -y ethtool)")?;
-    if !status.success() {
-        bail!(
-            "`ethtool -K {ifname} rxvlan {value}` failed ({status}); the driver may not allow it"
-        );
-    }
-    Ok(())
 }
 
 /// Whether rx VLAN offload on a link of this kind (netlink's IFLA_INFO_KIND) or driver can

@@ -26,9 +26,6 @@ pub struct RunArgs {
     /// Replace an XDP program another tool attached to the interface.
     #[arg(long)]
     pub force: bool,
-    /// Turn rx VLAN offload off if the NIC strips tags before XDP.
-    #[arg(long)]
-    pub fix_offloads: bool,
     /// Also write the final report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -88,30 +85,6 @@ pub fn run(a: RunArgs) -> Result<()> {
             .context("--force: detaching the existing XDP program")?;
         eprintln!("xmacvlan: replaced XDP program {id} on {}", a.iface);
     }
-    let mut _restore = None;
-    if endpoints.iter().any(|e| e.vid != 0)
-        && crate::nic::offload_can_strip_tags(link.kind.as_deref())
-    {
-        match crate::nic::rx_vlan_offload(&a.iface) {
-            Some(true) if a.fix_offloads => {
-                _restore = Some(fix_rx_vlan_offload(&a.iface)?);
-                eprintln!(
-                    "xmacvlan: turned rx VLAN offload off on {} (turned back on at exit)",
-                    a.iface
-                );
-            }
-            Some(true) => eprintln!(
-                "xmacvlan: warning: {} strips VLAN tags before XDP (rx-vlan-offload on): tagged endpoints will not match; \
-                 rerun with --fix-offloads or run `ethtool -K {} rxvlan off`",
-                a.iface, a.iface
-            ),
-            Some(false) => {}
-            None => eprintln!(
-                "xmacvlan: could not read rx-vlan-offload of {} (is ethtool installed?)",
-                a.iface
-            ),
-        }
-    }
     crate::sys::catch_interrupts();
     let queues = link.active_rx_queues();
     let mut cfg = DataplaneConfig {
@@ -124,8 +97,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     for w in &dp.warnings {
         eprintln!("xmacvlan: {w}");
     }
+    let busy = match dp.busy_poll {
+        Some(b) => format!(", busy polling (budget {})", b.budget),
+        None => String::new(),
+    };
     eprintln!(
-        "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}; Ctrl-C to stop",
+        "xmacvlan: {} on {} ({}), demux {}, XDP {}, AF_XDP {}{busy}; Ctrl-C to stop",
         plural(endpoints.len(), "endpoint"),
         a.iface,
         plural(queues as usize, "queue"),
@@ -181,27 +158,6 @@ pub fn run(a: RunArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// Turns rx VLAN offload back on when dropped (at exit, also on error).
-pub struct RestoreOffload(String);
-
-/// `--fix-offloads`: rx VLAN offload off now, back on when the guard is dropped.
-pub fn fix_rx_vlan_offload(iface: &str) -> Result<RestoreOffload> {
-    crate::nic::disable_rx_vlan_offload(iface)?;
-    Ok(RestoreOffload(iface.to_string()))
-}
-
-impl Drop for RestoreOffload {
-    fn drop(&mut self) {
-        match crate::nic::set_rx_vlan_offload(&self.0, true) {
-            Ok(()) => eprintln!("xmacvlan: rx VLAN offload on {} restored (on)", self.0),
-            Err(e) => eprintln!(
-                "xmacvlan: warning: could not restore rx VLAN offload on {}: {e:#}; run `ethtool -K {} rxvlan on`",
-                self.0, self.0
-            ),
-        }
-    }
 }
 
 /// xmacvlan's own classifier on the interface: a daemon (or another `xmacvlan run`) serves

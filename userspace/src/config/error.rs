@@ -1,7 +1,7 @@
 //! Errors from reading `daemon.json`: each names the file, the key and what would be accepted.
 use std::fmt;
 
-use super::parse::{MAX_COALESCE_US, MAX_CORE};
+use super::parse::{MAX_BUSY_POLL_BUDGET, MAX_COALESCE_US, MAX_CORE, TYPICAL_BUSY_POLL_BUDGET};
 
 /// What is wrong with one key (or with the file as a whole).
 #[derive(Debug)]
@@ -65,6 +65,11 @@ pub enum ValueError {
     IntervalRange,
     #[error("must be a whole number of microseconds from 0 (off) to {MAX_COALESCE_US}")]
     Coalesce,
+    #[error(
+        "must be a whole number of frames from 0 (off) to {MAX_BUSY_POLL_BUDGET} \
+         ({TYPICAL_BUSY_POLL_BUDGET} is typical)"
+    )]
+    BusyPollBudget,
     #[error(
         "\"{0}\" is not a CPU id or range; write ids from 0 to {MAX_CORE} like \"0-1\" or \"1,3-4\""
     )]

@@ -83,6 +83,10 @@ pub struct DataplaneFlags {
     /// arriving meanwhile share the wake-up (0 = off, at most 10000).
     #[arg(long = "receive-coalesce-us", value_name = "US", value_parser = coalesce_flag)]
     pub receive_coalesce: Option<Duration>,
+    /// Busy poll the NIC: each queue's thread runs its NAPI, up to N frames a poll, with the
+    /// NIC's interrupts deferred while it runs (64 is typical; 0 = off) [default: 0].
+    #[arg(long = "busy-poll-budget", value_name = "N", value_parser = busy_poll_flag)]
+    pub busy_poll_budget: Option<u16>,
 }
 
 /// A parsed `--docker-plugin` (None = turned off with "").
@@ -103,6 +107,10 @@ fn cores_flag(text: &str) -> Result<CoresFlag, ValueError> {
 
 fn coalesce_flag(text: &str) -> Result<Duration, ValueError> {
     coalesce_from_us(text.trim().parse().ok())
+}
+
+fn busy_poll_flag(text: &str) -> Result<u16, ValueError> {
+    busy_poll_budget_from(text.trim().parse().ok())
 }
 
 /// A parsed `--metrics-addr` (None = turned off with "").
@@ -148,6 +156,7 @@ impl ConfigFlags {
             bind_mode: self.dataplane.bind_mode,
             receive_coalesce: self.dataplane.receive_coalesce,
             receive_threads: self.dataplane.receive_threads,
+            busy_poll_budget: self.dataplane.busy_poll_budget,
             stats_interval: self.stats_interval,
             metrics_addr: self.metrics_addr.clone().map(|m| m.0),
             control_socket: self.control_socket.clone(),
@@ -314,6 +323,22 @@ mod tests {
             .overrides(&DaemonConfig::default())
             .unwrap_err();
         assert!(e.to_string().contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn busy_polling_is_one_flag_for_run_the_lab_and_the_daemon() {
+        let f = flags(&["--busy-poll-budget", "64"]);
+        assert_eq!(f.dataplane.busy_poll_budget, Some(64));
+        let cfg = f.resolve().unwrap();
+        assert_eq!(cfg.busy_poll_budget, 64, "overrides the file's key");
+        let mut run = crate::dataplane::DataplaneConfig::default();
+        run.apply(&f.dataplane).unwrap();
+        assert_eq!(run.busy_poll, Some(crate::nic::BusyPoll { budget: 64 }));
+        run.apply(&flags(&["--busy-poll-budget", "0"]).dataplane)
+            .unwrap();
+        assert_eq!(run.busy_poll, None, "0 turns it off");
+        let e = flag_error(&["--busy-poll-budget", "5000"]);
+        assert!(e.contains("from 0 (off) to 1024"), "{e}");
     }
 
     #[test]

@@ -29,8 +29,8 @@ mod reload;
 pub use error::{ConfigError, ErrorKind, MetricsAddrError, ValueError};
 pub use flags::{ConfigFlags, CoresFlag, DataplaneFlags, DockerPluginFlag, MetricsFlag};
 pub use parse::{
-    MAX_COALESCE_US, coalesce_from_us, parse_cores, parse_docker_plugin, parse_duration,
-    parse_metrics_addr, parse_size,
+    MAX_COALESCE_US, busy_poll_budget_from, coalesce_from_us, parse_cores, parse_docker_plugin,
+    parse_duration, parse_metrics_addr, parse_size,
 };
 pub use reload::{Change, ReloadPlan, diff_for_reload};
 
@@ -66,6 +66,7 @@ pub const KEYS: &[&str] = &[
     "bind-mode",
     "receive-coalesce-us",
     "receive-threads",
+    "busy-poll-budget",
     "stats-interval",
     "metrics-addr",
     "control-socket",
@@ -208,6 +209,8 @@ pub struct DaemonConfig {
     /// `run-to-completion`: one thread per NIC does all its receive work; `split`: a worker
     /// thread per queue beside it.
     pub receive_threads: Threads,
+    /// Frames a busy poll of a NIC queue takes; 0 = no busy polling (interrupts).
+    pub busy_poll_budget: u16,
     pub stats_interval: Duration,
     /// None = no metrics endpoint (the default).
     pub metrics_addr: Option<MetricsAddr>,
@@ -234,6 +237,7 @@ impl Default for DaemonConfig {
             bind_mode: BindMode::Auto,
             receive_coalesce: Duration::ZERO,
             receive_threads: Threads::RunToCompletion,
+            busy_poll_budget: 0,
             stats_interval: Duration::from_secs(1),
             metrics_addr: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
@@ -314,6 +318,9 @@ impl DaemonConfig {
         if let Some(v) = flags.receive_threads {
             self.receive_threads = v;
         }
+        if let Some(v) = flags.busy_poll_budget {
+            self.busy_poll_budget = v;
+        }
         if let Some(v) = flags.stats_interval {
             self.stats_interval = v;
         }
@@ -358,6 +365,7 @@ impl DaemonConfig {
                 json!(self.receive_coalesce.as_micros() as u64),
             ),
             ("receive-threads", json!(self.receive_threads.name())),
+            ("busy-poll-budget", json!(self.busy_poll_budget)),
             (
                 "stats-interval",
                 json!(format_duration(self.stats_interval)),
@@ -410,6 +418,7 @@ pub struct Overrides {
     pub bind_mode: Option<BindMode>,
     pub receive_coalesce: Option<Duration>,
     pub receive_threads: Option<Threads>,
+    pub busy_poll_budget: Option<u16>,
     pub stats_interval: Option<Duration>,
     /// `Some(None)` turns metrics off.
     pub metrics_addr: Option<Option<MetricsAddr>>,

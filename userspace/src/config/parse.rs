@@ -17,6 +17,11 @@ const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// `receive-coalesce-us` bound: past 10 ms a wake-up's frames would overflow the sockets'
 /// rings at rates a NIC queue carries.
 pub const MAX_COALESCE_US: u64 = 10_000;
+/// `busy-poll-budget` bound: a poll taking more than this would take more than any driver's
+/// ring holds.
+pub const MAX_BUSY_POLL_BUDGET: u16 = 1024;
+/// The budget of a NAPI poll, and the value the kernel's documentation uses.
+pub const TYPICAL_BUSY_POLL_BUDGET: u16 = 64;
 
 pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
@@ -90,6 +95,9 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     }
     if let Some(v) = map.get("receive-threads") {
         cfg.receive_threads = p.choice("receive-threads", v, Threads::NAMES, Threads::from_name)?;
+    }
+    if let Some(v) = map.get("busy-poll-budget") {
+        cfg.busy_poll_budget = p.busy_poll_budget(v)?;
     }
     if let Some(v) = map.get("stats-interval") {
         cfg.stats_interval = p.interval(v)?;
@@ -393,6 +401,14 @@ impl Parser<'_> {
         coalesce_from_us(n.as_u64()).map_err(|reason| self.invalid(KEY, v, reason))
     }
 
+    fn busy_poll_budget(&self, v: &Value) -> Result<u16, ConfigError> {
+        const KEY: &str = "busy-poll-budget";
+        let Value::Number(n) = v else {
+            return Err(self.wrong_type(KEY, "frames per poll (a whole number, 0 = off)", v));
+        };
+        busy_poll_budget_from(n.as_u64()).map_err(|reason| self.invalid(KEY, v, reason))
+    }
+
     fn metrics_addr(&self, v: &Value) -> Result<Option<MetricsAddr>, ConfigError> {
         let s = match v {
             Value::Null => return Ok(None),
@@ -463,6 +479,15 @@ pub fn coalesce_from_us(us: Option<u64>) -> Result<Duration, ValueError> {
     match us {
         Some(us) if us <= MAX_COALESCE_US => Ok(Duration::from_micros(us)),
         _ => Err(ValueError::Coalesce),
+    }
+}
+
+/// `busy-poll-budget`, the file's number or the flag's text: whole frames from 0 (off) to
+/// [`MAX_BUSY_POLL_BUDGET`] (`None`: not a whole number).
+pub fn busy_poll_budget_from(n: Option<u64>) -> Result<u16, ValueError> {
+    match n {
+        Some(n) if n <= u64::from(MAX_BUSY_POLL_BUDGET) => Ok(n as u16),
+        _ => Err(ValueError::BusyPollBudget),
     }
 }
 

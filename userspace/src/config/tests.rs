@@ -488,6 +488,28 @@ fn receive_coalescing_is_whole_microseconds_up_to_ten_milliseconds() {
 }
 
 #[test]
+fn busy_polling_is_off_unless_a_budget_is_given() {
+    let off = parse("{}").unwrap();
+    assert_eq!(off.busy_poll_budget, 0);
+    assert_eq!(
+        crate::dataplane::DataplaneConfig::from_daemon(&off).busy_poll,
+        None
+    );
+    let on = parse(r#"{"busy-poll-budget": 64}"#).unwrap();
+    assert_eq!(
+        crate::dataplane::DataplaneConfig::from_daemon(&on).busy_poll,
+        Some(crate::nic::BusyPoll { budget: 64 })
+    );
+    for bad in ["-1", "1025", "1.5"] {
+        let e = error(&format!(r#"{{"busy-poll-budget": {bad}}}"#));
+        assert_eq!(e.key_name(), Some("busy-poll-budget"));
+        assert!(e.to_string().contains("from 0 (off) to 1024"), "{bad}: {e}");
+    }
+    let e = error(r#"{"busy-poll-budget": "64"}"#);
+    assert!(e.to_string().contains("frames per poll"), "{e}");
+}
+
+#[test]
 fn receive_threads_default_to_run_to_completion() {
     assert_eq!(
         parse("{}").unwrap().receive_threads,

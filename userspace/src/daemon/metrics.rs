@@ -344,6 +344,7 @@ mod tests {
                 ..Default::default()
             },
             socket: Default::default(),
+            tx_queue: 0,
             claim: Default::default(),
             port: None,
         });

@@ -34,6 +34,8 @@ pub(super) struct Attached {
     pub(super) counters: Arc<EndpointCounters>,
     /// Index of the thread serving it.
     pub(super) thread: usize,
+    /// The queue its port's frames leave through.
+    pub(super) tx_queue: usize,
     /// The endpoint's descriptor ring (`user` demux).
     pub(super) ring: Option<Arc<ArrayQueue<RxFrame>>>,
     /// Its sockets' kernel counters (`xdp` demux), readable from here.
@@ -60,6 +62,7 @@ impl Attached {
             mac: Mac(self.spec.mac).to_string(),
             counts: self.counters.read(),
             socket,
+            tx_queue: self.tx_queue as u16,
             claim: self.claim,
             port: self.port_snapshot(),
         })
@@ -120,6 +123,10 @@ impl Dataplane {
 
     fn attach_endpoint(&mut self, spec: EndpointSpec, claim: ClaimPolicy) -> Result<()> {
         let mut dp = Rollback::new(self);
+        // Its frames must get past the NIC to XDP: tag kept, MAC and VLAN id let through.
+        let (mac, vid) = (spec.mac, spec.vid);
+        dp.nic.admit(mac, vid)?;
+        dp.on_rollback(move |dp| dp.nic.release(mac, vid));
         let slot = dp.slots.take()?;
         dp.on_rollback(move |dp| dp.slots.give_back(slot));
 
@@ -185,6 +192,7 @@ impl Dataplane {
                 slot,
                 counters,
                 thread,
+                tx_queue,
                 ring,
                 sockets: handles,
                 claim,
@@ -254,6 +262,7 @@ impl Dataplane {
         handle.endpoints -= 1;
         let mut finished = finished?;
         self.slots.give_back(attached.slot);
+        self.nic.release(attached.spec.mac, attached.spec.vid);
         drop(finished.port.take());
         Ok(attached.result(finished))
     }

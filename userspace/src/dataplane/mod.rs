@@ -84,9 +84,14 @@ pub struct Dataplane {
     mtu: u32,
     pub attached: XdpMode,
     pub bound: Bound,
+    /// Busy polling in effect (None: off, or asked for where the NIC cannot).
+    pub busy_poll: Option<crate::nic::BusyPoll>,
     /// Fallbacks taken while starting (`auto` modes that settled for less), for the caller
     /// to log or print: the library prints nothing itself.
     pub warnings: Vec<String>,
+    /// What this dataplane changed on the NIC; undone when it is dropped, after everything
+    /// above (XDP detached, sockets closed): keep it the last field.
+    nic: crate::nic::NicChanges,
 }
 
 struct SteerHandle {
@@ -196,9 +201,11 @@ impl Dataplane {
 
     /// Open the queues and start the threads, no endpoint yet.
     fn assemble(cfg: &DataplaneConfig, mut classifier: Classifier) -> anyhow::Result<Self> {
-        let Some((_, attached)) = classifier.attached() else {
+        let Some((ifindex, attached)) = classifier.attached() else {
             anyhow::bail!("the classifier for {} is not attached", cfg.ifname);
         };
+        // Nothing changes on the NIC until an endpoint or busy polling needs it.
+        let mut nic = crate::nic::NicChanges::new(&cfg.ifname, ifindex)?;
         crate::sys::raise_rlimit(libc::RLIMIT_NOFILE, 1 << 20);
         let mtu = crate::netlink::Netlink::new()
             .and_then(|nl| nl.require_link(&cfg.ifname))
@@ -266,6 +273,13 @@ impl Dataplane {
             }
             owners.push(owner);
         }
+        let mut busy_poll = None;
+        if let Some(busy) = cfg.busy_poll
+            && queue::busy_poll_all(&mut owners, busy, &cfg.ifname, &mut warnings)?
+        {
+            nic.defer_interrupts()?;
+            busy_poll = Some(busy);
+        }
         let queues: Vec<Arc<NicQueue>> = owners.iter().map(|o| o.queue.clone()).collect();
         // A serving thread can learn where its work is from epoll (`xdp` demux), or from its
         // own steering (`user` demux running to completion).
@@ -306,14 +320,22 @@ impl Dataplane {
             mtu,
             attached,
             bound,
+            busy_poll,
             warnings,
+            nic,
         };
         // Each thread says it runs: by then it carries its name, so whoever looks for the
         // dataplane's threads by name (pinning, renicing, tests) finds all of them.
         let (running, started) = std::sync::mpsc::channel::<()>();
         let spawned = bodies.len();
         for (handle, body) in dataplane.threads.iter_mut().zip(bodies) {
-            let idle = Sleeper::new(handle.commands.waker.clone())?.with_policy(cfg.idle);
+            let mut policy = cfg.idle;
+            if busy_poll.is_some() && !body.owned.is_empty() {
+                // A thread that busy polls keeps polling a while after its last frame, or
+                // its queues' interrupts come back (see crate::nic::busy_poll).
+                policy.spin = policy.spin.max(crate::nic::busy_poll::KEEP_POLLING);
+            }
+            let idle = Sleeper::new(handle.commands.waker.clone())?.with_policy(policy);
             for owned in &body.owned {
                 owned.watch(&idle)?;
             }

@@ -4,6 +4,7 @@
 use super::{DataplaneError, IdlePolicy, default_cores};
 use crate::config::{DaemonConfig, DataplaneFlags};
 use crate::modes::{BindMode, Demux, Threads, XdpMode};
+use crate::nic::BusyPoll;
 use crate::xsk::QueueConfig;
 
 /// How the receive work of a dataplane is laid out in threads.
@@ -57,6 +58,8 @@ pub struct DataplaneConfig {
     /// Time and check every frame that carries the generator's timestamp ([`probe`]): the
     /// lab, the benchmark and tests; off, a frame's bytes are never parsed.
     pub probe: bool,
+    /// Busy poll the NIC's queues from their owners' passes (None: interrupts, the default).
+    pub busy_poll: Option<BusyPoll>,
 }
 
 impl Default for DataplaneConfig {
@@ -74,6 +77,7 @@ impl Default for DataplaneConfig {
             endpoint_ring: 4096,
             idle: IdlePolicy::default(),
             probe: true,
+            busy_poll: None,
         }
     }
 }
@@ -103,6 +107,9 @@ impl DataplaneConfig {
         self.layout = Layout::for_cores(flags.receive_threads, self.cores.len());
         if let Some(c) = flags.receive_coalesce {
             self.idle.coalesce = c;
+        }
+        if let Some(budget) = flags.busy_poll_budget {
+            self.busy_poll = BusyPoll::with_budget(budget);
         }
         Ok(())
     }
@@ -138,8 +145,8 @@ impl DataplaneConfig {
     }
 
     /// The dataplane settings of a `daemon.json` (`cores`, `xdp-mode`, `bind-mode`,
-    /// `receive-threads`, `receive-coalesce-us`); interface, queues and demux are the daemon's
-    /// to fill in per interface.
+    /// `receive-threads`, `receive-coalesce-us`, `busy-poll-budget`); interface, queues and
+    /// demux are the daemon's to fill in per interface.
     pub fn from_daemon(cfg: &DaemonConfig) -> Self {
         let cores = cfg.cores.clone().unwrap_or_else(default_cores);
         let defaults = Self::default();
@@ -155,6 +162,7 @@ impl DataplaneConfig {
                 coalesce: cfg.receive_coalesce,
                 ..IdlePolicy::default()
             },
+            busy_poll: BusyPoll::with_budget(cfg.busy_poll_budget),
             ..defaults
         }
     }

@@ -34,6 +34,10 @@ crate::counter_set! {
         received: Info, "RECEIVED";
         /// Frames handed back to the kernel's fill ring.
         refilled: Info, "REFILLED";
+        /// Wake-ups the fill ring asked for after running dry (need_wakeup) and got.
+        fill_wakeups: Info, "FILL-WAKEUPS";
+        /// Times the owner ran the queue's NAPI itself (busy polling).
+        busy_polls: Info, "BUSY-POLLS";
         /// Ports' transmitted frames back from the completion ring.
         tx_completed: Info, "TX-DONE";
     }
@@ -155,6 +159,8 @@ pub struct QueueOwner {
     pub queue: Arc<NicQueue>,
     rings: QueueRings,
     demux: QueueDemux,
+    /// Run the queue's NAPI from the passes (busy polling).
+    busy_poll: bool,
 }
 
 /// How long the owner blocks while TX frames are out: completions raise no event.
@@ -198,6 +204,7 @@ pub fn open(
             queue,
             rings,
             demux,
+            busy_poll: false,
         },
         bound,
     ))
@@ -225,6 +232,12 @@ impl QueueOwner {
         if let QueueDemux::User(steering) = &mut self.demux {
             work += steering.pass(&mut self.rings.socket, q, touched);
         }
+        // Busy polling: with the socket's ring empty (always so in `xdp` demux, where frames
+        // go to the endpoints' sockets), run the queue's NAPI once for the next pass.
+        if self.busy_poll && work == 0 {
+            self.rings.socket.busy_poll();
+            q.counters.busy_polls.fetch_add(1, Relaxed);
+        }
         // Everything freed so far, not one batch: a pass of a thread running to completion
         // may have freed many batches (a batch per endpoint), and what waits here is missing
         // from the fill ring.
@@ -238,6 +251,10 @@ impl QueueOwner {
         }
         if refilled > 0 {
             q.counters.refilled.fetch_add(refilled as u64, Relaxed);
+            let wakeups = self.rings.take_fill_wakeups();
+            if wakeups > 0 {
+                q.counters.fill_wakeups.fetch_add(wakeups, Relaxed);
+            }
         }
         let completed = self.rings.reap_completions(&q.tx);
         if completed > 0 {
@@ -266,6 +283,20 @@ impl QueueOwner {
         }
     }
 
+    /// The NAPI id of the queue (0: none, and busy polling cannot engage).
+    pub fn napi_id(&self) -> Result<u32> {
+        self.rings.socket.napi_id()
+    }
+
+    /// Drive the queue's NAPI from this owner's passes: preferred busy polling on its socket.
+    pub fn busy_poll_with(&mut self, busy: crate::nic::BusyPoll) -> Result<()> {
+        self.rings
+            .socket
+            .prefer_busy_poll(crate::nic::busy_poll::SOCKET_BUSY_POLL_US, busy.budget)?;
+        self.busy_poll = true;
+        Ok(())
+    }
+
     /// The kernel's counters for the queue's own socket, read once the queue is drained.
     pub fn finish(&self) -> Result<SocketStats> {
         self.rings.socket.statistics()
@@ -278,6 +309,32 @@ impl QueueOwner {
             QueueDemux::Kernel => None,
         }
     }
+}
+
+/// Busy poll every queue of `owners` (`busy`), if each has a NAPI id; a queue without one
+/// (veth has none) leaves busy polling off on the whole interface, said in `warnings`.
+/// Returns whether it is on.
+pub fn busy_poll_all(
+    owners: &mut [QueueOwner],
+    busy: crate::nic::BusyPoll,
+    ifname: &str,
+    warnings: &mut Vec<String>,
+) -> Result<bool> {
+    for owner in owners.iter() {
+        if owner.napi_id()? == 0 {
+            warnings.push(format!(
+                "busy polling asked for, but {ifname} queue {} has no NAPI id (veth has none: no \
+                 NAPI instance the kernel could run on a socket's behalf): busy polling is off \
+                 on {ifname}",
+                owner.queue.id
+            ));
+            return Ok(false);
+        }
+    }
+    for owner in owners.iter_mut() {
+        owner.busy_poll_with(busy)?;
+    }
+    Ok(true)
 }
 
 /// Frames per steering pass at most, and the touched list's room: see [`steer::STEER_BATCHES`].

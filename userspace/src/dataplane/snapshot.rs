@@ -26,6 +26,9 @@ pub struct EndpointSnapshot {
     pub counts: EndpointCounts,
     /// The kernel's counters of the endpoint's sockets (`xdp` demux), summed over queues.
     pub socket: SocketStats,
+    /// The NIC queue its port's frames leave through (absent in older snapshots).
+    #[serde(default)]
+    pub tx_queue: u16,
     /// When its frames are claimed (absent in older snapshots: always).
     #[serde(default)]
     pub claim: ClaimPolicy,

@@ -234,6 +234,16 @@ pub fn warn(message: impl fmt::Display) {
     }
 }
 
+/// What library code changed on the system, said as [`warn`] says warnings: an `info` event
+/// in the daemon, a line on stderr in one-shot commands.
+pub fn info(message: impl fmt::Display) {
+    if INSTALLED.load(Ordering::SeqCst) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("xmacvlan: {message}");
+    }
+}
+
 /// Log `message` as fatal and exit with status 1. Without an installed logger the message
 /// goes to stderr, so it is never lost.
 pub fn fatal(message: impl fmt::Display) -> ! {

@@ -34,6 +34,12 @@ pub enum NetlinkError {
          or use a kernel built with it)"
     )]
     NoVlanSupport { name: String },
+    /// EEXIST creating a VLAN device: `holder` says which device has the VLAN id already.
+    #[error(
+        "cannot create VLAN sub-interface `{name}`: {holder}; a parent takes one device per \
+         VLAN id"
+    )]
+    VlanTaken { name: String, holder: String },
 }
 
 impl NetlinkError {
@@ -52,7 +58,7 @@ impl NetlinkError {
                 source: KernelError::Errno(errno),
                 ..
             } => Some(*errno),
-            Self::NameTaken { .. } => Some(libc::EEXIST),
+            Self::NameTaken { .. } | Self::VlanTaken { .. } => Some(libc::EEXIST),
             Self::NoVlanSupport { .. } => Some(libc::EOPNOTSUPP),
             Self::Connect { source, .. } => source.raw_os_error(),
             Self::Request { .. } | Self::NoSuchLink { .. } => None,

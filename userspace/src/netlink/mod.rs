@@ -48,6 +48,8 @@ pub struct Link {
     pub xdp_generic: bool,
     /// Receive queues allocated (IFLA_NUM_RX_QUEUES); see [`Link::active_rx_queues`].
     pub rx_queues: u32,
+    /// IFLA_IFALIAS (`ip link set DEV alias TEXT`).
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -190,14 +192,62 @@ impl Netlink {
 
     /// Create the 802.1Q sub-interface `name` with VLAN id `vid` on `parent`; returns its index.
     pub fn add_vlan(&self, name: &str, parent: u32, vid: u16) -> Result<u32> {
-        let msg = vlan_message(name, parent, vid);
+        self.add_vlan_link(name, vlan_message(name, parent, vid))
+    }
+
+    /// [`Self::add_vlan`] with an alias (IFLA_IFALIAS) that says who made it and why (the
+    /// kernel takes an alias only from a link that exists: it is set right after).
+    pub fn add_vlan_aliased(&self, name: &str, parent: u32, vid: u16, alias: &str) -> Result<u32> {
+        let index = self.add_vlan_link(name, vlan_message(name, parent, vid))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        if let Err(e) = self.set(msg, &format!("setting the alias of `{name}`")) {
+            let _ = self.del_link(index);
+            return Err(e);
+        }
+        Ok(index)
+    }
+
+    fn add_vlan_link(&self, name: &str, msg: LinkMessage) -> Result<u32> {
+        let asked = Link::from_message(&msg);
         match self.block(self.handle.link().add(msg).execute()) {
             Ok(()) => self.index_of(name),
             Err(e) if errno_of(&e) == Some(libc::EOPNOTSUPP) => Err(NetlinkError::NoVlanSupport {
                 name: name.to_string(),
             }),
-            Err(e) => Err(NetlinkError::new(format!("creating VLAN `{name}`"), e)),
+            Err(e) => {
+                let holder = asked
+                    .parent_index
+                    .zip(asked.vlan_id)
+                    .filter(|_| errno_of(&e) == Some(libc::EEXIST))
+                    .and_then(|(parent, vid)| self.vlan_holder(parent, vid, name));
+                Err(match holder {
+                    Some(holder) => NetlinkError::VlanTaken {
+                        name: name.to_string(),
+                        holder,
+                    },
+                    None => NetlinkError::new(format!("creating VLAN `{name}`"), e),
+                })
+            }
         }
+    }
+
+    /// The device other than `name` that has VLAN `vid` on link `parent`, described for an
+    /// error message (with its alias, which may say who made it).
+    fn vlan_holder(&self, parent: u32, vid: u16, name: &str) -> Option<String> {
+        let other =
+            self.links().ok()?.into_iter().find(|l| {
+                l.parent_index == Some(parent) && l.vlan_id == Some(vid) && l.name != name
+            })?;
+        Some(match &other.alias {
+            Some(alias) => format!(
+                "`{}` already has VLAN {vid} on that parent (its alias: \"{alias}\"; if the \
+                 process it names is gone, remove it with `ip link del {}`)",
+                other.name, other.name
+            ),
+            None => format!("`{}` already has VLAN {vid} on that parent", other.name),
+        })
     }
 
     fn add(&self, msg: LinkMessage, what: &str) -> Result<()> {
@@ -333,6 +383,7 @@ impl Link {
             xdp_prog_id: None,
             xdp_generic: false,
             rx_queues: 1,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -341,6 +392,7 @@ impl Link {
                 LinkAttribute::NumRxQueues(n) => link.rx_queues = (*n).max(1),
                 LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(a),
                 LinkAttribute::Link(p) => link.parent_index = Some(*p),
+                LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
                 LinkAttribute::Xdp(xdp) => {
                     link.xdp_prog_id = xdp.iter().find_map(|x| match x {
                         LinkXdp::ProgId(id) if *id != 0 => Some(*id),

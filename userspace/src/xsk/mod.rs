@@ -15,6 +15,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+mod busy_poll;
 mod ledger;
 mod pool;
 mod send;
@@ -90,6 +91,9 @@ pub struct QueueRings {
     scratch: Vec<FrameDesc>,
     /// Frames kept out of the fill ring for transmission (see [`QueueRings::take_tx_frames`]).
     tx_reserve: Vec<FrameDesc>,
+    /// Times the driver asked for a wake-up after a refill and got one, not yet taken
+    /// ([`QueueRings::take_fill_wakeups`]).
+    fill_wakeups: u64,
 }
 
 /// One AF_XDP socket: its receive ring, and its TX ring for application ports.
@@ -187,6 +191,7 @@ fn try_open_queue(
         socket,
         scratch: Vec::with_capacity(BATCH),
         tx_reserve,
+        fill_wakeups: 0,
     };
     let free = rings.fill.nb_free(cfg.frames) as usize;
     if free < descs.len() {
@@ -562,7 +567,14 @@ impl QueueRings {
         if self.fill.needs_wakeup() {
             // A syscall, but only when the driver went to sleep and asked for it.
             let _ = self.fill.wakeup(self.socket.rx.fd_mut(), 0);
+            self.fill_wakeups += 1;
         }
         n
+    }
+
+    /// Wake-ups the fill ring asked for (its need_wakeup flag) and got since the last call.
+    #[inline]
+    pub fn take_fill_wakeups(&mut self) -> u64 {
+        std::mem::take(&mut self.fill_wakeups)
     }
 }
