@@ -14,7 +14,6 @@ fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
         dataplane: Default::default(),
         duration: Some(std::time::Duration::from_millis(300)),
         force,
-        fix_offloads: false,
         json: None,
         control_socket: None,
     }
@@ -127,19 +126,10 @@ fn rx_vlan_offload_of(ns: &NetnsGuard, iface: &str) -> String {
 /// and the report says the endpoint got no timed frame instead of a latency of 0.
 #[test]
 fn a_veth_with_tagged_endpoints_needs_no_offload_change() {
-    require_root();
-    let ns = NetnsGuard::create(&format!("xmvrunv{}", std::process::id())).unwrap();
+    let ns = xmacvlan_tests::veth_namespace("xmvrunv");
     let dir = std::env::temp_dir().join(format!("xmvrunv{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = endpoints_file(&dir);
-    ns.run(|| {
-        let nl = Netlink::new()?;
-        let nic = nl.add_veth("nic0", "peer0", 1)?;
-        nl.set_up(nic)?;
-        nl.set_up(nl.require_link("peer0")?.index)?;
-        Ok(())
-    })
-    .unwrap();
     assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: on");
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns.name()])
@@ -153,7 +143,7 @@ fn a_veth_with_tagged_endpoints_needs_no_offload_change() {
             "--bind",
             "copy",
         ])
-        .args(["--duration", "0.3", "--fix-offloads", "--config"])
+        .args(["--duration", "0.3", "--config"])
         .arg(&config)
         .output()
         .unwrap();
@@ -163,6 +153,7 @@ fn a_veth_with_tagged_endpoints_needs_no_offload_change() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("strips VLAN tags"), "{stderr}");
+    assert!(!stderr.contains("rx VLAN offload"), "{stderr}");
     assert!(
         stderr
             .contains("xmacvlan: 1 endpoint on nic0 (1 queue), demux xdp, XDP native, AF_XDP copy"),
@@ -181,27 +172,4 @@ fn a_veth_with_tagged_endpoints_needs_no_offload_change() {
     assert_eq!(&cols[8..], ["0", "-", "-", "-", "-", "-"], "{stdout}");
     assert!(stdout.contains(" UNTIMED "), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `--fix-offloads` turns rx VLAN offload off and back on when the run ends.
-#[test]
-fn fix_offloads_restores_what_it_changed() {
-    require_root();
-    let ns = NetnsGuard::create(&format!("xmvrunf{}", std::process::id())).unwrap();
-    ns.run(|| {
-        let nl = Netlink::new()?;
-        nl.add_veth("nic0", "peer0", 1)?;
-        Ok(())
-    })
-    .unwrap();
-    let guard = ns
-        .run(|| xmacvlan::cli::run::fix_rx_vlan_offload("nic0"))
-        .unwrap();
-    assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: off");
-    ns.run(|| {
-        drop(guard);
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(rx_vlan_offload_of(&ns, "nic0"), "rx-vlan-offload: on");
 }

@@ -30,6 +30,7 @@ mod isolation;
 mod lab_ports;
 mod live;
 mod newcomer;
+mod nic_changes;
 mod port_edges;
 mod ports;
 mod ports_chains;

@@ -29,6 +29,23 @@ pub fn require_root() {
     );
 }
 
+/// A new namespace named `prefix` and the pid, with a veth pair `nic0`/`peer0` in it, both
+/// up: a NIC of the tests' own (removed with the namespace).
+pub fn veth_namespace(prefix: &str) -> xmacvlan::netns::NetnsGuard {
+    require_root();
+    let ns =
+        xmacvlan::netns::NetnsGuard::create(&format!("{prefix}{}", std::process::id())).unwrap();
+    ns.run(|| {
+        let nl = xmacvlan::netlink::Netlink::new()?;
+        let nic = nl.add_veth("nic0", "peer0", 1)?;
+        nl.set_up(nic)?;
+        nl.set_up(nl.require_link("peer0")?.index)?;
+        Ok(())
+    })
+    .unwrap();
+    ns
+}
+
 /// The dataplane settings the tests use (interface filled in by the lab).
 pub fn dataplane_config(demux: Demux, queues: u32) -> DataplaneConfig {
     DataplaneConfig {
