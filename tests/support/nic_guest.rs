@@ -1,7 +1,7 @@
 //! Guest-side support for the areas that run in the igb guest of `cargo xtask vm-test`
 //! (`IGB_VM_TESTS` in xtask/src/vm/mod.rs): the NICs the harness named, the NIC's own
-//! per-queue counters, a VLAN device on it, and the programs a user runs (`xmacvlan run`,
-//! `xmacvlan-bench generate`) started and read as a user would.
+//! per-queue counters, what is in its receive filters, and the programs a user runs
+//! (`xmacvlan run`, `xmacvlan-bench generate`) started and read as a user would.
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -105,78 +105,40 @@ pub fn delta(before: &[u64], after: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// A VLAN device on the NIC, deleted on drop. On igb (and virtio-net) `rx-vlan-filter` is
-/// fixed on: the NIC drops frames of a VLAN id no VLAN device registered before XDP sees
-/// them, unless it is promiscuous. A VLAN device registers its id, as the daemon's kernel
-/// objects (`parent.VID`) do, without putting the NIC into promiscuous mode.
-pub struct VlanDevice {
-    index: u32,
-    pub name: String,
-}
-
-impl VlanDevice {
-    pub fn add(parent: &str, vid: u16) -> Result<Self> {
-        let nl = Netlink::new()?;
-        let parent_index = nl.require_link(parent)?.index;
-        let name = format!("{parent}.{vid}");
-        let index = nl
-            .add_vlan(&name, parent_index, vid)
-            .with_context(|| format!("creating {name}"))?;
-        Ok(Self { index, name })
-    }
-}
-
-impl Drop for VlanDevice {
-    fn drop(&mut self) {
-        if let Err(e) = Netlink::new().and_then(|nl| nl.del_link(self.index)) {
-            eprintln!("removing {}: {e:#}", self.name);
-        }
-    }
-}
-
-/// The endpoints' MACs in the NIC's unicast filter (`bridge fdb add MAC dev NIC self
-/// permanent`, as a kernel macvlan adds its own), removed on drop. Without a macvlan per
-/// endpoint (`xmacvlan run` makes none) a real NIC drops frames to MACs that are not its own
-/// before XDP, unless it is promiscuous; veth has no such filter.
-pub struct UnicastFilter {
-    dev: String,
-    macs: Vec<String>,
-}
-
-impl UnicastFilter {
-    pub fn add(dev: &str, macs: &[String]) -> Result<Self> {
-        let mut filter = Self {
-            dev: dev.to_string(),
-            macs: Vec::new(),
-        };
-        for mac in macs {
-            bridge_fdb("add", mac, dev)?;
-            filter.macs.push(mac.clone());
-        }
-        Ok(filter)
-    }
-}
-
-fn bridge_fdb(op: &str, mac: &str, dev: &str) -> Result<()> {
-    let status = Command::new("bridge")
-        .args(["fdb", op, mac, "dev", dev, "self", "permanent"])
-        .status()
+/// The unicast addresses in `dev`'s address list, which a NIC's unicast filter is made of
+/// (`bridge fdb show dev DEV`, its `self` entries: what macvlans and packet sockets added).
+pub fn unicast_addresses(dev: &str) -> Result<Vec<String>> {
+    let out = Command::new("bridge")
+        .args(["fdb", "show", "dev", dev])
+        .output()
         .context("running bridge (iproute2)")?;
     ensure!(
-        status.success(),
-        "bridge fdb {op} {mac} dev {dev} self: {status}"
+        out.status.success(),
+        "bridge fdb show dev {dev}: {}",
+        out.status
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" self"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|mac| {
+            // Multicast addresses (the first octet's low bit) are another list.
+            u8::from_str_radix(mac.get(..2).unwrap_or("01"), 16).is_ok_and(|b| b & 1 == 0)
+        })
+        .map(str::to_string)
+        .collect())
 }
 
-impl Drop for UnicastFilter {
-    fn drop(&mut self) {
-        for mac in &self.macs {
-            if let Err(e) = bridge_fdb("del", mac, &self.dev) {
-                eprintln!("{e:#}");
-            }
-        }
-    }
+/// The VLAN devices on `parent`: (name, VLAN id, alias).
+pub fn vlan_devices_on(parent: &str) -> Result<Vec<(String, u16, Option<String>)>> {
+    let nl = Netlink::new()?;
+    let index = nl.require_link(parent)?.index;
+    Ok(nl
+        .links()?
+        .into_iter()
+        .filter(|l| l.parent_index == Some(index))
+        .filter_map(|l| Some((l.name, l.vlan_id?, l.alias)))
+        .collect())
 }
 
 /// A program of this workspace running in the background: stdout lines collected as they
@@ -292,9 +254,17 @@ impl Program {
     }
 }
 
+/// A test that fails half-way stops the program as a user would (SIGINT), so that what it
+/// changed on the NIC is restored before the next test; SIGKILL only if it does not exit.
 impl Drop for Program {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
