@@ -42,5 +42,6 @@ mod soak;
 mod user_demux;
 mod vm_fastpath;
 mod vm_nic;
+mod vm_nic_daemon;
 mod vm_vlan;
 mod walkthrough;

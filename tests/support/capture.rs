@@ -74,6 +74,32 @@ impl Capture {
         Ok(Self { fd })
     }
 
+    /// Make the captured link promiscuous for as long as this capture lives (a membership of
+    /// its socket: the kernel takes it back when the socket closes), so that frames to MACs
+    /// and VLANs the link's own filters would drop are seen too (a real NIC filters both).
+    pub fn promiscuous(self, ifname: &str) -> Result<Self> {
+        let index = xmacvlan::sys::if_index(ifname)
+            .with_context(|| format!("no interface {ifname} to make promiscuous"))?;
+        // SAFETY: packet_mreq is plain data; all-zero is valid.
+        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mreq.mr_ifindex = index as i32;
+        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+        // SAFETY: `mreq` is a valid packet_mreq of the size given.
+        let ret = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                (&mreq as *const libc::packet_mreq).cast(),
+                std::mem::size_of::<libc::packet_mreq>() as u32,
+            )
+        };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error()).context("PACKET_MR_PROMISC");
+        }
+        Ok(self)
+    }
+
     /// The next received (not outgoing) frame within `timeout`, its tag put back in place.
     pub fn next(&self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let deadline = Instant::now() + timeout;

@@ -45,7 +45,7 @@ pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan"];
 /// and zero-copy AF_XDP, a virtio-net peer in namespace `xmvwire`; see [`guest`]). Its 4
 /// vCPUs share the host's 2 cores under TCG: every second of TCG here costs the CI run more
 /// than in the stock guest, so keep these areas smaller still.
-pub const IGB_VM_TESTS: &[&str] = &["vm_nic"];
+pub const IGB_VM_TESTS: &[&str] = &["vm_nic", "vm_nic_daemon"];
 
 /// Per area (or test binary), inside the guest (TCG is slow: generous).
 const DEFAULT_BINARY_TIMEOUT: Duration = Duration::from_secs(300);
