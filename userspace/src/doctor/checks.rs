@@ -3,6 +3,8 @@ use std::collections::HashMap;
 
 use super::facts::{DaemonFacts, InterfaceFacts, SystemFacts};
 use super::{Finding, Severity};
+use crate::nic::VlanTags;
+use crate::sys::ethtool::Feature;
 use crate::sys::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN};
 
 pub(super) fn ok(check: &'static str, what: String) -> Finding {
@@ -442,17 +444,18 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
     });
     out.extend(super::xdp::check_driver(name, link));
     let kind = link.kind.as_deref().or(link.driver.as_deref());
-    out.push(if crate::nic::offload_can_strip_tags(kind) {
-        check_rx_vlan_offload(name, &link.ethtool_features)
-    } else {
-        ok(
-            "rx-vlan-offload",
-            format!(
-                "{name} is a veth: it has no hardware that strips tags, so a VLAN tag in the \
-                 frame reaches XDP whatever rx-vlan-offload says"
-            ),
-        )
-    });
+    let tag_metadata = link
+        .xdp_features
+        .as_ref()
+        .ok()
+        .and_then(|f| *f)
+        .is_some_and(|f| f.vlan_tag_metadata());
+    out.push(check_rx_vlan_offload(
+        name,
+        kind,
+        &link.ethtool_features,
+        tag_metadata,
+    ));
     out.push(if kind == Some("veth") {
         ok(
             "promiscuous",
@@ -472,11 +475,18 @@ fn tag(mut findings: Vec<Finding>, name: &str) -> Vec<Finding> {
     findings
 }
 
-/// `rx-vlan-offload` from `ethtool -k` text, or why it could not be read.
-pub fn check_rx_vlan_offload(name: &str, ethtool_k: &Result<String, String>) -> Finding {
+/// Where tagged frames' 802.1Q tags are when XDP sees them, and what xmacvlan does about it
+/// ([`crate::nic::vlan_strategy`], from `ethtool -k` text and the driver's name `kind`);
+/// `tag_metadata`: the kernel says the driver hands a stripped tag to XDP programs.
+pub fn check_rx_vlan_offload(
+    name: &str,
+    kind: Option<&str>,
+    ethtool_k: &Result<String, String>,
+    tag_metadata: bool,
+) -> Finding {
     let text = match ethtool_k {
         Ok(text) => text,
-        Err(reason) => {
+        Err(reason) if crate::nic::offload_can_strip_tags(kind) => {
             return problem(
                 "rx-vlan-offload",
                 Severity::Warn,
@@ -487,39 +497,37 @@ pub fn check_rx_vlan_offload(name: &str, ethtool_k: &Result<String, String>) -> 
                 )),
             );
         }
+        Err(_) => "",
     };
-    let fixed = text
-        .lines()
-        .any(|l| l.trim().starts_with("rx-vlan-offload:") && l.contains("[fixed]"));
-    match crate::nic::parse_rx_vlan_offload(text) {
-        Some(false) => ok(
-            "rx-vlan-offload",
-            format!("{name} leaves VLAN tags in the frame (rx-vlan-offload off)"),
-        ),
-        Some(true) => problem(
+    let offload = crate::nic::parse_rx_vlan_offload(text).map(|active| Feature {
+        active,
+        changeable: !text
+            .lines()
+            .any(|l| l.trim().starts_with("rx-vlan-offload:") && l.contains("[fixed]")),
+    });
+    let strategy = crate::nic::vlan::decide(name, kind, offload);
+    let why = "the classifier keys on the 802.1Q tag in the frame; a NIC that strips it makes \
+               frames for tagged endpoints miss the fast path (untagged endpoints are not \
+               affected)";
+    match strategy.tags {
+        VlanTags::Stripped => problem(
             "rx-vlan-offload",
             Severity::Warn,
+            strategy.why,
+            why,
+            Some(format!(
+                "the driver does not let it be turned off: use untagged parents on {name}, or another NIC"
+            )),
+        ),
+        _ if tag_metadata => ok(
+            "rx-vlan-offload",
             format!(
-                "{name} may strip VLAN tags before XDP sees the frame (rx-vlan-offload on{})",
-                if fixed { ", fixed" } else { "" }
+                "{}; the driver also hands a stripped tag to XDP \
+                 (bpf_xdp_metadata_rx_vlan_tag), which xmacvlan does not use",
+                strategy.why
             ),
-            "the classifier keys on the 802.1Q tag in the frame; a NIC that strips it makes \
-             frames for tagged endpoints miss the fast path (untagged endpoints are not affected)",
-            Some(if fixed {
-                format!(
-                    "the driver does not let it be turned off: use untagged parents on {name}, or another NIC"
-                )
-            } else {
-                format!("ethtool -K {name} rxvlan off")
-            }),
         ),
-        None => problem(
-            "rx-vlan-offload",
-            Severity::Warn,
-            format!("ethtool does not list rx-vlan-offload for {name}"),
-            "a NIC that strips VLAN tags hides them from XDP, so tagged endpoints never match",
-            None,
-        ),
+        _ => ok("rx-vlan-offload", strategy.why),
     }
 }
 
@@ -531,15 +539,13 @@ pub fn check_promiscuous(name: &str, promiscuous: bool) -> Finding {
             format!("{name} is promiscuous: frames for every MAC reach XDP"),
         );
     }
-    problem(
+    ok(
         "promiscuous",
-        Severity::Warn,
-        format!("{name} is not promiscuous"),
-        "the NIC drops frames for MACs it does not own before XDP runs; an endpoint's MAC gets \
-         through only if it is in the NIC's unicast filter (its macvlan device adds it) or the \
-         NIC is promiscuous; if endpoint frames never arrive, this is the first suspect",
-        Some(format!(
-            "ip link set {name} promisc on   (or add one MAC to the filter: bridge fdb add MAC dev {name} self permanent)"
-        )),
+        format!(
+            "{name} is not promiscuous: it drops frames for MACs it does not own, and VLAN ids \
+             nothing registered when rx-vlan-filter is on, before XDP; xmacvlan adds each \
+             endpoint's MAC to its unicast filter and registers each VLAN id while it serves them \
+             (see them with `bridge fdb show dev {name}` and `ip -d link show`)"
+        ),
     )
 }

@@ -309,18 +309,21 @@ fn a_real_nic_is_checked_for_filtering_and_tag_stripping() {
     let mut nic = link("ice");
     nic.kind = None;
     let f = check_interface(&iface(nic), false);
+    // Its filters and tag stripping are xmacvlan's to handle while it serves endpoints.
     let promisc = by_check(&f, "promiscuous");
-    assert_eq!(promisc.severity, Severity::Warn);
+    assert_eq!(promisc.severity, Severity::Ok);
     assert!(
-        promisc
-            .fix
-            .as_ref()
-            .unwrap()
-            .starts_with("ip link set v0 promisc on")
+        promisc.what.contains("adds each endpoint's MAC"),
+        "{promisc:?}"
     );
     let vlan = by_check(&f, "rx-vlan-offload");
-    assert_eq!(vlan.severity, Severity::Warn);
-    assert_eq!(vlan.fix.as_deref(), Some("ethtool -K v0 rxvlan off"));
+    assert_eq!(vlan.severity, Severity::Ok);
+    assert!(
+        vlan.what.starts_with(
+            "v0 (ice) strips VLAN tags before XDP (rx-vlan-offload on): xmacvlan turns that off"
+        ),
+        "{vlan:?}"
+    );
 }
 
 #[test]
@@ -361,16 +364,25 @@ fn missing_or_down_interface_is_an_error() {
 
 #[test]
 fn vlan_offload_off_fixed_and_unreadable() {
+    let ice = Some("ice");
     let off = Ok("rx-vlan-offload: off\n".to_string());
-    assert_eq!(check_rx_vlan_offload("v0", &off).severity, Severity::Ok);
+    assert_eq!(
+        check_rx_vlan_offload("v0", ice, &off, false).severity,
+        Severity::Ok
+    );
     let fixed = Ok("rx-vlan-offload: on [fixed]\n".to_string());
-    let f = check_rx_vlan_offload("v0", &fixed);
+    let f = check_rx_vlan_offload("v0", ice, &fixed, false);
     assert_eq!(f.severity, Severity::Warn);
     assert!(f.fix.unwrap().contains("does not let it be turned off"));
     let missing = Err("the ethtool program is not installed".to_string());
-    let f = check_rx_vlan_offload("v0", &missing);
+    let f = check_rx_vlan_offload("v0", ice, &missing, false);
     assert!(f.what.contains("ethtool program is not installed"));
     assert!(f.fix.unwrap().contains("apt-get install -y ethtool"));
+    // A driver that offers the stripped tag to XDP: said, and still turned off.
+    let on = Ok("rx-vlan-offload: on\n".to_string());
+    let f = check_rx_vlan_offload("v0", ice, &on, true);
+    assert_eq!(f.severity, Severity::Ok);
+    assert!(f.what.contains("bpf_xdp_metadata_rx_vlan_tag"), "{f:?}");
 }
 
 #[test]
@@ -459,6 +471,8 @@ fn report_text_json_and_exit_codes() {
     let mut findings = check_system(&system());
     let mut nic = link("ice");
     nic.kind = None;
+    // A NIC that strips tags for good: the one warning.
+    nic.ethtool_features = Ok("rx-vlan-offload: on [fixed]\n".into());
     findings.extend(check_interface(&iface(nic), false));
     let report = Report { findings };
     assert_eq!(report.exit_code(false), 0);
@@ -467,25 +481,28 @@ fn report_text_json_and_exit_codes() {
     assert!(text.starts_with("system\n"), "{text}");
     assert!(text.contains("\ninterface v0\n"), "{text}");
     assert!(
-        text.contains("  warn   promiscuous      v0 is not promiscuous\n"),
+        text.contains("  warn   rx-vlan-offload  v0 (ice) strips VLAN tags before XDP and"),
         "{text}"
     );
-    assert!(text.contains("fix: ip link set v0 promisc on"), "{text}");
     assert!(
-        text.trim_end().ends_with("0 errors, 2 warnings, 13 ok"),
+        text.contains("fix: the driver does not let it be turned off"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end().ends_with("0 errors, 1 warning, 14 ok"),
         "{text}"
     );
     let json = report.to_json();
-    assert_eq!(json["warnings"], 2);
+    assert_eq!(json["warnings"], 1);
     assert_eq!(json["errors"], 0);
-    let promisc = json["findings"]
+    let vlan = json["findings"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["check"] == "promiscuous")
+        .find(|f| f["check"] == "rx-vlan-offload")
         .unwrap();
-    assert_eq!(promisc["severity"], "warn");
-    assert_eq!(promisc["subject"], "v0");
+    assert_eq!(vlan["severity"], "warn");
+    assert_eq!(vlan["subject"], "v0");
     // Every finding has every key docs/operations.md lists; null where there is nothing.
     for f in json["findings"].as_array().unwrap() {
         for key in ["check", "subject", "severity", "what", "why", "fix"] {
