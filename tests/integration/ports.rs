@@ -477,6 +477,15 @@ fn no_black_hole(demux: Demux) {
 
             // 2. A port: the same frames reach it instead, none the kernel device.
             dp.connect_port(&endpoint.name, app.port(), info("test"))?;
+            // Claimed by the serving thread once the port offers buffers, not inside the call.
+            assert!(
+                wait_until(Duration::from_secs(5), || dp.snapshot().is_ok_and(|s| s
+                    .endpoints[0]
+                    .port
+                    .as_ref()
+                    .is_some_and(|p| p.claimed))),
+                "the endpoint was claimed"
+            );
             assert!(
                 !tcp_connects(&lab, Duration::from_millis(1500)),
                 "TCP went to the port"

@@ -407,6 +407,7 @@ mod port_tests {
             pid: 42,
             connected_since: 1_700_000_000,
             connected: true,
+            claimed: true,
             counts: crate::dataplane::PortCounts {
                 rx_frames: 7,
                 rx_bytes: 420,

@@ -92,6 +92,10 @@ pub struct PortSnapshot {
     pub connected_since: u64,
     /// False once the application disconnected (the port waits to be reaped).
     pub connected: bool,
+    /// Whether the endpoint's frames come to the port now: false until its client offers
+    /// receive buffers, and after it stalled (absent in older snapshots: claimed).
+    #[serde(default = "claimed_by_default")]
+    pub claimed: bool,
     #[serde(flatten)]
     pub counts: PortCounts,
 }
@@ -106,6 +110,7 @@ impl PortSnapshot {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             connected: link.connected.load(Relaxed),
+            claimed: link.claimed.load(Relaxed),
             counts: link.counters.read(),
         }
     }
@@ -113,6 +118,10 @@ impl PortSnapshot {
     pub fn connected_at(&self) -> SystemTime {
         UNIX_EPOCH + std::time::Duration::from_secs(self.connected_since)
     }
+}
+
+fn claimed_by_default() -> bool {
+    true
 }
 
 /// A snapshot reads as its counts (`snapshot.rx_frames`).
@@ -130,6 +139,9 @@ pub struct PortLink {
     /// False once the serving thread saw `is_connected()` turn false: the control side then
     /// reaps the port.
     pub connected: AtomicBool,
+    /// Whether the classifier sends the endpoint's frames to the port now (kept by the
+    /// serving thread; always true for a port claimed regardless of its client).
+    pub claimed: AtomicBool,
 }
 
 /// Why a frame from the application may not leave.
@@ -273,6 +285,7 @@ impl ServedPort {
     /// frames as the client becomes ready and releases them as it goes.
     pub fn new(port: Box<dyn AppPort>, link: Arc<PortLink>, claim: Option<Claim>) -> Self {
         link.connected.store(true, Relaxed);
+        link.claimed.store(claim.is_none(), Relaxed);
         Self {
             port,
             link,
@@ -294,6 +307,7 @@ impl ServedPort {
     pub fn follow_client(&mut self, live: bool) {
         if let Some(claim) = self.claim.as_mut() {
             claim.follow(live, self.port.rx_offered(), &mut self.batch);
+            self.link.claimed.store(claim.claimed, Relaxed);
         }
     }
 

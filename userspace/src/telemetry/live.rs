@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use crate::counters::{self, Counts, Kind};
-use crate::dataplane::{EndpointCounts, PortCounts, QueueSnapshot, Snapshot, SocketStats};
+use crate::dataplane::{
+    EndpointCounts, PortCounts, PortSnapshot, QueueSnapshot, Snapshot, SocketStats,
+};
 use crate::telemetry::report::plural;
 
 /// Per-second rates of one interface between two snapshots.
@@ -164,19 +166,25 @@ fn port_table(s: &mut String, snap: &Snapshot) {
             );
             continue;
         };
-        let client = if p.connected {
-            format!("{} (pid {})", p.client.escape_debug(), p.pid)
-        } else {
-            format!("{} (gone)", p.client.escape_debug())
-        };
         let _ = writeln!(
             s,
             "  {:<16} {:<24} {:<19} {}",
             e.name,
-            client,
+            client_cell(p),
             utc(p.connected_since),
             counters::cells(&p.counts)
         );
+    }
+}
+
+/// Who the port's client is, and whether its endpoint's frames come to it yet.
+fn client_cell(p: &PortSnapshot) -> String {
+    let client = p.client.escape_debug();
+    match (p.connected, p.claimed) {
+        (false, _) => format!("{client} (gone)"),
+        // Its frames still go to the kernel device (docs/ports.md).
+        (true, false) => format!("{client} (pid {}, no buffers yet)", p.pid),
+        (true, true) => format!("{client} (pid {})", p.pid),
     }
 }
 
@@ -228,6 +236,23 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_named_with_its_state() {
+        let mut p = PortSnapshot {
+            client: "testpmd".into(),
+            pid: 7,
+            connected_since: 0,
+            connected: true,
+            claimed: false,
+            counts: Default::default(),
+        };
+        assert_eq!(client_cell(&p), "testpmd (pid 7, no buffers yet)");
+        p.claimed = true;
+        assert_eq!(client_cell(&p), "testpmd (pid 7)");
+        p.connected = false;
+        assert_eq!(client_cell(&p), "testpmd (gone)");
+    }
 
     #[test]
     fn utc_dates() {
