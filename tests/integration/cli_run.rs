@@ -8,10 +8,19 @@ use xmacvlan::xdp::{Classifier, Program, Steering};
 use xmacvlan_tests::require_root;
 
 fn args(iface: &str, config: PathBuf, force: bool) -> RunArgs {
+    args_with(iface, config, force, Default::default())
+}
+
+fn args_with(
+    iface: &str,
+    config: PathBuf,
+    force: bool,
+    dataplane: xmacvlan::config::DataplaneFlags,
+) -> RunArgs {
     RunArgs {
         iface: iface.into(),
         config,
-        dataplane: Default::default(),
+        dataplane,
         duration: Some(std::time::Duration::from_millis(300)),
         force,
         json: None,
@@ -56,7 +65,7 @@ fn refuses_an_interface_with_another_xdp_program_and_runs_on_a_free_one() {
         let err = run(args("nic0", config.clone(), false)).unwrap_err();
         let text = format!("{err:#}");
         assert!(
-            text.contains("already has an XDP program attached"),
+            text.contains("already has another XDP program attached"),
             "{text}"
         );
         assert!(text.contains("--force"), "{text}");
@@ -79,6 +88,51 @@ fn refuses_an_interface_with_another_xdp_program_and_runs_on_a_free_one() {
         // No such interface: named in the error.
         let err = run(args("nosuch0", config.clone(), false)).unwrap_err();
         assert!(format!("{err:#}").contains("no interface named `nosuch0`"));
+        Ok(())
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--xdp-attach dispatcher` on a free interface: where the kernel runs freplace programs, the
+/// classifier runs in a libxdp dispatcher and leaves it on exit; where it refuses them (this
+/// project's host), the refusal says why and nothing is attached. (With other programs in the
+/// dispatcher: `vm_dispatcher`, inside the VM.)
+#[test]
+fn a_dispatcher_is_used_where_the_kernel_runs_one_and_refused_with_the_reason_elsewhere() {
+    require_root();
+    let ns = NetnsGuard::create(&format!("xmvrund{}", std::process::id())).unwrap();
+    let dir = std::env::temp_dir().join(format!("xmvrund{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = endpoints_file(&dir);
+    let flags = xmacvlan::config::DataplaneFlags {
+        xdp_attach: Some(xmacvlan::modes::XdpAttach::Dispatcher),
+        ..Default::default()
+    };
+    ns.run(|| {
+        let nl = Netlink::new()?;
+        let nic = nl.add_veth("nic0", "peer0", 1)?;
+        nl.set_up(nic)?;
+        nl.set_up(nl.require_link("peer0")?.index)?;
+        let result = run(args_with("nic0", config.clone(), false, flags.clone()));
+        match xmacvlan::xdp::place::freplace_support() {
+            Ok(()) => {
+                result?;
+            }
+            Err(refused) => {
+                let text = format!("{:#}", result.unwrap_err());
+                assert!(
+                    text.contains("xdp-attach is `dispatcher` for nic0"),
+                    "{text}"
+                );
+                assert!(text.contains("refuses freplace"), "{text}");
+                assert!(text.contains(&refused.to_string()), "{text}");
+                assert!(text.contains("set xdp-attach to auto or alone"), "{text}");
+                // Said once: the kernel's answer is not repeated as a cause.
+                assert_eq!(text.matches(&refused.to_string()).count(), 1, "{text}");
+            }
+        }
+        assert_eq!(nl.require_link("nic0")?.xdp_prog_id, None, "nothing left");
         Ok(())
     })
     .unwrap();

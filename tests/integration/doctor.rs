@@ -47,7 +47,7 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
             xmacvlan::netlink::xdp_features(index)?.is_some_and(|f| f == kernel),
             "the library function the dataplane calls says the same"
         );
-        let f = check_interface(&facts, false);
+        let f = check_interface(&facts, false, &Default::default());
         assert_eq!(severity(&f, "exists"), Severity::Ok);
         assert_eq!(severity(&f, "link-up"), Severity::Ok);
         assert_eq!(severity(&f, "native-xdp"), Severity::Ok);
@@ -104,12 +104,12 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         let link = facts.link.as_ref().unwrap();
         assert!(link.xdp_prog_id.is_some());
         assert_eq!(link.xdp_prog_name.as_deref(), Some("xmv_classify"));
-        let stale = check_interface(&facts, false);
+        let stale = check_interface(&facts, false, &Default::default());
         let prog = finding(&stale, "xdp-program");
         assert_eq!(prog.severity, Severity::Warn);
         assert!(prog.what.contains("no daemon is running"), "{}", prog.what);
         assert_eq!(prog.fix.as_deref(), Some("ip link set dev xdoc0 xdp off"));
-        let live = check_interface(&facts, true);
+        let live = check_interface(&facts, true, &Default::default());
         assert_eq!(severity(&live, "xdp-program"), Severity::Ok);
 
         drop(classifier);
@@ -120,7 +120,7 @@ fn doctor_reports_the_expected_findings_on_a_lab_veth() {
         {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let f = check_interface(&interface_facts(&nl, "xdoc0")?, false);
+        let f = check_interface(&interface_facts(&nl, "xdoc0")?, false, &Default::default());
         assert_eq!(
             severity(&f, "xdp-program"),
             Severity::Ok,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::modes::XdpMode;
-use xmacvlan::xdp::{Classifier, PinDir, Program, Steering};
+use xmacvlan::xdp::{AttachOptions, Classifier, PinDir, Program, Steering};
 use xmacvlan_tests::daemon_lab::{Daemon, Lab};
 
 /// The daemon tests bind the same kind of lab: one at a time keeps their timing honest.
@@ -249,7 +249,7 @@ fn a_pinned_classifier_of_another_build_is_replaced_in_place_and_down_removes_it
                 Steering::PerQueue,
                 1,
                 "v0",
-                XdpMode::Native,
+                &AttachOptions::alone(XdpMode::Native),
                 false,
                 &bpffs.0,
                 &mut Vec::new(),

@@ -7,8 +7,9 @@
 //! Everything the classifier does not claim goes on through the kernel's own macvlan devices.
 //!
 //! `unsafe` is denied everywhere (`[workspace.lints]` in the workspace's Cargo.toml) but in
-//! the modules that must touch raw memory or the kernel (`abi`, `memif::shm`, `memif::sock`,
-//! `sys`, `xsk`), allowed below, and each of their unsafe blocks carries a
+//! the modules that must touch raw memory, the kernel or C (`abi`, `memif::shm`, `memif::sock`,
+//! `sys`, `xsk`, and `xdp::libxdp`, libxdp's C API), allowed where they are declared, and each
+//! of their unsafe blocks carries a
 //! `// SAFETY:` line (clippy checks it).
 #[allow(unsafe_code)]
 pub mod abi;

@@ -125,6 +125,21 @@ choice! {
 }
 
 choice! {
+    /// How the classifier takes its place on an interface (`--xdp-attach`, `xdp-attach`): on
+    /// its own, or as one program of libxdp's multi-program dispatcher beside other XDP programs.
+    #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    XdpAttach {
+        /// Join a libxdp dispatcher the interface already runs, else attach alone
+        Auto = "auto",
+        /// Always alone, through a bpf_link; an interface with a dispatcher is refused
+        Alone = "alone",
+        /// Always through libxdp's dispatcher (a new one if the interface has none), so other programs can join later
+        Dispatcher = "dispatcher",
+    }
+}
+
+choice! {
     /// How AF_XDP sockets bind (`--bind`, `bind-mode`).
     #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "lowercase")]

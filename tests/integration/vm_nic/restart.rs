@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use xmacvlan::modes::XdpMode;
-use xmacvlan::xdp::{Classifier, PinDir, Program, Steering, Takeover};
+use xmacvlan::xdp::{AttachOptions, Classifier, PinDir, Program, Steering, Takeover};
 use xmacvlan_tests::nic_guest::NicGuest;
 
 fn carrier(nic: &str, file: &str) -> u64 {
@@ -34,7 +34,7 @@ fn attach(nic: &str, root: &Path) -> (Classifier, Takeover) {
         Steering::PerEndpoint,
         4,
         nic,
-        XdpMode::Native,
+        &AttachOptions::alone(XdpMode::Native),
         false,
         root,
         &mut Vec::new(),

@@ -72,20 +72,6 @@ pub fn run(a: RunArgs) -> Result<()> {
     let endpoints = load_endpoints(&a.config)?;
     let nl = Netlink::new()?;
     let link = nl.require_link(&a.iface)?;
-    if let Some(id) = link.xdp_prog_id {
-        refuse_if_xmacvlan_serves(&a, id)?;
-        if !a.force {
-            bail!(
-                "{} already has an XDP program attached (id {id}); detach it (`ip link set dev {} xdp off`) or pass --force to replace it",
-                a.iface,
-                a.iface
-            );
-        }
-        crate::nic::detach_xdp(&nl, link.index)
-            .context("--force: detaching the existing XDP program")?;
-        eprintln!("xmacvlan: replaced XDP program {id} on {}", a.iface);
-    }
-    crate::sys::catch_interrupts();
     let queues = link.active_rx_queues();
     let mut cfg = DataplaneConfig {
         ifname: a.iface.clone(),
@@ -93,6 +79,20 @@ pub fn run(a: RunArgs) -> Result<()> {
         ..DataplaneConfig::default()
     };
     cfg.apply(&a.dataplane).map_err(anyhow::Error::msg)?;
+    if let Some(id) = link.xdp_prog_id {
+        refuse_if_xmacvlan_serves(&a, id)?;
+    }
+    let occupant = crate::xdp::place::survey(&link)?;
+    let decision = crate::xdp::place::decide(&a.iface, &occupant, cfg.xdp_attach, a.force, false)?;
+    if let Some((id, name)) = decision.replace {
+        crate::nic::detach_xdp(&nl, link.index)
+            .context("--force: detaching the existing XDP program")?;
+        eprintln!(
+            "xmacvlan: replaced XDP program {id} (`{name}`) on {}",
+            a.iface
+        );
+    }
+    crate::sys::catch_interrupts();
     let dp = Dataplane::start(&cfg, &endpoints)?;
     for w in &dp.warnings {
         eprintln!("xmacvlan: {w}");

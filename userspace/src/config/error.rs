@@ -71,6 +71,10 @@ pub enum ValueError {
     )]
     BusyPollBudget,
     #[error(
+        "must be a whole number from 0 to 4294967295 (lower runs first; xdp-filter runs at 10)"
+    )]
+    Priority,
+    #[error(
         "\"{0}\" is not a CPU id or range; write ids from 0 to {MAX_CORE} like \"0-1\" or \"1,3-4\""
     )]
     NotACpu(String),

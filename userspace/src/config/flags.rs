@@ -68,6 +68,13 @@ pub struct DataplaneFlags {
     /// native, generic or auto (native, falling back to generic).
     #[arg(long = "xdp-mode", value_name = "MODE", value_parser = XdpMode::from_str)]
     pub xdp_mode: Option<XdpMode>,
+    /// auto (join a libxdp dispatcher the interface runs, else alone), alone, or dispatcher
+    /// (always through libxdp's dispatcher, so other XDP programs can join).
+    #[arg(long = "xdp-attach", value_name = "HOW", value_parser = XdpAttach::from_str)]
+    pub xdp_attach: Option<XdpAttach>,
+    /// The classifier's run priority in a libxdp dispatcher: lower runs first [default: 50].
+    #[arg(long = "xdp-priority", value_name = "N")]
+    pub xdp_priority: Option<u32>,
     /// zerocopy, copy or auto (zero-copy where the driver can).
     #[arg(long = "bind-mode", visible_alias = "bind", value_name = "MODE", value_parser = BindMode::from_str)]
     pub bind_mode: Option<BindMode>,
@@ -153,6 +160,8 @@ impl ConfigFlags {
             cores: self.dataplane.cores.clone().map(|c| c.0),
             demux_mode: self.dataplane.demux_mode,
             xdp_mode: self.dataplane.xdp_mode,
+            xdp_attach: self.dataplane.xdp_attach,
+            xdp_priority: self.dataplane.xdp_priority,
             bind_mode: self.dataplane.bind_mode,
             receive_coalesce: self.dataplane.receive_coalesce,
             receive_threads: self.dataplane.receive_threads,

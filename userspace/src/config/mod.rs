@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::modes::choice;
-use crate::modes::{BindMode, DemuxMode, Threads, XdpMode};
+use crate::modes::{BindMode, DemuxMode, Threads, XdpAttach, XdpMode};
 
 mod error;
 mod flags;
@@ -63,6 +63,8 @@ pub const KEYS: &[&str] = &[
     "cores",
     "demux-mode",
     "xdp-mode",
+    "xdp-attach",
+    "xdp-priority",
     "bind-mode",
     "receive-coalesce-us",
     "receive-threads",
@@ -202,6 +204,10 @@ pub struct DaemonConfig {
     pub cores: Option<Vec<usize>>,
     pub demux_mode: DemuxMode,
     pub xdp_mode: XdpMode,
+    /// Alone, or in libxdp's multi-program dispatcher beside other XDP programs.
+    pub xdp_attach: XdpAttach,
+    /// The classifier's run priority in a dispatcher (lower runs first).
+    pub xdp_priority: u32,
     pub bind_mode: BindMode,
     /// How long a dataplane thread woken by its sockets waits before reading, so frames
     /// arriving meanwhile share the wake-up (CPU for latency at low rates); zero: at once.
@@ -234,6 +240,8 @@ impl Default for DaemonConfig {
             cores: None,
             demux_mode: DemuxMode::Xdp,
             xdp_mode: XdpMode::Auto,
+            xdp_attach: XdpAttach::Auto,
+            xdp_priority: crate::abi::RUN_PRIORITY,
             bind_mode: BindMode::Auto,
             receive_coalesce: Duration::ZERO,
             receive_threads: Threads::RunToCompletion,
@@ -309,6 +317,12 @@ impl DaemonConfig {
         if let Some(v) = flags.xdp_mode {
             self.xdp_mode = v;
         }
+        if let Some(v) = flags.xdp_attach {
+            self.xdp_attach = v;
+        }
+        if let Some(v) = flags.xdp_priority {
+            self.xdp_priority = v;
+        }
         if let Some(v) = flags.bind_mode {
             self.bind_mode = v;
         }
@@ -359,6 +373,8 @@ impl DaemonConfig {
             ("cores", cores),
             ("demux-mode", json!(self.demux_mode.name())),
             ("xdp-mode", json!(self.xdp_mode.name())),
+            ("xdp-attach", json!(self.xdp_attach.name())),
+            ("xdp-priority", json!(self.xdp_priority)),
             ("bind-mode", json!(self.bind_mode.name())),
             (
                 "receive-coalesce-us",
@@ -415,6 +431,8 @@ pub struct Overrides {
     pub cores: Option<Vec<usize>>,
     pub demux_mode: Option<DemuxMode>,
     pub xdp_mode: Option<XdpMode>,
+    pub xdp_attach: Option<XdpAttach>,
+    pub xdp_priority: Option<u32>,
     pub bind_mode: Option<BindMode>,
     pub receive_coalesce: Option<Duration>,
     pub receive_threads: Option<Threads>,

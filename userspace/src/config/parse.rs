@@ -87,6 +87,12 @@ pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigErro
     if let Some(v) = map.get("xdp-mode") {
         cfg.xdp_mode = p.choice("xdp-mode", v, XdpMode::NAMES, XdpMode::from_name)?;
     }
+    if let Some(v) = map.get("xdp-attach") {
+        cfg.xdp_attach = p.choice("xdp-attach", v, XdpAttach::NAMES, XdpAttach::from_name)?;
+    }
+    if let Some(v) = map.get("xdp-priority") {
+        cfg.xdp_priority = p.priority(v)?;
+    }
     if let Some(v) = map.get("bind-mode") {
         cfg.bind_mode = p.choice("bind-mode", v, BindMode::NAMES, BindMode::from_name)?;
     }
@@ -391,6 +397,20 @@ impl Parser<'_> {
             return Err(self.invalid("stats-interval", v, ValueError::IntervalRange));
         }
         Ok(d)
+    }
+
+    fn priority(&self, v: &Value) -> Result<u32, ConfigError> {
+        const KEY: &str = "xdp-priority";
+        let Value::Number(n) = v else {
+            return Err(self.wrong_type(
+                KEY,
+                "a run priority (a whole number, lower runs first)",
+                v,
+            ));
+        };
+        n.as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| self.invalid(KEY, v, ValueError::Priority))
     }
 
     fn coalesce(&self, v: &Value) -> Result<Duration, ConfigError> {

@@ -128,6 +128,7 @@ fn every_choice_key_lists_its_values() {
         ("log-driver", "stderr, json-file, journald, syslog"),
         ("demux-mode", "xdp, user, kernel"),
         ("xdp-mode", "native, generic, auto"),
+        ("xdp-attach", "auto, alone, dispatcher"),
         ("bind-mode", "zerocopy, copy, auto"),
     ] {
         let e = error(&format!(r#"{{"{key}": "nope"}}"#));
@@ -136,6 +137,21 @@ fn every_choice_key_lists_its_values() {
             format!(r#"daemon.json: key "{key}": "nope" is not one of {allowed}"#)
         );
     }
+}
+
+#[test]
+fn the_dispatcher_keys_parse_and_a_bad_priority_is_named() {
+    let cfg = parse(r#"{"xdp-attach": "dispatcher", "xdp-priority": 5}"#).unwrap();
+    assert_eq!(cfg.xdp_attach, XdpAttach::Dispatcher);
+    assert_eq!(cfg.xdp_priority, 5);
+    assert_eq!(DaemonConfig::default().xdp_attach, XdpAttach::Auto);
+    for bad in ["-1", "1.5", "4294967296"] {
+        let e = error(&format!(r#"{{"xdp-priority": {bad}}}"#));
+        assert_eq!(e.key_name(), Some("xdp-priority"), "{e}");
+        assert!(e.to_string().contains("from 0 to 4294967295"), "{bad}: {e}");
+    }
+    let e = error(r#"{"xdp-priority": "high"}"#);
+    assert!(e.to_string().contains("a run priority"), "{e}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub(super) fn start_plane(cfg: &DataplaneConfig) -> Result<Dataplane> {
         crate::dataplane::steering(cfg.demux),
         cfg.queues,
         &cfg.ifname,
-        cfg.xdp_mode,
+        &cfg.attach_options(),
         false,
         &root,
         &mut warnings,
@@ -47,6 +47,33 @@ pub(super) fn start_plane(cfg: &DataplaneConfig) -> Result<Dataplane> {
             name,
             "replaced the XDP program a previous xmacvlan left behind (crashed or killed)"
         ),
+        Takeover::Joined {
+            dispatcher_id,
+            program_id,
+            priority,
+            others,
+            replaced,
+        } => {
+            if let Some((id, name)) = replaced {
+                tracing::warn!(
+                    iface,
+                    id,
+                    name,
+                    "replaced the XDP program a previous xmacvlan left behind (crashed or killed)"
+                );
+            }
+            let beside = match others.is_empty() {
+                true => "alone, so other XDP programs can join".to_string(),
+                false => format!("beside {}", others.join(", ")),
+            };
+            tracing::info!(
+                iface,
+                dispatcher_id,
+                program_id,
+                priority,
+                "joined libxdp's multi-program dispatcher ({beside})"
+            );
+        }
         Takeover::Adopted {
             program_id,
             stale_claims,

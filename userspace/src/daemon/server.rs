@@ -553,8 +553,8 @@ impl Daemon {
                 );
                 continue;
             }
-            match pins.remove() {
-                Ok(()) => {
+            match crate::xdp::release_pinned(&pins) {
+                Ok(_) => {
                     tracing::info!(iface, program = ?id, "no endpoint here any more: the classifier a previous daemon left is detached")
                 }
                 Err(e) => tracing::warn!(iface, "removing a previous daemon's classifier: {e}"),

@@ -158,7 +158,7 @@ impl Dataplane {
         let mut warnings = Vec::new();
         let classifier = (|| {
             let mut c = Classifier::load(Program::Classify, steering(cfg.demux), cfg.queues)?;
-            c.attach(ifindex, &cfg.ifname, cfg.xdp_mode, &mut warnings)?;
+            c.attach_with(ifindex, &cfg.ifname, &cfg.attach_options(), &mut warnings)?;
             anyhow::Ok(c)
         })()
         .map_err(DataplaneError::step(format!(

@@ -3,7 +3,7 @@
 //! whose flags override the file's keys before this reads them).
 use super::{DataplaneError, IdlePolicy, default_cores};
 use crate::config::{DaemonConfig, DataplaneFlags};
-use crate::modes::{BindMode, Demux, Threads, XdpMode};
+use crate::modes::{BindMode, Demux, Threads, XdpAttach, XdpMode};
 use crate::nic::BusyPoll;
 use crate::xsk::QueueConfig;
 
@@ -47,6 +47,9 @@ pub struct DataplaneConfig {
     pub queues: u32,
     pub demux: Demux,
     pub xdp_mode: XdpMode,
+    /// Alone, or in libxdp's dispatcher (`xdp-attach`), at `xdp_priority` there.
+    pub xdp_attach: XdpAttach,
+    pub xdp_priority: u32,
     pub queue: QueueConfig,
     /// Cores for the threads, handed out round-robin.
     pub cores: Vec<usize>,
@@ -71,6 +74,8 @@ impl Default for DataplaneConfig {
             queues: 1,
             demux: Demux::Xdp,
             xdp_mode: XdpMode::Auto,
+            xdp_attach: XdpAttach::Auto,
+            xdp_priority: crate::abi::RUN_PRIORITY,
             queue: QueueConfig::default(),
             cores: default_cores(),
             layout: Layout::RunToCompletion,
@@ -97,6 +102,12 @@ impl DataplaneConfig {
         }
         if let Some(m) = flags.xdp_mode {
             self.xdp_mode = m;
+        }
+        if let Some(a) = flags.xdp_attach {
+            self.xdp_attach = a;
+        }
+        if let Some(p) = flags.xdp_priority {
+            self.xdp_priority = p;
         }
         if let Some(b) = flags.bind_mode {
             self.queue.bind = b;
@@ -144,14 +155,26 @@ impl DataplaneConfig {
         }
     }
 
-    /// The dataplane settings of a `daemon.json` (`cores`, `xdp-mode`, `bind-mode`,
-    /// `receive-threads`, `receive-coalesce-us`, `busy-poll-budget`); interface, queues and
-    /// demux are the daemon's to fill in per interface.
+    /// How the classifier takes its place on the interface.
+    pub fn attach_options(&self) -> crate::xdp::AttachOptions {
+        crate::xdp::AttachOptions {
+            mode: self.xdp_mode,
+            attach: self.xdp_attach,
+            priority: self.xdp_priority,
+        }
+    }
+
+    /// The dataplane settings of a `daemon.json` (`cores`, `xdp-mode`, `xdp-attach`,
+    /// `xdp-priority`, `bind-mode`, `receive-threads`, `receive-coalesce-us`,
+    /// `busy-poll-budget`); interface, queues and demux are the daemon's to fill in per
+    /// interface.
     pub fn from_daemon(cfg: &DaemonConfig) -> Self {
         let cores = cfg.cores.clone().unwrap_or_else(default_cores);
         let defaults = Self::default();
         Self {
             xdp_mode: cfg.xdp_mode,
+            xdp_attach: cfg.xdp_attach,
+            xdp_priority: cfg.xdp_priority,
             queue: QueueConfig {
                 bind: cfg.bind_mode,
                 ..defaults.queue

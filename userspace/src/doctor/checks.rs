@@ -409,7 +409,13 @@ pub fn check_daemon_state(d: &DaemonFacts) -> Vec<Finding> {
 
 /// Every check of one interface. `daemon_running` tells whether an attached xmacvlan
 /// program belongs to a live daemon.
-pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding> {
+/// The checks of one interface; `opts`: how the daemon's configuration places the classifier
+/// on it (alone, or in libxdp's dispatcher).
+pub fn check_interface(
+    f: &InterfaceFacts,
+    daemon_running: bool,
+    opts: &crate::xdp::AttachOptions,
+) -> Vec<Finding> {
     let name = &f.name;
     let mut out = Vec::new();
     let Some(link) = &f.link else {
@@ -464,7 +470,12 @@ pub fn check_interface(f: &InterfaceFacts, daemon_running: bool) -> Vec<Finding>
     } else {
         check_promiscuous(name, link.promiscuous)
     });
-    out.extend(super::xdp::check_xdp_programs(name, link, daemon_running));
+    out.extend(super::xdp::check_xdp_programs(
+        name,
+        link,
+        daemon_running,
+        opts,
+    ));
     tag(out, name)
 }
 

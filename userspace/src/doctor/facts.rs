@@ -71,7 +71,11 @@ pub struct LinkFacts {
     pub xdp_prog_id: Option<u32>,
     /// Name of the attached program, when it could be looked up (needs CAP_BPF).
     pub xdp_prog_name: Option<String>,
-    /// Live xmacvlan processes (not this one) holding that program open.
+    /// What the interface runs as libxdp sees it (a dispatcher with its chain), or why
+    /// libxdp could not read it.
+    pub occupant: Result<crate::xdp::Occupant, String>,
+    /// Live xmacvlan processes (not this one) holding xmacvlan's program on the interface
+    /// (the attached one, or in a dispatcher xmacvlan's program of the chain) open.
     pub xdp_prog_holders: Vec<u32>,
     pub driver: Option<String>,
     /// `ethtool -k IF` output, or why it is missing.
@@ -259,6 +263,14 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
         features = Err("ethtool printed nothing".into());
     }
     let rx_queues = link.active_rx_queues();
+    let occupant = crate::xdp::place::survey(&link).map_err(|e| e.to_string());
+    let ours = match &occupant {
+        Ok(crate::xdp::Occupant::Dispatcher { programs, .. }) => programs
+            .iter()
+            .find(|p| super::chain::is_ours(p))
+            .map(|p| p.id),
+        _ => link.xdp_prog_id,
+    };
     Ok(InterfaceFacts {
         name: name.to_string(),
         link: Some(LinkFacts {
@@ -269,10 +281,10 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
             promiscuous: link.promiscuous,
             rx_queues,
             xdp_prog_name: link.xdp_prog_id.and_then(crate::xdp::program_name),
-            xdp_prog_holders: link
-                .xdp_prog_id
+            xdp_prog_holders: ours
                 .map(crate::ipc::alive::holders_of_bpf_program)
                 .unwrap_or_default(),
+            occupant,
             xdp_prog_id: link.xdp_prog_id,
             ethtool_features: features,
             xdp_features: crate::netlink::xdp_features(link.index).map_err(|e| e.to_string()),

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
+pub mod chain;
 pub mod checks;
 pub mod facts;
 pub mod xdp;
@@ -204,9 +205,16 @@ pub fn examine(args: &DoctorArgs) -> Result<Report> {
     }
     if !args.ifaces.is_empty() {
         let nl = crate::netlink::Netlink::new()?;
+        // How the daemon places the classifier (its file's settings; the defaults when it
+        // could not be read, which the config finding reports).
+        let placement = config
+            .as_ref()
+            .map(crate::dataplane::DataplaneConfig::from_daemon)
+            .unwrap_or_default()
+            .attach_options();
         for name in &args.ifaces {
             let facts = interface_facts(&nl, name)?;
-            findings.extend(check_interface(&facts, daemon.daemon_running()));
+            findings.extend(check_interface(&facts, daemon.daemon_running(), &placement));
         }
     }
     Ok(Report { findings })

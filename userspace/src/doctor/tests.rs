@@ -265,6 +265,7 @@ fn link(driver: &str) -> LinkFacts {
         rx_queues: 1,
         xdp_prog_id: None,
         xdp_prog_name: None,
+        occupant: Ok(crate::xdp::Occupant::Free),
         xdp_prog_holders: Vec::new(),
         driver: Some(driver.into()),
         ethtool_features: Ok(VETH_ETHTOOL_K.into()),
@@ -283,7 +284,7 @@ fn iface(link: LinkFacts) -> InterfaceFacts {
 
 #[test]
 fn veth_interface_findings() {
-    let f = check_interface(&iface(link("veth")), false);
+    let f = check_interface(&iface(link("veth")), false, &Default::default());
     assert!(f.iter().all(|x| x.subject.as_deref() == Some("v0")));
     assert_eq!(by_check(&f, "exists").severity, Severity::Ok);
     assert_eq!(by_check(&f, "link-up").severity, Severity::Ok);
@@ -308,7 +309,7 @@ fn veth_interface_findings() {
 fn a_real_nic_is_checked_for_filtering_and_tag_stripping() {
     let mut nic = link("ice");
     nic.kind = None;
-    let f = check_interface(&iface(nic), false);
+    let f = check_interface(&iface(nic), false, &Default::default());
     // Its filters and tag stripping are xmacvlan's to handle while it serves endpoints.
     let promisc = by_check(&f, "promiscuous");
     assert_eq!(promisc.severity, Severity::Ok);
@@ -328,16 +329,16 @@ fn a_real_nic_is_checked_for_filtering_and_tag_stripping() {
 
 #[test]
 fn zero_copy_nic_and_unknown_driver() {
-    let f = check_interface(&iface(link("ice")), false);
+    let f = check_interface(&iface(link("ice")), false, &Default::default());
     assert_eq!(by_check(&f, "native-xdp").severity, Severity::Ok);
     assert_eq!(by_check(&f, "zero-copy").severity, Severity::Ok);
-    let f = check_interface(&iface(link("r8169")), false);
+    let f = check_interface(&iface(link("r8169")), false, &Default::default());
     let native = by_check(&f, "native-xdp");
     assert_eq!(native.severity, Severity::Warn);
     assert!(native.what.contains("generic (skb) mode only"));
     let mut unknown = link("x");
     unknown.driver = None;
-    let f = check_interface(&iface(unknown), false);
+    let f = check_interface(&iface(unknown), false, &Default::default());
     assert_eq!(by_check(&f, "driver").severity, Severity::Warn);
 }
 
@@ -349,13 +350,14 @@ fn missing_or_down_interface_is_an_error() {
             link: None,
         },
         false,
+        &Default::default(),
     );
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].severity, Severity::Error);
     assert!(f[0].what.contains("no interface named nope0"));
     let mut down = link("veth");
     down.up = false;
-    let f = check_interface(&iface(down), false);
+    let f = check_interface(&iface(down), false, &Default::default());
     let up = by_check(&f, "link-up");
     assert_eq!(up.severity, Severity::Error);
     assert_eq!(up.fix.as_deref(), Some("ip link set v0 up"));
@@ -391,7 +393,7 @@ fn a_classifier_held_by_another_xmacvlan_is_named() {
     held.xdp_prog_id = Some(12);
     held.xdp_prog_name = Some("xmv_classify".into());
     held.xdp_prog_holders = vec![4321];
-    let f = check_interface(&iface(held.clone()), false);
+    let f = check_interface(&iface(held.clone()), false, &Default::default());
     let prog = by_check(&f, "xdp-program");
     assert!(
         prog.what.contains("held by xmacvlan process 4321"),
@@ -400,7 +402,7 @@ fn a_classifier_held_by_another_xmacvlan_is_named() {
     );
     assert!(prog.fix.as_deref().unwrap().contains("kill 4321"));
     // The daemon it looked for holds it: all is well.
-    let f = check_interface(&iface(held), true);
+    let f = check_interface(&iface(held), true, &Default::default());
     assert_eq!(by_check(&f, "xdp-program").severity, Severity::Ok);
 }
 
@@ -473,7 +475,7 @@ fn report_text_json_and_exit_codes() {
     nic.kind = None;
     // A NIC that strips tags for good: the one warning.
     nic.ethtool_features = Ok("rx-vlan-offload: on [fixed]\n".into());
-    findings.extend(check_interface(&iface(nic), false));
+    findings.extend(check_interface(&iface(nic), false, &Default::default()));
     let report = Report { findings };
     assert_eq!(report.exit_code(false), 0);
     assert_eq!(report.exit_code(true), 1, "--strict counts warnings");

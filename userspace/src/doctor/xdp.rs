@@ -5,6 +5,7 @@ use super::checks::{ok, problem};
 use super::facts::{LinkFacts, PinnedFacts};
 use super::{Finding, Severity};
 use crate::netlink::XdpFeatures;
+use crate::xdp::{AttachOptions, Occupant};
 
 /// Drivers with native (driver-mode) XDP, as named by `ethtool -i` / the sysfs driver link:
 /// the fallback on kernels that cannot say (before 6.3).
@@ -171,7 +172,7 @@ pub fn check_dispatcher_support(freplace: &Result<(), String>) -> Finding {
         Ok(()) => ok(
             "xdp-dispatcher",
             "this kernel runs freplace programs: libxdp's multi-program dispatcher works here \
-             (xdp-loader, xdp-filter)"
+             (xdp-loader, xdp-filter, and xmacvlan with xdp-attach auto or dispatcher)"
                 .into(),
         ),
         Err(e) => problem(
@@ -182,8 +183,9 @@ pub fn check_dispatcher_support(freplace: &Result<(), String>) -> Finding {
                  multi-program dispatcher cannot run here"
             ),
             "XDP programs share an interface only through that dispatcher; without it libxdp \
-             loads a program alone (`Falling back to loading single prog without dispatcher`) \
-             and xmacvlan needs the interface to itself. Some hardened kernels refuse every \
+             loads a program alone (`Falling back to loading single prog without dispatcher`), \
+             and xmacvlan attaches alone too (xdp-attach dispatcher is refused) and needs the \
+             interface to itself. Some hardened kernels refuse every \
              program attached through a BPF trampoline (fentry, LSM, freplace); the message \
              libxdp prints about `ulimit -l` is a guess: BPF memory has been charged to the \
              cgroup, not RLIMIT_MEMLOCK, since Linux 5.11",
@@ -195,22 +197,61 @@ pub fn check_dispatcher_support(freplace: &Result<(), String>) -> Finding {
     }
 }
 
-/// The XDP program on the interface: xmacvlan's (kept attached between daemons, or left
-/// behind), or someone else's.
-pub fn check_xdp_programs(name: &str, link: &LinkFacts, daemon_running: bool) -> Vec<Finding> {
+/// The XDP programs on the interface: xmacvlan's (kept attached between daemons, or left
+/// behind), someone else's, or libxdp's dispatcher with its chain. `opts`: how the daemon's
+/// configuration places the classifier.
+pub fn check_xdp_programs(
+    name: &str,
+    link: &LinkFacts,
+    daemon_running: bool,
+    opts: &AttachOptions,
+) -> Vec<Finding> {
+    let chain = match &link.occupant {
+        Ok(Occupant::Dispatcher { id, mode, programs }) => Some((*id, *mode, programs)),
+        _ => None,
+    };
+    // xmacvlan's program on the interface: the attached one, or its place in the chain.
+    let ours = match chain {
+        Some((_, _, programs)) => programs
+            .iter()
+            .find(|p| super::chain::is_ours(p))
+            .map(|p| p.id),
+        None => link.xdp_prog_id,
+    };
     let mut out = Vec::new();
     if let Some(pinned) = &link.pinned {
-        out.push(check_pinned(name, pinned, link.xdp_prog_id, daemon_running));
+        out.push(check_pinned(name, pinned, ours, daemon_running));
     }
-    out.push(match (link.xdp_prog_id, link.xdp_prog_holders.first()) {
-        (Some(id), Some(pid)) if !daemon_running => held_by_xmacvlan(name, id, *pid),
-        _ => check_xdp_program(
-            name,
-            link.xdp_prog_id,
-            link.xdp_prog_name.as_deref(),
-            daemon_running || link.pinned.is_some(),
-        ),
-    });
+    let expected = daemon_running || link.pinned.is_some();
+    match (ours, link.xdp_prog_holders.first()) {
+        (Some(id), Some(pid)) if !daemon_running => out.push(held_by_xmacvlan(name, id, *pid)),
+        _ => match (&link.occupant, chain) {
+            (_, Some((id, mode, programs))) => out.extend(super::chain::check_dispatcher(
+                name,
+                (id, mode),
+                programs,
+                expected,
+                opts,
+            )),
+            (Err(unreadable), None) => out.push(problem(
+                "xdp-program",
+                Severity::Error,
+                unreadable.clone(),
+                "xmacvlan cannot join a dispatcher whose programs libxdp cannot find, and will \
+                 not replace it unless told to",
+                Some(format!(
+                    "find the bpffs its loader used (`xdp-loader status {name}` there lists \
+                     them) and run xmacvlan with LIBXDP_BPFFS set to it"
+                )),
+            )),
+            (Ok(_), None) => out.push(check_xdp_program(
+                name,
+                link.xdp_prog_id,
+                link.xdp_prog_name.as_deref(),
+                expected,
+            )),
+        },
+    }
     out
 }
 
@@ -327,19 +368,6 @@ pub fn check_xdp_program(
             Some(format!("ip link set dev {name} xdp off")),
         );
     }
-    if prog_name == Some("xdp_dispatcher") {
-        return problem(
-            "xdp-program",
-            Severity::Error,
-            format!("{name} runs libxdp's multi-program dispatcher ({label})"),
-            "other XDP programs share the interface through it; xmacvlan does not join a \
-             dispatcher yet and will not replace it unless told to",
-            Some(format!(
-                "see its programs: xdp-loader status {name}; unload them: xdp-loader unload \
-                 {name} --all (or start xmacvlan with --force to replace them)"
-            )),
-        );
-    }
     problem(
         "xdp-program",
         Severity::Error,
@@ -356,6 +384,7 @@ pub fn check_xdp_program(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modes::XdpMode;
     use crate::netlink::features::{rx_metadata, xdp_act};
 
     fn link(features: Result<Option<XdpFeatures>, String>) -> LinkFacts {
@@ -367,6 +396,7 @@ mod tests {
             rx_queues: 4,
             xdp_prog_id: None,
             xdp_prog_name: None,
+            occupant: Ok(Occupant::Free),
             xdp_prog_holders: Vec::new(),
             driver: Some("igb".into()),
             ethtool_features: Err("not read".into()),
@@ -452,7 +482,7 @@ mod tests {
         l.xdp_prog_id = Some(40);
         l.xdp_prog_name = Some("xmv_classify".into());
         l.pinned = Some(pinned);
-        let found = check_xdp_programs("eth0", &l, false);
+        let found = check_xdp_programs("eth0", &l, false, &AttachOptions::alone(XdpMode::Auto));
         assert!(
             found.iter().all(|f| f.severity == Severity::Ok),
             "{found:#?}"
@@ -470,9 +500,16 @@ mod tests {
             refused.what
         );
         assert!(refused.why.unwrap().contains("not RLIMIT_MEMLOCK"));
-        let f = check_xdp_program("eth0", Some(7), Some("xdp_dispatcher"), true);
-        assert_eq!(f.severity, Severity::Error);
-        assert!(f.what.contains("multi-program dispatcher"), "{}", f.what);
-        assert!(f.fix.unwrap().contains("xdp-loader status eth0"));
+        let mut l = link(Ok(None));
+        l.xdp_prog_id = Some(7);
+        l.xdp_prog_name = Some("xdp_dispatcher".into());
+        l.occupant = Err(
+            "eth0 runs libxdp's dispatcher (id 7) but libxdp cannot read its \
+                          programs"
+                .into(),
+        );
+        let found = check_xdp_programs("eth0", &l, false, &AttachOptions::alone(XdpMode::Auto));
+        assert_eq!(found[0].severity, Severity::Error);
+        assert!(found[0].fix.as_ref().unwrap().contains("LIBXDP_BPFFS"));
     }
 }

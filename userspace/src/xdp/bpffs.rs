@@ -74,8 +74,16 @@ impl PinDir {
         &self.path
     }
 
-    /// The pinned XDP link (present only for a classifier attached on its own, not through a
-    /// libxdp dispatcher).
+    /// The interface whose pins these are.
+    pub fn interface(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
+    /// The pinned XDP link (present only for a classifier attached on its own: in libxdp's
+    /// dispatcher, libxdp pins the link under `BPFFS/xdp/`).
     pub fn link(&self) -> PathBuf {
         self.path.join("link")
     }

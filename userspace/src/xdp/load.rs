@@ -3,7 +3,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::programs::{Xdp, XdpMode as AyaMode};
 use aya::{Ebpf, EbpfLoader};
 
-use super::{Classifier, Holder, Maps, Program, Steering};
+use super::place::{self, AttachOptions};
+use super::{Classifier, Holder, Maps, Member, Placement, Program, Steering, chain};
 use crate::abi::{self, Config};
 use crate::modes::XdpMode;
 
@@ -68,11 +69,16 @@ impl Classifier {
         let mut ebpf = load_object(program, steering, queues)?;
         let maps = take_maps(&mut ebpf)?;
         Ok(Self {
-            holder: Holder::Owned { ebpf, program },
+            holder: Holder::Owned {
+                ebpf,
+                program,
+                member: None,
+            },
             maps,
             queues,
             steering,
             attached: None,
+            placement: Placement::Alone,
         })
     }
 
@@ -86,8 +92,13 @@ impl Classifier {
         mode: XdpMode,
         warnings: &mut Vec<String>,
     ) -> Result<XdpMode> {
-        let Holder::Owned { ebpf, program } = &mut self.holder else {
-            bail!("this classifier is attached through its pins already");
+        let Holder::Owned {
+            ebpf,
+            program,
+            member: None,
+        } = &mut self.holder
+        else {
+            bail!("this classifier is attached already");
         };
         let prog = program_mut(ebpf, program.name())?;
         let used = attach_in_mode(ifname, mode, warnings, |m| {
@@ -95,6 +106,55 @@ impl Classifier {
         })?;
         self.attached = Some((ifindex, used));
         Ok(used)
+    }
+}
+
+impl Classifier {
+    /// Attach to interface `ifname` (index `ifindex`, calling thread's namespace) for as long
+    /// as this classifier lives, as `opts` say: alone, or as one program of libxdp's dispatcher
+    /// (see [`place::decide`]). Any other program on the interface is refused with an
+    /// [`XdpError`](super::XdpError) naming the way out. Returns the mode it runs in.
+    pub fn attach_with(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        opts: &AttachOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<XdpMode> {
+        let link = crate::netlink::Netlink::new()?.require_link(ifname)?;
+        let occupant = place::survey(&link)?;
+        let decision = place::decide(ifname, &occupant, opts.attach, false, false)?;
+        if !decision.join {
+            return self.attach(ifindex, ifname, opts.mode, warnings);
+        }
+        let Holder::Owned {
+            ebpf,
+            program,
+            member: member @ None,
+        } = &mut self.holder
+        else {
+            bail!("this classifier is attached already");
+        };
+        let loaded = program_mut(ebpf, program.name())?;
+        let joined = chain::join(loaded, *program, (ifindex, ifname), &occupant, opts, None)?;
+        *member = Some(Member {
+            program: joined.program,
+            id: joined.program_id,
+        });
+        let beside = match joined.others.is_empty() {
+            true => "alone, so other XDP programs can join".to_string(),
+            false => format!("beside {}", joined.others.join(", ")),
+        };
+        warnings.push(format!(
+            "{ifname}: joined libxdp's multi-program dispatcher (id {}, {} mode) at priority \
+             {}, {beside}",
+            joined.dispatcher_id, joined.mode, opts.priority
+        ));
+        self.attached = Some((ifindex, joined.mode));
+        self.placement = Placement::Dispatcher {
+            priority: opts.priority,
+        };
+        Ok(joined.mode)
     }
 }
 

@@ -1,12 +1,16 @@
 //! The XDP classifier: the embedded C object loaded with aya, its maps, and how it is held on
 //! an interface.
 //!
-//! Two ways to hold it: [`Classifier::load`] + [`Classifier::attach`] own the attachment, which
-//! ends when the [`Classifier`] is dropped (`xmacvlan run`, the benchmark, tests);
-//! [`Classifier::attach_persistent`] (`persist.rs`) pins link, program and maps in bpffs
-//! (`bpffs.rs`), so the classifier stays attached when its daemon stops and the next daemon
-//! takes it over without detaching.
-use std::os::fd::AsRawFd;
+//! Two ways to hold it: [`Classifier::load`] + [`Classifier::attach`] (or
+//! [`Classifier::attach_with`]) own the attachment, which ends when the [`Classifier`] is
+//! dropped (`xmacvlan run`, the benchmark, tests); [`Classifier::attach_persistent`]
+//! (`persist.rs`) pins program and maps in bpffs (`bpffs.rs`), so the classifier stays
+//! attached when its daemon stops and the next daemon takes it over without detaching.
+//!
+//! Either way it runs alone, attached through a bpf_link of its own, or as one program of
+//! libxdp's multi-program dispatcher beside other XDP programs (`chain.rs`, through libxdp
+//! itself: `libxdp.rs`); `place.rs` decides which (`xdp-attach`).
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,12 +21,18 @@ use crate::abi::{self, Counters, Event, Key};
 use crate::modes::XdpMode;
 
 pub mod bpffs;
+mod chain;
+#[allow(unsafe_code)]
+mod libxdp;
 mod load;
 mod persist;
+pub mod place;
 
 pub use bpffs::PinDir;
+pub use libxdp::{ChainProgram, LibxdpError, XdpAction};
 pub use load::probe_freplace;
 pub use persist::{Release, Takeover, pinned_program_id, release_pinned};
+pub use place::{AttachOptions, Occupant};
 
 /// How claimed frames are steered: per-endpoint sockets (`xdp`) or one per queue (`user`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,22 +87,71 @@ impl ClaimSwitch {
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error(
-        "{iface} runs libxdp's multi-program dispatcher (id {id}): other XDP programs share the \
-         interface through it, and xmacvlan does not join a dispatcher yet; see them with \
-         `xdp-loader status {iface}`, unload them with `xdp-loader unload {iface} --all`, or \
-         let xmacvlan replace them (--force)"
+        "{iface} runs libxdp's multi-program dispatcher (id {id}), through which other XDP \
+         programs share it, and xdp-attach is `alone`: set xdp-attach to auto or dispatcher \
+         (--xdp-attach) to join it beside them (see them with `xdp-loader status {iface}`), \
+         or let xmacvlan replace them all (--force)"
     )]
     Dispatcher { iface: String, id: u32 },
     #[error(
+        "{iface} runs libxdp's dispatcher (id {id}) but libxdp cannot read its programs{}: \
+         their pins are not under {}/xdp, so it was loaded with another bpffs; run xmacvlan \
+         with LIBXDP_BPFFS set to the bpffs its loader used",
+        cause.as_ref().map(|e| format!(" ({e:#})")).unwrap_or_default(),
+        bpffs.display()
+    )]
+    UnreadableDispatcher {
+        iface: String,
+        id: u32,
+        bpffs: PathBuf,
+        /// libxdp's error, if it gave one (shown in the message, so not a `source` too).
+        cause: Option<LibxdpError>,
+    },
+    #[error(
+        "{}this kernel refuses freplace (BPF_PROG_TYPE_EXT) programs ({refused}), which libxdp's \
+         multi-program dispatcher is made of (some hardened kernels refuse every program \
+         attached through a BPF trampoline): {}",
+        match joining {
+            Some(id) => format!("{iface} runs libxdp's dispatcher (id {id}), but "),
+            None => format!("xdp-attach is `dispatcher` for {iface}, but "),
+        },
+        match joining {
+            Some(_) => "xmacvlan cannot join it; unload its programs (`xdp-loader unload \
+                        IFACE --all`) to let xmacvlan attach alone",
+            None => "set xdp-attach to auto or alone to attach the classifier on its own \
+                     (`xmacvlan doctor` shows the check: xdp-dispatcher)",
+        }
+    )]
+    NoFreplace {
+        iface: String,
+        /// The dispatcher it would have joined; None when a new one was asked for.
+        joining: Option<u32>,
+        /// What the kernel answered (shown in the message, so not a `source` too).
+        refused: std::io::Error,
+    },
+    #[error(
+        "{iface}'s libxdp dispatcher (id {id}) runs in {running} mode and xdp-mode is \
+         {wanted}: its other programs decide the mode; set xdp-mode to auto (or {running}) to \
+         join it"
+    )]
+    DispatcherMode {
+        iface: String,
+        id: u32,
+        running: XdpMode,
+        wanted: XdpMode,
+    },
+    #[error(
         "{iface} already has another XDP program attached (id {id}{}); xmacvlan will not \
          replace it: see it with `bpftool prog show id {id}`, detach it with \
-         `ip link set dev {iface} xdp off`, or let xmacvlan replace it (--force)",
+         `ip link set dev {iface} xdp off`, or let xmacvlan replace it (--force); {sharing}",
         name.as_ref().map(|n| format!(", `{n}`")).unwrap_or_default()
     )]
     Foreign {
         iface: String,
         id: u32,
         name: Option<String>,
+        /// Why the two cannot share the interface here, and how they could.
+        sharing: String,
     },
     #[error("bpffs at {}: {source} (xmacvlan pins the classifier there to keep it attached across restarts; \
              mount one with `mount -t bpf bpf /sys/fs/bpf`, or set LIBXDP_BPFFS to a bpffs mount)", path.display())]
@@ -138,7 +197,13 @@ impl Maps {
 /// How the program is held on the interface.
 enum Holder {
     /// Loaded by this process; its link (once attached) goes when the classifier is dropped.
-    Owned { ebpf: aya::Ebpf, program: Program },
+    Owned {
+        ebpf: aya::Ebpf,
+        program: Program,
+        /// Joined to libxdp's dispatcher instead (whose pins hold it there): it leaves the
+        /// dispatcher when the classifier is dropped.
+        member: Option<Member>,
+    },
     /// Attached through pins in bpffs: it stays attached when dropped, unless released.
     Pinned {
         /// Held open so that whoever looks for the program's users finds this process.
@@ -150,17 +215,39 @@ enum Holder {
     },
 }
 
+/// The program libxdp loaded into a dispatcher for a classifier this process owns.
+struct Member {
+    /// Held open so that whoever looks for the program's users finds this process.
+    #[allow(dead_code)]
+    program: OwnedFd,
+    id: u32,
+}
+
+/// Where the classifier runs on its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Attached on its own, through a bpf_link.
+    Alone,
+    /// One program of libxdp's multi-program dispatcher, at this run priority.
+    Dispatcher { priority: u32 },
+}
+
 pub struct Classifier {
     holder: Holder,
     maps: Maps,
     queues: u32,
     steering: Steering,
     attached: Option<(u32, XdpMode)>,
+    placement: Placement,
 }
 
 impl Classifier {
     pub fn attached(&self) -> Option<(u32, XdpMode)> {
         self.attached
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     pub fn queues(&self) -> u32 {
@@ -171,9 +258,12 @@ impl Classifier {
         self.steering
     }
 
-    /// The kernel's id of the running program.
+    /// The kernel's id of the running program (in a dispatcher: the program libxdp loaded).
     pub fn program_id(&self) -> Result<u32> {
         match &self.holder {
+            Holder::Owned {
+                member: Some(m), ..
+            } => Ok(m.id),
             Holder::Owned { .. } => Ok(self.owned_program()?.info()?.id()),
             Holder::Pinned { program_id, .. } => Ok(*program_id),
         }
@@ -182,7 +272,7 @@ impl Classifier {
     /// The program of a classifier this process loaded.
     fn owned_program(&self) -> Result<&Xdp> {
         match &self.holder {
-            Holder::Owned { ebpf, program } => ebpf
+            Holder::Owned { ebpf, program, .. } => ebpf
                 .program(program.name())
                 .and_then(|p| p.try_into().ok())
                 .ok_or_else(|| anyhow!("program {} missing since load", program.name())),

@@ -1,6 +1,7 @@
 //! A classifier that outlives its daemon: attached through a bpf_link pinned in bpffs with its
 //! program and maps (`PinDir`), taken over by the next daemon without a detach, or replaced in
-//! place (`bpf_link_update`) when it is not the program this build would load.
+//! place (`bpf_link_update`) when it is not the program this build would load. (In libxdp's
+//! dispatcher, libxdp's pins hold it attached, and `chain.rs` takes it over.)
 //!
 //! Why: on many real NICs (igb, i40e, ice, mlx5) attaching or detaching XDP reconfigures the
 //! rings, which takes the link down for every user of the interface; replacing one program
@@ -15,17 +16,28 @@ use aya::programs::xdp::XdpLink;
 
 use super::bpffs::{self, PinDir};
 use super::load::{attach_in_mode, config, load_object, program_mut};
-use super::{Classifier, Holder, MAP_NAMES, Maps, Program, Steering, XdpError};
+use super::place::{self, AttachOptions, Occupant};
+use super::{Classifier, Holder, MAP_NAMES, Maps, Placement, Program, Steering, chain};
 use crate::abi::{self, Config};
-use crate::modes::XdpMode;
+use crate::modes::{XdpAttach, XdpMode};
 use crate::netlink::{Link, Netlink};
 
 /// What [`Classifier::attach_persistent`] found on the interface and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Takeover {
-    /// Nothing of a previous daemon: loaded, attached and pinned. `replaced` names a program
-    /// that was detached first (a leftover of a crashed `xmacvlan run`, or one `--force` removed).
+    /// Nothing of a previous daemon: loaded, attached alone and pinned. `replaced` names a
+    /// program that was detached first (a leftover of a crashed `xmacvlan run`, or one
+    /// `--force` removed).
     Fresh { replaced: Option<(u32, String)> },
+    /// Nothing of a previous daemon: joined libxdp's dispatcher (the interface's, or a new
+    /// one) at `priority`, beside `others` (their names); program and maps pinned.
+    Joined {
+        dispatcher_id: u32,
+        program_id: u32,
+        priority: u32,
+        others: Vec<String>,
+        replaced: Option<(u32, String)>,
+    },
     /// The pinned classifier of a previous daemon is this build's program with this
     /// configuration: kept attached (same program id, no detach), its state cleared.
     Adopted {
@@ -35,7 +47,8 @@ pub enum Takeover {
         stale_keys: u32,
     },
     /// The pinned classifier was another build's or configuration's: its link now runs this
-    /// build's program (`bpf_link_update`, never detached).
+    /// build's program (`bpf_link_update`, never detached); in a dispatcher, this build's
+    /// program joined it before the old one left.
     Replaced {
         old_program_id: u32,
         program_id: u32,
@@ -48,23 +61,25 @@ pub enum Takeover {
 pub enum Release {
     /// It stays attached for the next daemon (the caller unclaims its endpoints first).
     Keep,
-    /// Unpinned, and so detached (the last endpoint left; `--detach-on-exit`; `xmacvlan down`).
+    /// Unpinned, and so detached (the last endpoint left; `--detach-on-exit`; `xmacvlan down`);
+    /// in a dispatcher, only xmacvlan's program leaves it.
     Detach,
 }
 
 impl Classifier {
-    /// Attach `program` to `ifname` (calling thread's namespace) through a link pinned under
-    /// the bpffs `root` (see [`bpffs::bpffs_root`]), taking over the classifier a previous
-    /// daemon left there (see [`Takeover`]). Another program attached to the interface is
-    /// refused ([`XdpError::Foreign`]) unless `force`. The caller makes sure no other live
-    /// process serves the pinned classifier ([`pinned_program_id`]).
+    /// Attach `program` to `ifname` (calling thread's namespace) as `opts` say, alone through
+    /// a link pinned under the bpffs `root` (see [`bpffs::bpffs_root`]) or as one program of
+    /// libxdp's dispatcher, with program and maps pinned there too, taking over the classifier
+    /// a previous daemon left (see [`Takeover`]). Another program attached to the interface is
+    /// refused ([`XdpError`]) unless `force`. The caller makes sure no other live process
+    /// serves the pinned classifier ([`pinned_program_id`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attach_persistent(
         program: Program,
         steering: Steering,
         queues: u32,
         ifname: &str,
-        mode: XdpMode,
+        opts: &AttachOptions,
         force: bool,
         root: &Path,
         warnings: &mut Vec<String>,
@@ -81,39 +96,41 @@ impl Classifier {
         let nl = Netlink::new()?;
         let link = nl.require_link(ifname)?;
         if pins.exists() {
-            match take_over(wanted, &link, mode, &pins, warnings)? {
+            let done = if pins.link().exists() {
+                take_over(wanted, &link, opts, &pins, warnings)?
+            } else {
+                chain::take_over_member(wanted, &link, opts, &pins, warnings)?
+            };
+            match done {
                 Some(done) => return Ok(done),
-                None => pins.remove()?,
+                None => {
+                    release_pinned(&pins)?;
+                }
             }
         }
-        // The pins' removal may have detached a stale link: read the interface again.
+        // The pins' release may have detached a stale link: read the interface again.
         let link = nl.require_link(ifname)?;
-        let replaced = match link.xdp_prog_id {
-            None => None,
-            Some(id) => {
-                let name = super::program_name(id);
-                let ours = name.as_deref().is_some_and(|n| abi::PROGRAMS.contains(&n));
-                if name.as_deref() == Some("xdp_dispatcher") && !force {
-                    return Err(XdpError::Dispatcher {
-                        iface: ifname.to_string(),
-                        id,
-                    }
-                    .into());
-                }
-                if !ours && !force {
-                    return Err(XdpError::Foreign {
-                        iface: ifname.to_string(),
-                        id,
-                        name,
-                    }
-                    .into());
-                }
-                crate::nic::detach_xdp(&nl, link.index)?;
-                Some((id, name.unwrap_or_else(|| "?".into())))
-            }
-        };
-        let classifier = attach_fresh(wanted, &link, mode, &pins, warnings)?;
-        Ok((classifier, Takeover::Fresh { replaced }))
+        let occupant = place::survey(&link)?;
+        let decision = place::decide(ifname, &occupant, opts.attach, force, true)?;
+        if let Some((id, _)) = &decision.replace {
+            crate::nic::detach_xdp(&nl, link.index)
+                .with_context(|| format!("detaching XDP program {id} from {ifname}"))?;
+        }
+        if decision.join {
+            // Detached above: the interface is free now.
+            let occupant = match decision.replace {
+                Some(_) => Occupant::Free,
+                None => occupant,
+            };
+            return chain::join_pinned(wanted, &link, &occupant, opts, &pins, decision.replace);
+        }
+        let classifier = attach_fresh(wanted, &link, opts.mode, &pins, warnings)?;
+        Ok((
+            classifier,
+            Takeover::Fresh {
+                replaced: decision.replace,
+            },
+        ))
     }
 
     /// Open the classifier pinned in `pins` without changing it (for `doctor`); None when
@@ -128,7 +145,15 @@ impl Classifier {
             Some(c) => (Steering::PerEndpoint, c.queues),
             None => (Steering::PerEndpoint, 1),
         };
-        open_pins(pins, steering, queues, 0, XdpMode::Auto).map(Some)
+        let placement = match pins.link().exists() {
+            true => Placement::Alone,
+            false => Placement::Dispatcher {
+                priority: crate::sys::if_index(pins.interface())
+                    .and_then(|ifindex| chain::member_of(ifindex, info.id()))
+                    .map_or(abi::RUN_PRIORITY, |(_, _, me)| me.priority),
+            },
+        };
+        open_pins(pins, (steering, queues), (0, XdpMode::Auto), placement).map(Some)
     }
 
     /// What happens to the pins when this classifier is dropped (no-op for one this process
@@ -157,11 +182,26 @@ impl Classifier {
 
 impl Drop for Classifier {
     fn drop(&mut self) {
-        if let Holder::Pinned {
-            pins,
-            on_drop: Release::Detach,
-            ..
-        } = &self.holder
+        let (ifindex, id, pins) = match &self.holder {
+            Holder::Owned {
+                member: Some(m), ..
+            } => (self.attached.map(|(i, _)| i), m.id, None),
+            Holder::Pinned {
+                pins,
+                program_id,
+                on_drop: Release::Detach,
+                ..
+            } => (self.attached.map(|(i, _)| i), *program_id, Some(pins)),
+            _ => return,
+        };
+        // Alone, the program goes with the last reference to its link (this process's, or
+        // the pin); in a dispatcher, libxdp's pins hold it there until it leaves.
+        if let (Some(ifindex), Placement::Dispatcher { .. }) = (ifindex, self.placement)
+            && let Err(e) = chain::leave(ifindex, id)
+        {
+            tracing::warn!("removing the classifier from libxdp's dispatcher: {e:#}");
+        }
+        if let Some(pins) = pins
             && let Err(e) = pins.remove()
         {
             tracing::warn!("removing the classifier's pins: {e}");
@@ -174,23 +214,30 @@ pub fn pinned_program_id(pins: &PinDir) -> Option<u32> {
     ProgramInfo::from_pin(pins.program()).ok().map(|i| i.id())
 }
 
-/// Remove the classifier pinned in `pins`, detaching it (`xmacvlan down`). Returns the id of
-/// the program that was pinned, None when nothing was.
+/// Remove the classifier pinned in `pins`, detaching it (`xmacvlan down`); in libxdp's
+/// dispatcher on its interface (calling thread's namespace), only xmacvlan's program leaves
+/// it. Returns the id of the program that was pinned, None when nothing was.
 pub fn release_pinned(pins: &PinDir) -> Result<Option<u32>> {
     if !pins.exists() {
         return Ok(None);
     }
-    let id = ProgramInfo::from_pin(pins.program()).ok().map(|i| i.id());
+    let id = pinned_program_id(pins);
+    if !pins.link().exists()
+        && let Some(id) = id
+        && let Some(ifindex) = crate::sys::if_index(pins.interface())
+    {
+        chain::leave(ifindex, id)?;
+    }
     pins.remove()?;
     Ok(id)
 }
 
 /// The program to load and the configuration to load it with.
 #[derive(Debug, Clone, Copy)]
-struct Wanted {
-    program: Program,
-    steering: Steering,
-    queues: u32,
+pub(super) struct Wanted {
+    pub program: Program,
+    pub steering: Steering,
+    pub queues: u32,
 }
 
 /// Take over the pinned classifier when it is attached to this interface: adopt it, or replace
@@ -199,7 +246,7 @@ struct Wanted {
 fn take_over(
     wanted: Wanted,
     link: &Link,
-    mode: XdpMode,
+    opts: &AttachOptions,
     pins: &PinDir,
     warnings: &mut Vec<String>,
 ) -> Result<Option<(Classifier, Takeover)>> {
@@ -208,6 +255,15 @@ fn take_over(
         steering,
         queues,
     } = wanted;
+    let mode = opts.mode;
+    if opts.attach == XdpAttach::Dispatcher {
+        warnings.push(format!(
+            "{}: xdp-attach is dispatcher but the classifier a previous daemon left runs \
+             alone: detaching it to join a dispatcher (the link may go down once)",
+            link.name
+        ));
+        return Ok(None);
+    }
     let Ok(pinned) = PinnedLink::from_pin(pins.link()) else {
         warnings.push(format!(
             "{}: pins without a link in {}: removed",
@@ -243,36 +299,13 @@ fn take_over(
         return Ok(None);
     }
     let mut ebpf = load_object(program, steering, queues)?;
-    let new_info = program_mut(&mut ebpf, program.name())?.info()?;
-    let why = match ProgramInfo::from_pin(pins.program()) {
-        Err(e) => format!("its program pin is unreadable ({e})"),
-        Ok(old) if old.name_as_str() != Some(kernel_name(program)) => format!(
-            "it runs program `{}`, not `{}`",
-            old.name_as_str().unwrap_or("?"),
-            program.name()
-        ),
-        Ok(old) if old.tag() != new_info.tag() => {
-            "it was built from other code (another xmacvlan version)".to_string()
-        }
-        Ok(old) if pinned_config(&old) != Some(config(steering, queues)) => format!(
-            "its configuration differs ({:?}, now {:?})",
-            pinned_config(&old),
-            config(steering, queues)
-        ),
-        Ok(_) => {
+    let at = (link.index, current);
+    let why = match why_replace(pins, &mut ebpf, wanted, None)? {
+        Some(why) => why,
+        None => {
             drop(ebpf);
-            match open_pins(pins, steering, queues, link.index, current) {
-                Ok(mut classifier) => {
-                    let (stale_claims, stale_keys) = classifier.clear_state()?;
-                    classifier.reset_counters()?;
-                    while classifier.drain_events(|_| {}) > 0 {}
-                    let takeover = Takeover::Adopted {
-                        program_id: old_id,
-                        stale_claims,
-                        stale_keys,
-                    };
-                    return Ok(Some((classifier, takeover)));
-                }
+            match adopt(pins, wanted, at, Placement::Alone, old_id) {
+                Ok(done) => return Ok(Some(done)),
                 Err(e) => {
                     // Fresh maps and program through the same link: still no detach.
                     ebpf = load_object(program, steering, queues)?;
@@ -288,8 +321,12 @@ fn take_over(
         .context("replacing the pinned classifier's program (bpf_link_update)")?;
     // The pin holds the link; this process needs no handle on it.
     drop(FdLink::try_from(prog.take_link(id)?)?);
-    pin_program_and_maps(&mut ebpf, program, pins)?;
-    let classifier = open_pins(pins, steering, queues, link.index, current)?;
+    pin_maps(&ebpf, pins)?;
+    let prog = program_mut(&mut ebpf, program.name())?;
+    pin_replacing(&pins.program(), |p| {
+        prog.pin(p).context("pinning the classifier's program")
+    })?;
+    let classifier = open_pins(pins, (steering, queues), at, Placement::Alone)?;
     let program_id = classifier.program_id()?;
     Ok(Some((
         classifier,
@@ -316,8 +353,10 @@ fn attach_fresh(
     let mut ebpf = load_object(program, steering, queues)?;
     pins.create()?;
     let attached = (|| -> Result<XdpMode> {
-        pin_program_and_maps(&mut ebpf, program, pins)?;
+        pin_maps(&ebpf, pins)?;
         let prog = program_mut(&mut ebpf, program.name())?;
+        prog.pin(pins.program())
+            .context("pinning the classifier's program")?;
         let mut link_id = None;
         let used = attach_in_mode(&link.name, mode, warnings, |m| {
             link_id = Some(prog.attach_to_if_index(link.index, m)?);
@@ -336,7 +375,12 @@ fn attach_fresh(
         Ok(used)
     })();
     match attached {
-        Ok(used) => open_pins(pins, steering, queues, link.index, used),
+        Ok(used) => open_pins(
+            pins,
+            (steering, queues),
+            (link.index, used),
+            Placement::Alone,
+        ),
         Err(e) => {
             let _ = pins.remove();
             Err(e)
@@ -344,10 +388,9 @@ fn attach_fresh(
     }
 }
 
-/// Pin the program and every map of a loaded object, each replacing its old pin in one step
-/// (pinned under a temporary name, then renamed over it), so the directory is never missing a
-/// pin a following daemon needs.
-fn pin_program_and_maps(ebpf: &mut aya::Ebpf, program: Program, pins: &PinDir) -> Result<()> {
+/// Pin every map of a loaded object, each replacing its old pin in one step (see
+/// [`pin_replacing`]); the caller pins the program after them.
+pub(super) fn pin_maps(ebpf: &aya::Ebpf, pins: &PinDir) -> Result<()> {
     for name in MAP_NAMES {
         let map = ebpf
             .map(name)
@@ -356,13 +399,12 @@ fn pin_program_and_maps(ebpf: &mut aya::Ebpf, program: Program, pins: &PinDir) -
             map.pin(p).with_context(|| format!("pinning map {name}"))
         })?;
     }
-    let prog = program_mut(ebpf, program.name())?;
-    pin_replacing(&pins.program(), |p| {
-        prog.pin(p).context("pinning the classifier's program")
-    })
+    Ok(())
 }
 
-fn pin_replacing(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// Pin with `pin` over `path` in one step (under a temporary name, then renamed over it), so
+/// the directory is never missing a pin a following daemon needs.
+pub(super) fn pin_replacing(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     // bpffs refuses names with a dot.
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push("_new");
@@ -373,13 +415,69 @@ fn pin_replacing(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<(
         .with_context(|| format!("renaming {} over {}", temporary.display(), path.display()))
 }
 
-/// The classifier behind the pins in `pins`, attached to `ifindex` in `mode`.
-fn open_pins(
+/// Why the classifier pinned in `pins` is not `wanted` as `ebpf` (just loaded) and `priority`
+/// (in a dispatcher: its priority there, and the one wanted); None: it is.
+pub(super) fn why_replace(
     pins: &PinDir,
-    steering: Steering,
-    queues: u32,
-    ifindex: u32,
-    mode: XdpMode,
+    ebpf: &mut aya::Ebpf,
+    wanted: Wanted,
+    priority: Option<(u32, u32)>,
+) -> Result<Option<String>> {
+    let Wanted {
+        program,
+        steering,
+        queues,
+    } = wanted;
+    let new_info = program_mut(ebpf, program.name())?.info()?;
+    Ok(match ProgramInfo::from_pin(pins.program()) {
+        Err(e) => Some(format!("its program pin is unreadable ({e})")),
+        Ok(old) if old.name_as_str() != Some(kernel_name(program)) => Some(format!(
+            "it runs program `{}`, not `{}`",
+            old.name_as_str().unwrap_or("?"),
+            program.name()
+        )),
+        Ok(old) if old.tag() != new_info.tag() => {
+            Some("it was built from other code (another xmacvlan version)".to_string())
+        }
+        Ok(old) if pinned_config(&old) != Some(config(steering, queues)) => Some(format!(
+            "its configuration differs ({:?}, now {:?})",
+            pinned_config(&old),
+            config(steering, queues)
+        )),
+        Ok(_) => match priority {
+            Some((was, now)) if was != now => Some(format!("its priority was {was}, now {now}")),
+            _ => None,
+        },
+    })
+}
+
+/// Take over the classifier pinned in `pins` as it is (program `old_id`, attached to
+/// interface index and mode `at`): its claims, keys, counters and events cleared.
+pub(super) fn adopt(
+    pins: &PinDir,
+    wanted: Wanted,
+    at: (u32, XdpMode),
+    placement: Placement,
+    old_id: u32,
+) -> Result<(Classifier, Takeover)> {
+    let mut classifier = open_pins(pins, (wanted.steering, wanted.queues), at, placement)?;
+    let (stale_claims, stale_keys) = classifier.clear_state()?;
+    classifier.reset_counters()?;
+    while classifier.drain_events(|_| {}) > 0 {}
+    let takeover = Takeover::Adopted {
+        program_id: old_id,
+        stale_claims,
+        stale_keys,
+    };
+    Ok((classifier, takeover))
+}
+
+/// The classifier behind the pins in `pins`, attached to interface index and mode `at`.
+pub(super) fn open_pins(
+    pins: &PinDir,
+    (steering, queues): (Steering, u32),
+    (ifindex, mode): (u32, XdpMode),
+    placement: Placement,
 ) -> Result<Classifier> {
     let info = ProgramInfo::from_pin(pins.program()).context("opening the pinned program")?;
     let pinned_ids = MAP_NAMES
@@ -419,6 +517,7 @@ fn open_pins(
         queues,
         steering,
         attached: (ifindex != 0).then_some((ifindex, mode)),
+        placement,
     })
 }
 
