@@ -1,6 +1,6 @@
 //! The integration tests, one binary (as aya's `integration-test`): one module per area, each
 //! test named `area::test`. Most need root and make their own namespaces; the VM areas
-//! (`vm_vlan`, `vm_fastpath`, `control_vlan` in the stock guest, `vm_nic` in the igb guest) are
+//! (`vm_vlan`, `vm_fastpath`, `control_vlan`, `vm_dispatcher` in the stock guest, `vm_nic` in the igb guest) are
 //! `#[ignore]` on the host and run inside `cargo xtask vm-test`. `cargo xtask test` runs the areas one after another, each with its
 //! own tally line; one area by hand: `sudo -E cargo test -p xmacvlan-tests --test integration
 //! -- fastpath:: --skip vm_fastpath::` (libtest filters match substrings). Run areas one at a
@@ -40,6 +40,7 @@ mod proptests_memif;
 mod restart;
 mod soak;
 mod user_demux;
+mod vm_dispatcher;
 mod vm_fastpath;
 mod vm_nic;
 mod vm_nic_daemon;

@@ -39,7 +39,7 @@ mod script;
 /// the host: the guest runs every area with `--include-ignored`, `--test-threads=1` and
 /// `XMACVLAN_IN_VM=1`, one run of the binary per area. Each run costs ~1 s of startup plus
 /// its tests at ~10x the host's CPU time: keep this list short.
-pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan"];
+pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan", "vm_dispatcher"];
 
 /// Areas that run inside the igb guest (QEMU 10, a kernel >= 6.14, an igb NIC with 4 queues
 /// and zero-copy AF_XDP, a virtio-net peer in namespace `xmvwire`; see [`guest`]). Its 4
