@@ -36,9 +36,14 @@ pub fn main(socket: &Path, args: DownArgs) -> Result<()> {
              socket?): stop it first (kill {pid})"
         );
     }
+    // Without a link of its own the classifier is one program of libxdp's dispatcher.
+    let how = match pins.link().exists() {
+        true => "detached",
+        false => "left libxdp's dispatcher (its other programs stay)",
+    };
     match crate::xdp::release_pinned(&pins)? {
         Some(id) => println!(
-            "{iface}: xmacvlan's classifier (program {id}) detached, {} removed",
+            "{iface}: xmacvlan's classifier (program {id}) {how}, {} removed",
             pins.path().display()
         ),
         None => println!(
