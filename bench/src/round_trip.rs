@@ -32,6 +32,9 @@ pub struct Returned {
     pub wrong_source: u64,
     /// Frames the kernel could not place in the ring.
     pub ring_drops: u64,
+    /// Frames on the wire that are not the generator's returned (the lab's kernel devices'
+    /// own, such as IPv6 neighbour discovery): the wire counts them, the reader skips them.
+    pub not_returned: u64,
     /// Generator stamp to this reader, nanoseconds.
     pub latency: Histogram<u64>,
 }
@@ -88,6 +91,7 @@ fn read(
         per_stream: vec![0; sources.len()],
         wrong_source: 0,
         ring_drops: 0,
+        not_returned: 0,
         latency: latency_histogram(),
     };
     let retire = Duration::from_millis(u64::from(ring.config().retire_timeout_ms).max(1));
@@ -103,10 +107,12 @@ fn read(
                 quiet_since = Some(xmacvlan::sys::monotonic_ns());
             }
             let n = ring.poll_block_stamped(0, |f, arrived| {
-                if f.get(..6) != Some(&lab::GENERATOR_MAC[..]) {
+                let Some(p) =
+                    read_payload(f).filter(|_| f.get(..6) == Some(&lab::GENERATOR_MAC[..]))
+                else {
+                    r.not_returned += 1;
                     return;
-                }
-                let Some(p) = read_payload(f) else { return };
+                };
                 r.frames += 1;
                 match sources.get(p.stream as usize).copied().flatten() {
                     Some(mac) if f.get(6..12) == Some(&mac[..]) => {

@@ -343,6 +343,8 @@ impl ReceiveThread {
                         }
                         p.publish();
                         p.link.connected.store(false, Relaxed);
+                        // The control side released the claim before it asked.
+                        p.link.claimed.store(false, Relaxed);
                     }
                     self.visits.ported(slot, false);
                     let _ = reply.send(s.port.take());
