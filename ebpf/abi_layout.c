@@ -30,6 +30,7 @@ int main(void)
 	FIELD(xmv_counters, "COUNTERS", malformed);
 	FIELD(xmv_counters, "COUNTERS", pass_control);
 	FIELD(xmv_counters, "COUNTERS", pass_unclaimed);
+	FIELD(xmv_counters, "COUNTERS", pass_too_big);
 	LAYOUT(xmv_event, "EVENT");
 	FIELD(xmv_event, "EVENT", kind);
 	FIELD(xmv_event, "EVENT", len);
@@ -38,8 +39,9 @@ int main(void)
 	FIELD(xmv_event, "EVENT", vid);
 	FIELD(xmv_event, "EVENT", mac);
 	printf("pub const EVENT_MALFORMED: u32 = %d;\npub const EVENT_REDIRECT_FAILED: u32 = %d;\n"
-	       "pub const EVENTS_PER_SEC: u32 = %d;\n",
-	       XMV_EVENT_MALFORMED, XMV_EVENT_REDIRECT_FAILED, XMV_EVENTS_PER_SEC);
+	       "pub const EVENT_TOO_BIG: u32 = %d;\npub const EVENTS_PER_SEC: u32 = %d;\n",
+	       XMV_EVENT_MALFORMED, XMV_EVENT_REDIRECT_FAILED, XMV_EVENT_TOO_BIG,
+	       XMV_EVENTS_PER_SEC);
 	printf("pub const MAX_SLOTS: u32 = %d;\npub const MAX_QUEUES: u32 = %d;\n", XMV_MAX_SLOTS,
 	       XMV_MAX_QUEUES);
 	printf("pub const UNCLAIMED: u32 = %d;\npub const CLAIMED: u32 = %d;\n", XMV_UNCLAIMED,

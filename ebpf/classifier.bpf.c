@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /* XDP classifier: (802.1Q VLAN id, destination MAC) -> endpoint slot -> AF_XDP socket.
  * Anything it does not claim goes to the kernel (XDP_PASS), where the VLAN
- * sub-interfaces and macvlan devices handle it exactly as without xmacvlan. */
+ * sub-interfaces and macvlan devices handle it exactly as without xmacvlan.
+ *
+ * It is a multi-buffer program (xdp.frags), so it attaches natively to devices whose MTU
+ * exceeds a page (jumbo frames): it classifies from the first buffer, which always holds the
+ * headers it reads, and a frame longer than its socket takes whole goes to the kernel. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +46,17 @@ struct {
 	__uint(max_entries, XMV_MAX_SLOTS);
 } xmv_claimed SEC(".maps");
 
+/* Beside each xmv_xsks entry: the longest frame (every buffer of it) its socket takes whole,
+ * set by userspace with the socket. Without multi-buffer a socket takes a frame only into one
+ * UMEM chunk, and the kernel drops what does not fit after the redirect: a black hole this
+ * check turns into XDP_PASS. 0: no socket there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, XMV_MAX_SLOTS);
+} xmv_xsk_max_len SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -63,7 +78,7 @@ struct {
 
 /* Tell userspace about a frame worth a debug line, within this CPU's budget: a flood of bad
  * frames costs a counter increment each, not a ring buffer write. Off the hot path: only
- * malformed frames and failed redirects get here. */
+ * malformed frames, failed redirects and frames too long for their socket get here. */
 static __always_inline void report(__u32 kind, struct xdp_md *ctx, const struct xmv_key *key)
 {
 	__u32 zero = 0;
@@ -81,7 +96,7 @@ static __always_inline void report(__u32 kind, struct xdp_md *ctx, const struct 
 	}
 	struct xmv_event ev = {
 		.kind = kind,
-		.len = ctx->data_end - ctx->data,
+		.len = bpf_xdp_get_buff_len(ctx),
 		.queue = ctx->rx_queue_index,
 		.suppressed = b->suppressed,
 		.vid = key->vid,
@@ -131,7 +146,7 @@ static __always_inline int is_control(__be16 proto, void *l3, void *data_end)
 	return 0;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int xmv_classify(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -199,6 +214,12 @@ int xmv_classify(struct xdp_md *ctx)
 	__u32 index = xmv_config.demux == XMV_DEMUX_USER
 			      ? ctx->rx_queue_index
 			      : *slot * xmv_config.queues + ctx->rx_queue_index;
+	__u32 *max_len = bpf_map_lookup_elem(&xmv_xsk_max_len, &index);
+	if (max_len && *max_len && bpf_xdp_get_buff_len(ctx) > *max_len) {
+		c->pass_too_big++;
+		report(XMV_EVENT_TOO_BIG, ctx, &key);
+		return XDP_PASS;
+	}
 	long verdict = bpf_redirect_map(&xmv_xsks, index, XDP_PASS);
 	if (verdict == XDP_REDIRECT)
 		c->redirected++;

@@ -6,7 +6,8 @@
 
 #include <linux/types.h>
 
-/* Default map sizes; userspace resizes xmv_xsks at load time (slots x queues). */
+/* Default map sizes; userspace resizes xmv_xsks and xmv_xsk_max_len at load time
+ * (slots x queues). */
 #define XMV_MAX_SLOTS 4096
 #define XMV_MAX_QUEUES 64
 
@@ -37,8 +38,8 @@ struct xmv_config {
 
 /* Per-CPU counters. Every frame lands in exactly one of the verdict counters:
  * seen = redirected + pass_no_socket + pass_miss + pass_bcast_mcast + pass_qinq + malformed
- *        + pass_control + pass_unclaimed.
- * tagged and hit are classifications of seen; hit = redirected + pass_no_socket. */
+ *        + pass_control + pass_unclaimed + pass_too_big.
+ * tagged and hit are classifications of seen; hit = redirected + pass_no_socket + pass_too_big. */
 struct xmv_counters {
 	__u64 seen;
 	__u64 tagged;
@@ -51,17 +52,19 @@ struct xmv_counters {
 	__u64 malformed;        /* shorter than its Ethernet/802.1Q header */
 	__u64 pass_control;     /* an endpoint's ARP, ICMP, ICMPv6 (ND): its kernel device answers */
 	__u64 pass_unclaimed;   /* a known endpoint not claimed now (no port connected) */
+	__u64 pass_too_big;     /* longer than its socket takes whole (xmv_xsk_max_len) */
 };
 
 /* Kernel-side events for the daemon's debug log, through the ring buffer xmv_events. At most
  * XMV_EVENTS_PER_SEC per CPU are sent; the rest are counted in the next event's `suppressed`. */
 #define XMV_EVENT_MALFORMED 1       /* shorter than its Ethernet/802.1Q header */
 #define XMV_EVENT_REDIRECT_FAILED 2 /* an endpoint's frame no socket took (pass_no_socket) */
+#define XMV_EVENT_TOO_BIG 3         /* an endpoint's frame longer than its socket takes */
 #define XMV_EVENTS_PER_SEC 16
 
 struct xmv_event {
 	__u32 kind;
-	__u32 len;        /* frame length */
+	__u32 len;        /* frame length, every buffer of a multi-buffer frame */
 	__u32 queue;      /* receive queue */
 	__u32 suppressed; /* events this CPU held back (rate limit, full ring) since its last one */
 	__u16 vid;

@@ -87,7 +87,8 @@ impl Stream {
     }
 }
 
-/// UMEM frame size of a generator: room for the largest test frame (3000 bytes).
+/// UMEM frame size of a generator: room for a 3000-byte frame in one; longer (jumbo) frames
+/// go out as chains of them.
 pub const FRAME_SIZE: u32 = 4096;
 /// Frames staged or in flight per generator: deep enough to keep the TX ring busy, shallow
 /// enough that waiting in it adds little to the latency samples.
@@ -214,7 +215,6 @@ pub fn run_paced(
     if let Some(core) = cfg.core {
         core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
-    let mut port = TxPort::open(&cfg.ifname, cfg.queue, 4096, cfg.frame_size)?;
     let mut templates: Vec<Template> = streams
         .iter()
         .enumerate()
@@ -234,6 +234,13 @@ pub fn run_paced(
             }
         })
         .collect();
+    // Chained (multi-buffer) sends only for frames longer than a UMEM frame holds: older
+    // kernels refuse the socket option.
+    let frame_data = cfg.frame_size.saturating_sub(xmacvlan::xsk::XDP_PACKET_HEADROOM);
+    let multi_buffer = templates
+        .iter()
+        .any(|t| t.bytes.len() > frame_data as usize);
+    let mut port = TxPort::open(&cfg.ifname, cfg.queue, 4096, cfg.frame_size, multi_buffer)?;
     if let Some(t) = templates.iter().find(|t| t.bytes.len() > port.max_frame()) {
         bail!(
             "a {}-byte frame does not fit the generator's {}-byte frames",
@@ -322,7 +329,7 @@ pub fn run_paced(
     }
     if port.pending() > 0 {
         bail!(
-            "{} frames never completed on {}",
+            "{} descriptors never completed on {}",
             port.pending(),
             cfg.ifname
         );

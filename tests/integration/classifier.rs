@@ -6,7 +6,7 @@ use xmacvlan::xdp::{Classifier, Program, Steering};
 
 /// A frame to `mac` on VLAN 100 carrying UDP (not control traffic), `len` bytes long.
 fn tagged_udp(mac: [u8; 6], len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
+    let mut f = vec![0u8; len.max(64)];
     f[..6].copy_from_slice(&mac);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
     f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
@@ -89,5 +89,26 @@ fn kernel_events_report_malformed_frames_and_failed_redirects_within_budget() {
         classifier.counters().unwrap().malformed,
         101,
         "every frame still counted"
+    );
+}
+
+#[test]
+fn a_jumbo_frame_is_classified_from_its_first_buffer() {
+    assert!(xmacvlan::sys::is_root(), "loads BPF: run as root");
+    core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
+    let mut classifier = Classifier::load(Program::Classify, Steering::PerEndpoint, 1).unwrap();
+    let mac = [2, 0x42, 0, 0, 0, 3];
+    classifier.insert_key(Key { vid: 100, mac }, 0).unwrap();
+    // 9018 bytes: a 9000-byte MTU's tagged frame, three pages' worth of buffers.
+    assert_eq!(classifier.test_run(&tagged_udp(mac, 9018)).unwrap(), 2);
+    let c = classifier.counters().unwrap();
+    assert_eq!((c.tagged, c.hit, c.pass_no_socket), (1, 1, 1), "{c:?}");
+    let mut events = Vec::new();
+    classifier.drain_events(|e| events.push(e));
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].kind(), events[0].len),
+        (EventKind::RedirectFailed, 9018),
+        "the length of every buffer"
     );
 }

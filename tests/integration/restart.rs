@@ -367,6 +367,97 @@ fn a_pinned_classifier_of_another_build_is_replaced_in_place_and_down_removes_it
     lab.cli("network rm n1");
 }
 
+/// Set the MTU of `v0` and its peer, where the frames come from.
+fn set_wire_mtu(lab: &Lab, mtu: u32) -> anyhow::Result<()> {
+    lab.host.run(|| {
+        let nl = xmacvlan::netlink::Netlink::new()?;
+        for name in ["v0p", "v0"] {
+            nl.set_mtu(nl.require_link(name)?.index, mtu)?;
+        }
+        Ok(())
+    })
+}
+
+/// A classifier from before multi-buffer on a jumbo wire: native XDP refused its MTU, so it
+/// ran in generic mode, and that is how it was pinned. The next daemon (xdp-mode auto) does
+/// not keep it generic by replacing it in place: it attaches its multi-buffer classifier
+/// natively, which serves exactly and passes the frames too long for its sockets to the
+/// kernel, counted.
+#[test]
+fn a_single_buffer_classifier_left_generic_by_a_jumbo_mtu_is_attached_again_natively() {
+    let (_serial, lab, c0) = setup("jumbo");
+    let bpffs = Bpffs::mount(&lab);
+    set_wire_mtu(&lab, 9000).unwrap();
+    let older = lab
+        .host
+        .run(|| {
+            let mut warnings = Vec::new();
+            let mut attach = |mode| {
+                Classifier::attach_persistent(
+                    Program::RedirectAll,
+                    Steering::PerQueue,
+                    1,
+                    "v0",
+                    mode,
+                    false,
+                    &bpffs.0,
+                    &mut warnings,
+                )
+            };
+            let native = attach(XdpMode::Native);
+            assert!(native.is_err(), "a single-buffer program, refused natively");
+            Ok(attach(XdpMode::Generic)?.0)
+        })
+        .unwrap();
+    let older_id = older.program_id().unwrap();
+    drop(older);
+
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.config()).unwrap()).unwrap();
+    config["xdp-mode"] = "auto".into();
+    std::fs::write(lab.config(), config.to_string()).unwrap();
+    let daemon = lab.start_daemon_with("", &bpffs.env());
+    daemon.wait_for_log(
+        "the pinned classifier runs in generic mode and it runs program",
+        Duration::from_secs(5),
+    );
+    let started = daemon.wait_for_log("dataplane started", Duration::from_secs(5));
+    assert_eq!(started["xdp"], "Native", "{started}");
+    assert_ne!(lab.xdp_on_v0(), Some(older_id));
+
+    let sink = lab.attach_sink(&daemon, 0);
+    lab.burst(std::slice::from_ref(&c0), 1000);
+    daemon.wait_for_frames(&[("c0", 1000)]);
+    let before = lab.kernel_unicast_rx(0);
+    let jumbo = xmacvlan_bench::generator::Stream::new(
+        xmacvlan_bench::test_frame::TestFrame {
+            dst: c0.mac,
+            src: xmacvlan_bench::lab::GENERATOR_MAC,
+            vid: (c0.vid != 0).then_some(c0.vid),
+            qinq_outer: None,
+            len: 9000,
+        },
+        xmacvlan_bench::generator::StreamKind::Endpoint(0),
+    );
+    lab.send(&[jumbo], 100);
+    assert!(
+        xmacvlan_tests::wait_until(Duration::from_secs(10), || {
+            lab.kernel_unicast_rx(0) >= before + 100
+        }),
+        "the jumbo frames reach c0's kernel device"
+    );
+    let xdp = &daemon.stats()[0].xdp;
+    assert_eq!(xdp.pass_too_big, 100, "{xdp:?}");
+    assert_eq!(
+        sink.stop_sink()["frames"],
+        1000,
+        "only the frames its socket takes"
+    );
+    drop(daemon);
+    lab.cli("endpoint rm c0");
+    lab.cli("network rm n1");
+}
+
 /// The id of the XDP link pinned for `v0` under `root`.
 fn pinned_link_id(root: &Path) -> u32 {
     let link = aya::programs::links::PinnedLink::from_pin(PinDir::new(root, "v0").link()).unwrap();

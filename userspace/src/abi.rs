@@ -27,6 +27,8 @@ pub const MAP_SLOTS: &str = "xmv_slots";
 pub const MAP_XSKS: &str = "xmv_xsks";
 pub const MAP_COUNTERS: &str = "xmv_counters";
 pub const MAP_CLAIMED: &str = "xmv_claimed";
+/// Beside each XSKMAP entry, the longest frame its socket takes whole.
+pub const MAP_XSK_MAX_LEN: &str = "xmv_xsk_max_len";
 /// Values of `xmv_claimed[slot]`.
 pub const UNCLAIMED: u32 = c::UNCLAIMED;
 pub const CLAIMED: u32 = c::CLAIMED;
@@ -66,7 +68,7 @@ pub const DEMUX_USER: u32 = c::DEMUX_USER;
 crate::counter_set! {
     /// `struct xmv_counters`, one per CPU in the map: every frame the classifier sees gets
     /// exactly one verdict (`seen` = the sum of the verdicts); `tagged` and `hit` classify
-    /// what was seen (`hit` = `redirected` + `pass_no_socket`).
+    /// what was seen (`hit` = `redirected` + `pass_no_socket` + `pass_too_big`).
     #[repr(C)]
     pub struct Counters in "xdp" {
         /// Frames the classifier saw.
@@ -91,6 +93,9 @@ crate::counter_set! {
         pass_control: Verdict, "CONTROL";
         /// To the kernel: a known endpoint not claimed now (no port connected).
         pass_unclaimed: Verdict, "UNCLAIMED";
+        /// To the kernel: an endpoint's frame longer than its socket takes whole (a jumbo
+        /// frame, with sockets whose UMEM chunks are smaller).
+        pass_too_big: Verdict, "TOO-BIG";
     }
 }
 
@@ -112,6 +117,7 @@ impl Counters {
 pub enum EventKind {
     Malformed,
     RedirectFailed,
+    TooBig,
     /// A kind this build does not know (a newer classifier).
     Other(u32),
 }
@@ -149,6 +155,7 @@ impl Event {
         match self.kind {
             c::EVENT_MALFORMED => EventKind::Malformed,
             c::EVENT_REDIRECT_FAILED => EventKind::RedirectFailed,
+            c::EVENT_TOO_BIG => EventKind::TooBig,
             other => EventKind::Other(other),
         }
     }
@@ -188,7 +195,7 @@ mod tests {
     fn counters_layout_matches_c() {
         assert_eq!(size_of::<Counters>(), c::COUNTERS_SIZE);
         assert_eq!(align_of::<Counters>(), c::COUNTERS_ALIGN);
-        assert_eq!(size_of::<Counters>(), 11 * 8, "no padding");
+        assert_eq!(size_of::<Counters>(), 12 * 8, "no padding");
         assert_eq!(offset_of!(Counters, seen), c::COUNTERS_seen);
         assert_eq!(offset_of!(Counters, tagged), c::COUNTERS_tagged);
         assert_eq!(offset_of!(Counters, hit), c::COUNTERS_hit);
@@ -209,6 +216,7 @@ mod tests {
             offset_of!(Counters, pass_unclaimed),
             c::COUNTERS_pass_unclaimed
         );
+        assert_eq!(offset_of!(Counters, pass_too_big), c::COUNTERS_pass_too_big);
     }
 
     #[test]

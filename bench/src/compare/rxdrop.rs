@@ -51,7 +51,11 @@ impl Rxdrop {
         classifier.attach(index, NIC, XdpMode::Native, &mut Vec::new())?;
         let (umem, rings, _bound) =
             xsk::open_queue(NIC, 0, queue, &mut Vec::new()).context("opening the rxdrop socket")?;
-        classifier.set_socket(classifier.xsk_index(0, 0), &rings.socket)?;
+        classifier.set_socket(
+            classifier.xsk_index(0, 0),
+            &rings.socket,
+            queue.max_rx_frame(),
+        )?;
         let socket = rings.socket.stats_handle();
         let mut sleeper = background::sleeper_on([rings.socket.as_raw_fd()], idle)?;
         let frames = Arc::new(AtomicU64::new(0));

@@ -453,6 +453,8 @@ impl Daemon {
                             "malformed frame: shorter than its Ethernet/802.1Q header; passed to the kernel",
                         crate::abi::EventKind::RedirectFailed =>
                             "an endpoint's frame found no AF_XDP socket for its queue; passed to the kernel",
+                        crate::abi::EventKind::TooBig =>
+                            "an endpoint's frame is longer than its AF_XDP socket takes whole (UMEM chunk); passed to the kernel",
                         crate::abi::EventKind::Other(_) => "unknown kernel event",
                     }
                 );

@@ -263,7 +263,11 @@ impl Dataplane {
             )?;
             bound = b;
             if cfg.demux == Demux::User {
-                classifier.set_socket(classifier.xsk_index(0, q), owner.socket())?;
+                classifier.set_socket(
+                    classifier.xsk_index(0, q),
+                    owner.socket(),
+                    cfg.queue.max_rx_frame(),
+                )?;
             }
             if let (Some(updates), Some(s)) = (user_demux, owner.steering()) {
                 steering.push(SteerHandle {

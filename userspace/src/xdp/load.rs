@@ -34,6 +34,7 @@ pub(super) fn load_object(program: Program, steering: Steering, queues: u32) -> 
     let mut ebpf = EbpfLoader::new()
         .override_global(abi::GLOBAL_CONFIG, &config, true)
         .map_max_entries(abi::MAP_XSKS, xsk_entries)
+        .map_max_entries(abi::MAP_XSK_MAX_LEN, xsk_entries)
         .load(abi::CLASSIFIER_OBJECT)
         .map_err(|e| explain_load_error(e.into()))?;
     let name = program.name();

@@ -167,15 +167,17 @@ struct Maps {
     slots: HashMap<MapData, Key, u32>,
     claimed: Array<MapData, u32>,
     xsks: XskMap<MapData>,
+    xsk_max_len: Array<MapData, u32>,
     counters: PerCpuArray<MapData, Counters>,
     events: RingBuf<MapData>,
 }
 
 /// Every map of the object by name, in the order they are pinned and taken over.
-const MAP_NAMES: [&str; 6] = [
+const MAP_NAMES: [&str; 7] = [
     abi::MAP_SLOTS,
     abi::MAP_CLAIMED,
     abi::MAP_XSKS,
+    abi::MAP_XSK_MAX_LEN,
     abi::MAP_COUNTERS,
     abi::MAP_EVENTS,
     abi::MAP_EVENT_BUDGET,
@@ -188,6 +190,7 @@ impl Maps {
             slots: HashMap::try_from(take(abi::MAP_SLOTS)?)?,
             claimed: Array::try_from(take(abi::MAP_CLAIMED)?)?,
             xsks: XskMap::try_from(take(abi::MAP_XSKS)?)?,
+            xsk_max_len: Array::try_from(take(abi::MAP_XSK_MAX_LEN)?)?,
             counters: PerCpuArray::try_from(take(abi::MAP_COUNTERS)?)?,
             events: RingBuf::try_from(take(abi::MAP_EVENTS)?)?,
         })
@@ -389,7 +392,16 @@ impl Classifier {
         }
     }
 
-    pub fn set_socket(&mut self, index: u32, socket: &impl AsRawFd) -> Result<()> {
+    /// Redirect to `socket` what index `index` steers, frames of at most `max_len` bytes (the
+    /// most it takes whole, [`crate::xsk::QueueConfig::max_rx_frame`]); longer ones go to the
+    /// kernel, counted as `pass_too_big`.
+    pub fn set_socket(&mut self, index: u32, socket: &impl AsRawFd, max_len: u32) -> Result<()> {
+        // The limit first: the socket must never be live with a stale limit of the index's last
+        // user.
+        self.maps
+            .xsk_max_len
+            .set(index, max_len, 0)
+            .with_context(|| format!("setting the frame limit of XSKMAP index {index}"))?;
         self.maps
             .xsks
             .set(index, socket.as_raw_fd(), 0)
@@ -406,7 +418,8 @@ impl Classifier {
 
     /// Run the loaded program once on `frame` with `BPF_PROG_TEST_RUN` (no interface needed)
     /// and return its verdict (`XDP_PASS` = 2, `XDP_REDIRECT` = 4, …). The kernel refuses
-    /// frames shorter than an Ethernet header or longer than a page's worth (EINVAL).
+    /// frames shorter than an Ethernet header (EINVAL); one longer than a page reaches the
+    /// program in several buffers (it is multi-buffer).
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, std::io::Error> {
         use aya::programs::{ProgramError, TestRun, TestRunOptions};
         let prog = self

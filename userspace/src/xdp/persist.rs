@@ -104,11 +104,11 @@ impl Classifier {
             match done {
                 Some(done) => return Ok(done),
                 None => {
-                    release_pinned(&pins)?;
+                    let stale = release_pinned(&pins)?;
+                    wait_for_release(&nl, ifname, stale)?;
                 }
             }
         }
-        // The pins' release may have detached a stale link: read the interface again.
         let link = nl.require_link(ifname)?;
         let occupant = place::survey(&link)?;
         let decision = place::decide(ifname, &occupant, opts.attach, force, true)?;
@@ -232,6 +232,20 @@ pub fn release_pinned(pins: &PinDir) -> Result<Option<u32>> {
     Ok(id)
 }
 
+/// Wait until `ifname` no longer runs `program`, detached by the removal of its pins: the
+/// kernel releases a link whose last pin went after an RCU grace period, from a workqueue. A
+/// link someone else still holds stays: then the interface is read as it is, after a second.
+fn wait_for_release(nl: &Netlink, ifname: &str, program: Option<u32>) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while program.is_some()
+        && nl.require_link(ifname)?.xdp_prog_id == program
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// The program to load and the configuration to load it with.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Wanted {
@@ -314,6 +328,16 @@ fn take_over(
             }
         }
     };
+    if mode == XdpMode::Auto && current == XdpMode::Generic {
+        // Native XDP may have refused the old program for what this one has (multi-buffer, for
+        // a jumbo MTU); detaching a generic program resets no rings, so try native again.
+        warnings.push(format!(
+            "{}: the pinned classifier runs in generic mode and {why}: attaching this build's \
+             again, natively if the driver takes it",
+            link.name
+        ));
+        return Ok(None);
+    }
     let xdp_link = XdpLink::try_from(pinned).map_err(|e| anyhow!("the pinned link: {e}"))?;
     let prog = program_mut(&mut ebpf, program.name())?;
     let id = prog

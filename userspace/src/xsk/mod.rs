@@ -39,6 +39,19 @@ pub struct QueueConfig {
     pub bind: BindMode,
 }
 
+/// What the kernel keeps in front of every frame it receives into a UMEM chunk
+/// (`XDP_PACKET_HEADROOM` of `linux/bpf.h`).
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+
+impl QueueConfig {
+    /// The longest frame a socket of this queue takes whole: one chunk less the kernel's
+    /// headroom (the sockets are not multi-buffer). The classifier passes longer ones to the
+    /// kernel rather than redirect them to a socket that would drop them.
+    pub fn max_rx_frame(&self) -> u32 {
+        self.frame_size.saturating_sub(XDP_PACKET_HEADROOM)
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
