@@ -236,7 +236,9 @@ pub fn run_paced(
         .collect();
     // Chained (multi-buffer) sends only for frames longer than a UMEM frame holds: older
     // kernels refuse the socket option.
-    let frame_data = cfg.frame_size.saturating_sub(xmacvlan::xsk::XDP_PACKET_HEADROOM);
+    let frame_data = cfg
+        .frame_size
+        .saturating_sub(xmacvlan::xsk::XDP_PACKET_HEADROOM);
     let multi_buffer = templates
         .iter()
         .any(|t| t.bytes.len() > frame_data as usize);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xmacvlan::dataplane::EndpointSpec;
 use xmacvlan::modes::XdpMode;
-use xmacvlan::xdp::{AttachOptions, Classifier, PinDir, Program, Steering};
+use xmacvlan::xdp::{AttachOptions, Classifier, PinDir, Program, Steering, Takeover};
 use xmacvlan_tests::daemon_lab::{Daemon, Lab};
 
 /// The daemon tests bind the same kind of lab: one at a time keeps their timing honest.
@@ -398,17 +398,32 @@ fn a_single_buffer_classifier_left_generic_by_a_jumbo_mtu_is_attached_again_nati
                     Steering::PerQueue,
                     1,
                     "v0",
-                    mode,
+                    &AttachOptions::alone(mode),
                     false,
                     &bpffs.0,
                     &mut warnings,
                 )
             };
-            let native = attach(XdpMode::Native);
-            assert!(native.is_err(), "a single-buffer program, refused natively");
-            Ok(attach(XdpMode::Generic)?.0)
+            // What `run` and the daemon say when the driver (here: the program) is not
+            // multi-buffer, rather than the kernel's bare ERANGE.
+            let native = format!("{:#}", attach(XdpMode::Native).err().unwrap());
+            assert!(
+                native.contains("MTU 9000 needs multi-buffer XDP"),
+                "{native}"
+            );
+            let (older, takeover) = attach(XdpMode::Auto)?;
+            assert!(matches!(takeover, Takeover::Fresh { .. }));
+            Ok((older, warnings))
         })
         .unwrap();
+    let (older, warnings) = older;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("v0: MTU 9000 needs multi-buffer XDP: native XDP refused")),
+        "{warnings:?}"
+    );
+    assert_eq!(older.attached().unwrap().1, XdpMode::Generic);
     let older_id = older.program_id().unwrap();
     drop(older);
 

@@ -67,6 +67,7 @@ pub struct LinkFacts {
     pub kind: Option<String>,
     pub up: bool,
     pub promiscuous: bool,
+    pub mtu: u32,
     pub rx_queues: u32,
     pub xdp_prog_id: Option<u32>,
     /// Name of the attached program, when it could be looked up (needs CAP_BPF).
@@ -279,6 +280,7 @@ pub fn interface_facts(nl: &Netlink, name: &str) -> Result<InterfaceFacts> {
             kind: link.kind,
             up: link.up,
             promiscuous: link.promiscuous,
+            mtu: link.mtu,
             rx_queues,
             xdp_prog_name: link.xdp_prog_id.and_then(crate::xdp::program_name),
             xdp_prog_holders: ours

@@ -262,6 +262,7 @@ fn link(driver: &str) -> LinkFacts {
         kind: Some("veth".into()),
         up: true,
         promiscuous: false,
+        mtu: 1500,
         rx_queues: 1,
         xdp_prog_id: None,
         xdp_prog_name: None,

@@ -5,7 +5,7 @@ use super::checks::{ok, problem};
 use super::facts::{LinkFacts, PinnedFacts};
 use super::{Finding, Severity};
 use crate::netlink::XdpFeatures;
-use crate::xdp::{AttachOptions, Occupant};
+use crate::xdp::{AttachOptions, Occupant, SINGLE_BUFFER_MTU, mtu_needs_multi_buffer};
 
 /// Drivers with native (driver-mode) XDP, as named by `ethtool -i` / the sysfs driver link:
 /// the fallback on kernels that cannot say (before 6.3).
@@ -137,17 +137,7 @@ pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
         )
     });
     if let Source::Kernel(f) = source {
-        out.push(ok(
-            "multi-buffer",
-            if f.multi_buffer() {
-                format!("{who} takes XDP frames in several buffers (multi-buffer), the kernel says")
-            } else {
-                format!(
-                    "{who} has no XDP multi-buffer, the kernel says: native XDP needs an MTU \
-                     whose frames fit one buffer (about 3500 bytes)"
-                )
-            },
-        ));
+        out.push(multi_buffer(name, &who, link.mtu, f.multi_buffer()));
         out.push(ok(
             "vlan-metadata",
             if f.vlan_tag_metadata() {
@@ -163,6 +153,49 @@ pub fn check_driver(name: &str, link: &LinkFacts) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// Whether the driver takes XDP frames of several buffers, which native XDP needs for a
+/// jumbo MTU (the classifier is multi-buffer).
+fn multi_buffer(name: &str, who: &str, mtu: u32, multi_buffer: bool) -> Finding {
+    let jumbo = mtu > SINGLE_BUFFER_MTU;
+    match (multi_buffer, jumbo) {
+        (true, false) => ok(
+            "multi-buffer",
+            format!("{who} takes XDP frames in several buffers (multi-buffer), the kernel says"),
+        ),
+        (true, true) => ok(
+            "multi-buffer",
+            format!(
+                "{who} takes XDP frames in several buffers (multi-buffer), the kernel says: \
+                 the classifier runs natively at MTU {mtu}; a frame longer than an AF_XDP \
+                 socket takes whole (its UMEM chunk less 256 bytes of headroom) goes to the \
+                 endpoint's kernel device, counted as TOO-BIG"
+            ),
+        ),
+        (false, false) => ok(
+            "multi-buffer",
+            format!(
+                "{who} has no XDP multi-buffer, the kernel says: native XDP needs an MTU \
+                 whose frames fit one buffer ({SINGLE_BUFFER_MTU} or less)"
+            ),
+        ),
+        (false, true) => problem(
+            "multi-buffer",
+            Severity::Warn,
+            format!(
+                "{}: {who} has none, the kernel says, so it refuses native XDP at this MTU",
+                mtu_needs_multi_buffer(mtu)
+            ),
+            "xdp-mode auto falls back to generic XDP, which runs after the kernel has built a \
+             socket buffer and costs most of what the fast path saves",
+            Some(format!(
+                "lower the MTU to {SINGLE_BUFFER_MTU} or less (`ip link set dev {name} mtu \
+                 1500`), or use a NIC whose driver has XDP multi-buffer (i40e, ice, mlx5_core, \
+                 virtio_net)"
+            )),
+        ),
+    }
 }
 
 /// Whether libxdp's multi-program dispatcher (through which XDP programs share an interface)
@@ -393,6 +426,7 @@ mod tests {
             kind: None,
             up: true,
             promiscuous: true,
+            mtu: 1500,
             rx_queues: 4,
             xdp_prog_id: None,
             xdp_prog_name: None,
@@ -435,6 +469,51 @@ mod tests {
             found
                 .iter()
                 .any(|f| f.what.contains("hands XDP the VLAN tag"))
+        );
+    }
+
+    #[test]
+    fn a_jumbo_mtu_without_multi_buffer_is_named_as_the_reason() {
+        let without = XdpFeatures {
+            xdp: xdp_act::BASIC | xdp_act::REDIRECT,
+            ..XdpFeatures::default()
+        };
+        let with = XdpFeatures {
+            xdp: without.xdp | xdp_act::RX_SG,
+            ..XdpFeatures::default()
+        };
+        let at = |features: XdpFeatures, mtu: u32| {
+            let facts = LinkFacts {
+                mtu,
+                ..link(Ok(Some(features)))
+            };
+            check_driver("eth1", &facts)
+                .into_iter()
+                .find(|f| f.check == "multi-buffer")
+                .unwrap()
+        };
+        let refused = at(without, 9000);
+        assert_eq!(refused.severity, Severity::Warn);
+        assert!(
+            refused
+                .what
+                .starts_with("MTU 9000 needs multi-buffer XDP: driver igb has none"),
+            "{}",
+            refused.what
+        );
+        assert!(
+            refused
+                .fix
+                .unwrap()
+                .contains("ip link set dev eth1 mtu 1500")
+        );
+        assert_eq!(at(without, 1500).severity, Severity::Ok);
+        let native = at(with, 9000);
+        assert_eq!(native.severity, Severity::Ok);
+        assert!(
+            native.what.contains("runs natively at MTU 9000"),
+            "{}",
+            native.what
         );
     }
 

@@ -169,9 +169,17 @@ pub(super) fn attach_in_mode(
     Ok(match mode {
         XdpMode::Native => {
             attach(AyaMode::Driver).map_err(|e| {
+                let why = match jumbo_mtu(ifname) {
+                    Some(mtu) => format!(
+                        "{}: the driver of {ifname} takes no multi-buffer XDP program at this \
+                         MTU; lower it to {SINGLE_BUFFER_MTU} or less (`ip link set dev \
+                         {ifname} mtu 1500`), or use --xdp-mode generic or auto",
+                        mtu_needs_multi_buffer(mtu)
+                    ),
+                    None => "the driver may not support it; use --xdp-mode generic or auto".into(),
+                };
                 anyhow!(e).context(format!(
-                    "attaching XDP in native (driver) mode to {ifname}: the driver may not \
-                     support it; use --xdp-mode generic or auto"
+                    "attaching XDP in native (driver) mode to {ifname}: {why}"
                 ))
             })?;
             XdpMode::Native
@@ -187,13 +195,36 @@ pub(super) fn attach_in_mode(
                 attach(AyaMode::Skb).with_context(|| {
                     format!("attaching XDP to {ifname}: native failed ({native}), generic too")
                 })?;
+                let why = jumbo_mtu(ifname)
+                    .map(|mtu| format!("{}: ", mtu_needs_multi_buffer(mtu)))
+                    .unwrap_or_default();
                 warnings.push(format!(
-                    "{ifname}: native XDP refused ({native}); using generic XDP"
+                    "{ifname}: {why}native XDP refused ({native}); using generic XDP"
                 ));
                 XdpMode::Generic
             }
         },
     })
+}
+
+/// The largest MTU whose frames fit one XDP buffer (veth's limit; drivers' are near it):
+/// above it, native XDP takes only a multi-buffer program, on a driver that supports it.
+pub const SINGLE_BUFFER_MTU: u32 = 3498;
+
+/// The MTU of `ifname` (calling thread's namespace) when it is above [`SINGLE_BUFFER_MTU`]:
+/// the likely reason a driver refused native XDP. Asked only once it has.
+fn jumbo_mtu(ifname: &str) -> Option<u32> {
+    let mtu = crate::netlink::Netlink::new()
+        .ok()?
+        .require_link(ifname)
+        .ok()?
+        .mtu;
+    (mtu > SINGLE_BUFFER_MTU).then_some(mtu)
+}
+
+/// How `run`, the daemon and `doctor` name the reason.
+pub fn mtu_needs_multi_buffer(mtu: u32) -> String {
+    format!("MTU {mtu} needs multi-buffer XDP")
 }
 
 /// Whether this kernel runs freplace (`BPF_PROG_TYPE_EXT`) programs, which libxdp's

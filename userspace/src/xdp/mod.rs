@@ -30,7 +30,7 @@ pub mod place;
 
 pub use bpffs::PinDir;
 pub use libxdp::{ChainProgram, LibxdpError, XdpAction};
-pub use load::probe_freplace;
+pub use load::{SINGLE_BUFFER_MTU, mtu_needs_multi_buffer, probe_freplace};
 pub use persist::{Release, Takeover, pinned_program_id, release_pinned};
 pub use place::{AttachOptions, Occupant};
 
