@@ -28,7 +28,8 @@ pub struct Topology {
     pub queues: u32,
     /// Where each endpoint's kernel macvlan device goes.
     pub kernel_devices: KernelDevices,
-    /// MTU of the lab NIC and its peer (veth allows XDP up to about 3500).
+    /// MTU of the lab NIC and its peer (above 3498, XDP programs must be multi-buffer: the
+    /// classifier is, the `xdp-frame` ingress's feed program is not). See [`mtu_for`].
     pub mtu: Option<u32>,
     /// How generated frames reach the NIC.
     pub ingress: Ingress,
@@ -46,6 +47,15 @@ impl Default for Topology {
         }
     }
 }
+
+/// The MTU a lab must set for frames of `frame_len` bytes (without FCS; a tag may come on top,
+/// as veth allows): None for frames a standard MTU carries, else a jumbo MTU of 9000.
+pub fn mtu_for(frame_len: usize) -> Option<u32> {
+    (frame_len > 1514).then_some(JUMBO_MTU)
+}
+
+/// The MTU of a jumbo-frame network, as data centres run them.
+pub const JUMBO_MTU: u32 = 9000;
 
 /// Kernel macvlan devices for the endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

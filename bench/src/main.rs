@@ -55,8 +55,9 @@ struct GenerateArgs {
     /// Frames per second, all streams together; default: as fast as possible.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
-    /// Frame length in bytes (without FCS), 60-3000.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
+    /// Frame length in bytes (without FCS), 60-9000; one longer than 3840 goes out as a chain
+    /// (multi-buffer AF_XDP, Linux 6.6+), and the interface's MTU must carry it.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=9000))]
     frame_len: u16,
     /// Send each stream as IPv4/UDP over this many flows (source address and port change
     /// frame by frame), so that the receiving NIC's RSS spreads it over its queues; default:
@@ -147,8 +148,11 @@ struct LabArgs {
     /// Endpoints on each VLAN.
     #[arg(long, default_value_t = 2)]
     per_vlan: usize,
-    /// Frame length in bytes (without FCS), 60-3000.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=3000))]
+    /// Frame length in bytes (without FCS), 60-9000. Above 1514 the lab's wire runs at MTU 9000
+    /// and the generator sends chains (multi-buffer AF_XDP, Linux 6.6+); a frame longer than
+    /// the dataplane's UMEM chunk takes (`--frame-size` less 256) goes to the endpoint's
+    /// kernel device, counted as TOO-BIG.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=9000))]
     frame_len: u16,
     /// Core for the generator.
     #[arg(long, default_value_t = 0)]
@@ -253,9 +257,16 @@ fn lab(a: LabArgs) -> Result<()> {
         } else {
             KernelDevices::OwnNamespace
         },
-        mtu: None,
+        mtu: xmacvlan_bench::lab::mtu_for(a.frame_len as usize),
         ingress: a.ingress,
     };
+    if a.ingress == Ingress::XdpFrame && a.frame_len > 3000 {
+        anyhow::bail!(
+            "--frame-len {}: --ingress xdp-frame feeds frames of at most 3000 bytes (its feed \
+             program is single-buffer); use --ingress skb for jumbo frames",
+            a.frame_len
+        );
+    }
     let mut dataplane = DataplaneConfig {
         queues: a.queues,
         ..DataplaneConfig::default()

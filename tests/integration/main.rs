@@ -27,6 +27,7 @@ mod doctor;
 mod fastpath;
 mod idle;
 mod isolation;
+mod jumbo;
 mod lab_ports;
 mod live;
 mod newcomer;
