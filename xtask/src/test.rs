@@ -107,6 +107,14 @@ pub fn run_all(args: &[String]) -> Result<()> {
             ]),
             "cargo clippy",
         ),
+        // The workspace builds the library with the benchmark's programs (feature `bench`);
+        // the product must build without them.
+        step(
+            cargo().args([
+                "clippy", "-p", "xmacvlan", "--lib", "--bins", "--", "-D", "warnings",
+            ]),
+            "cargo clippy -p xmacvlan (no bench feature)",
+        ),
         // The daemon, CLI, CNI and walkthrough tests run the real binaries.
         step(
             &mut crate::cargo::build_test_programs(),

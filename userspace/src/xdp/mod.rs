@@ -45,22 +45,29 @@ pub enum Steering {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Program {
     Classify,
-    /// XDP_DROP everything: the benchmark's ceiling.
+    /// XDP_DROP everything: the benchmark's ceiling, and the program `doctor`'s freplace
+    /// probe replaces.
     DropAll,
     /// Every frame to its queue's socket (per-queue steering), no lookup: the benchmark's
-    /// AF_XDP rxdrop anchor.
+    /// AF_XDP rxdrop anchor (feature `bench`).
+    #[cfg(feature = "bench")]
     RedirectAll,
 }
 
 impl Program {
-    /// Every program of the embedded object, in [`abi::PROGRAMS`]' order.
-    pub const ALL: [Program; 3] = [Program::Classify, Program::DropAll, Program::RedirectAll];
+    /// Every program this build can run, in [`abi::PROGRAMS`]' order (the object always holds
+    /// them all, so a leftover of any of them is recognized).
+    #[cfg(feature = "bench")]
+    pub const ALL: &[Program] = &[Program::Classify, Program::DropAll, Program::RedirectAll];
+    #[cfg(not(feature = "bench"))]
+    pub const ALL: &[Program] = &[Program::Classify, Program::DropAll];
 
     /// The program's name in the object (and in the kernel, once loaded).
     pub fn name(self) -> &'static str {
         match self {
             Program::Classify => abi::PROGRAM_CLASSIFY,
             Program::DropAll => abi::PROGRAM_DROP_ALL,
+            #[cfg(feature = "bench")]
             Program::RedirectAll => abi::PROGRAM_REDIRECT_ALL,
         }
     }
@@ -509,10 +516,10 @@ mod tests {
         let names: Vec<&str> = Program::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(
             names,
-            abi::PROGRAMS,
+            abi::PROGRAMS[..names.len()],
             "abi::PROGRAMS recognizes leftovers by these names"
         );
-        for name in names.iter().chain(&MAP_NAMES) {
+        for name in abi::PROGRAMS.iter().chain(&MAP_NAMES) {
             // The ELF symbol table holds each program's and map's name, NUL-terminated.
             let symbol = format!("{name}\0");
             assert!(

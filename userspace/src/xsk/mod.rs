@@ -544,6 +544,7 @@ impl QueueRings {
     /// give the frames straight back to the fill ring, unread (the benchmark's anchor for
     /// any path that delivers into sockets). Returns the frames recycled. No allocation; a
     /// syscall only when the driver asked for a fill-ring wake-up.
+    #[cfg(feature = "bench")]
     #[inline]
     pub fn recycle_rx(&mut self, spill: &FramePool) -> usize {
         // Only as many as the fill ring takes, so none is left in our hands.
