@@ -213,6 +213,14 @@ impl Report {
             );
         }
         let _ = writeln!(out, "XDP: {}", crate::counters::line(&self.xdp));
+        if self.xdp.pass_too_big > 0 {
+            let _ = writeln!(
+                out,
+                "too-big: {} frames to endpoints were longer than their AF_XDP sockets take whole \
+                 (a UMEM chunk less 256 bytes): passed to the kernel, not the endpoints",
+                self.xdp.pass_too_big
+            );
+        }
         for (q, s) in self.queues.iter().enumerate() {
             let _ = writeln!(out, "{}", super::live::queue_line(q, s));
         }
