@@ -4,7 +4,9 @@
 //! root file system), a libxdp other than the one built into xmacvlan: the dispatcher must be
 //! the one both recognise.
 //!
-//! 1. `xdp-filter` first (a source MAC denied), xmacvlan joins (`xdp-attach auto`): both are
+//! 1. `xdp-filter` first (a source MAC denied); refused with the reason and nothing touched:
+//!    `xdp-attach alone`, a mode other than the dispatcher's, a process without libxdp's bpffs;
+//!    xmacvlan joins (`xdp-attach auto`): both are
 //!    listed by `xdp-loader status`; the filter drops exactly the denied frames (its hit
 //!    counter), every other frame reaches the classifier, each endpoint gets exactly its own;
 //!    stopping xmacvlan leaves `xdp-filter` running alone in the dispatcher.
@@ -21,8 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use xmacvlan::dataplane::{Dataplane, Finished};
-use xmacvlan::modes::{Demux, XdpAttach};
+use xmacvlan::dataplane::{Dataplane, DataplaneConfig, Finished};
+use xmacvlan::modes::{Demux, XdpAttach, XdpMode};
 use xmacvlan::xdp::bpffs::BPFFS_ENV;
 use xmacvlan::xdp::{AttachOptions, Classifier, PinDir, Program, Release, Steering, Takeover};
 use xmacvlan_bench::generator::{Stream, StreamKind};
@@ -224,6 +226,68 @@ fn tear_down(lab: Lab) {
     assert!(namespaces_named(&prefix).is_empty(), "namespaces left");
 }
 
+/// What xmacvlan refuses on the NIC while xdp-filter's dispatcher runs there, each saying
+/// why and touching nothing: `xdp-attach alone`, an `xdp-mode` other than the dispatcher's,
+/// and a process whose bpffs is not the one libxdp keeps the dispatcher's state in (`ip netns
+/// exec` mounts a fresh /sys).
+fn refusals_leave_the_dispatcher_alone(lab: &Lab, cfg: &DataplaneConfig) {
+    let refused = |change: &dyn Fn(&mut DataplaneConfig)| {
+        let mut cfg = cfg.clone();
+        change(&mut cfg);
+        let err = lab
+            .host
+            .run(|| match Dataplane::start(&cfg, &lab.endpoints) {
+                Ok(_) => anyhow::bail!("started"),
+                Err(e) => Ok(format!("{:#}", anyhow::Error::from(e))),
+            })
+            .unwrap();
+        println!("refused: {err}");
+        assert_chain(&chain(lab).unwrap(), true, false);
+        err
+    };
+    let alone = refused(&|c| c.xdp_attach = XdpAttach::Alone);
+    assert!(alone.contains("and xdp-attach is `alone`"), "{alone}");
+    assert!(alone.contains("--force"), "{alone}");
+    let generic = refused(&|c| c.xdp_mode = XdpMode::Generic);
+    assert!(
+        generic.contains("runs in native mode and xdp-mode is generic"),
+        "{generic}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("xmvdspr{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let endpoints = dir.join("endpoints.json");
+    let ep = &lab.endpoints[0];
+    std::fs::write(
+        &endpoints,
+        format!(
+            r#"{{"endpoints": [{{"name": "{}", "vid": {}, "mac": "{}"}}]}}"#,
+            ep.name,
+            ep.vid,
+            lab::describe_mac(&ep.mac)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.host.name()])
+        .arg(xmacvlan_tests::xmacvlan_bin())
+        .args(["run", "--iface", lab::NIC, "--duration", "0.3", "--config"])
+        .arg(&endpoints)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("under `ip netns exec`: {stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("libxdp cannot read its programs"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LIBXDP_BPFFS"), "{stderr}");
+    assert!(stderr.contains("nsenter --net=/run/netns/NS"), "{stderr}");
+    assert_chain(&chain(lab).unwrap(), true, false);
+}
+
 #[test]
 #[ignore = "VM only: the host kernel refuses freplace (cargo xtask vm-test)"]
 fn xmacvlan_joins_xdp_filters_dispatcher_and_leaves_it_running() {
@@ -234,6 +298,7 @@ fn xmacvlan_joins_xdp_filters_dispatcher_and_leaves_it_running() {
         assert_chain(&chain(&lab).unwrap(), true, false);
         let cfg = lab.dataplane_config(&dataplane_config(Demux::Xdp, 1));
         assert_eq!(cfg.xdp_attach, XdpAttach::Auto, "the default joins");
+        refusals_leave_the_dispatcher_alone(&lab, &cfg);
         let (finished, streams, sent) = lab
             .host
             .run(|| {
@@ -303,7 +368,7 @@ fn a_pinned_classifier_stays_in_the_dispatcher_between_daemons() {
         let dispatcher = attached_id(&lab).unwrap();
         let opts = AttachOptions {
             attach: XdpAttach::Auto,
-            ..AttachOptions::alone(xmacvlan::modes::XdpMode::Native)
+            ..AttachOptions::alone(XdpMode::Native)
         };
         let attach = |program: Program, steering: Steering, warnings: &mut Vec<String>| {
             lab.host.run(|| {

@@ -274,7 +274,9 @@ pub fn check_xdp_programs(
                  not replace it unless told to",
                 Some(format!(
                     "find the bpffs its loader used (`xdp-loader status {name}` there lists \
-                     them) and run xmacvlan with LIBXDP_BPFFS set to it"
+                     them) and run xmacvlan with LIBXDP_BPFFS set to it; in a network \
+                     namespace, enter it with `nsenter --net=/run/netns/NS`, not `ip netns \
+                     exec` (which mounts a /sys without that bpffs)"
                 )),
             )),
             (Ok(_), None) => out.push(check_xdp_program(

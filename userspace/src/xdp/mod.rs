@@ -102,8 +102,9 @@ pub enum XdpError {
     Dispatcher { iface: String, id: u32 },
     #[error(
         "{iface} runs libxdp's dispatcher (id {id}) but libxdp cannot read its programs{}: \
-         their pins are not under {}/xdp, so it was loaded with another bpffs; run xmacvlan \
-         with LIBXDP_BPFFS set to the bpffs its loader used",
+         their pins are not under {}/xdp as this process sees it. Either its loader used \
+         another bpffs (run xmacvlan with LIBXDP_BPFFS set to it), or this process has a /sys \
+         of its own (`ip netns exec` mounts a fresh one: use `nsenter --net=/run/netns/NS`)",
         cause.as_ref().map(|e| format!(" ({e:#})")).unwrap_or_default(),
         bpffs.display()
     )]
