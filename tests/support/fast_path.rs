@@ -161,13 +161,13 @@ pub fn no_black_hole_then_sink(ep: &Endpoint, wire: Wire, wire_if: &str, count: 
     while !find(ep.control, name)
         .1
         .port
-        .is_some_and(|p| p.connected && p.client == "test-sink")
+        .is_some_and(|p| p.connected && p.client == "test-sink" && p.claimed)
     {
         let why = || std::fs::read_to_string(&log).unwrap_or_default();
         assert!(!sink.exited(), "the sink exited: {}", why());
         assert!(
             Instant::now() < deadline,
-            "the port never showed the sink connected: {}",
+            "the port never showed the sink connected and claimed: {}",
             why()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -195,7 +195,25 @@ pub fn no_black_hole_then_sink(ep: &Endpoint, wire: Wire, wire_if: &str, count: 
         (count, 0),
         "the port's counters"
     );
+    // What `xmacvlan stats` shows now (docs/docker.md and docs/kubernetes.md quote it).
+    if let Answer::Stats {
+        demux,
+        uptime_s,
+        interfaces,
+        ..
+    } = request(ep.control, &Request::Stats).unwrap()
+    {
+        eprintln!(
+            "{}",
+            xmacvlan::telemetry::live::tables(&demux, uptime_s, &interfaces)
+        );
+    }
     let out = sink.stop_sink();
+    eprintln!(
+        "(the sink ran in {} on {}; its summary: {out})",
+        ep.netns,
+        ep.port.display()
+    );
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
         (out["frames"].as_u64(), out["misdelivered"].as_u64()),
