@@ -3,22 +3,22 @@
 use std::path::Path;
 use std::process::Command;
 
-pub const PACKAGES: &str = "apt-get install -y clang llvm libbpf-dev";
+pub(crate) const PACKAGES: &str = "apt-get install -y clang llvm libbpf-dev";
 
 /// The C compiler: `$CLANG`, else `clang`.
-pub fn clang() -> String {
+pub(crate) fn clang() -> String {
     println!("cargo::rerun-if-env-changed=CLANG");
     std::env::var("CLANG").unwrap_or_else(|_| "clang".into())
 }
 
 /// `-I/usr/include/<arch>-linux-gnu`, where Debian keeps `asm/types.h`.
-pub fn multiarch_include() -> String {
+pub(crate) fn multiarch_include() -> String {
     format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH)
 }
 
 /// Compile `source` into the BPF object `object`, failing the build with the fix if the
 /// toolchain or libbpf's headers are missing.
-pub fn compile_bpf(source: &Path, object: &Path) {
+pub(crate) fn compile_bpf(source: &Path, object: &Path) {
     println!("cargo::rerun-if-changed={}", source.display());
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
         fail(&format!(
@@ -54,7 +54,7 @@ fn target_arch_define() -> &'static str {
     }
 }
 
-pub fn run(cmd: &mut Command, clang: &str) {
+pub(crate) fn run(cmd: &mut Command, clang: &str) {
     match cmd.status() {
         Ok(status) if status.success() => {}
         Ok(status) => fail(&format!("{cmd:?} failed with {status}")),
@@ -65,7 +65,7 @@ pub fn run(cmd: &mut Command, clang: &str) {
     }
 }
 
-pub fn fail(message: &str) -> ! {
+pub(crate) fn fail(message: &str) -> ! {
     eprintln!("error: {message}");
     std::process::exit(1)
 }

@@ -89,7 +89,7 @@ impl AppProcess {
         };
         if let Some(core) = core {
             // Best effort: an unpinned application is still correct, only noisier.
-            let _ = xmacvlan::sys::set_task_affinity(app.pid() as i32, core);
+            xmacvlan::sys::set_task_affinity(app.pid() as i32, core).ok();
         }
         Ok(app)
     }
@@ -125,8 +125,8 @@ impl AppProcess {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill().ok();
+                child.wait().ok();
                 bail!(
                     "`{}` did not exit within {STOP_TIMEOUT:?} of SIGINT",
                     self.what
@@ -148,8 +148,8 @@ impl AppProcess {
 impl Drop for AppProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill().ok();
+            c.wait().ok();
         }
     }
 }
@@ -370,9 +370,9 @@ impl Drop for LabPorts {
 }
 
 fn remove_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
+    std::fs::remove_dir_all(dir).ok();
     // The root only if no other lab uses it.
-    let _ = std::fs::remove_dir(LAB_PORT_ROOT);
+    std::fs::remove_dir(LAB_PORT_ROOT).ok();
 }
 
 /// `name` next to the running program (`target/release/`, built with it by `cargo xtask run`),

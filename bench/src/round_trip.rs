@@ -121,7 +121,9 @@ fn read(
                     _ => r.wrong_source += 1,
                 }
                 let arrived = arrived.saturating_sub(realtime_minus_monotonic);
-                let _ = r.latency.record(arrived.saturating_sub(p.tx_ns).max(1));
+                r.latency
+                    .record(arrived.saturating_sub(p.tx_ns).max(1))
+                    .ok();
             })?;
             if n > 0 {
                 published.store(r.frames, Ordering::Relaxed);

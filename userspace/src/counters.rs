@@ -182,12 +182,12 @@ macro_rules! counter_set {
 
         impl $Counts {
             /// Add `other`'s values to these.
-            pub fn add(&mut self, other: &Self) {
+            $vis fn add(&mut self, other: &Self) {
                 $(self.$field += other.$field;)*
             }
 
             /// What was counted since `before` (a counter never goes back; saturates if one did).
-            pub fn since(&self, before: &Self) -> Self {
+            $vis fn since(&self, before: &Self) -> Self {
                 Self { $($field: self.$field.saturating_sub(before.$field),)* }
             }
         }
@@ -228,7 +228,7 @@ macro_rules! counter_set {
 
         impl $Live {
             /// The values now.
-            pub fn read(&self) -> $Counts {
+            $vis fn read(&self) -> $Counts {
                 $Counts {
                     $($field: self.$field.load(::std::sync::atomic::Ordering::Relaxed),)*
                 }
@@ -237,7 +237,7 @@ macro_rules! counter_set {
             /// Add a batch's counts (skipping zeros: no write to a shared line for nothing)
             /// and reset the batch.
             #[inline]
-            pub fn publish(&self, batch: &mut $Counts) {
+            $vis fn publish(&self, batch: &mut $Counts) {
                 $(
                     if batch.$field != 0 {
                         self.$field
@@ -258,7 +258,7 @@ mod tests {
 
     crate::counter_set! {
         /// A set for the test.
-        pub struct TestCounts (live TestCounters) in "test" {
+        pub(super) struct TestCounts (live TestCounters) in "test" {
             /// Frames through.
             frames: Frames, "FRAMES";
             /// Bytes through.

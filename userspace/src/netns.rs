@@ -87,7 +87,7 @@ impl Netns {
             .expect("namespace creation thread panicked")
         });
         if let Err(e) = mounted {
-            let _ = std::fs::remove_file(&path);
+            std::fs::remove_file(&path).ok();
             return Err(e);
         }
         Ok(ns)

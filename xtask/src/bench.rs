@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 
 use crate::cargo::{build_release_programs, is_root, run as run_cmd, workspace_root};
 
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     crate::deps::ensure(false)?;
     let (ours, program_args) = match args.iter().position(|a| a == "--") {
         Some(i) => (&args[..i], &args[i + 1..]),

@@ -4,21 +4,21 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }
 
 /// Run a command, streaming its output; fail with `what` if it fails.
-pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
@@ -29,7 +29,7 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// `cargo build` of the programs the integration tests run as a user would (`xmacvlan`,
 /// `xmacvlan-cni`, `xmacvlan-sink`, `xmacvlan-reflect`, `xmacvlan-bench`), which `cargo test`
 /// builds only for their own package's tests.
-pub fn build_test_programs() -> Command {
+pub(crate) fn build_test_programs() -> Command {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -46,7 +46,7 @@ pub fn build_test_programs() -> Command {
 
 /// `cargo build --release` of the programs the lab and the benchmark run: `xmacvlan-bench`
 /// and xmacvlan's binaries (the sink and reflector on the lab's memif ports among them).
-pub fn build_release_programs() -> Result<()> {
+pub(crate) fn build_release_programs() -> Result<()> {
     run(
         cargo().args([
             "build",
@@ -60,7 +60,7 @@ pub fn build_release_programs() -> Result<()> {
     )
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -42,7 +42,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/nsenter"),
 ];
 
-pub fn missing() -> Vec<&'static str> {
+pub(crate) fn missing() -> Vec<&'static str> {
     missing_of(BUILD_PACKAGES)
 }
 
@@ -56,19 +56,19 @@ fn missing_of(packages: &[(&'static str, &str)]) -> Vec<&'static str> {
 
 /// Make sure the build's system packages are there: install them as root on Debian/Ubuntu,
 /// otherwise fail with the command to run. `verbose` reports when nothing is missing too.
-pub fn ensure(verbose: bool) -> Result<()> {
+pub(crate) fn ensure(verbose: bool) -> Result<()> {
     install(&missing(), verbose)
 }
 
 /// The build's packages and the tests' (see [`TEST_PACKAGES`]).
-pub fn ensure_for_tests() -> Result<()> {
+pub(crate) fn ensure_for_tests() -> Result<()> {
     let mut all = missing();
     all.extend(missing_of(TEST_PACKAGES));
     install(&all, false)
 }
 
 /// Install `packages` with apt (root, Debian/Ubuntu) or fail naming the command to run.
-pub fn install(packages: &[&str], verbose: bool) -> Result<()> {
+pub(crate) fn install(packages: &[&str], verbose: bool) -> Result<()> {
     if packages.is_empty() {
         if verbose {
             println!("xtask: all system packages present");

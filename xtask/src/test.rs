@@ -16,11 +16,11 @@ use crate::cargo::{cargo, is_root};
 
 /// The `[[test]]` target of `xmacvlan-tests` holding every integration test, one module per
 /// area (`tests/integration/main.rs`).
-pub const INTEGRATION: &str = "integration";
+pub(crate) const INTEGRATION: &str = "integration";
 
 /// One step, test binary or area of the run and how it ended.
 #[derive(Debug, Default, Clone)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub name: String,
     pub passed: u64,
     pub failed: u64,
@@ -35,12 +35,12 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.failed == 0 && self.error.is_none()
     }
 
     /// Take one line of libtest output (several `test result:` lines add up, e.g. doc tests).
-    pub fn take(&mut self, line: &str) {
+    pub(crate) fn take(&mut self, line: &str) {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("test result: ") {
             self.results += 1;
@@ -82,7 +82,7 @@ impl Tally {
     }
 }
 
-pub fn run_all(args: &[String]) -> Result<()> {
+pub(crate) fn run_all(args: &[String]) -> Result<()> {
     let skip_vm = args.iter().any(|a| a == "--no-vm");
     crate::deps::ensure_for_tests()?;
     if !is_root() {
@@ -267,7 +267,7 @@ struct Binary {
 
 /// The tests of a libtest binary by area, the first segment of their path (`fastpath` for
 /// `fastpath::known_frames`), from its `--list` output.
-pub fn areas_of(listing: &str) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn areas_of(listing: &str) -> BTreeMap<String, Vec<String>> {
     let mut areas: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in listing
         .lines()
@@ -283,7 +283,7 @@ pub fn areas_of(listing: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 /// [`areas_of`] the tests `exe --list` names.
-pub fn list_areas(exe: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+pub(crate) fn list_areas(exe: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let out = Command::new(exe)
         .arg("--list")
         .stderr(Stdio::inherit())
@@ -301,7 +301,7 @@ pub fn list_areas(exe: &Path) -> Result<BTreeMap<String, Vec<String>>> {
 
 /// libtest arguments that run exactly `tests` (its filters alone match substrings: `fastpath::`
 /// would also run `vm_fastpath::`).
-pub fn exact(tests: &[String]) -> Vec<String> {
+pub(crate) fn exact(tests: &[String]) -> Vec<String> {
     std::iter::once("--exact".to_string())
         .chain(tests.iter().cloned())
         .collect()

@@ -37,7 +37,7 @@ fn lab() -> Result<Lab> {
     ns.run(|| {
         for key in ["all", "default"] {
             // Absent without IPv6 support: then there is nothing to silence.
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6"), "1");
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6"), "1").ok();
         }
         let nl = Netlink::new()?;
         let ia = nl.add_veth(&a, &b, 1)?;

@@ -20,7 +20,7 @@ use crate::background::{self, Background};
 use crate::lab::Lab;
 
 #[derive(Debug)]
-pub struct KernelAppFinished {
+pub(super) struct KernelAppFinished {
     /// Frames the application read.
     pub received: u64,
     /// Frames it sent back (reflector).
@@ -31,7 +31,7 @@ pub struct KernelAppFinished {
     pub latency: Histogram<u64>,
 }
 
-pub struct KernelApp {
+pub(super) struct KernelApp {
     /// Frames read so far, all endpoints.
     pub received: Arc<AtomicU64>,
     reader: Background<KernelAppFinished>,
@@ -40,7 +40,7 @@ pub struct KernelApp {
 impl KernelApp {
     /// Open a socket on every endpoint's host-namespace macvlan (call from a thread in the
     /// lab's host namespace) and start serving them as `kind` on `core`.
-    pub fn start(lab: &Lab, kind: AppKind, core: usize) -> Result<KernelApp> {
+    pub(super) fn start(lab: &Lab, kind: AppKind, core: usize) -> Result<KernelApp> {
         let mut sockets = Vec::with_capacity(lab.endpoints.len());
         for (i, spec) in lab.endpoints.iter().enumerate() {
             let (index, device) = lab.host_device(i)?;
@@ -63,7 +63,7 @@ impl KernelApp {
     }
 
     /// Stop (once nothing came for a moment) and collect.
-    pub fn stop(self) -> Result<KernelAppFinished> {
+    pub(super) fn stop(self) -> Result<KernelAppFinished> {
         self.reader.stop()
     }
 }
@@ -106,7 +106,7 @@ fn serve(
                 match kind {
                     AppKind::Sink => {
                         if let Some(p) = read_payload(f) {
-                            let _ = out.latency.record(now.saturating_sub(p.tx_ns).max(1));
+                            out.latency.record(now.saturating_sub(p.tx_ns).max(1)).ok();
                         }
                     }
                     AppKind::Reflect if f.len() >= 12 => {

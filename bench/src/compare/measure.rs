@@ -143,7 +143,7 @@ pub struct Setup<'a> {
 
 /// How receive threads idled, in words, when not as the dataplane does by default:
 /// "no spin", "no spin, 1000 us coalescing".
-pub fn idling(idle: IdlePolicy) -> Option<String> {
+pub(super) fn idling(idle: IdlePolicy) -> Option<String> {
     if idle == IdlePolicy::default() {
         return None;
     }
@@ -231,7 +231,7 @@ fn send_timed(
 /// How long a statistics query to testpmd may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn measure(
+pub(super) fn measure(
     setup: &Setup,
     mode: Mode,
     rate: Option<u64>,

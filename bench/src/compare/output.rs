@@ -102,7 +102,7 @@ fn share(part: u64, whole: u64) -> f64 {
 
 pub fn markdown(results: &Results) -> String {
     let mut s = String::new();
-    let _ = writeln!(
+    writeln!(
         s,
         "Machine: {}. Generator on core {}, receive work on core {}, ingress `{}`, receive threads `{}`; {:.1} s per run, median of repetitions. Load average {:.1} at the start, {:.1} at the end.\n",
         results.machine,
@@ -113,22 +113,23 @@ pub fn markdown(results: &Results) -> String {
         results.duration_s,
         results.load_average[0],
         results.load_average[1]
-    );
-    let _ = writeln!(
+    ).ok();
+    writeln!(
         s,
         "Ratios: delivered frames/s over that of the same setting's `ceiling` (vs ceiling: \
          XDP_DROP on the NIC, the most any mode could deliver), `rxdrop` (vs rxdrop: one AF_XDP \
          socket whose frames go straight back to the fill ring, the most any mode delivering \
          into sockets could) and `kernel` (vs kernel).\n"
-    );
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(
         s,
         "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs rxdrop | vs kernel |"
-    );
-    let _ = writeln!(
+    ).ok();
+    writeln!(
         s,
         "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    ).ok();
     for r in &results.runs {
         let m = &r.median;
         let us = |ns: u64| {
@@ -140,7 +141,7 @@ pub fn markdown(results: &Results) -> String {
             }
         };
         let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
-        let _ = writeln!(
+        writeln!(
             s,
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             m.mode.name(),
@@ -166,7 +167,7 @@ pub fn markdown(results: &Results) -> String {
             ratio(r.vs_ceiling),
             ratio(r.vs_rxdrop),
             ratio(r.vs_kernel),
-        );
+        ).ok();
     }
     if !results.through_ports.is_empty() {
         port_table(&mut s, results);
@@ -178,29 +179,31 @@ pub fn markdown(results: &Results) -> String {
         super::summary::targets_table(&mut s, results);
     }
     for note in &results.notes {
-        let _ = writeln!(s, "\nNote: {note}");
+        writeln!(s, "\nNote: {note}").ok();
     }
     s
 }
 
 /// The runs through ports: one-way latency into a sink, round trip through a reflector.
 fn port_table(s: &mut String, results: &Results) {
-    let _ = writeln!(
+    writeln!(
         s,
         "\nThrough ports: every endpoint's frames into an application on the receive core \
          (`xdp`, `user`: one `xmacvlan-sink` or `xmacvlan-reflect` process per endpoint on its \
          memif port; `kernel`: an AF_PACKET application on each macvlan device), 64 B, at a \
          fixed rate. One way: generator to the application's read. Round trip: generator to \
          the reflected frame's arrival back on the wire.\n"
-    );
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(
         s,
         "| mode | app | endpoints | offered fps | delivered fps | sent | returned | loss | unplaced | p50 us | p99 us | p99.9 us | max us |"
-    );
-    let _ = writeln!(
+    ).ok();
+    writeln!(
         s,
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    )
+    .ok();
     for r in &results.through_ports {
         let m = &r.median;
         let latency = m.one_way_ns.or(m.round_trip_ns);
@@ -210,7 +213,7 @@ fn port_table(s: &mut String, results: &Results) {
                 |l| format!("{:.1}", pick(&l) as f64 / 1e3),
             )
         };
-        let _ = writeln!(
+        writeln!(
             s,
             "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {:.2}% | {} | {} | {} | {} | {} |",
             m.mode.name(),
@@ -230,23 +233,26 @@ fn port_table(s: &mut String, results: &Results) {
             us(|l| l.p99),
             us(|l| l.p999),
             us(|l| l.max),
-        );
+        )
+        .ok();
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "\nWhere the frames went (each stage's loss by the counter that says why; `unplaced` \
          is a loss no counter explains):\n"
-    );
+    )
+    .ok();
     for r in &results.through_ports {
         let m = &r.median;
-        let _ = writeln!(
+        writeln!(
             s,
             "- {} {} {}: {}",
             m.mode.name(),
             m.app.name(),
             m.endpoints,
             m.placed.summary()
-        );
+        )
+        .ok();
     }
 }
 
@@ -286,31 +292,33 @@ fn svg(
     let px = |x: f64| left + (tx(x) - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| h - bottom - y / y1 * (h - top - bottom);
     let mut s = String::new();
-    let _ = writeln!(
+    writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
+    ).ok();
+    writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#).ok();
+    writeln!(
         s,
         r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#,
         w / 2.0
-    );
+    )
+    .ok();
     let (ax0, ay0, ax1, ay1) = (left, h - bottom, w - right, top);
-    let _ = writeln!(
+    writeln!(
         s,
         r#"<path d="M{ax0},{ay1} L{ax0},{ay0} L{ax1},{ay0}" stroke="black" fill="none"/>"#
-    );
+    )
+    .ok();
     for i in 0..=4 {
         let y = y1 * i as f64 / 4.0;
-        let _ = writeln!(
+        writeln!(
             s,
             r##"<line x1="{ax0}" x2="{ax1}" y1="{0}" y2="{0}" stroke="#eeeeee"/><text x="{1}" y="{2}" text-anchor="end">{3}</text>"##,
             py(y),
             ax0 - 6.0,
             py(y) + 4.0,
             tick(y)
-        );
+        ).ok();
     }
     let mut xs: Vec<f64> = data
         .iter()
@@ -319,46 +327,50 @@ fn svg(
     xs.sort_by(|a, b| a.total_cmp(b));
     xs.dedup();
     for x in xs {
-        let _ = writeln!(
+        writeln!(
             s,
             r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
             px(x),
             ay0 + 16.0,
             tick(x)
-        );
+        )
+        .ok();
     }
-    let _ = writeln!(
+    writeln!(
         s,
         r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
         (ax0 + ax1) / 2.0,
         h - 12.0
-    );
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(
         s,
         r#"<text x="16" y="{0}" text-anchor="middle" transform="rotate(-90 16 {0})">{y_label}</text>"#,
         (ay0 + ay1) / 2.0
-    );
+    ).ok();
     for (n, (mode, pts)) in data.iter().enumerate() {
         let color = colour(*mode);
         let path: Vec<String> = pts
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
-        let _ = writeln!(
+        writeln!(
             s,
             r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
             path.join(" ")
-        );
+        )
+        .ok();
         for &(x, y) in pts {
-            let _ = writeln!(
+            writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
                 px(x),
                 py(y)
-            );
+            )
+            .ok();
         }
         let ly = top + 10.0 + n as f64 * 20.0;
-        let _ = writeln!(
+        writeln!(
             s,
             r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#,
             ax1 + 15.0,
@@ -366,7 +378,7 @@ fn svg(
             ax1 + 46.0,
             ly + 4.0,
             mode.name()
-        );
+        ).ok();
     }
     s.push_str("</svg>\n");
     s

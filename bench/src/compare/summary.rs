@@ -5,8 +5,8 @@ use super::Results;
 use super::capacity::{GENERATOR_HEADROOM, LOSS_BOUND};
 
 /// The capacities: median over repetitions, the spread, and whether the generator had room.
-pub fn capacity_table(s: &mut String, results: &Results) {
-    let _ = writeln!(
+pub(super) fn capacity_table(s: &mut String, results: &Results) {
+    writeln!(
         s,
         "\nZero-loss capacity: the highest offered rate with under {:.1} % loss, by bisection \
          on the offered rate (64 B). A row is flagged when the generator could not offer \
@@ -15,14 +15,15 @@ pub fn capacity_table(s: &mut String, results: &Results) {
          socket recycling every frame unread) the most any mode delivering into sockets \
          could.\n",
         LOSS_BOUND * 100.0
-    );
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(
         s,
         "| mode | endpoints | capacity Mpps | min Mpps | max Mpps | repetitions | generator max Mpps | flag |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|");
+    ).ok();
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|").ok();
     for c in &results.capacity {
-        let _ = writeln!(
+        writeln!(
             s,
             "| {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {} |",
             c.mode.name(),
@@ -37,23 +38,25 @@ pub fn capacity_table(s: &mut String, results: &Results) {
             } else {
                 ""
             },
-        );
+        )
+        .ok();
     }
 }
 
 /// Each target, what this run measured, and the verdict.
-pub fn targets_table(s: &mut String, results: &Results) {
-    let _ = writeln!(s, "\nTargets, judged from this run:\n");
-    let _ = writeln!(s, "| # | target | measured | verdict |");
-    let _ = writeln!(s, "|---|---|---|---|");
+pub(super) fn targets_table(s: &mut String, results: &Results) {
+    writeln!(s, "\nTargets, judged from this run:\n").ok();
+    writeln!(s, "| # | target | measured | verdict |").ok();
+    writeln!(s, "|---|---|---|---|").ok();
     for t in &results.targets {
-        let _ = writeln!(
+        writeln!(
             s,
             "| {} | {} | {} | {} |",
             t.id,
             t.goal,
             t.measured,
             t.verdict.name()
-        );
+        )
+        .ok();
     }
 }

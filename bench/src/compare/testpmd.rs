@@ -195,9 +195,9 @@ impl Drop for Testpmd {
     fn drop(&mut self) {
         // Stopped or not: never leave it running (its XDP program goes with the lab's NIC).
         let child = self.child.get_mut().expect("not poisoned");
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        child.kill().ok();
+        child.wait().ok();
+        std::fs::remove_dir_all(&self.runtime_dir).ok();
     }
 }
 

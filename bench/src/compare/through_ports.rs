@@ -106,7 +106,7 @@ impl LabDevs {
 }
 
 /// One run of `mode` (xdp, user or kernel) with `app` on every endpoint, at `rate` frames/s.
-pub fn measure(
+pub(super) fn measure(
     setup: &Setup,
     mode: Mode,
     app: AppKind,

@@ -18,8 +18,8 @@ fn main() {
     let mut out = std::io::stdout().lock();
     // DEL, CHECK, STATUS and GC print nothing on success.
     if !outcome.stdout.is_empty() {
-        let _ = writeln!(out, "{}", outcome.stdout);
+        writeln!(out, "{}", outcome.stdout).ok();
     }
-    let _ = out.flush();
+    out.flush().ok();
     std::process::exit(outcome.status);
 }

@@ -97,7 +97,7 @@ fn main() -> Result<()> {
             match read_payload(f) {
                 Some(p) => {
                     s.timed += 1;
-                    let _ = hist.record(now_ns.saturating_sub(p.tx_ns).max(1));
+                    hist.record(now_ns.saturating_sub(p.tx_ns).max(1)).ok();
                     let want = next_seq.entry(p.stream).or_insert(0);
                     if p.seq < *want {
                         s.out_of_order += 1;

@@ -72,7 +72,7 @@ fn run_bounded(
     let mut stderr = child.stderr.take().expect("piped");
     let err_reader = std::thread::spawn(move || {
         let mut out = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut out);
+        (&mut stderr).take(64 * 1024).read_to_end(&mut out).ok();
         out
     });
     let started = Instant::now();
@@ -81,14 +81,14 @@ fn run_bounded(
             break status;
         }
         if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().ok();
+            child.wait().ok();
             return Err(Bounded::Timeout);
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     // A plugin that exits without reading its stdin is fine (EPIPE here is not its error).
-    let _ = writer.join();
+    writer.join().ok();
     let out = reader.join().ok().and_then(Result::ok).unwrap_or_default();
     let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
         .trim()

@@ -81,7 +81,7 @@ pub fn port_link(port_dir: &Path, netns_inode: u64, ifname: &str) -> PathBuf {
 fn link_port(conf: &NetConf, inode: u64, ifname: &str, endpoint: &str) -> anyhow::Result<()> {
     let link = port_link(&conf.port_dir, inode, ifname);
     std::fs::create_dir_all(link.parent().expect("has a parent"))?;
-    let _ = std::fs::remove_file(&link);
+    std::fs::remove_file(&link).ok();
     std::os::unix::fs::symlink(Path::new("../..").join(format!("{endpoint}.sock")), &link)?;
     Ok(())
 }
@@ -91,9 +91,9 @@ fn unlink_port(conf: &NetConf, record: &Record) {
         return;
     }
     let link = port_link(&conf.port_dir, record.netns_inode, &record.ifname);
-    let _ = std::fs::remove_file(&link);
+    std::fs::remove_file(&link).ok();
     // Only removed when empty: another interface of the same container may still have one.
-    let _ = std::fs::remove_dir(link.parent().expect("has a parent"));
+    std::fs::remove_dir(link.parent().expect("has a parent")).ok();
 }
 
 fn state(conf: &NetConf) -> CniResult<State> {
@@ -208,8 +208,8 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let netns_inode = match std::fs::metadata(&env.netns) {
         Ok(m) => std::os::unix::fs::MetadataExt::ino(&m),
         Err(e) => {
-            let _ = endpoint::remove(&conf.data_root, &name);
-            let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
+            endpoint::remove(&conf.data_root, &name).ok();
+            external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY).ok();
             return Err(CniError::new(
                 UNKNOWN_CONTAINER,
                 format!("CNI_NETNS {}: {e}", env.netns),
@@ -227,9 +227,9 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
     // when it was the first attachment).
     let remove_device = |e: CniError| {
         unlink_port(conf, &record);
-        let _ = std::fs::remove_file(record_path(&conf.data_root, &name));
-        let _ = endpoint::remove(&conf.data_root, &name);
-        let _ = external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY);
+        std::fs::remove_file(record_path(&conf.data_root, &name)).ok();
+        endpoint::remove(&conf.data_root, &name).ok();
+        external::remove_network_if_unused(&conf.data_root, &conf.name, MADE_BY).ok();
         e
     };
     // Recorded before IPAM runs, so GC can release a lease whatever happens next.
@@ -249,7 +249,7 @@ pub fn add(env: &Env, conf: &NetConf) -> CniResult<Value> {
         .retain(|ip| ip.interface.is_none_or(|i| i == 0));
     // From here on a failure releases the lease, then removes the device.
     let undo = |e: CniError| {
-        let _ = ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname);
+        ipam::exec(env, conf, "DEL", &env.container_id, &env.ifname).ok();
         remove_device(e)
     };
     let ep = external::configure(&conf.data_root, &name, &addresses_of(&addressing))
@@ -295,7 +295,7 @@ fn remove_device(conf: &NetConf, ep: &Endpoint) -> CniResult<()> {
     if let Some(record) = read_record(&conf.data_root, &ep.name) {
         unlink_port(conf, &record);
     }
-    let _ = std::fs::remove_file(record_path(&conf.data_root, &ep.name));
+    std::fs::remove_file(record_path(&conf.data_root, &ep.name)).ok();
     Ok(())
 }
 

@@ -19,9 +19,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const MAX_COALESCE_US: u64 = 10_000;
 /// `busy-poll-budget` bound: a poll taking more than this would take more than any driver's
 /// ring holds.
-pub const MAX_BUSY_POLL_BUDGET: u16 = 1024;
+pub(super) const MAX_BUSY_POLL_BUDGET: u16 = 1024;
 /// The budget of a NAPI poll, and the value the kernel's documentation uses.
-pub const TYPICAL_BUSY_POLL_BUDGET: u16 = 64;
+pub(super) const TYPICAL_BUSY_POLL_BUDGET: u16 = 64;
 
 pub(super) fn parse(text: &str, source: &str) -> Result<DaemonConfig, ConfigError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {

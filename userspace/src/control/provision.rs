@@ -44,7 +44,7 @@ pub fn ensure_parent(nl: &Netlink, spec: &ParentSpec) -> Result<Parent, ControlE
     })?;
     let index = nl.add_vlan(&spec.name, trunk_link.index, *vid)?;
     if let Err(e) = nl.set_up(index) {
-        let _ = nl.del_link(index);
+        nl.del_link(index).ok();
         return Err(e.into());
     }
     Ok(Parent {
@@ -126,7 +126,7 @@ pub fn create_shim(
         Ok(())
     };
     configure().inspect_err(|_| {
-        let _ = nl.del_link(index);
+        nl.del_link(index).ok();
     })
 }
 
@@ -202,7 +202,7 @@ pub fn create_endpoint(
     .during(|| format!("configuring `{ifname}` in namespace `{netns}`"))
     .inspect_err(|_| {
         // Whatever step failed, the device goes again (only if it is still ours).
-        let _ = remove_endpoint(ep);
+        remove_endpoint(ep).ok();
     })
 }
 

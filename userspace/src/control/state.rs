@@ -140,7 +140,7 @@ impl Store {
             Ok(())
         };
         write().map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
+            std::fs::remove_file(&tmp).ok();
             StateError::Io {
                 what: format!("writing {}", path.display()),
                 source,
@@ -156,7 +156,7 @@ mod tests {
 
     fn temp_root(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xmv-state-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         dir
     }
 

@@ -70,7 +70,7 @@ impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().ok();
         }
     }
 }
@@ -220,7 +220,7 @@ impl Keeper {
         let (store, mut state) = Store::lock(&self.data_root)?;
         let Some(rec) = state.endpoints.iter_mut().find(|e| e.name == ep.name) else {
             drop(store);
-            let _ = dhcp::release(&link(ep, String::new()), lease);
+            dhcp::release(&link(ep, String::new()), lease).ok();
             return Ok(false);
         };
         if rec.lease.as_ref().map(|l| l.address) != Some(lease.address) {
@@ -287,7 +287,7 @@ fn try_once(ep: &Endpoint, segment: String, now: u64) -> Outcome {
         Phase::Expired => match dhcp::acquire(&link, ANSWER_WAIT * 2, Some(held.address)) {
             Ok(lease) if lease.address == held.address => Ok(Extended::Lease(lease)),
             Ok(other) => {
-                let _ = dhcp::release(&link, &other);
+                dhcp::release(&link, &other).ok();
                 Err(DhcpError::AddressChanged {
                     server: other.server,
                     held: held.address,

@@ -47,7 +47,7 @@ impl Metrics {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
-                let _ = std::fs::remove_file(path);
+                std::fs::remove_file(path).ok();
                 let listener = UnixListener::bind(path).with_context(|| {
                     format!(
                         "binding the metrics socket {} (metrics-addr)",
@@ -76,7 +76,7 @@ impl Metrics {
 impl Drop for Metrics {
     fn drop(&mut self) {
         if let Some(path) = &self.unix_path {
-            let _ = std::fs::remove_file(path);
+            std::fs::remove_file(path).ok();
         }
     }
 }
@@ -96,15 +96,15 @@ trait Scrape: Read + Write {
 
 impl Scrape for std::net::TcpStream {
     fn limit_time(&self, timeout: Duration) {
-        let _ = self.set_read_timeout(Some(timeout));
-        let _ = self.set_write_timeout(Some(timeout));
+        self.set_read_timeout(Some(timeout)).ok();
+        self.set_write_timeout(Some(timeout)).ok();
     }
 }
 
 impl Scrape for std::os::unix::net::UnixStream {
     fn limit_time(&self, timeout: Duration) {
-        let _ = self.set_read_timeout(Some(timeout));
-        let _ = self.set_write_timeout(Some(timeout));
+        self.set_read_timeout(Some(timeout)).ok();
+        self.set_write_timeout(Some(timeout)).ok();
     }
 }
 
@@ -123,11 +123,11 @@ fn answer(mut stream: impl Scrape, page: &Mutex<String>) {
         }
     }
     let body = page.lock().map(|p| p.clone()).unwrap_or_default();
-    let _ = write!(
+    write!(
         stream,
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
+    ).ok();
 }
 
 /// The exposition text of the interfaces' counters; `latency(endpoint)` gives the last
@@ -276,11 +276,12 @@ impl Page {
     fn finish(self) -> String {
         let mut text = String::new();
         for f in self.families {
-            let _ = writeln!(
+            writeln!(
                 text,
                 "# HELP {} {}\n# TYPE {} {}",
                 f.name, f.help, f.name, f.kind
-            );
+            )
+            .ok();
             for s in f.samples {
                 text.push_str(&s);
                 text.push('\n');

@@ -213,7 +213,7 @@ impl Daemon {
                     tracing::warn!(iface, "{w}");
                 }
                 if let Err(e) = plane.add_endpoint_with(endpoint.clone(), self.settings.claim) {
-                    let _ = plane.stop();
+                    plane.stop().ok();
                     return Err(e.into());
                 }
                 tracing::info!(
@@ -231,7 +231,7 @@ impl Daemon {
         let socket = match ports.serve(&endpoint.name, &netns) {
             Ok(path) => path,
             Err(e) => {
-                let _ = self.detach(&endpoint.name);
+                self.detach(&endpoint.name).ok();
                 return Err(anyhow::Error::from(e)
                     .context(format!("endpoint {}: its memif port", endpoint.name)));
             }

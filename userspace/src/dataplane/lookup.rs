@@ -25,7 +25,7 @@ impl EndpointTable {
 
 /// Multiply-xorshift over the written bytes (Key hashes as a u16 and a 6-byte array).
 #[derive(Default)]
-pub struct KeyHasher(u64);
+pub(super) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     #[inline]

@@ -348,7 +348,7 @@ impl Dataplane {
                 std::thread::Builder::new()
                     .name(body.name.clone())
                     .spawn(move || {
-                        let _ = running.send(());
+                        running.send(()).ok();
                         body.run(idle)
                     })
                     .context("spawning a dataplane thread")?,

@@ -178,7 +178,7 @@ pub fn check_tx(frame: &[u8], mac: &Mac, mtu: usize) -> TxVerdict {
 const TPID_8021AD: u16 = 0x88a8;
 
 /// The 802.1Q tag for VLAN `vid` (priority 0), as it goes on the wire.
-pub fn vlan_tag(vid: u16) -> [u8; 4] {
+pub(super) fn vlan_tag(vid: u16) -> [u8; 4] {
     let tpid = TPID_8021Q.to_be_bytes();
     let tci = (vid & 0x0fff).to_be_bytes();
     [tpid[0], tpid[1], tci[0], tci[1]]
@@ -201,12 +201,12 @@ pub struct ServedPort {
 /// How often a thread looks whether a client awaited offers receive buffers (see
 /// [`ServedPort::awaiting_buffers`]): the longest its frames go to its kernel device after it
 /// does.
-pub const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+pub(super) const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How long a client may offer no receive buffer before its endpoint's frames go to its
 /// kernel device instead: it is not reading (stopped, or stuck). Frames meanwhile are
 /// RING-FULL drops; once it offers buffers again its frames are claimed again.
-pub const STALL: std::time::Duration = std::time::Duration::from_millis(500);
+pub(super) const STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An endpoint's claim while its port is connected, kept by the serving thread: claimed only
 /// while the client is connected and reading. Each change is one map update (a syscall),
@@ -362,14 +362,14 @@ impl ServedPort {
 
 /// Frames taken from a port per round: what one copy-mode kick transmits (the kernel's
 /// generic XDP path sends at most 32 per sendto), so no frame waits for a later kick.
-pub const TX_PER_ROUND: usize = 32;
+pub(super) const TX_PER_ROUND: usize = 32;
 
 /// Drain up to one round of `p`'s frames onto `socket` (a socket of `queue`); returns the
 /// frames taken from the application (sent or dropped by reason). A full TX ring or an empty
 /// TX pool takes nothing: the frames wait in the application's ring, its own back-pressure;
 /// other endpoints never wait.
 #[inline]
-pub fn transmit(
+pub(super) fn transmit(
     p: &mut ServedPort,
     socket: &mut RxSocket,
     queue: &NicQueue,

@@ -4,14 +4,14 @@ use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
 
-pub struct Slots {
+pub(super) struct Slots {
     free: BTreeSet<u32>,
     next: u32,
     limit: u32,
 }
 
 impl Slots {
-    pub fn new(limit: u32) -> Self {
+    pub(super) fn new(limit: u32) -> Self {
         Self {
             free: BTreeSet::new(),
             next: 0,
@@ -19,7 +19,7 @@ impl Slots {
         }
     }
 
-    pub fn take(&mut self) -> Result<u32> {
+    pub(super) fn take(&mut self) -> Result<u32> {
         if let Some(slot) = self.free.pop_first() {
             return Ok(slot);
         }
@@ -30,7 +30,7 @@ impl Slots {
         Ok(self.next - 1)
     }
 
-    pub fn give_back(&mut self, slot: u32) {
+    pub(super) fn give_back(&mut self, slot: u32) {
         debug_assert!(slot < self.next && !self.free.contains(&slot));
         self.free.insert(slot);
     }

@@ -16,7 +16,7 @@ use crate::xsk::{BATCH, RxFrame, RxSocket};
 
 /// Batches steered per pass at most: the rest waits for the next pass, after the endpoints
 /// were served and the fill ring refilled.
-pub const STEER_BATCHES: usize = 4;
+pub(super) const STEER_BATCHES: usize = 4;
 
 /// The user demux's view of the endpoints: replaced whole (never edited in place) when an
 /// endpoint joins or leaves, so the owner reads it without locks.

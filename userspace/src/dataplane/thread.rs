@@ -18,7 +18,7 @@ use super::served_port::{CLAIM_POLL, ServedPort};
 use super::visits::Visits;
 use crate::xsk::{BATCH, RxSocket, SocketStats, TxBatch};
 
-pub enum Command {
+pub(super) enum Command {
     Add(Box<Served>),
     /// Start copying the endpoint's frames into this port (the claim flag is set after).
     Connect {
@@ -46,7 +46,7 @@ pub enum Command {
 }
 
 /// An endpoint handed back by its thread.
-pub struct Finished {
+pub(super) struct Finished {
     pub slot: u32,
     pub latency: Option<Histogram<u64>>,
     pub socket_stats: SocketStats,
@@ -73,7 +73,7 @@ impl Finished {
     }
 }
 
-pub struct ReceiveThread {
+pub(super) struct ReceiveThread {
     pub name: String,
     pub core: usize,
     /// The queues whose rings this thread owns.
@@ -101,14 +101,14 @@ pub struct ReceiveThread {
 }
 
 /// What a thread hands back when it stops.
-pub struct Stopped {
+pub(super) struct Stopped {
     pub endpoints: Vec<Finished>,
     /// The kernel's counters of the queue sockets it owned, by queue id.
     pub queues: Vec<(u16, anyhow::Result<SocketStats>)>,
 }
 
 impl ReceiveThread {
-    pub fn new(
+    pub(super) fn new(
         name: String,
         core: usize,
         commands: Arc<Mailbox<Command>>,
@@ -138,7 +138,7 @@ impl ReceiveThread {
     /// Runs until `stop` and no work is left; returns the final numbers of the endpoints
     /// still served. `idle` is woken by `self.commands`' waker and watches the sockets of the
     /// owned queues (made on the control side, so that its failure fails the start).
-    pub fn run(mut self, mut idle: Sleeper) -> Stopped {
+    pub(super) fn run(mut self, mut idle: Sleeper) -> Stopped {
         pin(self.core, &self.name);
         let mut hot = Some(HotLoop::enter());
         loop {
@@ -322,7 +322,7 @@ impl ReceiveThread {
                     unwatch(idle, &served);
                     // Its frames already queued are its own: account for them first.
                     served.drain(&self.queues);
-                    let _ = reply.send(Finished::of(served));
+                    reply.send(Finished::of(served)).ok();
                 }
             }
             Command::Connect { slot, port, reply } => {
@@ -332,7 +332,7 @@ impl ReceiveThread {
                     }
                     self.served[i].port = Some(*port);
                     self.visits.ported(slot, true);
-                    let _ = reply.send(());
+                    reply.send(()).ok();
                 }
             }
             Command::Disconnect { slot, reply } => {
@@ -347,7 +347,7 @@ impl ReceiveThread {
                         p.link.claimed.store(false, Relaxed);
                     }
                     self.visits.ported(slot, false);
-                    let _ = reply.send(s.port.take());
+                    reply.send(s.port.take()).ok();
                 }
             }
             Command::TxSockets(sockets) => {
@@ -356,7 +356,7 @@ impl ReceiveThread {
             }
             Command::Histogram { slot, reply } => {
                 if let Some(s) = self.served.iter().find(|s| s.slot == slot) {
-                    let _ = reply.send(s.probe.as_ref().map(|p| p.latency.clone()));
+                    reply.send(s.probe.as_ref().map(|p| p.latency.clone())).ok();
                 }
             }
         }

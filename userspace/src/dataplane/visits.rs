@@ -28,7 +28,7 @@ const NONE: u32 = u32::MAX;
 
 /// Which endpoints the next pass visits, kept by slot (an endpoint's index in `served`
 /// changes when another one leaves).
-pub struct Visits {
+pub(super) struct Visits {
     /// Whether this thread can learn where the work is: every source watched, and (`user`
     /// demux) the worker passes on this thread.
     enabled: bool,
@@ -52,7 +52,7 @@ pub struct Visits {
 impl Visits {
     /// `enabled`: the thread's endpoints are found by epoll (`xdp` demux) or by its own
     /// worker passes (`user` demux running to completion).
-    pub fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool) -> Self {
         Self {
             enabled,
             slot_by_fd: Vec::new(),
@@ -68,13 +68,13 @@ impl Visits {
     }
 
     /// A source could not be watched: full sweeps from now on.
-    pub fn disable(&mut self) {
+    pub(super) fn disable(&mut self) {
         self.enabled = false;
     }
 
     /// Whether the coming pass visits only endpoints with work (else: every endpoint, and
     /// the hints gathered so far are dropped).
-    pub fn sparse(&mut self, endpoints: usize) -> bool {
+    pub(super) fn sparse(&mut self, endpoints: usize) -> bool {
         let sparse = self.enabled
             && endpoints >= SPARSE_FROM
             && !self.sweep_next
@@ -90,12 +90,12 @@ impl Visits {
     }
 
     /// The next pass sweeps every endpoint (after a sleep, whose wake-up may come from any).
-    pub fn sweep_next(&mut self) {
+    pub(super) fn sweep_next(&mut self) {
         self.sweep_next = true;
     }
 
     /// Endpoint `served[index]` joined, the last of `served`. Command-time: may allocate.
-    pub fn added(&mut self, index: usize, served: &Served) {
+    pub(super) fn added(&mut self, index: usize, served: &Served) {
         self.reserve(index + 1);
         set(&mut self.index_by_slot, served.slot as usize, index as u32);
         set(&mut self.marks, served.slot as usize, 0);
@@ -108,7 +108,7 @@ impl Visits {
     }
 
     /// Endpoint `removed` left; `moved` took its index (`swap_remove`), if any.
-    pub fn removed(&mut self, removed: &Served, index: usize, moved: Option<&Served>) {
+    pub(super) fn removed(&mut self, removed: &Served, index: usize, moved: Option<&Served>) {
         set(&mut self.index_by_slot, removed.slot as usize, NONE);
         if let Source::Sockets(sockets) = &removed.source {
             for s in sockets {
@@ -123,7 +123,7 @@ impl Visits {
     }
 
     /// Endpoint `slot` got a port (`true`) or lost it.
-    pub fn ported(&mut self, slot: u32, has_port: bool) {
+    pub(super) fn ported(&mut self, slot: u32, has_port: bool) {
         self.ported.retain(|&s| s != slot);
         if has_port {
             self.ported.push(slot);
@@ -134,7 +134,7 @@ impl Visits {
     /// The indexes in `served` this pass visits, each once: readable sockets from `ready`
     /// (called with a closure for each fd), rings the worker passes filled (`touched`
     /// slots), leftovers and ports. Hand the result back with [`Self::done`].
-    pub fn plan(
+    pub(super) fn plan(
         &mut self,
         ready: impl FnOnce(&mut dyn FnMut(RawFd)),
         touched: impl Iterator<Item = u32>,
@@ -176,7 +176,7 @@ impl Visits {
     /// Endpoint `slot` handled a whole batch on its visit: it may have more, so the next
     /// pass visits it again.
     #[inline]
-    pub fn carry(&mut self, slot: u32) {
+    pub(super) fn carry(&mut self, slot: u32) {
         // Room for every endpoint was reserved when they joined.
         if self.carry.len() < self.carry.capacity() {
             self.carry.push(slot);
@@ -184,7 +184,7 @@ impl Visits {
     }
 
     /// The plan back, for the next pass to reuse.
-    pub fn done(&mut self, plan: Vec<u32>) {
+    pub(super) fn done(&mut self, plan: Vec<u32>) {
         self.plan = plan;
     }
 

@@ -357,7 +357,7 @@ fn on_link<T: Send>(
             }),
         };
         if !dev.up {
-            let _ = nl.set_down(dev.index);
+            nl.set_down(dev.index).ok();
         }
         Ok(outcome)
     });

@@ -15,23 +15,23 @@ const HTYPE_ETHERNET: u8 = 1;
 const FLAG_BROADCAST: u16 = 0x8000;
 
 mod code {
-    pub const PAD: u8 = 0;
-    pub const SUBNET_MASK: u8 = 1;
-    pub const ROUTER: u8 = 3;
-    pub const DNS: u8 = 6;
-    pub const HOST_NAME: u8 = 12;
-    pub const DOMAIN_NAME: u8 = 15;
-    pub const INTERFACE_MTU: u8 = 26;
-    pub const REQUESTED_IP: u8 = 50;
-    pub const LEASE_TIME: u8 = 51;
-    pub const MESSAGE_TYPE: u8 = 53;
-    pub const SERVER_ID: u8 = 54;
-    pub const PARAMETERS: u8 = 55;
-    pub const MESSAGE: u8 = 56;
-    pub const RENEWAL_T1: u8 = 58;
-    pub const REBINDING_T2: u8 = 59;
-    pub const CLIENT_ID: u8 = 61;
-    pub const END: u8 = 255;
+    pub(super) const PAD: u8 = 0;
+    pub(super) const SUBNET_MASK: u8 = 1;
+    pub(super) const ROUTER: u8 = 3;
+    pub(super) const DNS: u8 = 6;
+    pub(super) const HOST_NAME: u8 = 12;
+    pub(super) const DOMAIN_NAME: u8 = 15;
+    pub(super) const INTERFACE_MTU: u8 = 26;
+    pub(super) const REQUESTED_IP: u8 = 50;
+    pub(super) const LEASE_TIME: u8 = 51;
+    pub(super) const MESSAGE_TYPE: u8 = 53;
+    pub(super) const SERVER_ID: u8 = 54;
+    pub(super) const PARAMETERS: u8 = 55;
+    pub(super) const MESSAGE: u8 = 56;
+    pub(super) const RENEWAL_T1: u8 = 58;
+    pub(super) const REBINDING_T2: u8 = 59;
+    pub(super) const CLIENT_ID: u8 = 61;
+    pub(super) const END: u8 = 255;
 }
 
 /// What a client asks the server to include.
@@ -367,7 +367,7 @@ mod tests {
     fn hostile_bytes_are_errors_not_panics() {
         let good = ack().encode();
         for cut in 0..good.len() {
-            let _ = Message::decode(&good[..cut]);
+            Message::decode(&good[..cut]).ok();
         }
         assert_eq!(
             Message::decode(&good[..100]),

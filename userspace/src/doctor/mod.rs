@@ -119,35 +119,37 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         let mut subject: Option<&str> = None;
-        let _ = writeln!(out, "system");
+        writeln!(out, "system").ok();
         for f in &self.findings {
             if f.subject.as_deref() != subject {
                 subject = f.subject.as_deref();
-                let _ = writeln!(out, "\ninterface {}", subject.unwrap_or("?"));
+                writeln!(out, "\ninterface {}", subject.unwrap_or("?")).ok();
             }
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {:<5}  {:<15}  {}",
                 f.severity.label(),
                 f.check,
                 f.what
-            );
+            )
+            .ok();
             if let Some(why) = &f.why {
-                let _ = writeln!(out, "  {:<5}  {:<15}  why: {why}", "", "");
+                writeln!(out, "  {:<5}  {:<15}  why: {why}", "", "").ok();
             }
             if let Some(fix) = &f.fix {
-                let _ = writeln!(out, "  {:<5}  {:<15}  fix: {fix}", "", "");
+                writeln!(out, "  {:<5}  {:<15}  fix: {fix}", "", "").ok();
             }
         }
         let (errors, warnings) = (self.count(Severity::Error), self.count(Severity::Warn));
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-        let _ = writeln!(
+        writeln!(
             out,
             "\n{}, {}, {} ok",
             plural(errors, "error"),
             plural(warnings, "warning"),
             self.count(Severity::Ok)
-        );
+        )
+        .ok();
         out
     }
 

@@ -32,7 +32,7 @@ impl log::Log for LogBridge {
 }
 
 /// Route the `log` facade into tracing for the whole process (once; later calls do nothing).
-pub fn install() {
+pub(super) fn install() {
     static BRIDGE: LogBridge = LogBridge;
     if log::set_logger(&BRIDGE).is_ok() {
         log::set_max_level(BRIDGE_MAX_LEVEL);

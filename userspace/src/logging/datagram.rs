@@ -206,17 +206,17 @@ impl Visit for Text {
         if field.name() == "message" {
             self.message.push_str(value);
         } else if value.contains(char::is_whitespace) || value.is_empty() {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
+            write!(self.fields, " {}={value:?}", field.name()).ok();
         } else {
-            let _ = write!(self.fields, " {}={value}", field.name());
+            write!(self.fields, " {}={value}", field.name()).ok();
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
+            write!(self.message, "{value:?}").ok();
         } else {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
+            write!(self.fields, " {}={value:?}", field.name()).ok();
         }
     }
 }

@@ -462,10 +462,11 @@ impl Client {
 
     /// Say goodbye properly (DISCONNECT) and close.
     pub fn close(self, reason: &str) {
-        let _ = sock::send(
+        sock::send(
             self.sock.as_fd(),
             &Msg::disconnect(0, reason).encode(),
             None,
-        );
+        )
+        .ok();
     }
 }

@@ -44,11 +44,12 @@ pub(super) struct Session {
 
 /// Tell a client why it is refused: the short reason (the caller logs the full one).
 fn send_disconnect(sock: &OwnedFd, code: u32, refusal: &Refusal) {
-    let _ = sock::send(
+    sock::send(
         sock.as_fd(),
         &Msg::disconnect(code, &refusal.wire()).encode(),
         None,
-    );
+    )
+    .ok();
 }
 
 /// How a session ends.

@@ -79,13 +79,13 @@ impl PortShared {
 
     /// Have a fault write `waker` (the control thread's).
     pub fn wake_on_fault(&self, waker: Arc<EventFd>) {
-        let _ = self.fault_waker.set(waker);
+        self.fault_waker.set(waker).ok();
     }
 
     fn set_fault(&self, f: Fault) {
-        let _ = self
-            .fault
-            .compare_exchange(0, f as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.fault
+            .compare_exchange(0, f as u8, Ordering::AcqRel, Ordering::Acquire)
+            .ok();
         self.close();
         if let Some(waker) = self.fault_waker.get() {
             waker.signal();

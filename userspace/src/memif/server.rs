@@ -216,7 +216,7 @@ impl PortServer {
                     End::Refused(CODE_SHUTDOWN, &Refusal::Unserved),
                 );
             }
-            let _ = std::fs::remove_file(&served.path);
+            std::fs::remove_file(&served.path).ok();
             self.wake.signal();
         }
     }
@@ -284,7 +284,7 @@ impl Drop for PortServer {
         self.stop.store(true, Ordering::Release);
         self.wake.signal();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().ok();
         }
         let names: Vec<String> = self.lock().endpoints.keys().cloned().collect();
         for name in names {

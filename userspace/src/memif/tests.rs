@@ -26,13 +26,13 @@ struct Dir(PathBuf);
 impl Dir {
     fn new(tag: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("xmacvlan-memif-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
         Dir(d)
     }
 }
 impl Drop for Dir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        std::fs::remove_dir_all(&self.0).ok();
     }
 }
 

@@ -203,7 +203,7 @@ impl Netlink {
             .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
             .build();
         if let Err(e) = self.set(msg, &format!("setting the alias of `{name}`")) {
-            let _ = self.del_link(index);
+            self.del_link(index).ok();
             return Err(e);
         }
         Ok(index)

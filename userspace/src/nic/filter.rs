@@ -95,7 +95,7 @@ impl ReceiveFilter {
         }
         if let Err(e) = self.admit_vid(vid) {
             if let Some(u) = &self.unicast {
-                let _ = u.drop_address(self.ifindex, mac);
+                u.drop_address(self.ifindex, mac).ok();
             }
             return Err(e);
         }

@@ -96,24 +96,26 @@ pub fn summary_line(s: &Snapshot) -> String {
 /// socket counters, per endpoint frames, bytes and drops by reason.
 pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "demux mode {demux}, daemon up {uptime_s:.0} s");
+    writeln!(s, "demux mode {demux}, daemon up {uptime_s:.0} s").ok();
     if interfaces.is_empty() {
-        let _ = writeln!(
+        writeln!(
             s,
             "no endpoints attached to the fast path (create one: xmacvlan endpoint create …)"
-        );
+        )
+        .ok();
     }
     for snap in interfaces {
-        let _ = writeln!(
+        writeln!(
             s,
             "\n{} (demux {}, XDP {}, bind {})",
             snap.interface, snap.demux, snap.xdp_mode, snap.bind
-        );
-        let _ = writeln!(s, "  XDP: {}", counters::line(&snap.xdp));
+        )
+        .ok();
+        writeln!(s, "  XDP: {}", counters::line(&snap.xdp)).ok();
         for (i, q) in snap.queues.iter().enumerate() {
-            let _ = writeln!(s, "  {}", queue_line(i, q));
+            writeln!(s, "  {}", queue_line(i, q)).ok();
         }
-        let _ = writeln!(
+        writeln!(
             s,
             "  {:<16} {:>5} {:<17} {} {}",
             "ENDPOINT",
@@ -121,9 +123,10 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
             "MAC",
             counters::header::<EndpointCounts>(),
             counters::header_of::<SocketStats>(&[Kind::Dropped]),
-        );
+        )
+        .ok();
         for e in &snap.endpoints {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "  {:<16} {:>5} {:<17} {} {}",
                 e.name,
@@ -131,7 +134,8 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
                 e.mac,
                 counters::cells(&e.counts),
                 counters::cells_of(&e.socket, &[Kind::Dropped]),
-            );
+            )
+            .ok();
         }
         port_table(&mut s, snap);
     }
@@ -149,31 +153,34 @@ fn port_table(s: &mut String, snap: &Snapshot) {
     if served.is_empty() {
         return;
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "  {:<16} {:<24} {:<19} {}",
         "PORT",
         "CLIENT",
         "SINCE (UTC)",
         counters::header::<PortCounts>()
-    );
+    )
+    .ok();
     for e in served {
         let Some(p) = &e.port else {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "  {:<16} {:<24} (no port: frames go to the kernel device; {} arrived unconnected)",
                 e.name, "-", e.dropped_not_connected
-            );
+            )
+            .ok();
             continue;
         };
-        let _ = writeln!(
+        writeln!(
             s,
             "  {:<16} {:<24} {:<19} {}",
             e.name,
             client_cell(p),
             utc(p.connected_since),
             counters::cells(&p.counts)
-        );
+        )
+        .ok();
     }
 }
 

@@ -156,12 +156,13 @@ impl Report {
     /// The human-readable form (also what `cargo xtask run` prints).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
+        writeln!(
             out,
             "xmacvlan on {}: demux {}, XDP {}, AF_XDP {}, {:.2} s",
             self.interface, self.demux, self.xdp_mode, self.bind, self.duration_s
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             out,
             "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "ENDPOINT",
@@ -178,7 +179,7 @@ impl Report {
             "P99",
             "P99.9",
             "MAX"
-        );
+        ).ok();
         for e in &self.endpoints {
             // No timed frame: `-`, so an untimed endpoint never reads as 0 µs.
             let us = |pick: fn(&Percentiles) -> u64| {
@@ -187,7 +188,7 @@ impl Report {
                     |p| format!("{:.1}", pick(p) as f64 / 1000.0),
                 )
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<10} {:>4} {:<17} {:>10} {:>10} {:>7.3} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
                 e.name,
@@ -210,22 +211,23 @@ impl Report {
                 us(|p| p.p99),
                 us(|p| p.p999),
                 us(|p| p.max),
-            );
+            ).ok();
         }
-        let _ = writeln!(out, "XDP: {}", crate::counters::line(&self.xdp));
+        writeln!(out, "XDP: {}", crate::counters::line(&self.xdp)).ok();
         if self.xdp.pass_too_big > 0 {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "too-big: {} frames to endpoints were longer than their AF_XDP sockets take whole \
                  (a UMEM chunk less 256 bytes): passed to the kernel, not the endpoints",
                 self.xdp.pass_too_big
-            );
+            )
+            .ok();
         }
         for (q, s) in self.queues.iter().enumerate() {
-            let _ = writeln!(out, "{}", super::live::queue_line(q, s));
+            writeln!(out, "{}", super::live::queue_line(q, s)).ok();
         }
         if let Some(s) = &self.sent {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "sent: {} frames in {:.2} s ({:.3} Mpps): {} to endpoints, {} broadcast, {} unknown unicast, {} other",
                 s.total,
@@ -235,25 +237,26 @@ impl Report {
                 s.broadcast,
                 s.unknown_unicast,
                 s.other
-            );
+            ).ok();
         }
         if let Some(apps) = &self.apps {
             self.write_apps(&mut out, apps);
         }
         for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
+            writeln!(out, "note: {note}").ok();
         }
         out
     }
 
     /// The applications' table and totals.
     fn write_apps(&self, out: &mut String, apps: &AppTotals) {
-        let _ = writeln!(
+        writeln!(
             out,
             "through memif ports to {} (one per endpoint, in its namespace):",
             apps.program
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             out,
             "{:<10} {:>10} {:>9} {:>10} {:>6} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
             "ENDPOINT",
@@ -268,7 +271,8 @@ impl Report {
             "P99",
             "P99.9",
             "MAX"
-        );
+        )
+        .ok();
         for e in &self.endpoints {
             let Some(a) = &e.app else { continue };
             let us = |pick: fn(&Percentiles) -> u64| {
@@ -277,7 +281,7 @@ impl Report {
                     |p| format!("{:.1}", pick(p) as f64 / 1e3),
                 )
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<10} {:>10} {:>9} {:>10} {:>6} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}",
                 e.name,
@@ -293,7 +297,8 @@ impl Report {
                 us(|p| p.p99),
                 us(|p| p.p999),
                 us(|p| p.max),
-            );
+            )
+            .ok();
         }
         let line = |what: &str, p: &Percentiles| {
             format!(
@@ -305,29 +310,32 @@ impl Report {
                 p.max as f64 / 1e3
             )
         };
-        let _ = write!(
+        write!(
             out,
             "apps: {} frames ({:.3} Mpps)",
             apps.received,
             apps.received_pps / 1e6
-        );
+        )
+        .ok();
         if let Some(p) = &apps.one_way_ns {
-            let _ = write!(out, " | {}", line("one way, generator to sink", p));
+            write!(out, " | {}", line("one way, generator to sink", p)).ok();
         }
         if let Some(n) = apps.returned {
-            let _ = write!(
+            write!(
                 out,
                 " | {n} back on the wire, {} from a wrong source",
                 apps.wrong_source
-            );
+            )
+            .ok();
         }
-        let _ = writeln!(out);
+        writeln!(out).ok();
         if let Some(p) = &apps.round_trip_ns {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{}",
                 line("round trip, generator to reflector and back to the wire", p)
-            );
+            )
+            .ok();
         }
     }
 }

@@ -101,7 +101,7 @@ pub(super) fn join(
         _ => {
             // libxdp falls back to attaching a program alone when it cannot build a
             // dispatcher: not what was asked for.
-            let _ = libxdp::detach(ifindex, program_id);
+            libxdp::detach(ifindex, program_id).ok();
             bail!(
                 "libxdp attached the classifier to {ifname} without a dispatcher (it could not \
                  build one): detached again; `xmacvlan doctor` checks what the kernel allows \
@@ -117,7 +117,7 @@ pub(super) fn join(
     if let Some(path) = pin
         && let Err(e) = prog.pin(path)
     {
-        let _ = libxdp::detach(ifindex, program_id);
+        libxdp::detach(ifindex, program_id).ok();
         return Err(e).context("pinning the classifier beside its maps");
     }
     Ok(Joined {
@@ -206,7 +206,7 @@ pub(super) fn join_pinned(
     let joined = match joined {
         Ok(joined) => joined,
         Err(e) => {
-            let _ = pins.remove();
+            pins.remove().ok();
             return Err(e);
         }
     };
@@ -222,8 +222,8 @@ pub(super) fn join_pinned(
     let classifier = match opened {
         Ok(classifier) => classifier,
         Err(e) => {
-            let _ = leave(link.index, joined.program_id);
-            let _ = pins.remove();
+            leave(link.index, joined.program_id).ok();
+            pins.remove().ok();
             return Err(e);
         }
     };
@@ -320,7 +320,7 @@ pub(super) fn take_over_member(
         let id = new.program_id;
         joined = Some(new);
         pin_maps(&ebpf, pins).inspect_err(|_| {
-            let _ = leave(link.index, id);
+            leave(link.index, id).ok();
         })
     })?;
     let joined = joined.expect("set by a successful pin");

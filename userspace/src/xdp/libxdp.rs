@@ -98,7 +98,7 @@ fn last_errno() -> i32 {
 }
 
 /// An ELF object opened by libbpf (not loaded), for libxdp to load a program of.
-pub struct Object {
+pub(super) struct Object {
     raw: NonNull<sys::bpf_object>,
     /// libbpf reads the ELF in place for as long as the object lives (and libelf may write
     /// to a private image): a copy of our own.
@@ -106,7 +106,7 @@ pub struct Object {
 }
 
 impl Object {
-    pub fn open(elf: &[u8]) -> Result<Self, LibxdpError> {
+    pub(super) fn open(elf: &[u8]) -> Result<Self, LibxdpError> {
         let elf: Box<[u8]> = elf.into();
         // SAFETY: `elf` is a live buffer of `elf.len()` bytes kept in the object for its whole
         // life; null options are allowed.
@@ -122,7 +122,7 @@ impl Object {
 
     /// Load only program `name` of the object (libbpf loads every program of an object at
     /// once, and the others are not meant for a dispatcher).
-    pub fn load_only(&mut self, name: &str) -> Result<(), LibxdpError> {
+    pub(super) fn load_only(&mut self, name: &str) -> Result<(), LibxdpError> {
         let mut found = false;
         let mut prog = std::ptr::null_mut();
         loop {
@@ -152,7 +152,7 @@ impl Object {
     /// Make each map of the object the existing map `fd_of` gives for its name (libbpf names
     /// a data section's map `OBJECT.rodata`), so the program libxdp loads shares them; a map
     /// `fd_of` has nothing for is not created.
-    pub fn reuse_maps<'f>(
+    pub(super) fn reuse_maps<'f>(
         &mut self,
         mut fd_of: impl FnMut(&str) -> Option<BorrowedFd<'f>>,
     ) -> Result<(), LibxdpError> {
@@ -206,14 +206,14 @@ fn raw_mode(mode: XdpMode) -> sys::xdp_attach_mode {
 }
 
 /// A libxdp program: of an [`Object`] (to be loaded and attached), or an existing one.
-pub struct Program<'o> {
+pub(super) struct Program<'o> {
     raw: NonNull<sys::xdp_program>,
     _object: PhantomData<&'o Object>,
 }
 
 impl<'o> Program<'o> {
     /// Program `name` of `object`, not loaded yet.
-    pub fn of_object(object: &'o Object, name: &str) -> Result<Self, LibxdpError> {
+    pub(super) fn of_object(object: &'o Object, name: &str) -> Result<Self, LibxdpError> {
         let name_c =
             CString::new(name).map_err(|_| error("a program name", libc::EINVAL, vec![]))?;
         let mut opts = sys::xdp_program_opts {
@@ -240,14 +240,14 @@ impl<'o> Program<'o> {
     }
 
     /// Run after programs of a lower priority and before those of a higher one.
-    pub fn set_priority(&mut self, priority: u32) -> Result<(), LibxdpError> {
+    pub(super) fn set_priority(&mut self, priority: u32) -> Result<(), LibxdpError> {
         // SAFETY: the program is live and not attached yet.
         let rc = unsafe { sys::xdp_program__set_run_prio(self.raw.as_ptr(), priority as c_uint) };
         check(rc, "setting the run priority", Vec::new())
     }
 
     /// Chain-call the next program on exactly these verdicts.
-    pub fn set_chain_call(&mut self, on: &[XdpAction]) -> Result<(), LibxdpError> {
+    pub(super) fn set_chain_call(&mut self, on: &[XdpAction]) -> Result<(), LibxdpError> {
         for action in XdpAction::ALL {
             // SAFETY: the program is live and not attached yet.
             let rc = unsafe {
@@ -264,7 +264,7 @@ impl<'o> Program<'o> {
 
     /// Add it to the dispatcher on `ifindex` (calling thread's namespace), or make one with it
     /// alone (`mode` then says where; an existing dispatcher keeps its own).
-    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), LibxdpError> {
+    pub(super) fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), LibxdpError> {
         // SAFETY: the program is live; libxdp loads it (its object is alive: `'o`) and links
         // it into a dispatcher, pinning both in bpffs.
         let (rc, said) = with_messages(|| unsafe {
@@ -274,13 +274,13 @@ impl<'o> Program<'o> {
     }
 
     /// The kernel's id (0 before it is loaded).
-    pub fn id(&self) -> u32 {
+    pub(super) fn id(&self) -> u32 {
         // SAFETY: the program is live.
         unsafe { sys::xdp_program__id(self.raw.as_ptr()) }
     }
 
     /// Its file descriptor once loaded, valid while `self` lives.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
         // SAFETY: the program is live.
         let fd = unsafe { sys::xdp_program__fd(self.raw.as_ptr()) };
         // SAFETY: a non-negative fd is owned by the program, which outlives the borrow.
@@ -288,7 +288,7 @@ impl<'o> Program<'o> {
     }
 
     /// Pin the loaded program at `path` (bpffs).
-    pub fn pin(&self, path: &Path) -> Result<(), LibxdpError> {
+    pub(super) fn pin(&self, path: &Path) -> Result<(), LibxdpError> {
         let c = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| error("a pin path", libc::EINVAL, vec![]))?;
         // SAFETY: the program is live and loaded; the path is a NUL-terminated string.
@@ -320,7 +320,7 @@ impl<'o> Program<'o> {
 
 impl Program<'static> {
     /// A loaded program by id.
-    pub fn from_id(id: u32) -> Result<Self, LibxdpError> {
+    pub(super) fn from_id(id: u32) -> Result<Self, LibxdpError> {
         // SAFETY: plain call; the result is checked below.
         let (raw, said) = with_messages(|| unsafe { sys::xdp_program__from_id(id) });
         // SAFETY: `raw` came from libxdp.
@@ -349,7 +349,7 @@ impl Drop for Program<'_> {
 
 /// Remove program `id` from the dispatcher on `ifindex` (calling thread's namespace). libxdp
 /// builds the dispatcher again without it, or removes the dispatcher when it was the last.
-pub fn detach(ifindex: u32, id: u32) -> Result<(), LibxdpError> {
+pub(super) fn detach(ifindex: u32, id: u32) -> Result<(), LibxdpError> {
     let program = Program::from_id(id)?;
     // SAFETY: the program is live; libxdp finds it in the interface's dispatcher by id.
     let (rc, said) = with_messages(|| unsafe {
@@ -368,11 +368,11 @@ pub fn detach(ifindex: u32, id: u32) -> Result<(), LibxdpError> {
 }
 
 /// What libxdp finds on an interface: its dispatcher with the chain, or a program alone.
-pub struct Multiprog(NonNull<sys::xdp_multiprog>);
+pub(super) struct Multiprog(NonNull<sys::xdp_multiprog>);
 
 impl Multiprog {
     /// The XDP program(s) on `ifindex` (calling thread's namespace); None when there is none.
-    pub fn of_interface(ifindex: u32) -> Result<Option<Self>, LibxdpError> {
+    pub(super) fn of_interface(ifindex: u32) -> Result<Option<Self>, LibxdpError> {
         // SAFETY: plain call; the result is checked below.
         let (raw, said) =
             with_messages(|| unsafe { sys::xdp_multiprog__get_from_ifindex(ifindex as c_int) });
@@ -391,13 +391,13 @@ impl Multiprog {
 
     /// Whether it is libxdp's dispatcher (else a program attached alone, or a dispatcher whose
     /// pins libxdp could not find).
-    pub fn is_dispatcher(&self) -> bool {
+    pub(super) fn is_dispatcher(&self) -> bool {
         // SAFETY: the multiprog is live.
         !unsafe { sys::xdp_multiprog__is_legacy(self.0.as_ptr()) }
     }
 
     /// The id of the program attached to the interface (the dispatcher itself).
-    pub fn main_id(&self) -> u32 {
+    pub(super) fn main_id(&self) -> u32 {
         // SAFETY: the multiprog is live; its main program (possibly NULL) lives with it.
         let main = unsafe { sys::xdp_multiprog__main_prog(self.0.as_ptr()) };
         if main.is_null() {
@@ -408,7 +408,7 @@ impl Multiprog {
     }
 
     /// Where the dispatcher runs: native or generic (`Auto` for a mode libxdp cannot name).
-    pub fn mode(&self) -> XdpMode {
+    pub(super) fn mode(&self) -> XdpMode {
         // SAFETY: the multiprog is live.
         match unsafe { sys::xdp_multiprog__attach_mode(self.0.as_ptr()) } {
             sys::xdp_attach_mode_XDP_MODE_NATIVE => XdpMode::Native,
@@ -418,7 +418,7 @@ impl Multiprog {
     }
 
     /// The dispatcher's programs in the order a frame meets them.
-    pub fn programs(&self) -> Vec<ChainProgram> {
+    pub(super) fn programs(&self) -> Vec<ChainProgram> {
         let mut out = Vec::new();
         let mut prog: *mut sys::xdp_program = std::ptr::null_mut();
         loop {

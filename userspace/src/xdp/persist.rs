@@ -406,7 +406,7 @@ fn attach_fresh(
             Placement::Alone,
         ),
         Err(e) => {
-            let _ = pins.remove();
+            pins.remove().ok();
             Err(e)
         }
     }
@@ -433,7 +433,7 @@ pub(super) fn pin_replacing(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) 
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push("_new");
     let temporary = path.with_file_name(name);
-    let _ = std::fs::remove_file(&temporary);
+    std::fs::remove_file(&temporary).ok();
     pin(&temporary)?;
     std::fs::rename(&temporary, path)
         .with_context(|| format!("renaming {} over {}", temporary.display(), path.display()))

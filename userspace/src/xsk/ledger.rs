@@ -6,7 +6,7 @@
 //! back twice, which would give the fill ring the same buffer for two descriptors.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub struct Ledger {
+pub(super) struct Ledger {
     /// Bit `i` of word `i / 64`: frame `i` is with the kernel.
     words: Box<[AtomicU64]>,
     frame_size: usize,
@@ -15,7 +15,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// A ledger for `frames` frames of `frame_size` bytes, none with the kernel yet.
-    pub fn new(frames: usize, frame_size: usize) -> Self {
+    pub(super) fn new(frames: usize, frame_size: usize) -> Self {
         Self {
             words: (0..frames.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
@@ -27,7 +27,7 @@ impl Ledger {
 
     /// The frame at UMEM address `addr` (any address inside it) goes to the kernel.
     #[inline]
-    pub fn given(&self, addr: usize) {
+    pub(super) fn given(&self, addr: usize) {
         if let Some((word, bit)) = self.position(addr) {
             word.fetch_or(bit, Relaxed);
         }
@@ -36,7 +36,7 @@ impl Ledger {
     /// The frame at `addr` came back from the kernel: true if it was the kernel's, false
     /// (and counted) if the kernel had already handed it over.
     #[inline]
-    pub fn taken(&self, addr: usize) -> bool {
+    pub(super) fn taken(&self, addr: usize) -> bool {
         let Some((word, bit)) = self.position(addr) else {
             // Not a frame of this UMEM: the kernel never returns one, but never trust it.
             self.duplicates.fetch_add(1, Relaxed);
@@ -51,7 +51,7 @@ impl Ledger {
     }
 
     /// Frames the kernel delivered while they were not its to deliver.
-    pub fn duplicates(&self) -> u64 {
+    pub(super) fn duplicates(&self) -> u64 {
         self.duplicates.load(Relaxed)
     }
 

@@ -580,7 +580,7 @@ impl QueueRings {
         }
         if self.fill.needs_wakeup() {
             // A syscall, but only when the driver went to sleep and asked for it.
-            let _ = self.fill.wakeup(self.socket.rx.fd_mut(), 0);
+            self.fill.wakeup(self.socket.rx.fd_mut(), 0).ok();
             self.fill_wakeups += 1;
         }
         n

@@ -21,7 +21,7 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// One way of asking apt: the host's configuration, or a private set of suites.
-pub struct Apt {
+pub(super) struct Apt {
     /// `-o` options every apt command gets.
     options: Vec<String>,
     /// What to say when a package is missing: which sources were asked.
@@ -31,7 +31,7 @@ pub struct Apt {
 
 impl Apt {
     /// The host's own sources and lists.
-    pub fn host() -> Self {
+    pub(super) fn host() -> Self {
         Self {
             options: Vec::new(),
             sources: "the host's apt sources".into(),
@@ -42,7 +42,7 @@ impl Apt {
     /// `suites` of the Debian mirror (component main) in a private apt root `dir`: the host's
     /// source lists, lists directory and package cache are neither read nor written. The
     /// lists are fetched when missing, older than a day, or `refresh`.
-    pub fn private(dir: &Path, suites: &[&str], refresh: bool) -> Result<Self> {
+    pub(super) fn private(dir: &Path, suites: &[&str], refresh: bool) -> Result<Self> {
         let mirror = std::env::var("XMACVLAN_VM_MIRROR")
             .ok()
             .filter(|m| !m.is_empty())
@@ -172,12 +172,12 @@ impl Apt {
     }
 
     /// The host's own configuration (whose lists `apt-get update` may refresh).
-    pub fn is_host(&self) -> bool {
+    pub(super) fn is_host(&self) -> bool {
         self.host
     }
 
     /// `program` (apt-get, apt-cache) with this configuration.
-    pub fn command(&self, program: &str) -> Command {
+    pub(super) fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         for o in &self.options {
             cmd.arg("-o").arg(o);
@@ -187,7 +187,7 @@ impl Apt {
     }
 
     /// The version `apt-cache show` gives for `spec` (`name` or `name/suite`).
-    pub fn version(&self, spec: &str) -> Result<String> {
+    pub(super) fn version(&self, spec: &str) -> Result<String> {
         let show = output(
             self.command("apt-cache")
                 .args(["show", "--no-all-versions", spec]),
@@ -201,7 +201,7 @@ impl Apt {
     }
 
     /// The `Depends:` of `spec`, each alternative group as its first name.
-    pub fn depends(&self, spec: &str) -> Result<Vec<String>> {
+    pub(super) fn depends(&self, spec: &str) -> Result<Vec<String>> {
         let show = output(
             self.command("apt-cache")
                 .args(["show", "--no-all-versions", spec]),
@@ -217,7 +217,11 @@ impl Apt {
 
     /// What `apt-get install -t suite packages` would install or upgrade on this host (its
     /// dpkg status, read only): `(name, version)`, from a simulation. Nothing is installed.
-    pub fn would_install(&self, suite: &str, packages: &[&str]) -> Result<Vec<(String, String)>> {
+    pub(super) fn would_install(
+        &self,
+        suite: &str,
+        packages: &[&str],
+    ) -> Result<Vec<(String, String)>> {
         let text = output(
             self.command("apt-get")
                 .args([
@@ -242,7 +246,7 @@ impl Apt {
     }
 
     /// `apt-get download` of `name=version` specs into `dir`; the .deb files made.
-    pub fn download(&self, specs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    pub(super) fn download(&self, specs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(dir)?;
         let status = self
             .command("apt-get")
@@ -277,7 +281,7 @@ impl Apt {
 }
 
 /// `dpkg-deb -x` every package into `root`.
-pub fn unpack(debs: &[PathBuf], root: &Path) -> Result<()> {
+pub(super) fn unpack(debs: &[PathBuf], root: &Path) -> Result<()> {
     for deb in debs {
         crate::cargo::run(
             Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
@@ -288,7 +292,7 @@ pub fn unpack(debs: &[PathBuf], root: &Path) -> Result<()> {
 }
 
 /// The total size of `debs`, in MB.
-pub fn megabytes(debs: &[PathBuf]) -> f64 {
+pub(super) fn megabytes(debs: &[PathBuf]) -> f64 {
     debs.iter()
         .filter_map(|d| fs::metadata(d).ok())
         .map(|m| m.len())

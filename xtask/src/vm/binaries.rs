@@ -11,7 +11,7 @@ use crate::test::{INTEGRATION, list_areas};
 
 /// One run of a test binary built on the host: an area of the integration binary (its
 /// executable and the area's tests, exactly) or a whole `[[test]]` binary (no tests named).
-pub struct TestBinary {
+pub(crate) struct TestBinary {
     pub name: String,
     pub path: PathBuf,
     pub tests: Vec<String>,
@@ -19,7 +19,7 @@ pub struct TestBinary {
 
 /// `cargo test --no-run` for the test binaries of xmacvlan-tests (paths from cargo's JSON
 /// messages), and one run per name: an area of the integration binary, or a binary.
-pub fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
+pub(super) fn build_tests(names: &[String]) -> Result<Vec<TestBinary>> {
     // The tests run the programs a user runs (`xmacvlan run`, `xmacvlan-bench generate`).
     crate::cargo::run(
         &mut crate::cargo::build_test_programs(),

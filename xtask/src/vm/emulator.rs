@@ -15,14 +15,14 @@ use anyhow::{Context, Result, bail};
 use super::apt::{self, Apt};
 
 /// The suite QEMU 10 comes from, and the package that brings it.
-pub const QEMU_SUITE: &str = "bookworm-backports";
+pub(super) const QEMU_SUITE: &str = "bookworm-backports";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 /// The oldest QEMU with the igb device (QEMU 8.0) is older; 10 is what the findings used.
 const MIN_MAJOR: u32 = 8;
 
 /// A QEMU to run: the binary, and what it needs around it.
 #[derive(Debug, Clone)]
-pub struct Emulator {
+pub(super) struct Emulator {
     pub binary: PathBuf,
     /// Extra environment (the unpacked libraries).
     pub env: Vec<(String, OsString)>,
@@ -33,7 +33,7 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    pub fn host() -> Self {
+    pub(super) fn host() -> Self {
         Self {
             binary: PathBuf::from("qemu-system-x86_64"),
             env: Vec::new(),
@@ -42,7 +42,7 @@ impl Emulator {
         }
     }
 
-    pub fn command(&self) -> Command {
+    pub(super) fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         for d in &self.data_dirs {
@@ -53,7 +53,7 @@ impl Emulator {
 }
 
 /// QEMU from `QEMU_SUITE`, unpacked into `dir/qemu-VERSION/` on first use.
-pub fn ensure_unpacked(dir: &Path, apt: &Apt) -> Result<Emulator> {
+pub(super) fn ensure_unpacked(dir: &Path, apt: &Apt) -> Result<Emulator> {
     let version = match apt.version(&format!("{QEMU_PACKAGE}/{QEMU_SUITE}")) {
         Ok(v) => v,
         Err(e) => {
@@ -91,7 +91,7 @@ pub fn ensure_unpacked(dir: &Path, apt: &Apt) -> Result<Emulator> {
     }
     let specs: Vec<String> = packages.iter().map(|(p, v)| format!("{p}={v}")).collect();
     let work = dir.join(format!("qemu.tmp{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
+    fs::remove_dir_all(&work).ok();
     let result = (|| -> Result<f64> {
         let debs = apt.download(&specs, &work.join("debs"))?;
         let megabytes = apt::megabytes(&debs);
@@ -102,11 +102,11 @@ pub fn ensure_unpacked(dir: &Path, apt: &Apt) -> Result<Emulator> {
     let megabytes = match result {
         Ok(mb) => mb,
         Err(e) => {
-            let _ = fs::remove_dir_all(&work);
+            fs::remove_dir_all(&work).ok();
             return Err(e);
         }
     };
-    let _ = fs::remove_dir_all(&entry);
+    fs::remove_dir_all(&entry).ok();
     fs::rename(&work, &entry)
         .with_context(|| format!("moving {} to {}", work.display(), entry.display()))?;
     prune(dir, &entry);
@@ -209,7 +209,7 @@ fn prune(dir: &Path, keep: &Path) {
         let old = name.starts_with("qemu-") && path != keep;
         if dead_work || old {
             println!("xtask: vm: removing {}", path.display());
-            let _ = fs::remove_dir_all(&path);
+            fs::remove_dir_all(&path).ok();
         }
     }
 }

@@ -20,20 +20,20 @@ use super::kernel::{self, Kernel, KernelSource};
 
 /// Which guest an area runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum GuestKind {
+pub(super) enum GuestKind {
     Stock,
     Igb,
 }
 
 impl GuestKind {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             GuestKind::Stock => "stock",
             GuestKind::Igb => "igb",
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(super) fn parse(name: &str) -> Option<Self> {
         match name {
             "stock" | "6.1" => Some(GuestKind::Stock),
             "igb" | "nic" => Some(GuestKind::Igb),
@@ -71,7 +71,7 @@ const STOCK_KERNEL: KernelSource = KernelSource {
 };
 
 /// The kernel suite of the igb guest.
-pub const IGB_KERNEL_SUITE: &str = "trixie-backports";
+pub(super) const IGB_KERNEL_SUITE: &str = "trixie-backports";
 
 const IGB_KERNEL: KernelSource = KernelSource {
     meta: "linux-image-amd64/trixie-backports",
@@ -84,12 +84,12 @@ const IGB_KERNEL: KernelSource = KernelSource {
 };
 
 /// The igb guest's NICs: (MAC, name inside the guest). The peer lives in [`WIRE_NS`].
-pub const IGB_NIC: (&str, &str) = ("02:58:4d:4e:00:01", "xmvnic0");
-pub const IGB_PEER: (&str, &str) = ("02:58:4d:4e:00:02", "xmvwire0");
-pub const WIRE_NS: &str = "xmvwire";
+pub(super) const IGB_NIC: (&str, &str) = ("02:58:4d:4e:00:01", "xmvnic0");
+pub(super) const IGB_PEER: (&str, &str) = ("02:58:4d:4e:00:02", "xmvwire0");
+pub(super) const WIRE_NS: &str = "xmvwire";
 
 /// A guest ready to boot.
-pub struct Machine {
+pub(super) struct Machine {
     pub kind: GuestKind,
     pub kernel: Kernel,
     pub initrd: std::path::PathBuf,
@@ -104,7 +104,7 @@ pub struct Machine {
 
 impl Machine {
     /// Fetch (first run) or load from `target/vm/` what `kind` needs.
-    pub fn prepare(kind: GuestKind, vm_dir: &Path) -> Result<Self> {
+    pub(super) fn prepare(kind: GuestKind, vm_dir: &Path) -> Result<Self> {
         let dir = vm_dir.join(kind.name());
         let machine = match kind {
             GuestKind::Stock => {
@@ -154,7 +154,7 @@ impl Machine {
     }
 
     /// The prefix of its areas' names in the summary (`vm/vm_vlan`, `vm-igb/vm_nic`).
-    pub fn tally_prefix(&self) -> &'static str {
+    pub(super) fn tally_prefix(&self) -> &'static str {
         match self.kind {
             GuestKind::Stock => "vm",
             GuestKind::Igb => "vm-igb",
@@ -163,19 +163,20 @@ impl Machine {
 
     /// Shell lines the guest script runs before the tests: the guest's own environment
     /// variables for the tests, and for the igb guest its NICs named and placed.
-    pub fn setup_script(&self) -> String {
+    pub(super) fn setup_script(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "export XMACVLAN_VM_GUEST={}", self.kind.name());
+        writeln!(s, "export XMACVLAN_VM_GUEST={}", self.kind.name()).ok();
         if self.kind == GuestKind::Stock {
             return s;
         }
         let (nic_mac, nic) = IGB_NIC;
         let (peer_mac, peer) = IGB_PEER;
-        let _ = writeln!(
+        writeln!(
             s,
             "export XMACVLAN_VM_NIC={nic} XMACVLAN_VM_NIC_MAC={nic_mac} \
              XMACVLAN_VM_WIRE={peer} XMACVLAN_VM_WIRE_MAC={peer_mac} XMACVLAN_VM_WIRE_NS={WIRE_NS}"
-        );
+        )
+        .ok();
         // IPv6 off everywhere (new namespaces inherit it): no router solicitations, DAD or
         // MLD reports on the wire, so every frame the tests count is one they sent.
         s.push_str(
@@ -192,20 +193,22 @@ impl Machine {
              \texit 125\n\
              }\n",
         );
-        let _ = writeln!(s, "xmvm_name {nic_mac} {nic}");
-        let _ = writeln!(s, "xmvm_name {peer_mac} {peer}");
-        let _ = writeln!(
+        writeln!(s, "xmvm_name {nic_mac} {nic}").ok();
+        writeln!(s, "xmvm_name {peer_mac} {peer}").ok();
+        writeln!(
             s,
             "ip netns add {WIRE_NS} && ip link set {peer} netns {WIRE_NS} && \
              ip -n {WIRE_NS} link set lo up && ip -n {WIRE_NS} link set {peer} up && \
              ip link set {nic} up || {{ echo 'vm-test: setting up the NICs failed'; exit 125; }}"
-        );
-        let _ = writeln!(
+        )
+        .ok();
+        writeln!(
             s,
             "drv=$(readlink /sys/class/net/{nic}/device/driver)\n\
              echo \"vm-test: {nic} (driver ${{drv##*/}}, $(ls -d /sys/class/net/{nic}/queues/rx-* \
              | wc -l) rx queues) <-> {peer} in netns {WIRE_NS}\""
-        );
+        )
+        .ok();
         s
     }
 }

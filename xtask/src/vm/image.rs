@@ -21,7 +21,7 @@ const FORMATS: &[(&str, &[u8], &[&str])] = &[
 ];
 
 /// Write the ELF kernel inside `bzimage` to `out`.
-pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
+pub(super) fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     let data = fs::read(bzimage).with_context(|| format!("reading {}", bzimage.display()))?;
     let payload = payload(&data)
         .with_context(|| format!("{} is not a bzImage with a payload", bzimage.display()))?;
@@ -51,7 +51,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
             )
         })?;
     // The decompressor may stop reading at the end of its stream: a failed write is harmless.
-    let _ = child.stdin.take().expect("piped").write_all(payload);
+    child.stdin.take().expect("piped").write_all(payload).ok();
     // Its exit code is not the verdict: zstd rejects the size the build appends after the
     // frame. The result is: an ELF file of exactly the size the build recorded.
     let _ = child.wait()?;
@@ -62,7 +62,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
         .is_ok()
         && head == *b"\x7fELF";
     if !is_elf || got as u32 != want {
-        let _ = fs::remove_file(out);
+        fs::remove_file(out).ok();
         bail!(
             "decompressing the {name} payload of {} gave {got} bytes{} (the build recorded {want})",
             bzimage.display(),

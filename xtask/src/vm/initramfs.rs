@@ -13,7 +13,7 @@ const INIT: &str = include_str!("init.sh");
 const BUSYBOX: &str = "/bin/busybox";
 
 /// The initramfs for `kernel`, built if missing or stale.
-pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
+pub(super) fn ensure(kernel: &Kernel) -> Result<PathBuf> {
     let out = kernel.dir.join("initramfs.cpio");
     let stamp = kernel.dir.join("init.sh");
     if out.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == INIT) {
@@ -28,7 +28,7 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
     let staging = kernel
         .dir
         .join(format!("initramfs.tmp{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
+    fs::remove_dir_all(&staging).ok();
     for d in ["bin", "lib/modules", "proc", "sys", "dev", "tmp", "mnt"] {
         fs::create_dir_all(staging.join(d))?;
     }
@@ -57,9 +57,9 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
         .current_dir(&staging)
         .status()
         .context("running cpio (install it: `apt-get install -y cpio`)")?;
-    let _ = fs::remove_dir_all(&staging);
+    fs::remove_dir_all(&staging).ok();
     if !status.success() {
-        let _ = fs::remove_file(&tmp_out);
+        fs::remove_file(&tmp_out).ok();
         bail!("building the initramfs with cpio failed ({status})");
     }
     fs::rename(&tmp_out, &out)?;

@@ -13,7 +13,7 @@ use super::apt::{self, Apt};
 use super::{image, modules};
 
 /// Where a guest's kernel comes from and what it must have.
-pub struct KernelSource {
+pub(super) struct KernelSource {
     /// The meta package (`name` or `name/suite`) whose `linux-image-*` dependency names the
     /// current kernel.
     pub meta: &'static str,
@@ -44,7 +44,7 @@ impl KernelSource {
 
 /// A kernel ready to boot, from the cache.
 #[derive(Debug)]
-pub struct Kernel {
+pub(super) struct Kernel {
     /// `PACKAGE_VERSION`, the cache key.
     pub id: String,
     pub dir: PathBuf,
@@ -57,7 +57,7 @@ pub struct Kernel {
 }
 
 /// The cached kernel for the package apt names now, fetched on first use into `dir`.
-pub fn ensure(dir: &Path, source: &KernelSource, apt: &Apt) -> Result<Kernel> {
+pub(super) fn ensure(dir: &Path, source: &KernelSource, apt: &Apt) -> Result<Kernel> {
     fs::create_dir_all(dir)?;
     let (package, version) = match candidate(source, apt) {
         Ok(pv) => pv,
@@ -83,21 +83,21 @@ pub fn ensure(dir: &Path, source: &KernelSource, apt: &Apt) -> Result<Kernel> {
         entry.display()
     );
     let work = dir.join(format!("{id}.tmp{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
+    fs::remove_dir_all(&work).ok();
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     if let Err(e) = prepare(&package, source, apt, &work) {
-        let _ = fs::remove_dir_all(&work);
+        fs::remove_dir_all(&work).ok();
         return Err(e);
     }
     // Publish by rename: a concurrent run sees either no entry or a complete one.
     let old = dir.join(format!("{id}.old"));
-    let _ = fs::remove_dir_all(&old);
+    fs::remove_dir_all(&old).ok();
     if entry.exists() {
-        let _ = fs::rename(&entry, &old);
+        fs::rename(&entry, &old).ok();
     }
     fs::rename(&work, &entry)
         .with_context(|| format!("moving {} to {}", work.display(), entry.display()))?;
-    let _ = fs::remove_dir_all(&old);
+    fs::remove_dir_all(&old).ok();
     prune(dir, &id);
     load(&entry, source).with_context(|| format!("kernel cache {} is incomplete", entry.display()))
 }
@@ -117,7 +117,7 @@ fn candidate(source: &KernelSource, apt: &Apt) -> Result<(String, String)> {
             if dep.is_none() && apt.is_host() && crate::cargo::is_root() {
                 // A fresh machine may have no package lists yet.
                 println!("xtask: vm: no apt package lists, running `apt-get update`");
-                let _ = Command::new("apt-get").arg("update").status();
+                Command::new("apt-get").arg("update").status().ok();
                 dep = image_dep();
             }
             match (dep, source.series) {
@@ -289,7 +289,7 @@ fn prune(dir: &Path, keep: &str) {
         let old_kernel = !name.contains(".tmp") && !name.ends_with(".old");
         if dead_work || old_kernel {
             println!("xtask: vm: removing {}", e.path().display());
-            let _ = fs::remove_dir_all(e.path());
+            fs::remove_dir_all(e.path()).ok();
         }
     }
 }
@@ -342,7 +342,7 @@ fn newest_cached(dir: &Path, source: &KernelSource) -> Option<Kernel> {
 }
 
 /// Run a command and return its stdout, failing with `what` and its stderr.
-pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
+pub(super) fn output(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd
         .stderr(Stdio::piped())
         .output()

@@ -39,13 +39,13 @@ mod script;
 /// the host: the guest runs every area with `--include-ignored`, `--test-threads=1` and
 /// `XMACVLAN_IN_VM=1`, one run of the binary per area. Each run costs ~1 s of startup plus
 /// its tests at ~10x the host's CPU time: keep this list short.
-pub const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan", "vm_dispatcher"];
+pub(crate) const VM_TESTS: &[&str] = &["vm_vlan", "vm_fastpath", "control_vlan", "vm_dispatcher"];
 
 /// Areas that run inside the igb guest (QEMU 10, a kernel >= 6.14, an igb NIC with 4 queues
 /// and zero-copy AF_XDP, a virtio-net peer in namespace `xmvwire`; see [`guest`]). Its 4
 /// vCPUs share the host's 2 cores under TCG: every second of TCG here costs the CI run more
 /// than in the stock guest, so keep these areas smaller still.
-pub const IGB_VM_TESTS: &[&str] = &["vm_nic", "vm_nic_daemon"];
+pub(crate) const IGB_VM_TESTS: &[&str] = &["vm_nic", "vm_nic_daemon"];
 
 /// Per area (or test binary), inside the guest (TCG is slow: generous).
 const DEFAULT_BINARY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -167,7 +167,7 @@ fn default_guest(name: &str) -> GuestKind {
 }
 
 /// `cargo xtask vm-test`: fails unless every area passed.
-pub fn run(args: &[String]) -> Result<()> {
+pub(crate) fn run(args: &[String]) -> Result<()> {
     let tallies = run_with(&parse(args)?)?;
     let broken: Vec<String> = tallies
         .iter()
@@ -188,7 +188,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// The VM part of `cargo xtask test`: every VM area's tally (an error only when the VM
 /// could not be prepared).
-pub fn run_for_suite() -> Result<Vec<Tally>> {
+pub(crate) fn run_for_suite() -> Result<Vec<Tally>> {
     run_with(&parse(&[])?)
 }
 
@@ -263,7 +263,7 @@ fn remove_old_layout(vm_dir: &Path) {
                 "xtask: vm: removing {} (old cache layout)",
                 e.path().display()
             );
-            let _ = std::fs::remove_dir_all(e.path());
+            std::fs::remove_dir_all(e.path()).ok();
         }
     }
 }
@@ -331,6 +331,6 @@ fn boot(
         let deadline = BOOT_BUDGET + opts.timeout * binaries.len() as u32;
         qemu::run_tests(&boot, binaries, deadline)
     };
-    let _ = std::fs::remove_file(&script_path);
+    std::fs::remove_file(&script_path).ok();
     result
 }

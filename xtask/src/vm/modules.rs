@@ -20,7 +20,7 @@ const COMPRESSED: &[(&str, &[&str])] = &[
 ];
 
 /// The modules of `/lib/modules/RELEASE` (`dir`).
-pub struct Tree {
+pub(super) struct Tree {
     dir: PathBuf,
     /// Module name (`-` as `_`) → file.
     files: BTreeMap<String, PathBuf>,
@@ -35,7 +35,7 @@ fn module_name(path: &str) -> Option<String> {
 }
 
 impl Tree {
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(super) fn open(dir: &Path) -> Result<Self> {
         let read = |name: &str| {
             fs::read_to_string(dir.join(name)).with_context(|| {
                 format!(
@@ -75,7 +75,7 @@ impl Tree {
 
     /// The files to load for `wanted`, dependencies first, each once; built-in modules are
     /// skipped.
-    pub fn load_order(&self, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    pub(super) fn load_order(&self, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for m in wanted {
@@ -116,7 +116,7 @@ impl Tree {
 }
 
 /// Copy module `from` to `to` as a plain `.ko`, decompressing it if needed.
-pub fn copy_plain(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn copy_plain(from: &Path, to: &Path) -> Result<()> {
     let name = from.to_string_lossy();
     let Some((_, command)) = COMPRESSED.iter().find(|(s, _)| name.ends_with(s)) else {
         fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
@@ -136,7 +136,7 @@ pub fn copy_plain(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// `igb.ko.xz` → `igb.ko`.
-pub fn plain_name(path: &Path) -> String {
+pub(super) fn plain_name(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn orders_dependencies_first_and_skips_builtins() {
         let dir = std::env::temp_dir().join(format!("xmv-modules-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        fs::remove_dir_all(&dir).ok();
         fs::create_dir_all(dir.join("kernel")).unwrap();
         fs::write(dir.join("modules.order"), "kernel/a.ko\n").unwrap();
         fs::write(dir.join("modules.builtin"), "kernel/virtio_pci.ko\n").unwrap();

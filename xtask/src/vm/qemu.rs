@@ -15,7 +15,7 @@ use super::TestBinary;
 use super::guest::Machine;
 use crate::test::Tally;
 
-pub struct Boot<'a> {
+pub(super) struct Boot<'a> {
     pub machine: &'a Machine,
     pub script: &'a Path,
     pub nonce: &'a str,
@@ -69,7 +69,7 @@ impl Boot<'_> {
 }
 
 /// An interactive root shell in the guest, on this terminal.
-pub fn shell(boot: &Boot) -> Result<()> {
+pub(super) fn shell(boot: &Boot) -> Result<()> {
     let status = boot
         .command()
         .stdin(Stdio::inherit())
@@ -132,7 +132,11 @@ impl Outcome {
 
 /// Boot, run the tests, stream the console live, and judge: one tally per area, and one
 /// named `vm` for what went wrong with the VM itself (panic, timeout, no exit line).
-pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Result<Vec<Tally>> {
+pub(super) fn run_tests(
+    boot: &Boot,
+    binaries: &[TestBinary],
+    deadline: Duration,
+) -> Result<Vec<Tally>> {
     let accel = if boot.kvm { "KVM" } else { "TCG" };
     let m = boot.machine;
     println!(
@@ -192,7 +196,7 @@ pub fn run_tests(boot: &Boot, binaries: &[TestBinary], deadline: Duration) -> Re
     };
     finish(&mut child, grace);
     for reader in readers {
-        let _ = reader.join();
+        reader.join().ok();
     }
     while let Ok(line) = rx.try_recv() {
         outcome.take(&line, &prefix);
@@ -285,12 +289,12 @@ fn stream_lines(mut from: impl Read, tx: mpsc::Sender<String>, is_stderr: bool) 
         };
         if is_stderr {
             let mut out = std::io::stderr().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
+            out.write_all(&buf[..n]).ok();
+            out.flush().ok();
         } else {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
+            out.write_all(&buf[..n]).ok();
+            out.flush().ok();
         }
         for &b in &buf[..n] {
             if b == b'\n' {
@@ -307,7 +311,7 @@ fn stream_lines(mut from: impl Read, tx: mpsc::Sender<String>, is_stderr: bool) 
         }
     }
     if !line.is_empty() {
-        let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+        tx.send(String::from_utf8_lossy(&line).into_owned()).ok();
     }
 }
 
@@ -320,8 +324,8 @@ fn finish(child: &mut Child, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill().ok();
+    child.wait().ok();
 }
 
 #[cfg(test)]

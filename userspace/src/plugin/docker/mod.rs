@@ -105,9 +105,9 @@ impl Drop for DockerPlugin {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.signal();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().ok();
         }
-        let _ = std::fs::remove_file(&self.path);
+        std::fs::remove_file(&self.path).ok();
     }
 }
 
