@@ -68,6 +68,8 @@ const VM_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iputils-ping", "/usr/bin/ping"),
     ("iproute2", "/usr/sbin/ip"),
+    // The stock guest's dispatcher tests load xdp-filter beside xmacvlan (vm_dispatcher).
+    ("xdp-tools", "/usr/sbin/xdp-filter"),
 ];
 
 const USAGE: &str = "\
