@@ -89,6 +89,11 @@ struct CompareArgs {
     /// Endpoint counts to sweep, comma-separated (default: 1,16,256,1024).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
+    /// Frame sizes of the frame-size sweep at the base endpoint count, comma-separated bytes
+    /// without FCS, 60-9000 (default: 64,512,1500,9000, --quick 64); over 1514 the lab runs
+    /// at MTU 9000.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(60..=9000))]
+    frame_sizes: Option<Vec<u16>>,
     /// Only these modes, comma-separated (ceiling, rxdrop, xdp, user, kernel); the fixed loads
     /// are fractions of the ceiling's rate, so without `ceiling` only flat-out runs are made.
     #[arg(long, value_delimiter = ',')]
@@ -313,6 +318,9 @@ fn compare(a: CompareArgs) -> Result<()> {
             anyhow::bail!("--endpoints: each count must be between 1 and 4000");
         }
         cfg.endpoint_counts = e;
+    }
+    if let Some(sizes) = a.frame_sizes {
+        cfg.frame_sizes = sizes.into_iter().map(usize::from).collect();
     }
     if let Some(loads) = a.loads {
         if let Some(bad) = loads.iter().find(|f| !(0.001..=1.0).contains(*f)) {

@@ -66,7 +66,7 @@ impl BenchConfig {
     pub fn standard(out_dir: PathBuf) -> Self {
         Self {
             endpoint_counts: vec![1, 16, 256, 1024],
-            frame_sizes: vec![64, 512, 1500],
+            frame_sizes: vec![64, 512, 1500, 9000],
             load_fractions: vec![0.1, 0.5, 0.9],
             repetitions: 5,
             duration: Duration::from_millis(1500),
@@ -193,6 +193,11 @@ impl Point {
 /// 64-byte flat-out point (when it can run here).
 fn point_modes(cfg: &BenchConfig, p: &Point, base: usize, anchor: bool) -> Vec<Mode> {
     let mut modes = cfg.modes.clone();
+    if crate::lab::mtu_for(p.frame_size).is_some() {
+        // The anchors' programs (and rxdrop's socket) take single buffers: no native XDP at
+        // a jumbo MTU. The modes run there: what does not fit a socket goes to the kernel.
+        modes.retain(|m| !matches!(m, Mode::Ceiling | Mode::Rxdrop));
+    }
     if p.measures_cost() {
         // The ceiling has no receive threads (rxdrop has one, idling like the others); the
         // testpmd anchor runs flat out only.
@@ -314,24 +319,42 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
     let mut through_ports = Vec::new();
     let mut done = 0;
     let mut rows: Vec<Row> = Vec::new();
-    // Points sharing an endpoint count share one lab.
-    let mut counts: Vec<usize> = points.iter().map(|p| p.endpoints).collect();
-    counts.dedup();
-    counts.sort_unstable();
-    counts.dedup();
-    for endpoints in counts {
+    // Points sharing an endpoint count and an MTU share one lab. Jumbo frames need a lab at
+    // MTU 9000, fed by the generator itself: the `xdp-frame` feed program is single-buffer.
+    let mut labs: Vec<(usize, Option<u32>)> = points
+        .iter()
+        .map(|p| (p.endpoints, crate::lab::mtu_for(p.frame_size)))
+        .collect();
+    labs.sort_unstable();
+    labs.dedup();
+    if labs.iter().any(|(_, mtu)| mtu.is_some()) && cfg.ingress == Ingress::XdpFrame {
+        notes.push(format!(
+            "rows with frames over 1514 B: the lab at MTU {}, ingress `skb` (the `xdp-frame` \
+             feed program is single-buffer), no `ceiling` or `rxdrop` row (their programs are \
+             too); `xdp` and `user` deliver only frames one socket chunk holds, the rest go to \
+             the endpoints' kernel devices (`too-big`)",
+            crate::lab::JUMBO_MTU
+        ));
+    }
+    for (endpoints, mtu) in labs {
         let lab = Lab::build(&Topology {
             vlans: vec![0],
             endpoints_per_vlan: endpoints,
             queues: 1,
             kernel_devices: KernelDevices::Host,
-            mtu: None,
-            ingress: cfg.ingress,
+            mtu,
+            ingress: if mtu.is_some() {
+                Ingress::Skb
+            } else {
+                cfg.ingress
+            },
         })?;
         placement::prepare(&lab, cfg.rx_core)?;
         // The ceiling's flat-out rate at this endpoint count anchors the fixed loads.
         let mut ceiling_pps = None;
-        for point in points.iter().filter(|p| p.endpoints == endpoints) {
+        let in_lab =
+            |p: &&Point| p.endpoints == endpoints && crate::lab::mtu_for(p.frame_size) == mtu;
+        for point in points.iter().filter(in_lab) {
             let streams = lab_streams(&lab.endpoints, point.frame_size, false);
             let setup = measure::Setup {
                 lab: &lab,
@@ -428,7 +451,7 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
                 });
             }
         }
-        if let Some(rate) = cfg.port_rate.filter(|_| endpoints == base) {
+        if let Some(rate) = cfg.port_rate.filter(|_| endpoints == base && mtu.is_none()) {
             let streams = lab_streams(&lab.endpoints, 64, false);
             let setup = measure::Setup {
                 lab: &lab,

@@ -124,11 +124,11 @@ pub fn markdown(results: &Results) -> String {
     .ok();
     writeln!(
         s,
-        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs rxdrop | vs kernel |"
+        "| mode | endpoints | frame B | load | offered Mpps | generator Mpps | delivered Mpps | delivered Gbit/s | limited by | loss | lost in feed | lost before rx | dropped after rx | CPU ns/frame | p50 us | p99 us | p99.9 us | max us | vs ceiling | vs rxdrop | vs kernel |"
     ).ok();
     writeln!(
         s,
-        "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     ).ok();
     for r in &results.runs {
         let m = &r.median;
@@ -143,7 +143,7 @@ pub fn markdown(results: &Results) -> String {
         let ratio = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
         writeln!(
             s,
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {:.2}% | {:.2}% | {:.2}% | {:.2}% | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             m.mode.name(),
             m.endpoints,
             m.frame_size,
@@ -154,6 +154,8 @@ pub fn markdown(results: &Results) -> String {
             m.offered_pps / 1e6,
             m.generator_pps / 1e6,
             m.delivered_pps / 1e6,
+            // Frame bits only (no preamble, gap or FCS).
+            m.delivered_pps * m.frame_size as f64 * 8.0 / 1e9,
             r.limited_by,
             m.loss * 100.0,
             share(m.lost_in_feed, m.sent),
@@ -520,7 +522,7 @@ mod tests {
         // The anchors read no stamps: no latencies; every ratio column is there.
         assert!(
             table.contains(
-                "| rxdrop | 16 | 64 | flat-out | 1.500 | 1.500 | 1.500 | generator | 0.00% | \
+                "| rxdrop | 16 | 64 | flat-out | 1.500 | 1.500 | 1.500 | 0.77 | generator | 0.00% | \
                  0.00% | 0.00% | 0.00% | 667 | – | – | – | – | 0.50 | – | – |"
             ),
             "{table}"
