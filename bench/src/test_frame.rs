@@ -48,7 +48,13 @@ impl TestFrame {
         }
         .write(&mut payload);
         f.extend_from_slice(&payload);
-        f.resize(self.len.max(f.len()).max(MIN_FRAME), 0);
+        // Padding that counts, so a frame put back together out of order (a jumbo frame
+        // crosses several buffers on its way) does not compare equal.
+        let end = f.len();
+        f.resize(self.len.max(end).max(MIN_FRAME), 0);
+        for (i, b) in f[end..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
         f
     }
 }

@@ -39,6 +39,7 @@ impl Ledger {
                 ("queue socket full", sum(|q| q.socket.dropped())),
                 ("endpoint ring full", sum(|q| q.dropped_ring_full)),
                 ("unknown to the userspace table", sum(|q| q.dropped_unknown)),
+                ("broken multi-buffer chain", sum(|q| q.dropped_broken_chain)),
             ],
         }
     }

@@ -54,7 +54,7 @@ impl Rxdrop {
         classifier.set_socket(
             classifier.xsk_index(0, 0),
             &rings.socket,
-            queue.max_rx_frame(),
+            umem.max_rx_frame(),
         )?;
         let socket = rings.socket.stats_handle();
         let mut sleeper = background::sleeper_on([rings.socket.as_raw_fd()], idle)?;

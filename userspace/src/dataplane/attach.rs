@@ -138,7 +138,7 @@ impl Dataplane {
                 for q in 0..dp.queues.len() {
                     let socket = dp.queues[q].umem.add_socket()?;
                     let index = dp.classifier.xsk_index(slot, q as u32);
-                    let max_len = dp.cfg.queue.max_rx_frame();
+                    let max_len = dp.queues[q].umem.max_rx_frame();
                     dp.classifier.set_socket(index, &socket, max_len)?;
                     dp.on_rollback(move |dp| {
                         undo(

@@ -3,7 +3,6 @@
 //! frame back to its queue, then transmit what its port queued. The thread serving it calls
 //! [`Served::pass`]; this is the middle of a frame's way from the NIC to an application.
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -12,7 +11,7 @@ use super::probe::{Probe, ProbeCounts};
 use super::queue::NicQueue;
 use super::served_port::{self, ServedPort};
 use crate::abi::{Key, Mac};
-use crate::xsk::{BATCH, RxFrame, RxSocket, SocketStats, TxBatch};
+use crate::xsk::{BATCH, MAX_CHAIN, Received, RxFrame, RxSocket, SocketStats, TxBatch};
 
 /// An endpoint the fast path serves: a container's (VLAN, MAC).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -167,14 +166,18 @@ impl Served {
         let mut pushed = false;
         let mut deliver = |frame: RxFrame, now: u64| {
             let queue = &queues[frame.queue() as usize];
-            let bytes = queue.umem.bytes(&frame);
+            // A multi-buffer frame is its chunks' bytes in order; the headers and the probe's
+            // payload are in the first.
+            let mut segments: [&[u8]; MAX_CHAIN] = [&[]; MAX_CHAIN];
+            let n = queue.umem.segments(&frame, &mut segments);
+            let segments = &segments[..n];
             batch.frames += 1;
-            batch.bytes += bytes.len() as u64;
+            batch.bytes += frame.len() as u64;
             if let Some(probe) = probe.as_mut() {
-                probe.observe(bytes, now, &mut probe_counts);
+                probe.observe(queue.umem.head(&frame), now, &mut probe_counts);
             }
             match port.as_mut() {
-                Some(p) if live => pushed |= p.push(std::slice::from_ref(&bytes), tag.is_some()),
+                Some(p) if live => pushed |= p.push(segments, tag.is_some()),
                 Some(p) => p.batch.drop_not_connected += 1,
                 None if *claim == ClaimPolicy::WhileConnected => batch.dropped_not_connected += 1,
                 // Claimed with no port: the dataplane itself is the endpoint's consumer.
@@ -186,13 +189,14 @@ impl Served {
         match source {
             Source::Sockets(sockets) => {
                 for socket in sockets.iter_mut() {
-                    let n = socket.recv(&mut deliver);
-                    if n > 0 {
-                        let queue = &queues[socket.queue() as usize];
-                        queue.counters.received.fetch_add(n as u64, Relaxed);
+                    let queue = &queues[socket.queue() as usize];
+                    let got = socket.recv(&queue.free, &mut deliver);
+                    if got.descs > 0 {
+                        queue.count_received(&got);
                         queue.after_give_back();
                     }
-                    handled += n;
+                    // Work even when only part of a chain came: its rest is in the ring.
+                    handled += got.frames.max(usize::from(got.descs > 0));
                 }
             }
             Source::Ring(ring) => {
@@ -228,8 +232,25 @@ impl Served {
     pub fn drain(&mut self, queues: &[Arc<NicQueue>]) {
         let live = self.port.as_mut().is_some_and(ServedPort::check_live);
         while self.receive(queues, live) > 0 {}
+        self.abandon_chains(queues);
         if let Some(p) = self.port.as_mut() {
             p.publish();
+        }
+    }
+
+    /// Give back the chains its sockets hold unfinished (they are closing): each a broken
+    /// frame of its queue.
+    pub fn abandon_chains(&mut self, queues: &[Arc<NicQueue>]) {
+        if let Source::Sockets(sockets) = &mut self.source {
+            for socket in sockets.iter_mut() {
+                let queue = &queues[socket.queue() as usize];
+                if socket.abandon_chain(&queue.free) {
+                    queue.count_received(&Received {
+                        broken: 1,
+                        ..Received::default()
+                    });
+                }
+            }
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Dataplane {
     mtu: u32,
     pub attached: XdpMode,
     pub bound: Bound,
+    /// Whether the sockets receive frames longer than a UMEM chunk as chains (`XDP_USE_SG`).
+    multi_buffer: bool,
     /// Busy polling in effect (None: off, or asked for where the NIC cannot).
     pub busy_poll: Option<crate::nic::BusyPoll>,
     /// Fallbacks taken while starting (`auto` modes that settled for less), for the caller
@@ -249,6 +251,7 @@ impl Dataplane {
         let mut owners = Vec::new();
         let mut steering = Vec::new();
         let mut bound = Bound::Copy;
+        let mut multi_buffer = true;
         for q in 0..cfg.queues {
             let waker = threads[owner_of(q)].commands.waker.clone();
             let user_demux =
@@ -262,11 +265,12 @@ impl Dataplane {
                 &mut warnings,
             )?;
             bound = b;
+            multi_buffer &= owner.queue.umem.multi_buffer();
             if cfg.demux == Demux::User {
                 classifier.set_socket(
                     classifier.xsk_index(0, q),
                     owner.socket(),
-                    cfg.queue.max_rx_frame(),
+                    owner.queue.umem.max_rx_frame(),
                 )?;
             }
             if let (Some(updates), Some(s)) = (user_demux, owner.steering()) {
@@ -324,6 +328,7 @@ impl Dataplane {
             mtu,
             attached,
             bound,
+            multi_buffer,
             busy_poll,
             warnings,
             nic,
@@ -418,6 +423,7 @@ impl Dataplane {
                 demux: self.cfg.demux,
                 xdp_mode: self.attached,
                 bind: self.bound,
+                multi_buffer: self.multi_buffer,
                 xdp: self.classifier.counters()?,
                 queues,
                 endpoints,

@@ -32,6 +32,12 @@ crate::counter_set! {
         dropped_ring_full: Dropped(reason = "ring_full"), "RING-FULL";
         /// Frames read off any socket of this queue, by whoever read them.
         received: Info, "RECEIVED";
+        /// UMEM chunks those frames took (more than RECEIVED when frames came as multi-buffer
+        /// chains), and those of broken chains.
+        chunks: Info, "CHUNKS";
+        /// Multi-buffer chains dropped whole, every chunk given back: longer than a frame may
+        /// be, missing a chunk the kernel had already handed over, or never ended.
+        dropped_broken_chain: Dropped(reason = "broken_chain"), "BROKEN-CHAIN";
         /// Frames handed back to the kernel's fill ring.
         refilled: Info, "REFILLED";
         /// Wake-ups the fill ring asked for after running dry (need_wakeup) and got.
@@ -110,11 +116,26 @@ pub struct NicQueue {
 }
 
 impl NicQueue {
-    /// Give a frame read from this queue back (any thread); the owner is woken once a
-    /// batch waits, so the fill ring never waits on a few frames.
+    /// Give a frame read from this queue back (any thread), every chunk of it; the owner is
+    /// woken once a batch waits, so the fill ring never waits on a few frames.
     #[inline]
     pub fn give_back(&self, frame: xsk::RxFrame) {
-        self.free.put(frame);
+        self.umem.release(frame, &self.free);
+    }
+
+    /// Count what a read of one of this queue's sockets took.
+    #[inline]
+    pub fn count_received(&self, got: &xsk::Received) {
+        let c = &self.counters;
+        if got.frames > 0 {
+            c.received.fetch_add(got.frames as u64, Relaxed);
+        }
+        if got.chunks > 0 {
+            c.chunks.fetch_add(got.chunks as u64, Relaxed);
+        }
+        if got.broken > 0 {
+            c.dropped_broken_chain.fetch_add(got.broken as u64, Relaxed);
+        }
     }
 
     /// After a batch was given back: wake the owner if a batch is waiting for it.
@@ -138,7 +159,7 @@ impl NicQueue {
             socket,
             frames: self.free.size() as u64,
             frames_free: self.free.len() as u64,
-            frames_in_kernel: (self.initial_fill + counts.refilled).saturating_sub(counts.received),
+            frames_in_kernel: (self.initial_fill + counts.refilled).saturating_sub(counts.chunks),
             frames_lost: self.free.lost() + self.tx.lost(),
             frames_duplicate: self.umem.duplicates(),
             tx_pool_free: self.tx.len() as u64,
@@ -297,8 +318,15 @@ impl QueueOwner {
         Ok(())
     }
 
-    /// The kernel's counters for the queue's own socket, read once the queue is drained.
-    pub fn finish(&self) -> Result<SocketStats> {
+    /// The kernel's counters for the queue's own socket, read once the queue is drained; a
+    /// chain its socket held unfinished is given back and counted broken.
+    pub fn finish(&mut self) -> Result<SocketStats> {
+        if self.rings.socket.abandon_chain(&self.queue.free) {
+            self.queue.count_received(&xsk::Received {
+                broken: 1,
+                ..Default::default()
+            });
+        }
         self.rings.socket.statistics()
     }
 

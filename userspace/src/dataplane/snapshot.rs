@@ -12,6 +12,10 @@ pub struct Snapshot {
     pub demux: Demux,
     pub xdp_mode: XdpMode,
     pub bind: Bound,
+    /// Whether the AF_XDP sockets are multi-buffer (`XDP_USE_SG`): frames longer than a UMEM
+    /// chunk take the fast path as chains (absent in older snapshots: not).
+    #[serde(default)]
+    pub multi_buffer: bool,
     pub xdp: Counters,
     pub queues: Vec<QueueSnapshot>,
     pub endpoints: Vec<EndpointSnapshot>,

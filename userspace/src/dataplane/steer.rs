@@ -65,7 +65,7 @@ impl Steering {
     /// Apply new tables, then steer batches while they come full (so a serving pass finds a
     /// few frames per endpoint, not one), at most [`STEER_BATCHES`]. Endpoints whose ring this
     /// pass found empty and filled go to `touched` (room reserved by the caller). Returns the
-    /// frames steered or dropped.
+    /// descriptors read (a multi-buffer frame is several).
     #[inline]
     pub fn pass(
         &mut self,
@@ -110,9 +110,10 @@ impl Steering {
     ) -> (usize, u64) {
         let mut batch = Batch::default();
         let table: &SteerTable = &self.table;
-        let n = socket.recv(|frame, _| {
+        // A multi-buffer frame is steered whole, by the headers in its first chunk.
+        let got = socket.recv(&queue.free, |frame, _| {
             batch.rx += 1;
-            let slot = match classify(queue.umem.bytes(&frame)) {
+            let slot = match classify(queue.umem.head(&frame)) {
                 Class::Unicast(key) => table.lookup.get(&key),
                 _ => None,
             };
@@ -139,14 +140,14 @@ impl Steering {
                 }
             }
         });
-        if n > 0 {
+        if got.descs > 0 {
+            queue.count_received(&got);
             let c = &queue.counters;
             c.rx.fetch_add(batch.rx, Relaxed);
-            c.received.fetch_add(batch.rx, Relaxed);
             c.steered.fetch_add(batch.steered, Relaxed);
             c.dropped_unknown.fetch_add(batch.unknown, Relaxed);
             c.dropped_ring_full.fetch_add(batch.ring_full, Relaxed);
         }
-        (n, batch.steered)
+        (got.descs, batch.steered)
     }
 }

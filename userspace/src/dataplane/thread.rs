@@ -165,6 +165,9 @@ impl ReceiveThread {
             }
         }
         drop(hot);
+        for served in &mut self.served {
+            served.abandon_chains(&self.queues);
+        }
         let mut finished: Vec<Finished> = self.served.drain(..).map(Finished::of).collect();
         if let Some(first) = finished.first_mut() {
             first.sockets.append(&mut self.tx_sockets);
@@ -174,7 +177,7 @@ impl ReceiveThread {
             endpoints: finished,
             queues: self
                 .owned
-                .iter()
+                .iter_mut()
                 .map(|o| (o.queue.id, o.finish()))
                 .collect(),
         }

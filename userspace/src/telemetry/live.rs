@@ -107,8 +107,16 @@ pub fn tables(demux: &str, uptime_s: f64, interfaces: &[Snapshot]) -> String {
     for snap in interfaces {
         writeln!(
             s,
-            "\n{} (demux {}, XDP {}, bind {})",
-            snap.interface, snap.demux, snap.xdp_mode, snap.bind
+            "\n{} (demux {}, XDP {}, bind {}{})",
+            snap.interface,
+            snap.demux,
+            snap.xdp_mode,
+            snap.bind,
+            if snap.multi_buffer {
+                ", multi-buffer"
+            } else {
+                ""
+            }
         )
         .ok();
         writeln!(s, "  XDP: {}", counters::line(&snap.xdp)).ok();

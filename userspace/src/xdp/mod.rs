@@ -401,7 +401,7 @@ impl Classifier {
     }
 
     /// Redirect to `socket` what index `index` steers, frames of at most `max_len` bytes (the
-    /// most it takes whole, [`crate::xsk::QueueConfig::max_rx_frame`]); longer ones go to the
+    /// most it takes whole, [`crate::xsk::QueueUmem::max_rx_frame`]); longer ones go to the
     /// kernel, counted as `pass_too_big`.
     pub fn set_socket(&mut self, index: u32, socket: &impl AsRawFd, max_len: u32) -> Result<()> {
         // The limit first: the socket must never be live with a stale limit of the index's last

@@ -16,10 +16,12 @@ use xsk_rs::config::{
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 mod busy_poll;
+pub mod chain;
 mod ledger;
 mod pool;
 mod send;
 pub mod wait;
+pub use chain::MAX_CHAIN;
 pub use pool::FramePool;
 pub use send::{StageError, TxBatch};
 
@@ -44,10 +46,9 @@ pub struct QueueConfig {
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 
 impl QueueConfig {
-    /// The longest frame a socket of this queue takes whole: one chunk less the kernel's
-    /// headroom (the sockets are not multi-buffer). The classifier passes longer ones to the
-    /// kernel rather than redirect them to a socket that would drop them.
-    pub fn max_rx_frame(&self) -> u32 {
+    /// What one chunk holds of a received frame: the chunk less the kernel's headroom. The
+    /// longest frame a socket without multi-buffer takes whole.
+    pub fn chunk_room(&self) -> u32 {
         self.frame_size.saturating_sub(XDP_PACKET_HEADROOM)
     }
 }
@@ -63,11 +64,15 @@ impl Default for QueueConfig {
     }
 }
 
-/// A received frame: its UMEM descriptor and the queue whose UMEM holds it.
+/// A received frame: the queue whose UMEM holds it, and its chunks there: the descriptor of
+/// the first; the others, in a multi-buffer frame, are found through the queue's
+/// [`chain::Links`]. As small as one descriptor, whatever the frame's length.
 #[derive(Debug)]
 pub struct RxFrame {
     desc: FrameDesc,
     queue: u16,
+    chunks: u8,
+    len: u32,
 }
 
 impl RxFrame {
@@ -75,13 +80,38 @@ impl RxFrame {
         self.queue
     }
 
+    /// The frame's length, all its chunks together.
     pub fn len(&self) -> usize {
-        self.desc.lengths().data()
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
+
+    /// The UMEM chunks the frame takes (more than one only with multi-buffer).
+    pub fn chunks(&self) -> usize {
+        usize::from(self.chunks)
+    }
+}
+
+/// One UMEM chunk, free: what pools hold and what the fill and TX rings take.
+#[derive(Debug)]
+pub struct Chunk {
+    desc: FrameDesc,
+}
+
+/// What one read of a socket's receive ring took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Descriptors taken off the ring (a full batch: more may wait).
+    pub descs: usize,
+    /// Of those, chunks the kernel really held (see `ledger`): out of its hands now.
+    pub chunks: usize,
+    /// Whole frames passed on.
+    pub frames: usize,
+    /// Broken chains dropped, their chunks given back.
+    pub broken: usize,
 }
 
 /// The UMEM of one queue; cheap to clone (shared), so consumers can read frame bytes.
@@ -93,6 +123,11 @@ pub struct QueueUmem {
     rx_ring: u32,
     /// Which frames the kernel holds, shared by every socket of the queue.
     ledger: std::sync::Arc<ledger::Ledger>,
+    /// Which chunk follows which in a multi-buffer frame.
+    links: std::sync::Arc<chain::Links>,
+    /// Whether the queue's sockets receive frames longer than a chunk as chains.
+    multi_buffer: bool,
+    chunk_room: u32,
 }
 
 /// What the queue's worker owns: the fill ring, the completion ring, and the queue's own
@@ -115,6 +150,9 @@ pub struct RxSocket {
     tx: TxQueue,
     queue: u16,
     ledger: std::sync::Arc<ledger::Ledger>,
+    links: std::sync::Arc<chain::Links>,
+    /// A chain whose end the last read did not reach.
+    joiner: chain::Joiner,
     scratch: Vec<FrameDesc>,
     /// Set only while dropping: fields drop in order, so this closes after `rx` and `_tx`.
     last_reference: Option<OwnedFd>,
@@ -122,7 +160,9 @@ pub struct RxSocket {
 
 /// Create queue `queue`'s UMEM and its first socket on `ifname`, and hand every frame to the
 /// fill ring. The XDP program must already be attached (this never loads libxdp's own).
-/// Why `Auto` fell back to copy mode goes to `warnings`, for the caller to log or print.
+/// Each bind mode is tried with multi-buffer (`XDP_USE_SG`, Linux 6.6+) first, then without.
+/// Why `Auto` fell back to copy mode, or why multi-buffer was refused, goes to `warnings`, for
+/// the caller to log or print.
 pub fn open_queue(
     ifname: &str,
     queue: u32,
@@ -139,7 +179,19 @@ pub fn open_queue(
     };
     let mut last_error = None;
     for &(flags, bound) in attempts {
-        match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_NEED_WAKEUP) {
+        let flags = flags | BindFlags::XDP_USE_NEED_WAKEUP;
+        let opened = match try_open_queue(ifname, queue, cfg, flags | BindFlags::XDP_USE_SG) {
+            Ok(opened) => Ok(opened),
+            Err(sg_refused) => try_open_queue(ifname, queue, cfg, flags).inspect(|_| {
+                warnings.push(format!(
+                    "{ifname} queue {queue}: multi-buffer AF_XDP (XDP_USE_SG) refused \
+                     ({sg_refused:#}: it needs Linux 6.6+ and, in zero-copy, a driver that \
+                     supports it); frames longer than {} bytes go to the kernel",
+                    cfg.chunk_room()
+                ))
+            }),
+        };
+        match opened {
             Ok((umem, rings)) => {
                 if let Some(refused) = &last_error {
                     warnings.push(format!(
@@ -190,6 +242,12 @@ fn try_open_queue(
             cfg.frames as usize,
             cfg.frame_size as usize,
         )),
+        links: std::sync::Arc::new(chain::Links::new(
+            cfg.frames as usize,
+            cfg.frame_size as usize,
+        )),
+        multi_buffer: flags.contains(BindFlags::XDP_USE_SG),
+        chunk_room: cfg.chunk_room(),
     };
     let (socket, rings) = queue_umem.create_socket(flags)?;
     let (fill, comp) = rings
@@ -248,6 +306,22 @@ impl QueueUmem {
         self.ledger.duplicates()
     }
 
+    /// Whether the queue's sockets were bound multi-buffer (`XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
+    /// The longest frame a socket of this queue takes whole: a chain of [`MAX_CHAIN`] chunks
+    /// with multi-buffer, one chunk without. The classifier passes longer ones to the kernel
+    /// rather than redirect them to a socket that would drop them.
+    pub fn max_rx_frame(&self) -> u32 {
+        if self.multi_buffer {
+            self.chunk_room * MAX_CHAIN as u32
+        } else {
+            self.chunk_room
+        }
+    }
+
     /// Another socket on this queue, sharing the UMEM (`XDP_SHARED_UMEM`; the kernel makes it
     /// inherit the first socket's bind mode).
     pub fn add_socket(&self) -> Result<RxSocket> {
@@ -302,6 +376,8 @@ impl QueueUmem {
                 tx,
                 queue: self.queue,
                 ledger: self.ledger.clone(),
+                links: self.links.clone(),
+                joiner: chain::Joiner::default(),
                 scratch: vec![FrameDesc::default(); BATCH],
                 last_reference: None,
             },
@@ -309,46 +385,99 @@ impl QueueUmem {
         ))
     }
 
-    /// The bytes of a received frame.
+    /// The bytes of a received frame's first chunk: the whole frame unless it came in a
+    /// chain, and in any case its headers.
     #[inline]
-    pub fn bytes<'a>(&'a self, frame: &'a RxFrame) -> &'a [u8] {
+    pub fn head<'a>(&'a self, frame: &'a RxFrame) -> &'a [u8] {
         debug_assert_eq!(frame.queue, self.queue, "frame of another queue's UMEM");
         // SAFETY: `frame` came from an rx ring of a socket on this UMEM (RxFrame values are
         // only made by RxSocket::recv on this queue), and while it is held as an RxFrame no
         // ring hands it to the kernel, so nothing writes it during the borrow.
         unsafe { self.umem.data(&frame.desc) }.contents()
     }
+
+    /// A received frame as its segments, one per chunk, in order: written into `out`, the
+    /// count returned. No allocation.
+    #[inline]
+    pub fn segments<'a>(&'a self, frame: &'a RxFrame, out: &mut [&'a [u8]; MAX_CHAIN]) -> usize {
+        debug_assert_eq!(frame.queue, self.queue, "frame of another queue's UMEM");
+        let mut chunk = frame.desc;
+        let chunks = frame.chunks().min(MAX_CHAIN);
+        for (i, slot) in out.iter_mut().enumerate().take(chunks) {
+            if i > 0 {
+                chunk = self.links.get(&chunk);
+            }
+            // SAFETY: every chunk of `frame` is this UMEM's and held with it (its links were
+            // written when the chain was joined and belong to its holder): as for `head`.
+            *slot = unsafe { self.umem.data(&chunk) }.contents();
+        }
+        chunks
+    }
+
+    /// Give every chunk of `frame` back to `pool`.
+    #[inline]
+    pub fn release(&self, frame: RxFrame, pool: &FramePool) {
+        debug_assert_eq!(frame.queue, self.queue, "frame of another queue's UMEM");
+        chain::release_chain(frame.desc, frame.chunks, &self.links, |desc| {
+            pool.put(Chunk { desc })
+        });
+    }
 }
 
 impl RxSocket {
-    /// Take up to [`BATCH`] received frames and hand each to `f`, with the monotonic time
-    /// read once after the batch was taken (so it is never earlier than a frame's send time).
-    /// A frame the kernel had already handed over is not passed on (see `ledger`). Returns
-    /// the frames passed on. No allocation; no syscall (the clock is vDSO).
+    /// Take up to [`BATCH`] descriptors off the receive ring and hand each whole frame to `f`,
+    /// with the monotonic time read once after the batch was taken (so it is never earlier
+    /// than a frame's send time). A chain the batch ends inside is held for the next read; a
+    /// broken chain is dropped, its chunks given back to `free` (see `chain`). A chunk the
+    /// kernel had already handed over is not passed on (see `ledger`). No allocation; no
+    /// syscall (the clock is vDSO).
     #[inline]
-    pub fn recv(&mut self, mut f: impl FnMut(RxFrame, u64)) -> usize {
+    pub fn recv(&mut self, free: &FramePool, mut f: impl FnMut(RxFrame, u64)) -> Received {
         // SAFETY: the scratch descriptors are overwritten by consume, and the frames it
         // returns are this socket's UMEM's, now owned by us (moved out as RxFrame below).
         let n = unsafe { self.rx.consume(&mut self.scratch) };
+        let mut got = Received {
+            descs: n,
+            ..Received::default()
+        };
         if n == 0 {
-            return 0;
+            return got;
         }
         let now = crate::sys::monotonic_ns();
-        let mut passed = 0;
-        for desc in &self.scratch[..n] {
-            if !self.ledger.taken(desc.addr()) {
-                continue;
+        let Self {
+            scratch,
+            ledger,
+            links,
+            joiner,
+            queue,
+            ..
+        } = self;
+        for desc in &scratch[..n] {
+            let ours = ledger.taken(desc.addr());
+            got.chunks += usize::from(ours);
+            match joiner.push(*desc, ours, links, |desc| free.put(Chunk { desc })) {
+                chain::Joined::Nothing => {}
+                chain::Joined::Frame { head, chunks, len } => {
+                    got.frames += 1;
+                    let frame = RxFrame {
+                        desc: head,
+                        queue: *queue,
+                        chunks,
+                        len,
+                    };
+                    f(frame, now);
+                }
+                chain::Joined::Broken => got.broken += 1,
             }
-            passed += 1;
-            f(
-                RxFrame {
-                    desc: *desc,
-                    queue: self.queue,
-                },
-                now,
-            );
         }
-        passed
+        got
+    }
+
+    /// Give back the chain a read ended inside, whose end will not be read (the socket is
+    /// closing): returns whether there was one, a broken frame for the caller to count.
+    pub fn abandon_chain(&mut self, free: &FramePool) -> bool {
+        self.joiner
+            .abandon(&self.links, |desc| free.put(Chunk { desc }))
     }
 
     /// The queue this socket is bound to.
@@ -506,7 +635,7 @@ impl QueueRings {
         self.scratch.clear();
         while self.scratch.len() < room.min(BATCH) {
             match free.take() {
-                Some(frame) => self.scratch.push(frame.desc),
+                Some(chunk) => self.scratch.push(chunk.desc),
                 None => break,
             }
         }
@@ -515,11 +644,10 @@ impl QueueRings {
 
     /// The frames set aside for transmission, as values for the queue's TX free-frame pool.
     /// Empty after the first call.
-    pub fn take_tx_frames(&mut self) -> Vec<RxFrame> {
-        let queue = self.socket.queue;
+    pub fn take_tx_frames(&mut self) -> Vec<Chunk> {
         self.tx_reserve
             .drain(..)
-            .map(|desc| RxFrame { desc, queue })
+            .map(|desc| Chunk { desc })
             .collect()
     }
 
@@ -532,9 +660,8 @@ impl QueueRings {
         // SAFETY: the completion ring only returns descriptors of this queue's UMEM that a
         // socket of it transmitted; the kernel is done with them, so they are ours again.
         let n = unsafe { self.comp.consume(&mut self.scratch) };
-        let queue = self.socket.queue;
         for desc in &self.scratch[..n] {
-            tx_free.put(RxFrame { desc: *desc, queue });
+            tx_free.put(Chunk { desc: *desc });
         }
         self.scratch.clear();
         n
@@ -542,7 +669,7 @@ impl QueueRings {
 
     /// An AF_XDP rxdrop pass: take up to one batch off the queue socket's receive ring and
     /// give the frames straight back to the fill ring, unread (the benchmark's anchor for
-    /// any path that delivers into sockets). Returns the frames recycled. No allocation; a
+    /// any path that delivers into sockets). Returns the frames recycled (a chain counts once). No allocation; a
     /// syscall only when the driver asked for a fill-ring wake-up.
     #[cfg(feature = "bench")]
     #[inline]
@@ -559,7 +686,14 @@ impl QueueRings {
         self.scratch.truncate(n);
         let ledger = &self.socket.ledger;
         self.scratch.retain(|d| ledger.taken(d.addr()));
-        self.produce_scratch(spill)
+        // A multi-buffer frame is several descriptors: count the frames, by their last ones.
+        let frames = self
+            .scratch
+            .iter()
+            .filter(|d| !chain::Desc::more(*d))
+            .count();
+        self.produce_scratch(spill);
+        frames
     }
 
     /// Hand the scratch descriptors to the fill ring; any it does not take (it was asked for
@@ -574,9 +708,8 @@ impl QueueRings {
         for desc in &self.scratch[..n] {
             self.socket.ledger.given(desc.addr());
         }
-        let queue = self.socket.queue;
         for desc in self.scratch.drain(..).skip(n) {
-            spill.put(RxFrame { desc, queue });
+            spill.put(Chunk { desc });
         }
         if self.fill.needs_wakeup() {
             // A syscall, but only when the driver went to sleep and asked for it.

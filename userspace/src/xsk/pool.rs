@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::RxFrame;
+use super::Chunk;
 
 /// A lock-free pool holding up to the frames it was made for.
 pub struct FramePool {
-    frames: ArrayQueue<RxFrame>,
+    frames: ArrayQueue<Chunk>,
     size: usize,
     lost: AtomicU64,
 }
 
 impl FramePool {
     /// A pool for `size` frames, holding `initial` of them now.
-    pub fn new(size: usize, initial: impl IntoIterator<Item = RxFrame>) -> Self {
+    pub fn new(size: usize, initial: impl IntoIterator<Item = Chunk>) -> Self {
         let pool = Self {
             frames: ArrayQueue::new(size.max(1)),
             size,
@@ -29,10 +29,11 @@ impl FramePool {
         pool
     }
 
-    /// Give a frame back. Cannot fail for a frame of this pool's queue that was taken out
+    /// Give a frame back (one chunk: a multi-buffer frame goes back chunk by chunk, by
+    /// `QueueUmem::release`). Cannot fail for a frame of this pool's queue that was taken out
     /// once; were it ever to, the frame is counted in [`Self::lost`].
     #[inline]
-    pub fn put(&self, frame: RxFrame) {
+    pub fn put(&self, frame: Chunk) {
         if self.frames.push(frame).is_err() {
             self.lost.fetch_add(1, Relaxed);
             debug_assert!(
@@ -43,7 +44,7 @@ impl FramePool {
     }
 
     #[inline]
-    pub fn take(&self) -> Option<RxFrame> {
+    pub fn take(&self) -> Option<Chunk> {
         self.frames.pop()
     }
 

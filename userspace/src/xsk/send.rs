@@ -5,7 +5,7 @@ use std::io::Write;
 
 use xsk_rs::FrameDesc;
 
-use super::{BATCH, FramePool, QueueUmem, RxFrame, RxSocket};
+use super::{BATCH, Chunk, FramePool, QueueUmem, RxSocket};
 
 /// Why a frame could not be staged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl TxBatch {
             return Err(StageError::NoFrame);
         };
         let mut desc = free.desc;
-        // SAFETY: `desc` was an RxFrame of this queue's TX pool, moved out of it: no ring and
+        // SAFETY: `desc` was a chunk of this queue's TX pool, moved out of it: no ring and
         // no other party holds it until it is submitted below, so the memory is ours alone.
         let mut data = unsafe { umem.umem.data_mut(&mut desc) };
         let mut cursor = data.cursor();
@@ -93,10 +93,7 @@ impl TxBatch {
         // is held by no ring; once produced, only the completion ring gives it back.
         let sent = unsafe { socket.tx.produce(&self.descs) };
         for desc in self.descs.drain(..).skip(sent) {
-            pool.put(RxFrame {
-                desc,
-                queue: self.queue,
-            });
+            pool.put(Chunk { desc });
         }
         sent
     }
