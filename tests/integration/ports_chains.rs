@@ -224,10 +224,13 @@ fn chains(demux: Demux) {
         assert_ne!(u16::from_be_bytes([f[12], f[13]]), TPID_8021Q);
         let p = read_payload(f).unwrap_or_else(|| panic!("{what}: frame {i} has its payload"));
         assert_eq!(p.seq, i as u64, "{what}: in order");
+        let padding = &f[14 + xmacvlan::frame::PAYLOAD_LEN..];
         assert!(
-            f[14 + xmacvlan::frame::PAYLOAD_LEN..]
+            padding
                 .iter()
-                .all(|&b| b == 0)
+                .enumerate()
+                .all(|(k, &b)| b == (k % 251) as u8),
+            "{what}: frame {i}: its buffers joined in order"
         );
     }
     assert_eq!(

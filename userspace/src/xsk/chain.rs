@@ -15,7 +15,7 @@ pub trait Desc: Copy + Default {
     /// Its address in the UMEM.
     fn addr(&self) -> usize;
     /// Bytes of the frame it holds.
-    fn len(&self) -> u32;
+    fn data_len(&self) -> u32;
     /// Whether more chunks of its frame follow (`XDP_PKT_CONTD`).
     fn more(&self) -> bool;
 }
@@ -26,7 +26,7 @@ impl Desc for FrameDesc {
         FrameDesc::addr(self)
     }
     #[inline]
-    fn len(&self) -> u32 {
+    fn data_len(&self) -> u32 {
         self.lengths().data() as u32
     }
     #[inline]
@@ -140,7 +140,7 @@ impl<D: Desc> Joiner<D> {
         links: &Links<D>,
         mut give_back: impl FnMut(D),
     ) -> Joined<D> {
-        let (more, len) = (desc.more(), desc.len());
+        let (more, len) = (desc.more(), desc.data_len());
         let (state, joined) = match self.state {
             State::Idle if !ours => (
                 if more { State::Discarding } else { State::Idle },
@@ -258,7 +258,7 @@ mod tests {
         fn addr(&self) -> usize {
             self.addr
         }
-        fn len(&self) -> u32 {
+        fn data_len(&self) -> u32 {
             self.len
         }
         fn more(&self) -> bool {
@@ -290,7 +290,8 @@ mod tests {
 
     impl Sent {
         fn broken(&self) -> bool {
-            !self.whole && !(self.descs.len() == 1 && !self.descs[0].1)
+            let lone_refused = self.descs.len() == 1 && !self.descs[0].1;
+            !self.whole && !lone_refused
         }
     }
 
