@@ -1,14 +1,15 @@
 //! The worker and consumer loops allocate nothing per frame: a counting global allocator
 //! records every allocation made on a thread while it is inside its hot loop, over more than
 //! 100k frames in each demux mode, with 8 endpoints (every pass a full sweep) and with 64
-//! (passes that visit only endpoints with work). Needs root.
+//! (passes that visit only endpoints with work), and over 9000-byte frames at MTU 9000 (each
+//! a multi-buffer chain of three chunks). Needs root.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use xmacvlan::dataplane::{Dataplane, in_hot_loop};
 use xmacvlan::modes::Demux;
-use xmacvlan_bench::lab::{KernelDevices, Lab, Topology};
+use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_tests::{dataplane_config, require_root};
 
@@ -45,6 +46,8 @@ static ALLOCATOR: Counting = Counting;
 
 /// Frames each run sends: 15,000 to each of 8 endpoints, or 1,875 to each of 64.
 const FRAMES: u64 = 120_000;
+/// Frames of 9000 bytes each jumbo run sends (2,500 to each of 8 endpoints).
+const JUMBO_FRAMES: u64 = 20_000;
 
 #[test]
 fn hot_loops_allocate_nothing_per_frame() {
@@ -63,23 +66,26 @@ fn hot_loops_allocate_nothing_per_frame() {
 
     let sweeps = 4;
     let sparse = xmacvlan::dataplane::SPARSE_FROM / 2;
-    for (demux, per_vlan) in [
-        (Demux::Xdp, sweeps),
-        (Demux::User, sweeps),
-        (Demux::Xdp, sparse),
-        (Demux::User, sparse),
+    for (demux, per_vlan, frame_len, frames) in [
+        (Demux::Xdp, sweeps, 64, FRAMES),
+        (Demux::User, sweeps, 64, FRAMES),
+        (Demux::Xdp, sparse, 64, FRAMES),
+        (Demux::User, sparse, 64, FRAMES),
+        (Demux::Xdp, sweeps, 9000, JUMBO_FRAMES),
+        (Demux::User, sweeps, 9000, JUMBO_FRAMES),
     ] {
         let topology = Topology {
             vlans: vec![100, 0],
             endpoints_per_vlan: per_vlan,
             kernel_devices: KernelDevices::None,
+            mtu: lab::mtu_for(frame_len),
             ..Topology::default()
         };
         let lab = Lab::build(&topology).unwrap();
-        let streams = lab_streams(&lab.endpoints, 64, false);
-        // 120k frames through the hot loops, spread over the endpoints.
+        let streams = lab_streams(&lab.endpoints, frame_len, false);
+        // The frames through the hot loops, spread over the endpoints.
         let traffic = TrafficConfig {
-            count: Some(FRAMES / lab.endpoints.len() as u64),
+            count: Some(frames / lab.endpoints.len() as u64),
             rate: Some(200_000),
             duration: Duration::from_secs(60),
             // Flow control: a busy CPU slows the frames down instead of dropping them before
@@ -100,13 +106,13 @@ fn hot_loops_allocate_nothing_per_frame() {
         let delivered: u64 = finished.endpoints.iter().map(|e| e.frames).sum();
         let endpoints = lab.endpoints.len();
         assert_eq!(
-            delivered, FRAMES,
-            "{demux:?}, {endpoints} endpoints: all frames went through the loops"
+            delivered, frames,
+            "{demux:?}, {endpoints} endpoints, {frame_len} bytes: all frames went through the loops"
         );
         let allocations = HOT_ALLOCATIONS.load(Ordering::Relaxed) - before;
         assert_eq!(
             allocations, 0,
-            "{demux:?}, {endpoints} endpoints: allocations inside the hot loops"
+            "{demux:?}, {endpoints} endpoints, {frame_len} bytes: allocations inside the hot loops"
         );
     }
 }

@@ -154,9 +154,9 @@ struct LabArgs {
     #[arg(long, default_value_t = 2)]
     per_vlan: usize,
     /// Frame length in bytes (without FCS), 60-9000. Above 1514 the lab's wire runs at MTU 9000
-    /// and the generator sends chains (multi-buffer AF_XDP, Linux 6.6+); a frame longer than
-    /// the dataplane's UMEM chunk takes (`--frame-size` less 256) goes to the endpoint's
-    /// kernel device, counted as TOO-BIG.
+    /// and the generator sends chains (multi-buffer AF_XDP, Linux 6.6+), as the dataplane's
+    /// sockets receive them; where they cannot be multi-buffer, a frame longer than a UMEM
+    /// chunk (`--frame-size` less 256) goes to the endpoint's kernel device, counted as TOO-BIG.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(60..=9000))]
     frame_len: u16,
     /// Core for the generator.

@@ -168,9 +168,11 @@ fn multi_buffer(name: &str, who: &str, mtu: u32, multi_buffer: bool) -> Finding 
             "multi-buffer",
             format!(
                 "{who} takes XDP frames in several buffers (multi-buffer), the kernel says: \
-                 the classifier runs natively at MTU {mtu}; a frame longer than an AF_XDP \
-                 socket takes whole (its UMEM chunk less 256 bytes of headroom) goes to the \
-                 endpoint's kernel device, counted as TOO-BIG"
+                 the classifier runs natively at MTU {mtu}, and multi-buffer AF_XDP sockets \
+                 (XDP_USE_SG, Linux 6.6+) take longer frames as chains of UMEM chunks; where \
+                 the socket bind refuses multi-buffer (the dataplane warns), a frame longer \
+                 than one chunk less 256 bytes of headroom goes to the endpoint's kernel \
+                 device, counted as TOO-BIG"
             ),
         ),
         (false, false) => ok(
