@@ -165,14 +165,7 @@ impl<D: Desc> Joiner<D> {
             ),
             State::Joining(p) if !ours || usize::from(p.chunks) >= MAX_CHAIN => {
                 release_chain(p.head, p.chunks, links, &mut give_back);
-                if ours {
-                    give_back(desc);
-                }
-                if more {
-                    (State::Discarding, Joined::Nothing)
-                } else {
-                    (State::Idle, Joined::Broken)
-                }
+                discard(desc, ours, more, give_back)
             }
             State::Joining(mut p) => {
                 links.set(&p.last, desc);
@@ -192,16 +185,7 @@ impl<D: Desc> Joiner<D> {
                     )
                 }
             }
-            State::Discarding => {
-                if ours {
-                    give_back(desc);
-                }
-                if more {
-                    (State::Discarding, Joined::Nothing)
-                } else {
-                    (State::Idle, Joined::Broken)
-                }
-            }
+            State::Discarding => discard(desc, ours, more, give_back),
         };
         self.state = state;
         joined
@@ -224,6 +208,23 @@ impl<D: Desc> Joiner<D> {
             State::Discarding => true,
             State::Idle => false,
         }
+    }
+}
+
+/// A chunk of a broken chain: given back if ours; the chain is counted once, at its end.
+fn discard<D>(
+    desc: D,
+    ours: bool,
+    more: bool,
+    mut give_back: impl FnMut(D),
+) -> (State<D>, Joined<D>) {
+    if ours {
+        give_back(desc);
+    }
+    if more {
+        (State::Discarding, Joined::Nothing)
+    } else {
+        (State::Idle, Joined::Broken)
     }
 }
 
