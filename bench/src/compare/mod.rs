@@ -331,8 +331,9 @@ pub fn run(cfg: &BenchConfig, progress: &mut dyn FnMut(usize, usize, &str)) -> R
         notes.push(format!(
             "rows with frames over 1514 B: the lab at MTU {}, ingress `skb` (the `xdp-frame` \
              feed program is single-buffer), no `ceiling` or `rxdrop` row (their programs are \
-             too); `xdp` and `user` deliver only frames one socket chunk holds, the rest go to \
-             the endpoints' kernel devices (`too-big`)",
+             too); `xdp` and `user` take them as chains of socket chunks (multi-buffer AF_XDP), \
+             or where the sockets cannot be multi-buffer only frames one chunk holds, the rest \
+             going to the endpoints' kernel devices (`too-big`)",
             crate::lab::JUMBO_MTU
         ));
     }
