@@ -4,8 +4,11 @@
 //! arrive as chains of three UMEM chunks and leave as one frame, into a port (every byte
 //! compared with what the generator sent) or the dataplane's own consumer (length and the
 //! probe's payload check). None goes to the kernel as too big, none is dropped, and every UMEM
-//! chunk comes back. Needs root.
+//! chunk comes back. The other way, a port's 9000-byte frames leave the NIC whole, tagged, as
+//! chains of chunks. Needs root.
 use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -18,9 +21,10 @@ use xmacvlan_bench::lab::{self, KernelDevices, Lab, Topology};
 use xmacvlan_bench::scenario::{Pacing, TrafficConfig, lab_streams, run_traffic};
 use xmacvlan_bench::test_frame::TestFrame;
 use xmacvlan_tests::accounting::Ledger;
+use xmacvlan_tests::capture::Capture;
 use xmacvlan_tests::exact::{check_endpoints, sent_where};
 use xmacvlan_tests::mem_port::info;
-use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
+use xmacvlan_tests::{dataplane_config, namespaces_named, require_root, wait_until};
 
 const PER_STREAM: u64 = 200;
 const JUMBO: usize = 9000;
@@ -62,6 +66,8 @@ struct CheckPort {
     expected: Arc<Vec<(Vec<u8>, usize)>>,
     checked: Arc<Checked>,
     buf: Box<[u8]>,
+    /// Frames the application sends.
+    tx: Arc<ArrayQueue<Vec<u8>>>,
 }
 
 impl AppPort for CheckPort {
@@ -94,8 +100,14 @@ impl AppPort for CheckPort {
 
     fn rx_flush(&mut self) {}
 
-    fn tx_drain(&mut self, _max: usize, _send: &mut dyn FnMut(TxFrame<'_>)) -> usize {
-        0
+    fn tx_drain(&mut self, max: usize, send: &mut dyn FnMut(TxFrame<'_>)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(frame) = self.tx.pop() else { break };
+            send(TxFrame::Send(&[&frame]));
+            n += 1;
+        }
+        n
     }
 
     fn is_connected(&self) -> bool {
@@ -162,6 +174,7 @@ fn run_mixed(demux: Demux) -> Run {
                         expected: expected.clone(),
                         checked: c.clone(),
                         buf: vec![0; 16384].into_boxed_slice(),
+                        tx: Arc::new(ArrayQueue::new(1)),
                     };
                     dp.connect_port(&e.name, Box::new(port), info(&e.name))?;
                 }
@@ -282,4 +295,122 @@ fn user_demux_at_mtu_9000_delivers_every_size_whole() {
     check_mixed(&run, "user demux");
     let steered: u64 = run.finished.queues.iter().map(|q| q.steered).sum();
     assert_eq!(steered, run.finished.xdp.redirected, "chains steered whole");
+}
+
+/// Frames each port sends of each size.
+const SENT_PER_SIZE: usize = 20;
+
+/// A frame an application on endpoint `mac` sends: untagged, its bytes counting from `seq`.
+fn app_frame(mac: [u8; 6], len: usize, seq: usize) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x99];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x88b5u16.to_be_bytes());
+    f.extend((0..len - 14).map(|i| ((i + seq * 7) % 251) as u8));
+    f
+}
+
+fn ports_send_jumbo_frames(demux: Demux) {
+    let what = format!("{demux:?} demux");
+    let topology = Topology {
+        kernel_devices: KernelDevices::None,
+        mtu: lab::mtu_for(JUMBO),
+        ..Topology::default()
+    };
+    let lab = Lab::build(&topology).expect("building the lab");
+    let capture = lab.wire.run(|| Capture::open(lab::WIRE)).expect("capture");
+    let cfg = lab.dataplane_config(&dataplane_config(demux, 1));
+    let sizes = [SMALL, STANDARD, JUMBO];
+    let per_port = sizes.len() * SENT_PER_SIZE;
+    let (ports, queues) = lab
+        .host
+        .run(|| {
+            let mut dp = Dataplane::start(&cfg, &lab.endpoints)?;
+            assert!(dp.snapshot()?.multi_buffer, "{what}: XDP_USE_SG bound");
+            for e in &lab.endpoints {
+                let tx = Arc::new(ArrayQueue::new(per_port));
+                for seq in 0..SENT_PER_SIZE {
+                    for len in sizes {
+                        tx.push(app_frame(e.mac, len, seq)).unwrap();
+                    }
+                }
+                let port = CheckPort {
+                    expected: Arc::default(),
+                    checked: Arc::default(),
+                    buf: vec![0; 16384].into_boxed_slice(),
+                    tx,
+                };
+                dp.connect_port(&e.name, Box::new(port), info(&e.name))?;
+            }
+            let sent_all = |dp: &Dataplane| {
+                lab.endpoints.iter().all(|e| {
+                    dp.port(&e.name)
+                        .is_some_and(|p| p.tx_frames + p.tx_dropped() == per_port as u64)
+                }) && dp
+                    .snapshot()
+                    .unwrap()
+                    .queues
+                    .iter()
+                    .all(|q| q.tx_pool_free == q.tx_pool)
+            };
+            assert!(
+                wait_until(Duration::from_secs(10), || sent_all(&dp)),
+                "{what}: every frame sent and its chunks completed"
+            );
+            let ports: Vec<_> = lab.endpoints.iter().map(|e| dp.port(&e.name)).collect();
+            let queues = dp.snapshot()?.queues;
+            dp.stop()?;
+            Ok((ports, queues))
+        })
+        .expect("running the lab");
+
+    let mut on_wire = vec![Vec::new(); lab.endpoints.len()];
+    while let Some(f) = capture.next(Duration::from_millis(500)).unwrap() {
+        if let Some(i) = lab.endpoints.iter().position(|e| f[6..12] == e.mac) {
+            on_wire[i].push(f);
+        }
+    }
+    let mut chunks = 0;
+    for ((e, port), frames) in lab.endpoints.iter().zip(&ports).zip(&on_wire) {
+        let name = &e.name;
+        let p = port.as_ref().expect("connected");
+        assert_eq!(
+            (p.tx_frames, p.tx_dropped()),
+            (per_port as u64, 0),
+            "{what} {name}: {p:?}"
+        );
+        assert_eq!(frames.len(), per_port, "{what} {name}: frames on the wire");
+        for (i, f) in frames.iter().enumerate() {
+            let mut want = app_frame(e.mac, sizes[i % sizes.len()], i / sizes.len());
+            if e.vid != 0 {
+                let tci = e.vid.to_be_bytes();
+                want.splice(12..12, [0x81, 0x00, tci[0], tci[1]]);
+            }
+            assert!(
+                *f == want,
+                "{what} {name}: frame {i} of {} bytes whole, tagged",
+                f.len()
+            );
+            chunks += f.len().div_ceil(3840);
+        }
+    }
+    let completed: u64 = queues.iter().map(|q| q.tx_completed).sum();
+    assert_eq!(
+        completed, chunks as u64,
+        "{what}: every chunk of every chain back"
+    );
+    let prefix = lab.prefix.clone();
+    drop(lab);
+    assert!(namespaces_named(&prefix).is_empty());
+}
+
+#[test]
+fn xdp_demux_ports_send_9000_byte_frames_whole() {
+    require_root();
+    ports_send_jumbo_frames(Demux::Xdp);
+}
+
+#[test]
+fn user_demux_ports_send_9000_byte_frames_whole() {
+    require_root();
+    ports_send_jumbo_frames(Demux::User);
 }

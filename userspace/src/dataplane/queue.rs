@@ -44,7 +44,8 @@ crate::counter_set! {
         fill_wakeups: Info, "FILL-WAKEUPS";
         /// Times the owner ran the queue's NAPI itself (busy polling).
         busy_polls: Info, "BUSY-POLLS";
-        /// Ports' transmitted frames back from the completion ring.
+        /// Ports' transmitted UMEM chunks back from the completion ring (a frame sent as a
+        /// multi-buffer chain is several).
         tx_completed: Info, "TX-DONE";
     }
 }

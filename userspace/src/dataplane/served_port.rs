@@ -379,10 +379,14 @@ pub(super) fn transmit(
     mtu: usize,
 ) -> usize {
     let pool = &queue.tx;
-    // No more than the TX ring and the queue's TX pool can take now: what does not fit waits
-    // in the application's ring instead of being taken and dropped. (Another thread may take
-    // pool frames meanwhile; then the shortfall is a counted `no_frame` drop.)
-    let room = socket.tx_room().min(TX_PER_ROUND).min(pool.len());
+    // No more than the TX ring and the queue's TX pool can take now, counting a chain of
+    // chunks for each frame as long as the MTU allows: what does not fit waits in the
+    // application's ring instead of being taken and dropped. (Another thread may take pool
+    // frames meanwhile; then the shortfall is a counted `no_frame` drop.)
+    let per_frame = queue.umem.tx_chunks(ETH_HLEN + mtu + 4).unwrap_or(1);
+    let room = (socket.tx_room() / per_frame)
+        .min(pool.len() / per_frame)
+        .min(TX_PER_ROUND);
     if room == 0 {
         if socket.tx_pending() {
             p.batch.drop_device += socket.tx_kick();

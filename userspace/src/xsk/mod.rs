@@ -125,7 +125,7 @@ pub struct QueueUmem {
     ledger: std::sync::Arc<ledger::Ledger>,
     /// Which chunk follows which in a multi-buffer frame.
     links: std::sync::Arc<chain::Links>,
-    /// Whether the queue's sockets receive frames longer than a chunk as chains.
+    /// Whether the queue's sockets receive (and send) frames longer than a chunk as chains.
     multi_buffer: bool,
     chunk_room: u32,
 }
@@ -309,6 +309,16 @@ impl QueueUmem {
     /// Whether the queue's sockets were bound multi-buffer (`XDP_USE_SG`).
     pub fn multi_buffer(&self) -> bool {
         self.multi_buffer
+    }
+
+    /// The chunks a transmitted frame of `len` bytes takes (each a chunk less the 256 bytes
+    /// xsk-rs leaves in front of its frames, as on receive), or None if it cannot go: longer
+    /// than a chunk without multi-buffer, or than [`MAX_CHAIN`] chunks with it.
+    #[inline]
+    pub fn tx_chunks(&self, len: usize) -> Option<usize> {
+        let chunks = len.div_ceil(self.chunk_room.max(1) as usize).max(1);
+        let limit = if self.multi_buffer { MAX_CHAIN } else { 1 };
+        (chunks <= limit).then_some(chunks)
     }
 
     /// The longest frame a socket of this queue takes whole: a chain of [`MAX_CHAIN`] chunks
