@@ -405,7 +405,7 @@ fn a_newcomers_session_with_a_running_daemon() {
     let (text, _) = lab.cli("stats");
     assert!(text.contains("detached by the daemon"), "{text}");
     assert!(
-        text.contains("(demux xdp, XDP native, bind copy)"),
+        text.contains("(demux xdp, XDP native, bind copy, multi-buffer)"),
         "{text}"
     );
     // The other endpoint keeps its traffic.
