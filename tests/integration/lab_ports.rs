@@ -2,11 +2,12 @@
 //! `xmacvlan-reflect` process per endpoint, in the endpoint's namespace, attached to its port.
 //! Every endpoint's application must get exactly its own frames (sinks: checked MAC, no tag,
 //! timed), every reflected frame must come back on the wire from its endpoint and be timed,
-//! and the lab must leave no namespace or socket behind. Needs root.
+//! and the lab must leave no namespace or socket behind; the same at MTU 9000 with 9000-byte
+//! frames, which reach the applications' 2048-byte buffers as chains. Needs root.
 use xmacvlan::modes::Demux;
 use xmacvlan::telemetry::report::Report;
 use xmacvlan_bench::apps::LAB_PORT_ROOT;
-use xmacvlan_bench::lab::Topology;
+use xmacvlan_bench::lab::{self, Topology};
 use xmacvlan_bench::scenario::{LabApp, Pacing, TrafficConfig, run_lab};
 use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 
@@ -14,29 +15,42 @@ use xmacvlan_tests::{dataplane_config, namespaces_named, require_root};
 /// an application is descheduled for the whole run.
 const PER_ENDPOINT: u64 = 300;
 
-fn run(demux: Demux, app: LabApp) -> Report {
+fn run(demux: Demux, app: LabApp, frame_len: usize) -> Report {
     let traffic = TrafficConfig {
         count: Some(PER_ENDPOINT),
         pace: Pacing::Delivered,
         generator_core: None,
+        frame_len,
         ..TrafficConfig::default()
     };
-    run_lab(
-        &Topology::default(),
-        &dataplane_config(demux, 1),
-        &traffic,
-        app,
-    )
-    .unwrap_or_else(|e| panic!("{demux:?} {app:?}: {e:#}"))
+    let topology = Topology {
+        mtu: lab::mtu_for(frame_len),
+        ..Topology::default()
+    };
+    run_lab(&topology, &dataplane_config(demux, 1), &traffic, app)
+        .unwrap_or_else(|e| panic!("{demux:?} {app:?} {frame_len} B: {e:#}"))
 }
 
 #[test]
 fn lab_delivers_exactly_into_sinks_and_back_from_reflectors() {
+    sinks_and_reflectors(TrafficConfig::default().frame_len);
+}
+
+#[test]
+fn lab_at_mtu_9000_delivers_9000_byte_frames_whole_into_sinks_and_back() {
+    sinks_and_reflectors(9000);
+}
+
+/// Each test checks that no lab of this process is left: they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sinks_and_reflectors(frame_len: usize) {
     require_root();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // This process's labs only: other suites may run labs at the same time.
     let ours = format!("xmvlab{}-", std::process::id());
     for demux in [Demux::Xdp, Demux::User] {
-        let report = run(demux, LabApp::Sink);
+        let report = run(demux, LabApp::Sink, frame_len);
         let text = report.to_text();
         assert_eq!(report.endpoints.len(), 6, "{text}");
         for e in &report.endpoints {
@@ -73,7 +87,7 @@ fn lab_delivers_exactly_into_sinks_and_back_from_reflectors() {
         assert!(one_way.p50 > 0 && one_way.p50 <= one_way.p99, "{text}");
         assert!(text.contains("one way, generator to sink"), "{text}");
 
-        let report = run(demux, LabApp::Reflect);
+        let report = run(demux, LabApp::Reflect, frame_len);
         let text = report.to_text();
         for e in &report.endpoints {
             let a = e

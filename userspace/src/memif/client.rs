@@ -304,12 +304,17 @@ impl Client {
     }
 
     /// Send every received frame back after `edit` changed it in place (a reflector):
-    /// returns (received, sent). Frames the transmit ring has no room for are not sent.
+    /// returns (received, sent). A frame is taken only while the transmit ring has room for
+    /// the longest one; the rest wait in the receive ring, so a reflector slows its sender
+    /// down instead of dropping (a frame is not sent only if it is longer than `MAX_FRAME`).
     pub fn forward(&mut self, mut edit: impl FnMut(&mut [u8])) -> (usize, usize) {
         let end = self.published();
         let mut buf = std::mem::take(&mut self.scratch);
         let (mut received, mut sent) = (0, 0);
-        while self.s2c_seen != end {
+        // Back-pressure: take a frame only while the transmit ring has room for the longest
+        // one, so none is dropped for want of room (the rest wait in the receive ring).
+        let longest = MAX_FRAME.div_ceil(self.buffer_size as usize) as u16;
+        while self.s2c_seen != end && self.c2s_room() >= longest {
             if let Some(len) = self.take_frame(end, &mut buf) {
                 received += 1;
                 edit(&mut buf[..len]);
@@ -415,6 +420,15 @@ impl Client {
         if self.c2s.flags() & RING_FLAG_MASK_INT == 0 {
             sock::kick(self.c2s_event.as_fd());
         }
+    }
+
+    /// Free buffers in the transmit ring, after what is queued and not yet taken.
+    fn c2s_room(&self) -> u16 {
+        let in_flight = self
+            .c2s_head
+            .wrapping_add(self.c2s_pending)
+            .wrapping_sub(self.c2s.tail());
+        self.c2s.size().saturating_sub(in_flight)
     }
 
     /// Frames sent but not yet taken by the daemon.
